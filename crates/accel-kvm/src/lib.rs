@@ -1,0 +1,1 @@
+//! The KVM accelerator: quern's CPU trait on Linux KVM.

@@ -1,0 +1,339 @@
+//! Guest physical memory: regions of host memory mapped with memmap2.
+//!
+//! A [`GuestMemory`] owns one or more anonymous host mappings ("backings") and a sorted
+//! list of guest-physical regions, each a window onto a backing. Two regions may show
+//! the same backing bytes (the PC aliases the top of the BIOS ROM below 1 MiB), and the
+//! PC's holes (VGA window, PCI hole below 4 GiB) are simply addresses no region covers:
+//! an access there is MMIO and goes to the bus instead.
+//!
+//! Guest memory is shared by every vCPU thread and by devices doing DMA, and the guest
+//! may race with itself as real hardware allows, so access goes through raw pointers
+//! with copies, never through Rust references into guest RAM.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::{MmapMut, MmapOptions};
+use thiserror::Error;
+
+/// Size of the pages that dirty tracking and the soft-MMU work in.
+pub const PAGE_SIZE: u64 = 4096;
+
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("cannot map {size} bytes of guest memory: {source} (try a smaller -m)")]
+    Map { size: usize, source: std::io::Error },
+    #[error("guest address {addr:#x}+{len:#x} is not backed by RAM or ROM")]
+    Unmapped { addr: u64, len: usize },
+    #[error("guest region at {base:#x} overlaps another region")]
+    Overlap { base: u64 },
+    #[error("guest region at {base:#x} lies outside its backing")]
+    OutsideBacking { base: u64 },
+}
+
+/// What a region is, as the accelerators need to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Ordinary read-write RAM.
+    Ram,
+    /// Firmware ROM: guest writes are ignored (KVM maps it read-only).
+    Rom,
+}
+
+/// One guest-physical window onto host memory, as handed to an accelerator.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    pub guest_base: u64,
+    pub size: u64,
+    /// Host address of the region's first byte; valid for the life of the GuestMemory.
+    pub host_addr: *mut u8,
+    pub kind: RegionKind,
+}
+
+// SAFETY: a Region only describes a mapping owned by GuestMemory; the pointer is never
+// dereferenced through a Region without the bounds GuestMemory checked.
+unsafe impl Send for Region {}
+// SAFETY: as above; the description itself is immutable.
+unsafe impl Sync for Region {}
+
+impl Region {
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.guest_base && addr - self.guest_base < self.size
+    }
+    pub fn end(&self) -> u64 {
+        self.guest_base + self.size
+    }
+}
+
+/// A request for one region when building guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionSpec {
+    pub guest_base: u64,
+    pub size: u64,
+    /// Index of the backing (in the order of [`GuestMemory::new`]'s `backing_sizes`).
+    pub backing: usize,
+    /// Offset of the region's first byte inside its backing.
+    pub offset: u64,
+    pub kind: RegionKind,
+}
+
+/// The guest's physical memory. Cheap to share behind an `Arc`.
+pub struct GuestMemory {
+    regions: Vec<Region>,
+    backings: Vec<MmapMut>,
+    /// One bit a page of each RAM region's backing, set by writes that did not come
+    /// from a vCPU (loaders, DMA). The JIT reads and clears it to find stale
+    /// translations.
+    dirty: Vec<Vec<AtomicU64>>,
+}
+
+impl std::fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestMemory").field("regions", &self.regions).finish()
+    }
+}
+
+impl GuestMemory {
+    /// Maps `backing_sizes` anonymous host mappings and lays `regions` over them.
+    pub fn new(backing_sizes: &[usize], specs: &[RegionSpec]) -> Result<Self, MemoryError> {
+        let mut backings = Vec::with_capacity(backing_sizes.len());
+        for &size in backing_sizes {
+            let map =
+                MmapOptions::new().len(size.max(1)).map_anon().map_err(|source| MemoryError::Map { size, source })?;
+            backings.push(map);
+        }
+        let mut specs = specs.to_vec();
+        specs.sort_by_key(|s| s.guest_base);
+        let mut regions: Vec<Region> = Vec::with_capacity(specs.len());
+        for s in &specs {
+            let backing = backings.get_mut(s.backing).ok_or(MemoryError::OutsideBacking { base: s.guest_base })?;
+            if s.offset.checked_add(s.size).is_none_or(|end| end > backing.len() as u64) {
+                return Err(MemoryError::OutsideBacking { base: s.guest_base });
+            }
+            if let Some(prev) = regions.last() {
+                if prev.end() > s.guest_base {
+                    return Err(MemoryError::Overlap { base: s.guest_base });
+                }
+            }
+            // SAFETY: offset + size was checked to lie inside the backing above.
+            let host_addr = unsafe { backing.as_mut_ptr().add(s.offset as usize) };
+            regions.push(Region { guest_base: s.guest_base, size: s.size, host_addr, kind: s.kind });
+        }
+        let dirty =
+            regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE * 64)).map(|_| AtomicU64::new(0)).collect()).collect();
+        Ok(GuestMemory { regions, backings, dirty })
+    }
+
+    /// Plain RAM from guest address 0, in one region. Handy for tests.
+    pub fn flat(size: usize) -> Result<Self, MemoryError> {
+        Self::new(
+            &[size],
+            &[RegionSpec { guest_base: 0, size: size as u64, backing: 0, offset: 0, kind: RegionKind::Ram }],
+        )
+    }
+
+    /// The regions, sorted by guest address.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// Total bytes of the host mappings (RAM and ROM).
+    pub fn backing_bytes(&self) -> usize {
+        self.backings.iter().map(|b| b.len()).sum()
+    }
+
+    fn region_index(&self, addr: u64) -> Option<usize> {
+        let i = self.regions.partition_point(|r| r.guest_base <= addr);
+        (i > 0 && self.regions[i - 1].contains(addr)).then(|| i - 1)
+    }
+
+    /// The region holding `addr`, if it is RAM or ROM.
+    pub fn region(&self, addr: u64) -> Option<&Region> {
+        self.region_index(addr).map(|i| &self.regions[i])
+    }
+
+    /// Host pointer for `len` bytes at `addr`, if they all lie in one region.
+    ///
+    /// The pointer stays valid for the life of `self`; the caller must treat the
+    /// memory as shared with the guest (no references, no assumptions of stability).
+    pub fn host_ptr(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        let r = self.region(addr)?;
+        let off = addr - r.guest_base;
+        if off.checked_add(len as u64)? > r.size {
+            return None;
+        }
+        // SAFETY: off + len lies within the region, which lies within its mapping.
+        Some(unsafe { r.host_addr.add(off as usize) })
+    }
+
+    /// Whether `addr` is backed by RAM or ROM (false means it is MMIO space).
+    pub fn is_memory(&self, addr: u64) -> bool {
+        self.region_index(addr).is_some()
+    }
+
+    /// Copies guest bytes at `addr` into `buf`; the range may span regions.
+    pub fn read(&self, mut addr: u64, mut buf: &mut [u8]) -> Result<(), MemoryError> {
+        let whole = (addr, buf.len());
+        while !buf.is_empty() {
+            let r = self.region(addr).ok_or(MemoryError::Unmapped { addr: whole.0, len: whole.1 })?;
+            let off = (addr - r.guest_base) as usize;
+            let n = buf.len().min(r.size as usize - off);
+            // SAFETY: [off, off+n) lies in the region; buf is a distinct host buffer.
+            unsafe { std::ptr::copy_nonoverlapping(r.host_addr.add(off), buf.as_mut_ptr(), n) };
+            addr += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` to guest memory at `addr`, marking the pages dirty. Writes to ROM
+    /// are allowed: this is the host's (loader's) view, not the guest's.
+    pub fn write(&self, mut addr: u64, mut buf: &[u8]) -> Result<(), MemoryError> {
+        let whole = (addr, buf.len());
+        while !buf.is_empty() {
+            let i = self.region_index(addr).ok_or(MemoryError::Unmapped { addr: whole.0, len: whole.1 })?;
+            let r = &self.regions[i];
+            let off = (addr - r.guest_base) as usize;
+            let n = buf.len().min(r.size as usize - off);
+            // SAFETY: [off, off+n) lies in the region; buf is a distinct host buffer.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), r.host_addr.add(off), n) };
+            self.mark_dirty(i, off as u64, n as u64);
+            addr += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Fills `len` bytes at `addr` with `byte`.
+    pub fn fill(&self, addr: u64, len: usize, byte: u8) -> Result<(), MemoryError> {
+        let chunk = [byte; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            self.write(addr + done as u64, &chunk[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&self, region: usize, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let bits = &self.dirty[region];
+        for page in off / PAGE_SIZE..=(off + len - 1) / PAGE_SIZE {
+            bits[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// Returns whether the page holding `addr` was written by the host since the last
+    /// call for that page, and clears the mark.
+    pub fn take_dirty(&self, addr: u64) -> bool {
+        let Some(i) = self.region_index(addr) else { return false };
+        let page = (addr - self.regions[i].guest_base) / PAGE_SIZE;
+        let bit = 1u64 << (page % 64);
+        self.dirty[i][(page / 64) as usize].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+
+    pub fn read_u8(&self, addr: u64) -> Result<u8, MemoryError> {
+        let mut b = [0; 1];
+        self.read(addr, &mut b)?;
+        Ok(b[0])
+    }
+    pub fn read_u16(&self, addr: u64) -> Result<u16, MemoryError> {
+        let mut b = [0; 2];
+        self.read(addr, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+    pub fn read_u32(&self, addr: u64) -> Result<u32, MemoryError> {
+        let mut b = [0; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    pub fn read_u64(&self, addr: u64) -> Result<u64, MemoryError> {
+        let mut b = [0; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    pub fn write_u8(&self, addr: u64, v: u8) -> Result<(), MemoryError> {
+        self.write(addr, &[v])
+    }
+    pub fn write_u16(&self, addr: u64, v: u16) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+    pub fn write_u32(&self, addr: u64, v: u32) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+    pub fn write_u64(&self, addr: u64, v: u64) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+}
+
+// SAFETY: the mappings live as long as the GuestMemory and are only reached through
+// copies with bounds checked; concurrent guest-style access is the intended use.
+unsafe impl Send for GuestMemory {}
+// SAFETY: as above; dirty bits are atomics.
+unsafe impl Sync for GuestMemory {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(guest_base: u64, size: u64, backing: usize, offset: u64) -> RegionSpec {
+        RegionSpec { guest_base, size, backing, offset, kind: RegionKind::Ram }
+    }
+
+    #[test]
+    fn read_write_round_trip() {
+        let m = GuestMemory::flat(1 << 20).unwrap();
+        m.write_u32(0x1000, 0xdead_beef).unwrap();
+        assert_eq!(m.read_u32(0x1000).unwrap(), 0xdead_beef);
+        assert_eq!(m.read_u8(0x1003).unwrap(), 0xde);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let m = GuestMemory::flat(4096).unwrap();
+        assert!(matches!(m.read_u32(4094), Err(MemoryError::Unmapped { .. })));
+        assert!(m.write(0x10_0000, &[1]).is_err());
+        assert!(m.host_ptr(4090, 8).is_none());
+    }
+
+    #[test]
+    fn holes_and_aliases() {
+        // RAM [0,64K) and [128K,192K); the second backing shown at 1M and at 2M.
+        let m = GuestMemory::new(
+            &[0x30000, 0x1000],
+            &[
+                spec(0, 0x10000, 0, 0),
+                spec(0x20000, 0x10000, 0, 0x20000),
+                spec(0x100000, 0x1000, 1, 0),
+                spec(0x200000, 0x1000, 1, 0),
+            ],
+        )
+        .unwrap();
+        assert!(!m.is_memory(0x18000));
+        assert!(m.read_u8(0x18000).is_err());
+        m.write_u16(0x100010, 0x1234).unwrap();
+        assert_eq!(m.read_u16(0x200010).unwrap(), 0x1234);
+        // A read spanning two adjacent regions is allowed only without a hole.
+        assert!(m.read(0xfffe, &mut [0; 4]).is_err());
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let r = GuestMemory::new(&[0x2000], &[spec(0, 0x2000, 0, 0), spec(0x1000, 0x1000, 0, 0)]);
+        assert!(matches!(r, Err(MemoryError::Overlap { .. })));
+        let r = GuestMemory::new(&[0x1000], &[spec(0, 0x2000, 0, 0)]);
+        assert!(matches!(r, Err(MemoryError::OutsideBacking { .. })));
+    }
+
+    #[test]
+    fn host_writes_mark_pages_dirty() {
+        let m = GuestMemory::flat(1 << 16).unwrap();
+        assert!(!m.take_dirty(0x3000));
+        m.write(0x2ffe, &[1, 2, 3, 4]).unwrap();
+        assert!(m.take_dirty(0x2000));
+        assert!(m.take_dirty(0x3000));
+        assert!(!m.take_dirty(0x3000));
+    }
+}

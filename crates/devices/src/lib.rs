@@ -1,0 +1,1 @@
+//! Device models of the PC: each a register state machine that raises interrupt lines.

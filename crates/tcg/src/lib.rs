@@ -1,0 +1,1 @@
+//! The JIT accelerator: x86 guest code translated to host code.
