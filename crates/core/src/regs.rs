@@ -267,3 +267,28 @@ mod tests {
         assert_eq!(r.gprs(), g);
     }
 }
+
+/// The register state after RESET or INIT (SDM vol. 3, "Processor State After Reset"):
+/// real mode, CS base 0xffff0000 with IP 0xfff0, so the first fetch is 16 bytes below
+/// 4 GiB.
+pub fn power_on_state() -> (Regs, SpecialRegs) {
+    let regs = Regs { rip: 0xfff0, rflags: flags::FIXED1, rdx: 0x600, ..Default::default() };
+    let data = Segment::real_mode(0, false);
+    let cs = Segment { base: 0xffff_0000, ..Segment::real_mode(0xf000, true) };
+    let sregs = SpecialRegs {
+        cs,
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: Segment { type_: 0xb, s: false, present: true, limit: 0xffff, ..Default::default() },
+        ldt: Segment { type_: 0x2, s: false, present: true, limit: 0xffff, ..Default::default() },
+        gdt: DescriptorTable { base: 0, limit: 0xffff },
+        idt: DescriptorTable { base: 0, limit: 0xffff },
+        cr0: 0x6000_0010,
+        apic_base: 0xfee0_0900,
+        ..Default::default()
+    };
+    (regs, sregs)
+}
