@@ -1,0 +1,228 @@
+//! The PC: guest memory, the chipset's devices on their buses, firmware or kernel, and
+//! the loop that drives the vCPU through the CPU trait.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quern_core::cpu::{IrqChipMode, SharedAccelerator};
+use quern_core::memory::MemoryError;
+use quern_core::{Bus, BusError, CpuError, GuestMemory, HostClock, MachineEvent, Vcpu, VcpuExit};
+
+use crate::acpi::{self, AcpiConfig};
+use crate::chipset::{Chipset, PcOps};
+use crate::config::MachineConfig;
+use crate::control::{CpuWaker, EventQueue};
+use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB};
+use crate::loader::{self, LoaderError};
+use crate::timers::TimerThread;
+
+/// Base of the ACPI PM registers (PM1a event/control, PM timer).
+pub const ACPI_PM_BASE: u16 = 0x600;
+/// The SCI's ISA interrupt, as the FADT says.
+pub const ACPI_SCI_IRQ: u8 = 9;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("cannot read {what} '{}': {source}", path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("kernel '{}': {source}", path.display())]
+    Kernel { path: PathBuf, source: LoaderError },
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("device wiring: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Reads a whole file the user named, with an error that names it.
+pub fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, MachineError> {
+    std::fs::read(path).map_err(|source| MachineError::Read { what, path: path.to_path_buf(), source })
+}
+
+/// What to run first: a BIOS at the reset vector, or a kernel loaded directly.
+enum Boot {
+    Firmware,
+    Kernel { path: PathBuf, image: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: String },
+}
+
+/// Guest memory for `cfg`, sized before the accelerator exists (KVM maps it at
+/// creation). Also reads and checks the BIOS image, which sets part of the map.
+pub fn prepare_memory(cfg: &MachineConfig) -> Result<(MemoryLayout, Arc<GuestMemory>, Option<Vec<u8>>), MachineError> {
+    let bios = cfg.bios.as_deref().map(|p| read_file("BIOS image", p)).transpose()?;
+    let layout = MemoryLayout::new(cfg.ram_bytes, bios.as_ref().map_or(0, |b| b.len() as u64))?;
+    let mem = Arc::new(layout.build_memory()?);
+    Ok((layout, mem, bios))
+}
+
+/// A PC ready to run.
+pub struct PcMachine {
+    mem: Arc<GuestMemory>,
+    layout: MemoryLayout,
+    chipset: Chipset,
+    ops: Arc<PcOps>,
+    vcpu: Box<dyn Vcpu>,
+    boot: Boot,
+    bios: Option<Vec<u8>>,
+    no_reboot: bool,
+    cpus: u32,
+    timers: Option<TimerThread>,
+}
+
+impl PcMachine {
+    /// Builds the PC over memory from [`prepare_memory`] and an accelerator made over
+    /// that same memory.
+    pub fn new(
+        mut cfg: MachineConfig,
+        layout: MemoryLayout,
+        mem: Arc<GuestMemory>,
+        bios: Option<Vec<u8>>,
+        accel: SharedAccelerator,
+    ) -> Result<Self, MachineError> {
+        if cfg.cpus != 1 {
+            return Err(MachineError::Config(format!(
+                "-smp {}: only one vCPU is supported so far; use -smp 1",
+                cfg.cpus
+            )));
+        }
+        let boot = match (&cfg.kernel, &bios) {
+            (Some(path), None) => Boot::Kernel {
+                path: path.clone(),
+                image: read_file("kernel", path)?,
+                initrd: cfg.initrd.as_deref().map(|p| read_file("initrd", p)).transpose()?,
+                cmdline: cfg.append.clone(),
+            },
+            (None, Some(_)) => {
+                if cfg.initrd.is_some() || !cfg.append.is_empty() {
+                    return Err(MachineError::Config("-initrd and -append need -kernel".into()));
+                }
+                Boot::Firmware
+            }
+            (Some(_), Some(_)) => {
+                return Err(MachineError::Config(
+                    "-kernel together with -bios needs fw_cfg, which is not implemented yet; \
+                     drop -bios to boot the kernel directly"
+                        .into(),
+                ))
+            }
+            (None, None) => {
+                return Err(MachineError::Config(
+                    "nothing to boot: give -kernel FILE (a bzImage, vmlinux or Multiboot kernel) or -bios FILE".into(),
+                ))
+            }
+        };
+
+        let waker = Arc::new(CpuWaker::default());
+        let events = Arc::new(EventQueue::new(waker.clone()));
+        let clock = Arc::new(HostClock::new());
+        let chipset = Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone())?;
+        let mut chipset = chipset;
+        let ops = Arc::new(PcOps::new(&mut chipset, events));
+        let vcpu = accel.create_vcpu(0)?;
+        waker.attach(vcpu.kicker());
+        let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker)
+            .map_err(|e| MachineError::Config(format!("cannot start the timer thread: {e}")))?;
+        let timers = Some(timers);
+        let mut machine =
+            PcMachine { mem, layout, chipset, ops, vcpu, boot, bios, no_reboot: cfg.no_reboot, cpus: cfg.cpus, timers };
+        machine.load()?;
+        Ok(machine)
+    }
+
+    /// The serial port, for the console's input thread.
+    pub fn serial(&self) -> Arc<Mutex<quern_devices::uart::Serial>> {
+        self.chipset.serial.clone()
+    }
+
+    /// A handle for asking the running machine to stop (console quit key, signals).
+    pub fn control(&self) -> Arc<dyn quern_core::MachineControl> {
+        self.ops.events.clone()
+    }
+
+    /// Puts firmware or kernel in memory and the vCPU at its entry point.
+    fn load(&mut self) -> Result<(), MachineError> {
+        self.vcpu.reset()?;
+        match &self.boot {
+            Boot::Firmware => {
+                let bios = self.bios.as_deref().unwrap_or_default();
+                self.mem.write(FOUR_GIB - bios.len() as u64, bios)?;
+            }
+            Boot::Kernel { path, image, initrd, cmdline } => {
+                let rsdp = acpi::write_acpi_tables(
+                    &self.mem,
+                    &AcpiConfig { cpus: self.cpus as u8, pm_base: ACPI_PM_BASE, sci_irq: ACPI_SCI_IRQ },
+                )?;
+                let setup = loader::load_kernel(&self.mem, &self.layout, image, initrd.as_deref(), cmdline, Some(rsdp))
+                    .map_err(|source| MachineError::Kernel { path: path.clone(), source })?;
+                log::info!("loaded {:?} kernel from {}", setup.kind, path.display());
+                self.vcpu.set_sregs(&setup.sregs)?;
+                self.vcpu.set_regs(&setup.regs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the guest until it powers off, exits through isa-debug-exit, or resets
+    /// with `-no-reboot`. Returns the emulator's exit status.
+    pub fn run(mut self) -> Result<i32, MachineError> {
+        let status = self.run_loop();
+        if let Some(t) = self.timers.take() {
+            t.stop();
+        }
+        status
+    }
+
+    fn run_loop(&mut self) -> Result<i32, MachineError> {
+        loop {
+            let exit = self.vcpu.run(&*self.ops)?;
+            match exit {
+                VcpuExit::Halted => {
+                    if !self.ops.events.is_pending() && !quern_core::VmOps::interrupt_pending(&*self.ops) {
+                        self.chipset.waker.wait(Duration::from_millis(50));
+                    }
+                }
+                VcpuExit::Shutdown => {
+                    log::warn!("guest triple-faulted: resetting");
+                    self.ops.request(MachineEvent::Reset);
+                }
+                VcpuExit::Debug => log::debug!("debug exit with no debugger attached"),
+                VcpuExit::Kicked => {}
+            }
+            match self.ops.events.take() {
+                Some(MachineEvent::Exit(status)) => return Ok(status),
+                Some(MachineEvent::PowerOff) => {
+                    log::info!("guest powered off");
+                    return Ok(0);
+                }
+                Some(MachineEvent::Reset) if self.no_reboot => {
+                    log::info!("guest reset with -no-reboot: exiting");
+                    return Ok(0);
+                }
+                Some(MachineEvent::Reset) => {
+                    log::info!("guest reset");
+                    self.chipset.reset();
+                    self.load()?;
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Whether interrupt lines go to our models or the accelerator's.
+pub(crate) fn userspace_irqchip(accel: &SharedAccelerator) -> bool {
+    accel.irqchip_mode() == IrqChipMode::Userspace
+}
+
+/// Registers each `(device, base, len)` on `bus`.
+pub(crate) fn insert_all(bus: &mut Bus, devs: Vec<(quern_core::bus::SharedDevice, u64, u64)>) -> Result<(), BusError> {
+    devs.into_iter().try_for_each(|(d, base, len)| bus.insert(d, base, len))
+}
+
