@@ -31,7 +31,7 @@ pub mod pit;
 pub mod port;
 pub mod port80;
 pub mod reset_control;
-// pub mod rtc;
+pub mod rtc;
 pub mod uart;
 
 // pub use acpi_pm::AcpiPm;
@@ -44,5 +44,5 @@ pub use pit::{pit_bus_devices, Pit};
 pub use port::{PortGroup, PortWindow};
 pub use port80::Port80;
 pub use reset_control::ResetControl;
-// pub use rtc::Rtc;
+pub use rtc::Rtc;
 pub use uart::Serial;
