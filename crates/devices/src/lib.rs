@@ -24,7 +24,7 @@
 // pub mod acpi_pm;
 pub mod debug_exit;
 pub mod debugcon;
-// pub mod i8042;
+pub mod i8042;
 // pub mod pci;
 pub mod pic;
 pub mod pit;
@@ -37,7 +37,7 @@ pub mod uart;
 // pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
 pub use debugcon::Debugcon;
-// pub use i8042::{i8042_bus_devices, I8042};
+pub use i8042::{i8042_bus_devices, I8042};
 // pub use pci::{pci_bus_devices, ConfigSpace, PciBus, PciDevice, PciRoot};
 pub use pic::{pic_bus_devices, PicIrqLine, PicPair};
 pub use pit::{pit_bus_devices, Pit};

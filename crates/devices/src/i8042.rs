@@ -1,0 +1,461 @@
+//! The i8042 PS/2 controller (data port 0x60, status/command port 0x64) with an AT
+//! keyboard behind it and an empty aux (mouse) port.
+//!
+//! Its reset line is how many guests reboot: command 0xFE (pulse output line 0), or
+//! a write of the output port with bit 0 clear, asks the machine for a reset. The
+//! output buffer is a short queue; IRQ1 (keyboard bytes) and IRQ12 (aux bytes) are
+//! high while the byte at its head is theirs and the command byte enables them, and
+//! drop for an instant on every read so each byte is a fresh edge at the PIC.
+//!
+//! No mouse is attached: commands for it (0xD4) are answered with 0xFE (resend) on the
+//! aux channel, so Linux's psmouse probe gives up at once instead of timing out.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use quern_core::bus::SharedDevice;
+use quern_core::{IrqLine, MachineControl, MachineEvent};
+
+use crate::port::{read_bytewise, write_bytewise, LogOnce, PortGroup, PortWindow};
+
+const STATUS_OBF: u8 = 0x01;
+const STATUS_SYS: u8 = 0x04;
+const STATUS_CMD: u8 = 0x08;
+const STATUS_UNLOCKED: u8 = 0x10;
+const STATUS_AUX: u8 = 0x20;
+
+const CTR_KBD_INT: u8 = 0x01;
+const CTR_AUX_INT: u8 = 0x02;
+const CTR_SYS: u8 = 0x04;
+const CTR_KBD_DISABLE: u8 = 0x10;
+const CTR_AUX_DISABLE: u8 = 0x20;
+const CTR_TRANSLATE: u8 = 0x40;
+
+/// Output port bit 0: the CPU reset line, active low.
+const OUTPORT_RESET: u8 = 0x01;
+const OUTPORT_A20: u8 = 0x02;
+
+const ACK: u8 = 0xfa;
+const RESEND: u8 = 0xfe;
+
+/// Bytes the output queue holds before it drops more.
+const QUEUE_MAX: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Kbd,
+    Aux,
+}
+
+/// A controller command waiting for its data byte on port 0x60.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    WriteCtr,
+    WriteRam,
+    WriteOutport,
+    KbdBuffer,
+    AuxBuffer,
+    ToAux,
+}
+
+/// The PS/2 controller and keyboard.
+pub struct I8042 {
+    control: Arc<dyn MachineControl>,
+    kbd_irq: Arc<dyn IrqLine>,
+    aux_irq: Arc<dyn IrqLine>,
+    /// The command byte (controller RAM byte 0).
+    ctr: u8,
+    outport: u8,
+    queue: VecDeque<(u8, Source)>,
+    /// The last write went to the command port (status bit 3).
+    last_was_cmd: bool,
+    pending: Option<Pending>,
+    /// A keyboard command waiting for its argument byte.
+    kbd_arg: Option<u8>,
+    scanning: bool,
+    levels: (bool, bool),
+    unhandled: LogOnce,
+}
+
+impl I8042 {
+    pub fn new(control: Arc<dyn MachineControl>, kbd_irq: Arc<dyn IrqLine>, aux_irq: Arc<dyn IrqLine>) -> Self {
+        I8042 {
+            control,
+            kbd_irq,
+            aux_irq,
+            ctr: CTR_KBD_INT | CTR_AUX_INT | CTR_SYS | CTR_TRANSLATE,
+            outport: OUTPORT_RESET | OUTPORT_A20,
+            queue: VecDeque::new(),
+            last_was_cmd: false,
+            pending: None,
+            kbd_arg: None,
+            scanning: true,
+            levels: (false, false),
+            unhandled: LogOnce::default(),
+        }
+    }
+
+    /// Queues scan codes from the host keyboard (set 1 if the guest left translation
+    /// on, set 2 otherwise), unless the guest disabled the keyboard.
+    pub fn push_keyboard_bytes(&mut self, bytes: &[u8]) {
+        if self.scanning && self.ctr & CTR_KBD_DISABLE == 0 {
+            for &b in bytes {
+                self.push(b, Source::Kbd);
+            }
+        }
+    }
+
+    /// The A20 gate as the guest last set it through the output port.
+    pub fn a20(&self) -> bool {
+        self.outport & OUTPORT_A20 != 0
+    }
+
+    fn push(&mut self, b: u8, src: Source) {
+        if self.queue.len() >= QUEUE_MAX {
+            if self.unhandled.first(0x1000) {
+                log::debug!("i8042: output queue full, dropping bytes");
+            }
+            return;
+        }
+        self.queue.push_back((b, src));
+        self.update_irq();
+    }
+
+    fn update_irq(&mut self) {
+        let head = self.queue.front().map(|&(_, s)| s);
+        let kbd = head == Some(Source::Kbd) && self.ctr & CTR_KBD_INT != 0;
+        let aux = head == Some(Source::Aux) && self.ctr & CTR_AUX_INT != 0;
+        if kbd != self.levels.0 {
+            self.kbd_irq.set_level(kbd);
+        }
+        if aux != self.levels.1 {
+            self.aux_irq.set_level(aux);
+        }
+        self.levels = (kbd, aux);
+    }
+
+    fn status(&self) -> u8 {
+        let mut s = STATUS_UNLOCKED | (self.ctr & CTR_SYS);
+        if let Some(&(_, src)) = self.queue.front() {
+            s |= STATUS_OBF | if src == Source::Aux { STATUS_AUX } else { 0 };
+        }
+        if self.last_was_cmd {
+            s |= STATUS_CMD;
+        }
+        s
+    }
+
+    fn read_data(&mut self) -> u8 {
+        let Some((b, _)) = self.queue.pop_front() else { return 0 };
+        // Drop the lines so the next byte, if any, is a new edge.
+        if self.levels.0 {
+            self.kbd_irq.set_level(false);
+        }
+        if self.levels.1 {
+            self.aux_irq.set_level(false);
+        }
+        self.levels = (false, false);
+        self.update_irq();
+        b
+    }
+
+    fn reset(&self) {
+        self.control.request(MachineEvent::Reset);
+    }
+
+    fn write_command(&mut self, cmd: u8) {
+        self.last_was_cmd = true;
+        self.pending = None;
+        match cmd {
+            0x20 => self.push(self.ctr, Source::Kbd),
+            0x21..=0x3f => self.push(0, Source::Kbd),
+            0x60 => self.pending = Some(Pending::WriteCtr),
+            0x61..=0x7f => self.pending = Some(Pending::WriteRam),
+            0xa7 => self.ctr |= CTR_AUX_DISABLE,
+            0xa8 => self.ctr &= !CTR_AUX_DISABLE,
+            // Interface tests pass; the controller self-test answers 0x55.
+            0xa9 | 0xab => self.push(0x00, Source::Kbd),
+            0xaa => self.push(0x55, Source::Kbd),
+            0xad => self.ctr |= CTR_KBD_DISABLE,
+            0xae => self.ctr &= !CTR_KBD_DISABLE,
+            // Input port: keyboard not inhibited.
+            0xc0 => self.push(0x80, Source::Kbd),
+            0xd0 => self.push(self.outport, Source::Kbd),
+            0xd1 => self.pending = Some(Pending::WriteOutport),
+            0xd2 => self.pending = Some(Pending::KbdBuffer),
+            0xd3 => self.pending = Some(Pending::AuxBuffer),
+            0xd4 => self.pending = Some(Pending::ToAux),
+            0xdd => self.outport &= !OUTPORT_A20,
+            0xdf => self.outport |= OUTPORT_A20,
+            // Pulse output lines: a low bit 0 pulses the reset line.
+            0xf0..=0xff => {
+                if cmd & 1 == 0 {
+                    self.reset();
+                }
+            }
+            _ => {
+                if self.unhandled.first(u32::from(cmd)) {
+                    log::debug!("i8042: unhandled controller command {cmd:#04x}");
+                }
+            }
+        }
+        self.update_irq();
+    }
+
+    fn write_data(&mut self, v: u8) {
+        self.last_was_cmd = false;
+        match self.pending.take() {
+            Some(Pending::WriteCtr) => {
+                self.ctr = v;
+                self.update_irq();
+            }
+            Some(Pending::WriteRam) => {}
+            Some(Pending::WriteOutport) => {
+                self.outport = v;
+                if v & OUTPORT_RESET == 0 {
+                    self.reset();
+                }
+            }
+            Some(Pending::KbdBuffer) => self.push(v, Source::Kbd),
+            Some(Pending::AuxBuffer) => self.push(v, Source::Aux),
+            Some(Pending::ToAux) => self.push(RESEND, Source::Aux),
+            None => self.keyboard_command(v),
+        }
+    }
+
+    /// A byte for the keyboard itself.
+    fn keyboard_command(&mut self, v: u8) {
+        if let Some(cmd) = self.kbd_arg.take() {
+            self.push(ACK, Source::Kbd);
+            // "Get scan code set": report set 2.
+            if cmd == 0xf0 && v == 0 {
+                self.push(0x02, Source::Kbd);
+            }
+            return;
+        }
+        let reply: &[u8] = match v {
+            // Set LEDs, scan code set, typematic rate: an argument follows.
+            0xed | 0xf0 | 0xf3 => {
+                self.kbd_arg = Some(v);
+                &[ACK]
+            }
+            0xee => &[0xee],
+            // Identify: an MF2 keyboard.
+            0xf2 => &[ACK, 0xab, 0x83],
+            0xf4 => {
+                self.scanning = true;
+                &[ACK]
+            }
+            0xf5 => {
+                self.scanning = false;
+                &[ACK]
+            }
+            0xf6..=0xfd => &[ACK],
+            // Reset: acknowledge, then the self-test passed.
+            0xff => {
+                self.scanning = true;
+                &[ACK, 0xaa]
+            }
+            _ => &[RESEND],
+        };
+        for &b in reply {
+            self.push(b, Source::Kbd);
+        }
+    }
+}
+
+/// The i8042's two ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I8042Window {
+    /// 0x60.
+    Data,
+    /// 0x64: status on read, command on write.
+    Command,
+}
+
+impl PortGroup for I8042 {
+    type Window = I8042Window;
+    fn window_read(&mut self, window: I8042Window, offset: u64, data: &mut [u8]) {
+        read_bytewise(offset, data, 1, |_| match window {
+            I8042Window::Data => self.read_data(),
+            I8042Window::Command => self.status(),
+        });
+    }
+    fn window_write(&mut self, window: I8042Window, offset: u64, data: &[u8]) {
+        write_bytewise(offset, data, 1, |_, v| match window {
+            I8042Window::Data => self.write_data(v),
+            I8042Window::Command => self.write_command(v),
+        });
+    }
+}
+
+/// The i8042's bus devices with their base ports and lengths: data (0x60, 1) and
+/// status/command (0x64, 1).
+pub fn i8042_bus_devices(dev: &Arc<Mutex<I8042>>) -> Vec<(SharedDevice, u64, u64)> {
+    vec![
+        (PortWindow::shared(dev, I8042Window::Data), 0x60, 1),
+        (PortWindow::shared(dev, I8042Window::Command), 0x64, 1),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quern_core::events::RecordingControl;
+    use quern_core::TestIrq;
+
+    struct Rig {
+        dev: I8042,
+        control: Arc<RecordingControl>,
+        kbd: Arc<TestIrq>,
+        aux: Arc<TestIrq>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let control = Arc::new(RecordingControl::default());
+            let kbd = Arc::new(TestIrq::default());
+            let aux = Arc::new(TestIrq::default());
+            Rig { dev: I8042::new(control.clone(), kbd.clone(), aux.clone()), control, kbd, aux }
+        }
+        fn cmd(&mut self, v: u8) {
+            self.dev.window_write(I8042Window::Command, 0, &[v]);
+        }
+        fn data(&mut self, v: u8) {
+            self.dev.window_write(I8042Window::Data, 0, &[v]);
+        }
+        fn status(&mut self) -> u8 {
+            let mut b = [0];
+            self.dev.window_read(I8042Window::Command, 0, &mut b);
+            b[0]
+        }
+        fn read(&mut self) -> u8 {
+            let mut b = [0];
+            self.dev.window_read(I8042Window::Data, 0, &mut b);
+            b[0]
+        }
+        fn drain(&mut self) -> Vec<u8> {
+            let mut v = vec![];
+            while self.status() & STATUS_OBF != 0 {
+                v.push(self.read());
+            }
+            v
+        }
+    }
+
+    #[test]
+    fn pulse_reset_and_output_port_reset() {
+        let mut r = Rig::new();
+        r.cmd(0xfe);
+        assert_eq!(r.control.events(), [MachineEvent::Reset]);
+        r.cmd(0xd1);
+        r.data(0x03);
+        assert_eq!(r.control.events().len(), 1, "reset line kept high");
+        r.cmd(0xd0);
+        assert_eq!(r.read(), 0x03);
+        r.cmd(0xd1);
+        r.data(0x02);
+        assert_eq!(r.control.events(), [MachineEvent::Reset, MachineEvent::Reset]);
+        assert!(r.dev.a20());
+    }
+
+    #[test]
+    fn command_byte_and_self_tests() {
+        let mut r = Rig::new();
+        r.cmd(0x60);
+        r.data(0x44); // interrupts off, SYS, translate
+        assert_eq!(r.status() & STATUS_CMD, 0, "last write was data");
+        r.cmd(0x20);
+        assert_eq!(r.status() & (STATUS_OBF | STATUS_CMD | STATUS_SYS), STATUS_OBF | STATUS_CMD | STATUS_SYS);
+        assert_eq!(r.read(), 0x44);
+        assert_eq!(r.kbd.rising_edges(), 0, "keyboard interrupt disabled");
+        r.cmd(0xaa);
+        r.cmd(0xab);
+        r.cmd(0xa9);
+        assert_eq!(r.drain(), [0x55, 0x00, 0x00]);
+        r.cmd(0xad);
+        r.cmd(0xa7);
+        r.cmd(0x20);
+        assert_eq!(r.read(), 0x44 | CTR_KBD_DISABLE | CTR_AUX_DISABLE);
+        r.cmd(0xae);
+        r.cmd(0xa8);
+        r.cmd(0x20);
+        assert_eq!(r.read(), 0x44);
+        assert_eq!(r.read(), 0, "empty buffer reads 0");
+    }
+
+    #[test]
+    fn keyboard_commands_answer_with_an_edge_per_byte() {
+        let mut r = Rig::new();
+        r.data(0xff);
+        assert!(r.kbd.level());
+        assert_eq!(r.read(), ACK);
+        assert!(r.kbd.level(), "next byte raised again");
+        assert_eq!(r.read(), 0xaa);
+        assert!(!r.kbd.level());
+        assert_eq!(r.kbd.rising_edges(), 2);
+        r.data(0xf2);
+        assert_eq!(r.drain(), [ACK, 0xab, 0x83]);
+        r.data(0xed);
+        r.data(0x07);
+        r.data(0xf0);
+        r.data(0x00);
+        r.data(0xf3);
+        r.data(0x20);
+        r.data(0xf4);
+        r.data(0xee);
+        r.data(0x12);
+        assert_eq!(r.drain(), [ACK, ACK, ACK, ACK, 0x02, ACK, ACK, ACK, 0xee, RESEND]);
+    }
+
+    #[test]
+    fn scan_codes_respect_disable() {
+        let mut r = Rig::new();
+        r.dev.push_keyboard_bytes(&[0x1e, 0x9e]);
+        assert_eq!(r.drain(), [0x1e, 0x9e]);
+        r.data(0xf5);
+        assert_eq!(r.drain(), [ACK]);
+        r.dev.push_keyboard_bytes(&[0x1e]);
+        assert_eq!(r.drain(), []);
+        r.data(0xf4);
+        r.cmd(0xad);
+        assert_eq!(r.drain(), [ACK]);
+        r.dev.push_keyboard_bytes(&[0x1e]);
+        assert_eq!(r.drain(), []);
+    }
+
+    #[test]
+    fn aux_port_loops_back_and_has_no_mouse() {
+        let mut r = Rig::new();
+        r.cmd(0xd3);
+        r.data(0x5a);
+        assert_eq!(r.status() & (STATUS_OBF | STATUS_AUX), STATUS_OBF | STATUS_AUX);
+        assert!(r.aux.level() && !r.kbd.level());
+        assert_eq!(r.read(), 0x5a);
+        assert!(!r.aux.level());
+        r.cmd(0xd4);
+        r.data(0xf2);
+        assert_eq!(r.status() & STATUS_AUX, STATUS_AUX);
+        assert_eq!(r.read(), RESEND);
+        assert_eq!(r.aux.rising_edges(), 2);
+    }
+
+    #[test]
+    fn queue_is_bounded_and_odd_accesses_are_safe() {
+        let mut r = Rig::new();
+        for _ in 0..100 {
+            r.cmd(0x20);
+        }
+        assert_eq!(r.drain().len(), QUEUE_MAX);
+        let mut b = [0u8; 4];
+        r.dev.window_read(I8042Window::Command, 0, &mut b);
+        assert_eq!(b[1..], [0xff; 3]);
+        r.dev.window_write(I8042Window::Data, 0, &[0xff, 0xff, 0xff, 0xff]);
+        for v in 0..=255u8 {
+            if v & 0xf1 != 0xf0 {
+                r.cmd(v);
+                r.data(v);
+            }
+        }
+    }
+}
