@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds quern's Linux test guests from Debian's packages into build/guest/:
+#   vmlinuz                  the stock Debian bzImage (the kernel linux-image-amd64 depends on)
+#   vmlinux                  the same kernel uncompressed (ELF with a PVH note), from the bzImage's payload
+#   initramfs.cpio.gz        busybox; /init prints QUERN-INIT-OK and powers off
+#   initramfs-shell.cpio.gz  busybox; /init prints QUERN-INIT-OK and runs a shell on the console
+# Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x`: nothing
+# is installed into the host. Cached: each output is built only if missing, so a
+# re-run with everything present does nothing. Remove build/guest to rebuild.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$root/build/guest"
+work="$out/.work"
+helper="$root/scripts/guest-helper.py"
+outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz)
+
+say() { echo "build-test-guest: $*" >&2; }
+
+all_present() {
+    local f
+    for f in "${outputs[@]}"; do [[ -s "$out/$f" ]] || return 1; done
+}
+
+print_paths() {
+    local f
+    for f in "${outputs[@]}"; do echo "$out/$f"; done
+}
+
+if all_present; then
+    print_paths
+    exit 0
+fi
+
+need_tool() { # command package
+    command -v "$1" >/dev/null && return
+    if [[ $(id -u) -ne 0 ]]; then
+        say "missing $1: install the Debian package $2"
+        exit 1
+    fi
+    say "installing $2 (for $1)"
+    apt-get install -y --no-install-recommends "$2" >&2 || { apt-get update >&2 && apt-get install -y --no-install-recommends "$2" >&2; }
+}
+need_tool python3 python3
+need_tool dpkg-deb dpkg
+need_tool apt-get apt
+
+updated=0
+apt_update() {
+    [[ $updated -eq 1 ]] && return
+    say "running apt-get update"
+    apt-get update >&2
+    updated=1
+}
+
+# Unpacks package $1 into $work/$1 (once) and prints that directory.
+unpack() {
+    local pkg=$1 dir="$work/$1"
+    if [[ ! -d "$dir" ]]; then
+        mkdir -p "$work/debs"
+        local deb
+        deb=$(ls "$work/debs/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+        if [[ -z "$deb" ]]; then
+            say "downloading $pkg"
+            (cd "$work/debs" && apt-get download "$pkg" >&2) || { apt_update && (cd "$work/debs" && apt-get download "$pkg" >&2); }
+            deb=$(ls "$work/debs/${pkg}"_*.deb | head -n1)
+        fi
+        say "unpacking $(basename "$deb")"
+        rm -rf "$dir.tmp"
+        dpkg-deb -x "$deb" "$dir.tmp"
+        mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+
+kernel_package() {
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    if [[ -z "$pkg" ]]; then
+        apt_update
+        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    fi
+    [[ -n "$pkg" ]] || { say "cannot resolve the kernel package of linux-image-amd64"; exit 1; }
+    echo "$pkg"
+}
+
+mkdir -p "$out" "$work"
+
+if [[ ! -s "$out/vmlinuz" ]]; then
+    kdir=$(unpack "$(kernel_package)")
+    cp "$(ls "$kdir"/boot/vmlinuz-* | head -n1)" "$out/vmlinuz.tmp"
+    mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+    say "kernel: $(basename "$kdir")"
+    rm -rf "$kdir" # 400 MB of modules; the .deb stays cached
+fi
+
+if [[ ! -s "$out/vmlinux" ]]; then
+    say "extracting vmlinux from the bzImage payload"
+    python3 "$helper" vmlinux "$out/vmlinuz" "$out/vmlinux.tmp"
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+fi
+
+if [[ ! -s "$out/initramfs.cpio.gz" || ! -s "$out/initramfs-shell.cpio.gz" ]]; then
+    bdir=$(unpack busybox-static)
+    busybox="$bdir/bin/busybox"
+    "$busybox" --list-full >"$work/applets"
+
+    cat >"$work/init" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo QUERN-INIT-OK
+poweroff -f
+EOF
+    cat >"$work/init-shell" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo QUERN-INIT-OK
+setsid cttyhack sh
+poweroff -f
+EOF
+    say "writing the initramfs images"
+    python3 "$helper" initramfs "$busybox" "$work/init" "$work/applets" "$out/initramfs.cpio.gz.tmp"
+    python3 "$helper" initramfs "$busybox" "$work/init-shell" "$work/applets" "$out/initramfs-shell.cpio.gz.tmp"
+    mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+    mv "$out/initramfs-shell.cpio.gz.tmp" "$out/initramfs-shell.cpio.gz"
+fi
+
+print_paths
