@@ -1,1 +1,36 @@
 //! The KVM accelerator: quern's CPU trait on Linux KVM.
+//!
+//! - [`accel`]: [`KvmAccelerator`], the VM: capability checks, one memory slot per guest
+//!   region, optional in-kernel irqchip and PIT.
+//! - [`vcpu`]: [`KvmVcpu`], register access and the run loop (interrupt injection for
+//!   the userspace irqchip, exits to [`quern_core::VmOps`]).
+//! - [`exit`]: [`handle_exit`], the mapping from one KVM exit to device calls and
+//!   [`quern_core::VcpuExit`]s, as a free function testable without /dev/kvm.
+//! - [`convert`]: `From` conversions between quern's register types and KVM's.
+//! - [`cpuid`]: the CPUID a vCPU shows and [`CpuidMask`], the features to hide.
+//! - [`kick`]: how another thread makes a vCPU leave KVM_RUN (signal + immediate_exit).
+
+pub mod accel;
+pub mod convert;
+pub mod cpuid;
+mod error;
+pub mod exit;
+pub mod kick;
+mod run_page;
+pub mod vcpu;
+
+pub use accel::{KvmAccelerator, KvmConfig};
+pub use convert::KvmRepr;
+pub use cpuid::CpuidMask;
+pub use error::KvmError;
+pub use exit::{handle_exit, ExitAction, RunState};
+pub use quern_core::cpu::IrqChipMode;
+pub use vcpu::KvmVcpu;
+
+pub(crate) const ACCEL_NAME: &str = "kvm";
+
+/// Whether the host's KVM is kvm_pvm (pagetable-based, no hardware virtualization), whose
+/// instruction emulator cannot run everything a guest kernel may use.
+pub fn is_pvm_host() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}

@@ -1,0 +1,207 @@
+//! The KVM virtual machine: /dev/kvm checks, memory slots, the optional in-kernel
+//! irqchip, and vCPU creation.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_API_VERSION};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use quern_core::cpu::IrqChipMode;
+use quern_core::memory::RegionKind;
+use quern_core::{Accelerator, CpuError, GuestMemory, Vcpu};
+
+use crate::cpuid::{patch_cpuid, CpuidMask, CpuidOptions};
+use crate::error::{host_error, KvmError};
+use crate::vcpu::KvmVcpu;
+use crate::{is_pvm_host, kick, ACCEL_NAME};
+
+/// Where KVM puts the identity page table and the TSS it needs to run real mode on
+/// Intel (4 pages ending at 4 GiB - 16 MiB). QEMU's current choice: below the largest
+/// BIOS flash (16 MiB, which quern's PC layout allows) and clear of the LAPIC/IOAPIC.
+pub const IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
+pub const TSS_ADDR: u64 = IDENTITY_MAP_ADDR + 0x1000;
+
+/// How to build the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmConfig {
+    /// Userspace (the machine's PIC models; default) or KVM's PIC+IOAPIC+LAPIC and PIT.
+    pub irqchip: IrqChipMode,
+    /// CPU features to hide from the guest.
+    pub cpuid_mask: CpuidMask,
+    /// Number of vCPUs the machine will create.
+    pub cpus: u32,
+}
+
+impl Default for KvmConfig {
+    fn default() -> Self {
+        KvmConfig { irqchip: IrqChipMode::Userspace, cpuid_mask: CpuidMask::empty(), cpus: 1 }
+    }
+}
+
+impl KvmConfig {
+    /// The default, plus the CPUID workarounds this host needs (kvm_pvm's emulator).
+    pub fn for_host() -> Self {
+        let cpuid_mask = if is_pvm_host() { CpuidMask::pvm_workarounds() } else { CpuidMask::empty() };
+        KvmConfig { cpuid_mask, ..Default::default() }
+    }
+}
+
+/// quern's [`Accelerator`] on Linux KVM.
+pub struct KvmAccelerator {
+    // Drop order: the VM before the memory its slots point at.
+    vm: VmFd,
+    config: KvmConfig,
+    supported_cpuid: Vec<kvm_cpuid_entry2>,
+    run_size: usize,
+    mem: Arc<GuestMemory>,
+}
+
+impl std::fmt::Debug for KvmAccelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmAccelerator").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn require(kvm: &Kvm, cap: Cap, name: &'static str) -> Result<(), KvmError> {
+    if kvm.check_extension(cap) {
+        Ok(())
+    } else {
+        Err(KvmError::MissingCapability(name))
+    }
+}
+
+impl KvmAccelerator {
+    /// Opens /dev/kvm and builds a VM over `mem`.
+    pub fn new(mem: Arc<GuestMemory>, config: KvmConfig) -> Result<Self, KvmError> {
+        if is_pvm_host() {
+            log::warn!(
+                "kvm: this host's KVM is kvm_pvm (no VT-x/AMD-V): supervisor code runs through KVM's instruction \
+                 emulator, which fails on some instructions (lock cmpxchg16b, xsaveopt); hide them with \
+                 CpuidMask::pvm_workarounds() (kvm_pvm may still show the guest XSAVE and AVX)"
+            );
+        }
+        let kvm = Kvm::new().map_err(KvmError::from_open)?;
+        let found = kvm.get_api_version();
+        if found != KVM_API_VERSION as i32 {
+            return Err(KvmError::ApiVersion { found, expected: KVM_API_VERSION as i32 });
+        }
+        require(&kvm, Cap::UserMemory, "KVM_CAP_USER_MEMORY")?;
+        require(&kvm, Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR")?;
+        require(&kvm, Cap::ExtCpuid, "KVM_CAP_EXT_CPUID")?;
+        // Kicks rely on immediate_exit to close the race with entering KVM_RUN.
+        require(&kvm, Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT")?;
+        if config.irqchip == IrqChipMode::InAccelerator {
+            require(&kvm, Cap::Irqchip, "KVM_CAP_IRQCHIP")?;
+            require(&kvm, Cap::Pit2, "KVM_CAP_PIT2")?;
+        }
+        let max = kvm.get_max_vcpus();
+        if config.cpus == 0 || config.cpus as usize > max {
+            return Err(KvmError::CpuCount { requested: config.cpus, max });
+        }
+        kick::install_handler().map_err(|source| KvmError::Ioctl { op: "sigaction (kick signal)", source })?;
+
+        let supported_cpuid =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let run_size = kvm.get_vcpu_mmap_size().map_err(KvmError::ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
+        let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+
+        // Both must precede vCPU creation (api.rst).
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm.set_identity_map_address(IDENTITY_MAP_ADDR).map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        vm.set_tss_address(TSS_ADDR as usize).map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
+
+        register_memory(&vm, &mem, kvm.check_extension(Cap::ReadonlyMem))?;
+
+        if config.irqchip == IrqChipMode::InAccelerator {
+            vm.create_irq_chip().map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
+            // The speaker port stays with the machine's own model.
+            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            vm.create_pit2(pit).map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
+        }
+
+        Ok(KvmAccelerator { vm, config, supported_cpuid: supported_cpuid.as_slice().to_vec(), run_size, mem })
+    }
+
+    pub fn config(&self) -> &KvmConfig {
+        &self.config
+    }
+}
+
+/// One slot per region. ROM is read-only where KVM can do it, so guest writes to it
+/// become MMIO exits the machine ignores.
+fn register_memory(vm: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<(), KvmError> {
+    for (slot, r) in mem.regions().iter().enumerate() {
+        let slot = slot as u32;
+        let mut flags = 0;
+        if r.kind == RegionKind::Rom {
+            if readonly_mem {
+                flags |= KVM_MEM_READONLY;
+            } else {
+                log::warn!(
+                    "kvm: no KVM_CAP_READONLY_MEM; ROM at {:#x}+{:#x} is writable by the guest",
+                    r.guest_base,
+                    r.size
+                );
+            }
+        }
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: r.guest_base,
+            memory_size: r.size,
+            userspace_addr: r.host_addr as u64,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the accelerator
+        // and every vCPU hold (and drop after their fds); GuestMemory guarantees regions
+        // do not overlap in guest-physical space.
+        unsafe { vm.set_user_memory_region(region) }.map_err(|e| KvmError::MemorySlot {
+            slot,
+            guest_base: r.guest_base,
+            size: r.size,
+            source: crate::error::os_error(e),
+        })?;
+    }
+    Ok(())
+}
+
+impl Accelerator for KvmAccelerator {
+    fn name(&self) -> &'static str {
+        ACCEL_NAME
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
+        if id >= self.config.cpus {
+            return Err(CpuError::Unsupported {
+                accel: ACCEL_NAME,
+                what: format!("vCPU {id} (the VM was configured for {} vCPUs)", self.config.cpus),
+            });
+        }
+        let fd = self.vm.create_vcpu(id.into()).map_err(host_error("KVM_CREATE_VCPU"))?;
+        let mut entries = self.supported_cpuid.clone();
+        let opts = CpuidOptions {
+            mask: self.config.cpuid_mask,
+            has_lapic: self.config.irqchip == IrqChipMode::InAccelerator,
+            vcpu_id: id,
+        };
+        patch_cpuid(&mut entries, &opts);
+        let cpuid = CpuId::from_entries(&entries)
+            .map_err(|e| CpuError::Unsupported { accel: ACCEL_NAME, what: format!("a CPUID table ({e:?})") })?;
+        fd.set_cpuid2(&cpuid).map_err(host_error("KVM_SET_CPUID2"))?;
+        Ok(Box::new(KvmVcpu::new(fd, self.run_size, id, self.config.irqchip, self.mem.clone())?))
+    }
+
+    fn irqchip_mode(&self) -> IrqChipMode {
+        self.config.irqchip
+    }
+
+    fn set_irq_line(&self, gsi: u32, high: bool) -> Result<(), CpuError> {
+        if self.config.irqchip != IrqChipMode::InAccelerator {
+            return Err(CpuError::Unsupported {
+                accel: ACCEL_NAME,
+                what: "set_irq_line without the in-kernel irqchip".into(),
+            });
+        }
+        self.vm.set_irq_line(gsi, high).map_err(host_error("KVM_IRQ_LINE"))
+    }
+}
