@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn port_io_single_and_string() {
         let ops = Ops::default();
-        assert_eq!(handle_exit(KvmExit::IoOut(0x3f8, &[b'A']), &io(1), &ops), ExitAction::Continue);
+        assert_eq!(handle_exit(KvmExit::IoOut(0x3f8, b"A"), &io(1), &ops), ExitAction::Continue);
         // rep outsw, three elements.
         assert_eq!(handle_exit(KvmExit::IoOut(0x1f0, &[1, 2, 3, 4, 5, 6]), &io(2), &ops), ExitAction::Continue);
         assert_eq!(log(&ops), ["out 0x3f8 [65]", "out 0x1f0 [1, 2]", "out 0x1f0 [3, 4]", "out 0x1f0 [5, 6]"]);
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(msg, "KVM internal error 1 (emulation failure), data [0x10, 0x2]");
         assert_eq!(describe_internal_error(Some(&(3, vec![]))), "KVM internal error 3 (exception delivery failed)");
         // As kvm_pvm reports `lock cmpxchg16b`: flags, then length 15 and the bytes.
-        let insn = (1, vec![0x1, 0x250c_c70f_48f0_0f, 0xf480_e601_b000_0300, 0x1000]);
+        let insn = (1, vec![0x1, 0x0025_0cc7_0f48_f00f, 0xf480_e601_b000_0300, 0x1000]);
         assert_eq!(
             describe_internal_error(Some(&insn)),
             "KVM internal error 1 (emulation failure) on instruction bytes \

@@ -13,13 +13,20 @@ use quern_core::memory::{RegionKind, RegionSpec};
 use quern_core::regs::{ctrl, flags, msr, power_on_state, DebugRegs, DescriptorTable, FpuState, MsrEntry, Segment};
 use quern_core::{Accelerator, CpuError, GuestMemory, Vcpu, VcpuExit, VmOps};
 
+/// Prints past the test harness's capture, so that "NOT RUN" and "HOST LIMIT" show
+/// in a passing run too.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The VM under test, or None (after saying so) when QUERN_NO_KVM=1 and KVM is unusable.
 fn vm(mem: GuestMemory, config: KvmConfig) -> Option<(Arc<GuestMemory>, KvmAccelerator)> {
     let mem = Arc::new(mem);
     match KvmAccelerator::new(mem.clone(), config) {
         Ok(accel) => Some((mem, accel)),
         Err(e) if std::env::var("QUERN_NO_KVM").as_deref() == Ok("1") => {
-            eprintln!("NOT RUN: no usable /dev/kvm ({e})");
+            say(&format!("NOT RUN: no usable /dev/kvm ({e})"));
             None
         }
         Err(e) => panic!("{e}\n(set QUERN_NO_KVM=1 to skip KVM tests on a host without KVM)"),
@@ -353,10 +360,10 @@ fn cpuid_shows_the_mask_and_no_apic_without_irqchip() {
     assert_eq!(leaf1_ecx & (1 << 13), 0, "cx16 hidden: {leaf1_ecx:#x}");
     let xsave_avx = leaf1_ecx & (1 << 26 | 1 << 28);
     if (xsave_avx != 0 || xsave_features != 0) && is_pvm_host() {
-        eprintln!(
+        say(&format!(
             "HOST LIMIT (kvm_pvm): the guest sees XSAVE/AVX (leaf 1 ECX {leaf1_ecx:#x}, leaf 0xd.1 EAX \
              {xsave_features:#x}) although KVM_SET_CPUID2 hid them"
-        );
+        ));
     } else {
         assert_eq!(xsave_avx, 0, "xsave/avx hidden: {leaf1_ecx:#x}");
         assert_eq!(xsave_features, 0, "leaf 0xd hidden");
@@ -382,7 +389,7 @@ fn register_state_round_trips_through_kvm() {
     let got = vcpu.fpu().unwrap();
     assert_eq!((got.fcw, got.xmm), (fpu.fcw, fpu.xmm));
     if got.mxcsr != fpu.mxcsr && is_pvm_host() {
-        eprintln!("HOST LIMIT (kvm_pvm): KVM_SET_FPU does not keep MXCSR (read back {:#x})", got.mxcsr);
+        say(&format!("HOST LIMIT (kvm_pvm): KVM_SET_FPU does not keep MXCSR (read back {:#x})", got.mxcsr));
     } else {
         assert_eq!(got.mxcsr, fpu.mxcsr);
     }
@@ -453,7 +460,7 @@ fn emulator_failure_is_reported_with_rip() {
             assert_eq!(ops.pio(), [(0x80, vec![1])]);
         }
         Err(CpuError::Guest { reason, .. }) if is_pvm_host() => {
-            eprintln!("HOST LIMIT (kvm_pvm): lock cmpxchg16b is not emulated: {reason}");
+            say(&format!("HOST LIMIT (kvm_pvm): lock cmpxchg16b is not emulated: {reason}"));
             assert!(reason.contains("KVM internal error 1 (emulation failure)"), "{reason}");
             assert!(reason.contains("RIP 0x2"), "{reason}");
         }
