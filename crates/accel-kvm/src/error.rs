@@ -53,3 +53,19 @@ impl KvmError {
 pub(crate) fn host_error(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> quern_core::CpuError {
     move |e| quern_core::CpuError::Host { accel: crate::ACCEL_NAME, op, source: os_error(e) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_failures_say_what_to_do() {
+        let no_dev = KvmError::from_open(kvm_ioctls::Error::new(libc::ENOENT)).to_string();
+        assert!(no_dev.contains("/dev/kvm does not exist") && no_dev.contains("-accel tcg"), "{no_dev}");
+        let denied = KvmError::from_open(kvm_ioctls::Error::new(libc::EACCES)).to_string();
+        assert!(denied.contains("add yourself to the kvm group or use -accel tcg"), "{denied}");
+        assert!(matches!(KvmError::from_open(kvm_ioctls::Error::new(libc::EIO)), KvmError::Open(_)));
+        let slot = KvmError::MemorySlot { slot: 2, guest_base: 0x10_0000, size: 0x1000, source: io::Error::other("x") };
+        assert!(slot.to_string().contains("slot 2"), "{slot}");
+    }
+}

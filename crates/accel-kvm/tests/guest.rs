@@ -45,6 +45,8 @@ struct Ops {
     next_in: AtomicU8,
     irq: Mutex<Option<u8>>,
     stop: AtomicBool,
+    /// A write to this port asks the vCPU to stop.
+    stop_on_port: Option<u16>,
 }
 
 impl Ops {
@@ -60,6 +62,9 @@ impl VmOps for Ops {
     }
     fn pio_write(&self, port: u16, data: &[u8]) {
         self.pio.lock().unwrap().push((port, data.to_vec()));
+        if self.stop_on_port == Some(port) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
     }
     fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
         data.fill(0x5a);
@@ -437,6 +442,53 @@ fn in_kernel_irqchip_takes_lines_and_halts_in_kernel() {
     let userspace = flat_vm(KvmConfig::default()).unwrap().1;
     assert_eq!(userspace.irqchip_mode(), IrqChipMode::Userspace);
     assert!(userspace.set_irq_line(4, true).is_err());
+}
+
+#[test]
+fn in_kernel_pic_delivers_an_irq_line_to_the_guest() {
+    let config = KvmConfig { irqchip: IrqChipMode::InAccelerator, ..Default::default() };
+    let Some((mem, accel)) = flat_vm(config) else { return };
+    const HANDLER: u64 = 0x1800;
+    let handler = asm(16, HANDLER, |a| {
+        a.mov(al, 0x42)?;
+        a.out(0x80, al)?;
+        a.mov(al, 0x20)?; // EOI to the in-kernel PIC
+        a.out(0x20, al)?;
+        a.iret()
+    });
+    mem.write(HANDLER, &handler).unwrap();
+    mem.write_u16(0x24 * 4, HANDLER as u16).unwrap();
+    mem.write_u16(0x24 * 4 + 2, 0).unwrap();
+    let code = asm(16, CODE, |a| {
+        // Initialise the master 8259 (handled inside KVM): vectors 0x20.., only IRQ 4 unmasked.
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef)] {
+            a.mov(al, v)?;
+            a.out(port, al)?;
+        }
+        a.mov(al, 0x01)?;
+        a.out(0x82, al)?; // "ready": from here the vCPU waits in the kernel
+        a.sti()?;
+        a.hlt()?;
+        a.mov(al, 0x99)?;
+        a.out(0x81, al)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let mut vcpu = real_mode_vcpu(&accel, &mem, &code);
+    let ops = Ops { stop_on_port: Some(0x81), ..Default::default() };
+    let exit = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !ops.pio().iter().any(|(p, _)| *p == 0x82) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            accel.set_irq_line(4, true).unwrap();
+            accel.set_irq_line(4, false).unwrap();
+        });
+        run_bounded(&mut *vcpu, &ops)
+    });
+    assert_eq!(exit.unwrap(), VcpuExit::Kicked, "stopped at the marker write");
+    assert_eq!(ops.pio(), [(0x82, vec![1]), (0x80, vec![0x42]), (0x81, vec![0x99])]);
 }
 
 /// `lock cmpxchg16b` at CPL 0 in long mode: real VT-x/AMD-V runs it; kvm_pvm's emulator
