@@ -135,7 +135,10 @@ impl I8042 {
     }
 
     fn status(&self) -> u8 {
-        let mut s = STATUS_UNLOCKED | (self.ctr & CTR_SYS);
+        let mut s = STATUS_UNLOCKED;
+        if self.ctr & CTR_SYS != 0 {
+            s |= STATUS_SYS;
+        }
         if let Some(&(_, src)) = self.queue.front() {
             s |= STATUS_OBF | if src == Source::Aux { STATUS_AUX } else { 0 };
         }

@@ -21,11 +21,11 @@
 //! Devices that answer at several port ranges (PIC, PIT, i8042, PCI) sit behind one
 //! mutex and are put on the bus once per range through [`port::PortWindow`].
 
-// pub mod acpi_pm;
+pub mod acpi_pm;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod i8042;
-// pub mod pci;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod port;
@@ -34,11 +34,11 @@ pub mod reset_control;
 pub mod rtc;
 pub mod uart;
 
-// pub use acpi_pm::AcpiPm;
+pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
 pub use debugcon::Debugcon;
 pub use i8042::{i8042_bus_devices, I8042};
-// pub use pci::{pci_bus_devices, ConfigSpace, PciBus, PciDevice, PciRoot};
+pub use pci::{pci_bus_devices, BarKind, ConfigSpace, PciBus, PciDevice, PciRoot, SharedPciDevice};
 pub use pic::{pic_bus_devices, PicIrqLine, PicPair};
 pub use pit::{pit_bus_devices, Pit};
 pub use port::{PortGroup, PortWindow};

@@ -546,7 +546,7 @@ mod tests {
     fn read_back_status_and_count() {
         let mut r = Rig::new();
         r.out(3, 0x72); // channel 1, lo/hi, mode 1
-        assert_eq!(r.pit.channels[1].null_count, true);
+        assert!(r.pit.channels[1].null_count);
         r.out(3, 0xe4); // read-back status of channel 1
         assert_eq!(r.inb(1), 0x80 | 0x40 | 0x30 | 0x02);
         r.out(1, 0x10);

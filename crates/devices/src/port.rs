@@ -45,7 +45,7 @@ impl<T: PortGroup> BusDevice for PortWindow<T> {
 /// an undriven bus does.
 pub fn read_bytewise(offset: u64, data: &mut [u8], len: u64, mut read: impl FnMut(u64) -> u8) {
     for (i, b) in data.iter_mut().enumerate() {
-        let off = offset + i as u64;
+        let off = offset.saturating_add(i as u64);
         *b = if off < len { read(off) } else { 0xff };
     }
 }
@@ -53,7 +53,7 @@ pub fn read_bytewise(offset: u64, data: &mut [u8], len: u64, mut read: impl FnMu
 /// The write counterpart of [`read_bytewise`]; bytes past `len` are dropped.
 pub fn write_bytewise(offset: u64, data: &[u8], len: u64, mut write: impl FnMut(u64, u8)) {
     for (i, &b) in data.iter().enumerate() {
-        let off = offset + i as u64;
+        let off = offset.saturating_add(i as u64);
         if off < len {
             write(off, b);
         }

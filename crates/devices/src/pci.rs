@@ -1,0 +1,325 @@
+//! PCI bus 0 behind configuration mechanism #1: CONFIG_ADDRESS at 0xcf8 (dword
+//! accesses only: 0xcf9 is PIIX's reset control register) and CONFIG_DATA at
+//! 0xcfc-0xcff. The root comes with the i440FX host bridge (00.0) and the PIIX3
+//! PCI-to-ISA bridge (01.0); later devices plug in through [`PciDevice`], most of them
+//! keeping their registers in a [`ConfigSpace`].
+//!
+//! Locking: the root's mutex is taken first, then a device's. A device that is also
+//! on the I/O bus (its BARs) must never lock the root while holding its own lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use quern_core::bus::{lock, SharedDevice};
+use thiserror::Error;
+
+use crate::port::{le_value, PortGroup, PortWindow};
+
+/// A function on the PCI bus, seen through its configuration space.
+pub trait PciDevice: Send {
+    /// Reads the dword at `reg` (a multiple of 4 below 256).
+    fn config_read(&mut self, reg: u16) -> u32;
+    /// Writes the bytes of `value` that `mask` selects (0xff per byte written) into
+    /// the dword at `reg`.
+    fn config_write(&mut self, reg: u16, value: u32, mask: u32);
+}
+
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PciError {
+    #[error("PCI slot {dev:02x}.{func} is already taken; pick a free device number")]
+    SlotTaken { dev: u8, func: u8 },
+    #[error("PCI address {dev:#x}.{func} is out of range (device 0-31, function 0-7)")]
+    BadAddress { dev: u8, func: u8 },
+}
+
+/// A base address register's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    Io,
+    Mem32,
+}
+
+/// A type 0 configuration header: 256 bytes, a per-bit writable mask and a per-bit
+/// write-1-to-clear mask. BAR sizing falls out of the writable mask: a BAR of size
+/// `n` has its low address bits read-only zero, so writing all ones reads back `!(n-1)`.
+#[derive(Clone)]
+pub struct ConfigSpace {
+    bytes: [u8; 256],
+    writable: [u8; 256],
+    w1c: [u8; 256],
+    bars: [Option<BarKind>; 6],
+}
+
+impl ConfigSpace {
+    /// A header with IDs and class code; the command register's usual bits, the
+    /// status error bits (write 1 to clear) and the interrupt line are writable.
+    pub fn new(vendor: u16, device: u16, class: [u8; 3], revision: u8) -> Self {
+        let mut c = ConfigSpace { bytes: [0; 256], writable: [0; 256], w1c: [0; 256], bars: [None; 6] };
+        c.set_u16(0x00, vendor);
+        c.set_u16(0x02, device);
+        c.set_u8(0x08, revision);
+        // Programming interface, subclass, class.
+        c.bytes[0x09..0x0c].copy_from_slice(&[class[2], class[1], class[0]]);
+        // I/O, memory, bus master, parity, SERR, INTx disable.
+        c.set_writable(0x04, &[0x47, 0x05]);
+        c.w1c[0x07] = 0xf9;
+        c.set_writable(0x3c, &[0xff]);
+        c
+    }
+
+    pub fn u8(&self, off: u8) -> u8 {
+        self.bytes[usize::from(off)]
+    }
+    pub fn u16(&self, off: u8) -> u16 {
+        u16::from_le_bytes([self.u8(off), self.u8(off.wrapping_add(1))])
+    }
+    pub fn u32(&self, off: u8) -> u32 {
+        u32::from(self.u16(off)) | u32::from(self.u16(off.wrapping_add(2))) << 16
+    }
+    pub fn set_u8(&mut self, off: u8, v: u8) {
+        self.bytes[usize::from(off)] = v;
+    }
+    pub fn set_u16(&mut self, off: u8, v: u16) {
+        self.set_bytes(off, &v.to_le_bytes());
+    }
+    pub fn set_u32(&mut self, off: u8, v: u32) {
+        self.set_bytes(off, &v.to_le_bytes());
+    }
+    fn set_bytes(&mut self, off: u8, v: &[u8]) {
+        for (i, &b) in v.iter().enumerate() {
+            self.bytes[usize::from(off.wrapping_add(i as u8))] = b;
+        }
+    }
+
+    /// Makes the bits set in `mask` (bytes from `off` on) guest-writable.
+    pub fn set_writable(&mut self, off: u8, mask: &[u8]) {
+        for (i, &m) in mask.iter().enumerate() {
+            self.writable[usize::from(off.wrapping_add(i as u8))] = m;
+        }
+    }
+
+    /// Declares BAR `index` (0-5) of `size` bytes (rounded up to a power of two, at
+    /// least 4 for I/O and 16 for memory).
+    pub fn add_bar(&mut self, index: usize, size: u32, kind: BarKind) {
+        let Some(slot) = self.bars.get_mut(index) else { return };
+        *slot = Some(kind);
+        let (min, low) = match kind {
+            BarKind::Io => (4, 1),
+            BarKind::Mem32 => (16, 0),
+        };
+        let size = size.max(min).checked_next_power_of_two().unwrap_or(1 << 31);
+        let off = 0x10 + 4 * index as u8;
+        self.set_u32(off, low);
+        self.set_writable(off, &(!(size - 1) & !(min - 1)).to_le_bytes());
+    }
+
+    /// The address the guest gave BAR `index`, if it is declared and non-zero.
+    pub fn bar(&self, index: usize) -> Option<u64> {
+        let kind = (*self.bars.get(index)?)?;
+        let v = self.u32(0x10 + 4 * index as u8);
+        let addr = match kind {
+            BarKind::Io => v & !3,
+            BarKind::Mem32 => v & !0xf,
+        };
+        (addr != 0).then_some(u64::from(addr))
+    }
+
+    /// Whether the command register enables I/O (bit 0) or memory (bit 1) decoding.
+    pub fn decodes(&self, kind: BarKind) -> bool {
+        self.u8(0x04) & if kind == BarKind::Io { 1 } else { 2 } != 0
+    }
+}
+
+impl PciDevice for ConfigSpace {
+    fn config_read(&mut self, reg: u16) -> u32 {
+        self.u32((reg & 0xfc) as u8)
+    }
+    fn config_write(&mut self, reg: u16, value: u32, mask: u32) {
+        let base = usize::from(reg & 0xfc);
+        for i in 0..4 {
+            if (mask >> (8 * i)) & 0xff == 0 {
+                continue;
+            }
+            let (v, o) = ((value >> (8 * i)) as u8, base + i);
+            let (w, c) = (self.writable[o], self.w1c[o]);
+            self.bytes[o] = ((self.bytes[o] & !w) | (v & w)) & !(v & c);
+        }
+    }
+}
+
+/// The i440FX host bridge (8086:1237). Chipset registers from 0x40 up (PAM, SMRAM)
+/// are stored so firmware reads back what it wrote; their effect on the memory map is
+/// the machine's business.
+pub fn i440fx_host_bridge() -> ConfigSpace {
+    let mut c = ConfigSpace::new(0x8086, 0x1237, [0x06, 0x00, 0x00], 0x02);
+    c.set_writable(0x40, &[0xff; 0xc0]);
+    c.set_u8(0x72, 0x02); // SMRAM: compatible SMRAM at 0xa0000
+    c
+}
+
+/// The PIIX3 PCI-to-ISA bridge (8086:7000), function 0 of a multi-function device.
+/// PIRQ routing (0x60-0x63) starts disabled; firmware programs it.
+pub fn piix3_isa_bridge() -> ConfigSpace {
+    let mut c = ConfigSpace::new(0x8086, 0x7000, [0x06, 0x01, 0x00], 0x00);
+    c.set_u8(0x0e, 0x80);
+    c.set_writable(0x40, &[0xff; 0xc0]);
+    c.set_bytes(0x60, &[0x80; 4]);
+    c.set_bytes(0x70, &[0x80, 0x80]);
+    c
+}
+
+/// The functions on bus 0, by device and function number.
+#[derive(Default)]
+pub struct PciBus {
+    devices: BTreeMap<u8, SharedPciDevice>,
+}
+
+fn devfn(dev: u8, func: u8) -> Result<u8, PciError> {
+    if dev < 32 && func < 8 {
+        Ok(dev << 3 | func)
+    } else {
+        Err(PciError::BadAddress { dev, func })
+    }
+}
+
+impl PciBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Places `device` at `dev`.`func`.
+    pub fn add(&mut self, dev: u8, func: u8, device: SharedPciDevice) -> Result<(), PciError> {
+        let key = devfn(dev, func)?;
+        if self.devices.contains_key(&key) {
+            return Err(PciError::SlotTaken { dev, func });
+        }
+        self.devices.insert(key, device);
+        Ok(())
+    }
+
+    /// The first device number with nothing at function 0.
+    pub fn free_slot(&self) -> Option<u8> {
+        (0..32).find(|d| !self.devices.contains_key(&(d << 3)))
+    }
+
+    fn get(&self, dev: u8, func: u8) -> Option<&SharedPciDevice> {
+        self.devices.get(&devfn(dev, func).ok()?)
+    }
+
+    /// Reads a dword of configuration space; absent functions read all ones.
+    pub fn config_read(&self, dev: u8, func: u8, reg: u16) -> u32 {
+        self.get(dev, func).map_or(0xffff_ffff, |d| lock(d).config_read(reg & !3))
+    }
+
+    /// Writes the `mask`ed bytes of a dword; writes to absent functions are dropped.
+    pub fn config_write(&self, dev: u8, func: u8, reg: u16, value: u32, mask: u32) {
+        if let Some(d) = self.get(dev, func) {
+            lock(d).config_write(reg & !3, value, mask);
+        }
+    }
+}
+
+/// The host side of configuration mechanism #1, and bus 0.
+pub struct PciRoot {
+    address: u32,
+    bus: PciBus,
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciRoot {
+    /// Bus 0 with the host bridge at 00.0 and the ISA bridge at 01.0.
+    pub fn new() -> Self {
+        let mut bus = PciBus::new();
+        let fixed: [(u8, ConfigSpace); 2] = [(0, i440fx_host_bridge()), (1, piix3_isa_bridge())];
+        for (dev, config) in fixed {
+            // An empty bus always has these slots free.
+            let _ = bus.add(dev, 0, Arc::new(Mutex::new(config)));
+        }
+        PciRoot { address: 0, bus }
+    }
+
+    pub fn bus(&self) -> &PciBus {
+        &self.bus
+    }
+
+    pub fn bus_mut(&mut self) -> &mut PciBus {
+        &mut self.bus
+    }
+
+    /// The function and register CONFIG_ADDRESS selects, if enabled and on bus 0.
+    fn target(&self) -> Option<(u8, u8, u16)> {
+        let a = self.address;
+        (a >> 31 == 1 && (a >> 16) & 0xff == 0).then_some((
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 7) as u8,
+            (a & 0xfc) as u16,
+        ))
+    }
+}
+
+/// The configuration mechanism's ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciWindow {
+    /// CONFIG_ADDRESS (0xcf8): claims dword accesses only.
+    Address,
+    /// CONFIG_DATA (0xcfc-0xcff).
+    Data,
+}
+
+impl PortGroup for PciRoot {
+    type Window = PciWindow;
+    fn window_read(&mut self, window: PciWindow, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        match window {
+            PciWindow::Address if offset == 0 && data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            PciWindow::Address => {}
+            PciWindow::Data => {
+                let Some((dev, func, reg)) = self.target() else { return };
+                let dword = self.bus.config_read(dev, func, reg).to_le_bytes();
+                for (i, b) in data.iter_mut().enumerate() {
+                    if let Some(&v) = dword.get(offset as usize + i) {
+                        *b = v;
+                    }
+                }
+            }
+        }
+    }
+    fn window_write(&mut self, window: PciWindow, offset: u64, data: &[u8]) {
+        match window {
+            // Bits 30:24 are reserved and bits 1:0 select type 0/1 cycles: keep neither.
+            PciWindow::Address if offset == 0 && data.len() == 4 => self.address = le_value(data) as u32 & 0x80ff_fffc,
+            PciWindow::Address => {}
+            PciWindow::Data => {
+                let Some((dev, func, reg)) = self.target() else { return };
+                let n = data.len().min(4usize.saturating_sub(offset as usize));
+                if n == 0 {
+                    return;
+                }
+                let shift = 8 * offset as u32;
+                let value = (le_value(&data[..n]) as u32) << shift;
+                let mask = (u32::MAX >> (32 - 8 * n as u32)) << shift;
+                self.bus.config_write(dev, func, reg, value, mask);
+            }
+        }
+    }
+}
+
+/// The configuration mechanism's bus devices with their base ports and lengths:
+/// CONFIG_ADDRESS (0xcf8, 1: the bus resolves a dword access by its start, and 0xcf9
+/// stays free for [`crate::ResetControl`]) and CONFIG_DATA (0xcfc, 4).
+pub fn pci_bus_devices(root: &Arc<Mutex<PciRoot>>) -> Vec<(SharedDevice, u64, u64)> {
+    vec![
+        (PortWindow::shared(root, PciWindow::Address), 0xcf8, 1),
+        (PortWindow::shared(root, PciWindow::Data), 0xcfc, 4),
+    ]
+}
+
+#[cfg(test)]
+mod tests;
