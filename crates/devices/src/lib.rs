@@ -46,3 +46,6 @@ pub use port80::Port80;
 pub use reset_control::ResetControl;
 pub use rtc::Rtc;
 pub use uart::Serial;
+
+#[cfg(test)]
+mod robustness;
