@@ -333,8 +333,8 @@ pub struct PicIrqLine {
 }
 
 impl PicIrqLine {
-    pub fn new(pic: &Arc<Mutex<PicPair>>, irq: u8, on_intr: Arc<dyn Fn() + Send + Sync>) -> Self {
-        PicIrqLine { pic: pic.clone(), irq, on_intr }
+    pub fn new(pic: Arc<Mutex<PicPair>>, irq: u8, on_intr: Arc<dyn Fn() + Send + Sync>) -> Self {
+        PicIrqLine { pic, irq, on_intr }
     }
 }
 
@@ -515,7 +515,7 @@ mod tests {
         let pic = Arc::new(Mutex::new(programmed()));
         let kicks = Arc::new(AtomicUsize::new(0));
         let k = kicks.clone();
-        let line = PicIrqLine::new(&pic, 4, Arc::new(move || _ = k.fetch_add(1, Ordering::SeqCst)));
+        let line = PicIrqLine::new(pic.clone(), 4, Arc::new(move || _ = k.fetch_add(1, Ordering::SeqCst)));
         line.pulse();
         assert_eq!(kicks.load(Ordering::SeqCst), 2, "INTR asserted after both edges of the pulse");
         assert!(lock(&pic).intr());
