@@ -324,7 +324,7 @@ pub fn pic_bus_devices(pic: &Arc<Mutex<PicPair>>) -> Vec<(SharedDevice, u64, u64
     ]
 }
 
-/// One ISA interrupt line into the PIC. After a change that leaves INTR asserted it
+/// One ISA interrupt line into the PIC. After raising the line, if INTR is asserted, it
 /// calls `on_intr` (outside the PIC's lock), which the machine uses to kick the vCPU.
 pub struct PicIrqLine {
     pub pic: Arc<Mutex<PicPair>>,
@@ -345,7 +345,8 @@ impl IrqLine for PicIrqLine {
             pic.set_irq(self.irq, high);
             pic.intr()
         };
-        if intr {
+        // Lowering a line never creates a request, so only a raise needs the kick.
+        if high && intr {
             (self.on_intr)();
         }
     }
@@ -517,7 +518,7 @@ mod tests {
         let k = kicks.clone();
         let line = PicIrqLine::new(pic.clone(), 4, Arc::new(move || _ = k.fetch_add(1, Ordering::SeqCst)));
         line.pulse();
-        assert_eq!(kicks.load(Ordering::SeqCst), 2, "INTR asserted after both edges of the pulse");
+        assert_eq!(kicks.load(Ordering::SeqCst), 1, "one kick for the rising edge");
         assert!(lock(&pic).intr());
         assert_eq!(lock(&pic).acknowledge(), 0x24);
         let devs = pic_bus_devices(&pic);
