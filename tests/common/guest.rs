@@ -26,34 +26,34 @@ const IDT: u64 = 0x8_0000;
 const IDTR: u64 = 0x8_1100;
 const STACK: u64 = 0x7000;
 
-/// Assembles a program twice: the first pass finds the interrupt handler's address,
-/// the second bakes it into the instructions that install the handler (those have a
-/// fixed size, so nothing moves between passes).
+/// Assembles a program until the interrupt handler's address, baked into the
+/// instructions that install it, agrees with where the handler ends up.
 pub fn machine_test_program(mode: Mode, exit_code: u8) -> (Vec<u8>, u64) {
     let (bits, ip) = match mode {
         Mode::Real => (16, 0),
         Mode::Long => (64, LONG_BASE),
     };
-    let (_, handler) = assemble(mode, bits, ip, 0, exit_code);
-    let (code, entry) = assemble(mode, bits, ip, handler, exit_code);
-    let (_, handler2) = assemble(mode, bits, ip, handler, exit_code);
-    assert_eq!(handler, handler2, "handler moved between passes");
-    (code, entry)
+    // Branch sizes may change with the handler's address: iterate to a fixed point.
+    let mut handler = 0;
+    for _ in 0..8 {
+        let (code, entry, h) = assemble(mode, bits, ip, handler, exit_code);
+        if h == handler {
+            return (code, entry);
+        }
+        handler = h;
+    }
+    panic!("the test program's layout does not settle");
 }
 
-/// Returns (code, entry offset or address).
-fn assemble(mode: Mode, bits: u32, ip: u64, handler: u64, exit_code: u8) -> (Vec<u8>, u64) {
+/// Returns (code, entry, handler address).
+fn assemble(mode: Mode, bits: u32, ip: u64, handler: u64, exit_code: u8) -> (Vec<u8>, u64, u64) {
     let mut a = CodeAssembler::new(bits).unwrap();
     let (entry, irq) = build(&mut a, mode, handler, exit_code).unwrap_or_else(|e| panic!("assembling: {e}"));
     let res = a.assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
     let code = res.inner.code_buffer.clone();
     let entry = res.label_ip(&entry).unwrap();
     let handler_ip = res.label_ip(&irq).unwrap();
-    if handler == 0 {
-        (code, handler_ip)
-    } else {
-        (code, entry)
-    }
+    (code, entry, handler_ip)
 }
 
 /// Emits the program; returns its entry and interrupt-handler labels.
@@ -103,7 +103,7 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
             a.push(ax)?;
             a.inc(byte_ptr(TICKS))?;
             a.mov(al, 0x20u32)?;
-            a.out(0x20u8, al)?;
+            a.out(0x20u32, al)?;
             a.pop(ax)?;
             a.iret()?;
         }
@@ -111,7 +111,7 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
             a.push(rax)?;
             a.inc(byte_ptr(TICKS))?;
             a.mov(al, 0x20u32)?;
-            a.out(0x20u8, al)?;
+            a.out(0x20u32, al)?;
             a.pop(rax)?;
             a.iretq()?;
         }
@@ -148,12 +148,12 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
     // CMOS: memory above 16 MiB in 64 KiB units (0x34/0x35), then the RTC.
     let cmos_pair = |a: &mut CodeAssembler, hi: u8, lo: u8| -> Result<(), IcedError> {
         a.mov(al, hi as u32)?;
-        a.out(0x70u8, al)?;
-        a.in_(al, 0x71u8)?;
+        a.out(0x70u32, al)?;
+        a.in_(al, 0x71u32)?;
         a.mov(ah, al)?;
         a.mov(al, lo as u32)?;
-        a.out(0x70u8, al)?;
-        a.in_(al, 0x71u8)?;
+        a.out(0x70u32, al)?;
+        a.in_(al, 0x71u32)?;
         a.movzx(esi, ax)?;
         a.call(hex32)
     };
@@ -167,11 +167,11 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
 
     // A PIT interrupt through the PIC: remap, unmask IRQ0 only, 100 Hz, wait for 3.
     let base = if mode == Mode::Real { 0x08u32 } else { 0x20u32 };
-    for (port, val) in [(0x20u8, 0x11u32), (0x21, base), (0x21, 4), (0x21, 1), (0xa0, 0x11), (0xa1, base + 8)] {
+    for (port, val) in [(0x20u32, 0x11u32), (0x21, base), (0x21, 4), (0x21, 1), (0xa0, 0x11), (0xa1, base + 8)] {
         a.mov(al, val)?;
         a.out(port, al)?;
     }
-    for (port, val) in [(0xa1u8, 2u32), (0xa1, 1), (0xa1, 0xff), (0x21, 0xfe)] {
+    for (port, val) in [(0xa1u32, 2u32), (0xa1, 1), (0xa1, 0xff), (0x21, 0xfe)] {
         a.mov(al, val)?;
         a.out(port, al)?;
     }
@@ -199,11 +199,11 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
         }
     }
     a.mov(al, 0x34u32)?; // channel 0, lo/hi, mode 2
-    a.out(0x43u8, al)?;
+    a.out(0x43u32, al)?;
     a.mov(al, (11932 & 0xff) as u32)?;
-    a.out(0x40u8, al)?;
+    a.out(0x40u32, al)?;
     a.mov(al, (11932 >> 8) as u32)?;
-    a.out(0x40u8, al)?;
+    a.out(0x40u32, al)?;
     a.sti()?;
     let mut wait_tick = a.create_label();
     a.set_label(&mut wait_tick)?;

@@ -67,6 +67,42 @@ impl CpuidMask {
         Self::CX16.union(Self::XSAVE).union(Self::XSAVEOPT).union(Self::AVX).union(Self::AVX2).union(Self::AVX512)
     }
 
+    /// The feature a QEMU-style `-cpu` flag name stands for ("cx16", "xsave", ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "cx16" => Self::CX16,
+            "xsave" => Self::XSAVE,
+            "xsaveopt" => Self::XSAVEOPT,
+            "avx" => Self::AVX,
+            "avx2" => Self::AVX2,
+            "avx512f" | "avx512" => Self::AVX512,
+            "x2apic" => Self::X2APIC,
+            "pcid" => Self::PCID,
+            "fsgsbase" => Self::FSGSBASE,
+            "rdrand" => Self::RDRAND,
+            "rdseed" => Self::RDSEED,
+            _ => return None,
+        })
+    }
+
+    /// Applies one `-cpu` flag: `-feat` (or `feat=off`) hides, `+feat` (or `feat=on`)
+    /// shows again.
+    pub fn apply_flag(&mut self, flag: &str) -> Result<(), String> {
+        let (name, hide) = match flag.split_once('=') {
+            Some((n, "off")) => (n, true),
+            Some((n, "on")) => (n, false),
+            _ => match flag.strip_prefix('-') {
+                Some(n) => (n, true),
+                None => (flag.strip_prefix('+').unwrap_or(flag), false),
+            },
+        };
+        let f = Self::from_name(name).ok_or_else(|| {
+            format!("-cpu: cannot change feature '{name}' (known: cx16 xsave xsaveopt avx avx2 avx512f x2apic pcid fsgsbase rdrand rdseed)")
+        })?;
+        *self = if hide { self.union(f) } else { Self(self.0 & !f.0) };
+        Ok(())
+    }
+
     /// Adds what hiding a feature implies: no XSAVE means no state for AVX, no AVX means
     /// no AVX2 or AVX-512.
     pub const fn closure(self) -> Self {

@@ -106,14 +106,15 @@ impl Chipset {
 
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
         crate::machine::insert_all(&mut pio, i8042_bus_devices(&i8042))?;
-        pio.insert(shared(Port80::default()), 0x80, 1)?;
+        pio.insert(shared(Port80::new()), 0x80, 1)?;
 
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         crate::machine::insert_all(&mut pio, pci_bus_devices(&pci))?;
         pio.insert(shared(ResetControl::new(control.clone())), 0xcf9, 1)?;
 
-        let pm = AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ));
-        pio.insert(shared(pm), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
+        pio.insert(pm.clone(), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
+        timers.push(pm);
 
         if let Some(out) = cfg.debugcon.take() {
             pio.insert(shared(Debugcon::new(out)), 0xe9, 1)?;

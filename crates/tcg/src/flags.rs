@@ -1,0 +1,249 @@
+//! Lazy EFLAGS.
+//!
+//! Arithmetic instructions do not compute the six status flags. They record what they
+//! did: the operation and width ([`CcOp`]) and up to three values (`cc_dst` = the
+//! result, `cc_src` = the second operand, `cc_src2` = carry-in or the bit shifted out).
+//! The flags are computed from that record only when something reads them: a
+//! conditional branch (usually inline, by re-running the comparison), PUSHF, an
+//! interrupt, or a helper. This is QEMU's scheme; the per-operation formulas below are
+//! the one place the flag semantics live.
+
+use quern_core::regs::flags::{AF, CF, OF, PF, SF, ZF};
+
+/// The operation whose result the lazy-flag record describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CcKind {
+    /// Flags are already in `eflags` (after POPF, SAHF, rotates, helpers).
+    Eflags = 0,
+    Add,
+    /// ADD with carry-in in `cc_src2`.
+    Adc,
+    Sub,
+    /// SUB with borrow-in in `cc_src2`.
+    Sbb,
+    /// AND/OR/XOR/TEST: CF = OF = 0.
+    Logic,
+    /// INC: `cc_src2` holds the CF from before (INC leaves CF alone).
+    Inc,
+    /// DEC: `cc_src2` holds the old CF.
+    Dec,
+    /// SHL/SAL: `cc_src` is the last bit shifted out (0/1).
+    Shl,
+    /// SHR: `cc_src` the last bit out, `cc_src2` the original operand (for OF).
+    Shr,
+    /// SAR: `cc_src` the last bit out.
+    Sar,
+    /// MUL/IMUL: `cc_src` nonzero when the result did not fit (CF = OF = 1).
+    Mul,
+    /// BSF/BSR/TZCNT-style: ZF from `cc_src` (nonzero source → ZF clear).
+    ZfFromSrc,
+    /// NEG: `cc_src` the original operand.
+    Neg,
+}
+
+/// An operand width in bytes: 1, 2, 4 or 8.
+pub type Width = u8;
+
+/// A lazy-flag record's operation and width packed in one byte-sized number, as
+/// generated code stores it: kind * 4 + log2(width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CcOp(pub u32);
+
+impl CcOp {
+    pub const EFLAGS: CcOp = CcOp(0);
+
+    pub fn new(kind: CcKind, width: Width) -> Self {
+        CcOp((kind as u32) << 2 | width.trailing_zeros())
+    }
+    pub fn kind(self) -> CcKind {
+        match self.0 >> 2 {
+            1 => CcKind::Add,
+            2 => CcKind::Adc,
+            3 => CcKind::Sub,
+            4 => CcKind::Sbb,
+            5 => CcKind::Logic,
+            6 => CcKind::Inc,
+            7 => CcKind::Dec,
+            8 => CcKind::Shl,
+            9 => CcKind::Shr,
+            10 => CcKind::Sar,
+            11 => CcKind::Mul,
+            12 => CcKind::ZfFromSrc,
+            13 => CcKind::Neg,
+            _ => CcKind::Eflags,
+        }
+    }
+    pub fn width(self) -> Width {
+        1 << (self.0 & 3)
+    }
+}
+
+/// All bits of a value `width` bytes wide.
+pub fn mask(width: Width) -> u64 {
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (width as u32 * 8)) - 1
+    }
+}
+
+fn sign_bit(width: Width) -> u64 {
+    1u64 << (width as u32 * 8 - 1)
+}
+
+fn parity(v: u64) -> u64 {
+    if (v as u8).count_ones() % 2 == 0 {
+        PF
+    } else {
+        0
+    }
+}
+
+/// ZF, SF and PF of a result.
+fn zsp(res: u64, width: Width) -> u64 {
+    let res = res & mask(width);
+    (if res == 0 { ZF } else { 0 }) | (if res & sign_bit(width) != 0 { SF } else { 0 }) | parity(res)
+}
+
+/// The six status flags described by a lazy record; `eflags` supplies them when the
+/// record is [`CcKind::Eflags`].
+pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
+    let w = op.width();
+    let m = mask(w);
+    let sb = sign_bit(w);
+    let res = dst & m;
+    let src = src & m;
+    let flag = |b: bool, f: u64| if b { f } else { 0 };
+    match op.kind() {
+        CcKind::Eflags => eflags & (CF | PF | AF | ZF | SF | OF),
+        CcKind::Add | CcKind::Adc => {
+            let c = if op.kind() == CcKind::Adc { src2 & 1 } else { 0 };
+            let src1 = res.wrapping_sub(src).wrapping_sub(c) & m;
+            let cf = if c != 0 { res <= src1 } else { res < src1 };
+            flag(cf, CF)
+                | ((src1 ^ src ^ res) & 0x10)
+                | flag((src1 ^ res) & (src ^ res) & sb != 0, OF)
+                | zsp(res, w)
+        }
+        CcKind::Sub | CcKind::Sbb => {
+            let c = if op.kind() == CcKind::Sbb { src2 & 1 } else { 0 };
+            let src1 = res.wrapping_add(src).wrapping_add(c) & m;
+            let cf = if c != 0 { src1 <= src } else { src1 < src };
+            flag(cf, CF)
+                | ((src1 ^ src ^ res) & 0x10)
+                | flag((src1 ^ src) & (src1 ^ res) & sb != 0, OF)
+                | zsp(res, w)
+        }
+        CcKind::Neg => {
+            // 0 - src.
+            flag(src != 0, CF) | ((src ^ res) & 0x10) | flag(src & res & sb != 0, OF) | zsp(res, w)
+        }
+        CcKind::Logic => zsp(res, w),
+        CcKind::Inc => flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0, AF) | flag(res == sb, OF) | zsp(res, w),
+        CcKind::Dec => {
+            flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0xf, AF) | flag(res == sb - 1, OF) | zsp(res, w)
+        }
+        CcKind::Shl => {
+            let cf = src & 1 != 0;
+            flag(cf, CF) | flag(cf != (res & sb != 0), OF) | zsp(res, w)
+        }
+        CcKind::Shr => flag(src & 1 != 0, CF) | flag(src2 & sb != 0, OF) | zsp(res, w),
+        CcKind::Sar => flag(src & 1 != 0, CF) | zsp(res, w),
+        CcKind::Mul => {
+            let o = src != 0;
+            flag(o, CF) | flag(o, OF) | zsp(res, w)
+        }
+        CcKind::ZfFromSrc => (eflags & (CF | PF | AF | SF | OF)) | flag(src == 0, ZF),
+    }
+}
+
+/// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc opcodes) against
+/// materialized flags.
+pub fn condition(cc: u8, f: u64) -> bool {
+    let (cf, zf, sf, of, pf) = (f & CF != 0, f & ZF != 0, f & SF != 0, f & OF != 0, f & PF != 0);
+    let r = match cc >> 1 {
+        0 => of,
+        1 => cf,
+        2 => zf,
+        3 => cf || zf,
+        4 => sf,
+        5 => pf,
+        6 => sf != of,
+        _ => zf || sf != of,
+    };
+    r != (cc & 1 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `op` on the host CPU and returns its status flags.
+    macro_rules! host_flags {
+        ($insn:literal, $a:expr, $b:expr) => {{
+            let mut a: u64 = $a;
+            let flags: u64;
+            // SAFETY: pure register arithmetic; pushf/pop balance the stack.
+            unsafe {
+                std::arch::asm!(concat!($insn, "; pushfq; pop {f}"), a = inout(reg) a, b = in(reg) $b as u64, f = out(reg) flags);
+            }
+            (a, flags & (CF | PF | AF | ZF | SF | OF))
+        }};
+    }
+
+    const SAMPLES: [u64; 10] =
+        [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff_ffff_ffff, 0x8000_0000_0000_0000];
+
+    #[test]
+    fn add_and_sub_match_the_host() {
+        for &a in &SAMPLES {
+            for &b in &SAMPLES {
+                let (r, f) = host_flags!("add {a}, {b}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Add, 8), r, b, 0, 0), f, "add {a:#x},{b:#x}");
+                let (r, f) = host_flags!("sub {a}, {b}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Sub, 8), r, b, 0, 0), f, "sub {a:#x},{b:#x}");
+                let (r, f) = host_flags!("add {a:e}, {b:e}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Add, 4), r, b, 0, 0), f, "add32 {a:#x},{b:#x}");
+                let (r, f) = host_flags!("sub {a:x}, {b:x}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Sub, 2), r, b, 0, 0), f, "sub16 {a:#x},{b:#x}");
+                let (r, f) = host_flags!("stc; adc {a:l}, {b:l}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Adc, 1), r, b, 1, 0), f, "adc8 {a:#x},{b:#x}");
+                let (r, f) = host_flags!("stc; sbb {a:e}, {b:e}", a, b);
+                assert_eq!(compute(CcOp::new(CcKind::Sbb, 4), r, b, 1, 0), f, "sbb32 {a:#x},{b:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn inc_dec_neg_match_the_host() {
+        for &a in &SAMPLES {
+            let (r, f) = host_flags!("stc; inc {a:e}", a, 0u64);
+            assert_eq!(compute(CcOp::new(CcKind::Inc, 4), r, 0, 1, 0), f, "inc {a:#x}");
+            let (r, f) = host_flags!("clc; dec {a:x}", a, 0u64);
+            assert_eq!(compute(CcOp::new(CcKind::Dec, 2), r, 0, 0, 0), f, "dec {a:#x}");
+            let (r, f) = host_flags!("neg {a}", a, 0u64);
+            assert_eq!(compute(CcOp::new(CcKind::Neg, 8), r, a, 0, 0), f, "neg {a:#x}");
+        }
+    }
+
+    #[test]
+    fn conditions() {
+        assert!(condition(0x4, ZF)); // E
+        assert!(!condition(0x5, ZF)); // NE
+        assert!(condition(0xc, SF)); // L: SF != OF
+        assert!(!condition(0xc, SF | OF));
+        assert!(condition(0x6, CF)); // BE
+        assert!(condition(0xf, 0)); // G
+    }
+
+    #[test]
+    fn packing_round_trips() {
+        for k in [CcKind::Add, CcKind::Neg, CcKind::Mul, CcKind::Shr] {
+            for w in [1, 2, 4, 8] {
+                let op = CcOp::new(k, w);
+                assert_eq!((op.kind(), op.width()), (k, w));
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The guest CPU's state as generated code sees it.
+//!
+//! One `#[repr(C)]` struct; generated code holds a pointer to it in one pinned host
+//! register and reaches every field by `offset_of!`. Guest registers live here, not in
+//! host registers across instructions, so the state is precise whenever a helper runs
+//! or an exception is raised: only RIP must be stored first, and that happens on the
+//! out-of-line slow paths.
+
+use std::mem::offset_of;
+
+use quern_core::regs::{self, DescriptorTable, Segment};
+
+use crate::flags::{self, CcOp};
+use crate::mmu::Tlb;
+
+/// Segment register numbers, in the order of the ModRM/SReg encoding.
+pub const ES: usize = 0;
+pub const CS: usize = 1;
+pub const SS: usize = 2;
+pub const DS: usize = 3;
+pub const FS: usize = 4;
+pub const GS: usize = 5;
+
+/// A segment register with its descriptor cache, as generated code reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Seg {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    /// Descriptor attribute bits 8..23 of the high dword, packed: type(4) S DPL(2) P |
+    /// AVL L D/B G (bits 12..15), as VMX stores them.
+    pub attr: u16,
+}
+
+pub mod attr {
+    pub const S: u16 = 1 << 4;
+    pub const P: u16 = 1 << 7;
+    pub const L: u16 = 1 << 13;
+    pub const DB: u16 = 1 << 14;
+    pub const G: u16 = 1 << 15;
+    pub const UNUSABLE: u16 = 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11; // never set by real descriptors' AVL slot
+}
+
+impl Seg {
+    pub fn dpl(&self) -> u8 {
+        ((self.attr >> 5) & 3) as u8
+    }
+    pub fn db(&self) -> bool {
+        self.attr & attr::DB != 0
+    }
+    pub fn long(&self) -> bool {
+        self.attr & attr::L != 0
+    }
+}
+
+impl From<&Segment> for Seg {
+    fn from(s: &Segment) -> Self {
+        let a = u16::from(s.type_ & 0xf)
+            | u16::from(s.s) << 4
+            | u16::from(s.dpl & 3) << 5
+            | u16::from(s.present) << 7
+            | u16::from(s.avl) << 12
+            | u16::from(s.l) << 13
+            | u16::from(s.db) << 14
+            | u16::from(s.g) << 15;
+        Seg { base: s.base, limit: s.limit, selector: s.selector, attr: a }
+    }
+}
+
+impl From<&Seg> for Segment {
+    fn from(s: &Seg) -> Self {
+        Segment {
+            base: s.base,
+            limit: s.limit,
+            selector: s.selector,
+            type_: (s.attr & 0xf) as u8,
+            s: s.attr & attr::S != 0,
+            dpl: s.dpl(),
+            present: s.attr & attr::P != 0,
+            avl: s.attr & (1 << 12) != 0,
+            l: s.long(),
+            db: s.db(),
+            g: s.attr & attr::G != 0,
+            unusable: s.attr & attr::P == 0,
+        }
+    }
+}
+
+/// The MSRs the software CPU keeps (others read as 0 and ignore writes).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Msrs {
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub kernel_gs_base: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+    pub pat: u64,
+    pub tsc_offset: u64,
+    pub misc_enable: u64,
+}
+
+/// A pending guest exception raised by a helper or a slow path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Fault {
+    /// Vector, or `NO_FAULT`.
+    pub vector: u32,
+    pub error_code: u32,
+    pub has_error_code: u32,
+    pub _pad: u32,
+    /// CR2 for a page fault.
+    pub address: u64,
+}
+
+pub const NO_FAULT: u32 = u32::MAX;
+
+/// The whole CPU, as generated code and helpers see it.
+#[repr(C)]
+pub struct CpuState {
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    /// EFLAGS; the six status bits are valid only while `cc_op` is [`CcOp::EFLAGS`].
+    pub eflags: u64,
+    pub cc_op: u32,
+    /// Nonzero asks generated code to return to the run loop at the next block entry
+    /// (a kick from another thread, an interrupt to deliver). Written atomically.
+    pub exit_request: u32,
+    pub cc_dst: u64,
+    pub cc_src: u64,
+    pub cc_src2: u64,
+    pub seg: [Seg; 6],
+    pub ldtr: Seg,
+    pub tr: Seg,
+    pub gdt: DescriptorTable,
+    pub idt: DescriptorTable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+    pub dr: [u64; 8],
+    pub msr: Msrs,
+    pub fpu: regs::FpuState,
+    pub fault: Fault,
+    /// HLT executed; cleared by an interrupt.
+    pub halted: u32,
+    /// One-instruction interrupt shadow after STI and MOV SS.
+    pub inhibit_irq: u32,
+    /// Host address of the jump an unchained exit left through (see `x64::exit`).
+    pub chain_site: u64,
+    pub tlb: Tlb,
+}
+
+impl CpuState {
+    pub fn new() -> Box<Self> {
+        let mut s = Box::new(CpuState {
+            gpr: [0; 16],
+            rip: 0,
+            eflags: regs::flags::FIXED1,
+            cc_op: CcOp::EFLAGS.0,
+            exit_request: 0,
+            cc_dst: 0,
+            cc_src: 0,
+            cc_src2: 0,
+            seg: [Seg::default(); 6],
+            ldtr: Seg::default(),
+            tr: Seg::default(),
+            gdt: DescriptorTable::default(),
+            idt: DescriptorTable::default(),
+            cr0: 0,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            cr8: 0,
+            efer: 0,
+            apic_base: 0,
+            dr: [0; 8],
+            msr: Msrs::default(),
+            fpu: regs::FpuState::default(),
+            fault: Fault { vector: NO_FAULT, ..Default::default() },
+            halted: 0,
+            inhibit_irq: 0,
+            chain_site: 0,
+            tlb: Tlb::new(),
+        });
+        s.msr.pat = 0x0007_0406_0007_0406;
+        s
+    }
+
+    /// EFLAGS with the status flags computed from the lazy record.
+    pub fn flags(&self) -> u64 {
+        let st = flags::compute(CcOp(self.cc_op), self.cc_dst, self.cc_src, self.cc_src2, self.eflags);
+        (self.eflags & !regs::flags::STATUS) | st | regs::flags::FIXED1
+    }
+
+    /// Sets all of EFLAGS and drops the lazy record.
+    pub fn set_flags(&mut self, v: u64) {
+        self.eflags = (v & 0x003f_7fd5) | regs::flags::FIXED1;
+        self.cc_op = CcOp::EFLAGS.0;
+    }
+
+    /// Folds the lazy record into `eflags`.
+    pub fn materialize_flags(&mut self) {
+        let f = self.flags();
+        self.set_flags(f);
+    }
+
+    pub fn protected(&self) -> bool {
+        self.cr0 & regs::ctrl::CR0_PE != 0
+    }
+    pub fn long_mode(&self) -> bool {
+        self.efer & regs::ctrl::EFER_LMA != 0
+    }
+    pub fn v86(&self) -> bool {
+        self.eflags & (1 << 17) != 0
+    }
+    /// The current privilege level.
+    pub fn cpl(&self) -> u8 {
+        if !self.protected() {
+            0
+        } else if self.v86() {
+            3
+        } else {
+            self.seg[CS].dpl()
+        }
+    }
+
+    /// The decoder's bitness: 64 in a long-mode code segment, else 32 or 16 by CS.D.
+    pub fn code_bits(&self) -> u32 {
+        if self.long_mode() && self.seg[CS].long() {
+            64
+        } else if self.protected() && !self.v86() && self.seg[CS].db() {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// The bits of state a translation depends on, besides the code bytes: a block
+    /// translated under one value is only valid under the same value.
+    pub fn mode_key(&self) -> u32 {
+        let bits = match self.code_bits() {
+            64 => 2,
+            32 => 1,
+            _ => 0,
+        };
+        bits | u32::from(self.seg[SS].db()) << 2
+            | u32::from(self.protected()) << 3
+            | u32::from(self.cpl()) << 4
+            | u32::from(self.v86()) << 6
+            | u32::from(self.cr0 & regs::ctrl::CR0_PG != 0) << 7
+            | u32::from(self.seg_flat()) << 8
+    }
+
+    /// Whether DS, ES and SS all have base 0: translations may then skip adding bases.
+    pub fn seg_flat(&self) -> bool {
+        self.long_mode() || (self.seg[DS].base | self.seg[ES].base | self.seg[SS].base) == 0
+    }
+}
+
+/// Field offsets for generated code.
+pub mod off {
+    use super::*;
+
+    pub const fn gpr(r: usize) -> i32 {
+        (offset_of!(CpuState, gpr) + 8 * r) as i32
+    }
+    pub const RIP: i32 = offset_of!(CpuState, rip) as i32;
+    pub const EFLAGS: i32 = offset_of!(CpuState, eflags) as i32;
+    pub const CC_OP: i32 = offset_of!(CpuState, cc_op) as i32;
+    pub const CC_DST: i32 = offset_of!(CpuState, cc_dst) as i32;
+    pub const CC_SRC: i32 = offset_of!(CpuState, cc_src) as i32;
+    pub const CC_SRC2: i32 = offset_of!(CpuState, cc_src2) as i32;
+    pub const EXIT_REQUEST: i32 = offset_of!(CpuState, exit_request) as i32;
+    pub const fn seg_base(s: usize) -> i32 {
+        (offset_of!(CpuState, seg) + s * std::mem::size_of::<Seg>() + offset_of!(Seg, base)) as i32
+    }
+    pub const CHAIN_SITE: i32 = offset_of!(CpuState, chain_site) as i32;
+    pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
+    pub const FAULT_VECTOR: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, vector)) as i32;
+}

@@ -1,0 +1,525 @@
+//! The x86-64 host backend: everything that knows the host's instruction set.
+//!
+//! The translator (`translate/`) describes each guest instruction through the
+//! operations of [`Emitter`]: load and store guest registers, compute addresses,
+//! load/store guest memory through the inline TLB, host ALU operations, lazy-flag
+//! records, conditions, helper calls and block exits. A second host architecture would
+//! provide the same operations; nothing outside this file emits host code.
+//!
+//! Host register use inside generated code:
+//! - `r14`: the [`crate::state::CpuState`] (the `Cpu`), pinned for the whole run.
+//! - `rax`, `rcx`, `rdx`: the temporaries T0, T1, T2 of the translator.
+//! - `rsi`: the guest linear address of the current memory access (then its host
+//!   address after a TLB hit).
+//! - `rdi`, `r8`: scratch for the TLB probe and helper-call set-up.
+//! - The stack is 16-byte aligned at block level, so helpers can be called directly.
+
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+
+use crate::flags::{CcOp, Width};
+use crate::mmu::{entry_off, TLB_BITS};
+use crate::state::off;
+
+/// A translator temporary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum T {
+    T0,
+    T1,
+    T2,
+}
+
+impl T {
+    fn reg(self) -> u8 {
+        match self {
+            T::T0 => 0, // rax
+            T::T1 => 1, // rcx
+            T::T2 => 2, // rdx
+        }
+    }
+}
+
+/// Why generated code returned to the run loop (in eax).
+pub mod exit {
+    /// RIP is in the state; look up the next block.
+    pub const NEXT: u32 = 0;
+    /// A direct branch not yet chained: RIP is stored and `Cpu::chain_site` names the
+    /// jump to patch.
+    pub const CHAIN: u32 = 1;
+    /// A guest exception is pending in `state.fault`; RIP is the faulting instruction.
+    pub const FAULT: u32 = 2;
+    /// `exit_request` was set (kick, interrupt); RIP is the next block's start.
+    pub const REQUEST: u32 = 3;
+    /// HLT; RIP is after it.
+    pub const HALT: u32 = 4;
+}
+
+/// Binary ALU operations the host runs directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alu {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+}
+
+/// Shift operations by CL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shift {
+    Rol,
+    Ror,
+    Shl,
+    Shr,
+    Sar,
+}
+
+/// Addresses of the run loop's common stubs inside the code buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stubs {
+    /// Returns to the run loop with the exit code in eax.
+    pub epilogue: usize,
+}
+
+/// An out-of-line slow path, emitted after the block's main body.
+enum SlowPath {
+    Load { at: DynamicLabel, resume: DynamicLabel, dst: T, width: Width, rip: u64, helper: usize },
+    Store { at: DynamicLabel, resume: DynamicLabel, src: T, width: Width, rip: u64, next_rip: u64, helper: usize },
+}
+
+/// Emits host code for one translation block.
+pub struct Emitter {
+    pub ops: VecAssembler<X64Relocation>,
+    base: usize,
+    stubs: Stubs,
+    slow: Vec<SlowPath>,
+    fault_exit: DynamicLabel,
+    /// Offsets (from block start) of rel32 jumps to patch when chaining, with the
+    /// offset of their unchained stub.
+    pub chain_sites: Vec<(usize, usize)>,
+}
+
+/// Helpers called from generated code, by address.
+#[derive(Clone, Copy, Debug)]
+pub struct HelperAddrs {
+    pub load: usize,
+    pub store: usize,
+}
+
+impl Emitter {
+    /// Starts a block that will live at host address `base`.
+    pub fn new(base: usize, stubs: Stubs) -> Self {
+        let mut ops = VecAssembler::new(base);
+        let fault_exit = ops.new_dynamic_label();
+        Emitter { ops, base, stubs, slow: Vec::new(), fault_exit, chain_sites: Vec::new() }
+    }
+
+    /// Offset of the next byte from the block's start.
+    pub fn offset(&self) -> usize {
+        self.ops.offset().0
+    }
+
+    pub fn label(&mut self) -> DynamicLabel {
+        self.ops.new_dynamic_label()
+    }
+
+    pub fn bind(&mut self, l: DynamicLabel) {
+        dynasm!(self.ops ; .arch x64 ; =>l);
+    }
+
+    /// An absolute rel32 jump/call to `target` (a stub or helper).
+    fn rel32_to(&mut self, opcode: u8, target: usize) {
+        let here = self.base + self.offset() + 5;
+        let rel = target as i64 - here as i64;
+        assert!(i32::try_from(rel).is_ok(), "code buffer and target out of rel32 reach");
+        self.ops.push(opcode);
+        self.ops.push_i32(rel as i32);
+    }
+
+    fn call_abs(&mut self, helper: usize) {
+        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD helper as i64 ; call rax);
+    }
+
+    /// Stores a 64-bit constant to a state field.
+    fn store_const(&mut self, field: i32, v: u64) {
+        if i32::try_from(v as i64).is_ok() {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + field], v as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD v as i64 ; mov [r14 + field], rdi);
+        }
+    }
+
+    pub fn store_rip(&mut self, rip: u64) {
+        self.store_const(off::RIP, rip);
+    }
+
+    /// Block entry: leave if the run loop asked for it (RIP = this block's start).
+    pub fn entry_check(&mut self, block_rip: u64) {
+        let go = self.label();
+        dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::EXIT_REQUEST], 0 ; je =>go);
+        self.store_rip(block_rip);
+        self.exit_with(exit::REQUEST);
+        self.bind(go);
+    }
+
+    /// Returns to the run loop with `code`.
+    pub fn exit_with(&mut self, code: u32) {
+        dynasm!(self.ops ; .arch x64 ; mov eax, code as i32);
+        self.rel32_to(0xe9, self.stubs.epilogue);
+    }
+
+    /// Ends the block at a direct branch to `target`: a patchable jump, first aimed at
+    /// a stub that stores RIP and asks the run loop to chain.
+    pub fn exit_chain(&mut self, target: u64) {
+        let site = self.offset();
+        let stub = self.label();
+        // Always the 5-byte rel32 form, so it can be re-aimed at another block.
+        dynasm!(self.ops ; .arch x64 ; jmp =>stub);
+        let stub_off = self.offset();
+        self.bind(stub);
+        self.store_rip(target);
+        let site_abs = (self.base + site) as i64;
+        dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD site_abs ; mov [r14 + off::CHAIN_SITE], rdi);
+        self.chain_sites.push((site, stub_off));
+        self.exit_with(exit::CHAIN);
+    }
+
+    // ---- guest registers ----
+
+    /// Loads guest register `r` (`high8`: AH/CH/DH/BH) zero-extended into `t`.
+    pub fn load_gpr(&mut self, t: T, r: usize, w: Width, high8: bool) {
+        let d = t.reg();
+        let o = off::gpr(r);
+        match (w, high8) {
+            (1, true) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [r14 + o + 1]),
+            (1, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [r14 + o]),
+            (2, _) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), WORD [r14 + o]),
+            (4, _) => dynasm!(self.ops ; .arch x64 ; mov Rd(d), DWORD [r14 + o]),
+            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD [r14 + o]),
+        }
+    }
+
+    /// Stores `t` to guest register `r` with x86's merge rules: 8/16-bit writes keep
+    /// the other bits, 32-bit writes clear the upper half.
+    pub fn store_gpr(&mut self, r: usize, t: T, w: Width, high8: bool) {
+        let s = t.reg();
+        let o = off::gpr(r);
+        match (w, high8) {
+            (1, true) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o + 1], Rb(s)),
+            (1, false) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o], Rb(s)),
+            (2, _) => dynasm!(self.ops ; .arch x64 ; mov WORD [r14 + o], Rw(s)),
+            (4, _) => dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + o], Rd(s) ; mov DWORD [r14 + o + 4], 0),
+            _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], Rq(s)),
+        }
+    }
+
+    pub fn load_imm(&mut self, t: T, v: u64) {
+        let d = t.reg();
+        if v <= u32::MAX as u64 {
+            dynasm!(self.ops ; .arch x64 ; mov Rd(d), v as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD v as i64);
+        }
+    }
+
+    pub fn mov(&mut self, d: T, s: T) {
+        dynasm!(self.ops ; .arch x64 ; mov Rq(d.reg()), Rq(s.reg()));
+    }
+
+    /// Sign- or zero-extends the low `from` bytes of `t` to 64 bits.
+    pub fn extend(&mut self, t: T, from: Width, signed: bool) {
+        let r = t.reg();
+        match (from, signed) {
+            (1, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r)),
+            (2, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rw(r)),
+            (4, false) => dynasm!(self.ops ; .arch x64 ; mov Rd(r), Rd(r)),
+            (1, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rb(r)),
+            (2, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rw(r)),
+            (4, true) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(r), Rd(r)),
+            _ => {}
+        }
+    }
+
+    // ---- addresses ----
+
+    /// rsi = 0.
+    pub fn addr_clear(&mut self) {
+        dynasm!(self.ops ; .arch x64 ; xor esi, esi);
+    }
+
+    /// rsi += guest register `r` (full width; truncation comes after).
+    pub fn addr_add_gpr(&mut self, r: usize, scale: u8) {
+        let o = off::gpr(r);
+        let sh = scale.trailing_zeros() as i8;
+        dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD [r14 + o]);
+        if sh > 0 {
+            dynasm!(self.ops ; .arch x64 ; shl rdi, sh);
+        }
+        dynasm!(self.ops ; .arch x64 ; add rsi, rdi);
+    }
+
+    /// rsi += a constant.
+    pub fn addr_add_const(&mut self, v: u64) {
+        if v == 0 {
+            return;
+        }
+        if i32::try_from(v as i64).is_ok() {
+            dynasm!(self.ops ; .arch x64 ; add rsi, v as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD v as i64 ; add rsi, rdi);
+        }
+    }
+
+    /// rsi &= the address-size mask (16 or 32 bits).
+    pub fn addr_truncate(&mut self, bits: u32) {
+        match bits {
+            16 => dynasm!(self.ops ; .arch x64 ; movzx esi, si),
+            32 => dynasm!(self.ops ; .arch x64 ; mov esi, esi),
+            _ => {}
+        }
+    }
+
+    /// rsi += the base of segment `seg`.
+    pub fn addr_add_seg(&mut self, seg: usize) {
+        dynasm!(self.ops ; .arch x64 ; add rsi, QWORD [r14 + off::seg_base(seg)]);
+    }
+
+    /// t = rsi (for LEA).
+    pub fn addr_to(&mut self, t: T) {
+        dynasm!(self.ops ; .arch x64 ; mov Rq(t.reg()), rsi);
+    }
+
+    /// rsi = t (an address computed in a temporary).
+    pub fn addr_from(&mut self, t: T) {
+        dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(t.reg()));
+    }
+
+    // ---- memory ----
+
+    /// Probes the TLB for an access of `w` bytes at linear rsi; on a hit leaves the
+    /// host address in rsi and falls through, on a miss jumps to `miss`.
+    fn tlb_probe(&mut self, w: Width, tag: i32, miss: DynamicLabel) {
+        let mask = (1i32 << TLB_BITS) - 1;
+        dynasm!(self.ops ; .arch x64
+            ; mov rdi, rsi
+            ; shr rdi, 12
+            ; and edi, mask
+            ; shl edi, entry_off::SIZE_SHIFT as i8
+            ; lea r8, [rsi + (w as i32 - 1)]
+            ; and r8, -4096
+            ; cmp r8, [r14 + rdi + off::TLB + tag]
+            ; jne =>miss
+            ; add rsi, [r14 + rdi + off::TLB + entry_off::ADDEND]
+        );
+    }
+
+    /// t = guest memory[rsi], `w` bytes, zero-extended.
+    pub fn load_mem(&mut self, t: T, w: Width, rip: u64, helpers: &HelperAddrs) {
+        let miss = self.label();
+        let resume = self.label();
+        self.tlb_probe(w, entry_off::READ, miss);
+        let d = t.reg();
+        match w {
+            1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [rsi]),
+            2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), WORD [rsi]),
+            4 => dynasm!(self.ops ; .arch x64 ; mov Rd(d), DWORD [rsi]),
+            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD [rsi]),
+        }
+        self.bind(resume);
+        self.slow.push(SlowPath::Load { at: miss, resume, dst: t, width: w, rip, helper: helpers.load });
+    }
+
+    /// guest memory[rsi] = t, `w` bytes. `next_rip` is where to resume if the store
+    /// hit translated code (the block then ends there).
+    pub fn store_mem(&mut self, t: T, w: Width, rip: u64, next_rip: u64, helpers: &HelperAddrs) {
+        let miss = self.label();
+        let resume = self.label();
+        self.tlb_probe(w, entry_off::WRITE, miss);
+        let s = t.reg();
+        match w {
+            1 => dynasm!(self.ops ; .arch x64 ; mov BYTE [rsi], Rb(s)),
+            2 => dynasm!(self.ops ; .arch x64 ; mov WORD [rsi], Rw(s)),
+            4 => dynasm!(self.ops ; .arch x64 ; mov DWORD [rsi], Rd(s)),
+            _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi], Rq(s)),
+        }
+        self.bind(resume);
+        self.slow.push(SlowPath::Store { at: miss, resume, src: t, width: w, rip, next_rip, helper: helpers.store });
+    }
+
+    // ---- arithmetic ----
+
+    /// d = d op s at width `w` (CMP leaves d alone).
+    pub fn alu(&mut self, op: Alu, w: Width, d: T, s: T) {
+        let (d, s) = (d.reg(), s.reg());
+        macro_rules! by_width {
+            ($ins:ident) => {
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; $ins Rb(d), Rb(s)),
+                    2 => dynasm!(self.ops ; .arch x64 ; $ins Rw(d), Rw(s)),
+                    4 => dynasm!(self.ops ; .arch x64 ; $ins Rd(d), Rd(s)),
+                    _ => dynasm!(self.ops ; .arch x64 ; $ins Rq(d), Rq(s)),
+                }
+            };
+        }
+        match op {
+            Alu::Add => by_width!(add),
+            Alu::Or => by_width!(or),
+            Alu::Adc => by_width!(adc),
+            Alu::Sbb => by_width!(sbb),
+            Alu::And => by_width!(and),
+            Alu::Sub => by_width!(sub),
+            Alu::Xor => by_width!(xor),
+            Alu::Cmp => by_width!(cmp),
+        }
+    }
+
+    /// t = -t / !t at width `w`.
+    pub fn neg(&mut self, t: T, w: Width, not: bool) {
+        let r = t.reg();
+        match (w, not) {
+            (1, false) => dynasm!(self.ops ; .arch x64 ; neg Rb(r)),
+            (2, false) => dynasm!(self.ops ; .arch x64 ; neg Rw(r)),
+            (4, false) => dynasm!(self.ops ; .arch x64 ; neg Rd(r)),
+            (_, false) => dynasm!(self.ops ; .arch x64 ; neg Rq(r)),
+            (1, true) => dynasm!(self.ops ; .arch x64 ; not Rb(r)),
+            (2, true) => dynasm!(self.ops ; .arch x64 ; not Rw(r)),
+            (4, true) => dynasm!(self.ops ; .arch x64 ; not Rd(r)),
+            (_, true) => dynasm!(self.ops ; .arch x64 ; not Rq(r)),
+        }
+    }
+
+    /// t += 1 or t -= 1.
+    pub fn inc_dec(&mut self, t: T, w: Width, dec: bool) {
+        let r = t.reg();
+        match (w, dec) {
+            (1, false) => dynasm!(self.ops ; .arch x64 ; inc Rb(r)),
+            (2, false) => dynasm!(self.ops ; .arch x64 ; inc Rw(r)),
+            (4, false) => dynasm!(self.ops ; .arch x64 ; inc Rd(r)),
+            (_, false) => dynasm!(self.ops ; .arch x64 ; inc Rq(r)),
+            (1, true) => dynasm!(self.ops ; .arch x64 ; dec Rb(r)),
+            (2, true) => dynasm!(self.ops ; .arch x64 ; dec Rw(r)),
+            (4, true) => dynasm!(self.ops ; .arch x64 ; dec Rd(r)),
+            (_, true) => dynasm!(self.ops ; .arch x64 ; dec Rq(r)),
+        }
+    }
+
+    /// t = t shifted by cl (count already masked by the guest's rule).
+    pub fn shift_cl(&mut self, op: Shift, w: Width, t: T) {
+        let r = t.reg();
+        macro_rules! by_width {
+            ($ins:ident) => {
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), cl),
+                    2 => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), cl),
+                    4 => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), cl),
+                    _ => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), cl),
+                }
+            };
+        }
+        match op {
+            Shift::Rol => by_width!(rol),
+            Shift::Ror => by_width!(ror),
+            Shift::Shl => by_width!(shl),
+            Shift::Shr => by_width!(shr),
+            Shift::Sar => by_width!(sar),
+        }
+    }
+
+    /// Records a lazy-flag record: op, result (t_dst) and source (t_src).
+    pub fn set_cc(&mut self, op: CcOp, dst: Option<T>, src: Option<T>, src2: Option<T>) {
+        dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], op.0 as i32);
+        if let Some(t) = dst {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + off::CC_DST], Rq(t.reg()));
+        }
+        if let Some(t) = src {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + off::CC_SRC], Rq(t.reg()));
+        }
+        if let Some(t) = src2 {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + off::CC_SRC2], Rq(t.reg()));
+        }
+    }
+
+    /// Calls `helper(cpu, a1, a2, a3)` with temporaries as arguments; the result lands
+    /// in T0. Stores `rip` first so a helper that faults reports the right
+    /// instruction; leaves the block through the fault exit if it did.
+    pub fn call_helper(&mut self, helper: usize, args: &[Arg], rip: u64, may_fault: bool) {
+        self.store_rip(rip);
+        // Arguments go to rsi, rdx, rcx in the SysV order; T1 (rcx) and T2 (rdx) are
+        // themselves argument registers, so stage through the stack-free scratch r8-r10.
+        let dests = [6u8, 2, 1];
+        let scratch = [8u8, 9, 10];
+        for (i, a) in args.iter().enumerate() {
+            match *a {
+                Arg::T(t) => dynasm!(self.ops ; .arch x64 ; mov Rq(scratch[i]), Rq(t.reg())),
+                Arg::Imm(v) => dynasm!(self.ops ; .arch x64 ; mov Rq(scratch[i]), QWORD v as i64),
+                Arg::Addr => dynasm!(self.ops ; .arch x64 ; mov Rq(scratch[i]), rsi),
+            }
+        }
+        for i in 0..args.len() {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(dests[i]), Rq(scratch[i]));
+        }
+        dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
+        self.call_abs(helper);
+        if may_fault {
+            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
+        }
+    }
+
+    /// Jumps to `l` if T0's low 32 bits are nonzero.
+    pub fn jnz_t0(&mut self, l: DynamicLabel) {
+        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>l);
+    }
+
+    /// Emits the out-of-line slow paths and the fault exit; returns the code.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<(usize, usize)>) {
+        for sp in std::mem::take(&mut self.slow) {
+            match sp {
+                SlowPath::Load { at, resume, dst, width, rip, helper } => {
+                    self.bind(at);
+                    // Keep the temporaries across the call (four pushes keep the stack
+                    // 16-byte aligned), then hand the value over through rdi.
+                    dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8);
+                    self.store_rip(rip);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov edx, width as i32);
+                    self.call_abs(helper);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rax ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
+                    dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(dst.reg()), rdi ; jmp =>resume);
+                }
+                SlowPath::Store { at, resume, src, width, rip, next_rip, helper } => {
+                    self.bind(at);
+                    dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8);
+                    self.store_rip(rip);
+                    dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(src.reg()) ; mov ecx, width as i32 ; mov rdi, r14);
+                    self.call_abs(helper);
+                    dynasm!(self.ops ; .arch x64 ; mov edi, eax ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
+                    dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
+                    // Nonzero: the store hit translated code; end the block after it.
+                    let cont = self.label();
+                    dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>cont);
+                    self.store_rip(next_rip);
+                    self.exit_with(exit::NEXT);
+                    self.bind(cont);
+                    dynasm!(self.ops ; .arch x64 ; jmp =>resume);
+                }
+            }
+        }
+        let fe = self.fault_exit;
+        self.bind(fe);
+        self.exit_with(exit::FAULT);
+        let sites = std::mem::take(&mut self.chain_sites);
+        (self.ops.finalize().expect("assembling a block"), sites)
+    }
+}
+
+/// A helper-call argument.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    T(T),
+    Imm(u64),
+    /// The current address in rsi.
+    Addr,
+}
