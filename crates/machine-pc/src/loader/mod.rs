@@ -92,7 +92,7 @@ pub enum LoaderError {
     InitrdTooBig { size: u64, limit: u64, ram_mib: u64 },
     #[error("command line of {len} bytes is longer than the kernel's cmdline_size ({max}); shorten -append")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("ELF segment {addr:#x}+{len:#x} lies outside RAM with -m {ram_mib}M; give more memory or link the kernel at a RAM address")]
+    #[error("kernel segment {addr:#x}+{len:#x} lies outside RAM with -m {ram_mib}M; give more memory or link the kernel at a RAM address")]
     SegmentOutsideRam { addr: u64, len: u64, ram_mib: u64 },
     #[error("kernel segment {addr:#x}+{len:#x} overlaps the loader's boot area below {:#x}; link the kernel at 1 MiB or above", BOOT_AREA_END)]
     SegmentInBootArea { addr: u64, len: u64 },
