@@ -196,7 +196,10 @@ impl PcMachine {
                 VcpuExit::Kicked => {}
             }
             match self.ops.events.take() {
-                Some(MachineEvent::Exit(status)) => return Ok(status),
+                Some(MachineEvent::Exit(status)) => {
+                    log::info!("exit requested with status {status}");
+                    return Ok(status);
+                }
                 Some(MachineEvent::PowerOff) => {
                     log::info!("guest powered off");
                     return Ok(0);
