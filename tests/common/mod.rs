@@ -111,7 +111,8 @@ pub fn elf64(code: &[u8], addr: u64, entry: u64) -> Vec<u8> {
     f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
     f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     f.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
-    // Program header
+
+    // Program header.
     f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
     f.extend_from_slice(&7u32.to_le_bytes()); // RWX
     f.extend_from_slice(&off.to_le_bytes());

@@ -142,11 +142,7 @@ impl MemoryLayout {
         let mut map = vec![
             E820Entry { addr: 0, size: EBDA_START, kind: E820Type::Ram },
             E820Entry { addr: EBDA_START, size: VGA_START - EBDA_START, kind: E820Type::Reserved },
-            E820Entry {
-                addr: BIOS_AREA_START,
-                size: HIGH_MEMORY_START - BIOS_AREA_START,
-                kind: E820Type::Reserved,
-            },
+            E820Entry { addr: BIOS_AREA_START, size: HIGH_MEMORY_START - BIOS_AREA_START, kind: E820Type::Reserved },
         ];
         if self.below_4g > HIGH_MEMORY_START {
             map.push(E820Entry {

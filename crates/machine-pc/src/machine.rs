@@ -228,4 +228,3 @@ pub(crate) fn userspace_irqchip(accel: &SharedAccelerator) -> bool {
 pub(crate) fn insert_all(bus: &mut Bus, devs: Vec<(quern_core::bus::SharedDevice, u64, u64)>) -> Result<(), BusError> {
     devs.into_iter().try_for_each(|(d, base, len)| bus.insert(d, base, len))
 }
-

@@ -31,23 +31,20 @@ impl TimerThread {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("quern-timers".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    let now = clock.now_ns();
-                    let next = devices.iter().filter_map(|d| lock(d).tick(now)).min();
-                    let max = now + MAX_SLEEP.as_nanos() as u64;
-                    let until = next.unwrap_or(max).min(max);
-                    let now = clock.now_ns();
-                    if until > now {
-                        std::thread::sleep(Duration::from_nanos(until - now));
-                    }
+        let handle = std::thread::Builder::new().name("quern-timers".into()).spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                let now = clock.now_ns();
+                let next = devices.iter().filter_map(|d| lock(d).tick(now)).min();
+                let max = now + MAX_SLEEP.as_nanos() as u64;
+                let until = next.unwrap_or(max).min(max);
+                let now = clock.now_ns();
+                if until > now {
+                    std::thread::sleep(Duration::from_nanos(until - now));
                 }
-                // Wake a vCPU that might be waiting on us as we leave.
-                waker.wake();
-            })
-?;
+            }
+            // Wake a vCPU that might be waiting on us as we leave.
+            waker.wake();
+        })?;
         Ok(TimerThread { stop, handle })
     }
 

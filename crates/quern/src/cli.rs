@@ -206,8 +206,8 @@ mod tests {
 
     #[test]
     fn repeated_devices_and_hex_numbers() {
-        let a = parse(&["quern", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-device", "isa-debugcon"])
-            .unwrap();
+        let a =
+            parse(&["quern", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-device", "isa-debugcon"]).unwrap();
         assert_eq!(a.device.len(), 2);
         assert_eq!(parse_int("0xf4"), Some(0xf4));
         assert_eq!(parse_int("12"), Some(12));

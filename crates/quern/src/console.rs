@@ -101,7 +101,9 @@ pub fn spawn_input(serial: Arc<Mutex<Serial>>, control: Arc<dyn MachineControl>)
                         control.request(MachineEvent::Exit(0));
                         return;
                     }
-                    Key::Help => eprint!("\r\nC-a h    print this help\r\nC-a x    exit emulator\r\nC-a C-a  send C-a\r\n"),
+                    Key::Help => {
+                        eprint!("\r\nC-a h    print this help\r\nC-a x    exit emulator\r\nC-a C-a  send C-a\r\n")
+                    }
                     Key::None => {}
                 }
             }

@@ -59,7 +59,9 @@ fn init_logging(args: &Args) -> Result<(), Fatal> {
                 "pio" | "mmio" => "quern_core::bus=trace",
                 "trace" => "trace",
                 "help" => {
-                    return Err(Fatal("log items: int, cpu, exec, in_asm, unimp, guest_errors, pio, mmio, trace".into()))
+                    return Err(Fatal(
+                        "log items: int, cpu, exec, in_asm, unimp, guest_errors, pio, mmio, trace".into(),
+                    ))
                 }
                 other => other,
             };
@@ -73,7 +75,8 @@ fn init_logging(args: &Args) -> Result<(), Fatal> {
         b.parse_filters(&env);
     }
     if let Some(path) = &args.log_file {
-        let f = std::fs::File::create(path).map_err(|e| Fatal(format!("cannot create log file {}: {e}", path.display())))?;
+        let f = std::fs::File::create(path)
+            .map_err(|e| Fatal(format!("cannot create log file {}: {e}", path.display())))?;
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }
     b.format_timestamp(None).init();
