@@ -87,3 +87,13 @@ fn long_mode_program_on_kvm() {
     }
     check_machine_output(&long_mode_program("kvm", 0x2a), 0x2a);
 }
+
+#[test]
+fn real_mode_program_on_tcg() {
+    check_machine_output(&real_mode_program("tcg", 0x11), 0x11);
+}
+
+#[test]
+fn long_mode_program_on_tcg() {
+    check_machine_output(&long_mode_program("tcg", 0x2b), 0x2b);
+}

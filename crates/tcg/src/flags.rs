@@ -121,19 +121,13 @@ pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
             let c = if op.kind() == CcKind::Adc { src2 & 1 } else { 0 };
             let src1 = res.wrapping_sub(src).wrapping_sub(c) & m;
             let cf = if c != 0 { res <= src1 } else { res < src1 };
-            flag(cf, CF)
-                | ((src1 ^ src ^ res) & 0x10)
-                | flag((src1 ^ res) & (src ^ res) & sb != 0, OF)
-                | zsp(res, w)
+            flag(cf, CF) | ((src1 ^ src ^ res) & 0x10) | flag((src1 ^ res) & (src ^ res) & sb != 0, OF) | zsp(res, w)
         }
         CcKind::Sub | CcKind::Sbb => {
             let c = if op.kind() == CcKind::Sbb { src2 & 1 } else { 0 };
             let src1 = res.wrapping_add(src).wrapping_add(c) & m;
             let cf = if c != 0 { src1 <= src } else { src1 < src };
-            flag(cf, CF)
-                | ((src1 ^ src ^ res) & 0x10)
-                | flag((src1 ^ src) & (src1 ^ res) & sb != 0, OF)
-                | zsp(res, w)
+            flag(cf, CF) | ((src1 ^ src ^ res) & 0x10) | flag((src1 ^ src) & (src1 ^ res) & sb != 0, OF) | zsp(res, w)
         }
         CcKind::Neg => {
             // 0 - src.
@@ -141,9 +135,7 @@ pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
         }
         CcKind::Logic => zsp(res, w),
         CcKind::Inc => flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0, AF) | flag(res == sb, OF) | zsp(res, w),
-        CcKind::Dec => {
-            flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0xf, AF) | flag(res == sb - 1, OF) | zsp(res, w)
-        }
+        CcKind::Dec => flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0xf, AF) | flag(res == sb - 1, OF) | zsp(res, w),
         CcKind::Shl => {
             let cf = src & 1 != 0;
             flag(cf, CF) | flag(cf != (res & sb != 0), OF) | zsp(res, w)

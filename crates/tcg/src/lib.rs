@@ -1,32 +1,30 @@
-//! The JIT accelerator: x86 guest code translated to host code (issue: "The JIT
-//! translator"). It will implement quern-core's `Accelerator`/`Vcpu` traits exactly as
-//! accel-kvm does; until it lands, selecting it is a clear error rather than a
-//! silent fallback to another accelerator.
+//! The JIT accelerator: x86 guest code translated to x86-64 host code.
+//!
+//! Pipeline: [`translate`] decodes guest code with iced-x86 into translation blocks
+//! and describes each instruction to the host backend [`x64`] (the only module that
+//! emits host code, so a second host architecture is one more backend); blocks go into
+//! the [`codebuf`] (W^X), are looked up by physical PC and mode in [`exec`]'s cache,
+//! and are chained by patched jumps so hot loops stay in generated code.
+//!
+//! Guest state is one `#[repr(C)]` struct ([`state::CpuState`]) that generated code
+//! reaches through r14; EFLAGS are lazy ([`flags`]). Memory accesses probe the soft
+//! TLB inline ([`mmu`]); misses go to Rust ([`helpers`], [`cpu`], [`paging`]), which
+//! also dispatches MMIO to the machine's buses. Instructions without an inline
+//! translation run in the interpreter helper ([`interp`]); exceptions and interrupts
+//! are delivered by [`interrupt`].
 
-use std::sync::Arc;
+pub mod codebuf;
+pub mod cpu;
+pub mod exec;
+pub mod flags;
+pub mod helpers;
+pub mod interp;
+pub mod interrupt;
+pub mod mmu;
+pub mod paging;
+pub mod segment;
+pub mod state;
+pub mod translate;
+pub mod x64;
 
-use quern_core::{Accelerator, CpuError, GuestMemory, Vcpu};
-
-/// The tcg accelerator.
-pub struct TcgAccelerator {
-    _mem: Arc<GuestMemory>,
-}
-
-impl TcgAccelerator {
-    pub fn new(mem: Arc<GuestMemory>) -> Result<Self, CpuError> {
-        let _ = mem;
-        Err(CpuError::Unsupported {
-            accel: "tcg",
-            what: "the JIT accelerator (not implemented yet: use -accel kvm)".into(),
-        })
-    }
-}
-
-impl Accelerator for TcgAccelerator {
-    fn name(&self) -> &'static str {
-        "tcg"
-    }
-    fn create_vcpu(&self, _id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
-        Err(CpuError::Unsupported { accel: "tcg", what: "vCPUs".into() })
-    }
-}
+pub use exec::{TcgAccelerator, TcgVcpu};

@@ -43,6 +43,8 @@ pub mod entry_off {
 #[repr(C)]
 pub struct Tlb {
     pub entries: [TlbEntry; TLB_ENTRIES],
+    /// Guest-physical page address of each entry (for the run loop's block lookup).
+    pub phys: [u64; TLB_ENTRIES],
 }
 
 impl Default for Tlb {
@@ -53,7 +55,7 @@ impl Default for Tlb {
 
 impl Tlb {
     pub fn new() -> Self {
-        Tlb { entries: [TlbEntry::EMPTY; TLB_ENTRIES] }
+        Tlb { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES] }
     }
 
     pub fn index(linear: u64) -> usize {
@@ -70,6 +72,12 @@ impl Tlb {
         if [e.read, e.write, e.code].contains(&(linear & PAGE_MASK)) {
             *e = TlbEntry::EMPTY;
         }
+    }
+
+    /// The physical address `linear` maps to, if its page is cached for execution.
+    pub fn lookup_code(&self, linear: u64) -> Option<u64> {
+        let idx = Self::index(linear);
+        (self.entries[idx].code == linear & PAGE_MASK).then(|| self.phys[idx] | (linear & !PAGE_MASK))
     }
 
     /// Drops write permission for every entry that maps host page `host` (a page that
@@ -120,13 +128,15 @@ pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, writable: 
     if mem.host_ptr(phys & PAGE_MASK, PAGE_SIZE as usize).is_none() {
         return;
     }
-    let e = &mut tlb.entries[Tlb::index(linear)];
+    let idx = Tlb::index(linear);
+    let e = &mut tlb.entries[idx];
     let addend = (host as u64).wrapping_sub(page);
     if e.addend != addend || e.read != page {
         *e = TlbEntry::EMPTY;
     }
     e.addend = addend;
     e.read = page;
+    tlb.phys[idx] = phys & PAGE_MASK;
     e.code = page;
     if writable && !rom && code_free {
         e.write = page;

@@ -107,6 +107,8 @@ pub struct Emitter {
 pub struct HelperAddrs {
     pub load: usize,
     pub store: usize,
+    pub flags: usize,
+    pub interp: usize,
 }
 
 impl Emitter {
@@ -442,6 +444,121 @@ impl Emitter {
         }
     }
 
+    /// t += imm at width `w` (no flags wanted).
+    pub fn add_imm(&mut self, t: T, w: Width, imm: i32) {
+        let r = t.reg();
+        match w {
+            2 => dynasm!(self.ops ; .arch x64 ; add Rw(r), imm as i16),
+            4 => dynasm!(self.ops ; .arch x64 ; add Rd(r), imm),
+            _ => dynasm!(self.ops ; .arch x64 ; add Rq(r), imm),
+        }
+    }
+
+    /// t &= imm (zero-extended 32-bit immediate).
+    pub fn and_imm(&mut self, t: T, imm: u32) {
+        dynasm!(self.ops ; .arch x64 ; and Rd(t.reg()), imm as i32);
+    }
+
+    /// RIP = t.
+    pub fn store_rip_t(&mut self, t: T) {
+        dynasm!(self.ops ; .arch x64 ; mov [r14 + off::RIP], Rq(t.reg()));
+    }
+
+    /// Puts the guest's status flags in the host's flags, so a host Jcc/SETcc/CMOVcc
+    /// with the guest's condition code decides as the guest would. `known` is the
+    /// lazy-flag operation when the translator knows it statically: SUB/CMP, ADD and
+    /// logic results are re-run on the host (same flags by construction); anything
+    /// else asks the Rust flag computation and loads its result with POPF.
+    /// Preserves T0..T2.
+    pub fn flags_to_host(&mut self, known: Option<CcOp>, helper_flags: usize) {
+        use crate::flags::CcKind;
+        let rerun = |em: &mut Self, w: Width, sub: bool| {
+            dynasm!(em.ops ; .arch x64 ; mov rdi, [r14 + off::CC_DST] ; mov r8, [r14 + off::CC_SRC]);
+            if sub {
+                // src1 = result + src2; cmp src1, src2.
+                dynasm!(em.ops ; .arch x64 ; lea r9, [rdi + r8]);
+                match w {
+                    1 => dynasm!(em.ops ; .arch x64 ; cmp r9b, r8b),
+                    2 => dynasm!(em.ops ; .arch x64 ; cmp r9w, r8w),
+                    4 => dynasm!(em.ops ; .arch x64 ; cmp r9d, r8d),
+                    _ => dynasm!(em.ops ; .arch x64 ; cmp r9, r8),
+                }
+            } else {
+                // src1 = result - src2; add src1, src2.
+                dynasm!(em.ops ; .arch x64 ; mov r9, rdi ; sub r9, r8);
+                match w {
+                    1 => dynasm!(em.ops ; .arch x64 ; add r9b, r8b),
+                    2 => dynasm!(em.ops ; .arch x64 ; add r9w, r8w),
+                    4 => dynasm!(em.ops ; .arch x64 ; add r9d, r8d),
+                    _ => dynasm!(em.ops ; .arch x64 ; add r9, r8),
+                }
+            }
+        };
+        match known.map(|op| (op.kind(), op.width())) {
+            Some((CcKind::Sub, w)) => rerun(self, w, true),
+            Some((CcKind::Add, w)) => rerun(self, w, false),
+            Some((CcKind::Logic, w)) => {
+                dynasm!(self.ops ; .arch x64 ; mov rdi, [r14 + off::CC_DST]);
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; test dil, dil),
+                    2 => dynasm!(self.ops ; .arch x64 ; test di, di),
+                    4 => dynasm!(self.ops ; .arch x64 ; test edi, edi),
+                    _ => dynasm!(self.ops ; .arch x64 ; test rdi, rdi),
+                }
+            }
+            _ => {
+                dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8 ; mov rdi, r14);
+                self.call_abs(helper_flags);
+                // Only the status flags: never let the guest set the host's AC or TF.
+                dynasm!(self.ops ; .arch x64
+                    ; and eax, 0x8d5
+                    ; mov [rsp], rax
+                    ; popfq
+                    ; pop rdx ; pop rcx ; pop rax
+                );
+            }
+        }
+    }
+
+    /// Jumps to `l` if host condition `cc` (the guest's condition-code nibble) holds.
+    pub fn jcc_host(&mut self, cc: u8, l: DynamicLabel) {
+        // 0F 80+cc rel32, with the label resolved by dynasm through a tiny trampoline:
+        // emit the inverse short jump over an unconditional rel32 jump.
+        let skip = self.label();
+        self.ops.push(0x70 | (cc ^ 1));
+        self.ops.push(5);
+        dynasm!(self.ops ; .arch x64 ; jmp =>l ; =>skip);
+    }
+
+    /// t = host condition `cc` ? 1 : 0.
+    pub fn setcc_host(&mut self, cc: u8, t: T) {
+        // SETcc r8 is 0F 90+cc /0; a REX prefix keeps the low byte of rax..rdx plain.
+        let r = t.reg();
+        self.ops.push(0x0f);
+        self.ops.push(0x90 | cc);
+        self.ops.push(0xc0 | r);
+        dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r));
+    }
+
+    /// d = s if host condition `cc` holds (64-bit move; callers pass zero-extended values).
+    pub fn cmov_host(&mut self, cc: u8, d: T, s: T) {
+        // REX.W 0F 40+cc /r with mod=11, reg=d, rm=s.
+        self.ops.push(0x48);
+        self.ops.push(0x0f);
+        self.ops.push(0x40 | cc);
+        self.ops.push(0xc0 | (d.reg() << 3) | s.reg());
+    }
+
+    /// Host CF = bit 0 of t (for ADC/SBB's carry-in).
+    pub fn carry_from(&mut self, t: T) {
+        dynasm!(self.ops ; .arch x64 ; bt Rd(t.reg()), 0);
+    }
+
+    /// t = t masked to `w` bytes.
+    pub fn zero_extend(&mut self, t: T, w: Width) {
+        self.extend(t, w, false);
+    }
+
     /// Calls `helper(cpu, a1, a2, a3)` with temporaries as arguments; the result lands
     /// in T0. Stores `rip` first so a helper that faults reports the right
     /// instruction; leaves the block through the fault exit if it did.
@@ -466,6 +583,25 @@ impl Emitter {
         if may_fault {
             dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
         }
+    }
+
+    /// t = the lazy record's `cc_src2` (INC/DEC keep the old CF there).
+    pub fn load_cc_src2(&mut self, t: T) {
+        dynasm!(self.ops ; .arch x64 ; mov Rq(t.reg()), [r14 + off::CC_SRC2]);
+    }
+
+    /// Jumps to `l` if t is zero.
+    pub fn jz_t(&mut self, t: T, l: DynamicLabel) {
+        dynasm!(self.ops ; .arch x64 ; test Rq(t.reg()), Rq(t.reg()) ; jz =>l);
+    }
+
+    pub fn jmp(&mut self, l: DynamicLabel) {
+        dynasm!(self.ops ; .arch x64 ; jmp =>l);
+    }
+
+    /// After the interpreter helper: 0 → `go_on`, 2 → `halt`, 1 falls through.
+    pub fn test_t0_dispatch(&mut self, go_on: DynamicLabel, halt: DynamicLabel) {
+        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jz =>go_on ; cmp eax, 2 ; je =>halt);
     }
 
     /// Jumps to `l` if T0's low 32 bits are nonzero.

@@ -1,0 +1,271 @@
+//! The software CPU: guest state plus what helpers need to reach the machine.
+//!
+//! Generated code holds a pointer to a [`Cpu`]; its first field is the
+//! [`CpuState`], so the same pointer serves field offsets and helper calls. Helpers and
+//! the instruction interpreter access guest memory through [`Cpu::read`] and
+//! [`Cpu::write`]: linear address → page walk → RAM, ROM or MMIO, filling the TLB that
+//! generated code probes inline.
+
+use std::sync::Arc;
+
+use quern_core::memory::PAGE_SIZE;
+use quern_core::{GuestMemory, VmOps};
+
+use crate::mmu::{self, Access, Target, PAGE_MASK};
+use crate::paging;
+use crate::state::{CpuState, Fault, NO_FAULT};
+
+/// Exception vectors.
+pub mod vector {
+    pub const DE: u8 = 0;
+    pub const DB: u8 = 1;
+    pub const BP: u8 = 3;
+    pub const OF: u8 = 4;
+    pub const BR: u8 = 5;
+    pub const UD: u8 = 6;
+    pub const NM: u8 = 7;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+    pub const MF: u8 = 16;
+    pub const AC: u8 = 17;
+    pub const XM: u8 = 19;
+}
+
+/// A guest exception, as Rust code returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    /// Faulting linear address, for #PF.
+    pub address: u64,
+}
+
+impl Exception {
+    pub fn new(vector: u8) -> Self {
+        Exception { vector, error_code: None, address: 0 }
+    }
+    pub fn with_code(vector: u8, code: u32) -> Self {
+        Exception { vector, error_code: Some(code), address: 0 }
+    }
+    pub fn gp0() -> Self {
+        Self::with_code(vector::GP, 0)
+    }
+    pub fn ud() -> Self {
+        Self::new(vector::UD)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Exception>;
+
+/// Pages that hold translated code, by guest-physical page number, so writes to them
+/// can invalidate translations first.
+pub trait CodeWatch {
+    /// Whether physical page `page` (address >> 12) holds translated code.
+    fn is_code_page(&self, page: u64) -> bool;
+    /// Drops every translation on `page`; returns whether there was any.
+    fn invalidate_page(&mut self, page: u64) -> bool;
+}
+
+/// The software CPU.
+#[repr(C)]
+pub struct Cpu {
+    pub state: CpuState,
+    pub mem: Arc<GuestMemory>,
+    /// The machine during `run`; `None` between runs.
+    ops: Option<*const dyn VmOps>,
+    /// The code cache's view of code pages (set by the run loop).
+    watch: Option<*mut dyn CodeWatch>,
+    /// Set when a write hit translated code: the current block must end.
+    pub code_modified: bool,
+    /// Time base of the TSC (1 GHz).
+    start: std::time::Instant,
+}
+
+impl Cpu {
+    pub fn new(mem: Arc<GuestMemory>) -> Box<Self> {
+        let state = *CpuState::new();
+        Box::new(Cpu { state, mem, ops: None, watch: None, code_modified: false, start: std::time::Instant::now() })
+    }
+
+    /// Connects the machine for the duration of a run.
+    ///
+    /// # Safety
+    /// `ops` and `watch` must stay valid until [`Cpu::detach`].
+    pub unsafe fn attach(&mut self, ops: &dyn VmOps, watch: *mut dyn CodeWatch) {
+        // SAFETY: the caller keeps `ops` alive until detach; we erase its lifetime only
+        // to store it in this struct, never past detach.
+        let ops: &'static dyn VmOps = unsafe { std::mem::transmute::<&dyn VmOps, &'static dyn VmOps>(ops) };
+        self.ops = Some(ops as *const dyn VmOps);
+        self.watch = Some(watch);
+    }
+
+    pub fn detach(&mut self) {
+        self.ops = None;
+        self.watch = None;
+    }
+
+    /// The machine. Only valid during a run.
+    pub fn ops(&self) -> Option<&dyn VmOps> {
+        // SAFETY: `attach`'s contract keeps the pointer valid until `detach` clears it.
+        self.ops.map(|p| unsafe { &*p })
+    }
+
+    /// The time-stamp counter: nanoseconds since creation, plus what WRMSR set.
+    pub fn tsc(&self) -> u64 {
+        (self.start.elapsed().as_nanos() as u64).wrapping_add(self.state.msr.tsc_offset)
+    }
+
+    pub fn raise(&mut self, e: Exception) {
+        self.state.fault = Fault {
+            vector: u32::from(e.vector),
+            error_code: e.error_code.unwrap_or(0),
+            has_error_code: u32::from(e.error_code.is_some()),
+            _pad: 0,
+            address: e.address,
+        };
+    }
+
+    pub fn take_fault(&mut self) -> Option<Exception> {
+        let f = self.state.fault;
+        if f.vector == NO_FAULT {
+            return None;
+        }
+        self.state.fault.vector = NO_FAULT;
+        Some(Exception {
+            vector: f.vector as u8,
+            error_code: (f.has_error_code != 0).then_some(f.error_code),
+            address: f.address,
+        })
+    }
+
+    /// Linear → physical for one access, filling the TLB when the page is memory.
+    pub fn translate(&mut self, linear: u64, access: Access) -> Result<u64> {
+        let phys = paging::translate(self, linear, access)?;
+        let page = phys >> 12;
+        let code_free = !self.watch_is_code(page);
+        // Only a write fills the write tag: it has set the page's dirty bit.
+        mmu::fill(&mut self.state.tlb, &self.mem, linear, phys, access == Access::Write, code_free);
+        Ok(phys)
+    }
+
+    fn watch_is_code(&self, page: u64) -> bool {
+        // SAFETY: `watch` is valid while attached (attach's contract).
+        self.watch.is_some_and(|w| unsafe { (*w).is_code_page(page) })
+    }
+
+    /// Reads `buf.len()` bytes (at most 8 for MMIO) at linear `addr`.
+    pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.access(addr, buf.len(), Access::Read, |cpu, phys, range| {
+            let chunk = &mut buf[range];
+            match mmu::phys_target(&cpu.mem, phys) {
+                Target::Memory { .. } => {
+                    if cpu.mem.read(phys, chunk).is_err() {
+                        chunk.fill(0xff);
+                    }
+                }
+                Target::Mmio => match cpu.ops() {
+                    Some(ops) => ops.mmio_read(phys, chunk),
+                    None => chunk.fill(0xff),
+                },
+            }
+        })
+    }
+
+    /// Writes `buf` at linear `addr`, invalidating translations it overwrites.
+    pub fn write(&mut self, addr: u64, buf: &[u8]) -> Result<()> {
+        // Translate every page first, so a fault leaves memory untouched.
+        self.access(addr, buf.len(), Access::Write, |_, _, _| {})?;
+        self.access(addr, buf.len(), Access::Write, |cpu, phys, range| {
+            let chunk = &buf[range];
+            match mmu::phys_target(&cpu.mem, phys) {
+                Target::Memory { rom: false, host } => {
+                    let page = phys >> 12;
+                    if cpu.watch_is_code(page) {
+                        // SAFETY: `watch` is valid while attached.
+                        if let Some(w) = cpu.watch {
+                            cpu.code_modified |= unsafe { (*w).invalidate_page(page) };
+                        }
+                    }
+                    // SAFETY: phys_target found the whole page in one region and the
+                    // chunk does not cross the page; `host` points at `phys`.
+                    unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), host, chunk.len()) };
+                }
+                Target::Memory { rom: true, .. } => {
+                    if let Some(ops) = cpu.ops() {
+                        ops.mmio_write(phys, chunk);
+                    }
+                }
+                Target::Mmio => {
+                    if let Some(ops) = cpu.ops() {
+                        ops.mmio_write(phys, chunk);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Splits an access at page boundaries and runs `f` on each piece's physical
+    /// address and byte range.
+    fn access(
+        &mut self,
+        addr: u64,
+        len: usize,
+        kind: Access,
+        mut f: impl FnMut(&mut Self, u64, std::ops::Range<usize>),
+    ) -> Result<()> {
+        let mut done = 0;
+        while done < len {
+            let lin = self.wrap_linear(addr.wrapping_add(done as u64));
+            let in_page = (PAGE_SIZE - (lin & !PAGE_MASK)) as usize;
+            let n = in_page.min(len - done);
+            let phys = self.translate(lin, kind)?;
+            f(self, phys, done..done + n);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Linear addresses are 32 bits wide outside long mode.
+    pub fn wrap_linear(&self, a: u64) -> u64 {
+        if self.state.long_mode() {
+            a
+        } else {
+            a & 0xffff_ffff
+        }
+    }
+
+    pub fn read_u8(&mut self, a: u64) -> Result<u8> {
+        let mut b = [0; 1];
+        self.read(a, &mut b)?;
+        Ok(b[0])
+    }
+    pub fn read_u16(&mut self, a: u64) -> Result<u16> {
+        let mut b = [0; 2];
+        self.read(a, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+    pub fn read_u32(&mut self, a: u64) -> Result<u32> {
+        let mut b = [0; 4];
+        self.read(a, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    pub fn read_u64(&mut self, a: u64) -> Result<u64> {
+        let mut b = [0; 8];
+        self.read(a, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Reads `width` bytes (1, 2, 4, 8) zero-extended.
+    pub fn read_n(&mut self, a: u64, width: u8) -> Result<u64> {
+        let mut b = [0; 8];
+        self.read(a, &mut b[..width as usize])?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Writes the low `width` bytes of `v`.
+    pub fn write_n(&mut self, a: u64, v: u64, width: u8) -> Result<()> {
+        self.write(a, &v.to_le_bytes()[..width as usize])
+    }
+}

@@ -1,0 +1,546 @@
+//! The run loop, the block cache and chaining.
+//!
+//! `TcgVcpu::run` looks up the block for the current (physical PC, RIP, CS base, mode)
+//! and enters it through a small trampoline that pins the `Cpu` in r14. A block leaves
+//! with an exit code (see `x64::exit`): to look up the next block, to chain (the run
+//! loop patches the jump that left so the next time it goes straight to the target),
+//! to deliver a fault, to halt, or because another thread asked (`exit_request`).
+//! Hot loops run chained, never returning here; each block entry checks
+//! `exit_request`, so a kick or an interrupt is seen within one block.
+//!
+//! Writes to a page with translated code (from the guest, through the slow path, or
+//! from the host, seen through `GuestMemory`'s dirty bits) invalidate its blocks and
+//! unchain every jump into them.
+
+use std::cell::UnsafeCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use dynasmrt::{dynasm, DynasmApi, VecAssembler};
+use iced_x86::Instruction;
+use quern_core::regs::{self, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
+use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
+
+use crate::codebuf::CodeBuffer;
+use crate::cpu::{CodeWatch, Cpu};
+use crate::interrupt::{self, Source};
+use crate::mmu::PAGE_MASK;
+use crate::state::{Seg, CS, DS, ES, FS, GS, SS};
+use crate::translate::{self, BlockMode};
+use crate::x64::{exit, HelperAddrs, Stubs};
+
+const CODE_BUFFER_SIZE: usize = 64 << 20;
+
+/// Lookup key of a block: everything its host code depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    phys: u64,
+    rip: u64,
+    cs_base: u64,
+    mode: u32,
+}
+
+struct Block {
+    key: Key,
+    host: usize,
+    /// Jumps from other blocks chained to this one: (jump address, its stub).
+    incoming: Vec<(usize, usize)>,
+    /// Virtual page of the block's start, for the same-page chaining rule.
+    vpage: u64,
+    valid: bool,
+    /// The decoded instructions the interpreter helper is handed (kept alive here).
+    _insns: Box<[Instruction]>,
+}
+
+/// Translated code and what is known about it.
+struct CodeCache {
+    buf: CodeBuffer,
+    enter: usize,
+    stubs: Stubs,
+    blocks: Vec<Block>,
+    map: HashMap<Key, usize>,
+    /// Physical page number → blocks with code from it.
+    pages: HashMap<u64, Vec<usize>>,
+    /// Chainable jump address → (its block, its stub).
+    sites: HashMap<usize, (usize, usize)>,
+}
+
+type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
+
+impl CodeCache {
+    fn new() -> std::io::Result<Self> {
+        let mut c = CodeCache {
+            buf: CodeBuffer::new(CODE_BUFFER_SIZE)?,
+            enter: 0,
+            stubs: Stubs::default(),
+            blocks: Vec::new(),
+            map: HashMap::new(),
+            pages: HashMap::new(),
+            sites: HashMap::new(),
+        };
+        c.emit_trampoline();
+        Ok(c)
+    }
+
+    /// The entry/exit trampoline: saves callee-saved registers, pins the Cpu in r14
+    /// and jumps to the block; the epilogue returns the exit code in eax.
+    fn emit_trampoline(&mut self) {
+        self.buf.writable();
+        let base = self.buf.cursor();
+        let mut ops: VecAssembler<dynasmrt::x64::X64Relocation> = VecAssembler::new(base);
+        dynasm!(ops ; .arch x64
+            ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15
+            ; sub rsp, 8
+            ; mov r14, rdi
+            ; jmp rsi
+        );
+        let epilogue = base + ops.offset().0;
+        dynasm!(ops ; .arch x64
+            ; add rsp, 8
+            ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx
+            ; ret
+        );
+        let code = ops.finalize().expect("assembling the trampoline");
+        self.enter = self.buf.append(&code).expect("code buffer holds the trampoline");
+        self.stubs = Stubs { epilogue };
+        self.buf.executable();
+    }
+
+    /// Forgets every block (the buffer is full, or the machine reset).
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.map.clear();
+        self.pages.clear();
+        self.sites.clear();
+        self.buf.clear();
+        self.emit_trampoline();
+    }
+
+    fn patch_jump(&mut self, site: usize, target: usize) {
+        let rel = (target as i64 - (site as i64 + 5)) as i32;
+        let mut b = [0xe9u8, 0, 0, 0, 0];
+        b[1..].copy_from_slice(&rel.to_le_bytes());
+        self.buf.patch(site, &b);
+    }
+}
+
+impl CodeWatch for CodeCache {
+    fn is_code_page(&self, page: u64) -> bool {
+        self.pages.contains_key(&page)
+    }
+
+    fn invalidate_page(&mut self, page: u64) -> bool {
+        let Some(ids) = self.pages.remove(&page) else { return false };
+        self.buf.writable();
+        for id in ids {
+            if !self.blocks[id].valid {
+                continue;
+            }
+            self.blocks[id].valid = false;
+            let key = self.blocks[id].key;
+            if self.map.get(&key) == Some(&id) {
+                self.map.remove(&key);
+            }
+            for (site, stub) in std::mem::take(&mut self.blocks[id].incoming) {
+                self.patch_jump(site, stub);
+            }
+        }
+        self.buf.executable();
+        true
+    }
+}
+
+/// The CPU and its cache, shared with the kicker (which only touches `exit_request`).
+struct Shared {
+    cpu: UnsafeCell<Box<Cpu>>,
+}
+
+// SAFETY: the vCPU thread owns all access to the Cpu except `exit_request`, which the
+// kicker writes atomically through a raw pointer.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the Cpu moves between threads only with its vCPU.
+unsafe impl Send for Shared {}
+
+struct TcgKicker {
+    shared: Arc<Shared>,
+}
+
+impl VcpuKicker for TcgKicker {
+    fn kick(&self) {
+        // SAFETY: `exit_request` is a u32 at a stable address inside the boxed Cpu,
+        // only ever accessed atomically (here, by the run loop, and by generated code's
+        // aligned loads).
+        let flag = unsafe { AtomicU32::from_ptr(&raw mut (*self.shared.cpu.get()).state.exit_request) };
+        flag.store(1, Ordering::Release);
+    }
+}
+
+/// The JIT accelerator.
+pub struct TcgAccelerator {
+    mem: Arc<GuestMemory>,
+}
+
+impl TcgAccelerator {
+    pub fn new(mem: Arc<GuestMemory>) -> Result<Self, CpuError> {
+        Ok(TcgAccelerator { mem })
+    }
+}
+
+impl quern_core::Accelerator for TcgAccelerator {
+    fn name(&self) -> &'static str {
+        "tcg"
+    }
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
+        if id != 0 {
+            return Err(CpuError::Unsupported { accel: "tcg", what: "more than one vCPU".into() });
+        }
+        Ok(Box::new(TcgVcpu::new(self.mem.clone())?))
+    }
+}
+
+/// One software vCPU.
+pub struct TcgVcpu {
+    shared: Arc<Shared>,
+    cache: CodeCache,
+    helpers: HelperAddrs,
+}
+
+fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
+    CpuError::Host { accel: "tcg", op, source }
+}
+
+impl TcgVcpu {
+    pub fn new(mem: Arc<GuestMemory>) -> Result<Self, CpuError> {
+        let cache = CodeCache::new().map_err(|e| host_err("mapping the code buffer", e))?;
+        let mut v = TcgVcpu {
+            shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::new(mem)) }),
+            cache,
+            helpers: HelperAddrs {
+                load: crate::helpers::helper_load as *const () as usize,
+                store: crate::helpers::helper_store as *const () as usize,
+                flags: crate::helpers::helper_flags as *const () as usize,
+                interp: crate::interp::helper_interp as *const () as usize,
+            },
+        };
+        v.reset()?;
+        Ok(v)
+    }
+
+    fn cpu(&self) -> &Cpu {
+        // SAFETY: only this vCPU's thread dereferences the Cpu (see `Shared`).
+        unsafe { &*self.shared.cpu.get() }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn cpu_mut(&mut self) -> &mut Cpu {
+        // SAFETY: as in `cpu`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.shared.cpu.get() }
+    }
+
+    fn take_exit_request(&mut self) -> bool {
+        let cpu = self.cpu_mut();
+        // SAFETY: see TcgKicker::kick.
+        let flag = unsafe { AtomicU32::from_ptr(&raw mut cpu.state.exit_request) };
+        flag.swap(0, Ordering::AcqRel) != 0
+    }
+
+    fn block_mode(cpu: &Cpu) -> BlockMode {
+        let s = &cpu.state;
+        let long = s.code_bits() == 64;
+        BlockMode {
+            bits: s.code_bits(),
+            stack_width: if long {
+                8
+            } else if s.seg[SS].db() {
+                4
+            } else {
+                2
+            },
+            flat: s.seg_flat(),
+            long,
+        }
+    }
+
+    /// Finds or translates the block at the current RIP.
+    fn find_block(&mut self) -> Result<usize, crate::cpu::Exception> {
+        let helpers = self.helpers;
+        let cpu: &mut Cpu = {
+            // SAFETY: as in `cpu_mut`; the cache is a separate field, borrowed apart.
+            unsafe { &mut *self.shared.cpu.get() }
+        };
+        let cs_base = cpu.state.seg[CS].base;
+        let rip = cpu.state.rip;
+        let linear = cpu.wrap_linear(cs_base.wrapping_add(rip));
+        let phys = match cpu.state.tlb.lookup_code(linear) {
+            Some(p) => p,
+            None => cpu.translate(linear, crate::mmu::Access::Fetch)?,
+        };
+        // A host write (loader, DMA) to this page drops what was translated from it.
+        if cpu.mem.take_dirty(phys) {
+            self.cache.invalidate_page(phys >> 12);
+        }
+        let key = Key { phys, rip, cs_base, mode: cpu.state.mode_key() };
+        if let Some(&id) = self.cache.map.get(&key) {
+            return Ok(id);
+        }
+        if self.cache.buf.remaining() < 64 << 10 {
+            log::debug!("tcg: code buffer full, flushing {} blocks", self.cache.blocks.len());
+            self.cache.clear();
+        }
+        let mode = Self::block_mode(cpu);
+        let base = self.cache.buf.cursor();
+        let t = translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?;
+        self.cache.buf.writable();
+        let host = self.cache.buf.append(&t.code).expect("space was checked above");
+        self.cache.buf.executable();
+        let id = self.cache.blocks.len();
+        for &page in &t.pages {
+            let list = self.cache.pages.entry(page).or_default();
+            if list.is_empty() {
+                // The page just became a code page: guest writes must take the slow
+                // path from now on.
+                if let Some(h) = cpu.mem.host_ptr(page << 12, 1) {
+                    cpu.state.tlb.protect_host_page(h as u64);
+                }
+                cpu.mem.take_dirty(page << 12);
+            }
+            list.push(id);
+        }
+        for &(s, st) in &t.chain_sites {
+            self.cache.sites.insert(host + s, (id, host + st));
+        }
+        self.cache.blocks.push(Block {
+            key,
+            host,
+            incoming: Vec::new(),
+            vpage: linear & PAGE_MASK,
+            valid: true,
+            _insns: t.insns,
+        });
+        self.cache.map.insert(key, id);
+        log::trace!("tcg: translated block {id} at {rip:#x} (phys {phys:#x}), {} bytes", t.code.len());
+        Ok(id)
+    }
+
+    /// Patches the jump that just left block `from` to go straight to block `to`.
+    fn chain(&mut self, site: usize, to: usize) {
+        let Some(&(from, stub)) = self.cache.sites.get(&site) else { return };
+        if !self.cache.blocks[from].valid {
+            return;
+        }
+        // With paging on, only chain within the source block's page: another page's
+        // mapping may change without the code changing.
+        let paging = self.cpu().state.cr0 & regs::ctrl::CR0_PG != 0;
+        let target_vpage = self.cache.blocks[to].vpage;
+        if paging && target_vpage != self.cache.blocks[from].vpage {
+            return;
+        }
+        self.cache.buf.writable();
+        let host = self.cache.blocks[to].host;
+        self.cache.patch_jump(site, host);
+        self.cache.buf.executable();
+        self.cache.blocks[to].incoming.push((site, stub));
+    }
+
+    fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {
+        match interrupt::deliver_exception(self.cpu_mut(), e) {
+            Ok(()) => None,
+            Err(interrupt::TripleFault) => Some(VcpuExit::Shutdown),
+        }
+    }
+
+    fn run_loop(&mut self, ops: &dyn VmOps) -> Result<VcpuExit, CpuError> {
+        loop {
+            if self.take_exit_request() && ops.stop_requested() {
+                return Ok(VcpuExit::Kicked);
+            }
+            // Interrupts, between blocks.
+            let cpu = self.cpu_mut();
+            if cpu.state.inhibit_irq != 0 {
+                cpu.state.inhibit_irq = 0;
+            } else if cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending() {
+                if let Some(v) = ops.acknowledge_interrupt() {
+                    if interrupt::deliver(cpu, v, None, Source::Hardware).is_err() {
+                        // A fault while delivering an external interrupt: as for faults.
+                        if let Some(e) = cpu.take_fault() {
+                            if let Some(x) = self.deliver(e) {
+                                return Ok(x);
+                            }
+                        }
+                    }
+                }
+            }
+            if self.cpu().state.halted != 0 {
+                return Ok(VcpuExit::Halted);
+            }
+            let block = match self.find_block() {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(x) = self.deliver(e) {
+                        return Ok(x);
+                    }
+                    continue;
+                }
+            };
+            let host = self.cache.blocks[block].host;
+            // SAFETY: `enter` is the trampoline emitted in our code buffer with this
+            // signature; the block and everything it chains to live in the same buffer,
+            // which is executable now; the Cpu outlives the call.
+            let enter: EnterFn = unsafe { std::mem::transmute::<usize, EnterFn>(self.cache.enter) };
+            let cpu_ptr: *mut Cpu = self.cpu_mut();
+            let code = enter(cpu_ptr, host);
+            match code {
+                exit::NEXT | exit::REQUEST => {}
+                exit::CHAIN => {
+                    let site = self.cpu().state.chain_site as usize;
+                    if let Ok(to) = self.find_block() {
+                        self.chain(site, to);
+                    }
+                }
+                exit::FAULT => {
+                    if let Some(e) = self.cpu_mut().take_fault() {
+                        if let Some(x) = self.deliver(e) {
+                            return Ok(x);
+                        }
+                    }
+                }
+                exit::HALT => self.cpu_mut().state.halted = 1,
+                other => {
+                    return Err(CpuError::Guest { accel: "tcg", reason: format!("bad exit code {other} from a block") })
+                }
+            }
+        }
+    }
+}
+
+impl Vcpu for TcgVcpu {
+    fn regs(&self) -> Result<Regs, CpuError> {
+        let s = &self.cpu().state;
+        let mut r = Regs { rip: s.rip, rflags: s.flags(), ..Default::default() };
+        r.set_gprs(s.gpr);
+        Ok(r)
+    }
+
+    fn set_regs(&mut self, r: &Regs) -> Result<(), CpuError> {
+        let s = &mut self.cpu_mut().state;
+        s.gpr = r.gprs();
+        s.rip = r.rip;
+        s.set_flags(r.rflags);
+        Ok(())
+    }
+
+    fn sregs(&self) -> Result<SpecialRegs, CpuError> {
+        let s = &self.cpu().state;
+        let seg = |i: usize| regs::Segment::from(&s.seg[i]);
+        Ok(SpecialRegs {
+            cs: seg(CS),
+            ds: seg(DS),
+            es: seg(ES),
+            fs: seg(FS),
+            gs: seg(GS),
+            ss: seg(SS),
+            tr: regs::Segment::from(&s.tr),
+            ldt: regs::Segment::from(&s.ldtr),
+            gdt: s.gdt,
+            idt: s.idt,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            cr8: s.cr8,
+            efer: s.efer,
+            apic_base: s.apic_base,
+        })
+    }
+
+    fn set_sregs(&mut self, r: &SpecialRegs) -> Result<(), CpuError> {
+        let s = &mut self.cpu_mut().state;
+        for (i, seg) in [(CS, &r.cs), (DS, &r.ds), (ES, &r.es), (FS, &r.fs), (GS, &r.gs), (SS, &r.ss)] {
+            s.seg[i] = Seg::from(seg);
+        }
+        s.tr = Seg::from(&r.tr);
+        s.ldtr = Seg::from(&r.ldt);
+        s.gdt = r.gdt;
+        s.idt = r.idt;
+        s.cr0 = r.cr0;
+        s.cr2 = r.cr2;
+        s.cr3 = r.cr3;
+        s.cr4 = r.cr4;
+        s.cr8 = r.cr8;
+        s.efer = r.efer;
+        s.apic_base = r.apic_base;
+        s.tlb.flush();
+        Ok(())
+    }
+
+    fn fpu(&self) -> Result<FpuState, CpuError> {
+        Ok(self.cpu().state.fpu)
+    }
+
+    fn set_fpu(&mut self, fpu: &FpuState) -> Result<(), CpuError> {
+        self.cpu_mut().state.fpu = *fpu;
+        Ok(())
+    }
+
+    fn debug_regs(&self) -> Result<DebugRegs, CpuError> {
+        let d = &self.cpu().state.dr;
+        Ok(DebugRegs { db: [d[0], d[1], d[2], d[3]], dr6: d[6], dr7: d[7] })
+    }
+
+    fn set_debug_regs(&mut self, r: &DebugRegs) -> Result<(), CpuError> {
+        let d = &mut self.cpu_mut().state.dr;
+        d[..4].copy_from_slice(&r.db);
+        d[6] = r.dr6;
+        d[7] = r.dr7;
+        Ok(())
+    }
+
+    fn msrs(&self, entries: &mut [MsrEntry]) -> Result<(), CpuError> {
+        let cpu: &mut Cpu = {
+            // SAFETY: reading MSRs only reads state; no other reference is live.
+            unsafe { &mut *self.shared.cpu.get() }
+        };
+        for e in entries {
+            e.data = crate::interp::system::read_msr(cpu, e.index).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    fn set_msrs(&mut self, entries: &[MsrEntry]) -> Result<(), CpuError> {
+        for e in entries {
+            crate::interp::system::write_msr(self.cpu_mut(), e.index, e.data)
+                .map_err(|_| CpuError::Unsupported { accel: "tcg", what: format!("MSR {:#x}", e.index) })?;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, ops: &dyn VmOps) -> Result<VcpuExit, CpuError> {
+        let watch: *mut dyn CodeWatch = &mut self.cache;
+        // SAFETY: `ops` and the cache outlive this call, and we detach before returning.
+        unsafe { self.cpu_mut().attach(ops, watch) };
+        let r = self.run_loop(ops);
+        self.cpu_mut().detach();
+        r
+    }
+
+    fn kicker(&self) -> Arc<dyn VcpuKicker> {
+        Arc::new(TcgKicker { shared: self.shared.clone() })
+    }
+
+    fn reset(&mut self) -> Result<(), CpuError> {
+        let (r, s) = regs::power_on_state();
+        {
+            let st = &mut self.cpu_mut().state;
+            st.fpu = FpuState::default();
+            st.halted = 0;
+            st.inhibit_irq = 0;
+            st.dr = [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400];
+            st.fault.vector = crate::state::NO_FAULT;
+        }
+        self.set_sregs(&s)?;
+        self.set_regs(&r)?;
+        self.cache.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! SHL/SAL, SHR, SAR by 1, an immediate or CL. The host shifts (its CF is the last
+//! bit out, as the guest's); a zero count changes neither operand nor flags.
+
+use iced_x86::{Mnemonic, OpKind};
+
+use super::alu::set_cc;
+use super::{Ctx, Flow};
+use crate::flags::{CcKind, CcOp};
+use crate::x64::{Shift, T};
+
+pub fn translate(ctx: &mut Ctx) -> Flow {
+    let w = ctx.width(0);
+    let count_mask: u64 = if w == 8 { 0x3f } else { 0x1f };
+    let (op, kind) = match ctx.ins.mnemonic() {
+        Mnemonic::Shl | Mnemonic::Sal => (Shift::Shl, CcKind::Shl),
+        Mnemonic::Shr => (Shift::Shr, CcKind::Shr),
+        _ => (Shift::Sar, CcKind::Sar),
+    };
+    let imm = match ctx.ins.op1_kind() {
+        OpKind::Register => None,
+        _ => Some(ctx.ins.immediate(1) & count_mask),
+    };
+    if imm == Some(0) {
+        return Flow::Continue;
+    }
+    ctx.load_op(0, T::T0);
+    match imm {
+        Some(n) => ctx.em.load_imm(T::T1, n),
+        None => {
+            ctx.em.load_gpr(T::T1, 1, 1, false); // CL
+            ctx.em.and_imm(T::T1, count_mask as u32);
+        }
+    }
+    let skip = ctx.em.label();
+    if imm.is_none() {
+        ctx.em.jz_t(T::T1, skip);
+    }
+    ctx.em.mov(T::T2, T::T0);
+    ctx.em.shift_cl(op, w, T::T0);
+    ctx.em.setcc_host(0x2, T::T1); // CF: the last bit shifted out
+    ctx.em.zero_extend(T::T0, w);
+    let src2 = (kind == CcKind::Shr).then_some(T::T2);
+    set_cc(ctx, CcOp::new(kind, w), Some(T::T0), Some(T::T1), src2);
+    ctx.store_op(0, T::T0);
+    ctx.em.bind(skip);
+    if imm.is_none() {
+        // Whether the record changed depends on CL at run time.
+        ctx.cc = None;
+    }
+    Flow::Continue
+}
