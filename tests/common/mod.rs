@@ -8,6 +8,7 @@ pub mod guest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a run of quern produced.
@@ -31,6 +32,12 @@ pub fn quern_bin() -> &'static str {
 
 /// Runs quern with `args`, killing it after `limit`.
 pub fn run_quern(args: &[&str], limit: Duration) -> Run {
+    run_quern_until(args, limit, None)
+}
+
+/// Runs quern with `args` until it exits, `limit` passes, or its output contains
+/// `stop_at` (then it is killed and `status` is `None`).
+pub fn run_quern_until(args: &[&str], limit: Duration, stop_at: Option<&str>) -> Run {
     let mut child = Command::new(quern_bin())
         .args(args)
         .stdin(Stdio::null())
@@ -38,35 +45,38 @@ pub fn run_quern(args: &[&str], limit: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn quern");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, t)
+    };
+    let (out, out_t) = collect(Box::new(child.stdout.take().unwrap()));
+    let (err, err_t) = collect(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
             break st.code();
         }
-        if start.elapsed() > limit {
+        let seen = stop_at.is_some_and(|m| String::from_utf8_lossy(&out.lock().unwrap()).contains(m));
+        if seen || start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Run {
-        status,
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap()).into_owned(),
-    }
+    let _ = (out_t.join(), err_t.join());
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    Run { status, stdout: text(&out), stderr: text(&err) }
 }
 
 /// A scratch directory for this test binary's files.
@@ -126,6 +136,13 @@ pub fn elf64(code: &[u8], addr: u64, entry: u64) -> Vec<u8> {
     f
 }
 
+/// Prints a NOT RUN / HOST LIMIT line past the test harness's output capture, so it
+/// shows in every run, passing or not.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Whether the KVM accelerator can run here. Without a usable /dev/kvm the test
 /// fails, unless QUERN_NO_KVM=1 says the host has none: then it says so loudly and the
 /// caller returns without claiming a pass of what it could not run.
@@ -133,7 +150,7 @@ pub fn kvm_usable(test: &str) -> bool {
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) if std::env::var("QUERN_NO_KVM").as_deref() == Ok("1") => {
-            eprintln!("NOT RUN: {test}: no usable /dev/kvm ({e}); QUERN_NO_KVM=1 given");
+            report(&format!("NOT RUN: {test}: no usable /dev/kvm ({e}); QUERN_NO_KVM=1 given"));
             false
         }
         Err(e) => panic!("{test}: /dev/kvm is not usable ({e}); set QUERN_NO_KVM=1 on hosts without KVM"),
