@@ -357,10 +357,8 @@ fn is_block_end(ins: &Instruction) -> bool {
 fn translate_one(ctx: &mut Ctx) -> Flow {
     use Mnemonic::*;
     let ins = ctx.ins;
-    // Prefixes the inline paths don't model go to the interpreter.
-    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
-        return ctx.interp();
-    }
+    // LOCK needs nothing more with one vCPU: each inline access is atomic to the guest.
+    // REP only matters to string instructions, which the interpreter runs.
     match ins.mnemonic() {
         Mov | Movzx | Movsx | Movsxd | Lea | Nop | Xchg => mov::translate(ctx),
         Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Inc | Dec | Neg | Not => alu::translate(ctx),
