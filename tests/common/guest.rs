@@ -58,43 +58,9 @@ fn assemble(mode: Mode, bits: u32, ip: u64, handler: u64, exit_code: u8) -> (Vec
 
 /// Emits the program; returns its entry and interrupt-handler labels.
 fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Result<(CodeLabel, CodeLabel), IcedError> {
-    let mut putc = a.create_label();
-    let mut hex32 = a.create_label();
+    let (putc, hex32) = emit_routines(a)?;
     let mut irq = a.create_label();
     let mut entry = a.create_label();
-
-    // putc: BL = character. Waits for THR empty. Clobbers AL, DX.
-    a.set_label(&mut putc)?;
-    let mut wait = a.create_label();
-    a.mov(dx, 0x3fdu32)?;
-    a.set_label(&mut wait)?;
-    a.in_(al, dx)?;
-    a.test(al, 0x20u32)?;
-    a.jz(wait)?;
-    a.mov(dx, 0x3f8u32)?;
-    a.mov(al, bl)?;
-    a.out(dx, al)?;
-    a.ret()?;
-
-    // hex32: prints ESI as 8 hex digits. Clobbers EAX, BL, CX, DX, ESI.
-    a.set_label(&mut hex32)?;
-    let mut digit = a.create_label();
-    let mut dec = a.create_label();
-    a.mov(cx, 8u32)?;
-    a.set_label(&mut digit)?;
-    a.rol(esi, 4u32)?;
-    a.mov(eax, esi)?;
-    a.and(al, 0xfu32)?;
-    a.add(al, b'0' as u32)?;
-    a.cmp(al, b'9' as u32)?;
-    a.jbe(dec)?;
-    a.add(al, 7u32)?;
-    a.set_label(&mut dec)?;
-    a.mov(bl, al)?;
-    a.call(putc)?;
-    a.dec(cx)?;
-    a.jnz(digit)?;
-    a.ret()?;
 
     // The timer interrupt handler: count, EOI.
     a.set_label(&mut irq)?;
@@ -224,10 +190,52 @@ fn build(a: &mut CodeAssembler, mode: Mode, handler: u64, exit_code: u8) -> Resu
     Ok((entry, irq))
 }
 
-fn print(a: &mut CodeAssembler, putc: CodeLabel, s: &str) -> Result<(), IcedError> {
+pub fn print(a: &mut CodeAssembler, putc: CodeLabel, s: &str) -> Result<(), IcedError> {
     for b in s.bytes() {
         a.mov(bl, b as u32)?;
         a.call(putc)?;
     }
     Ok(())
+}
+
+/// Emits `putc` (BL = character; waits for the UART's THR; clobbers AL, DX) and
+/// `hex32` (prints ESI as 8 hex digits; clobbers EAX, BL, CX, DX, ESI); returns their
+/// labels. The source is the same in 16-, 32- and 64-bit code.
+pub fn emit_routines(a: &mut CodeAssembler) -> Result<(CodeLabel, CodeLabel), IcedError> {
+    let mut putc = a.create_label();
+    let mut hex32 = a.create_label();
+
+    // putc: BL = character. Waits for THR empty. Clobbers AL, DX.
+    a.set_label(&mut putc)?;
+    let mut wait = a.create_label();
+    a.mov(dx, 0x3fdu32)?;
+    a.set_label(&mut wait)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x20u32)?;
+    a.jz(wait)?;
+    a.mov(dx, 0x3f8u32)?;
+    a.mov(al, bl)?;
+    a.out(dx, al)?;
+    a.ret()?;
+
+    // hex32: prints ESI as 8 hex digits. Clobbers EAX, BL, CX, DX, ESI.
+    a.set_label(&mut hex32)?;
+    let mut digit = a.create_label();
+    let mut dec = a.create_label();
+    a.mov(cx, 8u32)?;
+    a.set_label(&mut digit)?;
+    a.rol(esi, 4u32)?;
+    a.mov(eax, esi)?;
+    a.and(al, 0xfu32)?;
+    a.add(al, b'0' as u32)?;
+    a.cmp(al, b'9' as u32)?;
+    a.jbe(dec)?;
+    a.add(al, 7u32)?;
+    a.set_label(&mut dec)?;
+    a.mov(bl, al)?;
+    a.call(putc)?;
+    a.dec(cx)?;
+    a.jnz(digit)?;
+    a.ret()?;
+    Ok((putc, hex32))
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod multiboot;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

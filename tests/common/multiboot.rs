@@ -1,0 +1,93 @@
+//! Multiboot v1 test kernels (a.out-kludge images: a header and flat 32-bit code),
+//! as QEMU's and quern's `-kernel` both load them: 32-bit flat protected mode, paging
+//! off. Each prints what it computed over the UART and writes an isa-debug-exit status.
+#![allow(dead_code)]
+
+use iced_x86::code_asm::*;
+
+use super::guest::{emit_routines, print, EXIT_PORT};
+
+/// Where the image is loaded.
+pub const LOAD_ADDR: u32 = 0x10_0000;
+const HEADER_LEN: u32 = 32;
+
+/// Wraps 32-bit code (assembled for LOAD_ADDR + HEADER_LEN, entered at its start) in a
+/// Multiboot header with the a.out-kludge address fields.
+pub fn image(code: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0x1bad_b002;
+    const FLAGS: u32 = 1 << 16 | 1 << 1; // address fields valid; memory info wanted
+    let checksum = 0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS));
+    let entry = LOAD_ADDR + HEADER_LEN;
+    let mut img = Vec::new();
+    for v in [MAGIC, FLAGS, checksum, LOAD_ADDR, LOAD_ADDR, 0, 0, entry] {
+        img.extend_from_slice(&v.to_le_bytes());
+    }
+    img.extend_from_slice(code);
+    img
+}
+
+/// Assembles a kernel body: `body` computes something and leaves the value to print
+/// in ESI; the kernel prints `"{label} {ESI:08X}\n"` and exits with `exit_code`.
+pub fn kernel(label: &str, exit_code: u8, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let build = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        let mut start = a.create_label();
+        a.jmp(start)?;
+        let (putc, hex32) = emit_routines(a)?;
+        a.set_label(&mut start)?;
+        a.mov(esp, 0x9_0000u32)?;
+        body(a)?;
+        a.push(esi)?;
+        print(a, putc, label)?;
+        print(a, putc, " ")?;
+        a.pop(esi)?;
+        a.call(hex32)?;
+        print(a, putc, "\n")?;
+        a.mov(dx, EXIT_PORT as u32)?;
+        a.mov(al, exit_code as u32)?;
+        a.out(dx, al)?;
+        let mut stop = a.create_label();
+        a.set_label(&mut stop)?;
+        a.cli()?;
+        a.hlt()?;
+        a.jmp(stop)
+    };
+    build(&mut a).unwrap_or_else(|e| panic!("assembling a multiboot kernel: {e}"));
+    image(&a.assemble(u64::from(LOAD_ADDR + HEADER_LEN)).unwrap())
+}
+
+/// The xorshift32 loop of the benchmarks: a 12-instruction body run `n` times; ESI gets
+/// the final state plus the running sum.
+pub fn xorshift(a: &mut CodeAssembler, seed: u32, n: u32) -> Result<(), IcedError> {
+    a.mov(eax, seed)?;
+    a.xor(ebx, ebx)?;
+    a.mov(ecx, n)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.mov(edx, eax)?;
+    a.shl(edx, 13u32)?;
+    a.xor(eax, edx)?;
+    a.mov(edx, eax)?;
+    a.shr(edx, 17u32)?;
+    a.xor(eax, edx)?;
+    a.mov(edx, eax)?;
+    a.shl(edx, 5u32)?;
+    a.xor(eax, edx)?;
+    a.add(ebx, eax)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.mov(esi, eax)?;
+    a.add(esi, ebx)
+}
+
+/// What [`xorshift`] leaves in ESI.
+pub fn xorshift_expected(seed: u32, n: u32) -> u32 {
+    let (mut x, mut sum) = (seed, 0u32);
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        sum = sum.wrapping_add(x);
+    }
+    x.wrapping_add(sum)
+}
