@@ -56,6 +56,11 @@ impl CodeBuffer {
         self.base as usize + self.used
     }
 
+    /// The whole mapping's address range.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.base as usize..self.base as usize + self.size
+    }
+
     pub fn remaining(&self) -> usize {
         self.size - self.used
     }

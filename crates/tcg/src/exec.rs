@@ -224,6 +224,9 @@ impl TcgVcpu {
             },
         };
         v.reset()?;
+        if crate::profile::enabled() {
+            crate::profile::start(v.cache.buf.range());
+        }
         Ok(v)
     }
 
@@ -410,6 +413,14 @@ impl TcgVcpu {
                     return Err(CpuError::Guest { accel: "tcg", reason: format!("bad exit code {other} from a block") })
                 }
             }
+        }
+    }
+}
+
+impl Drop for TcgVcpu {
+    fn drop(&mut self) {
+        if crate::profile::enabled() {
+            crate::profile::report();
         }
     }
 }

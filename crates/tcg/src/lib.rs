@@ -22,6 +22,7 @@ pub mod interp;
 pub mod interrupt;
 pub mod mmu;
 pub mod paging;
+pub mod profile;
 pub mod segment;
 pub mod state;
 pub mod translate;

@@ -468,9 +468,10 @@ impl Emitter {
     /// with the guest's condition code decides as the guest would. `known` is the
     /// lazy-flag operation when the translator knows it statically: SUB/CMP, ADD and
     /// logic results are re-run on the host (same flags by construction); anything
+    /// INC/DEC are re-run too when the condition `cond` (a Jcc nibble) ignores CF. Anything
     /// else asks the Rust flag computation and loads its result with POPF.
     /// Preserves T0..T2.
-    pub fn flags_to_host(&mut self, known: Option<CcOp>, helper_flags: usize) {
+    pub fn flags_to_host(&mut self, known: Option<CcOp>, cond: u8, helper_flags: usize) {
         use crate::flags::CcKind;
         let rerun = |em: &mut Self, w: Width, sub: bool| {
             dynasm!(em.ops ; .arch x64 ; mov rdi, [r14 + off::CC_DST] ; mov r8, [r14 + off::CC_SRC]);
@@ -497,6 +498,21 @@ impl Emitter {
         match known.map(|op| (op.kind(), op.width())) {
             Some((CcKind::Sub, w)) => rerun(self, w, true),
             Some((CcKind::Add, w)) => rerun(self, w, false),
+            Some((k @ (CcKind::Inc | CcKind::Dec), w)) if !matches!(cond >> 1, 1 | 3) => {
+                // src1 = result -/+ 1; the host's INC/DEC gives every flag but CF.
+                let dec = k == CcKind::Dec;
+                dynasm!(self.ops ; .arch x64 ; mov r9, [r14 + off::CC_DST]);
+                match (w, dec) {
+                    (1, false) => dynasm!(self.ops ; .arch x64 ; dec r9b ; inc r9b),
+                    (2, false) => dynasm!(self.ops ; .arch x64 ; dec r9w ; inc r9w),
+                    (4, false) => dynasm!(self.ops ; .arch x64 ; dec r9d ; inc r9d),
+                    (_, false) => dynasm!(self.ops ; .arch x64 ; dec r9 ; inc r9),
+                    (1, true) => dynasm!(self.ops ; .arch x64 ; inc r9b ; dec r9b),
+                    (2, true) => dynasm!(self.ops ; .arch x64 ; inc r9w ; dec r9w),
+                    (4, true) => dynasm!(self.ops ; .arch x64 ; inc r9d ; dec r9d),
+                    (_, true) => dynasm!(self.ops ; .arch x64 ; inc r9 ; dec r9),
+                }
+            }
             Some((CcKind::Logic, w)) => {
                 dynasm!(self.ops ; .arch x64 ; mov rdi, [r14 + off::CC_DST]);
                 match w {

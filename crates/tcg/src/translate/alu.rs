@@ -77,7 +77,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
 fn carry_in(ctx: &mut Ctx, t: T) {
     match ctx.cc.map(|c| c.kind()) {
         Some(CcKind::Sub | CcKind::Add | CcKind::Logic) => {
-            ctx.em.flags_to_host(ctx.cc, ctx.h.flags);
+            ctx.em.flags_to_host(ctx.cc, 0x2, ctx.h.flags);
             ctx.em.setcc_host(0x2, t);
         }
         Some(CcKind::Inc | CcKind::Dec) => ctx.em.load_cc_src2(t),

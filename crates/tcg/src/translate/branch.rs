@@ -114,8 +114,9 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             two_way(ctx, taken)
         }
         _ if is_setcc(m) => {
-            ctx.em.flags_to_host(ctx.cc, ctx.h.flags);
-            ctx.em.setcc_host(nibble(ins.condition_code()), T::T0);
+            let cc = nibble(ins.condition_code());
+            ctx.em.flags_to_host(ctx.cc, cc, ctx.h.flags);
+            ctx.em.setcc_host(cc, T::T0);
             ctx.store_op(0, T::T0);
             Flow::Continue
         }
@@ -124,7 +125,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             if mem {
                 ctx.load_op(1, T::T1);
             }
-            ctx.em.flags_to_host(ctx.cc, ctx.h.flags);
+            ctx.em.flags_to_host(ctx.cc, nibble(ins.condition_code()), ctx.h.flags);
             // Plain register moves from here on: they leave the host flags alone.
             if !mem {
                 ctx.load_op(1, T::T1);
@@ -137,8 +138,9 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
         _ => {
             // Jcc.
             let taken = ctx.em.label();
-            ctx.em.flags_to_host(ctx.cc, ctx.h.flags);
-            ctx.em.jcc_host(nibble(ins.condition_code()), taken);
+            let cc = nibble(ins.condition_code());
+            ctx.em.flags_to_host(ctx.cc, cc, ctx.h.flags);
+            ctx.em.jcc_host(cc, taken);
             two_way(ctx, taken)
         }
     }
