@@ -4,16 +4,26 @@
 //! exactly one place, here or in an inline family.
 //!
 //! Families, one file each: [`system`] (I/O, HLT, interrupts flags, far control
-//! transfers, segment and control registers, descriptor tables, CPUID, RDTSC, MSRs) and
-//! [`misc`] (flag instructions, sign extensions, LEAVE, XLAT, PUSHF/POPF, ...). More
-//! families plug in through [`exec`].
+//! transfers, segment and control registers, descriptor tables, CPUID, RDTSC, MSRs),
+//! [`misc`] (flag instructions, sign extensions, LEAVE, XLAT, PUSHF/POPF, BOUND, ARPL,
+//! ...), [`rotate`] (rotates, double shifts), [`string`] (MOVS..SCAS, INS/OUTS, REP),
+//! [`muldiv`] (MUL, IMUL, DIV, IDIV), [`bits`] (BT*, BSF/BSR, TZCNT/LZCNT, POPCNT,
+//! BSWAP), [`atomic`] (XCHG with memory, CMPXCHG*, XADD) and [`bcd`] (DAA..AAD, SALC).
+//! More families plug in through [`exec`].
 //!
 //! Operand access goes through [`Operands`]: registers in the state, memory through the
 //! CPU's linear access path (page walk, TLB fill, MMIO), immediates from the decoder.
 
+pub mod atomic;
+pub mod bcd;
+pub mod bits;
 pub mod misc;
+pub mod muldiv;
 pub mod rotate;
+pub mod string;
 pub mod system;
+#[cfg(test)]
+mod testutil;
 
 use iced_x86::{Instruction, OpKind, Register};
 
@@ -55,10 +65,16 @@ impl Operands<'_> {
 
     /// Linear address of the memory operand.
     pub fn linear(&self) -> u64 {
+        self.seg_linear(seg_index(self.ins.memory_segment()), self.offset())
+    }
+
+    /// The memory operand's effective address (offset in its segment), wrapped to the
+    /// address size.
+    pub fn offset(&self) -> u64 {
         let ins = self.ins;
         let bits = address_bits(ins, self.cpu.state.code_bits());
         let base = ins.memory_base();
-        let mut ea = if base == Register::RIP || base == Register::EIP {
+        let ea = if base == Register::RIP || base == Register::EIP {
             ins.memory_displacement64()
         } else {
             let mut a = ins.memory_displacement64();
@@ -70,8 +86,7 @@ impl Operands<'_> {
             }
             a
         };
-        ea &= addr_mask(bits);
-        self.seg_linear(seg_index(ins.memory_segment()), ea)
+        ea & addr_mask(bits)
     }
 
     /// Segment base + offset, wrapped as the mode requires.
@@ -112,6 +127,16 @@ impl Operands<'_> {
 /// The address size an instruction uses for its implicit operands (string
 /// instructions, LOOP, XLAT).
 pub fn address_size_of(ins: &Instruction, code_bits: u32) -> u32 {
+    // Implicit memory operands name their address register (and so the size an 0x67
+    // prefix selected) in the operand kind.
+    for i in 0..ins.op_count() {
+        match ins.op_kind(i) {
+            OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => return 16,
+            OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => return 32,
+            OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => return 64,
+            _ => {}
+        }
+    }
     match ins.op_code().address_size() {
         16 => 16,
         32 => 32,
@@ -215,6 +240,21 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
         return Ok(step);
     }
     if let Some(step) = rotate::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = string::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = muldiv::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = bits::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = atomic::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = bcd::exec(cpu, ins)? {
         return Ok(step);
     }
     log::debug!("tcg: #UD for unimplemented {:?} at {:#x}", ins.code(), ins.ip());
