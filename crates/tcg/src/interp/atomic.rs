@@ -1,6 +1,226 @@
-use super::Step;
-use crate::cpu::{Cpu, Result};
-use iced_x86::Instruction;
-pub fn exec(_cpu: &mut Cpu, _ins: &Instruction) -> Result<Option<Step>> {
-    Ok(None)
+//! The read-modify-write exchanges: XCHG with memory, CMPXCHG, CMPXCHG8B,
+//! CMPXCHG16B, XADD.
+//!
+//! With one vCPU nothing else runs during an instruction, so no host atomics are
+//! needed. Memory is written before any register, so a faulting store leaves the
+//! registers as they were.
+
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use quern_core::regs::flags::ZF;
+
+use super::{read_reg, set_cc, write_reg, Operands, Step};
+use crate::cpu::{Cpu, Exception, Result};
+use crate::flags::CcKind;
+
+/// Runs `ins` if it belongs to this family.
+pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
+    use Mnemonic::*;
+    match ins.mnemonic() {
+        Xchg => {
+            let mut o = Operands { cpu, ins };
+            let a = o.read(0)?;
+            let b = o.read(1)?;
+            // The memory side (if any) first.
+            if ins.op1_kind() == OpKind::Memory {
+                o.write(1, a)?;
+                o.write(0, b)?;
+            } else {
+                o.write(0, b)?;
+                o.write(1, a)?;
+            }
+        }
+        Xadd => {
+            let mut o = Operands { cpu, ins };
+            let w = o.width(0);
+            let dst = o.read(0)?;
+            let src = o.read(1)?;
+            let sum = dst.wrapping_add(src);
+            if ins.op0_kind() == OpKind::Memory {
+                o.write(0, sum)?;
+                o.write(1, dst)?;
+            } else {
+                // Register to register: TEMP = SRC + DEST; SRC = DEST; DEST = TEMP.
+                o.write(1, dst)?;
+                o.write(0, sum)?;
+            }
+            set_cc(cpu, CcKind::Add, w, sum, src, 0);
+        }
+        Cmpxchg => {
+            let mut o = Operands { cpu, ins };
+            let w = o.width(0);
+            let acc = match w {
+                1 => Register::AL,
+                2 => Register::AX,
+                4 => Register::EAX,
+                _ => Register::RAX,
+            };
+            let a = read_reg(o.cpu, acc);
+            let dst = o.read(0)?;
+            let equal = a == dst;
+            if equal {
+                let src = o.read(1)?;
+                o.write(0, src)?;
+            } else if ins.op0_kind() == OpKind::Memory {
+                // The destination gets a write cycle either way.
+                o.write(0, dst)?;
+            }
+            // A register destination is left alone (not even zero-extended) when the
+            // comparison fails, and the accumulator when it succeeds.
+            if !equal {
+                write_reg(cpu, acc, dst);
+            }
+            set_cc(cpu, CcKind::Sub, w, a.wrapping_sub(dst), dst, 0);
+        }
+        Cmpxchg8b | Cmpxchg16b => {
+            let wide = ins.mnemonic() == Cmpxchg16b;
+            let a = Operands { cpu, ins }.linear();
+            if wide && a & 15 != 0 {
+                return Err(Exception::gp0());
+            }
+            let s = &cpu.state;
+            let (old, expect, new) = if wide {
+                let mut b = [0u8; 16];
+                cpu.read(a, &mut b)?;
+                let s = &cpu.state;
+                (
+                    u128::from_le_bytes(b),
+                    u128::from(s.gpr[2]) << 64 | u128::from(s.gpr[0]),
+                    u128::from(s.gpr[1]) << 64 | u128::from(s.gpr[3]),
+                )
+            } else {
+                let e = (s.gpr[2] & 0xffff_ffff) << 32 | (s.gpr[0] & 0xffff_ffff);
+                let n = (s.gpr[1] & 0xffff_ffff) << 32 | (s.gpr[3] & 0xffff_ffff);
+                (u128::from(cpu.read_u64(a)?), u128::from(e), u128::from(n))
+            };
+            let equal = old == expect;
+            let store = if equal { new } else { old };
+            if wide {
+                cpu.write(a, &store.to_le_bytes())?;
+            } else {
+                cpu.write_n(a, store as u64, 8)?;
+            }
+            if !equal {
+                if wide {
+                    cpu.state.gpr[0] = old as u64;
+                    cpu.state.gpr[2] = (old >> 64) as u64;
+                } else {
+                    write_reg(cpu, Register::EAX, old as u64);
+                    write_reg(cpu, Register::EDX, (old >> 32) as u64);
+                }
+            }
+            let f = cpu.state.flags();
+            cpu.state.set_flags((f & !ZF) | if equal { ZF } else { 0 });
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(Step::Next))
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+    use quern_core::regs::flags::{CF, STATUS, ZF};
+
+    use crate::cpu::Exception;
+    use crate::interp::testutil::{asm, cpu, emu, host, peek, poke, run, FLAG_INPUTS, SAMPLES};
+
+    type HostFn = fn(u64, u64, u64, u64) -> [u64; 4];
+
+    fn compare(name: &str, host: HostFn, code: Vec<u8>) {
+        for &a in &SAMPLES {
+            for &c in &SAMPLES {
+                for d in [0u64, 0x7f, 0xffff_ffff_ffff_ffff, a, c] {
+                    for &f in &FLAG_INPUTS {
+                        let got = emu(&code, a, c, d, f).unwrap();
+                        let want = host(a, c, d, f);
+                        assert_eq!(got, want, "{name}: rax={a:#x} rcx={c:#x} rdx={d:#x} flags={f:#x}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn register_forms_match_the_host() {
+        compare("cmpxchg cl,dl", host!("cmpxchg cl, dl"), asm(64, |x| x.cmpxchg(cl, dl)));
+        compare("cmpxchg cx,dx", host!("cmpxchg cx, dx"), asm(64, |x| x.cmpxchg(cx, dx)));
+        compare("cmpxchg ecx,edx", host!("cmpxchg ecx, edx"), asm(64, |x| x.cmpxchg(ecx, edx)));
+        compare("cmpxchg rcx,rdx", host!("cmpxchg rcx, rdx"), asm(64, |x| x.cmpxchg(rcx, rdx)));
+        compare("xadd cl,dl", host!("xadd cl, dl"), asm(64, |x| x.xadd(cl, dl)));
+        compare("xadd cx,dx", host!("xadd cx, dx"), asm(64, |x| x.xadd(cx, dx)));
+        compare("xadd ecx,edx", host!("xadd ecx, edx"), asm(64, |x| x.xadd(ecx, edx)));
+        compare("xadd rcx,rdx", host!("xadd rcx, rdx"), asm(64, |x| x.xadd(rcx, rdx)));
+        compare("xadd ecx,ecx", host!("xadd ecx, ecx"), asm(64, |x| x.xadd(ecx, ecx)));
+    }
+
+    #[test]
+    fn memory_forms() {
+        let mut c = cpu(64);
+        poke(&mut c, 0x3000, &0x1122_3344_5566_7788u64.to_le_bytes());
+        c.state.gpr[3] = 0x3000;
+        // xchg [rbx], ecx
+        c.state.gpr[1] = 0xffff_ffff_aaaa_bbbb;
+        run(&mut c, &asm(64, |x| x.xchg(dword_ptr(rbx), ecx))).unwrap();
+        assert_eq!(c.state.gpr[1], 0x5566_7788);
+        assert_eq!(peek(&mut c, 0x3000, 8), 0x1122_3344_aaaa_bbbbu64.to_le_bytes());
+        // lock xadd [rbx], cx
+        c.state.rip = 0x1000;
+        c.state.gpr[1] = 0x4445;
+        run(&mut c, &asm(64, |x| x.lock().xadd(word_ptr(rbx), cx))).unwrap();
+        assert_eq!(c.state.gpr[1] & 0xffff, 0xbbbb);
+        assert_eq!(peek(&mut c, 0x3000, 2), [0x00, 0x00]);
+        assert_eq!(c.state.flags() & (CF | ZF), CF | ZF);
+        // cmpxchg [rbx], edx: fails (EAX differs) then succeeds.
+        c.state.rip = 0x1000;
+        c.state.gpr[0] = 0xdead_beef_0000_0001;
+        c.state.gpr[2] = 0x77;
+        run(&mut c, &asm(64, |x| x.cmpxchg(dword_ptr(rbx), edx))).unwrap();
+        assert_eq!(c.state.gpr[0], 0xaaaa_0000, "EAX loaded, zero-extended");
+        assert_eq!(c.state.flags() & ZF, 0);
+        c.state.rip = 0x1000;
+        run(&mut c, &asm(64, |x| x.cmpxchg(dword_ptr(rbx), edx))).unwrap();
+        assert_eq!(peek(&mut c, 0x3000, 4), 0x77u32.to_le_bytes());
+        assert_eq!(c.state.flags() & ZF, ZF);
+    }
+
+    #[test]
+    fn cmpxchg8b_and_16b() {
+        let mut c = cpu(64);
+        poke(&mut c, 0x4000, &0x0123_4567_89ab_cdefu64.to_le_bytes());
+        poke(&mut c, 0x4008, &0xfedc_ba98_7654_3210u64.to_le_bytes());
+        c.state.gpr[6] = 0x4000;
+        // Mismatch: EDX:EAX loaded.
+        c.state.gpr[0] = 0xffff_ffff_0000_0000;
+        c.state.gpr[2] = 0xffff_ffff_0000_0000;
+        c.state.gpr[3] = 0x1111_1111;
+        c.state.gpr[1] = 0x2222_2222;
+        run(&mut c, &asm(64, |x| x.cmpxchg8b(qword_ptr(rsi)))).unwrap();
+        assert_eq!((c.state.gpr[0], c.state.gpr[2]), (0x89ab_cdef, 0x0123_4567));
+        assert_eq!(c.state.flags() & ZF, 0);
+        // Match: ECX:EBX stored, RAX/RDX untouched.
+        c.state.rip = 0x1000;
+        c.state.gpr[0] |= 0x5555_0000_0000_0000;
+        run(&mut c, &asm(64, |x| x.cmpxchg8b(qword_ptr(rsi)))).unwrap();
+        assert_eq!(peek(&mut c, 0x4000, 8), 0x2222_2222_1111_1111u64.to_le_bytes());
+        assert_eq!(c.state.gpr[0], 0x5555_0000_89ab_cdef);
+        assert_eq!(c.state.flags() & ZF, ZF);
+
+        // 16B: mismatch, then match.
+        c.state.rip = 0x1000;
+        c.state.gpr[0] = 0;
+        c.state.gpr[2] = 0;
+        c.state.gpr[3] = 0xb0b0;
+        c.state.gpr[1] = 0xc0c0;
+        run(&mut c, &asm(64, |x| x.cmpxchg16b(xmmword_ptr(rsi)))).unwrap();
+        assert_eq!((c.state.gpr[0], c.state.gpr[2]), (0x2222_2222_1111_1111, 0xfedc_ba98_7654_3210));
+        c.state.rip = 0x1000;
+        run(&mut c, &asm(64, |x| x.cmpxchg16b(xmmword_ptr(rsi)))).unwrap();
+        assert_eq!(peek(&mut c, 0x4000, 16), (0xc0c0u128 << 64 | 0xb0b0).to_le_bytes());
+        assert_eq!(c.state.flags() & STATUS & ZF, ZF);
+        // Misaligned: #GP(0).
+        c.state.rip = 0x1000;
+        c.state.gpr[6] = 0x4008;
+        let e = run(&mut c, &asm(64, |x| x.cmpxchg16b(xmmword_ptr(rsi)))).unwrap_err();
+        assert_eq!(e, Exception::gp0());
+    }
 }

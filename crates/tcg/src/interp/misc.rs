@@ -1,13 +1,14 @@
 //! Flag instructions (CLC, STC, CMC, CLD, STD, LAHF, SAHF, PUSHF, POPF), sign
-//! extensions (CBW..CQO), LEAVE, ENTER, PUSHA/POPA, XLAT, LOOPE/LOOPNE and the
-//! instructions that do nothing an emulator can observe (PAUSE, fences, prefetches).
+//! extensions (CBW..CQO), LEAVE, ENTER, PUSHA/POPA, XLAT, LOOPE/LOOPNE, BOUND, ARPL
+//! and the instructions that do nothing an emulator can observe (PAUSE, fences,
+//! prefetches).
 
 use iced_x86::{Instruction, Mnemonic};
 use quern_core::regs::flags::{AF, CF, DF, IF, PF, SF, ZF};
 
 use super::system::op_width;
-use super::{addr_mask, pop, push, stack_width, write_reg, Operands, Step};
-use crate::cpu::{Cpu, Result};
+use super::{addr_mask, pop, push, read_reg, stack_width, write_reg, Operands, Step};
+use crate::cpu::{vector, Cpu, Exception, Result};
 use crate::state::DS;
 use crate::translate::seg_index;
 
@@ -147,6 +148,43 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             s.rip = if go { ins.near_branch_target() } else { ins.next_ip() };
             return Ok(Some(Step::Jump));
         }
+        Bound => {
+            // BOUND r, m: #BR unless low <= r <= high, all signed at the operand size.
+            let w = ins.op0_register().size() as u8;
+            let a = Operands { cpu, ins }.linear();
+            let lo = cpu.read_n(a, w)?;
+            let hi = cpu.read_n(cpu.wrap_linear(a.wrapping_add(u64::from(w))), w)?;
+            let sx = |v: u64| if w == 2 { i64::from(v as i16) } else { i64::from(v as i32) };
+            let idx = sx(read_reg(cpu, ins.op0_register()));
+            if idx < sx(lo) || idx > sx(hi) {
+                return Err(Exception::new(vector::BR));
+            }
+        }
+        Arpl => {
+            // ARPL r/m16, r16: raise the destination selector's RPL to the source's.
+            if !s.protected() || s.v86() || s.code_bits() == 64 {
+                return Err(Exception::ud());
+            }
+            let mut o = Operands { cpu, ins };
+            let dst = if ins.op0_kind() == iced_x86::OpKind::Register {
+                o.cpu.state.gpr[ins.op0_register().full_register().number()] & 0xffff
+            } else {
+                o.read(0)?
+            };
+            let src = read_reg(o.cpu, ins.op1_register()) & 0xffff;
+            let raise = dst & 3 < src & 3;
+            if raise {
+                let v = (dst & !3) | (src & 3);
+                if ins.op0_kind() == iced_x86::OpKind::Register {
+                    // Only the low word changes, whatever register size iced names.
+                    write_reg(o.cpu, gpr_of(ins.op0_register().full_register().number(), 2), v);
+                } else {
+                    o.write(0, v)?;
+                }
+            }
+            let f = cpu.state.flags();
+            cpu.state.set_flags((f & !ZF) | if raise { ZF } else { 0 });
+        }
         Pause | Lfence | Mfence | Sfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw | Endbr32
         | Endbr64 | Nop | Wait | Clflush | Clflushopt => {}
         _ => return Ok(None),
@@ -197,4 +235,53 @@ fn enter(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         Ok(())
     };
     run(cpu).inspect_err(|_| cpu.state.gpr[4] = sp0)
+}
+
+#[cfg(test)]
+mod tests {
+    use quern_core::regs::flags::ZF;
+
+    use crate::cpu::{vector, Exception};
+    use crate::interp::testutil::{cpu, poke, run};
+
+    #[test]
+    fn bound_checks_signed_limits() {
+        let mut c = cpu(32);
+        poke(&mut c, 0x600, &(-5i32).to_le_bytes());
+        poke(&mut c, 0x604, &7i32.to_le_bytes());
+        c.state.gpr[3] = 0x600;
+        let code = [0x62, 0x03]; // bound eax, [ebx]
+        for (v, ok) in [(-5i64, true), (7, true), (0, true), (-6, false), (8, false)] {
+            c.state.rip = 0x1000;
+            c.state.gpr[0] = v as u64 & 0xffff_ffff;
+            let r = run(&mut c, &code);
+            if ok {
+                r.unwrap();
+            } else {
+                assert_eq!(r.unwrap_err(), Exception::new(vector::BR), "{v}");
+            }
+        }
+        // 16-bit form: word limits.
+        let mut c = cpu(16);
+        poke(&mut c, 0x600, &[0x10, 0x00, 0x20, 0x00]);
+        c.state.gpr[3] = 0x600;
+        c.state.gpr[0] = 0xffff_0021;
+        assert_eq!(run(&mut c, &[0x62, 0x07]).unwrap_err().vector, vector::BR); // bound ax, [bx]
+    }
+
+    #[test]
+    fn arpl_raises_rpl() {
+        let mut c = cpu(32);
+        c.state.gpr[0] = 0xaaaa_0010; // ax: RPL 0
+        c.state.gpr[1] = 0x0000_0023; // cx: RPL 3
+        run(&mut c, &[0x63, 0xc8]).unwrap(); // arpl ax, cx
+        assert_eq!(c.state.gpr[0], 0xaaaa_0013);
+        assert_eq!(c.state.flags() & ZF, ZF);
+        c.state.rip = 0x1000;
+        run(&mut c, &[0x63, 0xc8]).unwrap();
+        assert_eq!(c.state.flags() & ZF, 0);
+        // Real mode: #UD.
+        let mut c = cpu(16);
+        assert_eq!(run(&mut c, &[0x63, 0xc8]).unwrap_err(), Exception::ud());
+    }
 }
