@@ -191,7 +191,7 @@ fn fib(a: &mut CodeAssembler, wide: bool) -> Result<(), IcedError> {
 }
 
 /// Insertion sort of SORT_N xorshift values, SORT_REPS times; ESI = a checksum.
-fn sort(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
+fn sort(a: &mut CodeAssembler, wide: bool) -> Result<(), IcedError> {
     a.mov(ebp, SORT_REPS)?;
     a.mov(eax, 0x9e37_79b9u32)?;
     let mut rep = a.create_label();
@@ -214,7 +214,11 @@ fn sort(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
     a.cmp(ecx, SORT_N)?;
     a.jne(fill)?;
     // Sort: for i in 1..n { x = a[i]; j = i; while j > 0 && a[j-1] > x { a[j] = a[j-1]; j-- } a[j] = x }
-    a.push(eax)?;
+    if wide {
+        a.push(rax)?
+    } else {
+        a.push(eax)?
+    }
     a.mov(ebx, 1u32)?;
     let mut outer = a.create_label();
     let mut inner = a.create_label();
@@ -234,7 +238,11 @@ fn sort(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
     a.inc(ebx)?;
     a.cmp(ebx, SORT_N)?;
     a.jne(outer)?;
-    a.pop(eax)?;
+    if wide {
+        a.pop(rax)?
+    } else {
+        a.pop(eax)?
+    }
     a.dec(ebp)?;
     a.jnz(rep)?;
     a.mov(esi, dword_ptr(BUF + 4 * (SORT_N / 2)))?;

@@ -210,11 +210,11 @@ mod tests {
     #[test]
     fn inc_dec_neg_match_the_host() {
         for &a in &SAMPLES {
-            let (r, f) = host_flags!("stc; inc {a:e}", a, 0u64);
+            let (r, f) = host_flags!("mov {b}, {b}; stc; inc {a:e}", a, 0u64);
             assert_eq!(compute(CcOp::new(CcKind::Inc, 4), r, 0, 1, 0), f, "inc {a:#x}");
-            let (r, f) = host_flags!("clc; dec {a:x}", a, 0u64);
+            let (r, f) = host_flags!("mov {b}, {b}; clc; dec {a:x}", a, 0u64);
             assert_eq!(compute(CcOp::new(CcKind::Dec, 2), r, 0, 0, 0), f, "dec {a:#x}");
-            let (r, f) = host_flags!("neg {a}", a, 0u64);
+            let (r, f) = host_flags!("mov {b}, {b}; neg {a}", a, 0u64);
             assert_eq!(compute(CcOp::new(CcKind::Neg, 8), r, a, 0, 0), f, "neg {a:#x}");
         }
     }

@@ -5,7 +5,9 @@
 use crate::cpu::Cpu;
 
 /// A load that missed the TLB: returns the value (0 after a fault).
-pub extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64) -> u64 {
+/// # Safety
+/// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
+pub unsafe extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64) -> u64 {
     // SAFETY: generated code passes the Cpu it runs with, valid and unaliased for the
     // duration of the call.
     let cpu = unsafe { &mut *cpu };
@@ -20,7 +22,9 @@ pub extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64) -> u6
 
 /// A store that missed the TLB. Returns nonzero when it overwrote translated code (the
 /// block must end after this instruction).
-pub extern "sysv64" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, width: u64) -> u32 {
+/// # Safety
+/// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
+pub unsafe extern "sysv64" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, width: u64) -> u32 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
     cpu.code_modified = false;
@@ -31,7 +35,9 @@ pub extern "sysv64" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, widt
 }
 
 /// EFLAGS with the status flags computed from the lazy record.
-pub extern "sysv64" fn helper_flags(cpu: *mut Cpu) -> u64 {
+/// # Safety
+/// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
+pub unsafe extern "sysv64" fn helper_flags(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &*cpu };
     cpu.state.flags()

@@ -73,7 +73,7 @@ fn deliver_real(cpu: &mut Cpu, v: u8, ret: u64) -> Result<()> {
     push(cpu, ret & 0xffff, 2)?;
     segment::load_real(cpu, CS, (ivt >> 16) as u16);
     cpu.state.rip = u64::from(ivt & 0xffff);
-    cpu.state.eflags &= !(IF | TF | quern_core::regs::flags::AF & 0 | (1 << 18));
+    cpu.state.eflags &= !(IF | TF | (1 << 18));
     Ok(())
 }
 

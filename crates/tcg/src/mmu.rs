@@ -12,7 +12,7 @@
 use quern_core::memory::{RegionKind, PAGE_SIZE};
 use quern_core::GuestMemory;
 
-pub const TLB_BITS: u32 = 8;
+pub const TLB_BITS: u32 = 10;
 pub const TLB_ENTRIES: usize = 1 << TLB_BITS;
 pub const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// A tag no page-aligned address equals.

@@ -263,7 +263,9 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
 
 /// Called from generated code: runs `*ins`. Returns 0 to continue the block, 1 to
 /// leave it (RIP set), 2 for HLT; a fault is left in the state.
-pub extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instruction) -> u32 {
+/// # Safety
+/// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
+pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instruction) -> u32 {
     // SAFETY: generated code passes its own Cpu (valid for the run) and a pointer into
     // the block's instruction table, which lives as long as the block.
     let (cpu, ins) = unsafe { (&mut *cpu, &*ins) };
