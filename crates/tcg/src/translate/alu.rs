@@ -13,7 +13,9 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
     match m {
         Mnemonic::Inc | Mnemonic::Dec => {
             // INC/DEC keep CF: record the old one for the flag computation.
-            carry_in(ctx, T::T2);
+            if ctx.flags_needed {
+                carry_in(ctx, T::T2);
+            }
             ctx.load_op(0, T::T0);
             ctx.em.inc_dec(T::T0, w, m == Mnemonic::Dec);
             let kind = if m == Mnemonic::Inc { CcKind::Inc } else { CcKind::Dec };
@@ -91,7 +93,12 @@ fn carry_in(ctx: &mut Ctx, t: T) {
     }
 }
 
+/// Stores the lazy-flag record, unless nothing will read it.
 pub(super) fn set_cc(ctx: &mut Ctx, op: CcOp, dst: Option<T>, src: Option<T>, src2: Option<T>) {
-    ctx.em.set_cc(op, dst, src, src2);
-    ctx.cc = Some(op);
+    if ctx.flags_needed {
+        ctx.em.set_cc(op, dst, src, src2);
+        ctx.cc = Some(op);
+    } else {
+        ctx.cc = None;
+    }
 }

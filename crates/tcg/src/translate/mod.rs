@@ -77,6 +77,9 @@ pub struct Ctx<'a> {
     pub next: u64,
     /// The lazy-flag operation as of this point, when known at translation time.
     pub cc: Option<CcOp>,
+    /// Whether anything may read the status flags this instruction writes (see
+    /// [`flags_needed`]); when not, the lazy-flag record is not stored.
+    pub flags_needed: bool,
 }
 
 impl Ctx<'_> {
@@ -317,6 +320,7 @@ pub fn translate_block(
     }
     let insns: Box<[Instruction]> = insns.into_boxed_slice();
 
+    let needed = flags_needed(&insns);
     let mut em = Emitter::new(base, stubs);
     em.entry_check(start_rip);
     let mut cc = None;
@@ -331,6 +335,7 @@ pub fn translate_block(
             ip: ins.ip(),
             next: ins.next_ip(),
             cc,
+            flags_needed: needed[i],
         };
         let flow = if ins.code() == Code::INVALID { ctx.interp() } else { translate_one(&mut ctx) };
         cc = ctx.cc;
@@ -345,6 +350,64 @@ pub fn translate_block(
     }
     let (code, chain_sites) = em.finish();
     Ok(Translated { code, chain_sites, insns, pages })
+}
+
+/// For each instruction, whether the status flags it writes may be read: walking the
+/// block backwards, a flag is live until an instruction overwrites it. Flags are live at
+/// the block's end, and before anything that may fault or leave the block early
+/// (memory operands, stack operations, interpreted instructions), so an exception always
+/// sees the flags the guest computed.
+fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
+    use iced_x86::RflagsBits as F;
+    const STATUS: u32 = F::OF | F::SF | F::ZF | F::AF | F::CF | F::PF;
+    let mut live = STATUS;
+    let mut needed = vec![true; insns.len()];
+    for (i, ins) in insns.iter().enumerate().rev() {
+        needed[i] = live != 0;
+        let mut read = ins.rflags_read() & STATUS;
+        // The inline INC/DEC carry the old CF forward from the previous record (only
+        // when their own record is stored).
+        if needed[i] && matches!(ins.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) {
+            read |= F::CF;
+        }
+        if may_fault(ins) {
+            read = STATUS;
+        }
+        live = (live & !(ins.rflags_modified() & STATUS)) | read;
+    }
+    needed
+}
+
+/// Whether an instruction may raise an exception or leave the block early.
+fn may_fault(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    let inline_family = matches!(
+        ins.mnemonic(),
+        Mov | Movzx
+            | Movsx
+            | Movsxd
+            | Lea
+            | Nop
+            | Xchg
+            | Add
+            | Or
+            | Adc
+            | Sbb
+            | And
+            | Sub
+            | Xor
+            | Cmp
+            | Test
+            | Inc
+            | Dec
+            | Neg
+            | Not
+            | Shl
+            | Sal
+            | Shr
+            | Sar
+    );
+    !inline_family || (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
 }
 
 /// Instructions after which decoding stops (the block's last instruction).
