@@ -12,10 +12,8 @@
 //! code.
 
 #[path = "../tests/common/guest.rs"]
-#[allow(dead_code)]
 mod guest;
 #[path = "../tests/common/multiboot.rs"]
-#[allow(dead_code)]
 mod multiboot;
 
 use std::process::Command;

@@ -244,30 +244,6 @@ pub mod msr {
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flat_code_descriptor_matches_the_sdm_encoding() {
-        // The classic 0x00cf9b000000ffff flat 32-bit code descriptor (accessed bit set).
-        assert_eq!(Segment::flat(0x10, true, false).descriptor(), 0x00cf_9b00_0000_ffff);
-        // 64-bit code: L set, D clear.
-        assert_eq!(Segment::flat(0x08, true, true).descriptor(), 0x00af_9b00_0000_ffff);
-        assert_eq!(Segment::flat(0x18, false, false).descriptor(), 0x00cf_9300_0000_ffff);
-    }
-
-    #[test]
-    fn gprs_round_trip_in_encoding_order() {
-        let mut r = Regs::default();
-        let g: [u64; 16] = std::array::from_fn(|i| i as u64 * 3);
-        r.set_gprs(g);
-        assert_eq!(r.rcx, 3);
-        assert_eq!(r.rsp, 12);
-        assert_eq!(r.gprs(), g);
-    }
-}
-
 /// The register state after RESET or INIT (SDM vol. 3, "Processor State After Reset"):
 /// real mode, CS base 0xffff0000 with IP 0xfff0, so the first fetch is 16 bytes below
 /// 4 GiB.
@@ -291,4 +267,28 @@ pub fn power_on_state() -> (Regs, SpecialRegs) {
         ..Default::default()
     };
     (regs, sregs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_code_descriptor_matches_the_sdm_encoding() {
+        // The classic 0x00cf9b000000ffff flat 32-bit code descriptor (accessed bit set).
+        assert_eq!(Segment::flat(0x10, true, false).descriptor(), 0x00cf_9b00_0000_ffff);
+        // 64-bit code: L set, D clear.
+        assert_eq!(Segment::flat(0x08, true, true).descriptor(), 0x00af_9b00_0000_ffff);
+        assert_eq!(Segment::flat(0x18, false, false).descriptor(), 0x00cf_9300_0000_ffff);
+    }
+
+    #[test]
+    fn gprs_round_trip_in_encoding_order() {
+        let mut r = Regs::default();
+        let g: [u64; 16] = std::array::from_fn(|i| i as u64 * 3);
+        r.set_gprs(g);
+        assert_eq!(r.rcx, 3);
+        assert_eq!(r.rsp, 12);
+        assert_eq!(r.gprs(), g);
+    }
 }

@@ -79,7 +79,7 @@ impl MemoryLayout {
         if !(MIN_RAM..=MAX_RAM).contains(&ram) {
             return Err(LayoutError::RamSize(ram));
         }
-        if bios > MAX_BIOS || bios % (64 * KIB) != 0 {
+        if bios > MAX_BIOS || !bios.is_multiple_of(64 * KIB) {
             return Err(LayoutError::BiosSize(bios));
         }
         let below_4g = ram.min(PCI_HOLE_START);

@@ -53,9 +53,12 @@ enum Boot {
     Kernel { path: PathBuf, image: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: String },
 }
 
+/// The memory map, guest memory and BIOS image (if any) [`prepare_memory`] returns.
+pub type PreparedMemory = (MemoryLayout, Arc<GuestMemory>, Option<Vec<u8>>);
+
 /// Guest memory for `cfg`, sized before the accelerator exists (KVM maps it at
 /// creation). Also reads and checks the BIOS image, which sets part of the map.
-pub fn prepare_memory(cfg: &MachineConfig) -> Result<(MemoryLayout, Arc<GuestMemory>, Option<Vec<u8>>), MachineError> {
+pub fn prepare_memory(cfg: &MachineConfig) -> Result<PreparedMemory, MachineError> {
     let bios = cfg.bios.as_deref().map(|p| read_file("BIOS image", p)).transpose()?;
     let layout = MemoryLayout::new(cfg.ram_bytes, bios.as_ref().map_or(0, |b| b.len() as u64))?;
     let mem = Arc::new(layout.build_memory()?);

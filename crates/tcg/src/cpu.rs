@@ -185,8 +185,8 @@ impl Cpu {
                 Target::Memory { rom: false, host } => {
                     let page = phys >> 12;
                     if cpu.watch_is_code(page) {
-                        // SAFETY: `watch` is valid while attached.
                         if let Some(w) = cpu.watch {
+                            // SAFETY: `watch` is valid while attached.
                             cpu.code_modified |= unsafe { (*w).invalidate_page(page) };
                         }
                     }

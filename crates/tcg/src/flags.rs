@@ -93,7 +93,7 @@ fn sign_bit(width: Width) -> u64 {
 }
 
 fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

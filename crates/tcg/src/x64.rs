@@ -14,6 +14,9 @@
 //! - `rdi`, `r8`: scratch for the TLB probe and helper-call set-up.
 //! - The stack is 16-byte aligned at block level, so helpers can be called directly.
 
+// dynasm's expansion of dynamic registers (`Rq(n)`) converts u8 to u8.
+#![allow(clippy::useless_conversion)]
+
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
