@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use dynasmrt::{dynasm, DynasmApi, VecAssembler};
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
 use iced_x86::Instruction;
 use quern_core::regs::{self, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
@@ -57,6 +57,11 @@ struct Block {
 struct CodeCache {
     buf: CodeBuffer,
     enter: usize,
+    /// A stub that returns to the run loop asking for the next block (the jump cache's
+    /// "no entry").
+    next_stub: usize,
+    /// Bumped whenever blocks go away, so the jump cache is flushed.
+    generation: u64,
     stubs: Stubs,
     blocks: Vec<Block>,
     map: HashMap<Key, usize>,
@@ -73,6 +78,8 @@ impl CodeCache {
         let mut c = CodeCache {
             buf: CodeBuffer::new(CODE_BUFFER_SIZE)?,
             enter: 0,
+            next_stub: 0,
+            generation: 0,
             stubs: Stubs::default(),
             blocks: Vec::new(),
             map: HashMap::new(),
@@ -97,18 +104,23 @@ impl CodeCache {
         );
         let epilogue = base + ops.offset().0;
         dynasm!(ops ; .arch x64
+            ; ->epi:
             ; add rsp, 8
             ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx
             ; ret
         );
+        let next_stub = base + ops.offset().0;
+        dynasm!(ops ; .arch x64 ; mov eax, exit::NEXT as i32 ; jmp ->epi);
         let code = ops.finalize().expect("assembling the trampoline");
         self.enter = self.buf.append(&code).expect("code buffer holds the trampoline");
+        self.next_stub = next_stub;
         self.stubs = Stubs { epilogue };
         self.buf.executable();
     }
 
     /// Forgets every block (the buffer is full, or the machine reset).
     fn clear(&mut self) {
+        self.generation += 1;
         self.blocks.clear();
         self.map.clear();
         self.pages.clear();
@@ -132,6 +144,7 @@ impl CodeWatch for CodeCache {
 
     fn invalidate_page(&mut self, page: u64) -> bool {
         let Some(ids) = self.pages.remove(&page) else { return false };
+        self.generation += 1;
         self.buf.writable();
         for id in ids {
             if !self.blocks[id].valid {
@@ -204,6 +217,9 @@ pub struct TcgVcpu {
     shared: Arc<Shared>,
     cache: CodeCache,
     helpers: HelperAddrs,
+    /// (mode key, CS base, TLB generation, cache generation) when the jump cache was
+    /// last valid: any change and it is flushed.
+    jmp_context: (u32, u64, u64, u64),
 }
 
 fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
@@ -222,6 +238,7 @@ impl TcgVcpu {
                 flags: crate::helpers::helper_flags as *const () as usize,
                 interp: crate::interp::helper_interp as *const () as usize,
             },
+            jmp_context: (u32::MAX, 0, 0, 0),
         };
         v.reset()?;
         if crate::profile::enabled() {
@@ -346,6 +363,23 @@ impl TcgVcpu {
         self.cache.blocks[to].incoming.push((site, stub));
     }
 
+    /// Enters the block just found in the jump cache, first flushing the cache if
+    /// anything it depends on changed since it was filled.
+    fn remember_jump_target(&mut self, host: usize) {
+        let stub = self.cache.next_stub as u64;
+        let cache_gen = self.cache.generation;
+        let old = self.jmp_context;
+        let s = &mut self.cpu_mut().state;
+        let ctx = (s.mode_key(), s.seg[CS].base, s.tlb.generation, cache_gen);
+        if ctx != old {
+            s.jmp_cache.fill(crate::state::JmpEntry { rip: u64::MAX, host: stub });
+        }
+        let rip = s.rip;
+        s.jmp_cache[(rip as usize) & (crate::state::JMP_CACHE_SIZE - 1)] =
+            crate::state::JmpEntry { rip, host: host as u64 };
+        self.jmp_context = ctx;
+    }
+
     fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {
         match interrupt::deliver_exception(self.cpu_mut(), e) {
             Ok(()) => None,
@@ -387,6 +421,7 @@ impl TcgVcpu {
                 }
             };
             let host = self.cache.blocks[block].host;
+            self.remember_jump_target(host);
             // SAFETY: `enter` is the trampoline emitted in our code buffer with this
             // signature; the block and everything it chains to live in the same buffer,
             // which is executable now; the Cpu outlives the call.

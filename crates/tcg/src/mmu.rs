@@ -45,6 +45,8 @@ pub struct Tlb {
     pub entries: [TlbEntry; TLB_ENTRIES],
     /// Guest-physical page address of each entry (for the run loop's block lookup).
     pub phys: [u64; TLB_ENTRIES],
+    /// Bumped by every flush, so the run loop can tell mappings may have changed.
+    pub generation: u64,
 }
 
 impl Default for Tlb {
@@ -55,7 +57,7 @@ impl Default for Tlb {
 
 impl Tlb {
     pub fn new() -> Self {
-        Tlb { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES] }
+        Tlb { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES], generation: 0 }
     }
 
     pub fn index(linear: u64) -> usize {
@@ -63,11 +65,13 @@ impl Tlb {
     }
 
     pub fn flush(&mut self) {
+        self.generation += 1;
         self.entries.fill(TlbEntry::EMPTY);
     }
 
     /// Drops any entry for `linear`'s page (INVLPG; a page that just got code).
     pub fn flush_page(&mut self, linear: u64) {
+        self.generation += 1;
         let e = &mut self.entries[Self::index(linear)];
         if [e.read, e.write, e.code].contains(&(linear & PAGE_MASK)) {
             *e = TlbEntry::EMPTY;

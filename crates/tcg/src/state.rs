@@ -104,6 +104,17 @@ pub struct Msrs {
     pub misc_enable: u64,
 }
 
+/// One entry of the indirect-jump cache: guest RIP → host code of its block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct JmpEntry {
+    pub rip: u64,
+    pub host: u64,
+}
+
+pub const JMP_CACHE_BITS: u32 = 10;
+pub const JMP_CACHE_SIZE: usize = 1 << JMP_CACHE_BITS;
+
 /// A pending guest exception raised by a helper or a slow path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -156,6 +167,10 @@ pub struct CpuState {
     pub inhibit_irq: u32,
     /// Host address of the jump an unchained exit left through (see `x64::exit`).
     pub chain_site: u64,
+    /// Indirect branches (RET, JMP/CALL through a register or memory) look their target
+    /// up here inline before returning to the run loop. Entries that miss point at a
+    /// stub that returns to the run loop, so a stale or empty entry is harmless.
+    pub jmp_cache: [JmpEntry; JMP_CACHE_SIZE],
     pub tlb: Tlb,
 }
 
@@ -189,6 +204,7 @@ impl CpuState {
             halted: 0,
             inhibit_irq: 0,
             chain_site: 0,
+            jmp_cache: [JmpEntry { rip: u64::MAX, host: 0 }; JMP_CACHE_SIZE],
             tlb: Tlb::new(),
         });
         s.msr.pat = 0x0007_0406_0007_0406;
@@ -284,6 +300,7 @@ pub mod off {
         (offset_of!(CpuState, seg) + s * std::mem::size_of::<Seg>() + offset_of!(Seg, base)) as i32
     }
     pub const CHAIN_SITE: i32 = offset_of!(CpuState, chain_site) as i32;
+    pub const JMP_CACHE: i32 = offset_of!(CpuState, jmp_cache) as i32;
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const FAULT_VECTOR: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, vector)) as i32;
 }

@@ -176,6 +176,25 @@ impl Emitter {
         self.rel32_to(0xe9, self.stubs.epilogue);
     }
 
+    /// Ends the block at an indirect branch to the RIP in `t` (already stored): jumps
+    /// straight to the target's block if the jump cache knows it, else returns to the
+    /// run loop.
+    pub fn exit_indirect(&mut self, t: T) {
+        use crate::state::JMP_CACHE_BITS;
+        let mask = (1i32 << JMP_CACHE_BITS) - 1;
+        let r = t.reg();
+        dynasm!(self.ops ; .arch x64
+            ; mov rdi, Rq(r)
+            ; and edi, mask
+            ; shl edi, 4
+            ; cmp Rq(r), [r14 + rdi + off::JMP_CACHE]
+            ; jne >miss
+            ; jmp QWORD [r14 + rdi + off::JMP_CACHE + 8]
+            ; miss:
+        );
+        self.exit_with(exit::NEXT);
+    }
+
     /// Ends the block at a direct branch to `target`: a patchable jump, first aimed at
     /// a stub that stores RIP and asks the run loop to chain.
     pub fn exit_chain(&mut self, target: u64) {
@@ -216,7 +235,9 @@ impl Emitter {
             (1, true) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o + 1], Rb(s)),
             (1, false) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o], Rb(s)),
             (2, _) => dynasm!(self.ops ; .arch x64 ; mov WORD [r14 + o], Rw(s)),
-            (4, _) => dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + o], Rd(s) ; mov DWORD [r14 + o + 4], 0),
+            // One 8-byte store of the zero-extended value: two 4-byte halves would
+            // defeat store-to-load forwarding for the next 8-byte read of the register.
+            (4, _) => dynasm!(self.ops ; .arch x64 ; mov Rd(s), Rd(s) ; mov QWORD [r14 + o], Rq(s)),
             _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], Rq(s)),
         }
     }

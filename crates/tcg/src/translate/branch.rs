@@ -6,7 +6,7 @@ use iced_x86::{ConditionCode, Mnemonic, OpKind};
 
 use super::{Ctx, Flow};
 use crate::flags::Width;
-use crate::x64::{exit, T};
+use crate::x64::T;
 
 const RCX: usize = 1;
 
@@ -90,7 +90,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             OpKind::Register | OpKind::Memory if !ins.is_jmp_far_indirect() => {
                 ctx.load_op(0, T::T0);
                 ctx.em.store_rip_t(T::T0);
-                ctx.em.exit_with(exit::NEXT);
+                ctx.em.exit_indirect(T::T0);
                 Flow::End
             }
             _ => ctx.interp(),

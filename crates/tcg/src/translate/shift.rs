@@ -1,5 +1,6 @@
 //! SHL/SAL, SHR, SAR by 1, an immediate or CL. The host shifts (its CF is the last
-//! bit out, as the guest's); a zero count changes neither operand nor flags.
+//! bit out, as the guest's); a zero count changes no flag and no operand, except that
+//! a 32-bit register is still zero-extended.
 
 use iced_x86::{Mnemonic, OpKind};
 
@@ -20,7 +21,14 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
         OpKind::Register => None,
         _ => Some(ctx.ins.immediate(1) & count_mask),
     };
+    // A 32-bit register destination is written even by a zero count: its upper half
+    // is cleared, as for any 32-bit register write.
+    let reg32 = w == 4 && ctx.ins.op0_kind() == OpKind::Register;
     if imm == Some(0) {
+        if reg32 {
+            ctx.load_op(0, T::T0);
+            ctx.store_op(0, T::T0);
+        }
         return Flow::Continue;
     }
     ctx.load_op(0, T::T0);
@@ -43,6 +51,10 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
     set_cc(ctx, CcOp::new(kind, w), Some(T::T0), Some(T::T1), src2);
     ctx.store_op(0, T::T0);
     ctx.em.bind(skip);
+    if imm.is_none() && reg32 {
+        // CL was 0: T0 still holds the operand (the other path stores it again).
+        ctx.store_op(0, T::T0);
+    }
     if imm.is_none() {
         // Whether the record changed depends on CL at run time.
         ctx.cc = None;

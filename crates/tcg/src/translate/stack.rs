@@ -7,7 +7,7 @@ use iced_x86::{Mnemonic, OpKind};
 use super::{Ctx, Flow};
 use crate::flags::Width;
 use crate::state::SS;
-use crate::x64::{exit, T};
+use crate::x64::T;
 
 const RSP: usize = 4;
 
@@ -78,7 +78,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
                 ctx.em.exit_chain(ins.near_branch_target());
             } else {
                 ctx.em.store_rip_t(T::T2);
-                ctx.em.exit_with(exit::NEXT);
+                ctx.em.exit_indirect(T::T2);
             }
             Flow::End
         }
@@ -91,7 +91,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
                 ctx.em.store_gpr(RSP, T::T1, sw, false);
             }
             ctx.em.store_rip_t(T::T0);
-            ctx.em.exit_with(exit::NEXT);
+            ctx.em.exit_indirect(T::T0);
             Flow::End
         }
         _ => ctx.interp(),
