@@ -97,3 +97,67 @@ fn real_mode_program_on_tcg() {
 fn long_mode_program_on_tcg() {
     check_machine_output(&long_mode_program("tcg", 0x2b), 0x2b);
 }
+
+/// A real-mode program that prints a marker and then does `action` (port writes).
+fn control_program(accel: &str, name: &str, action: &[(u16, u8, u8)]) -> Run {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16).unwrap();
+    let (putc, _) = common::guest::emit_routines(&mut a).unwrap();
+    let mut start = a.create_label();
+    a.set_label(&mut start).unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x7000u32).unwrap();
+    common::guest::print(&mut a, putc, "BEFORE\n").unwrap();
+    for &(port, val, width) in action {
+        if width == 0 {
+            continue;
+        }
+        a.mov(dx, port as u32).unwrap();
+        a.mov(al, val as u32).unwrap();
+        a.out(dx, al).unwrap();
+    }
+    common::guest::print(&mut a, putc, "AFTER\n").unwrap();
+    let mut stop = a.create_label();
+    a.set_label(&mut stop).unwrap();
+    a.hlt().unwrap();
+    a.jmp(stop).unwrap();
+    let res = a.assemble_options(0, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let entry = res.label_ip(&start).unwrap();
+    let bios = scratch(&format!("{name}-{accel}.bin"));
+    write(&bios, &bios_image(&res.inner.code_buffer, entry as u16));
+    // -d int logs the machine's reset and power-off decisions at info level.
+    run_with(accel, &["-bios".into(), bios.display().to_string(), "-d".into(), "int".into()])
+}
+
+/// Reset through the i8042 (0xFE to port 0x64) or PIIX's 0xCF9, and ACPI soft-off (SLP_TYP
+/// 5 with SLP_EN to PM1a_CNT at 0x604): each ends quern with status 0 under -no-reboot,
+/// before the program goes on.
+fn check_machine_control(accel: &str) {
+    let cases: [(&str, &[(u16, u8, u8)], &str); 3] = [
+        ("i8042-reset", &[(0x64, 0xfe, 1)], "guest reset with -no-reboot"),
+        ("cf9-reset", &[(0xcf9, 0x06, 1)], "guest reset with -no-reboot"),
+        // SLP_TYP=5 (bits 10-12) and SLP_EN (bit 13) are the high byte of PM1a_CNT: 0x34.
+        ("acpi-poweroff", &[(0x605, 0x34, 1)], "guest powered off"),
+    ];
+    for (name, action, log) in cases {
+        let run = control_program(accel, name, action);
+        assert!(run.stdout.contains("BEFORE\n"), "{name}: {}", run.describe());
+        assert!(!run.stdout.contains("AFTER"), "{name}: the machine went on:\n{}", run.describe());
+        assert_eq!(run.status, Some(0), "{name}: {}", run.describe());
+        assert!(run.stderr.contains(log), "{name}: expected the log line {log:?}:\n{}", run.describe());
+    }
+}
+
+#[test]
+fn reset_and_poweroff_end_the_machine_on_tcg() {
+    check_machine_control("tcg");
+}
+
+#[test]
+fn reset_and_poweroff_end_the_machine_on_kvm() {
+    if !kvm_usable("reset_and_poweroff_end_the_machine_on_kvm") {
+        return;
+    }
+    check_machine_control("kvm");
+}
