@@ -359,6 +359,7 @@ pub fn translate_block(
 /// sees the flags the guest computed.
 fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
     use iced_x86::RflagsBits as F;
+    use Mnemonic::*;
     const STATUS: u32 = F::OF | F::SF | F::ZF | F::AF | F::CF | F::PF;
     let mut live = STATUS;
     let mut needed = vec![true; insns.len()];
@@ -372,6 +373,13 @@ fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
         }
         if may_fault(ins) {
             read = STATUS;
+        }
+        // A shift by CL writes no flag when the count masks to 0: the flags it would
+        // write stay live through it.
+        let by_cl = matches!(ins.mnemonic(), Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd)
+            && ins.op_kind(ins.op_count() - 1) == OpKind::Register;
+        if by_cl {
+            read |= ins.rflags_modified() & STATUS;
         }
         live = (live & !(ins.rflags_modified() & STATUS)) | read;
     }
