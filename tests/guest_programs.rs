@@ -59,10 +59,16 @@ fn check_machine_output(run: &Run, exit_code: u8) {
 }
 
 fn real_mode_program(accel: &str, exit_code: u8) -> Run {
+    real_mode_program_with(accel, exit_code, &[])
+}
+
+fn real_mode_program_with(accel: &str, exit_code: u8, extra: &[&str]) -> Run {
     let (code, entry) = machine_test_program(Mode::Real, exit_code);
-    let bios = scratch(&format!("real-{accel}.bin"));
+    let bios = scratch(&format!("real-{accel}-{}.bin", extra.len()));
     write(&bios, &bios_image(&code, entry as u16));
-    run_with(accel, &["-bios".into(), bios.display().to_string()])
+    let mut args = vec!["-bios".to_string(), bios.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_with(accel, &args)
 }
 
 fn long_mode_program(accel: &str, exit_code: u8) -> Run {
@@ -78,6 +84,15 @@ fn real_mode_program_on_kvm() {
         return;
     }
     check_machine_output(&real_mode_program("kvm", 0x21), 0x21);
+}
+
+/// The same program with KVM's in-kernel PIC and PIT instead of quern's models.
+#[test]
+fn real_mode_program_on_kvm_with_kernel_irqchip() {
+    if !kvm_usable("real_mode_program_on_kvm_with_kernel_irqchip") {
+        return;
+    }
+    check_machine_output(&real_mode_program_with("kvm", 0x23, &["-M", "pc,kernel-irqchip=on"]), 0x23);
 }
 
 #[test]
