@@ -198,15 +198,7 @@ fn sort(a: &mut CodeAssembler, wide: bool) -> Result<(), IcedError> {
     a.xor(ecx, ecx)?;
     let mut fill = a.create_label();
     a.set_label(&mut fill)?;
-    a.mov(edx, eax)?;
-    a.shl(edx, 13u32)?;
-    a.xor(eax, edx)?;
-    a.mov(edx, eax)?;
-    a.shr(edx, 17u32)?;
-    a.xor(eax, edx)?;
-    a.mov(edx, eax)?;
-    a.shl(edx, 5u32)?;
-    a.xor(eax, edx)?;
+    multiboot::xorshift_step(a)?;
     a.mov(dword_ptr(ecx * 4 + BUF), eax)?;
     a.inc(ecx)?;
     a.cmp(ecx, SORT_N)?;

@@ -64,20 +64,26 @@ pub fn xorshift(a: &mut CodeAssembler, seed: u32, n: u32) -> Result<(), IcedErro
     a.mov(ecx, n)?;
     let mut top = a.create_label();
     a.set_label(&mut top)?;
-    a.mov(edx, eax)?;
-    a.shl(edx, 13u32)?;
-    a.xor(eax, edx)?;
-    a.mov(edx, eax)?;
-    a.shr(edx, 17u32)?;
-    a.xor(eax, edx)?;
-    a.mov(edx, eax)?;
-    a.shl(edx, 5u32)?;
-    a.xor(eax, edx)?;
+    xorshift_step(a)?;
     a.add(ebx, eax)?;
     a.dec(ecx)?;
     a.jnz(top)?;
     a.mov(esi, eax)?;
     a.add(esi, ebx)
+}
+
+/// One xorshift32 step on EAX (9 instructions; clobbers EDX).
+pub fn xorshift_step(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    for (left, n) in [(true, 13u32), (false, 17), (true, 5)] {
+        a.mov(edx, eax)?;
+        if left {
+            a.shl(edx, n)?;
+        } else {
+            a.shr(edx, n)?;
+        }
+        a.xor(eax, edx)?;
+    }
+    Ok(())
 }
 
 /// What [`xorshift`] leaves in ESI.
