@@ -53,8 +53,10 @@ fn init_logging(args: &Args) -> Result<(), Fatal> {
     if let Some(items) = &args.log_items {
         for item in items.split(',') {
             let f = match item {
-                "int" => "quern_machine_pc=debug,quern_devices::pic=trace",
-                "cpu" | "exec" | "in_asm" | "op" | "out_asm" => "quern_tcg=trace,quern_accel_kvm=debug",
+                "int" => "quern_machine_pc=debug,quern_devices::pic=trace,quern_tcg::interrupt=debug",
+                "in_asm" => "quern_tcg::in_asm=trace",
+                "exec" => "quern_tcg::exec=trace",
+                "cpu" | "op" | "out_asm" => "quern_tcg=trace,quern_accel_kvm=debug",
                 "unimp" | "guest_errors" => "quern_core::bus=debug,quern_devices=debug",
                 "pio" | "mmio" => "quern_core::bus=trace",
                 "trace" => "trace",

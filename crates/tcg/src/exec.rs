@@ -422,6 +422,7 @@ impl TcgVcpu {
             };
             let host = self.cache.blocks[block].host;
             self.remember_jump_target(host);
+            log::trace!(target: "quern_tcg::exec", "block {block} at rip {:#x}", self.cpu().state.rip);
             // SAFETY: `enter` is the trampoline emitted in our code buffer with this
             // signature; the block and everything it chains to live in the same buffer,
             // which is executable now; the Cpu outlives the call.

@@ -46,6 +46,7 @@ pub fn deliver_exception(cpu: &mut Cpu, e: Exception) -> std::result::Result<(),
 
 /// Delivers vector `v` through the IVT or IDT.
 pub fn deliver(cpu: &mut Cpu, v: u8, error: Option<u32>, src: Source) -> Result<()> {
+    log::debug!("vector {v:#x} ({src:?}, error {error:?}) at rip {:#x}", cpu.state.rip);
     cpu.state.halted = 0;
     let ret = match src {
         Source::Hardware => cpu.state.rip,

@@ -319,6 +319,9 @@ pub fn translate_block(
         }
     }
     let insns: Box<[Instruction]> = insns.into_boxed_slice();
+    if log::log_enabled!(target: "quern_tcg::in_asm", log::Level::Trace) {
+        log_block(&insns, cs_base, phys);
+    }
 
     let needed = flags_needed(&insns);
     let mut em = Emitter::new(base, stubs);
@@ -416,6 +419,19 @@ fn may_fault(ins: &Instruction) -> bool {
             | Sar
     );
     !inline_family || (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
+}
+
+/// `-d in_asm`: the guest instructions of each new block, as QEMU prints them.
+fn log_block(insns: &[Instruction], cs_base: u64, phys: u64) {
+    use iced_x86::Formatter;
+    let mut f = iced_x86::IntelFormatter::new();
+    let mut out = format!("IN: (cs base {cs_base:#x}, phys {phys:#x})\n");
+    for ins in insns {
+        let mut text = String::new();
+        f.format(ins, &mut text);
+        out.push_str(&format!("{:#010x}:  {text}\n", ins.ip()));
+    }
+    log::trace!(target: "quern_tcg::in_asm", "{out}");
 }
 
 /// Instructions after which decoding stops (the block's last instruction).
