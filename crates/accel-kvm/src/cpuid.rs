@@ -259,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn cpu_flags_hide_and_show_features() {
+        let mut m = CpuidMask::empty();
+        m.apply_flag("-cx16").unwrap();
+        m.apply_flag("xsave=off").unwrap();
+        assert!(m.contains(CpuidMask::CX16) && m.contains(CpuidMask::XSAVE));
+        m.apply_flag("+cx16").unwrap();
+        assert!(!m.contains(CpuidMask::CX16));
+        let e = m.apply_flag("-frob").unwrap_err();
+        assert!(e.contains("frob") && e.contains("known:"), "{e}");
+    }
+
+    #[test]
     fn userspace_irqchip_hides_the_apic_and_sets_identity() {
         let mut e = full();
         patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::empty(), has_lapic: false, vcpu_id: 3 });
