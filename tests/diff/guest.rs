@@ -1,0 +1,314 @@
+//! Guests for the accelerators: memory, long-mode (and 32/16-bit) set-up, an IDT whose
+//! handlers record the vector and halt, a machine with no devices, and a watchdog
+//! that kicks a vCPU that runs too long.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quern_core::regs::{ctrl, flags, DescriptorTable, Regs, Segment, SpecialRegs};
+use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
+
+use super::compare::{Outcome, State};
+use super::gen::Case;
+use super::layout::*;
+
+/// A machine with no devices: port reads give 0xff, MMIO reads 0xff, nothing is ever
+/// pending; accesses are counted. `stop` is what a kick asks for (the JIT only
+/// returns `Kicked` when the machine wants it back).
+#[derive(Default)]
+pub struct MockOps {
+    pub pio: AtomicU64,
+    pub mmio: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl VmOps for MockOps {
+    fn pio_read(&self, _port: u16, data: &mut [u8]) {
+        self.pio.fetch_add(1, Ordering::Relaxed);
+        data.fill(0xff);
+    }
+    fn pio_write(&self, _port: u16, _data: &[u8]) {
+        self.pio.fetch_add(1, Ordering::Relaxed);
+    }
+    fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+        self.mmio.fetch_add(1, Ordering::Relaxed);
+        data.fill(0xff);
+    }
+    fn mmio_write(&self, _addr: u64, _data: &[u8]) {
+        self.mmio.fetch_add(1, Ordering::Relaxed);
+    }
+    fn interrupt_pending(&self) -> bool {
+        false
+    }
+    fn acknowledge_interrupt(&self) -> Option<u8> {
+        None
+    }
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// Kicks the armed vCPU when its deadline passes. One thread serves every run.
+pub struct Watchdog {
+    inner: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    armed: Option<(Instant, Arc<dyn VcpuKicker>, Arc<MockOps>)>,
+    fired: bool,
+    quit: bool,
+}
+
+impl Watchdog {
+    pub fn new() -> Self {
+        let inner: Arc<(Mutex<WatchState>, Condvar)> = Arc::default();
+        let i2 = inner.clone();
+        let thread = std::thread::spawn(move || {
+            let (m, cv) = &*i2;
+            let mut st = m.lock().unwrap();
+            loop {
+                if st.quit {
+                    return;
+                }
+                match &st.armed {
+                    None => st = cv.wait(st).unwrap(),
+                    Some((deadline, kicker, ops)) => {
+                        let now = Instant::now();
+                        if now >= *deadline {
+                            ops.stop.store(true, Ordering::Release);
+                            kicker.kick();
+                            st.armed = None;
+                            st.fired = true;
+                        } else {
+                            let d = *deadline - now;
+                            st = cv.wait_timeout(st, d).unwrap().0;
+                        }
+                    }
+                }
+            }
+        });
+        Watchdog { inner, thread: Some(thread) }
+    }
+
+    pub fn arm(&self, kicker: Arc<dyn VcpuKicker>, ops: Arc<MockOps>, limit: Duration) {
+        let (m, cv) = &*self.inner;
+        let mut st = m.lock().unwrap();
+        st.armed = Some((Instant::now() + limit, kicker, ops));
+        st.fired = false;
+        cv.notify_all();
+    }
+
+    /// Disarms; returns whether it fired.
+    pub fn disarm(&self) -> bool {
+        let (m, cv) = &*self.inner;
+        let mut st = m.lock().unwrap();
+        st.armed = None;
+        cv.notify_all();
+        std::mem::take(&mut st.fired)
+    }
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.inner;
+            m.lock().unwrap().quit = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn memory() -> Arc<GuestMemory> {
+    Arc::new(GuestMemory::flat(GUEST_RAM).expect("guest memory"))
+}
+
+/// The CPU modes the guests run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Long,
+    Protected32,
+    Real,
+}
+
+/// Writes GDT, TSS, page tables (long mode: the first GiB identity-mapped with 2 MiB
+/// pages) and, if `idt`, an IDT whose 32 exception handlers store their vector at
+/// [`FAULT_SLOT`] and halt; returns the special registers for `mode`. Same layout as
+/// the machine's loader uses for its 64-bit entry.
+pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
+    let long = mode == Mode::Long;
+    let cs = Segment::flat(0x10, true, long);
+    let ds = Segment::flat(0x18, false, false);
+    let tr = Segment { base: TSS_ADDR, limit: 0x67, selector: 0x20, type_: 0xb, present: true, ..Default::default() };
+    let gdt: [u64; 6] = [0, 0, cs.descriptor(), ds.descriptor(), tr.descriptor(), 0];
+    let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write(GDT_ADDR, &bytes).unwrap();
+    mem.write(TSS_ADDR, &[0u8; 0x68]).unwrap();
+    mem.write(TSS_ADDR + 0x66, &0x68u16.to_le_bytes()).unwrap();
+    mem.write(FAULT_SLOT, &[0xff]).unwrap();
+
+    let (_, reset) = quern_core::regs::power_on_state();
+    let mut s = SpecialRegs {
+        cs,
+        ds,
+        es: ds,
+        fs: ds,
+        gs: ds,
+        ss: ds,
+        tr,
+        gdt: DescriptorTable { base: GDT_ADDR, limit: (bytes.len() - 1) as u16 },
+        idt: DescriptorTable { base: 0, limit: 0 },
+        cr0: ctrl::CR0_PE | ctrl::CR0_ET | ctrl::CR0_NE,
+        cr2: 0,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        ..reset
+    };
+    match mode {
+        Mode::Long => {
+            let pdpt = PML4_ADDR + 0x1000;
+            let pd = pdpt + 0x1000;
+            mem.write(PML4_ADDR, &(pdpt | 3).to_le_bytes()).unwrap();
+            mem.write(pdpt, &(pd | 3).to_le_bytes()).unwrap();
+            let entries: Vec<u8> = (0..512u64).flat_map(|i| ((i << 21) | 0x83).to_le_bytes()).collect();
+            mem.write(pd, &entries).unwrap();
+            s.cr0 |= ctrl::CR0_PG;
+            s.cr3 = PML4_ADDR;
+            s.cr4 = ctrl::CR4_PAE;
+            s.efer = ctrl::EFER_LME | ctrl::EFER_LMA;
+        }
+        Mode::Protected32 => {}
+        Mode::Real => {
+            let data = Segment::real_mode(0, false);
+            s = SpecialRegs {
+                cs: Segment::real_mode(0, true),
+                ds: data,
+                es: data,
+                fs: data,
+                gs: data,
+                ss: data,
+                cr0: ctrl::CR0_ET,
+                idt: DescriptorTable { base: 0, limit: 0 },
+                ..reset
+            };
+        }
+    }
+    if idt {
+        s.idt = write_idt(mem, mode);
+    }
+    s
+}
+
+/// Exception handlers: `mov byte [FAULT_SLOT], vector; hlt`, 16 bytes apart.
+fn write_idt(mem: &GuestMemory, mode: Mode) -> DescriptorTable {
+    for v in 0..32u64 {
+        let h = HANDLERS + v * 16;
+        let code: Vec<u8> = match mode {
+            // mov byte [disp32], imm8 (SIB, no base: absolute in 64-bit mode).
+            Mode::Long => {
+                let mut c = vec![0xc6, 0x04, 0x25];
+                c.extend_from_slice(&(FAULT_SLOT as u32).to_le_bytes());
+                c.extend_from_slice(&[v as u8, 0xf4]);
+                c
+            }
+            Mode::Protected32 => {
+                let mut c = vec![0xc6, 0x05];
+                c.extend_from_slice(&(FAULT_SLOT as u32).to_le_bytes());
+                c.extend_from_slice(&[v as u8, 0xf4]);
+                c
+            }
+            Mode::Real => {
+                let mut c = vec![0xc6, 0x06];
+                c.extend_from_slice(&(FAULT_SLOT as u16).to_le_bytes());
+                c.extend_from_slice(&[v as u8, 0xf4]);
+                c
+            }
+        };
+        mem.write(h, &code).unwrap();
+        match mode {
+            Mode::Long => {
+                let lo = (h & 0xffff) | (0x10 << 16) | (0x8eu64 << 40) | (((h >> 16) & 0xffff) << 48);
+                let hi = h >> 32;
+                mem.write(IDT_ADDR + v * 16, &lo.to_le_bytes()).unwrap();
+                mem.write(IDT_ADDR + v * 16 + 8, &hi.to_le_bytes()).unwrap();
+            }
+            Mode::Protected32 => {
+                let d = (h & 0xffff) | (0x10 << 16) | (0x8eu64 << 40) | (((h >> 16) & 0xffff) << 48);
+                mem.write(IDT_ADDR + v * 8, &d.to_le_bytes()).unwrap();
+            }
+            Mode::Real => {
+                // IVT at 0: offset:segment.
+                let d = (h as u32 & 0xffff) | ((h as u32 >> 4) & 0xf000) << 16;
+                mem.write(v * 4, &d.to_le_bytes()).unwrap();
+            }
+        }
+    }
+    match mode {
+        Mode::Long => DescriptorTable { base: IDT_ADDR, limit: 32 * 16 - 1 },
+        Mode::Protected32 => DescriptorTable { base: IDT_ADDR, limit: 32 * 8 - 1 },
+        Mode::Real => DescriptorTable { base: 0, limit: 0x3ff },
+    }
+}
+
+/// Puts a case's code, data and stack in guest memory and returns its registers.
+pub fn load_case(mem: &GuestMemory, case: &Case) -> Regs {
+    mem.write(CODE_BASE, &case.guest_code).unwrap();
+    mem.write(DATA_BASE, &case.data).unwrap();
+    mem.write(STACK_BASE, &case.stack).unwrap();
+    mem.write(FAULT_SLOT, &[0xff]).unwrap();
+    let mut r = Regs { rip: CODE_BASE, rflags: case.rflags | flags::FIXED1, ..Default::default() };
+    r.set_gprs(case.gprs);
+    r
+}
+
+/// Runs a loaded case to its end: the state at `hlt`, or the exception that ended it.
+pub fn run_case(
+    vcpu: &mut dyn Vcpu,
+    mem: &GuestMemory,
+    ops: &Arc<MockOps>,
+    dog: &Watchdog,
+    limit: Duration,
+) -> Outcome {
+    ops.stop.store(false, Ordering::Release);
+    dog.arm(vcpu.kicker(), ops.clone(), limit);
+    let exit = vcpu.run(&**ops);
+    let fired = dog.disarm();
+    let exit = match exit {
+        Ok(e) => e,
+        Err(CpuError::Guest { reason, .. }) => return Outcome::HostLimit(reason),
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    match exit {
+        VcpuExit::Halted => {}
+        VcpuExit::Shutdown => return Outcome::Shutdown,
+        VcpuExit::Kicked if fired => return Outcome::Error("still running after the time limit".into()),
+        other => return Outcome::Error(format!("unexpected exit {other:?}")),
+    }
+    let mut slot = [0u8];
+    mem.read(FAULT_SLOT, &mut slot).unwrap();
+    if slot[0] != 0xff {
+        return Outcome::Exception(slot[0]);
+    }
+    let r = match vcpu.regs() {
+        Ok(r) => r,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let mut data = vec![0u8; DATA_SIZE];
+    let mut stack = vec![0u8; STACK_SIZE];
+    mem.read(DATA_BASE, &mut data).unwrap();
+    mem.read(STACK_BASE, &mut stack).unwrap();
+    Outcome::Ok(State { gprs: r.gprs(), rflags: r.rflags, data, stack, rip: Some(r.rip) })
+}

@@ -1,0 +1,50 @@
+//! The differential harness: random and structured x86-64 instruction sequences run on
+//! the host CPU, under the JIT and under KVM, compared register by register.
+//!
+//! - [`rng`]: a small seeded generator (splitmix64), so every case is reproducible from
+//!   its seed alone.
+//! - [`gen`]: the case generator (iced-x86 instructions, block-encoded at fixed
+//!   addresses) and the undefined-flag analysis.
+//! - [`native`]: runs cases on the host CPU in a forked child at the same addresses.
+//! - [`guest`]: guest memory, long-mode set-up (GDT, identity paging, an IDT whose
+//!   handlers record the vector and halt), the mock machine and a watchdog.
+//! - [`compare`]: outcomes and how two of them are compared and reported.
+#![allow(dead_code)]
+
+pub mod compare;
+pub mod gen;
+pub mod guest;
+pub mod native;
+pub mod rng;
+
+/// The fixed addresses every backend uses (guest-physical = guest-linear = host
+/// virtual for the native run).
+pub mod layout {
+    /// Case code: the generated body, then `hlt` (guest) or `jmp epilogue` (native).
+    pub const CODE_BASE: u64 = 0x10_0000;
+    pub const CODE_SIZE: u64 = 0x1_0000;
+    /// The data buffer that memory operands address through RBX.
+    pub const DATA_BASE: u64 = 0x20_0000;
+    pub const DATA_SIZE: usize = 0x1000;
+    /// The stack page; RSP starts in its middle.
+    pub const STACK_BASE: u64 = 0x30_0000;
+    pub const STACK_SIZE: usize = 0x1000;
+    pub const RBX_INIT: u64 = DATA_BASE + 0x800;
+    pub const RSP_INIT: u64 = STACK_BASE + 0x800;
+    /// Native only: the context block and the prologue/epilogue stub.
+    pub const CTX_BASE: u64 = 0x40_0000;
+    pub const STUB_BASE: u64 = 0x41_0000;
+    /// Guest only: RAM size and the structures below the code.
+    pub const GUEST_RAM: usize = 0x40_0000;
+    pub const GDT_ADDR: u64 = 0x500;
+    pub const TSS_ADDR: u64 = 0x600;
+    pub const IDT_ADDR: u64 = 0x1000;
+    pub const HANDLERS: u64 = 0x2000;
+    /// Exception handlers store their vector here (0xff: none).
+    pub const FAULT_SLOT: u64 = 0x3000;
+    pub const PML4_ADDR: u64 = 0x9000;
+}
+
+/// RSP and RBX in encoding order.
+pub const RBX: usize = 3;
+pub const RSP: usize = 4;

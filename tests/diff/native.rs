@@ -1,0 +1,267 @@
+//! Cases on the host CPU.
+//!
+//! A forked child maps the code, data and stack pages at the guest's addresses
+//! (`MAP_FIXED_NOREPLACE`, so nothing of the test process can be overwritten), plus a
+//! context block and a stub: the prologue saves the host's callee-saved registers and
+//! stack pointer, loads RFLAGS and all sixteen GPRs from the context block and jumps
+//! to the case; the case ends with a jump to the epilogue, which stores them back and
+//! returns. Results go to a `MAP_SHARED` mapping made before the fork. A case that
+//! kills the child (SIGFPE for #DE, SIGSEGV, ...) is recorded as a native fault and a
+//! new child carries on from the next case. The child allocates nothing: it may have
+//! been forked from a multi-threaded test process.
+
+use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
+
+use super::compare::{Outcome, State};
+use super::gen::Case;
+use super::layout::{CODE_BASE, CODE_SIZE, CTX_BASE, DATA_BASE, DATA_SIZE, STACK_BASE, STACK_SIZE, STUB_BASE};
+
+const CTX_FLAGS: u64 = 16 * 8;
+const CTX_HOST_RSP: u64 = 17 * 8;
+
+/// The prologue/epilogue stub (at [`STUB_BASE`]) and its epilogue's address.
+pub fn stub() -> (Vec<u8>, u64) {
+    let r = || -> Result<(Vec<u8>, u64), iced_x86::IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let mut epilogue = a.create_label();
+        for reg in [rbx, rbp, r12, r13, r14, r15] {
+            a.push(reg)?;
+        }
+        a.mov(r15, CTX_BASE)?;
+        a.mov(qword_ptr(r15 + CTX_HOST_RSP), rsp)?;
+        a.push(qword_ptr(r15 + CTX_FLAGS))?;
+        a.popfq()?;
+        let gprs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+        for (i, &reg) in gprs.iter().enumerate() {
+            if i != 4 && i != 15 {
+                a.mov(reg, qword_ptr(r15 + 8 * i as u64))?;
+            }
+        }
+        a.mov(rsp, qword_ptr(r15 + 32u64))?;
+        a.mov(r15, qword_ptr(r15 + 120u64))?;
+        a.jmp(CODE_BASE)?;
+        a.set_label(&mut epilogue)?;
+        // RAX first, through its absolute-address form: no other register is free.
+        a.add_instruction(Instruction::with2(
+            Code::Mov_moffs64_RAX,
+            MemoryOperand::with_base_displ_size(Register::None, CTX_BASE as i64, 8),
+            Register::RAX,
+        )?)?;
+        a.mov(rax, CTX_BASE)?;
+        for (i, &reg) in gprs.iter().enumerate().skip(1) {
+            a.mov(qword_ptr(rax + 8 * i as u64), reg)?;
+        }
+        a.mov(rsp, qword_ptr(rax + CTX_HOST_RSP))?;
+        a.pushfq()?;
+        a.pop(qword_ptr(rax + CTX_FLAGS))?;
+        for reg in [r15, r14, r13, r12, rbp, rbx] {
+            a.pop(reg)?;
+        }
+        a.ret()?;
+        let res = a.assemble_options(STUB_BASE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+        let epi = res.label_ip(&epilogue)?;
+        Ok((res.inner.code_buffer, epi))
+    };
+    r().expect("assembling the native stub")
+}
+
+#[repr(C)]
+struct Result_ {
+    /// 0 not run, 1 ran to the epilogue, 2 killed by `signal`.
+    status: u32,
+    signal: u32,
+    gprs: [u64; 16],
+    rflags: u64,
+    data: [u8; DATA_SIZE],
+    stack: [u8; STACK_SIZE],
+}
+
+#[repr(C)]
+struct Header {
+    /// The case the child is running (u64::MAX before the first).
+    current: u64,
+    /// Address the child could not map at (exit status 3).
+    map_failed: u64,
+}
+
+const HEADER_SIZE: usize = 4096;
+const EXIT_MAP_FAILED: i32 = 3;
+
+/// The shared result area.
+struct Shared {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Shared {
+    fn new(n: usize) -> Self {
+        let len = HEADER_SIZE + n * std::mem::size_of::<Result_>();
+        // SAFETY: a fresh anonymous shared mapping; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap of the shared result area: {}", std::io::Error::last_os_error());
+        Shared { base: p.cast(), len }
+    }
+    fn header(&self) -> *mut Header {
+        self.base.cast()
+    }
+    fn result(&self, i: usize) -> *mut Result_ {
+        // SAFETY: i < n, inside the mapping.
+        unsafe { self.base.add(HEADER_SIZE + i * std::mem::size_of::<Result_>()).cast() }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no references into it outlive self.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Maps `len` bytes at exactly `addr` or exits the child.
+///
+/// # Safety
+/// Only in the forked child.
+unsafe fn map_fixed(h: *mut Header, addr: u64, len: usize, prot: i32) {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p as u64 != addr {
+        // SAFETY: the header lies in the shared mapping.
+        unsafe { (*h).map_failed = addr };
+        // SAFETY: leaving the child without running destructors.
+        unsafe { libc::_exit(EXIT_MAP_FAILED) };
+    }
+}
+
+/// The child: runs cases from `start` on. Never returns.
+///
+/// # Safety
+/// Only in the forked child.
+unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> ! {
+    let h = shared.header();
+    // SAFETY: plain libc calls in a single-threaded child; pointers are into our
+    // own fixed mappings (checked by map_fixed) and the shared area.
+    unsafe {
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        for s in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP] {
+            libc::signal(s, libc::SIG_DFL);
+        }
+        // No case loops: a stuck child is killed and reported.
+        libc::alarm(60);
+        let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        map_fixed(h, CODE_BASE, CODE_SIZE as usize, rwx);
+        map_fixed(h, DATA_BASE, DATA_SIZE, rw);
+        map_fixed(h, STACK_BASE, STACK_SIZE, rw);
+        map_fixed(h, CTX_BASE, 4096, rw);
+        map_fixed(h, STUB_BASE, 4096, rwx);
+        std::ptr::copy_nonoverlapping(stub.as_ptr(), STUB_BASE as *mut u8, stub.len());
+        let ctx = CTX_BASE as *mut u64;
+        let enter: extern "sysv64" fn() = std::mem::transmute::<usize, extern "sysv64" fn()>(STUB_BASE as usize);
+        for (i, c) in cases.iter().enumerate().skip(start) {
+            std::ptr::write_volatile(&raw mut (*h).current, i as u64);
+            std::ptr::copy_nonoverlapping(c.native_code.as_ptr(), CODE_BASE as *mut u8, c.native_code.len());
+            std::ptr::copy_nonoverlapping(c.data.as_ptr(), DATA_BASE as *mut u8, DATA_SIZE);
+            std::ptr::copy_nonoverlapping(c.stack.as_ptr(), STACK_BASE as *mut u8, STACK_SIZE);
+            for (r, v) in c.gprs.iter().enumerate() {
+                ctx.add(r).write_volatile(*v);
+            }
+            ctx.add(16).write_volatile(c.rflags);
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+            enter();
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+            let res = shared.result(i);
+            for r in 0..16 {
+                (*res).gprs[r] = ctx.add(r).read_volatile();
+            }
+            (*res).rflags = ctx.add(16).read_volatile();
+            std::ptr::copy_nonoverlapping(DATA_BASE as *const u8, (*res).data.as_mut_ptr(), DATA_SIZE);
+            std::ptr::copy_nonoverlapping(STACK_BASE as *const u8, (*res).stack.as_mut_ptr(), STACK_SIZE);
+            std::ptr::write_volatile(&raw mut (*res).status, 1);
+        }
+        libc::_exit(0);
+    }
+}
+
+/// Runs every case natively; one outcome per case.
+pub fn run(cases: &[Case]) -> Vec<Outcome> {
+    let (stub, _) = stub();
+    let shared = Shared::new(cases.len().max(1));
+    let mut start = 0;
+    while start < cases.len() {
+        // SAFETY: the header is in our shared mapping.
+        unsafe { (*shared.header()).current = u64::MAX };
+        // SAFETY: fork; the child only runs `child`, which allocates nothing and
+        // leaves through _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: we are the child.
+            unsafe { child(cases, start, &shared, &stub) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let w = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(w, pid, "waitpid: {}", std::io::Error::last_os_error());
+        // SAFETY: the child has exited; the header is ours to read.
+        let (current, map_failed) = unsafe { ((*shared.header()).current, (*shared.header()).map_failed) };
+        if libc::WIFEXITED(status) {
+            match libc::WEXITSTATUS(status) {
+                0 => break,
+                EXIT_MAP_FAILED => panic!(
+                    "the native runner cannot map {map_failed:#x}: something else lives at the fixed case addresses"
+                ),
+                s => panic!("native runner exited with status {s}"),
+            }
+        }
+        assert!(libc::WIFSIGNALED(status), "native runner: odd wait status {status:#x}");
+        let sig = libc::WTERMSIG(status);
+        assert!(
+            current != u64::MAX && current as usize >= start,
+            "native runner died of signal {sig} before running a case"
+        );
+        let res = shared.result(current as usize);
+        // SAFETY: inside the shared mapping; the child is gone.
+        unsafe {
+            (*res).status = 2;
+            (*res).signal = sig as u32;
+        }
+        start = current as usize + 1;
+    }
+    (0..cases.len())
+        .map(|i| {
+            // SAFETY: every child has exited; the area is only ours now.
+            let r = unsafe { &*shared.result(i) };
+            match r.status {
+                1 => Outcome::Ok(State {
+                    gprs: r.gprs,
+                    rflags: r.rflags,
+                    data: r.data.to_vec(),
+                    stack: r.stack.to_vec(),
+                    rip: None,
+                }),
+                2 => Outcome::Signal(r.signal as i32),
+                _ => Outcome::Error("native runner never ran this case".into()),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,268 @@
+//! The JIT against the host CPU, instruction by instruction (and KVM, where it runs).
+//!
+//! Every case is a short sequence of user-mode 64-bit integer instructions (see
+//! `diff/gen.rs`) with random registers, flags, data buffer and stack. It runs natively
+//! in a forked child at the guest's addresses, under the JIT in long mode, and under
+//! KVM; general registers, the defined status flags, DF, the data buffer and the stack
+//! page must match the host CPU's, and a case that faults natively must raise the
+//! matching exception in the guest.
+//!
+//! Environment:
+//! - `QUERN_DIFF_SEED=N`: the run's seed (default fixed, so CI is deterministic).
+//! - `QUERN_DIFF_CASE=I`: run only case I (as printed with a mismatch).
+//! - `QUERN_DIFF_CASES=N`: number of random cases (default 3000).
+
+mod common;
+mod diff;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diff::compare::{compare, describe, Outcome};
+use diff::gen::{structured_forms, Case, Catalog, Features, Gen, Recipe};
+use diff::guest::{self, MockOps, Mode, Watchdog};
+use diff::rng::Rng;
+use quern_core::Vcpu;
+
+const DEFAULT_SEED: u64 = 0x0d1f_f5ee_d000_0001;
+const DEFAULT_RANDOM_CASES: usize = 3000;
+/// Variants of each instruction form with edge-valued operands.
+const STRUCTURED_PER_FORM: usize = 3;
+const STRING_PER_FORM: usize = 6;
+const RUN_LIMIT: Duration = Duration::from_secs(5);
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let r = if let Some(h) = v.strip_prefix("0x") { u64::from_str_radix(h, 16) } else { v.parse() };
+    Some(r.unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// Every case of a run, in index order; `only` keeps one.
+fn recipes(cat: &Catalog, random: usize) -> Vec<Recipe> {
+    let mut r = Vec::new();
+    for code in structured_forms(cat) {
+        for _ in 0..STRUCTURED_PER_FORM {
+            r.push(Recipe::Structured { code });
+        }
+    }
+    for &code in &cat.strings {
+        for _ in 0..STRING_PER_FORM {
+            r.push(Recipe::String { code });
+        }
+    }
+    let mut len_rng = Rng::new(0x1e57);
+    for _ in 0..random {
+        r.push(Recipe::Random { len: 1 + len_rng.below(24) as usize });
+    }
+    r
+}
+
+#[derive(Default)]
+struct Tally {
+    ran: usize,
+    passed: usize,
+    faulted: usize,
+    host_limits: usize,
+    host_limit_examples: Vec<String>,
+    /// Of the host limits: cases the backend ran but got differently from the host CPU.
+    diverged: usize,
+    divergence_examples: Vec<String>,
+    mismatches: Vec<String>,
+    /// One line a mismatch: case, code, first difference.
+    brief: Vec<String>,
+}
+
+/// `emulated`: the backend is kvm_pvm, whose instruction emulator runs this ring-0 code;
+/// its divergences from the host CPU are host limits (reported, never passes), not
+/// quern's failures.
+fn check(name: &str, case: &Case, native: &Outcome, got: &Outcome, seed: u64, emulated: bool, t: &mut Tally) {
+    t.ran += 1;
+    if let Outcome::HostLimit(reason) = got {
+        t.host_limits += 1;
+        if t.host_limit_examples.len() < 3 {
+            t.host_limit_examples.push(format!("case {}: {reason}", case.index));
+        }
+        return;
+    }
+    match compare(case, native, got) {
+        Ok(()) => {
+            t.passed += 1;
+            if !matches!(got, Outcome::Ok(_)) {
+                t.faulted += 1;
+            }
+        }
+        Err(d) if emulated => {
+            t.host_limits += 1;
+            t.diverged += 1;
+            if t.divergence_examples.len() < 3 {
+                let code = case
+                    .disassembly()
+                    .lines()
+                    .map(|l| l.split_at(36.min(l.len())).1.trim().to_string())
+                    .collect::<Vec<_>>();
+                t.divergence_examples.push(format!(
+                    "case {}: {} :: {}",
+                    case.index,
+                    code.join("; "),
+                    d.lines().next().unwrap_or("").trim()
+                ));
+            }
+        }
+        Err(d) => {
+            let code = case
+                .disassembly()
+                .lines()
+                .map(|l| l.split_at(36.min(l.len())).1.trim().to_string())
+                .collect::<Vec<_>>();
+            t.brief.push(format!(
+                "case {}: {} :: {}",
+                case.index,
+                code.join("; "),
+                d.lines().next().unwrap_or("").trim()
+            ));
+            t.mismatches.push(describe(case, name, &d, seed));
+        }
+    }
+}
+
+#[test]
+fn jit_matches_the_host_cpu() {
+    let started = Instant::now();
+    let seed = env_u64("QUERN_DIFF_SEED").unwrap_or(DEFAULT_SEED);
+    let only = env_u64("QUERN_DIFF_CASE").map(|c| c as usize);
+    let random = env_u64("QUERN_DIFF_CASES").map_or(DEFAULT_RANDOM_CASES, |n| n as usize);
+    let cat = Catalog::new(Features::host());
+    let (_, epilogue) = diff::native::stub();
+    let recipes = recipes(&cat, random);
+    let n_structured = recipes.iter().filter(|r| !matches!(r, Recipe::Random { .. })).count();
+    let cases: Vec<Case> = recipes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| only.is_none_or(|o| o == *i))
+        .map(|(i, &r)| {
+            let s = Rng::derive(seed, i as u64);
+            Gen::new(s, &cat).generate(r, epilogue, i, s)
+        })
+        .collect();
+    assert!(!cases.is_empty(), "no case {only:?}: the run has {} cases", recipes.len());
+    let generated = started.elapsed();
+
+    let native = diff::native::run(&cases);
+    let native_time = started.elapsed() - generated;
+    let native_faults = native.iter().filter(|o| matches!(o, Outcome::Signal(_))).count();
+    for (c, o) in cases.iter().zip(&native) {
+        if let Outcome::Error(e) = o {
+            panic!("case {}: {e}", c.index);
+        }
+    }
+
+    // The JIT: a fresh vCPU and memory for every case.
+    let dog = Watchdog::new();
+    let ops = Arc::new(MockOps::default());
+    let mut tcg = Tally::default();
+    let t0 = Instant::now();
+    for (case, want) in cases.iter().zip(&native) {
+        let mem = guest::memory();
+        let sregs = guest::setup(&mem, Mode::Long, true);
+        let regs = guest::load_case(&mem, case);
+        let mut vcpu = quern_tcg::TcgVcpu::new(mem.clone()).expect("tcg vcpu");
+        vcpu.set_sregs(&sregs).unwrap();
+        vcpu.set_regs(&regs).unwrap();
+        let got = guest::run_case(&mut vcpu, &mem, &ops, &dog, RUN_LIMIT);
+        check("tcg", case, want, &got, seed, false, &mut tcg);
+    }
+    let tcg_time = t0.elapsed();
+
+    // KVM: one VM, reloaded for every case.
+    let mut kvm = Tally::default();
+    let t0 = Instant::now();
+    let kvm_ran = common::kvm_usable("jit_matches_the_host_cpu (KVM leg)");
+    let pvm = quern_accel_kvm::is_pvm_host();
+    if kvm_ran {
+        let mem = guest::memory();
+        let accel = quern_accel_kvm::KvmAccelerator::new(mem.clone(), quern_accel_kvm::KvmConfig::default())
+            .expect("KVM accelerator");
+        let mut vcpu = quern_core::Accelerator::create_vcpu(&accel, 0).expect("KVM vCPU");
+        for (case, want) in cases.iter().zip(&native) {
+            let sregs = guest::setup(&mem, Mode::Long, true);
+            let regs = guest::load_case(&mem, case);
+            vcpu.set_sregs(&sregs).unwrap();
+            vcpu.set_regs(&regs).unwrap();
+            let got = guest::run_case(&mut *vcpu, &mem, &ops, &dog, RUN_LIMIT);
+            check("kvm", case, want, &got, seed, pvm, &mut kvm);
+        }
+    }
+    let kvm_time = t0.elapsed();
+
+    // What ran, by mnemonic, for the record.
+    let mut by_mnemonic: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &cases {
+        for m in &c.mnemonics {
+            *by_mnemonic.entry(format!("{m:?}").to_lowercase()).or_default() += 1;
+        }
+    }
+    let insns: usize = by_mnemonic.values().sum();
+    common::report(&format!(
+        "differential: seed {seed:#x}, {} cases ({} structured, {} random; {insns} instructions, {} mnemonics); \
+         native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults), {} mismatches; \
+         kvm: {}; time: gen {:.1}s native {:.1}s tcg {:.1}s kvm {:.1}s",
+        cases.len(),
+        cases.iter().filter(|c| c.index < n_structured).count(),
+        cases.iter().filter(|c| c.index >= n_structured).count(),
+        by_mnemonic.len(),
+        cases.len() - native_faults,
+        tcg.passed,
+        tcg.ran,
+        tcg.faulted,
+        tcg.mismatches.len(),
+        if kvm_ran {
+            format!(
+                "{}/{} passed ({} as matching faults), {} host limits, {} mismatches",
+                kvm.passed,
+                kvm.ran,
+                kvm.faulted,
+                kvm.host_limits,
+                kvm.mismatches.len()
+            )
+        } else {
+            "not run".into()
+        },
+        generated.as_secs_f64(),
+        native_time.as_secs_f64(),
+        tcg_time.as_secs_f64(),
+        kvm_time.as_secs_f64(),
+    ));
+    if kvm.host_limits > kvm.diverged {
+        common::report(&format!(
+            "HOST LIMIT: differential (KVM leg): KVM could not run {} of {} cases (e.g. {}); they are not counted as \
+             passes",
+            kvm.host_limits - kvm.diverged,
+            kvm.ran,
+            kvm.host_limit_examples.join("; ")
+        ));
+    }
+    if kvm.diverged > 0 {
+        common::report(&format!(
+            "HOST LIMIT (kvm_pvm): differential (KVM leg): KVM's instruction emulator, which runs this ring-0 code on \
+             kvm_pvm, differs from the host CPU on {} of {} cases; they are not counted as passes. E.g.:\n  {}",
+            kvm.diverged,
+            kvm.ran,
+            kvm.divergence_examples.join("\n  ")
+        ));
+    }
+    let mut failures = Vec::new();
+    for (name, t) in [("tcg", &tcg), ("kvm", &kvm)] {
+        if !t.mismatches.is_empty() {
+            failures.push(format!(
+                "{name}: {} of {} cases differ from the host CPU:\n{}\n\nthe first in full:\n\n{}",
+                t.mismatches.len(),
+                t.ran,
+                t.brief.iter().take(60).cloned().collect::<Vec<_>>().join("\n"),
+                t.mismatches.iter().take(3).cloned().collect::<Vec<_>>().join("\n\n")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
