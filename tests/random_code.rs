@@ -72,7 +72,7 @@ fn run_set(name: &str, mode: Mode, idt: bool, count: usize, seed: u64, dog: &Wat
                 *b = rng.pick(&[0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x26, 0x64, 0x65, 0x48, 0x0f, 0x0f]);
             }
         }
-        let mut fill = vec![0u8; 0x1000];
+        let mut fill = vec![0u8; 0x2000];
         rng.fill(&mut fill);
         mem.write(DATA_BASE, &fill).unwrap();
         rng.fill(&mut fill);

@@ -23,13 +23,14 @@ pub mod layout {
     /// Case code: the generated body, then `hlt` (guest) or `jmp epilogue` (native).
     pub const CODE_BASE: u64 = 0x10_0000;
     pub const CODE_SIZE: u64 = 0x1_0000;
-    /// The data buffer that memory operands address through RBX.
+    /// The data buffer that memory operands address through RBX: two pages, RBX at
+    /// the boundary, so accesses cross it.
     pub const DATA_BASE: u64 = 0x20_0000;
-    pub const DATA_SIZE: usize = 0x1000;
+    pub const DATA_SIZE: usize = 0x2000;
     /// The stack page; RSP starts in its middle.
     pub const STACK_BASE: u64 = 0x30_0000;
     pub const STACK_SIZE: usize = 0x1000;
-    pub const RBX_INIT: u64 = DATA_BASE + 0x800;
+    pub const RBX_INIT: u64 = DATA_BASE + 0x1000;
     pub const RSP_INIT: u64 = STACK_BASE + 0x800;
     /// Native only: the context block and the prologue/epilogue stub.
     pub const CTX_BASE: u64 = 0x40_0000;
