@@ -11,8 +11,6 @@
 //! - `QUERN_DIFF_SEED=N`: the run's seed (default fixed, so CI is deterministic).
 //! - `QUERN_DIFF_CASE=I`: run only case I (as printed with a mismatch).
 //! - `QUERN_DIFF_CASES=N`: number of random cases (default 3000).
-//! - `QUERN_DIFF_ALL=1`: also generate what is excluded for known JIT bugs (see
-//!   `TODO(interp)` in `diff/gen.rs`).
 
 mod common;
 mod diff;
@@ -253,13 +251,6 @@ fn jit_matches_the_host_cpu() {
             kvm.ran,
             kvm.divergence_examples.join("\n  ")
         ));
-    }
-    if !diff::gen::generate_all() {
-        common::report(
-            "NOT RUN: differential: ROL/ROR/RCL/RCR/SHLD/SHRD of a 32-bit register by a count that masks to 0, and \
-             RCL/RCR of 8/16 bits by a multiple of 9/17, are not generated (known interpreter bugs, TODO(interp) in \
-             tests/diff/gen.rs); QUERN_DIFF_ALL=1 generates them",
-        );
     }
     let mut failures = Vec::new();
     for (name, t) in [("tcg", &tcg), ("kvm", &kvm)] {

@@ -149,7 +149,8 @@ fn control_program(accel: &str, name: &str, action: &[(u16, u8, u8)]) -> Run {
 /// 5 with SLP_EN to PM1a_CNT at 0x604): each ends quern with status 0 under -no-reboot,
 /// before the program goes on.
 fn check_machine_control(accel: &str) {
-    let cases: [(&str, &[(u16, u8, u8)], &str); 3] = [
+    type PortWrites = &'static [(u16, u8, u8)];
+    let cases: [(&str, PortWrites, &str); 3] = [
         ("i8042-reset", &[(0x64, 0xfe, 1)], "guest reset with -no-reboot"),
         ("cf9-reset", &[(0xcf9, 0x06, 1)], "guest reset with -no-reboot"),
         // SLP_TYP=5 (bits 10-12) and SLP_EN (bit 13) are the high byte of PM1a_CNT: 0x34.

@@ -176,14 +176,13 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
 /// The full report of one mismatch.
 pub fn describe(case: &Case, backend: &str, diff: &str, seed: u64) -> String {
     format!(
-        "{backend} differs from the host CPU on case {} ({}, case seed {:#x}):\n{}\nrerun alone: {}\
+        "{backend} differs from the host CPU on case {} ({}, case seed {:#x}):\n{}\nrerun alone: \
          QUERN_DIFF_SEED={seed:#x} QUERN_DIFF_CASE={} cargo test -p quern --release --test differential\n\
          initial: {}\n         flags [{}], undefined at the end [{}]\ncode:\n{}",
         case.index,
         case.kind,
         case.seed,
         diff,
-        if super::gen::generate_all() { "QUERN_DIFF_ALL=1 " } else { "" },
         case.index,
         (0..16).map(|i| format!("{}={:#x}", GPR_NAMES[i], case.gprs[i])).collect::<Vec<_>>().join(" "),
         flag_names(case.rflags),

@@ -22,10 +22,18 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         _ => ins.immediate(count_op),
     };
     let count = (raw & if w == 8 { 0x3f } else { 0x1f }) as u32;
-    if count == 0 {
-        return Ok(Some(Step::Next));
-    }
     let v = o.read(0)?;
+    // A zero count changes nothing, except that a 32-bit register destination is still
+    // written (its upper half cleared), as on the CPU.
+    let zero_extend_only = |o: &mut Operands| -> Result<Option<Step>> {
+        if ins.op0_kind() == OpKind::Register && w == 4 {
+            o.write(0, v)?;
+        }
+        Ok(Some(Step::Next))
+    };
+    if count == 0 {
+        return zero_extend_only(&mut o);
+    }
     let msk = mask(w);
     let f = o.cpu.state.flags();
     let cf_in = f & CF;
@@ -43,8 +51,12 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             (r, top, top ^ ((r >> (bits - 2)) & 1))
         }
         Rcl | Rcr => {
-            // Rotate through carry: a (bits+1)-bit rotation done bit by bit.
+            // Rotate through carry: a (bits+1)-bit rotation done bit by bit. A count that
+            // is a multiple of bits+1 leaves operand and flags as they were.
             let n = count % (bits + 1);
+            if n == 0 {
+                return zero_extend_only(&mut o);
+            }
             let (mut r, mut c) = (v, cf_in);
             for _ in 0..n {
                 if m == Rcl {
