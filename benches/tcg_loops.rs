@@ -9,7 +9,7 @@
 //!
 //! Run: `cargo bench --bench tcg_loops` (prints a table; QEMU is skipped if missing).
 //! `QUERN_TCG_PROFILE=1` is set for quern to report the share of samples in generated
-//! code.
+//! code. `QUERN_BENCH_KEEP=1` keeps the kernel files (to run them with `-d exec` etc.).
 
 #[path = "../tests/common/guest.rs"]
 mod guest;
@@ -380,7 +380,11 @@ fn main() {
             f(ns),
             ratio(qs, ns)
         );
-        let _ = std::fs::remove_file(&k);
+        if std::env::var_os("QUERN_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_file(&k);
+        } else {
+            println!("kept {k}");
+        }
     }
     let _ = std::fs::remove_file(&empty);
 }

@@ -90,7 +90,7 @@ pub struct Stubs {
 /// An out-of-line slow path, emitted after the block's main body.
 enum SlowPath {
     Load { at: DynamicLabel, resume: DynamicLabel, dst: T, width: Width, rip: u64, helper: usize },
-    Store { at: DynamicLabel, resume: DynamicLabel, src: T, width: Width, rip: u64, next_rip: u64, helper: usize },
+    Store { at: DynamicLabel, resume: DynamicLabel, src: T, width: Width, rip: u64, helper: usize },
 }
 
 /// Emits host code for one translation block.
@@ -103,7 +103,16 @@ pub struct Emitter {
     /// Offsets (from block start) of rel32 jumps to patch when chaining, with the
     /// offset of their unchained stub.
     pub chain_sites: Vec<(usize, usize)>,
+    /// Guest registers kept in host callee-saved registers for this block:
+    /// (guest register number, host register number).
+    mapped: Vec<(usize, u8)>,
+    /// Exits emitted out of line at the end: (label, direct branch target).
+    deferred: Vec<(DynamicLabel, u64)>,
 }
+
+/// Host registers that hold guest registers inside a block (callee-saved, so helper
+/// calls keep them; r14 is the Cpu).
+const CACHE_REGS: [u8; 5] = [3, 5, 12, 13, 15]; // rbx, rbp, r12, r13, r15
 
 /// Helpers called from generated code, by address.
 #[derive(Clone, Copy, Debug)]
@@ -119,7 +128,16 @@ impl Emitter {
     pub fn new(base: usize, stubs: Stubs) -> Self {
         let mut ops = VecAssembler::new(base);
         let fault_exit = ops.new_dynamic_label();
-        Emitter { ops, base, stubs, slow: Vec::new(), fault_exit, chain_sites: Vec::new() }
+        Emitter {
+            ops,
+            base,
+            stubs,
+            slow: Vec::new(),
+            fault_exit,
+            chain_sites: Vec::new(),
+            mapped: Vec::new(),
+            deferred: Vec::new(),
+        }
     }
 
     /// Offset of the next byte from the block's start.
@@ -170,8 +188,41 @@ impl Emitter {
         self.bind(go);
     }
 
-    /// Returns to the run loop with `code`.
+    /// Keeps `guests` (at most five guest register numbers) in host registers for the
+    /// rest of the block, loading them now. Every way out of the block stores them back
+    /// first, and so does every helper call that reads or writes guest registers.
+    pub fn map_registers(&mut self, guests: &[usize]) {
+        self.mapped = guests.iter().copied().zip(CACHE_REGS).collect();
+        self.sync_in();
+    }
+
+    fn host_reg(&self, guest: usize) -> Option<u8> {
+        self.mapped.iter().find(|m| m.0 == guest).map(|m| m.1)
+    }
+
+    /// Host registers → state.
+    pub fn sync_out(&mut self) {
+        for (g, h) in self.mapped.clone() {
+            dynasm!(self.ops ; .arch x64 ; mov [r14 + off::gpr(g)], Rq(h));
+        }
+    }
+
+    /// State → host registers (after a helper that may have changed them).
+    pub fn sync_in(&mut self) {
+        for (g, h) in self.mapped.clone() {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + off::gpr(g)]);
+        }
+    }
+
+    /// Returns to the run loop with `code`, storing cached registers first.
     pub fn exit_with(&mut self, code: u32) {
+        self.sync_out();
+        self.exit_raw(code);
+    }
+
+    /// Returns to the run loop with `code` when the state is already authoritative (a
+    /// helper ran after the registers were stored, and may have changed them).
+    pub fn exit_raw(&mut self, code: u32) {
         dynasm!(self.ops ; .arch x64 ; mov eax, code as i32);
         self.rel32_to(0xe9, self.stubs.epilogue);
     }
@@ -183,6 +234,7 @@ impl Emitter {
         use crate::state::JMP_CACHE_BITS;
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
         let r = t.reg();
+        self.sync_out();
         dynasm!(self.ops ; .arch x64
             ; mov rdi, Rq(r)
             ; and edi, mask
@@ -192,12 +244,14 @@ impl Emitter {
             ; jmp QWORD [r14 + rdi + off::JMP_CACHE + 8]
             ; miss:
         );
-        self.exit_with(exit::NEXT);
+        self.exit_raw(exit::NEXT);
     }
 
     /// Ends the block at a direct branch to `target`: a patchable jump, first aimed at
     /// a stub that stores RIP and asks the run loop to chain.
     pub fn exit_chain(&mut self, target: u64) {
+        // The next block, chained or not, reads guest registers from the state.
+        self.sync_out();
         let site = self.offset();
         let stub = self.label();
         // Always the 5-byte rel32 form, so it can be re-aimed at another block.
@@ -208,7 +262,7 @@ impl Emitter {
         let site_abs = (self.base + site) as i64;
         dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD site_abs ; mov [r14 + off::CHAIN_SITE], rdi);
         self.chain_sites.push((site, stub_off));
-        self.exit_with(exit::CHAIN);
+        self.exit_raw(exit::CHAIN);
     }
 
     // ---- guest registers ----
@@ -216,6 +270,16 @@ impl Emitter {
     /// Loads guest register `r` (`high8`: AH/CH/DH/BH) zero-extended into `t`.
     pub fn load_gpr(&mut self, t: T, r: usize, w: Width, high8: bool) {
         let d = t.reg();
+        if let Some(h) = self.host_reg(r) {
+            match (w, high8) {
+                (1, true) => dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(h) ; shr Rq(d), 8 ; movzx Rd(d), Rb(d)),
+                (1, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), Rb(h)),
+                (2, _) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), Rw(h)),
+                (4, _) => dynasm!(self.ops ; .arch x64 ; mov Rd(d), Rd(h)),
+                _ => dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(h)),
+            }
+            return;
+        }
         let o = off::gpr(r);
         match (w, high8) {
             (1, true) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [r14 + o + 1]),
@@ -230,6 +294,21 @@ impl Emitter {
     /// the other bits, 32-bit writes clear the upper half.
     pub fn store_gpr(&mut self, r: usize, t: T, w: Width, high8: bool) {
         let s = t.reg();
+        if let Some(h) = self.host_reg(r) {
+            match (w, high8) {
+                (1, true) => dynasm!(self.ops ; .arch x64
+                    ; movzx edi, Rb(s)
+                    ; shl edi, 8
+                    ; and Rq(h), -0xff01
+                    ; or Rq(h), rdi
+                ),
+                (1, false) => dynasm!(self.ops ; .arch x64 ; mov Rb(h), Rb(s)),
+                (2, _) => dynasm!(self.ops ; .arch x64 ; mov Rw(h), Rw(s)),
+                (4, _) => dynasm!(self.ops ; .arch x64 ; mov Rd(h), Rd(s)),
+                _ => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(s)),
+            }
+            return;
+        }
         let o = off::gpr(r);
         match (w, high8) {
             (1, true) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o + 1], Rb(s)),
@@ -278,9 +357,11 @@ impl Emitter {
 
     /// rsi += guest register `r` (full width; truncation comes after).
     pub fn addr_add_gpr(&mut self, r: usize, scale: u8) {
-        let o = off::gpr(r);
         let sh = scale.trailing_zeros() as i8;
-        dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD [r14 + o]);
+        match self.host_reg(r) {
+            Some(h) => dynasm!(self.ops ; .arch x64 ; mov rdi, Rq(h)),
+            None => dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD [r14 + off::gpr(r)]),
+        }
         if sh > 0 {
             dynasm!(self.ops ; .arch x64 ; shl rdi, sh);
         }
@@ -358,9 +439,8 @@ impl Emitter {
         self.slow.push(SlowPath::Load { at: miss, resume, dst: t, width: w, rip, helper: helpers.load });
     }
 
-    /// guest memory[rsi] = t, `w` bytes. `next_rip` is where to resume if the store
-    /// hit translated code (the block then ends there).
-    pub fn store_mem(&mut self, t: T, w: Width, rip: u64, next_rip: u64, helpers: &HelperAddrs) {
+    /// guest memory[rsi] = t, `w` bytes.
+    pub fn store_mem(&mut self, t: T, w: Width, rip: u64, helpers: &HelperAddrs) {
         let miss = self.label();
         let resume = self.label();
         self.tlb_probe(w, entry_off::WRITE, miss);
@@ -372,7 +452,7 @@ impl Emitter {
             _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi], Rq(s)),
         }
         self.bind(resume);
-        self.slow.push(SlowPath::Store { at: miss, resume, src: t, width: w, rip, next_rip, helper: helpers.store });
+        self.slow.push(SlowPath::Store { at: miss, resume, src: t, width: w, rip, helper: helpers.store });
     }
 
     // ---- arithmetic ----
@@ -429,6 +509,29 @@ impl Emitter {
             (2, true) => dynasm!(self.ops ; .arch x64 ; dec Rw(r)),
             (4, true) => dynasm!(self.ops ; .arch x64 ; dec Rd(r)),
             (_, true) => dynasm!(self.ops ; .arch x64 ; dec Rq(r)),
+        }
+    }
+
+    /// t = t shifted by a constant `n` (already masked by the guest's rule, nonzero).
+    pub fn shift_imm(&mut self, op: Shift, w: Width, t: T, n: u8) {
+        let r = t.reg();
+        let n = n as i8;
+        macro_rules! by_width {
+            ($ins:ident) => {
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), n),
+                    2 => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), n),
+                    4 => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), n),
+                    _ => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), n),
+                }
+            };
+        }
+        match op {
+            Shift::Rol => by_width!(rol),
+            Shift::Ror => by_width!(ror),
+            Shift::Shl => by_width!(shl),
+            Shift::Shr => by_width!(shr),
+            Shift::Sar => by_width!(sar),
         }
     }
 
@@ -601,8 +704,13 @@ impl Emitter {
 
     /// Calls `helper(cpu, a1, a2, a3)` with temporaries as arguments; the result lands
     /// in T0. Stores `rip` first so a helper that faults reports the right
-    /// instruction; leaves the block through the fault exit if it did.
-    pub fn call_helper(&mut self, helper: usize, args: &[Arg], rip: u64, may_fault: bool) {
+    /// instruction; leaves the block through the fault exit if it did. A helper that
+    /// reads or writes guest registers (`uses_regs`) gets the cached ones stored first;
+    /// the caller reloads them ([`Self::sync_in`]) if it goes on in the block.
+    pub fn call_helper(&mut self, helper: usize, args: &[Arg], rip: u64, may_fault: bool, uses_regs: bool) {
+        if uses_regs {
+            self.sync_out();
+        }
         self.store_rip(rip);
         // Arguments go to rsi, rdx, rcx in the SysV order; T1 (rcx) and T2 (rdx) are
         // themselves argument registers, so stage through the stack-free scratch r8-r10.
@@ -649,8 +757,18 @@ impl Emitter {
         dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>l);
     }
 
-    /// Emits the out-of-line slow paths and the fault exit; returns the code.
+    /// A chainable exit to `target`, placed after the block's main body, reached by
+    /// jumping to `label`.
+    pub fn defer_chain_exit(&mut self, label: DynamicLabel, target: u64) {
+        self.deferred.push((label, target));
+    }
+
+    /// Emits the out-of-line exits, slow paths and the fault exit; returns the code.
     pub fn finish(mut self) -> (Vec<u8>, Vec<(usize, usize)>) {
+        for (label, target) in std::mem::take(&mut self.deferred) {
+            self.bind(label);
+            self.exit_chain(target);
+        }
         for sp in std::mem::take(&mut self.slow) {
             match sp {
                 SlowPath::Load { at, resume, dst, width, rip, helper } => {
@@ -658,6 +776,8 @@ impl Emitter {
                     // Keep the temporaries across the call (four pushes keep the stack
                     // 16-byte aligned), then hand the value over through rdi.
                     dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8);
+                    // A fault must find the guest's registers in the state.
+                    self.sync_out();
                     self.store_rip(rip);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov edx, width as i32);
                     self.call_abs(helper);
@@ -665,27 +785,26 @@ impl Emitter {
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
                     dynasm!(self.ops ; .arch x64 ; mov Rq(dst.reg()), rdi ; jmp =>resume);
                 }
-                SlowPath::Store { at, resume, src, width, rip, next_rip, helper } => {
+                SlowPath::Store { at, resume, src, width, rip, helper } => {
+                    // A store that hit translated code has invalidated it (and unchained
+                    // every jump into it); the rest of this block still runs, as the
+                    // instruction must complete, and the next block is looked up anew.
                     self.bind(at);
                     dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8);
+                    self.sync_out();
                     self.store_rip(rip);
                     dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(src.reg()) ; mov ecx, width as i32 ; mov rdi, r14);
                     self.call_abs(helper);
-                    dynasm!(self.ops ; .arch x64 ; mov edi, eax ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
+                    dynasm!(self.ops ; .arch x64 ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
-                    // Nonzero: the store hit translated code; end the block after it.
-                    let cont = self.label();
-                    dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>cont);
-                    self.store_rip(next_rip);
-                    self.exit_with(exit::NEXT);
-                    self.bind(cont);
                     dynasm!(self.ops ; .arch x64 ; jmp =>resume);
                 }
             }
         }
         let fe = self.fault_exit;
         self.bind(fe);
-        self.exit_with(exit::FAULT);
+        // Every path here stored the registers before its helper ran.
+        self.exit_raw(exit::FAULT);
         let sites = std::mem::take(&mut self.chain_sites);
         (self.ops.finalize().expect("assembling a block"), sites)
     }

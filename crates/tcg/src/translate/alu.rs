@@ -64,7 +64,8 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
                 }
                 ctx.em.alu(op, w, T::T0, T::T1);
             }
-            ctx.em.zero_extend(T::T0, w);
+            // Temporaries hold zero-extended values and narrow host operations leave the
+            // upper bits alone, so T0 is already the zero-extended result.
             set_cc(ctx, CcOp::new(kind, w), Some(T::T0), Some(T::T1), with_carry.then_some(T::T2));
             if writes {
                 ctx.store_op(0, T::T0);
@@ -84,7 +85,7 @@ fn carry_in(ctx: &mut Ctx, t: T) {
         }
         Some(CcKind::Inc | CcKind::Dec) => ctx.em.load_cc_src2(t),
         _ => {
-            ctx.em.call_helper(ctx.h.flags, &[], ctx.ip, false);
+            ctx.em.call_helper(ctx.h.flags, &[], ctx.ip, false, false);
             ctx.em.and_imm(T::T0, 1);
             if t != T::T0 {
                 ctx.em.mov(t, T::T0);

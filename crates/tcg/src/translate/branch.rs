@@ -136,12 +136,14 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             Flow::Continue
         }
         _ => {
-            // Jcc.
+            // Jcc: the taken side leaves out of line; the block goes on along the
+            // fall-through.
             let taken = ctx.em.label();
             let cc = nibble(ins.condition_code());
             ctx.em.flags_to_host(ctx.cc, cc, ctx.h.flags);
             ctx.em.jcc_host(cc, taken);
-            two_way(ctx, taken)
+            ctx.em.defer_chain_exit(taken, ins.near_branch_target());
+            Flow::Continue
         }
     }
 }

@@ -125,7 +125,7 @@ impl Ctx<'_> {
             }
             _ => {
                 self.ea();
-                self.em.store_mem(t, w, self.ip, self.next, self.h);
+                self.em.store_mem(t, w, self.ip, self.h);
             }
         }
     }
@@ -178,15 +178,16 @@ impl Ctx<'_> {
     /// Runs this instruction through the interpreter helper; ends the block when the
     /// helper says control or mode changed.
     pub fn interp(&mut self) -> Flow {
-        self.em.call_helper(self.h.interp, &[Arg::Imm(self.ins_addr as u64)], self.ip, true);
+        self.em.call_helper(self.h.interp, &[Arg::Imm(self.ins_addr as u64)], self.ip, true, true);
         let go_on = self.em.label();
         let halt = self.em.label();
         self.em.test_t0_dispatch(go_on, halt);
-        // 1: leave for the run loop (RIP set by the helper).
-        self.em.exit_with(exit::NEXT);
+        // 1: leave for the run loop (RIP set by the helper; the state is authoritative).
+        self.em.exit_raw(exit::NEXT);
         self.em.bind(halt);
-        self.em.exit_with(exit::HALT);
+        self.em.exit_raw(exit::HALT);
         self.em.bind(go_on);
+        self.em.sync_in();
         self.cc = None;
         if ends_block(self.ins) {
             self.em.store_rip(self.next);
@@ -326,6 +327,7 @@ pub fn translate_block(
     let needed = flags_needed(&insns);
     let mut em = Emitter::new(base, stubs);
     em.entry_check(start_rip);
+    em.map_registers(&hot_registers(&insns));
     let mut cc = None;
     let mut ended = false;
     for (i, ins) in insns.iter().enumerate() {
@@ -374,7 +376,8 @@ fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
         if needed[i] && matches!(ins.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) {
             read |= F::CF;
         }
-        if may_fault(ins) {
+        // Anything that may leave the block (a fault, a taken Jcc) needs every flag.
+        if may_fault(ins) || is_jcc(ins) {
             read = STATUS;
         }
         // A shift by CL writes no flag when the count masks to 0: the flags it would
@@ -387,6 +390,36 @@ fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
         live = (live & !(ins.rflags_modified() & STATUS)) | read;
     }
     needed
+}
+
+/// The guest registers worth keeping in host registers for a block: the most used,
+/// at most five, each used at least twice.
+fn hot_registers(insns: &[Instruction]) -> Vec<usize> {
+    let mut uses = [0u32; 16];
+    let mut count = |r: Register| {
+        if r.is_gpr() {
+            uses[gpr(r).0] += 1;
+        }
+    };
+    for ins in insns {
+        for i in 0..ins.op_count() {
+            match ins.op_kind(i) {
+                OpKind::Register => count(ins.op_register(i)),
+                OpKind::Memory => {
+                    count(ins.memory_base());
+                    count(ins.memory_index());
+                }
+                _ => {}
+            }
+        }
+        if matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Pop | Mnemonic::Call | Mnemonic::Ret) {
+            count(Register::RSP);
+        }
+    }
+    let mut order: Vec<usize> = (0..16).filter(|&r| uses[r] >= 2).collect();
+    order.sort_by_key(|&r| std::cmp::Reverse(uses[r]));
+    order.truncate(5);
+    order
 }
 
 /// Whether an instruction may raise an exception or leave the block early.
@@ -437,7 +470,17 @@ fn log_block(insns: &[Instruction], cs_base: u64, phys: u64) {
 /// Instructions after which decoding stops (the block's last instruction).
 fn is_block_end(ins: &Instruction) -> bool {
     use iced_x86::FlowControl::*;
-    !matches!(ins.flow_control(), Next) || ends_block(ins)
+    // A Jcc does not end the block: its taken side leaves through an out-of-line exit
+    // and translation goes on along the fall-through (an extended basic block), which
+    // keeps what is known about the flags and saves a dispatch.
+    let jcc = ins.flow_control() == ConditionalBranch && is_jcc(ins);
+    !(matches!(ins.flow_control(), Next) || jcc) || ends_block(ins)
+}
+
+/// Jcc proper (not LOOP/JrCXZ, which end their block).
+pub fn is_jcc(ins: &Instruction) -> bool {
+    ins.condition_code() != iced_x86::ConditionCode::None
+        && ins.flow_control() == iced_x86::FlowControl::ConditionalBranch
 }
 
 /// Routes one instruction to its family, or to the interpreter.

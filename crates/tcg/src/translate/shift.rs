@@ -32,21 +32,24 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
         return Flow::Continue;
     }
     ctx.load_op(0, T::T0);
-    match imm {
-        Some(n) => ctx.em.load_imm(T::T1, n),
-        None => {
-            ctx.em.load_gpr(T::T1, 1, 1, false); // CL
-            ctx.em.and_imm(T::T1, count_mask as u32);
-        }
+    if imm.is_none() {
+        ctx.em.load_gpr(T::T1, 1, 1, false); // CL
+        ctx.em.and_imm(T::T1, count_mask as u32);
     }
     let skip = ctx.em.label();
     if imm.is_none() {
         ctx.em.jz_t(T::T1, skip);
     }
-    ctx.em.mov(T::T2, T::T0);
-    ctx.em.shift_cl(op, w, T::T0);
-    ctx.em.setcc_host(0x2, T::T1); // CF: the last bit shifted out
-    ctx.em.zero_extend(T::T0, w);
+    if ctx.flags_needed {
+        ctx.em.mov(T::T2, T::T0);
+    }
+    match imm {
+        Some(n) => ctx.em.shift_imm(op, w, T::T0, n as u8),
+        None => ctx.em.shift_cl(op, w, T::T0),
+    }
+    if ctx.flags_needed {
+        ctx.em.setcc_host(0x2, T::T1); // CF: the last bit shifted out
+    }
     let src2 = (kind == CcKind::Shr).then_some(T::T2);
     set_cc(ctx, CcOp::new(kind, w), Some(T::T0), Some(T::T1), src2);
     ctx.store_op(0, T::T0);

@@ -28,7 +28,7 @@ fn push(ctx: &mut Ctx, value: T, w: Width) {
     ctx.em.add_imm(T::T1, sw, -(w as i32));
     ctx.em.addr_from(T::T1);
     ctx.add_segment(SS);
-    ctx.em.store_mem(value, w, ctx.ip, ctx.next, ctx.h);
+    ctx.em.store_mem(value, w, ctx.ip, ctx.h);
     ctx.em.store_gpr(RSP, T::T1, sw, false);
 }
 
