@@ -114,6 +114,14 @@ impl Cpu {
         self.ops.map(|p| unsafe { &*p })
     }
 
+    /// Makes generated code return to the run loop at the next block head.
+    pub fn request_exit(&mut self) {
+        // SAFETY: `exit_request` is only ever accessed atomically (the kicker writes it
+        // from other threads); the pointer is to our own live field.
+        let flag = unsafe { std::sync::atomic::AtomicU32::from_ptr(&raw mut self.state.exit_request) };
+        flag.store(1, std::sync::atomic::Ordering::Release);
+    }
+
     /// The time-stamp counter: nanoseconds since creation, plus what WRMSR set.
     pub fn tsc(&self) -> u64 {
         (self.start.elapsed().as_nanos() as u64).wrapping_add(self.state.msr.tsc_offset)
@@ -188,6 +196,9 @@ impl Cpu {
                         if let Some(w) = cpu.watch {
                             // SAFETY: `watch` is valid while attached.
                             cpu.code_modified |= unsafe { (*w).invalidate_page(page) };
+                            // A block looping on itself (never unchained) must come back
+                            // to the run loop to see the new code.
+                            cpu.request_exit();
                         }
                     }
                     // SAFETY: phys_target found the whole page in one region and the

@@ -108,6 +108,13 @@ pub struct Emitter {
     mapped: Vec<(usize, u8)>,
     /// Exits emitted out of line at the end: (label, direct branch target).
     deferred: Vec<(DynamicLabel, u64)>,
+    /// Where a loop onto the block's start jumps: after the registers are loaded, at
+    /// the check for `exit_request`.
+    head: DynamicLabel,
+    /// The head's exit for `exit_request`, emitted out of line.
+    deferred_request: Option<DynamicLabel>,
+    /// The block's RIP, for its request exit.
+    block_rip: u64,
 }
 
 /// Host registers that hold guest registers inside a block (callee-saved, so helper
@@ -128,6 +135,7 @@ impl Emitter {
     pub fn new(base: usize, stubs: Stubs) -> Self {
         let mut ops = VecAssembler::new(base);
         let fault_exit = ops.new_dynamic_label();
+        let head = ops.new_dynamic_label();
         Emitter {
             ops,
             base,
@@ -137,6 +145,9 @@ impl Emitter {
             chain_sites: Vec::new(),
             mapped: Vec::new(),
             deferred: Vec::new(),
+            head,
+            deferred_request: None,
+            block_rip: 0,
         }
     }
 
@@ -179,13 +190,21 @@ impl Emitter {
         self.store_const(off::RIP, rip);
     }
 
-    /// Block entry: leave if the run loop asked for it (RIP = this block's start).
-    pub fn entry_check(&mut self, block_rip: u64) {
-        let go = self.label();
-        dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::EXIT_REQUEST], 0 ; je =>go);
-        self.store_rip(block_rip);
-        self.exit_with(exit::REQUEST);
-        self.bind(go);
+    /// The block's head, right after its registers are loaded: leave if the run loop
+    /// asked for it (RIP = this block's start). Every entry, and every lap of a loop
+    /// onto the block's start, passes here.
+    pub fn loop_head(&mut self, block_rip: u64) {
+        self.block_rip = block_rip;
+        let head = self.head;
+        self.bind(head);
+        let leave = self.label();
+        dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::EXIT_REQUEST], 0 ; jne =>leave);
+        self.deferred_request = Some(leave);
+    }
+
+    /// The label a loop onto the block's start jumps to.
+    pub fn loop_head_label(&self) -> DynamicLabel {
+        self.head
     }
 
     /// Keeps `guests` (at most five guest register numbers) in host registers for the
@@ -768,6 +787,12 @@ impl Emitter {
         for (label, target) in std::mem::take(&mut self.deferred) {
             self.bind(label);
             self.exit_chain(target);
+        }
+        if let Some(leave) = self.deferred_request.take() {
+            self.bind(leave);
+            let rip = self.block_rip;
+            self.store_rip(rip);
+            self.exit_with(exit::REQUEST);
         }
         for sp in std::mem::take(&mut self.slow) {
             match sp {

@@ -13,7 +13,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
     match m {
         Mnemonic::Inc | Mnemonic::Dec => {
             // INC/DEC keep CF: record the old one for the flag computation.
-            if ctx.flags_needed {
+            if ctx.carry_needed {
                 carry_in(ctx, T::T2);
             }
             ctx.load_op(0, T::T0);

@@ -84,7 +84,12 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
     match m {
         Mnemonic::Jmp => match ins.op0_kind() {
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
-                ctx.em.exit_chain(ins.near_branch_target());
+                if ins.near_branch_target() == ctx.block_rip {
+                    let head = ctx.em.loop_head_label();
+                    ctx.em.jmp(head);
+                } else {
+                    ctx.em.exit_chain(ins.near_branch_target());
+                }
                 Flow::End
             }
             OpKind::Register | OpKind::Memory if !ins.is_jmp_far_indirect() => {
@@ -141,8 +146,14 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             let taken = ctx.em.label();
             let cc = nibble(ins.condition_code());
             ctx.em.flags_to_host(ctx.cc, cc, ctx.h.flags);
-            ctx.em.jcc_host(cc, taken);
-            ctx.em.defer_chain_exit(taken, ins.near_branch_target());
+            if ins.near_branch_target() == ctx.block_rip {
+                // A loop onto this block: stay in it, registers cached.
+                let head = ctx.em.loop_head_label();
+                ctx.em.jcc_host(cc, head);
+            } else {
+                ctx.em.jcc_host(cc, taken);
+                ctx.em.defer_chain_exit(taken, ins.near_branch_target());
+            }
             Flow::Continue
         }
     }

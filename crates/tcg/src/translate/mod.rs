@@ -78,8 +78,12 @@ pub struct Ctx<'a> {
     /// The lazy-flag operation as of this point, when known at translation time.
     pub cc: Option<CcOp>,
     /// Whether anything may read the status flags this instruction writes (see
-    /// [`flags_needed`]); when not, the lazy-flag record is not stored.
+    /// [`flag_uses`]); when not, the lazy-flag record is not stored.
     pub flags_needed: bool,
+    /// Whether CF is live after this instruction.
+    pub carry_needed: bool,
+    /// RIP of the block's first instruction (a branch there is a loop).
+    pub block_rip: u64,
 }
 
 impl Ctx<'_> {
@@ -324,10 +328,10 @@ pub fn translate_block(
         log_block(&insns, cs_base, phys);
     }
 
-    let needed = flags_needed(&insns);
+    let uses = flag_uses(&insns, start_rip);
     let mut em = Emitter::new(base, stubs);
-    em.entry_check(start_rip);
     em.map_registers(&hot_registers(&insns));
+    em.loop_head(start_rip);
     let mut cc = None;
     let mut ended = false;
     for (i, ins) in insns.iter().enumerate() {
@@ -340,7 +344,9 @@ pub fn translate_block(
             ip: ins.ip(),
             next: ins.next_ip(),
             cc,
-            flags_needed: needed[i],
+            flags_needed: uses[i].needed,
+            carry_needed: uses[i].carry,
+            block_rip: start_rip,
         };
         let flow = if ins.code() == Code::INVALID { ctx.interp() } else { translate_one(&mut ctx) };
         cc = ctx.cc;
@@ -355,41 +361,6 @@ pub fn translate_block(
     }
     let (code, chain_sites) = em.finish();
     Ok(Translated { code, chain_sites, insns, pages })
-}
-
-/// For each instruction, whether the status flags it writes may be read: walking the
-/// block backwards, a flag is live until an instruction overwrites it. Flags are live at
-/// the block's end, and before anything that may fault or leave the block early
-/// (memory operands, stack operations, interpreted instructions), so an exception always
-/// sees the flags the guest computed.
-fn flags_needed(insns: &[Instruction]) -> Vec<bool> {
-    use iced_x86::RflagsBits as F;
-    use Mnemonic::*;
-    const STATUS: u32 = F::OF | F::SF | F::ZF | F::AF | F::CF | F::PF;
-    let mut live = STATUS;
-    let mut needed = vec![true; insns.len()];
-    for (i, ins) in insns.iter().enumerate().rev() {
-        needed[i] = live != 0;
-        let mut read = ins.rflags_read() & STATUS;
-        // The inline INC/DEC carry the old CF forward from the previous record (only
-        // when their own record is stored).
-        if needed[i] && matches!(ins.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) {
-            read |= F::CF;
-        }
-        // Anything that may leave the block (a fault, a taken Jcc) needs every flag.
-        if may_fault(ins) || is_jcc(ins) {
-            read = STATUS;
-        }
-        // A shift by CL writes no flag when the count masks to 0: the flags it would
-        // write stay live through it.
-        let by_cl = matches!(ins.mnemonic(), Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd)
-            && ins.op_kind(ins.op_count() - 1) == OpKind::Register;
-        if by_cl {
-            read |= ins.rflags_modified() & STATUS;
-        }
-        live = (live & !(ins.rflags_modified() & STATUS)) | read;
-    }
-    needed
 }
 
 /// The guest registers worth keeping in host registers for a block: the most used,
@@ -420,6 +391,60 @@ fn hot_registers(insns: &[Instruction]) -> Vec<usize> {
     order.sort_by_key(|&r| std::cmp::Reverse(uses[r]));
     order.truncate(5);
     order
+}
+
+/// What the flag analysis found for one instruction.
+#[derive(Clone, Copy, Debug)]
+pub struct FlagUse {
+    /// Something may read the status flags this instruction writes: store its lazy
+    /// record.
+    pub needed: bool,
+    /// CF is live after it (INC/DEC must then carry the old CF into their record).
+    pub carry: bool,
+}
+
+/// Status-flag liveness over a block, walking backwards: a flag is live until an
+/// instruction overwrites it. Flags are live at the block's end and before anything
+/// that may fault (memory operands, stack operations, interpreted instructions), so an
+/// exception always sees the flags the guest computed. A taken Jcc needs what is live
+/// at its target: everything, unless the target is this block's start (a loop), whose
+/// live-in is found by iterating to a fixed point.
+fn flag_uses(insns: &[Instruction], start: u64) -> Vec<FlagUse> {
+    use iced_x86::RflagsBits as F;
+    use Mnemonic::*;
+    const STATUS: u32 = F::OF | F::SF | F::ZF | F::AF | F::CF | F::PF;
+    let mut loop_in = STATUS;
+    loop {
+        let mut live = STATUS;
+        let mut uses = vec![FlagUse { needed: true, carry: true }; insns.len()];
+        for (i, ins) in insns.iter().enumerate().rev() {
+            uses[i] = FlagUse { needed: live != 0, carry: live & F::CF != 0 };
+            let mut read = ins.rflags_read() & STATUS;
+            // The inline INC/DEC carry the old CF forward from the previous record.
+            if uses[i].carry && matches!(ins.mnemonic(), Inc | Dec) {
+                read |= F::CF;
+            }
+            if may_fault(ins) {
+                read = STATUS;
+            }
+            if is_jcc(ins) {
+                read |= if ins.near_branch_target() == start { loop_in } else { STATUS };
+            }
+            // A shift by CL writes no flag when the count masks to 0: the flags it would
+            // write stay live through it.
+            let by_cl = matches!(ins.mnemonic(), Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd)
+                && ins.op_kind(ins.op_count() - 1) == OpKind::Register;
+            if by_cl {
+                read |= ins.rflags_modified() & STATUS;
+            }
+            live = (live & !(ins.rflags_modified() & STATUS)) | read;
+        }
+        if live == loop_in {
+            return uses;
+        }
+        // The live-in only shrinks from "everything", so this ends.
+        loop_in = live;
+    }
 }
 
 /// Whether an instruction may raise an exception or leave the block early.
