@@ -37,9 +37,9 @@ const CK_LEN: u32 = 64 << 10;
 const CK_REPS: u32 = 1500;
 const MC_DWORDS: u32 = 16 << 10;
 const MC_REPS: u32 = 3000;
-const FIB_N: u32 = 30;
+const FIB_N: u32 = 32;
 const SORT_N: u32 = 2048;
-const SORT_REPS: u32 = 10;
+const SORT_REPS: u32 = 40;
 
 fn fib_calls(n: u32) -> u64 {
     // calls(n) = 1 + calls(n-1) + calls(n-2) for n >= 2, 1 otherwise.
@@ -99,7 +99,7 @@ fn workloads() -> Vec<Workload> {
         },
         Workload { name: "checksum (bytes)", body: checksum, instructions: 5 * CK_LEN as u64 * CK_REPS as u64 },
         Workload { name: "memcpy (dwords)", body: memcpy, instructions: 6 * MC_DWORDS as u64 * MC_REPS as u64 },
-        Workload { name: "fib(30) recursive", body: fib, instructions: 11 * fib_calls(FIB_N) },
+        Workload { name: "fib(32) recursive", body: fib, instructions: 11 * fib_calls(FIB_N) },
         Workload { name: "insertion sort", body: sort, instructions: sort_instructions() },
     ]
 }
