@@ -208,6 +208,8 @@ impl CpuState {
             tlb: Tlb::new(),
         });
         s.msr.pat = 0x0007_0406_0007_0406;
+        // Fast-string operations enabled, as firmware leaves them.
+        s.msr.misc_enable = 1;
         s
     }
 

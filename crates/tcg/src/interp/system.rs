@@ -240,6 +240,17 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             cpu.state.gpr[2] = u64::from(d);
             Step::Next
         }
+        Syscall => syscall(cpu, ins)?,
+        Sysretq | Sysret => sysret(cpu, ins)?,
+        Swapgs => {
+            if !cpu.state.long_mode() || cpu.state.code_bits() != 64 {
+                return Err(Exception::ud());
+            }
+            require_cpl0(cpu)?;
+            let s = &mut cpu.state;
+            std::mem::swap(&mut s.seg[GS].base, &mut s.msr.kernel_gs_base);
+            Step::Next
+        }
         Rdtsc => {
             let t = cpu.tsc();
             cpu.state.gpr[0] = t & 0xffff_ffff;
@@ -263,6 +274,65 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         _ => return Ok(None),
     };
     Ok(Some(step))
+}
+
+/// The flat segments SYSCALL and SYSRET load (no descriptor is read, as on the CPU).
+fn fast_segment(selector: u16, code: bool, long: bool, dpl: u8) -> crate::state::Seg {
+    use crate::state::attr;
+    let typ = if code { 0xb } else { 0x3 };
+    let mut a = typ | attr::S | attr::P | attr::G | (u16::from(dpl) << 5);
+    if code && long {
+        a |= attr::L;
+    } else {
+        a |= attr::DB;
+    }
+    crate::state::Seg { base: 0, limit: 0xffff_ffff, selector, attr: a }
+}
+
+/// SYSCALL in long mode: to ring 0 at LSTAR (CSTAR from compatibility mode), RCX and
+/// R11 keep the return RIP and RFLAGS, SFMASK clears flags.
+fn syscall(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
+    let s = &mut cpu.state;
+    if s.efer & ctrl::EFER_SCE == 0 || !s.long_mode() {
+        return Err(Exception::ud());
+    }
+    let from64 = s.code_bits() == 64;
+    let flags = s.flags();
+    s.gpr[1] = ins.next_ip();
+    s.gpr[11] = flags & !(1 << 16);
+    let sel = ((s.msr.star >> 32) & 0xfffc) as u16;
+    s.seg[CS] = fast_segment(sel, true, true, 0);
+    s.seg[SS] = fast_segment(sel.wrapping_add(8), false, true, 0);
+    s.rip = if from64 { s.msr.lstar } else { s.msr.cstar & 0xffff_ffff };
+    s.set_flags(flags & !s.msr.sfmask & !(1 << 16));
+    s.tlb.flush();
+    Ok(Step::Jump)
+}
+
+/// SYSRET: back to ring 3 at RCX with RFLAGS from R11 (64-bit with REX.W, else
+/// compatibility mode).
+fn sysret(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
+    let s = &mut cpu.state;
+    if s.efer & ctrl::EFER_SCE == 0 || !s.long_mode() || s.code_bits() != 64 {
+        return Err(Exception::ud());
+    }
+    require_cpl0(cpu)?;
+    let s = &mut cpu.state;
+    let base = ((s.msr.star >> 48) & 0xffff) as u16;
+    let to64 = ins.mnemonic() == Mnemonic::Sysretq;
+    if to64 {
+        s.seg[CS] = fast_segment(base.wrapping_add(16) | 3, true, true, 3);
+        s.rip = s.gpr[1];
+    } else {
+        s.seg[CS] = fast_segment(base | 3, true, false, 3);
+        s.rip = s.gpr[1] & 0xffff_ffff;
+    }
+    s.seg[SS].selector = base.wrapping_add(8) | 3;
+    s.seg[SS].attr = (s.seg[SS].attr & !(3 << 5)) | (3 << 5);
+    let f = (s.gpr[11] & 0x3c_7fd7) | 2;
+    s.set_flags(f);
+    s.tlb.flush();
+    Ok(Step::Jump)
 }
 
 fn require_cpl0(cpu: &Cpu) -> Result<()> {
@@ -463,6 +533,8 @@ pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
         msr::IA32_PAT => s.msr.pat,
         msr::IA32_APIC_BASE => s.apic_base,
         msr::IA32_MISC_ENABLE => s.msr.misc_enable,
+        // Microcode signature (IA32_BIOS_SIGN_ID): none loaded.
+        0x8b => 0,
         msr::IA32_TSC => cpu.tsc(),
         _ => return Err(Exception::gp0()),
     })
@@ -489,6 +561,7 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
         msr::IA32_PAT => s.msr.pat = v,
         msr::IA32_APIC_BASE => s.apic_base = v,
         msr::IA32_MISC_ENABLE => s.msr.misc_enable = v,
+        0x8b => {}
         msr::IA32_TSC => {
             let now = cpu.tsc();
             cpu.state.msr.tsc_offset = cpu.state.msr.tsc_offset.wrapping_add(v.wrapping_sub(now));
