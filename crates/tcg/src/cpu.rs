@@ -152,11 +152,25 @@ impl Cpu {
 
     /// Linear → physical for one access, filling the TLB when the page is memory.
     pub fn translate(&mut self, linear: u64, access: Access) -> Result<u64> {
+        // A TLB hit saves the walk (the tags only ever hold pages whose walk, for that
+        // kind of access, succeeded at the current privilege).
+        let tlb = &self.state.tlb;
+        let idx = crate::mmu::Tlb::index(linear);
+        let e = &tlb.entries[idx];
+        let page = linear & PAGE_MASK;
+        let tag = match access {
+            Access::Read => e.read,
+            Access::Write => e.write,
+            Access::Fetch => e.code,
+        };
+        if tag == page {
+            return Ok(tlb.phys[idx] | (linear & !PAGE_MASK));
+        }
         let phys = paging::translate(self, linear, access)?;
         let page = phys >> 12;
         let code_free = !self.watch_is_code(page);
-        // Only a write fills the write tag: it has set the page's dirty bit.
-        mmu::fill(&mut self.state.tlb, &self.mem, linear, phys, access == Access::Write, code_free);
+        // Only a write fills the write tag: its walk has set the page's dirty bit.
+        mmu::fill(&mut self.state.tlb, &self.mem, linear, phys, access, code_free);
         Ok(phys)
     }
 

@@ -123,9 +123,11 @@ pub fn phys_target(mem: &GuestMemory, phys: u64) -> Target {
     }
 }
 
-/// Fills the entry for `linear` (already translated to `phys`) when the page is RAM or
-/// ROM; `writable_code_free` says whether the page may be entered for writes.
-pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, writable: bool, code_free: bool) {
+/// Fills the entry for `linear`, just translated to `phys` for `access`, when the page
+/// is RAM or ROM. Each tag is set only by a walk that checked that kind of access: the
+/// read tag by any (x86 pages are always readable), the write tag by a write to a page
+/// without translated code (`code_free`), the code tag by a fetch (NX).
+pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, access: Access, code_free: bool) {
     let page = linear & PAGE_MASK;
     let Target::Memory { host, rom } = phys_target(mem, phys & PAGE_MASK) else { return };
     // The page must be wholly inside one region for the addend to be valid.
@@ -141,9 +143,10 @@ pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, writable: 
     e.addend = addend;
     e.read = page;
     tlb.phys[idx] = phys & PAGE_MASK;
-    e.code = page;
-    if writable && !rom && code_free {
-        e.write = page;
+    match access {
+        Access::Fetch => e.code = page,
+        Access::Write if !rom && code_free => e.write = page,
+        _ => {}
     }
 }
 
@@ -155,7 +158,8 @@ mod tests {
     fn fill_and_flush() {
         let mem = GuestMemory::flat(1 << 20).unwrap();
         let mut tlb = Tlb::new();
-        fill(&mut tlb, &mem, 0x5123, 0x5123, true, true);
+        fill(&mut tlb, &mem, 0x5123, 0x5123, Access::Write, true);
+        fill(&mut tlb, &mem, 0x5123, 0x5123, Access::Fetch, true);
         let e = tlb.entries[Tlb::index(0x5000)];
         assert_eq!((e.read, e.write, e.code), (0x5000, 0x5000, 0x5000));
         assert_eq!(e.addend.wrapping_add(0x5000), mem.host_ptr(0x5000, 1).unwrap() as u64);
@@ -164,7 +168,7 @@ mod tests {
         tlb.flush_page(0x5fff);
         assert_eq!(tlb.entries[Tlb::index(0x5000)], TlbEntry::EMPTY);
         // Device space is never entered.
-        fill(&mut tlb, &mem, 0x20_0000, 0x20_0000, true, true);
+        fill(&mut tlb, &mem, 0x20_0000, 0x20_0000, Access::Write, true);
         assert_eq!(tlb.entries[Tlb::index(0x20_0000)], TlbEntry::EMPTY);
     }
 }
