@@ -83,12 +83,23 @@ pub struct Cpu {
     pub code_modified: bool,
     /// Time base of the TSC (1 GHz).
     start: std::time::Instant,
+    /// Set while the CPU itself reads or writes a system structure (GDT, LDT, IDT,
+    /// TSS): those accesses are supervisor accesses whatever the CPL.
+    pub system_access: bool,
 }
 
 impl Cpu {
     pub fn new(mem: Arc<GuestMemory>) -> Box<Self> {
         let state = *CpuState::new();
-        Box::new(Cpu { state, mem, ops: None, watch: None, code_modified: false, start: std::time::Instant::now() })
+        Box::new(Cpu {
+            state,
+            mem,
+            ops: None,
+            watch: None,
+            code_modified: false,
+            start: std::time::Instant::now(),
+            system_access: false,
+        })
     }
 
     /// Connects the machine for the duration of a run.
@@ -152,6 +163,11 @@ impl Cpu {
 
     /// Linear → physical for one access, filling the TLB when the page is memory.
     pub fn translate(&mut self, linear: u64, access: Access) -> Result<u64> {
+        if self.system_access {
+            // Privileged accesses at CPL 3 neither use nor fill the TLB, which does not
+            // record the user/supervisor distinction.
+            return paging::translate(self, linear, access);
+        }
         // A TLB hit saves the walk (the tags only ever hold pages whose walk, for that
         // kind of access, succeeded at the current privilege).
         let tlb = &self.state.tlb;
@@ -261,6 +277,29 @@ impl Cpu {
         } else {
             a & 0xffff_ffff
         }
+    }
+
+    /// Reads a system structure (descriptor table, TSS) with supervisor rights.
+    pub fn read_system(&mut self, a: u64, buf: &mut [u8]) -> Result<()> {
+        let old = std::mem::replace(&mut self.system_access, true);
+        let r = self.read(a, buf);
+        self.system_access = old;
+        r
+    }
+
+    /// Writes a system structure (a descriptor's accessed bit) with supervisor rights.
+    pub fn write_system(&mut self, a: u64, buf: &[u8]) -> Result<()> {
+        let old = std::mem::replace(&mut self.system_access, true);
+        let r = self.write(a, buf);
+        self.system_access = old;
+        r
+    }
+
+    /// Reads `width` bytes of a system structure, zero-extended.
+    pub fn read_system_n(&mut self, a: u64, width: u8) -> Result<u64> {
+        let mut b = [0; 8];
+        self.read_system(a, &mut b[..width as usize])?;
+        Ok(u64::from_le_bytes(b))
     }
 
     pub fn read_u8(&mut self, a: u64) -> Result<u8> {

@@ -86,8 +86,8 @@ fn read_gate(cpu: &mut Cpu, v: u8, long: bool, src: Source) -> Result<(u64, u16,
         return Err(Exception::with_code(vector::GP, err));
     }
     let base = cpu.state.idt.base + u64::from(v) * size;
-    let lo = cpu.read_u64(base)?;
-    let hi = if long { cpu.read_u64(base + 8)? } else { 0 };
+    let lo = cpu.read_system_n(base, 8)?;
+    let hi = if long { cpu.read_system_n(base + 8, 8)? } else { 0 };
     let typ = ((lo >> 40) & 0xf) as u8;
     let dpl = ((lo >> 45) & 3) as u8;
     let present = lo & (1 << 47) != 0;
@@ -122,12 +122,12 @@ fn deliver_protected(cpu: &mut Cpu, v: u8, error: Option<u32>, src: Source, ret:
         // Inner privilege: the TSS gives the new stack.
         let (old_ss, old_esp) = (cpu.state.seg[SS].selector, cpu.state.gpr[4]);
         let tss = cpu.state.tr.base;
-        let esp = cpu.read_u32(tss + 4 + 8 * u64::from(new_cpl))?;
-        let ss = cpu.read_u16(tss + 8 + 8 * u64::from(new_cpl))?;
+        let esp = cpu.read_system_n(tss + 4 + 8 * u64::from(new_cpl), 4)?;
+        let ss = cpu.read_system_n(tss + 8 + 8 * u64::from(new_cpl), 2)? as u16;
         segment::load_cs(cpu, sel)?;
         let ss_desc = segment::read_descriptor(cpu, ss)?;
         cpu.state.seg[SS] = segment::seg_from_descriptor(ss, ss_desc);
-        cpu.state.gpr[4] = u64::from(esp);
+        cpu.state.gpr[4] = esp;
         push(cpu, u64::from(old_ss), w)?;
         push(cpu, old_esp, w)?;
     } else {
@@ -157,9 +157,9 @@ fn deliver_long(cpu: &mut Cpu, v: u8, error: Option<u32>, src: Source, ret: u64)
     let tss = cpu.state.tr.base;
     let mut rsp = old_rsp;
     if ist != 0 {
-        rsp = cpu.read_u64(tss + 0x24 + 8 * u64::from(ist - 1))?;
+        rsp = cpu.read_system_n(tss + 0x24 + 8 * u64::from(ist - 1), 8)?;
     } else if new_cpl < old_cpl {
-        rsp = cpu.read_u64(tss + 4 + 8 * u64::from(new_cpl))?;
+        rsp = cpu.read_system_n(tss + 4 + 8 * u64::from(new_cpl), 8)?;
     }
     segment::load_cs(cpu, sel)?;
     if new_cpl < old_cpl {

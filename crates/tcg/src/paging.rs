@@ -23,7 +23,8 @@ pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
     if s.cr0 & CR0_PG == 0 {
         return Ok(if s.long_mode() { linear } else { linear & 0xffff_ffff });
     }
-    let user = s.cpl() == 3;
+    // Descriptor tables and the TSS are read with supervisor rights at any CPL.
+    let user = s.cpl() == 3 && !cpu.system_access;
     let (levels, mut table, entry_size): (u32, u64, u64) = if s.long_mode() {
         (4, s.cr3 & ADDR_MASK, 8)
     } else if s.cr4 & CR4_PAE != 0 {

@@ -17,7 +17,7 @@ pub fn read_descriptor(cpu: &mut Cpu, sel: u16) -> Result<u64> {
     }
     let mut b = [0u8; 8];
     // Descriptor tables are read with supervisor rights.
-    cpu.read(base.wrapping_add(index), &mut b)?;
+    cpu.read_system(base.wrapping_add(index), &mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 
@@ -80,7 +80,7 @@ fn set_accessed(cpu: &mut Cpu, sel: u16, d: u64) -> Result<()> {
     let base = if sel & 4 != 0 { cpu.state.ldtr.base } else { cpu.state.gdt.base };
     let a = base.wrapping_add(u64::from(sel & !7)) + 5;
     let b = ((d >> 40) as u8) | 1;
-    cpu.write(a, &[b])
+    cpu.write_system(a, &[b])
 }
 
 /// Loads CS for a far transfer to `sel:offset` at privilege `cpl` (protected mode).

@@ -240,6 +240,7 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             cpu.state.gpr[2] = u64::from(d);
             Step::Next
         }
+        Verr | Verw | Lar | Lsl => check_selector(cpu, ins)?,
         Syscall => syscall(cpu, ins)?,
         Sysretq | Sysret => sysret(cpu, ins)?,
         Swapgs => {
@@ -274,6 +275,44 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         _ => return Ok(None),
     };
     Ok(Some(step))
+}
+
+/// VERR, VERW, LAR and LSL: ask whether a selector names a descriptor usable at the
+/// current privilege, setting ZF (and, for LAR/LSL, returning its rights or limit).
+/// Linux runs VERW on every return to user space for its buffer-clearing side effect.
+fn check_selector(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
+    if !cpu.state.protected() || cpu.state.v86() {
+        return Err(Exception::ud());
+    }
+    let src = if matches!(ins.mnemonic(), Mnemonic::Verr | Mnemonic::Verw) { 0 } else { 1 };
+    let sel = Operands { cpu, ins }.read(src)? as u16;
+    let cpl = cpu.state.cpl();
+    let desc = if sel & !3 == 0 { None } else { segment::read_descriptor(cpu, sel).ok() };
+    let ok = desc.map(|d| {
+        let s = segment::seg_from_descriptor(sel, d);
+        let typ = s.attr & 0xf;
+        let code = s.attr & crate::state::attr::S != 0 && typ & 8 != 0;
+        let conforming = code && typ & 4 != 0;
+        let visible = conforming || (s.dpl() >= cpl && s.dpl() >= (sel & 3) as u8);
+        let usable = match ins.mnemonic() {
+            Mnemonic::Verr => s.attr & crate::state::attr::S != 0 && (!code || typ & 2 != 0),
+            Mnemonic::Verw => s.attr & crate::state::attr::S != 0 && !code && typ & 2 != 0,
+            // LAR/LSL also accept system descriptors (LDT, TSS; LAR call gates too).
+            _ => s.attr & crate::state::attr::S != 0 || matches!(typ, 1 | 2 | 3 | 9 | 11),
+        };
+        (visible && usable, s, d)
+    });
+    let mut f = cpu.state.flags() & !flags::ZF;
+    if let Some((true, s, d)) = ok {
+        f |= flags::ZF;
+        match ins.mnemonic() {
+            Mnemonic::Lar => Operands { cpu, ins }.write(0, (d >> 32) & 0x00f0_ff00)?,
+            Mnemonic::Lsl => Operands { cpu, ins }.write(0, u64::from(s.limit))?,
+            _ => {}
+        }
+    }
+    cpu.state.set_flags(f);
+    Ok(Step::Next)
 }
 
 /// The flat segments SYSCALL and SYSRET load (no descriptor is read, as on the CPU).
