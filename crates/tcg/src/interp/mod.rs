@@ -20,10 +20,12 @@ pub mod bits;
 pub mod misc;
 pub mod muldiv;
 pub mod rotate;
+pub mod sse;
 pub mod string;
 pub mod system;
 #[cfg(test)]
 mod testutil;
+pub mod x87;
 
 use iced_x86::{Instruction, OpKind, Register};
 
@@ -255,6 +257,12 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
         return Ok(step);
     }
     if let Some(step) = bcd::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = x87::exec(cpu, ins)? {
+        return Ok(step);
+    }
+    if let Some(step) = sse::exec(cpu, ins)? {
         return Ok(step);
     }
     log::debug!("tcg: #UD for unimplemented {:?} at {:#x}", ins.code(), ins.ip());
