@@ -278,6 +278,8 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
     // the block's instruction table, which lives as long as the block.
     let (cpu, ins) = unsafe { (&mut *cpu, &*ins) };
     cpu.code_modified = false;
+    crate::profile::count(&crate::profile::INTERP_CALLS);
+    crate::profile::count(&crate::profile::MNEM[ins.mnemonic() as usize]);
     let r = exec(cpu, ins);
     match r {
         Ok(Step::Next) if cpu.code_modified => {

@@ -52,9 +52,7 @@ pub(crate) const RC_ZERO: u32 = 3;
 
 /// Flags from [`round_bin`] (in the IE..PE bit order both FSW and MXCSR use).
 pub(crate) const F_IE: u32 = 1;
-#[allow(dead_code)] // for SSE
 pub(crate) const F_DE: u32 = 2;
-#[allow(dead_code)] // for SSE
 pub(crate) const F_ZE: u32 = 4;
 pub(crate) const F_OE: u32 = 8;
 pub(crate) const F_UE: u32 = 16;
@@ -73,6 +71,19 @@ pub(crate) fn round_bin(sign: bool, m: u64, e: i32, p: u32, ebits: u32, rc: u32)
     let emin = 1 - bias;
     let mut d = 64 - p as i32; // bits dropped
     let tiny = e < emin;
+    // x86 detects tininess after rounding (with an unbounded exponent): a value just
+    // below the smallest normal that rounds up to it is not tiny.
+    let tiny_after = tiny && {
+        let d0 = 64 - p;
+        let (q0, rem0, half0) = (m >> d0, m & ((1 << d0) - 1), 1u64 << (d0 - 1));
+        let up0 = match rc {
+            RC_NEAR => rem0 > half0 || (rem0 == half0 && q0 & 1 == 1),
+            RC_DOWN => sign && rem0 != 0,
+            RC_UP => !sign && rem0 != 0,
+            _ => false,
+        };
+        !(e == emin - 1 && q0 + u64::from(up0) == 1 << p)
+    };
     if tiny {
         d += emin - e;
     }
@@ -95,7 +106,7 @@ pub(crate) fn round_bin(sign: bool, m: u64, e: i32, p: u32, ebits: u32, rc: u32)
     let q = q + u64::from(up);
     if inexact {
         flags |= F_PE;
-        if tiny {
+        if tiny_after {
             flags |= F_UE;
         }
     }
@@ -127,10 +138,11 @@ pub(crate) enum FOp {
     Sqrt,
 }
 
-/// `a op b` in f64 rounded with `rc`, for non-NaN operands. Returns the result and the
-/// sign of (exact − round-to-nearest result): 0 when exact. Overflow gives infinity or
-/// the largest finite value by mode; an exactly zero sum is −0 when rounding down.
-pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8) {
+/// `a op b` in f64 rounded with `rc`, for non-NaN operands. Returns the result, the
+/// sign of (exact − round-to-nearest result) (0 when exact) and whether it overflowed.
+/// Overflow gives infinity or the largest finite value by mode; an exactly zero sum
+/// is −0 when rounding down.
+pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8, bool) {
     let r = match op {
         FOp::Add => a + b,
         FOp::Sub => a - b,
@@ -147,10 +159,10 @@ pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8) {
             _ => false,
         };
         let v = if to_inf { r } else { f64::MAX.copysign(r) };
-        return (v, if r > 0.0 { 1 } else { -1 });
+        return (v, if r > 0.0 { 1 } else { -1 }, true);
     }
     if !r.is_finite() || !finite_in {
-        return (r, 0);
+        return (r, 0, false);
     }
     // Error-free transformations: the rounding error's sign.
     let e = match op {
@@ -158,6 +170,27 @@ pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8) {
             let b = if op == FOp::Sub { -b } else { b };
             let bb = r - a;
             (a - (r - bb)) + (b - bb)
+        }
+        FOp::Mul | FOp::Div if a != 0.0 && b != 0.0 && a.abs().min(b.abs()).min(r.abs()) < 1e-280 => {
+            // The FMA residual may underflow: compare at a normal scale instead.
+            let split = |x: f64| {
+                let (m, k) = if x.abs() < f64::MIN_POSITIVE { (x * 2f64.powi(64), -64) } else { (x, 0) };
+                let e = ((m.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+                (f64::from_bits((m.to_bits() & !(0x7ff << 52)) | (1023 << 52)), e + k)
+            };
+            let ((xa, ea), (xb, eb)) = (split(a), split(b));
+            if op == FOp::Mul {
+                let p = xa * xb;
+                (p - ldexp(r, -(ea + eb))) + xa.mul_add(xb, -p)
+            } else {
+                let q = xa / xb;
+                let rs = ldexp(r, eb - ea);
+                if q != rs {
+                    q - rs
+                } else {
+                    (-q).mul_add(xb, xa) * xb.signum()
+                }
+            }
         }
         FOp::Mul => a.mul_add(b, -r),
         FOp::Div => {
@@ -197,7 +230,7 @@ pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8) {
         }
         _ => r,
     };
-    (v, dir)
+    (v, dir, v.is_infinite())
 }
 
 /// An 80-bit extended-precision value: sign and exponent, and the 64-bit significand
@@ -832,8 +865,8 @@ fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
             FOp::Div
         }
     };
-    let (r, dir) = op_f64(op, x, y, rc(cpu));
-    if dir != 0 && r.is_infinite() {
+    let (r, _, overflow) = op_f64(op, x, y, rc(cpu));
+    if overflow {
         raise(cpu, OE | PE);
     }
     finish(cpu, r)
