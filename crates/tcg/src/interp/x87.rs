@@ -13,10 +13,13 @@
 //! FSCALE (in range), FXTRACT and all comparisons are exact on the 80-bit values; stores
 //! to m32/m64 round once with FCW.RC. Arithmetic (FADD..FDIVR, FSQRT, FPREM, the
 //! transcendentals) converts its operands to f64 (round to nearest), computes in f64
-//! and widens the result exactly: results are those of double precision, not of the
-//! 64-bit significand, and the precision-control and rounding-control fields do not
-//! affect them. Exceptions set their sticky FSW flags (and ES when unmasked) but #MF is
-//! never delivered.
+//! and widens the result exactly: results have double precision and the double
+//! exponent range, not the 64-bit significand and 15-bit exponent (sums and products
+//! beyond ±1.8e308 overflow, below 2.2e-308 lose bits), and precision control is
+//! ignored. FADD..FDIVR and FSQRT honour FCW.RC exactly (error-free transformations);
+//! the transcendentals round to nearest. PE is not raised by the f64 arithmetic, nor
+//! C1 (round-up). Exceptions set their sticky FSW flags (and ES when unmasked) but #MF
+//! is never delivered.
 
 use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 
