@@ -144,6 +144,7 @@ impl CodeWatch for CodeCache {
 
     fn invalidate_page(&mut self, page: u64) -> bool {
         let Some(ids) = self.pages.remove(&page) else { return false };
+        crate::profile::count(&crate::profile::INVALIDATIONS);
         self.generation += 1;
         self.buf.writable();
         for id in ids {
@@ -311,6 +312,7 @@ impl TcgVcpu {
         let mode = Self::block_mode(cpu);
         let base = self.cache.buf.cursor();
         let t = translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?;
+        crate::profile::count(&crate::profile::TRANSLATIONS);
         self.cache.buf.writable();
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
         self.cache.buf.executable();
@@ -421,6 +423,7 @@ impl TcgVcpu {
                 }
             };
             let host = self.cache.blocks[block].host;
+            crate::profile::count(&crate::profile::DISPATCHES);
             self.remember_jump_target(host);
             log::trace!(target: "quern_tcg::exec", "block {block} at rip {:#x}", self.cpu().state.rip);
             // SAFETY: `enter` is the trampoline emitted in our code buffer with this

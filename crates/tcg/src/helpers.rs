@@ -11,6 +11,7 @@ pub unsafe extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64
     // SAFETY: generated code passes the Cpu it runs with, valid and unaliased for the
     // duration of the call.
     let cpu = unsafe { &mut *cpu };
+    crate::profile::count(&crate::profile::SLOW_ACCESSES);
     match cpu.read_n(linear, width as u8) {
         Ok(v) => v,
         Err(e) => {
@@ -27,6 +28,7 @@ pub unsafe extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64
 pub unsafe extern "sysv64" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, width: u64) -> u32 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
+    crate::profile::count(&crate::profile::SLOW_ACCESSES);
     cpu.code_modified = false;
     if let Err(e) = cpu.write_n(linear, value, width as u8) {
         cpu.raise(e);

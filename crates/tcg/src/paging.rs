@@ -19,6 +19,7 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// Translates `linear` for `access` at the CPU's current privilege.
 pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
+    crate::profile::count(&crate::profile::PAGE_WALKS);
     let s = &cpu.state;
     if s.cr0 & CR0_PG == 0 {
         return Ok(if s.long_mode() { linear } else { linear & 0xffff_ffff });

@@ -13,6 +13,19 @@ static CODE_END: AtomicUsize = AtomicUsize::new(0);
 static IN_CODE: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE: AtomicU64 = AtomicU64::new(0);
 
+/// Event counters, reported with the samples (cheap relaxed increments, always on).
+pub static TRANSLATIONS: AtomicU64 = AtomicU64::new(0);
+pub static DISPATCHES: AtomicU64 = AtomicU64::new(0);
+pub static INTERP_CALLS: AtomicU64 = AtomicU64::new(0);
+pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
+pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
+pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one event.
+pub fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
     let rip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as usize;
@@ -51,5 +64,16 @@ pub fn report() {
         "quern tcg profile: {a} samples in generated code ({:.1}%), {b} in run loop/helpers/translator ({:.1}%)",
         a as f64 * 100.0 / total as f64,
         b as f64 * 100.0 / total as f64
+    );
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "quern tcg counters: {} translations, {} dispatches, {} interpreted instructions, {} TLB-miss accesses, \
+         {} page walks, {} page invalidations",
+        n(&TRANSLATIONS),
+        n(&DISPATCHES),
+        n(&INTERP_CALLS),
+        n(&SLOW_ACCESSES),
+        n(&PAGE_WALKS),
+        n(&INVALIDATIONS)
     );
 }

@@ -279,7 +279,6 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
     let (cpu, ins) = unsafe { (&mut *cpu, &*ins) };
     cpu.code_modified = false;
     crate::profile::count(&crate::profile::INTERP_CALLS);
-    crate::profile::count(&crate::profile::MNEM[ins.mnemonic() as usize]);
     let r = exec(cpu, ins);
     match r {
         Ok(Step::Next) if cpu.code_modified => {
