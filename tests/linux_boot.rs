@@ -95,3 +95,37 @@ fn stock_vmlinux_pvh_on_kvm() {
     }
     check_full_boot(&boot("vmlinux", Duration::from_secs(120), None));
 }
+
+/// The stock kernel under the JIT: the full proof on any host.
+fn boot_tcg(kernel: &str) -> Run {
+    let kernel = guest_file(kernel);
+    let initrd = guest_file("initramfs.cpio.gz");
+    run_quern_until(
+        &[
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initrd.to_str().unwrap(),
+            "-append",
+            "console=ttyS0 panic=-1",
+        ],
+        Duration::from_secs(300),
+        None,
+    )
+}
+
+#[test]
+fn stock_vmlinux_pvh_on_tcg() {
+    check_full_boot(&boot_tcg("vmlinux"));
+}
+
+#[test]
+fn stock_bzimage_on_tcg() {
+    check_full_boot(&boot_tcg("vmlinuz"));
+}

@@ -115,6 +115,9 @@ pub struct Emitter {
     deferred_request: Option<DynamicLabel>,
     /// The block's RIP, for its request exit.
     block_rip: u64,
+    /// With paging on, the block's linear page: a direct branch out of it cannot be
+    /// chained (the target page's mapping may change) and goes through the jump cache.
+    page: Option<u64>,
 }
 
 /// Host registers that hold guest registers inside a block (callee-saved, so helper
@@ -148,6 +151,7 @@ impl Emitter {
             head,
             deferred_request: None,
             block_rip: 0,
+            page: None,
         }
     }
 
@@ -200,6 +204,11 @@ impl Emitter {
         let leave = self.label();
         dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::EXIT_REQUEST], 0 ; jne =>leave);
         self.deferred_request = Some(leave);
+    }
+
+    /// Declares the block's linear page when paging is on (see `page`).
+    pub fn set_paged(&mut self, linear_page: u64) {
+        self.page = Some(linear_page);
     }
 
     /// The label a loop onto the block's start jumps to.
@@ -269,6 +278,14 @@ impl Emitter {
     /// Ends the block at a direct branch to `target`: a patchable jump, first aimed at
     /// a stub that stores RIP and asks the run loop to chain.
     pub fn exit_chain(&mut self, target: u64) {
+        if self.page.is_some_and(|p| p != target & !0xfff) {
+            // Another page under paging: look the target up in the jump cache (which is
+            // flushed whenever mappings change) rather than chain to it.
+            self.store_rip(target);
+            self.load_imm(T::T0, target);
+            self.exit_indirect(T::T0);
+            return;
+        }
         // The next block, chained or not, reads guest registers from the state.
         self.sync_out();
         let site = self.offset();
@@ -498,6 +515,17 @@ impl Emitter {
             Alu::Sub => by_width!(sub),
             Alu::Xor => by_width!(xor),
             Alu::Cmp => by_width!(cmp),
+        }
+    }
+
+    /// d = d * s, signed, truncated to `w` (2, 4 or 8 bytes); the host's OF (= CF) tells
+    /// whether the full product did not fit.
+    pub fn imul(&mut self, w: Width, d: T, s: T) {
+        let (d, s) = (d.reg(), s.reg());
+        match w {
+            2 => dynasm!(self.ops ; .arch x64 ; imul Rw(d), Rw(s)),
+            4 => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(s)),
+            _ => dynasm!(self.ops ; .arch x64 ; imul Rq(d), Rq(s)),
         }
     }
 

@@ -22,6 +22,24 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
             set_cc(ctx, CcOp::new(kind, w), Some(T::T0), None, Some(T::T2));
             ctx.store_op(0, T::T0);
         }
+        // The two- and three-operand IMUL: the host multiplies, its OF says whether the
+        // product fit (the one-operand forms widen into RDX:RAX: interpreter).
+        Mnemonic::Imul if ctx.ins.op_count() >= 2 && w >= 2 => {
+            if ctx.ins.op_count() == 3 {
+                ctx.load_op(1, T::T0);
+                let imm = ctx.ins.immediate(2) & crate::flags::mask(w);
+                ctx.em.load_imm(T::T1, imm);
+            } else {
+                ctx.load_op(1, T::T1);
+                ctx.load_op(0, T::T0);
+            }
+            ctx.em.imul(w, T::T0, T::T1);
+            if ctx.flags_needed {
+                ctx.em.setcc_host(0x0, T::T1); // OF = CF: the product did not fit
+            }
+            set_cc(ctx, CcOp::new(CcKind::Mul, w), Some(T::T0), Some(T::T1), None);
+            ctx.store_op(0, T::T0);
+        }
         Mnemonic::Neg | Mnemonic::Not => {
             ctx.load_op(0, T::T0);
             if m == Mnemonic::Neg {

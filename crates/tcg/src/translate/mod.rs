@@ -332,6 +332,9 @@ pub fn translate_block(
     let mut em = Emitter::new(base, stubs);
     em.map_registers(&hot_registers(&insns));
     em.loop_head(start_rip);
+    if cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0 {
+        em.set_paged(linear & PAGE_MASK);
+    }
     let mut cc = None;
     let mut ended = false;
     for (i, ins) in insns.iter().enumerate() {
@@ -450,7 +453,9 @@ fn flag_uses(insns: &[Instruction], start: u64) -> Vec<FlagUse> {
 /// Whether an instruction may raise an exception or leave the block early.
 fn may_fault(ins: &Instruction) -> bool {
     use Mnemonic::*;
-    let inline_family = matches!(
+    // Register-only forms of the inline families cannot fault; anything else might
+    // (memory operands, special registers, the interpreter).
+    let inline = matches!(
         ins.mnemonic(),
         Mov | Movzx
             | Movsx
@@ -475,8 +480,14 @@ fn may_fault(ins: &Instruction) -> bool {
             | Sal
             | Shr
             | Sar
-    );
-    !inline_family || (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
+    ) || (ins.mnemonic() == Imul && ins.op_count() >= 2);
+    let special = (0..ins.op_count()).any(|i| {
+        ins.op_kind(i) == OpKind::Register && {
+            let r = ins.op_register(i);
+            r.is_segment_register() || r.is_cr() || r.is_dr()
+        }
+    });
+    !inline || special || (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
 }
 
 /// `-d in_asm`: the guest instructions of each new block, as QEMU prints them.
@@ -517,6 +528,7 @@ fn translate_one(ctx: &mut Ctx) -> Flow {
     match ins.mnemonic() {
         Mov | Movzx | Movsx | Movsxd | Lea | Nop | Xchg => mov::translate(ctx),
         Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Inc | Dec | Neg | Not => alu::translate(ctx),
+        Imul if ins.op_count() >= 2 => alu::translate(ctx),
         Shl | Sal | Shr | Sar => shift::translate(ctx),
         Push | Pop | Call | Ret => stack::translate(ctx),
         Jmp | Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns | Loop | Jcxz
