@@ -42,8 +42,7 @@ pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
     let mut allow_user = true;
     let mut no_exec = false;
     let mut entries = [(0u64, 0u64); 4];
-    let mut walked = 0;
-    for level in (1..=levels).rev() {
+    for (walked, level) in (1..=levels).rev().enumerate() {
         let (shift, bits) = match (entry_size, level) {
             (4, 2) => (22, 10),
             (4, _) => (12, 10),
@@ -67,7 +66,6 @@ pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
             no_exec |= nxe && e & NX != 0;
         }
         entries[walked] = (addr, e);
-        walked += 1;
         let leaf = level == 1 || (e & PS != 0 && (level == 2 && (entry_size == 8 || pse) || level == 3 && levels == 4));
         if leaf {
             let page_mask = (1u64 << shift) - 1;
@@ -78,7 +76,7 @@ pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
                 e & ADDR_MASK & !page_mask
             };
             check(cpu, linear, access, user, allow_write, allow_user, no_exec, wp)?;
-            set_bits(cpu, &entries[..walked], access == Access::Write, entry_size);
+            set_bits(cpu, &entries[..=walked], access == Access::Write, entry_size);
             return Ok(base | (linear & page_mask));
         }
         table = e & ADDR_MASK;
