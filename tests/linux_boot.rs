@@ -19,12 +19,16 @@ fn is_pvm() -> bool {
 }
 
 fn boot(kernel: &str, limit: Duration, stop_at: Option<&str>) -> Run {
+    boot_with("kvm", kernel, limit, stop_at)
+}
+
+fn boot_with(accel: &str, kernel: &str, limit: Duration, stop_at: Option<&str>) -> Run {
     let kernel = guest_file(kernel);
     let initrd = guest_file("initramfs.cpio.gz");
     run_quern_until(
         &[
             "-accel",
-            "kvm",
+            accel,
             "-m",
             "512",
             "-nographic",
@@ -98,26 +102,7 @@ fn stock_vmlinux_pvh_on_kvm() {
 
 /// The stock kernel under the JIT: the full proof on any host.
 fn boot_tcg(kernel: &str) -> Run {
-    let kernel = guest_file(kernel);
-    let initrd = guest_file("initramfs.cpio.gz");
-    run_quern_until(
-        &[
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-            kernel.to_str().unwrap(),
-            "-initrd",
-            initrd.to_str().unwrap(),
-            "-append",
-            "console=ttyS0 panic=-1",
-        ],
-        Duration::from_secs(300),
-        None,
-    )
+    boot_with("tcg", kernel, Duration::from_secs(300), None)
 }
 
 #[test]

@@ -143,57 +143,20 @@ pub enum Mode {
     Real,
 }
 
-/// Writes GDT, TSS, page tables (long mode: the first GiB identity-mapped with 2 MiB
-/// pages) and, if `idt`, an IDT whose 32 exception handlers store their vector at
+/// Writes GDT, TSS and page tables as the machine's loader does (long mode: the first
+/// 4 GiB identity-mapped with 2 MiB pages) and, if `idt`, an IDT whose 32 exception handlers store their vector at
 /// [`FAULT_SLOT`] and halt; returns the special registers for `mode`. Same layout as
 /// the machine's loader uses for its 64-bit entry.
 pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
-    let long = mode == Mode::Long;
-    let cs = Segment::flat(0x10, true, long);
-    let ds = Segment::flat(0x18, false, false);
-    let tr = Segment { base: TSS_ADDR, limit: 0x67, selector: 0x20, type_: 0xb, present: true, ..Default::default() };
-    let gdt: [u64; 6] = [0, 0, cs.descriptor(), ds.descriptor(), tr.descriptor(), 0];
-    let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write(GDT_ADDR, &bytes).unwrap();
-    mem.write(TSS_ADDR, &[0u8; 0x68]).unwrap();
-    mem.write(TSS_ADDR + 0x66, &0x68u16.to_le_bytes()).unwrap();
+    use quern_machine_pc::loader;
     mem.write(FAULT_SLOT, &[0xff]).unwrap();
-
-    let (_, reset) = quern_core::regs::power_on_state();
-    let mut s = SpecialRegs {
-        cs,
-        ds,
-        es: ds,
-        fs: ds,
-        gs: ds,
-        ss: ds,
-        tr,
-        gdt: DescriptorTable { base: GDT_ADDR, limit: (bytes.len() - 1) as u16 },
-        idt: DescriptorTable { base: 0, limit: 0 },
-        cr0: ctrl::CR0_PE | ctrl::CR0_ET | ctrl::CR0_NE,
-        cr2: 0,
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
-        ..reset
-    };
-    match mode {
-        Mode::Long => {
-            let pdpt = PML4_ADDR + 0x1000;
-            let pd = pdpt + 0x1000;
-            mem.write(PML4_ADDR, &(pdpt | 3).to_le_bytes()).unwrap();
-            mem.write(pdpt, &(pd | 3).to_le_bytes()).unwrap();
-            let entries: Vec<u8> = (0..512u64).flat_map(|i| ((i << 21) | 0x83).to_le_bytes()).collect();
-            mem.write(pd, &entries).unwrap();
-            s.cr0 |= ctrl::CR0_PG;
-            s.cr3 = PML4_ADDR;
-            s.cr4 = ctrl::CR4_PAE;
-            s.efer = ctrl::EFER_LME | ctrl::EFER_LMA;
-        }
-        Mode::Protected32 => {}
+    let mut s = match mode {
+        Mode::Long => loader::long_mode(mem).expect("long-mode set-up"),
+        Mode::Protected32 => loader::protected_mode(mem).expect("protected-mode set-up"),
         Mode::Real => {
+            let (_, reset) = quern_core::regs::power_on_state();
             let data = Segment::real_mode(0, false);
-            s = SpecialRegs {
+            SpecialRegs {
                 cs: Segment::real_mode(0, true),
                 ds: data,
                 es: data,
@@ -203,9 +166,9 @@ pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
                 cr0: ctrl::CR0_ET,
                 idt: DescriptorTable { base: 0, limit: 0 },
                 ..reset
-            };
+            }
         }
-    }
+    };
     if idt {
         s.idt = write_idt(mem, mode);
     }

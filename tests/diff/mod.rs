@@ -37,13 +37,10 @@ pub mod layout {
     pub const STUB_BASE: u64 = 0x41_0000;
     /// Guest only: RAM size and the structures below the code.
     pub const GUEST_RAM: usize = 0x40_0000;
-    pub const GDT_ADDR: u64 = 0x500;
-    pub const TSS_ADDR: u64 = 0x600;
     pub const IDT_ADDR: u64 = 0x1000;
     pub const HANDLERS: u64 = 0x2000;
     /// Exception handlers store their vector here (0xff: none).
     pub const FAULT_SLOT: u64 = 0x3000;
-    pub const PML4_ADDR: u64 = 0x9000;
 }
 
 /// RSP and RBX in encoding order.

@@ -237,13 +237,16 @@ fn segments(mem: &GuestMemory, long: bool) -> Result<SpecialRegs> {
     })
 }
 
-/// 32-bit protected mode, paging off, flat segments.
-pub(crate) fn protected_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
+/// 32-bit protected mode, paging off, flat segments: the state Multiboot and PVH
+/// entries use (GDT and TSS written below [`BOOT_AREA_END`]). Public for tests that
+/// start a vCPU the way the loader does.
+pub fn protected_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
     segments(mem, false)
 }
 
-/// 64-bit long mode with the first 4 GiB identity-mapped by 2 MiB pages.
-pub(crate) fn long_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
+/// 64-bit long mode with the first 4 GiB identity-mapped by 2 MiB pages (page tables
+/// at [`PML4_ADDR`]). Public for tests that start a vCPU the way the loader does.
+pub fn long_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
     const PRESENT_RW: u64 = 0x3;
     const PAGE_2M: u64 = 0x80;
     let pdpt = PML4_ADDR + 0x1000;
