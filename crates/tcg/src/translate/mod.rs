@@ -82,6 +82,8 @@ pub struct Ctx<'a> {
     pub flags_needed: bool,
     /// Whether CF is live after this instruction.
     pub carry_needed: bool,
+    /// The status flags live after this instruction (iced-x86 `RflagsBits`).
+    pub live_flags: u32,
     /// RIP of the block's first instruction (a branch there is a loop).
     pub block_rip: u64,
 }
@@ -349,6 +351,7 @@ pub fn translate_block(
             cc,
             flags_needed: uses[i].needed,
             carry_needed: uses[i].carry,
+            live_flags: uses[i].live,
             block_rip: start_rip,
         };
         let flow = if ins.code() == Code::INVALID { ctx.interp() } else { translate_one(&mut ctx) };
@@ -404,6 +407,8 @@ pub struct FlagUse {
     pub needed: bool,
     /// CF is live after it (INC/DEC must then carry the old CF into their record).
     pub carry: bool,
+    /// The status flags live after it (iced-x86 `RflagsBits`).
+    pub live: u32,
 }
 
 /// Status-flag liveness over a block, walking backwards: a flag is live until an
@@ -419,9 +424,9 @@ fn flag_uses(insns: &[Instruction], start: u64) -> Vec<FlagUse> {
     let mut loop_in = STATUS;
     loop {
         let mut live = STATUS;
-        let mut uses = vec![FlagUse { needed: true, carry: true }; insns.len()];
+        let mut uses = vec![FlagUse { needed: true, carry: true, live: STATUS }; insns.len()];
         for (i, ins) in insns.iter().enumerate().rev() {
-            uses[i] = FlagUse { needed: live != 0, carry: live & F::CF != 0 };
+            uses[i] = FlagUse { needed: live != 0, carry: live & F::CF != 0, live };
             let mut read = ins.rflags_read() & STATUS;
             // The inline INC/DEC carry the old CF forward from the previous record.
             if uses[i].carry && matches!(ins.mnemonic(), Inc | Dec) {
@@ -530,6 +535,16 @@ fn translate_one(ctx: &mut Ctx) -> Flow {
         Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Inc | Dec | Neg | Not => alu::translate(ctx),
         Imul if ins.op_count() >= 2 => alu::translate(ctx),
         Shl | Sal | Shr | Sar => shift::translate(ctx),
+        // ROL/ROR change only CF and OF; when neither is read before being overwritten
+        // the host rotates and the flag record stays as it was.
+        // (A memory destination with a CL count stays in the interpreter: a zero count
+        // must not write it.)
+        Rol | Ror
+            if ctx.live_flags & (iced_x86::RflagsBits::CF | iced_x86::RflagsBits::OF) == 0
+                && (ins.op0_kind() == OpKind::Register || ins.op1_kind() != OpKind::Register) =>
+        {
+            shift::rotate_no_flags(ctx)
+        }
         Push | Pop | Call | Ret => stack::translate(ctx),
         Jmp | Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns | Loop | Jcxz
         | Jecxz | Jrcxz => branch::translate(ctx),

@@ -9,6 +9,32 @@ use super::{Ctx, Flow};
 use crate::flags::{CcKind, CcOp};
 use crate::x64::{Shift, T};
 
+/// ROL/ROR whose CF and OF nobody reads: the host rotates, no flag record changes.
+pub fn rotate_no_flags(ctx: &mut Ctx) -> Flow {
+    let w = ctx.width(0);
+    let op = if ctx.ins.mnemonic() == Mnemonic::Rol { Shift::Rol } else { Shift::Ror };
+    let count_mask: u64 = if w == 8 { 0x3f } else { 0x1f };
+    ctx.load_op(0, T::T0);
+    match ctx.ins.op1_kind() {
+        OpKind::Register => {
+            ctx.em.load_gpr(T::T1, 1, 1, false); // CL: the host masks it as the guest does
+            ctx.em.shift_cl(op, w, T::T0);
+        }
+        _ => {
+            let n = ctx.ins.immediate(1) & count_mask;
+            if n == 0 && ctx.ins.op0_kind() != OpKind::Register {
+                return Flow::Continue;
+            }
+            if n != 0 {
+                ctx.em.shift_imm(op, w, T::T0, n as u8);
+            }
+        }
+    }
+    // A register is stored even for a zero count: a 32-bit one is zero-extended.
+    ctx.store_op(0, T::T0);
+    Flow::Continue
+}
+
 pub fn translate(ctx: &mut Ctx) -> Flow {
     let w = ctx.width(0);
     let count_mask: u64 = if w == 8 { 0x3f } else { 0x1f };
