@@ -559,39 +559,21 @@ impl Emitter {
         }
     }
 
-    /// t = t shifted by a constant `n` (already masked by the guest's rule, nonzero).
-    pub fn shift_imm(&mut self, op: Shift, w: Width, t: T, n: u8) {
-        let r = t.reg();
-        let n = n as i8;
-        macro_rules! by_width {
-            ($ins:ident) => {
-                match w {
-                    1 => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), n),
-                    2 => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), n),
-                    4 => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), n),
-                    _ => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), n),
-                }
-            };
-        }
-        match op {
-            Shift::Rol => by_width!(rol),
-            Shift::Ror => by_width!(ror),
-            Shift::Shl => by_width!(shl),
-            Shift::Shr => by_width!(shr),
-            Shift::Sar => by_width!(sar),
-        }
-    }
-
-    /// t = t shifted by cl (count already masked by the guest's rule).
-    pub fn shift_cl(&mut self, op: Shift, w: Width, t: T) {
+    /// t = t shifted by `count` — a constant (already masked by the guest's rule,
+    /// nonzero), or CL when `None` (the host masks it as the guest does).
+    pub fn shift(&mut self, op: Shift, w: Width, t: T, count: Option<u8>) {
         let r = t.reg();
         macro_rules! by_width {
             ($ins:ident) => {
-                match w {
-                    1 => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), cl),
-                    2 => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), cl),
-                    4 => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), cl),
-                    _ => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), cl),
+                match (w, count) {
+                    (1, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), n as i8),
+                    (2, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), n as i8),
+                    (4, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), n as i8),
+                    (_, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), n as i8),
+                    (1, None) => dynasm!(self.ops ; .arch x64 ; $ins Rb(r), cl),
+                    (2, None) => dynasm!(self.ops ; .arch x64 ; $ins Rw(r), cl),
+                    (4, None) => dynasm!(self.ops ; .arch x64 ; $ins Rd(r), cl),
+                    (_, None) => dynasm!(self.ops ; .arch x64 ; $ins Rq(r), cl),
                 }
             };
         }

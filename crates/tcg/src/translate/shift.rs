@@ -18,7 +18,7 @@ pub fn rotate_no_flags(ctx: &mut Ctx) -> Flow {
     match ctx.ins.op1_kind() {
         OpKind::Register => {
             ctx.em.load_gpr(T::T1, 1, 1, false); // CL: the host masks it as the guest does
-            ctx.em.shift_cl(op, w, T::T0);
+            ctx.em.shift(op, w, T::T0, None);
         }
         _ => {
             let n = ctx.ins.immediate(1) & count_mask;
@@ -26,7 +26,7 @@ pub fn rotate_no_flags(ctx: &mut Ctx) -> Flow {
                 return Flow::Continue;
             }
             if n != 0 {
-                ctx.em.shift_imm(op, w, T::T0, n as u8);
+                ctx.em.shift(op, w, T::T0, Some(n as u8));
             }
         }
     }
@@ -69,10 +69,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
     if ctx.flags_needed {
         ctx.em.mov(T::T2, T::T0);
     }
-    match imm {
-        Some(n) => ctx.em.shift_imm(op, w, T::T0, n as u8),
-        None => ctx.em.shift_cl(op, w, T::T0),
-    }
+    ctx.em.shift(op, w, T::T0, imm.map(|n| n as u8));
     if ctx.flags_needed {
         ctx.em.setcc_host(0x2, T::T1); // CF: the last bit shifted out
     }
