@@ -186,7 +186,14 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             cpu.state.set_flags((f & !ZF) | if raise { ZF } else { 0 });
         }
         Pause | Lfence | Mfence | Sfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw | Endbr32
-        | Endbr64 | Nop | Wait | Clflush | Clflushopt => {}
+        | Endbr64 | Nop | Clflush | Clflushopt => {}
+        // WAIT checks for pending x87 exceptions (never pending here, #MF is not
+        // modelled) and, with CR0.MP and CR0.TS set, raises #NM for lazy FPU switching.
+        Wait => {
+            if s.cr0 & 0xa == 0xa {
+                return Err(crate::cpu::Exception::new(crate::cpu::vector::NM));
+            }
+        }
         _ => return Ok(None),
     }
     Ok(Some(Step::Next))

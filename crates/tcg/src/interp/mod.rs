@@ -8,7 +8,8 @@
 //! [`misc`] (flag instructions, sign extensions, LEAVE, XLAT, PUSHF/POPF, BOUND, ARPL,
 //! ...), [`rotate`] (rotates, double shifts), [`string`] (MOVS..SCAS, INS/OUTS, REP),
 //! [`muldiv`] (MUL, IMUL, DIV, IDIV), [`bits`] (BT*, BSF/BSR, TZCNT/LZCNT, POPCNT,
-//! BSWAP), [`atomic`] (XCHG with memory, CMPXCHG*, XADD) and [`bcd`] (DAA..AAD, SALC).
+//! BSWAP), [`atomic`] (XCHG with memory, CMPXCHG*, XADD), [`bcd`] (DAA..AAD, SALC),
+//! [`x87`] (the FPU, FXSAVE/FXRSTOR) and [`sse`] (SSE/SSE2 and the MMX integer forms).
 //! More families plug in through [`exec`].
 //!
 //! Operand access goes through [`Operands`]: registers in the state, memory through the
