@@ -93,7 +93,6 @@ impl CodeCache {
     /// The entry/exit trampoline: saves callee-saved registers, pins the Cpu in r14
     /// and jumps to the block; the epilogue returns the exit code in eax.
     fn emit_trampoline(&mut self) {
-        self.buf.writable();
         let base = self.buf.cursor();
         let mut ops: VecAssembler<dynasmrt::x64::X64Relocation> = VecAssembler::new(base);
         dynasm!(ops ; .arch x64
@@ -115,7 +114,6 @@ impl CodeCache {
         self.enter = self.buf.append(&code).expect("code buffer holds the trampoline");
         self.next_stub = next_stub;
         self.stubs = Stubs { epilogue };
-        self.buf.executable();
     }
 
     /// Forgets every block (the buffer is full, or the machine reset).
@@ -146,7 +144,6 @@ impl CodeWatch for CodeCache {
         let Some(ids) = self.pages.remove(&page) else { return false };
         crate::profile::count(&crate::profile::INVALIDATIONS);
         self.generation += 1;
-        self.buf.writable();
         for id in ids {
             if !self.blocks[id].valid {
                 continue;
@@ -160,7 +157,6 @@ impl CodeWatch for CodeCache {
                 self.patch_jump(site, stub);
             }
         }
-        self.buf.executable();
         true
     }
 }
@@ -313,9 +309,7 @@ impl TcgVcpu {
         let base = self.cache.buf.cursor();
         let t = translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?;
         crate::profile::count(&crate::profile::TRANSLATIONS);
-        self.cache.buf.writable();
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
-        self.cache.buf.executable();
         let id = self.cache.blocks.len();
         for &page in &t.pages {
             let list = self.cache.pages.entry(page).or_default();
@@ -358,10 +352,8 @@ impl TcgVcpu {
         if paging && target_vpage != self.cache.blocks[from].vpage {
             return;
         }
-        self.cache.buf.writable();
         let host = self.cache.blocks[to].host;
         self.cache.patch_jump(site, host);
-        self.cache.buf.executable();
         self.cache.blocks[to].incoming.push((site, stub));
     }
 
