@@ -79,3 +79,11 @@ fn bad_bios_size() {
     write(&b, &[0u8; 1000]);
     fails(&["-accel", "kvm", "-bios", b.to_str().unwrap()], "multiple of 64 KiB");
 }
+
+#[test]
+fn more_vcpus_than_supported() {
+    let b = scratch("smp-bios");
+    write(&b, &[0xf4u8; 0x10000]);
+    fails(&["-accel", "tcg", "-smp", "2", "-bios", b.to_str().unwrap()], "only one vCPU is supported");
+    fails(&["-smp", "lots"], "give a number of CPUs");
+}
