@@ -75,6 +75,8 @@ pub enum Alu {
 pub enum Shift {
     Rol,
     Ror,
+    Rcl,
+    Rcr,
     Shl,
     Shr,
     Sar,
@@ -580,9 +582,36 @@ impl Emitter {
         match op {
             Shift::Rol => by_width!(rol),
             Shift::Ror => by_width!(ror),
+            Shift::Rcl => by_width!(rcl),
+            Shift::Rcr => by_width!(rcr),
             Shift::Shl => by_width!(shl),
             Shift::Shr => by_width!(shr),
             Shift::Sar => by_width!(sar),
+        }
+    }
+
+    /// Stores the host's status flags as the guest's EFLAGS status bits (the lazy
+    /// record becomes "flags in EFLAGS"). Leaves T0..T2 alone.
+    pub fn host_flags_to_state(&mut self) {
+        dynasm!(self.ops ; .arch x64
+            ; pushfq
+            ; pop rdi
+            ; and edi, 0x8d5
+            ; mov r8, [r14 + off::EFLAGS]
+            ; and r8, -0x8d6
+            ; or r8, rdi
+            ; mov [r14 + off::EFLAGS], r8
+            ; mov DWORD [r14 + off::CC_OP], 0
+        );
+    }
+
+    /// t = t with its bytes reversed (4 or 8 bytes).
+    pub fn bswap(&mut self, t: T, w: Width) {
+        let r = t.reg();
+        if w == 8 {
+            dynasm!(self.ops ; .arch x64 ; bswap Rq(r));
+        } else {
+            dynasm!(self.ops ; .arch x64 ; bswap Rd(r));
         }
     }
 
@@ -628,6 +657,17 @@ impl Emitter {
     /// else asks the Rust flag computation and loads its result with POPF.
     /// Preserves T0..T2.
     pub fn flags_to_host(&mut self, known: Option<CcOp>, cond: u8, helper_flags: usize) {
+        self.flags_to_host_for(known, Some(cond), helper_flags);
+    }
+
+    /// All six status flags in the host's flags (for an instruction that updates some
+    /// and keeps the rest): only SUB/ADD re-runs are exact for every flag.
+    pub fn all_flags_to_host(&mut self, known: Option<CcOp>, helper_flags: usize) {
+        let known = known.filter(|k| matches!(k.kind(), crate::flags::CcKind::Sub | crate::flags::CcKind::Add));
+        self.flags_to_host_for(known, None, helper_flags);
+    }
+
+    fn flags_to_host_for(&mut self, known: Option<CcOp>, cond: Option<u8>, helper_flags: usize) {
         use crate::flags::CcKind;
         let rerun = |em: &mut Self, w: Width, sub: bool| {
             dynasm!(em.ops ; .arch x64 ; mov rdi, [r14 + off::CC_DST] ; mov r8, [r14 + off::CC_SRC]);
@@ -654,7 +694,7 @@ impl Emitter {
         match known.map(|op| (op.kind(), op.width())) {
             Some((CcKind::Sub, w)) => rerun(self, w, true),
             Some((CcKind::Add, w)) => rerun(self, w, false),
-            Some((k @ (CcKind::Inc | CcKind::Dec), w)) if !matches!(cond >> 1, 1 | 3) => {
+            Some((k @ (CcKind::Inc | CcKind::Dec), w)) if cond.is_some_and(|c| !matches!(c >> 1, 1 | 3)) => {
                 // src1 = result -/+ 1; the host's INC/DEC gives every flag but CF.
                 let dec = k == CcKind::Dec;
                 dynasm!(self.ops ; .arch x64 ; mov r9, [r14 + off::CC_DST]);

@@ -535,15 +535,20 @@ fn translate_one(ctx: &mut Ctx) -> Flow {
         Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Inc | Dec | Neg | Not => alu::translate(ctx),
         Imul if ins.op_count() >= 2 => alu::translate(ctx),
         Shl | Sal | Shr | Sar => shift::translate(ctx),
-        // ROL/ROR change only CF and OF; when neither is read before being overwritten
-        // the host rotates and the flag record stays as it was.
-        // (A memory destination with a CL count stays in the interpreter: a zero count
-        // must not write it.)
-        Rol | Ror
-            if ctx.live_flags & (iced_x86::RflagsBits::CF | iced_x86::RflagsBits::OF) == 0
-                && (ins.op0_kind() == OpKind::Register || ins.op1_kind() != OpKind::Register) =>
-        {
-            shift::rotate_no_flags(ctx)
+        // Rotates run on the host (see shift::rotate); RCL/RCR read CF, so they always
+        // bring the guest's flags in.
+        Rol | Ror | Rcl | Rcr if ins.op0_kind() == OpKind::Register || ins.op1_kind() != OpKind::Register => {
+            let cf_of = iced_x86::RflagsBits::CF | iced_x86::RflagsBits::OF;
+            let with_flags = ctx.live_flags & cf_of != 0 || matches!(ins.mnemonic(), Rcl | Rcr);
+            shift::rotate(ctx, with_flags)
+        }
+        Bswap if ins.op0_register().size() >= 4 => {
+            let w = ins.op0_register().size() as u8;
+            let (r, _) = gpr(ins.op0_register());
+            ctx.em.load_gpr(T::T0, r, w, false);
+            ctx.em.bswap(T::T0, w);
+            ctx.em.store_gpr(r, T::T0, w, false);
+            Flow::Continue
         }
         Push | Pop | Call | Ret => stack::translate(ctx),
         Jmp | Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns | Loop | Jcxz

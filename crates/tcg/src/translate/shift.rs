@@ -9,26 +9,41 @@ use super::{Ctx, Flow};
 use crate::flags::{CcKind, CcOp};
 use crate::x64::{Shift, T};
 
-/// ROL/ROR whose CF and OF nobody reads: the host rotates, no flag record changes.
-pub fn rotate_no_flags(ctx: &mut Ctx) -> Flow {
+/// ROL, ROR, RCL, RCR on the host. They change only CF and OF: when those are read
+/// later (`with_flags`), the guest's flags are put in the host's first, the host
+/// rotates, and the result becomes the flag state; otherwise the flag record is left
+/// as it was. A memory destination with a CL count stays in the interpreter (a zero
+/// count must not write it).
+pub fn rotate(ctx: &mut Ctx, with_flags: bool) -> Flow {
     let w = ctx.width(0);
-    let op = if ctx.ins.mnemonic() == Mnemonic::Rol { Shift::Rol } else { Shift::Ror };
+    let op = match ctx.ins.mnemonic() {
+        Mnemonic::Rol => Shift::Rol,
+        Mnemonic::Ror => Shift::Ror,
+        Mnemonic::Rcl => Shift::Rcl,
+        _ => Shift::Rcr,
+    };
     let count_mask: u64 = if w == 8 { 0x3f } else { 0x1f };
+    let count = match ctx.ins.op1_kind() {
+        OpKind::Register => None,
+        _ => Some((ctx.ins.immediate(1) & count_mask) as u8),
+    };
+    if count == Some(0) && ctx.ins.op0_kind() != OpKind::Register {
+        return Flow::Continue;
+    }
     ctx.load_op(0, T::T0);
-    match ctx.ins.op1_kind() {
-        OpKind::Register => {
-            ctx.em.load_gpr(T::T1, 1, 1, false); // CL: the host masks it as the guest does
-            ctx.em.shift(op, w, T::T0, None);
-        }
-        _ => {
-            let n = ctx.ins.immediate(1) & count_mask;
-            if n == 0 && ctx.ins.op0_kind() != OpKind::Register {
-                return Flow::Continue;
-            }
-            if n != 0 {
-                ctx.em.shift(op, w, T::T0, Some(n as u8));
-            }
-        }
+    if count.is_none() {
+        ctx.em.load_gpr(T::T1, 1, 1, false); // CL: the host masks it as the guest does
+    }
+    if with_flags {
+        // Plain moves only from here to the rotate: they keep the host flags.
+        ctx.em.all_flags_to_host(ctx.cc, ctx.h.flags);
+    }
+    if count != Some(0) {
+        ctx.em.shift(op, w, T::T0, count);
+    }
+    if with_flags {
+        ctx.em.host_flags_to_state();
+        ctx.cc = None;
     }
     // A register is stored even for a zero count: a 32-bit one is zero-extended.
     ctx.store_op(0, T::T0);
