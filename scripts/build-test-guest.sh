@@ -4,6 +4,8 @@
 #   vmlinux                  the same kernel uncompressed (ELF with a PVH note), from the bzImage's payload
 #   initramfs.cpio.gz        busybox; /init prints QUERN-INIT-OK and powers off
 #   initramfs-shell.cpio.gz  busybox; /init prints QUERN-INIT-OK and runs a shell on the console
+#   initramfs-bench.cpio.gz  busybox; /init times sha256sum and gzip|gunzip of 16 MiB
+#                            (QUERN-BENCH lines with /proc/uptime stamps) and powers off
 # Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x`: nothing
 # is installed into the host. Cached: each output is built only if missing, so a
 # re-run with everything present does nothing. Remove build/guest to rebuild.
@@ -13,7 +15,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz)
+outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz initramfs-bench.cpio.gz)
 
 say() { echo "build-test-guest: $*" >&2; }
 
@@ -100,7 +102,7 @@ if [[ ! -s "$out/vmlinux" ]]; then
     mv "$out/vmlinux.tmp" "$out/vmlinux"
 fi
 
-if [[ ! -s "$out/initramfs.cpio.gz" || ! -s "$out/initramfs-shell.cpio.gz" ]]; then
+if [[ ! -s "$out/initramfs.cpio.gz" || ! -s "$out/initramfs-shell.cpio.gz" || ! -s "$out/initramfs-bench.cpio.gz" ]]; then
     bdir=$(unpack busybox-static)
     busybox="$bdir/bin/busybox"
     "$busybox" --list-full >"$work/applets"
@@ -122,10 +124,26 @@ echo QUERN-INIT-OK
 setsid cttyhack sh
 poweroff -f
 EOF
+    cat >"$work/init-bench" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo QUERN-INIT-OK
+dd if=/dev/zero of=/tmp/z bs=1M count=16 2>/dev/null
+stamp() { cut -d' ' -f1 /proc/uptime; }
+a=$(stamp); sha256sum /tmp/z >/dev/null; b=$(stamp)
+echo "QUERN-BENCH sha256sum $a $b"
+a=$(stamp); gzip -c /tmp/z | gunzip -c >/dev/null; b=$(stamp)
+echo "QUERN-BENCH gzip+gunzip $a $b"
+poweroff -f
+EOF
     say "writing the initramfs images"
     python3 "$helper" initramfs "$busybox" "$work/init" "$work/applets" "$out/initramfs.cpio.gz.tmp"
     python3 "$helper" initramfs "$busybox" "$work/init-shell" "$work/applets" "$out/initramfs-shell.cpio.gz.tmp"
+    python3 "$helper" initramfs "$busybox" "$work/init-bench" "$work/applets" "$out/initramfs-bench.cpio.gz.tmp"
     mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+    mv "$out/initramfs-bench.cpio.gz.tmp" "$out/initramfs-bench.cpio.gz"
     mv "$out/initramfs-shell.cpio.gz.tmp" "$out/initramfs-shell.cpio.gz"
 fi
 
