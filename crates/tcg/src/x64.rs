@@ -661,9 +661,12 @@ impl Emitter {
     }
 
     /// All six status flags in the host's flags (for an instruction that updates some
-    /// and keeps the rest): only SUB/ADD re-runs are exact for every flag.
+    /// and keeps the rest): SUB/ADD re-runs give every flag; a logic re-run gives every
+    /// defined one (AF is undefined after a logic operation, so the host's value is as
+    /// good as any); INC/DEC cannot give CF and go through Rust.
     pub fn all_flags_to_host(&mut self, known: Option<CcOp>, helper_flags: usize) {
-        let known = known.filter(|k| matches!(k.kind(), crate::flags::CcKind::Sub | crate::flags::CcKind::Add));
+        use crate::flags::CcKind;
+        let known = known.filter(|k| matches!(k.kind(), CcKind::Sub | CcKind::Add | CcKind::Logic));
         self.flags_to_host_for(known, None, helper_flags);
     }
 
