@@ -36,8 +36,6 @@ pub enum CcKind {
     Sar,
     /// MUL/IMUL: `cc_src` nonzero when the result did not fit (CF = OF = 1).
     Mul,
-    /// BSF/BSR/TZCNT-style: ZF from `cc_src` (nonzero source → ZF clear).
-    ZfFromSrc,
     /// NEG: `cc_src` the original operand.
     Neg,
 }
@@ -69,8 +67,7 @@ impl CcOp {
             9 => CcKind::Shr,
             10 => CcKind::Sar,
             11 => CcKind::Mul,
-            12 => CcKind::ZfFromSrc,
-            13 => CcKind::Neg,
+            12 => CcKind::Neg,
             _ => CcKind::Eflags,
         }
     }
@@ -146,7 +143,6 @@ pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
             let o = src != 0;
             flag(o, CF) | flag(o, OF) | zsp(res, w)
         }
-        CcKind::ZfFromSrc => (eflags & (CF | PF | AF | SF | OF)) | flag(src == 0, ZF),
     }
 }
 

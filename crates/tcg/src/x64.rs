@@ -824,11 +824,6 @@ impl Emitter {
         dynasm!(self.ops ; .arch x64 ; test eax, eax ; jz =>go_on ; cmp eax, 2 ; je =>halt);
     }
 
-    /// Jumps to `l` if T0's low 32 bits are nonzero.
-    pub fn jnz_t0(&mut self, l: DynamicLabel) {
-        dynasm!(self.ops ; .arch x64 ; test eax, eax ; jnz =>l);
-    }
-
     /// A chainable exit to `target`, placed after the block's main body, reached by
     /// jumping to `label`.
     pub fn defer_chain_exit(&mut self, label: DynamicLabel, target: u64) {
