@@ -49,3 +49,5 @@ pub use uart::Serial;
 
 #[cfg(test)]
 mod robustness;
+#[cfg(test)]
+mod testutil;

@@ -78,7 +78,6 @@ impl BusDevice for Serial {
 mod tests {
     use super::*;
     use quern_core::TestIrq;
-    use std::sync::Mutex;
 
     const DATA: u64 = 0;
     const IER: u64 = 1;
@@ -87,17 +86,7 @@ mod tests {
     const LSR: u64 = 5;
     const SCR: u64 = 7;
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testutil::Buf;
 
     fn uart() -> (Serial, Arc<TestIrq>, Buf) {
         let irq = Arc::new(TestIrq::default());

@@ -39,7 +39,6 @@ pub mod attr {
     pub const L: u16 = 1 << 13;
     pub const DB: u16 = 1 << 14;
     pub const G: u16 = 1 << 15;
-    pub const UNUSABLE: u16 = 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11; // never set by real descriptors' AVL slot
 }
 
 impl Seg {
