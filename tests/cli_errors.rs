@@ -87,3 +87,34 @@ fn more_vcpus_than_supported() {
     fails(&["-accel", "tcg", "-smp", "2", "-bios", b.to_str().unwrap()], "only one vCPU is supported");
     fails(&["-smp", "lots"], "give a number of CPUs");
 }
+
+/// A guest that triple-faults at once resets thousands of times a second; stderr gets
+/// about a line a second with a count, not a line per reset.
+#[test]
+fn reset_loop_is_logged_with_a_count() {
+    use common::multiboot::{image_at, LOAD_ADDR};
+    let kernels = [
+        // Entry point in nowhere: above RAM, below the PCI hole's devices.
+        ("entry-nowhere", image_at(LOAD_ADDR, 0xd000_0000, &[0xf4; 16])),
+        // ud2 with no IDT: #UD, #GP, double fault, shutdown.
+        ("ud2", image_at(LOAD_ADDR, LOAD_ADDR + 32, &[0x0f, 0x0b])),
+    ];
+    for (name, k) in kernels {
+        let p = scratch(&format!("reset-loop-{name}"));
+        write(&p, &k);
+        let secs = 3;
+        let run = run_quern(&["-accel", "tcg", "-m", "64", "-kernel", p.to_str().unwrap()], Duration::from_secs(secs));
+        let lines = run.stderr.lines().filter(|l| l.contains("triple-faulted")).count();
+        let head: String = run.stderr.lines().take(20).map(|l| format!("{l}\n")).collect();
+        assert_eq!(run.status, None, "{name}: the guest should reset until killed:\n{head}");
+        assert!((1..=secs as usize + 3).contains(&lines), "{name}: {lines} triple-fault lines in {secs}s:\n{head}");
+        assert!(run.stderr.lines().count() <= 2 * secs as usize + 6, "{name}: stderr floods:\n{head}");
+        // The count says how often it happened.
+        let counted: u64 = run
+            .stderr
+            .lines()
+            .filter_map(|l| l.split("(repeated ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(counted >= 100, "{name}: the loop should be counted:\n{head}");
+    }
+}

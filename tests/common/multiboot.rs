@@ -7,19 +7,24 @@ use iced_x86::code_asm::*;
 
 use super::guest::{emit_routines, print, EXIT_PORT};
 
-/// Where the image is loaded.
+/// Where the image is loaded by default.
 pub const LOAD_ADDR: u32 = 0x10_0000;
-const HEADER_LEN: u32 = 32;
+pub const HEADER_LEN: u32 = 32;
 
 /// Wraps 32-bit code (assembled for LOAD_ADDR + HEADER_LEN, entered at its start) in a
 /// Multiboot header with the a.out-kludge address fields.
 pub fn image(code: &[u8]) -> Vec<u8> {
+    image_at(LOAD_ADDR, LOAD_ADDR + HEADER_LEN, code)
+}
+
+/// [`image`] loaded at `load` and entered at `entry` (normally `load + HEADER_LEN`,
+/// where `code` starts).
+pub fn image_at(load: u32, entry: u32, code: &[u8]) -> Vec<u8> {
     const MAGIC: u32 = 0x1bad_b002;
     const FLAGS: u32 = 1 << 16 | 1 << 1; // address fields valid; memory info wanted
     let checksum = 0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS));
-    let entry = LOAD_ADDR + HEADER_LEN;
     let mut img = Vec::new();
-    for v in [MAGIC, FLAGS, checksum, LOAD_ADDR, LOAD_ADDR, 0, 0, entry] {
+    for v in [MAGIC, FLAGS, checksum, load, load, 0, 0, entry] {
         img.extend_from_slice(&v.to_le_bytes());
     }
     img.extend_from_slice(code);
@@ -29,6 +34,16 @@ pub fn image(code: &[u8]) -> Vec<u8> {
 /// Assembles a kernel body: `body` computes something and leaves the value to print
 /// in ESI; the kernel prints `"{label} {ESI:08X}\n"` and exits with `exit_code`.
 pub fn kernel(label: &str, exit_code: u8, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    kernel_at(LOAD_ADDR, label, exit_code, body)
+}
+
+/// [`kernel`] loaded at `load` (its stack is below 0x90000: keep the image clear of it).
+pub fn kernel_at(
+    load: u32,
+    label: &str,
+    exit_code: u8,
+    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let mut a = CodeAssembler::new(32).unwrap();
     let build = |a: &mut CodeAssembler| -> Result<(), IcedError> {
         let mut start = a.create_label();
@@ -53,7 +68,8 @@ pub fn kernel(label: &str, exit_code: u8, body: impl FnOnce(&mut CodeAssembler) 
         a.jmp(stop)
     };
     build(&mut a).unwrap_or_else(|e| panic!("assembling a multiboot kernel: {e}"));
-    image(&a.assemble(u64::from(LOAD_ADDR + HEADER_LEN)).unwrap())
+    let entry = load + HEADER_LEN;
+    image_at(load, entry, &a.assemble(u64::from(entry)).unwrap())
 }
 
 /// The xorshift32 loop of the benchmarks: a 12-instruction body run `n` times; ESI gets

@@ -6,12 +6,16 @@
 //! threads; each device sits behind its own mutex.
 //!
 //! Unclaimed addresses read as all ones (as an ISA bus with nothing driving it does)
-//! and ignore writes; each such address is logged once.
+//! and ignore writes. At debug level (`-d unimp`/`guest_errors`) the first access to
+//! each such address is logged; later ones are counted and summarised once a second, so
+//! a guest polling a missing port cannot flood the log.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
+
+use crate::log_limit::LogLimiter;
 
 /// A device on a bus: a register state machine addressed by offset.
 pub trait BusDevice: Send {
@@ -32,6 +36,10 @@ pub enum BusError {
     Empty { name: &'static str, base: u64 },
 }
 
+/// How many distinct unassigned addresses a bus reports one by one; past that (a
+/// guest scanning the address space), new ones are only counted.
+const MAX_REPORTED: usize = 4096;
+
 struct Entry {
     len: u64,
     device: SharedDevice,
@@ -41,13 +49,21 @@ struct Entry {
 pub struct Bus {
     name: &'static str,
     ranges: BTreeMap<u64, Entry>,
-    warned: Mutex<HashSet<u64>>,
+    /// Unassigned addresses already reported.
+    reported: Mutex<HashSet<u64>>,
+    /// Other unassigned accesses: counted, printed at most once a second.
+    repeats: LogLimiter,
 }
 
 impl Bus {
     /// A new, empty bus; `name` ("pio", "mmio") appears in log messages.
     pub fn new(name: &'static str) -> Self {
-        Bus { name, ranges: BTreeMap::new(), warned: Mutex::new(HashSet::new()) }
+        Bus {
+            name,
+            ranges: BTreeMap::new(),
+            reported: Mutex::new(HashSet::new()),
+            repeats: LogLimiter::new(log::Level::Debug, module_path!()),
+        }
     }
 
     /// Registers `device` for `[base, base+len)`.
@@ -86,7 +102,7 @@ impl Bus {
             }
             None => {
                 data.fill(0xff);
-                self.warn_once(addr, "read", data.len());
+                self.unassigned(addr, "read", data.len());
                 false
             }
         }
@@ -100,16 +116,28 @@ impl Bus {
                 true
             }
             None => {
-                self.warn_once(addr, "write", data.len());
+                self.unassigned(addr, "write", data.len());
                 false
             }
         }
     }
 
-    fn warn_once(&self, addr: u64, what: &str, len: usize) {
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-        if warned.insert(addr) {
+    fn unassigned(&self, addr: u64, what: &str, len: usize) {
+        // Without -d, a guest polling a missing port costs no lock.
+        if log::Level::Debug > log::max_level() {
+            return;
+        }
+        let new = {
+            let mut reported = lock(&self.reported);
+            reported.len() < MAX_REPORTED && reported.insert(addr)
+        };
+        if new {
             log::debug!("{} bus: unhandled {len}-byte {what} at {addr:#x}", self.name);
+        } else {
+            self.repeats.log(format_args!(
+                "{} bus: more unhandled accesses (latest: {len}-byte {what} at {addr:#x})",
+                self.name
+            ));
         }
     }
 }
@@ -156,6 +184,28 @@ mod tests {
         assert!(!bus.read(0x80, &mut b));
         assert_eq!(b, [0xff, 0xff]);
         assert!(!bus.write(0x80, &[1]));
+    }
+
+    #[test]
+    fn a_polled_missing_port_is_logged_with_a_count() {
+        let bus = Bus::new("pollbus");
+        let lines = || crate::log_limit::test_log::lines(module_path!().trim_end_matches("::tests"), "pollbus");
+        lines();
+        let mut b = [0u8; 1];
+        for _ in 0..10_000 {
+            bus.read(0x61, &mut b);
+        }
+        bus.write(0x62, &[0]);
+        drop(bus);
+        assert_eq!(
+            lines(),
+            [
+                "pollbus bus: unhandled 1-byte read at 0x61",
+                "pollbus bus: more unhandled accesses (latest: 1-byte read at 0x61)",
+                "pollbus bus: unhandled 1-byte write at 0x62",
+                "pollbus bus: more unhandled accesses (latest: 1-byte read at 0x61) (repeated 9998 more times in the last 0.0s)",
+            ]
+        );
     }
 
     #[test]

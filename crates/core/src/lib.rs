@@ -9,6 +9,7 @@
 //!   INTR pin as seen by an accelerator.
 //! - [`clock`]: the time source that timer devices read, so tests can fake it.
 //! - [`events`]: reset, power-off and exit requests from devices to the machine.
+//! - [`log_limit`]: logging for guest errors that repeat: a count, not a line each.
 //! - [`regs`]: neutral x86 register types, converted per backend.
 //! - [`cpu`]: the vCPU and accelerator traits, and [`cpu::VmOps`], the one callback
 //!   interface through which either accelerator reaches the machine.
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod cpu;
 pub mod events;
 pub mod irq;
+pub mod log_limit;
 pub mod memory;
 pub mod regs;
 

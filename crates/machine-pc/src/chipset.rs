@@ -38,7 +38,7 @@ struct AccelIrqLine {
 impl IrqLine for AccelIrqLine {
     fn set_level(&self, high: bool) {
         if let Err(e) = self.accel.set_irq_line(self.gsi, high) {
-            log::warn!("irq {}: {e}", self.gsi);
+            quern_core::log_limited!(log::Level::Warn, "irq {}: {e}", self.gsi);
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quern_core::cpu::{IrqChipMode, SharedAccelerator};
+use quern_core::log_limit::{self, LogLimiter};
 use quern_core::memory::MemoryError;
 use quern_core::{Bus, BusError, CpuError, GuestMemory, HostClock, MachineEvent, Vcpu, VcpuExit};
 
@@ -77,6 +78,10 @@ pub struct PcMachine {
     no_reboot: bool,
     cpus: u32,
     timers: Option<TimerThread>,
+    /// A guest in a reset loop resets thousands of times a second: these say so once
+    /// a second with a count (and the rest on drop).
+    triple_faults: LogLimiter,
+    resets: LogLimiter,
 }
 
 impl PcMachine {
@@ -133,9 +138,27 @@ impl PcMachine {
         let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker)
             .map_err(|e| MachineError::Config(format!("cannot start the timer thread: {e}")))?;
         let timers = Some(timers);
-        let mut machine =
-            PcMachine { mem, layout, chipset, ops, vcpu, boot, bios, no_reboot: cfg.no_reboot, cpus: cfg.cpus, timers };
-        machine.load()?;
+        // A triple fault stays at warn level, unlike QEMU, which resets silently (its
+        // `-d cpu_reset` shows it): a reset loop is almost always a guest that cannot
+        // start (a bad entry point, a corrupt kernel), and a silent hang hides that.
+        // Limited to a line a second, it cannot flood stderr.
+        let triple_faults = LogLimiter::new(log::Level::Warn, module_path!());
+        let resets = LogLimiter::new(log::Level::Info, module_path!());
+        let mut machine = PcMachine {
+            mem,
+            layout,
+            chipset,
+            ops,
+            vcpu,
+            boot,
+            bios,
+            no_reboot: cfg.no_reboot,
+            cpus: cfg.cpus,
+            timers,
+            triple_faults,
+            resets,
+        };
+        machine.load(false)?;
         Ok(machine)
     }
 
@@ -149,8 +172,9 @@ impl PcMachine {
         self.ops.events.clone()
     }
 
-    /// Puts firmware or kernel in memory and the vCPU at its entry point.
-    fn load(&mut self) -> Result<(), MachineError> {
+    /// Puts firmware or kernel in memory and the vCPU at its entry point (again, after
+    /// a `reset`).
+    fn load(&mut self, reset: bool) -> Result<(), MachineError> {
         self.vcpu.reset()?;
         match &self.boot {
             Boot::Firmware => {
@@ -164,7 +188,9 @@ impl PcMachine {
                 )?;
                 let setup = loader::load_kernel(&self.mem, &self.layout, image, initrd.as_deref(), cmdline, Some(rsdp))
                     .map_err(|source| MachineError::Kernel { path: path.clone(), source })?;
-                log::info!("loaded {:?} kernel from {}", setup.kind, path.display());
+                if !reset {
+                    log::info!("loaded {:?} kernel from {}", setup.kind, path.display());
+                }
                 self.vcpu.set_sregs(&setup.sregs)?;
                 self.vcpu.set_regs(&setup.regs)?;
             }
@@ -179,6 +205,9 @@ impl PcMachine {
         if let Some(t) = self.timers.take() {
             t.stop();
         }
+        self.triple_faults.flush();
+        self.resets.flush();
+        log_limit::flush_all();
         status
     }
 
@@ -192,10 +221,12 @@ impl PcMachine {
                     }
                 }
                 VcpuExit::Shutdown => {
-                    log::warn!("guest triple-faulted: resetting");
+                    self.triple_faults.log(format_args!("guest triple-faulted: resetting"));
                     self.ops.request(MachineEvent::Reset);
                 }
-                VcpuExit::Debug => log::debug!("debug exit with no debugger attached"),
+                VcpuExit::Debug => {
+                    quern_core::log_limited!(log::Level::Debug, "debug exit with no debugger attached")
+                }
                 VcpuExit::Kicked => {}
             }
             match self.ops.events.take() {
@@ -212,9 +243,9 @@ impl PcMachine {
                     return Ok(0);
                 }
                 Some(MachineEvent::Reset) => {
-                    log::info!("guest reset");
+                    self.resets.log(format_args!("guest reset"));
                     self.chipset.reset();
-                    self.load()?;
+                    self.load(true)?;
                 }
                 None => {}
             }

@@ -71,7 +71,8 @@ pub fn find_header(kernel: &[u8]) -> Result<Option<Header>> {
             (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
     }
     if flags & FLAG_VIDEO_MODE != 0 {
-        log::warn!("Multiboot kernel asks for a video mode; booting in text mode");
+        // Once per load, so once per reset: limited.
+        quern_core::log_limited!(log::Level::Warn, "Multiboot kernel asks for a video mode; booting in text mode");
     }
     Ok(Some(h))
 }
