@@ -89,10 +89,39 @@ pub struct Stubs {
     pub epilogue: usize,
 }
 
+/// What the block does when a store's slow path overwrote translated code: the
+/// block itself may be among what was invalidated, so its remaining instructions may
+/// be stale.
+#[derive(Clone, Copy, Debug)]
+pub enum OnCodeWrite {
+    /// Leave once the instruction is complete, with RIP = `next`; `then` is a guest
+    /// register write the instruction still had to do after its store (PUSH's RSP):
+    /// (register, temporary holding it, width).
+    Exit { next: u64, then: Option<(usize, T, Width)> },
+    /// The instruction ends the block itself right after the store (CALL); whatever
+    /// block it reaches sees the exit request the write made at its head.
+    Continue,
+}
+
 /// An out-of-line slow path, emitted after the block's main body.
 enum SlowPath {
-    Load { at: DynamicLabel, resume: DynamicLabel, dst: T, width: Width, rip: u64, helper: usize },
-    Store { at: DynamicLabel, resume: DynamicLabel, src: T, width: Width, rip: u64, helper: usize },
+    Load {
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        dst: T,
+        width: Width,
+        rip: u64,
+        helper: usize,
+    },
+    Store {
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        src: T,
+        width: Width,
+        rip: u64,
+        helper: usize,
+        on_code: OnCodeWrite,
+    },
 }
 
 /// Emits host code for one translation block.
@@ -477,8 +506,10 @@ impl Emitter {
         self.slow.push(SlowPath::Load { at: miss, resume, dst: t, width: w, rip, helper: helpers.load });
     }
 
-    /// guest memory[rsi] = t, `w` bytes.
-    pub fn store_mem(&mut self, t: T, w: Width, rip: u64, helpers: &HelperAddrs) {
+    /// guest memory[rsi] = t, `w` bytes. Pages with translated code are never in the
+    /// TLB's write tags, so a store to code always takes the slow path, which then
+    /// does what `on_code` says.
+    pub fn store_mem(&mut self, t: T, w: Width, rip: u64, on_code: OnCodeWrite, helpers: &HelperAddrs) {
         let miss = self.label();
         let resume = self.label();
         self.tlb_probe(w, entry_off::WRITE, miss);
@@ -490,7 +521,7 @@ impl Emitter {
             _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi], Rq(s)),
         }
         self.bind(resume);
-        self.slow.push(SlowPath::Store { at: miss, resume, src: t, width: w, rip, helper: helpers.store });
+        self.slow.push(SlowPath::Store { at: miss, resume, src: t, width: w, rip, helper: helpers.store, on_code });
     }
 
     // ---- arithmetic ----
@@ -842,6 +873,8 @@ impl Emitter {
             self.store_rip(rip);
             self.exit_with(exit::REQUEST);
         }
+        // Shared by the stores that overwrote translated code: RIP is stored.
+        let mut code_written = None;
         for sp in std::mem::take(&mut self.slow) {
             match sp {
                 SlowPath::Load { at, resume, dst, width, rip, helper } => {
@@ -858,21 +891,36 @@ impl Emitter {
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
                     dynasm!(self.ops ; .arch x64 ; mov Rq(dst.reg()), rdi ; jmp =>resume);
                 }
-                SlowPath::Store { at, resume, src, width, rip, helper } => {
-                    // A store that hit translated code has invalidated it (and unchained
-                    // every jump into it); the rest of this block still runs, as the
-                    // instruction must complete, and the next block is looked up anew.
+                SlowPath::Store { at, resume, src, width, rip, helper, on_code } => {
                     self.bind(at);
                     dynasm!(self.ops ; .arch x64 ; push rax ; push rcx ; push rdx ; sub rsp, 8);
                     self.sync_out();
                     self.store_rip(rip);
                     dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(src.reg()) ; mov ecx, width as i32 ; mov rdi, r14);
                     self.call_abs(helper);
-                    dynasm!(self.ops ; .arch x64 ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
+                    // Keep the helper's "overwrote translated code" past the pops.
+                    dynasm!(self.ops ; .arch x64 ; mov edi, eax ; add rsp, 8 ; pop rdx ; pop rcx ; pop rax);
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>self.fault_exit);
-                    dynasm!(self.ops ; .arch x64 ; jmp =>resume);
+                    if let OnCodeWrite::Exit { next, then } = on_code {
+                        // The write invalidated translations, maybe this block's own
+                        // later instructions: finish this instruction and leave, so the
+                        // run loop translates the new code. Only the slow path pays.
+                        dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>resume);
+                        if let Some((r, t, w)) = then {
+                            self.store_gpr(r, t, w, false);
+                        }
+                        self.store_rip(next);
+                        let out = *code_written.get_or_insert_with(|| self.ops.new_dynamic_label());
+                        dynasm!(self.ops ; .arch x64 ; jmp =>out);
+                    } else {
+                        dynasm!(self.ops ; .arch x64 ; jmp =>resume);
+                    }
                 }
             }
+        }
+        if let Some(out) = code_written {
+            self.bind(out);
+            self.exit_with(exit::NEXT);
         }
         let fe = self.fault_exit;
         self.bind(fe);

@@ -28,7 +28,7 @@ use crate::cpu::{Cpu, Exception};
 use crate::flags::{CcOp, Width};
 use crate::mmu::{Access, PAGE_MASK};
 use crate::state::{CS, DS, ES, FS, GS, SS};
-use crate::x64::{exit, Arg, Emitter, HelperAddrs, Stubs, T};
+use crate::x64::{exit, Arg, Emitter, HelperAddrs, OnCodeWrite, Stubs, T};
 
 /// Longest block, in guest instructions.
 pub const MAX_INSNS: usize = 64;
@@ -121,7 +121,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// Stores `t` to operand `i` (register or memory).
+    /// Stores `t` to operand `i` (register or memory). A memory store is the last
+    /// thing its instruction does, so one that overwrites translated code leaves the
+    /// block at the next instruction.
     pub fn store_op(&mut self, i: u32, t: T) {
         let w = self.width(i);
         match self.ins.op_kind(i) {
@@ -131,7 +133,8 @@ impl Ctx<'_> {
             }
             _ => {
                 self.ea();
-                self.em.store_mem(t, w, self.ip, self.h);
+                let on_code = OnCodeWrite::Exit { next: self.next, then: None };
+                self.em.store_mem(t, w, self.ip, on_code, self.h);
             }
         }
     }

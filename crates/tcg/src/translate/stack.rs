@@ -7,7 +7,7 @@ use iced_x86::{Mnemonic, OpKind};
 use super::{Ctx, Flow};
 use crate::flags::Width;
 use crate::state::SS;
-use crate::x64::T;
+use crate::x64::{OnCodeWrite, T};
 
 const RSP: usize = 4;
 
@@ -21,14 +21,18 @@ fn encoded_width(ctx: &Ctx) -> Width {
     }
 }
 
-/// Pushes `value` (a temporary other than T1), `w` bytes.
-fn push(ctx: &mut Ctx, value: T, w: Width) {
+/// Pushes `value` (a temporary other than T1), `w` bytes. `call`: the instruction
+/// ends the block right after the push.
+fn push(ctx: &mut Ctx, value: T, w: Width, call: bool) {
     let sw = ctx.mode.stack_width;
     ctx.em.load_gpr(T::T1, RSP, sw, false);
     ctx.em.add_imm(T::T1, sw, -(w as i32));
     ctx.em.addr_from(T::T1);
     ctx.add_segment(SS);
-    ctx.em.store_mem(value, w, ctx.ip, ctx.h);
+    // A push onto translated code leaves the block after it, RSP written.
+    let on_code =
+        if call { OnCodeWrite::Continue } else { OnCodeWrite::Exit { next: ctx.next, then: Some((RSP, T::T1, sw)) } };
+    ctx.em.store_mem(value, w, ctx.ip, on_code, ctx.h);
     ctx.em.store_gpr(RSP, T::T1, sw, false);
 }
 
@@ -54,7 +58,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
                 encoded_width(ctx)
             };
             ctx.load_op(0, T::T0);
-            push(ctx, T::T0, w);
+            push(ctx, T::T0, w, false);
             Flow::Continue
         }
         Mnemonic::Pop if !sreg(0) => {
@@ -73,7 +77,7 @@ pub fn translate(ctx: &mut Ctx) -> Flow {
                 ctx.load_op(0, T::T2);
             }
             ctx.em.load_imm(T::T0, ctx.next);
-            push(ctx, T::T0, w);
+            push(ctx, T::T0, w, true);
             if near_rel {
                 ctx.em.exit_chain(ins.near_branch_target());
             } else {
