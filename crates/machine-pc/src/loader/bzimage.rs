@@ -50,10 +50,25 @@ pub(crate) fn load(boot: &Boot, kernel: &[u8]) -> Result<BootSetup> {
         0 => 4,
         n => usize::from(n),
     };
-    let code = kernel
-        .get((setup_sects + 1) * 512..)
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| LoaderError::Corrupt("bzImage ends inside its real-mode setup code".into()))?;
+    // A cut-short file (an interrupted copy or download) would load and then crash the
+    // guest in a reset loop: the header's sizes say how long the file must be.
+    let setup_len = (setup_sects + 1) * 512;
+    let code = kernel.get(setup_len..).filter(|c| !c.is_empty()).ok_or_else(|| {
+        LoaderError::Truncated(format!(
+            "its setup header says the real-mode setup code alone takes {setup_len} bytes \
+             (setup_sects {setup_sects}), but the file has {} bytes",
+            kernel.len()
+        ))
+    })?;
+    let sys_len = u64::from(hdr.syssize) * 16;
+    if (code.len() as u64) < sys_len {
+        return Err(LoaderError::Truncated(format!(
+            "its setup header says the protected-mode kernel takes {sys_len} bytes (syssize {:#x}), \
+             but the file has only {} bytes after the setup code",
+            { hdr.syssize },
+            code.len()
+        )));
+    }
 
     // A relocatable kernel decompresses to max(load address, pref_address) and needs
     // init_size bytes there (protocol 2.10+); the initrd must stay clear of all of it.
@@ -190,6 +205,32 @@ mod tests {
         assert!(matches!(e, LoaderError::CmdlineTooLong { len: 256, max: 255 }), "{e}");
         let e = load_kernel(&mem, &layout, &k, Some(&vec![0; 63 * MIB as usize]), "", None).unwrap_err();
         assert!(e.to_string().contains("give more memory"), "{e}");
+    }
+
+    #[test]
+    fn truncated_files_are_refused_as_truncated() {
+        let (layout, mem) = machine(64);
+        let mut k = fake_bzimage(0x20f, 1, &[0xf4; 0x400]);
+        k[0x1f4..0x1f8].copy_from_slice(&0x40u32.to_le_bytes()); // syssize: 0x400 bytes
+        assert!(load_kernel(&mem, &layout, &k, None, "", None).is_ok());
+        for (len, says) in [(k.len() - 1, "syssize 0x40"), (1024, "setup_sects 1"), (0x300, "setup_sects 1")] {
+            let e = load_kernel(&mem, &layout, &k[..len], None, "", None).unwrap_err();
+            assert!(matches!(e, LoaderError::Truncated(_)), "{len}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("kernel file is truncated:") && msg.contains(says), "{len}: {msg}");
+        }
+        // setup_sects beyond the file.
+        k[0x1f1] = 30;
+        let e = load_kernel(&mem, &layout, &k, None, "", None).unwrap_err();
+        assert!(e.to_string().contains("takes 15872 bytes (setup_sects 30), but the file has 2048 bytes"), "{e}");
+    }
+
+    #[test]
+    fn debian_bzimage_cut_short_is_truncated() {
+        let kernel = guest_file("vmlinuz");
+        let (layout, mem) = machine(512);
+        let e = load_kernel(&mem, &layout, &kernel[..kernel.len() / 2], None, "", None).unwrap_err();
+        assert!(e.to_string().contains("truncated") && e.to_string().contains("syssize"), "{e}");
     }
 
     #[test]

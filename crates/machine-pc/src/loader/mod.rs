@@ -80,6 +80,8 @@ pub enum LoaderError {
     UnknownFormat,
     #[error("kernel file is truncated or corrupt: {0}")]
     Corrupt(String),
+    #[error("kernel file is truncated: {0}; copy the whole file again")]
+    Truncated(String),
     #[error("kernel too old: boot protocol {}.{:02}, need >= 2.06", .0 >> 8, .0 & 0xff)]
     ProtocolTooOld(u16),
     #[error(
