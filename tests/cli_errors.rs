@@ -150,3 +150,66 @@ fn bzimage_shorter_than_its_syssize() {
     fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "kernel file is truncated");
     fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "syssize");
 }
+
+/// A Multiboot kernel linked below 1 MiB, at 0x8000 as OS self-tests are, was refused
+/// as overlapping the loader's boot area; it loads and runs under quern's JIT as under
+/// `qemu-system-x86_64 -accel tcg` (compared when installed).
+#[test]
+fn multiboot_kernel_at_0x8000_runs_as_under_qemu() {
+    use common::multiboot::{kernel_at, xorshift, xorshift_expected};
+    use common::{report, run_qemu_tcg};
+    use iced_x86::code_asm::*;
+    const LOW_LOAD: u32 = 0x8000;
+    /// The kernel sums this many dwords of its own image as loaded.
+    const LOW_SUMMED: u32 = 16;
+
+    let (seed, n) = (0x0bad_cafe, 1000);
+    // ESI = xorshift result + the sum of the image's first dwords in memory: the kernel
+    // finds itself where it was linked, not overwritten by the loader's boot data.
+    let k = kernel_at(LOW_LOAD, "LOW", 0x17, |a| {
+        xorshift(a, seed, n)?;
+        a.mov(ecx, LOW_SUMMED)?;
+        a.mov(edi, LOW_LOAD)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(esi, dword_ptr(edi))?;
+        a.add(edi, 4u32)?;
+        a.dec(ecx)?;
+        a.jnz(top)
+    });
+    assert!(k.len() as u32 >= LOW_SUMMED * 4, "the kernel is smaller than what it sums");
+    let sum = k[..LOW_SUMMED as usize * 4]
+        .chunks(4)
+        .fold(0u32, |s, d| s.wrapping_add(u32::from_le_bytes(d.try_into().unwrap())));
+    let expected = format!("LOW {:08X}\n", xorshift_expected(seed, n).wrapping_add(sum));
+
+    let path = scratch("low-mb.bin");
+    write(&path, &k);
+    let path = path.to_str().unwrap();
+    let args = [
+        "-no-reboot",
+        "-m",
+        "64",
+        "-kernel",
+        path,
+        "-append",
+        "self-test",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ];
+    let mut quern_args = vec!["-accel", "tcg", "-nographic"];
+    quern_args.extend(args);
+    let run = run_quern(&quern_args, Duration::from_secs(60));
+    assert!(run.stdout.contains(&expected), "expected {expected:?}:\n{}", run.describe());
+    assert_eq!(run.status, Some(0x17 << 1 | 1), "{}", run.describe());
+
+    match run_qemu_tcg(&args) {
+        Some(q) => {
+            assert!(q.stdout.contains(&expected), "QEMU printed something else:\n{}", q.describe());
+            assert_eq!(q.status, run.status, "QEMU's exit status differs:\n{}", q.describe());
+        }
+        None => report(
+            "NOT RUN: multiboot_kernel_at_0x8000_runs_as_under_qemu: qemu-system-x86_64 is not installed; checked quern only",
+        ),
+    }
+}

@@ -133,8 +133,10 @@ impl<'a> Elf<'a> {
     }
 
     /// Copies the PT_LOAD segments to their physical addresses and zeroes their bss.
-    /// Returns the end of the highest one.
-    pub(crate) fn load_segments(&self, boot: &Boot) -> Result<u64> {
+    /// Returns the end of the highest one. Segments must lie in RAM and, unless
+    /// `low_ok` (the caller keeps its boot data clear of the kernel), above the
+    /// loader's fixed area.
+    pub(crate) fn load_segments(&self, boot: &Boot, low_ok: bool) -> Result<u64> {
         let mut end = 0;
         let loads: Vec<&Phdr> = self.phdrs.iter().filter(|p| p.kind == PT_LOAD && p.memsz > 0).collect();
         if loads.is_empty() {
@@ -145,12 +147,22 @@ impl<'a> Elf<'a> {
             if ph.filesz > ph.memsz {
                 return Err(corrupt("segment is larger in the file than in memory"));
             }
-            boot.check_segment(ph.paddr, ph.memsz)?;
+            if low_ok {
+                boot.check_ram(ph.paddr, ph.memsz)?;
+            } else {
+                boot.check_segment(ph.paddr, ph.memsz)?;
+            }
             boot.mem.write(ph.paddr, bytes)?;
             boot.mem.fill(ph.paddr + ph.filesz, (ph.memsz - ph.filesz) as usize, 0)?;
             end = end.max(ph.paddr + ph.memsz);
         }
         Ok(end)
+    }
+
+    /// The [start, end) physical ranges the PT_LOAD segments occupy.
+    pub fn load_ranges(&self) -> Vec<(u64, u64)> {
+        let loads = self.phdrs.iter().filter(|p| p.kind == PT_LOAD && p.memsz > 0);
+        loads.map(|p| (p.paddr, p.paddr.saturating_add(p.memsz))).collect()
     }
 
     /// The physical entry point: `e_entry` translated through the PT_LOAD whose virtual
@@ -175,7 +187,7 @@ fn load_pvh(boot: &Boot, elf: &Elf, entry: u64) -> Result<BootSetup> {
     if entry >= FOUR_GIB {
         return Err(corrupt(&format!("PVH entry {entry:#x} is above 4 GiB")));
     }
-    let end = elf.load_segments(boot)?;
+    let end = elf.load_segments(boot, false)?;
     let cmdline = boot.write_cmdline(CMDLINE_MAX)?;
     let initrd = boot.place_initrd(end.next_multiple_of(0x1000), FOUR_GIB - 1)?;
 
@@ -215,7 +227,7 @@ fn load_elf64(boot: &Boot, elf: &Elf) -> Result<BootSetup> {
     if entry >= FOUR_GIB {
         return Err(corrupt(&format!("entry {entry:#x} is outside the identity-mapped first 4 GiB")));
     }
-    let end = elf.load_segments(boot)?;
+    let end = elf.load_segments(boot, false)?;
     boot.write_cmdline(CMDLINE_MAX)?;
     let initrd = boot.place_initrd(end.next_multiple_of(0x1000), FOUR_GIB - 1)?;
     // What a Linux vmlinux entered at startup_64 reads from the header.
@@ -342,9 +354,25 @@ mod tests {
         let e = load_kernel(&mem, &layout, &low, None, "", None).unwrap_err();
         assert!(matches!(e, LoaderError::SegmentInBootArea { .. }), "{e}");
         let hole = build_elf(true, 0xa0000, &[(0xa0000, 0xa0000.max(BOOT_AREA_END), &[1; 16], 16)], None);
-        assert!(load_kernel(&mem, &layout, &hole, None, "", None).is_err(), "VGA window is not RAM");
+        let e = load_kernel(&mem, &layout, &hole, None, "", None).unwrap_err();
+        assert!(matches!(e, LoaderError::SegmentInHole { .. }), "VGA window is not RAM: {e}");
+        assert!(!e.to_string().contains("more memory"), "{e}");
         let elf32 = build_elf(false, MIB, &[(MIB, MIB, &[1; 16], 16)], None);
         assert!(matches!(load_kernel(&mem, &layout, &elf32, None, "", None), Err(LoaderError::Elf32Unsupported)));
+    }
+
+    #[test]
+    fn foreign_kernels_name_their_architecture() {
+        let (layout, mem) = machine(64);
+        for (machine, name) in
+            [(183u16, "aarch64"), (40, "32-bit arm"), (243, "riscv"), (0x7777, "an unknown architecture")]
+        {
+            let mut elf = build_elf(true, MIB, &[(MIB, MIB, &[1; 16], 16)], None);
+            elf[18..20].copy_from_slice(&machine.to_le_bytes());
+            let e = load_kernel(&mem, &layout, &elf, None, "", None).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("ELF kernel is built for {name} (ELF machine {machine}),")), "{e}");
+            assert!(e.contains("give an i386 or x86-64 kernel"), "{e}");
+        }
     }
 
     #[test]

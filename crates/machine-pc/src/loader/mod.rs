@@ -22,9 +22,13 @@
 //! 0x08ff0  initial stack pointer (grows down in 0x8000-0x8fff)
 //! 0x09000  PML4;  0x0a000 PDPT;  0x0b000-0x0efff four PDs of 2 MiB pages (4 GiB identity map)
 //! 0x20000  kernel command line (up to 64 KiB)
-//! 0x30000  end of the loader's area: ELF and Multiboot segments may not start below
+//! 0x30000  end of the loader's area: ELF segments may not start below
 //! 0x100000 bzImage protected-mode code; initrd at the top of low RAM
 //! ```
+//!
+//! Multiboot kernels do not use this area: as QEMU's loader does, quern puts their boot
+//! information, command line, GDT and TSS after the kernel's highest address, so a
+//! kernel may load anywhere in RAM, low memory included (OS self-tests load at 0x8000).
 
 pub mod bzimage;
 pub mod elf;
@@ -35,7 +39,7 @@ use quern_core::regs::{ctrl, flags, power_on_state, DescriptorTable, Regs, Segme
 use quern_core::GuestMemory;
 use thiserror::Error;
 
-use crate::layout::{E820Type, MemoryLayout, FOUR_GIB, MIB};
+use crate::layout::{E820Type, MemoryLayout, EBDA_START, FOUR_GIB, HIGH_MEMORY_START, MAX_RAM, MIB, PCI_HOLE_START};
 
 pub const GDT_ADDR: u64 = 0x500;
 pub const TSS_ADDR: u64 = 0x600;
@@ -94,11 +98,18 @@ pub enum LoaderError {
     InitrdTooBig { size: u64, limit: u64, ram_mib: u64 },
     #[error("command line of {len} bytes is longer than the kernel's cmdline_size ({max}); shorten -append")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("kernel segment {addr:#x}+{len:#x} lies outside RAM with -m {ram_mib}M; give more memory or link the kernel at a RAM address")]
-    SegmentOutsideRam { addr: u64, len: u64, ram_mib: u64 },
+    #[error(
+        "kernel segment {addr:#x}-{:#x} lies beyond the end of RAM with -m {ram_mib}M; give more memory (-m {need_mib}M or more)",
+        addr + len - 1
+    )]
+    SegmentOutsideRam { addr: u64, len: u64, ram_mib: u64, need_mib: u64 },
+    #[error("kernel segment {addr:#x}-{:#x} overlaps the {hole}, which is never RAM on a PC; {advice}", addr.saturating_add(*len).saturating_sub(1))]
+    SegmentInHole { addr: u64, len: u64, hole: &'static str, advice: &'static str },
+    #[error("kernel segment {addr:#x}-{:#x} lies above any RAM a PC can have (-m at most 1T); link the kernel at a lower address", addr.saturating_add(*len).saturating_sub(1))]
+    SegmentBeyondMaxRam { addr: u64, len: u64 },
     #[error("kernel segment {addr:#x}+{len:#x} overlaps the loader's boot area below {:#x}; link the kernel at 1 MiB or above", BOOT_AREA_END)]
     SegmentInBootArea { addr: u64, len: u64 },
-    #[error("ELF kernel is for machine {0}, not x86 (3) or x86-64 (62)")]
+    #[error("ELF kernel is built for {name} (ELF machine {0}), not for x86; quern emulates a PC: give an i386 or x86-64 kernel", name = machine_name(*.0))]
     NotX86(u16),
     #[error("32-bit ELF kernel has neither a PVH note nor a Multiboot header: quern cannot enter it")]
     Elf32Unsupported,
@@ -158,22 +169,73 @@ impl Boot<'_> {
         if addr < BOOT_AREA_END {
             return Err(LoaderError::SegmentInBootArea { addr, len });
         }
-        if !self.in_ram(addr, len) {
-            return Err(LoaderError::SegmentOutsideRam { addr, len, ram_mib: self.ram_mib() });
+        self.check_ram(addr, len)
+    }
+
+    /// Checks that a kernel segment lies in RAM; if not, says why: a hole no -m
+    /// fills, or RAM that a larger -m would provide.
+    pub fn check_ram(&self, addr: u64, len: u64) -> Result<()> {
+        if self.in_ram(addr, len) {
+            return Ok(());
         }
-        Ok(())
+        let end = addr.saturating_add(len.max(1));
+        // The EBDA is RAM on real hardware, but reserved in the e820 map kernels see.
+        const HOLES: [(u64, u64, &str, &str); 2] = [
+            (
+                EBDA_START,
+                HIGH_MEMORY_START,
+                "PC's legacy hole 0x9fc00-0xfffff (EBDA, VGA window, option ROMs, BIOS area with the ACPI tables)",
+                "load the kernel below 0x9fc00 or at 1 MiB (0x100000) or above",
+            ),
+            (
+                PCI_HOLE_START,
+                FOUR_GIB,
+                "PCI hole 0xe0000000-0xffffffff (device MMIO, IOAPIC, LAPIC, BIOS flash)",
+                "load the kernel below 0xe0000000",
+            ),
+        ];
+        if let Some(&(_, _, hole, advice)) = HOLES.iter().find(|&&(start, stop, ..)| addr < stop && end > start) {
+            return Err(LoaderError::SegmentInHole { addr, len, hole, advice });
+        }
+        // Outside the holes, RAM runs up from 1 MiB to the PCI hole, then on from 4 GiB.
+        let need = if end <= PCI_HOLE_START { end } else { end - FOUR_GIB + PCI_HOLE_START };
+        if need > MAX_RAM {
+            return Err(LoaderError::SegmentBeyondMaxRam { addr, len });
+        }
+        Err(LoaderError::SegmentOutsideRam { addr, len, ram_mib: self.ram_mib(), need_mib: need.div_ceil(MIB) })
     }
 
     /// Writes the NUL-terminated command line at [`CMDLINE_ADDR`] if it is at most
     /// `max` bytes long.
     pub fn write_cmdline(&self, max: usize) -> Result<u64> {
+        self.write_cmdline_at(CMDLINE_ADDR, max)
+    }
+
+    /// Writes the NUL-terminated command line at `addr` if it is at most `max` bytes
+    /// long.
+    pub fn write_cmdline_at(&self, addr: u64, max: usize) -> Result<u64> {
         let len = self.cmdline.len();
         if len > max.min(CMDLINE_MAX) {
             return Err(LoaderError::CmdlineTooLong { len, max: max.min(CMDLINE_MAX) });
         }
-        self.mem.write(CMDLINE_ADDR, self.cmdline.as_bytes())?;
-        self.mem.write_u8(CMDLINE_ADDR + len as u64, 0)?;
-        Ok(CMDLINE_ADDR)
+        self.mem.write(addr, self.cmdline.as_bytes())?;
+        self.mem.write_u8(addr + len as u64, 0)?;
+        Ok(addr)
+    }
+
+    /// A page-aligned place for `size` bytes of boot data in RAM below 4 GiB that
+    /// overlaps none of `taken`: `prefer` if it fits, else the lowest one that does.
+    pub fn free_area(&self, prefer: u64, size: u64, taken: &[(u64, u64)]) -> Option<u64> {
+        let fits = |a: u64| {
+            a.checked_add(size).is_some_and(|end| end <= FOUR_GIB && self.in_ram(a, size))
+                && taken.iter().all(|&(start, stop)| a.saturating_add(size) <= start || a >= stop)
+        };
+        // After the preferred spot: each RAM range's start and the end of each taken
+        // range, leaving page 0 (real-mode IVT, BIOS data area) alone.
+        let ram_starts = self.layout.e820().into_iter().filter(|e| e.kind == E820Type::Ram).map(|e| e.addr);
+        let mut others: Vec<u64> = ram_starts.chain(taken.iter().map(|t| t.1)).map(|a| a.max(0x1000)).collect();
+        others.sort_unstable();
+        std::iter::once(prefer).chain(others).map(|a| a.next_multiple_of(0x1000)).find(|&a| fits(a))
     }
 
     /// Puts the initrd at the highest 4 KiB-aligned address that keeps it at or below
@@ -203,21 +265,46 @@ pub(crate) fn le64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
+/// The name of an ELF e_machine value, for saying what a non-x86 kernel is for.
+pub fn machine_name(machine: u16) -> &'static str {
+    match machine {
+        2 => "sparc",
+        3 => "i386 (32-bit x86)",
+        8 => "mips",
+        20 => "32-bit powerpc",
+        21 => "powerpc64",
+        22 => "s390x",
+        40 => "32-bit arm",
+        43 => "sparc64",
+        50 => "ia64",
+        62 => "x86-64",
+        183 => "aarch64",
+        243 => "riscv",
+        258 => "loongarch",
+        _ => "an unknown architecture",
+    }
+}
+
 /// Writes the GDT and TSS and returns segment state matching them: flat code and data
 /// at [`BOOT_CS`]/[`BOOT_DS`], 64-bit code if `long`.
 fn segments(mem: &GuestMemory, long: bool) -> Result<SpecialRegs> {
+    segments_at(mem, GDT_ADDR, TSS_ADDR, long)
+}
+
+/// [`segments`] with the GDT (48 bytes) and TSS (104 bytes) at the given addresses.
+fn segments_at(mem: &GuestMemory, gdt_addr: u64, tss_addr: u64, long: bool) -> Result<SpecialRegs> {
     let cs = Segment::flat(BOOT_CS, true, long);
     let ds = Segment::flat(BOOT_DS, false, false);
     // A busy 32/64-bit TSS (type 0xb): VMX refuses to enter a guest without a usable TR.
     let tr =
-        Segment { base: TSS_ADDR, limit: 0x67, selector: BOOT_TR, type_: 0xb, present: true, ..Default::default() };
+        Segment { base: tss_addr, limit: 0x67, selector: BOOT_TR, type_: 0xb, present: true, ..Default::default() };
     // Entry 4-5 is the TSS; its upper half (base bits 63:32) is zero.
     let gdt: [u64; 6] = [0, 0, cs.descriptor(), ds.descriptor(), tr.descriptor(), 0];
     let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write(GDT_ADDR, &bytes)?;
-    mem.fill(TSS_ADDR, 0x68, 0)?;
+    mem.write(gdt_addr, &bytes)?;
+    mem.fill(tss_addr, 0x68, 0)?;
     // No I/O permission bitmap: its offset points past the TSS limit.
-    mem.write_u16(TSS_ADDR + 0x66, 0x68)?;
+    mem.write_u16(tss_addr + 0x66, 0x68)?;
 
     let (_, reset) = power_on_state();
     Ok(SpecialRegs {
@@ -228,7 +315,7 @@ fn segments(mem: &GuestMemory, long: bool) -> Result<SpecialRegs> {
         gs: ds,
         ss: ds,
         tr,
-        gdt: DescriptorTable { base: GDT_ADDR, limit: (bytes.len() - 1) as u16 },
+        gdt: DescriptorTable { base: gdt_addr, limit: (bytes.len() - 1) as u16 },
         idt: DescriptorTable { base: 0, limit: 0 },
         cr0: ctrl::CR0_PE | ctrl::CR0_ET | ctrl::CR0_NE,
         cr2: 0,
@@ -244,6 +331,11 @@ fn segments(mem: &GuestMemory, long: bool) -> Result<SpecialRegs> {
 /// start a vCPU the way the loader does.
 pub fn protected_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
     segments(mem, false)
+}
+
+/// [`protected_mode`] with the GDT and TSS where the caller put room for them.
+pub(crate) fn protected_mode_at(mem: &GuestMemory, gdt_addr: u64, tss_addr: u64) -> Result<SpecialRegs> {
+    segments_at(mem, gdt_addr, tss_addr, false)
 }
 
 /// 64-bit long mode with the first 4 GiB identity-mapped by 2 MiB pages (page tables
