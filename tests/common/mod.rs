@@ -173,17 +173,20 @@ pub fn guest_file(name: &str) -> PathBuf {
 /// Runs `qemu-system-x86_64 -accel tcg` with `args` (no display, serial on stdout) for
 /// at most a minute; `None` if QEMU is not installed.
 pub fn run_qemu_tcg(args: &[&str]) -> Option<Run> {
+    let mut all = vec!["-accel", "tcg", "-display", "none", "-serial", "stdio", "-monitor", "none"];
+    all.extend_from_slice(args);
+    run_qemu(&all)
+}
+
+/// Runs `qemu-system-x86_64` with exactly `args` for at most a minute; `None` if QEMU
+/// is not installed.
+pub fn run_qemu(args: &[&str]) -> Option<Run> {
     let qemu = "qemu-system-x86_64";
     let found = Command::new(qemu).arg("--version").output().is_ok_and(|o| o.status.success());
     if !found {
         return None;
     }
-    let out = Command::new("timeout")
-        .args(["60", qemu, "-accel", "tcg", "-display", "none", "-serial", "stdio", "-monitor", "none"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+    let out = Command::new("timeout").arg("60").arg(qemu).args(args).stdin(Stdio::null()).output().ok()?;
     Some(Run {
         status: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
