@@ -90,6 +90,36 @@ fn more_vcpus_than_supported() {
     fails(&["-smp", "lots"], "give a number of CPUs");
 }
 
+/// A bzImage cut short after its setup code (an interrupted copy) is refused before it
+/// can crash the guest: the setup header's syssize says how long it must be.
+#[test]
+fn bzimage_shorter_than_its_syssize() {
+    let stock = common::root().join("build/guest/vmlinuz");
+    let k = match std::fs::read(&stock) {
+        Ok(mut k) => {
+            k.truncate(k.len() * 2 / 3);
+            k
+        }
+        // Without the test guest: one setup sector, then 0x1000 of the 0x2000 bytes
+        // syssize announces.
+        Err(_) => {
+            let mut k = vec![0u8; 0x400];
+            k[0x1f1] = 1;
+            k[0x1f4..0x1f8].copy_from_slice(&0x200u32.to_le_bytes());
+            k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+            k[0x200..0x202].copy_from_slice(&[0xeb, 0x6a]);
+            k[0x202..0x206].copy_from_slice(b"HdrS");
+            k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+            k.resize(0x1400, 0xf4);
+            k
+        }
+    };
+    let p = scratch("short-bzimage");
+    write(&p, &k);
+    fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "kernel file is truncated");
+    fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "syssize");
+}
+
 /// A guest that triple-faults at once resets thousands of times a second; stderr gets
 /// about a line a second with a count, not a line per reset.
 #[test]
@@ -121,34 +151,25 @@ fn reset_loop_is_logged_with_a_count() {
     }
 }
 
-/// A bzImage cut short after its setup code (an interrupted copy) is refused before it
-/// can crash the guest: the setup header's syssize says how long it must be.
 #[test]
-fn bzimage_shorter_than_its_syssize() {
-    let stock = common::root().join("build/guest/vmlinuz");
-    let k = match std::fs::read(&stock) {
-        Ok(mut k) => {
-            k.truncate(k.len() * 2 / 3);
-            k
-        }
-        // Without the test guest: one setup sector, then 0x1000 of the 0x2000 bytes
-        // syssize announces.
-        Err(_) => {
-            let mut k = vec![0u8; 0x400];
-            k[0x1f1] = 1;
-            k[0x1f4..0x1f8].copy_from_slice(&0x200u32.to_le_bytes());
-            k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
-            k[0x200..0x202].copy_from_slice(&[0xeb, 0x6a]);
-            k[0x202..0x206].copy_from_slice(b"HdrS");
-            k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-            k.resize(0x1400, 0xf4);
-            k
-        }
-    };
-    let p = scratch("short-bzimage");
-    write(&p, &k);
-    fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "kernel file is truncated");
-    fails(&["-accel", "tcg", "-m", "512", "-kernel", p.to_str().unwrap()], "syssize");
+fn empty_bios() {
+    let b = scratch("empty-bios");
+    write(&b, &[]);
+    fails(&["-accel", "tcg", "-bios", b.to_str().unwrap()], "empty");
+    fails(&["-accel", "tcg", "-bios", b.to_str().unwrap()], "empty-bios");
+}
+
+/// SeaBIOS stops without QEMU's fw_cfg: refused with that reason rather than a silent
+/// hang. The image is a stand-in carrying SeaBIOS's banner.
+#[test]
+fn seabios_needs_fw_cfg() {
+    let mut img = vec![0xf4u8; 0x20000];
+    img[0x100..0x100 + 20].copy_from_slice(b"SeaBIOS (version %s)");
+    img[0x1fff0..0x1fff5].copy_from_slice(&[0xea, 0x5b, 0xe0, 0x00, 0xf0]);
+    let b = scratch("fake-seabios.bin");
+    write(&b, &img);
+    fails(&["-accel", "tcg", "-bios", b.to_str().unwrap()], "SeaBIOS, which needs QEMU's fw_cfg");
+    fails(&["-accel", "tcg", "-bios", b.to_str().unwrap()], "quern has no fw_cfg yet");
 }
 
 /// A Multiboot kernel linked below 1 MiB, at 0x8000 as OS self-tests are, was refused

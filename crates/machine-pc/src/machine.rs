@@ -14,7 +14,7 @@ use crate::acpi::{self, AcpiConfig};
 use crate::chipset::{Chipset, PcOps};
 use crate::config::MachineConfig;
 use crate::control::{CpuWaker, EventQueue};
-use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB};
+use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB, KIB, MAX_BIOS};
 use crate::loader::{self, LoaderError};
 use crate::timers::TimerThread;
 
@@ -41,6 +41,8 @@ pub enum MachineError {
     Cpu(#[from] CpuError),
     #[error("{0}")]
     Config(String),
+    #[error("BIOS image '{}': {problem}", path.display())]
+    Bios { path: PathBuf, problem: String },
 }
 
 /// Reads a whole file the user named, with an error that names it.
@@ -61,9 +63,31 @@ pub type PreparedMemory = (MemoryLayout, Arc<GuestMemory>, Option<Vec<u8>>);
 /// creation). Also reads and checks the BIOS image, which sets part of the map.
 pub fn prepare_memory(cfg: &MachineConfig) -> Result<PreparedMemory, MachineError> {
     let bios = cfg.bios.as_deref().map(|p| read_file("BIOS image", p)).transpose()?;
+    if let (Some(path), Some(image)) = (&cfg.bios, &bios) {
+        check_bios(image).map_err(|problem| MachineError::Bios { path: path.clone(), problem })?;
+    }
     let layout = MemoryLayout::new(cfg.ram_bytes, bios.as_ref().map_or(0, |b| b.len() as u64))?;
     let mem = Arc::new(layout.build_memory()?);
     Ok((layout, mem, bios))
+}
+
+/// Refuses firmware images that cannot run here, which would otherwise hang silently.
+fn check_bios(image: &[u8]) -> Result<(), String> {
+    let len = image.len() as u64;
+    if len == 0 {
+        return Err("the file is empty; give a firmware image (a multiple of 64 KiB, at most 16 MiB)".into());
+    }
+    if len > MAX_BIOS || !len.is_multiple_of(64 * KIB) {
+        return Err(format!("the file is {len} bytes; a BIOS image must be a multiple of 64 KiB and at most 16 MiB"));
+    }
+    // SeaBIOS (QEMU's default firmware) asks QEMU's fw_cfg device for the memory size,
+    // ACPI tables and boot order and stops without it; its banner names it.
+    if image.windows(7).any(|w| w == b"SeaBIOS") {
+        return Err("this is SeaBIOS, which needs QEMU's fw_cfg device to start, and quern has no fw_cfg yet; \
+                    boot a kernel directly with -kernel (and -initrd/-append) instead"
+            .into());
+    }
+    Ok(())
 }
 
 /// A PC ready to run.
@@ -261,4 +285,20 @@ pub(crate) fn userspace_irqchip(accel: &SharedAccelerator) -> bool {
 /// Registers each `(device, base, len)` on `bus`.
 pub(crate) fn insert_all(bus: &mut Bus, devs: Vec<(quern_core::bus::SharedDevice, u64, u64)>) -> Result<(), BusError> {
     devs.into_iter().try_for_each(|(d, base, len)| bus.insert(d, base, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_bios_images_are_refused_with_the_reason() {
+        assert!(check_bios(&[]).unwrap_err().contains("empty"));
+        assert!(check_bios(&[0xf4; 1000]).unwrap_err().contains("multiple of 64 KiB"));
+        assert!(check_bios(&vec![0xf4; 32 << 20]).unwrap_err().contains("at most 16 MiB"));
+        let mut sea = vec![0xf4u8; 128 << 10];
+        sea[0x1234..0x1234 + 19].copy_from_slice(b"SeaBIOS (version 1)");
+        assert!(check_bios(&sea).unwrap_err().contains("needs QEMU's fw_cfg"));
+        assert_eq!(check_bios(&[0xf4; 64 << 10]), Ok(()));
+    }
 }
