@@ -22,6 +22,7 @@
 //! mutex and are put on the bus once per range through [`port::PortWindow`].
 
 pub mod acpi_pm;
+pub mod apic_bus;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod i8042;
