@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::multiboot::kernel;
+use common::multiboot::{image_at, kernel, LOAD_ADDR};
 use common::{quern_bin, report, run_qemu, run_quern, scratch, write, Run};
 
 /// A Multiboot kernel that prints "CLI 0000002A" and exits through isa-debug-exit
@@ -289,4 +289,17 @@ fn pidfile_is_written_and_removed() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(text.trim(), child.id().to_string());
+}
+
+#[test]
+fn no_shutdown_keeps_the_stopped_machine_as_qemu_does() {
+    // ud2 with no IDT: a triple fault, which -no-reboot turns into a shutdown.
+    let p = scratch("cli-triple-fault.bin");
+    write(&p, &image_at(LOAD_ADDR, LOAD_ADDR + 32, &[0x0f, 0x0b]));
+    let p = p.to_str().unwrap();
+    let run = quern(&["-kernel", p, "-no-reboot"]);
+    assert_eq!(run.status, Some(0), "-no-reboot exits at the reset:\n{}", run.describe());
+    let run = run_quern(&["-kernel", p, "-no-reboot", "-no-shutdown"], Duration::from_secs(2));
+    assert_eq!(run.status, None, "-no-shutdown keeps quern running:\n{}", run.describe());
+    assert!(run.stderr.contains("-no-shutdown keeps the machine stopped"), "{}", run.describe());
 }

@@ -35,6 +35,9 @@ pub struct MachineConfig {
     pub bios: Option<PathBuf>,
     /// Exit instead of resetting (-no-reboot).
     pub no_reboot: bool,
+    /// Stop instead of exiting when the guest powers off (-no-shutdown); with
+    /// `no_reboot`, a reset stops the machine too.
+    pub no_shutdown: bool,
     /// COM1's output; `None` leaves COM1 present but unconnected.
     pub serial: Option<CharOut>,
     /// isa-debugcon's output at port 0xe9 (-debugcon).
@@ -52,6 +55,7 @@ impl Default for MachineConfig {
             append: String::new(),
             bios: None,
             no_reboot: false,
+            no_shutdown: false,
             serial: None,
             debugcon: None,
             debug_exit: None,

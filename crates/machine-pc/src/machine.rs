@@ -100,6 +100,7 @@ pub struct PcMachine {
     boot: Boot,
     bios: Option<Vec<u8>>,
     no_reboot: bool,
+    no_shutdown: bool,
     cpus: u32,
     timers: Option<TimerThread>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
@@ -177,6 +178,7 @@ impl PcMachine {
             boot,
             bios,
             no_reboot: cfg.no_reboot,
+            no_shutdown: cfg.no_shutdown,
             cpus: cfg.cpus,
             timers,
             triple_faults,
@@ -235,6 +237,19 @@ impl PcMachine {
         status
     }
 
+    /// QEMU's -no-shutdown: the guest is over but the process stays, stopped, until the
+    /// user quits (Ctrl-A x, or a signal). Returns the status to exit with.
+    fn stay_stopped(&mut self, what: &str) -> i32 {
+        log::warn!("guest {what}; -no-shutdown keeps the machine stopped: Ctrl-A x quits");
+        loop {
+            match self.ops.events.take() {
+                Some(MachineEvent::Exit(status)) => return status,
+                Some(_) => {}
+                None => self.chipset.waker.wait(Duration::from_millis(100)),
+            }
+        }
+    }
+
     fn run_loop(&mut self) -> Result<i32, MachineError> {
         loop {
             let exit = self.vcpu.run(&*self.ops)?;
@@ -257,6 +272,10 @@ impl PcMachine {
                 Some(MachineEvent::Exit(status)) => {
                     log::info!("exit requested with status {status}");
                     return Ok(status);
+                }
+                Some(MachineEvent::PowerOff) if self.no_shutdown => return Ok(self.stay_stopped("powered off")),
+                Some(MachineEvent::Reset) if self.no_reboot && self.no_shutdown => {
+                    return Ok(self.stay_stopped("reset with -no-reboot"))
                 }
                 Some(MachineEvent::PowerOff) => {
                     log::info!("guest powered off");

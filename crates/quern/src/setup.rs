@@ -57,6 +57,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         append: o.append.clone().unwrap_or_default(),
         bios,
         no_reboot: o.no_reboot,
+        no_shutdown: o.no_shutdown,
         serial: None,
         debugcon: None,
         debug_exit: None,
