@@ -34,10 +34,46 @@ pub trait VmOps: Send + Sync {
     fn interrupt_pending(&self) -> bool;
     /// The INTA cycle: the vector to deliver, or `None` if the request went away.
     fn acknowledge_interrupt(&self) -> Option<u8>;
+    /// An event for this vCPU outside the maskable-interrupt path (NMI, INIT, SIPI,
+    /// SMI), consumed by the call. Machines without local APICs have none.
+    fn take_event(&self) -> Option<CpuEvent> {
+        None
+    }
+    /// A platform MSR (the local APIC's: IA32_APIC_BASE, x2APIC, TSC deadline): `None`
+    /// if `index` is not one, so the CPU handles it; `Some(Err(Gp))` raises #GP.
+    fn msr_read(&self, _index: u32) -> Option<Result<u64, Gp>> {
+        None
+    }
+    /// Writes a platform MSR; `None` if `index` is not one.
+    fn msr_write(&self, _index: u32, _value: u64) -> Option<Result<(), Gp>> {
+        None
+    }
+    /// CR8 reads the local APIC's task priority (TPR[7:4]); `None` without an APIC.
+    fn cr8(&self) -> Option<u64> {
+        None
+    }
+    /// A MOV to CR8 sets the task priority; ignored without an APIC.
+    fn set_cr8(&self, _value: u64) {}
     /// Whether the machine wants the vCPU back (reset, power-off, exit requested by a
     /// device during the access just made). Checked after every I/O callback.
     fn stop_requested(&self) -> bool;
 }
+
+/// Events that reach a CPU outside the maskable-interrupt path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuEvent {
+    Nmi,
+    /// INIT: the CPU resets (keeping its APIC) and waits for a start-up IPI.
+    Init,
+    /// A start-up IPI: the CPU, waiting after INIT, starts in real mode at
+    /// `vector << 12`.
+    StartUp(u8),
+    Smi,
+}
+
+/// A general-protection fault the machine asks the CPU to raise (a bad MSR access).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gp;
 
 /// Why [`Vcpu::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +96,9 @@ pub enum CpuError {
     Guest { accel: &'static str, reason: String },
     #[error("{accel}: {what} is not supported")]
     Unsupported { accel: &'static str, what: String },
+    /// The `-cpu` model asks for what this accelerator cannot give (worded for the user).
+    #[error("{0}")]
+    CpuModel(String),
 }
 
 /// Makes a running vCPU return from [`Vcpu::run`] soon, from any thread.
