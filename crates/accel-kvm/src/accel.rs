@@ -8,9 +8,9 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMM
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use quern_core::cpu::IrqChipMode;
 use quern_core::memory::RegionKind;
-use quern_core::{Accelerator, CpuError, GuestMemory, Vcpu};
+use quern_core::{Accelerator, CpuError, CpuModel, GuestMemory, Vcpu};
 
-use crate::cpuid::{patch_cpuid, CpuidMask, CpuidOptions};
+use crate::cpuid::{apply_model, patch_cpuid, CpuidMask, CpuidOptions};
 use crate::error::{host_error, KvmError};
 use crate::vcpu::KvmVcpu;
 use crate::{is_pvm_host, kick, ACCEL_NAME};
@@ -22,19 +22,23 @@ pub const IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
 pub const TSS_ADDR: u64 = IDENTITY_MAP_ADDR + 0x1000;
 
 /// How to build the VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvmConfig {
     /// Userspace (the machine's PIC models; default) or KVM's PIC+IOAPIC+LAPIC and PIT.
     pub irqchip: IrqChipMode,
-    /// CPU features to hide from the guest.
+    /// CPU features to hide from the guest whatever the model says (host workarounds);
+    /// a feature the model asks for with `+feat` is shown again.
     pub cpuid_mask: CpuidMask,
     /// Number of vCPUs the machine will create.
     pub cpus: u32,
+    /// The `-cpu` model. The default here is `host` (KVM's own CPUID); the binary's
+    /// default is QEMU's, `qemu64`.
+    pub cpu: CpuModel,
 }
 
 impl Default for KvmConfig {
     fn default() -> Self {
-        KvmConfig { irqchip: IrqChipMode::Userspace, cpuid_mask: CpuidMask::empty(), cpus: 1 }
+        KvmConfig { irqchip: IrqChipMode::Userspace, cpuid_mask: CpuidMask::empty(), cpus: 1, cpu: CpuModel::host() }
     }
 }
 
@@ -51,7 +55,10 @@ pub struct KvmAccelerator {
     // Drop order: the VM before the memory its slots point at.
     vm: VmFd,
     config: KvmConfig,
-    supported_cpuid: Vec<kvm_cpuid_entry2>,
+    /// KVM's supported CPUID rewritten for the model; each vCPU patches its own copy.
+    model_cpuid: Vec<kvm_cpuid_entry2>,
+    /// What to hide on top of the model (the config's mask and what the model implies).
+    mask: CpuidMask,
     run_size: usize,
     mem: Arc<GuestMemory>,
 }
@@ -102,6 +109,9 @@ impl KvmAccelerator {
 
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut model_cpuid = supported_cpuid.as_slice().to_vec();
+        let implied = apply_model(&mut model_cpuid, &config.cpu).map_err(KvmError::CpuModel)?;
+        let mask = config.cpuid_mask.show_requested(&config.cpu.plus) | implied;
         let run_size = kvm.get_vcpu_mmap_size().map_err(KvmError::ioctl("KVM_GET_VCPU_MMAP_SIZE"))?;
         let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
 
@@ -120,7 +130,7 @@ impl KvmAccelerator {
             vm.create_pit2(pit).map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
         }
 
-        Ok(KvmAccelerator { vm, config, supported_cpuid: supported_cpuid.as_slice().to_vec(), run_size, mem })
+        Ok(KvmAccelerator { vm, config, model_cpuid, mask, run_size, mem })
     }
 
     pub fn config(&self) -> &KvmConfig {
@@ -178,12 +188,9 @@ impl Accelerator for KvmAccelerator {
             });
         }
         let fd = self.vm.create_vcpu(id.into()).map_err(host_error("KVM_CREATE_VCPU"))?;
-        let mut entries = self.supported_cpuid.clone();
-        let opts = CpuidOptions {
-            mask: self.config.cpuid_mask,
-            has_lapic: self.config.irqchip == IrqChipMode::InAccelerator,
-            vcpu_id: id,
-        };
+        let mut entries = self.model_cpuid.clone();
+        let opts =
+            CpuidOptions { mask: self.mask, has_lapic: self.config.irqchip == IrqChipMode::InAccelerator, vcpu_id: id };
         patch_cpuid(&mut entries, &opts);
         let cpuid = CpuId::from_entries(&entries)
             .map_err(|e| CpuError::Unsupported { accel: ACCEL_NAME, what: format!("a CPUID table ({e:?})") })?;

@@ -8,6 +8,7 @@
 use std::ops::{BitOr, BitOrAssign};
 
 use kvm_bindings::kvm_cpuid_entry2;
+use quern_core::cpu_model::{feature, CpuModel, FeatureSet, FeatureWord, ModelKind, Reg};
 
 /// A set of CPU features to hide from the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -103,6 +104,18 @@ impl CpuidMask {
         Ok(())
     }
 
+    /// Stops hiding what `-cpu +feat` asked for by name (the user insists, e.g. `+cx16`
+    /// on kvm_pvm).
+    pub fn show_requested(self, plus: &FeatureSet) -> Self {
+        let mut m = self;
+        for name in plus.names() {
+            if let Some(f) = Self::from_name(name) {
+                m = Self(m.0 & !f.0);
+            }
+        }
+        m
+    }
+
     /// Adds what hiding a feature implies: no XSAVE means no state for AVX, no AVX means
     /// no AVX2 or AVX-512.
     pub const fn closure(self) -> Self {
@@ -166,6 +179,140 @@ const EAX71_AVX512_BF16: u32 = bit(5);
 const XCR0_YMM: u32 = bit(2);
 const XCR0_AVX512: u32 = bit(5) | bit(6) | bit(7);
 const EAX_D1_XSAVEOPT: u32 = bit(0);
+
+fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
+    entries.iter().find(|e| e.function == function && e.index == index)
+}
+
+fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
+    match r {
+        Reg::Eax => &mut e.eax,
+        Reg::Ebx => &mut e.ebx,
+        Reg::Ecx => &mut e.ecx,
+        Reg::Edx => &mut e.edx,
+    }
+}
+
+fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
+    match r {
+        Reg::Eax => e.eax,
+        Reg::Ebx => e.ebx,
+        Reg::Ecx => e.ecx,
+        Reg::Edx => e.edx,
+    }
+}
+
+/// The feature words of a CPUID table (KVM's supported one), all bits kept.
+pub fn feature_set(entries: &[kvm_cpuid_entry2]) -> FeatureSet {
+    let mut s = FeatureSet::empty();
+    for w in FeatureWord::ALL {
+        let (leaf, sub, r) = w.location();
+        if let Some(e) = find(entries, leaf, sub) {
+            s.set_word(w, reg(e, r));
+        }
+    }
+    s
+}
+
+/// Rewrites KVM's supported CPUID into the `-cpu` model's. `host` and `max` keep what
+/// KVM supports (less `-feat`); named models keep only their features that KVM
+/// supports, and take the model's family/model/stepping, brand string and leaf ranges.
+/// The vendor stays the host's unless `vendor=` says otherwise, as QEMU does under KVM
+/// (its SYSCALL/SYSENTER emulation depends on it). Returns what else must be hidden
+/// because the model lacks it (XSAVE state for models without XSAVE or AVX).
+pub fn apply_model(entries: &mut Vec<kvm_cpuid_entry2>, model: &CpuModel) -> Result<CpuidMask, String> {
+    let supported = feature_set(entries);
+    let features = model.resolve("kvm", &supported)?;
+    let named = model.kind() == ModelKind::Named;
+    for w in FeatureWord::ALL {
+        let (leaf, sub, r) = w.location();
+        let mut bits = features.word(w);
+        if named && w == FeatureWord::Kvm1Eax {
+            // QEMU turns KVM's paravirtual features on for every model under KVM.
+            bits = (supported.word(w) | model.plus.word(w)) & !model.minus.word(w);
+        }
+        if let Some(e) = entries.iter_mut().find(|e| e.function == leaf && e.index == sub) {
+            *reg_mut(e, r) = bits;
+        }
+    }
+
+    let o = &model.overrides;
+    let level = if named { Some(model.level()) } else { o.level };
+    let xlevel = if named { Some(model.xlevel()) } else { o.xlevel };
+    if let Some(level) = level {
+        entries.retain(|e| e.function <= level || e.function >= 0x4000_0000);
+    }
+    if let Some(xlevel) = xlevel {
+        entries.retain(|e| e.function < 0x8000_0000 || e.function > 0xbfff_ffff || e.function <= xlevel);
+    }
+    if model.hide_kvm {
+        entries.retain(|e| !(0x4000_0000..=0x4000_00ff).contains(&e.function));
+    }
+    let mut set = |function: u32, f: &mut dyn FnMut(&mut kvm_cpuid_entry2)| {
+        if !entries.iter().any(|e| e.function == function && e.index == 0) {
+            entries.push(kvm_cpuid_entry2 { function, ..Default::default() });
+        }
+        entries.iter_mut().filter(|e| e.function == function && e.index == 0).for_each(f);
+    };
+    if let Some(level) = level {
+        set(0, &mut |e| e.eax = level);
+    }
+    if let Some(xlevel) = xlevel {
+        set(0x8000_0000, &mut |e| e.eax = xlevel);
+    }
+    if let Some(v) = o.vendor {
+        let (b, d, c) = v.words();
+        for leaf in [0, 0x8000_0000] {
+            set(leaf, &mut |e| (e.ebx, e.ecx, e.edx) = (b, c, d));
+        }
+    }
+    set(1, &mut |e| {
+        let (fam, mdl, step) = decode_signature(e.eax);
+        let sig = if named {
+            model.signature()
+        } else {
+            quern_core::cpu_model::signature(
+                o.family.unwrap_or(fam),
+                o.model.unwrap_or(mdl),
+                o.stepping.unwrap_or(step),
+            )
+        };
+        e.eax = sig;
+    });
+    if named || o.model_id.is_some() {
+        let mut brand = [0u8; 48];
+        let id = model.model_id().as_bytes();
+        brand[..id.len()].copy_from_slice(id);
+        for (i, chunk) in brand.chunks(16).enumerate() {
+            let w = |j: usize| u32::from_le_bytes([chunk[j], chunk[j + 1], chunk[j + 2], chunk[j + 3]]);
+            set(0x8000_0002 + i as u32, &mut |e| (e.eax, e.ebx, e.ecx, e.edx) = (w(0), w(4), w(8), w(12)));
+        }
+    }
+    if let Some(bits) = o.phys_bits {
+        set(0x8000_0008, &mut |e| e.eax = (e.eax & !0xff) | bits);
+    }
+
+    let mut hide = CpuidMask::empty();
+    if !features.contains(feature::XSAVE) {
+        hide |= CpuidMask::XSAVE;
+    }
+    if !features.contains(feature::AVX) {
+        hide |= CpuidMask::AVX;
+    }
+    if !features.contains(feature::AVX512F) {
+        hide |= CpuidMask::AVX512;
+    }
+    Ok(hide)
+}
+
+/// (family, model, stepping) from leaf 1 EAX.
+fn decode_signature(eax: u32) -> (u32, u32, u32) {
+    let base_fam = (eax >> 8) & 0xf;
+    let fam = if base_fam == 0xf { base_fam + ((eax >> 20) & 0xff) } else { base_fam };
+    let mdl =
+        if base_fam == 6 || base_fam == 0xf { ((eax >> 16) & 0xf) << 4 | (eax >> 4) & 0xf } else { (eax >> 4) & 0xf };
+    (fam, mdl, eax & 0xf)
+}
 
 /// What a vCPU's CPUID must say about that vCPU in particular.
 #[derive(Clone, Copy, Debug)]
@@ -320,6 +467,87 @@ mod tests {
         assert_eq!(get(&e, 1, 0).ecx & ECX_PCID, 0);
         assert_eq!(get(&e, 7, 0).ebx & EBX7_FSGSBASE, 0);
         assert_ne!(get(&e, 7, 0).ebx & EBX7_AVX2, 0);
+    }
+
+    /// An Intel host's table with the identity leaves and KVM's paravirtual leaves.
+    fn host_table() -> Vec<kvm_cpuid_entry2> {
+        let (b, d, c) = quern_core::cpu_model::Vendor::INTEL.words();
+        let mut e = full();
+        e.extend([
+            entry(0, 0, 0x1f, b, c, d),
+            entry(0x14, 0, 1, 0, 0, 0),
+            entry(0x4000_0000, 0, 0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d),
+            entry(0x4000_0001, 0, 0x0100_7afb, 0, 0, 0),
+            entry(0x8000_0000, 0, 0x8000_0008, 0, 0, 0),
+            entry(0x8000_0001, 0, 0, 0, 0x121, 0x2c10_0800),
+            entry(0x8000_0002, 0, 0x6c65_746e, 0, 0, 0),
+            entry(0x8000_0008, 0, 0x3027, 0, 0, 0),
+        ]);
+        e
+    }
+
+    fn model(spec: &str) -> CpuModel {
+        CpuModel::parse(spec).unwrap()
+    }
+
+    #[test]
+    fn named_models_take_their_identity_and_features_but_keep_the_host_vendor() {
+        let mut e = host_table();
+        let hide = apply_model(&mut e, &model("qemu64")).unwrap();
+        assert_eq!((get(&e, 0, 0).eax, get(&e, 0, 0).ebx), (0xd, 0x756e_6547), "level 0xd, still Genu-ineIntel");
+        assert!(e.iter().all(|x| x.function != 0x14), "leaves past the model's level go");
+        let l1 = get(&e, 1, 0);
+        assert_eq!(l1.eax, 0x0006_0fb1);
+        assert_eq!(l1.ecx & (ECX_AVX | ECX_XSAVE | ECX_PCID | ECX_X2APIC), 0, "not in qemu64: {:#x}", l1.ecx);
+        assert_ne!(l1.ecx & (ECX_CX16 | 1), 0, "cx16 and sse3 are");
+        assert_eq!(get(&e, 7, 0).ebx, 0);
+        assert!(hide.contains(CpuidMask::XSAVE) && hide.contains(CpuidMask::AVX));
+        assert_eq!(get(&e, 0x8000_0000, 0).eax, 0x8000_000a);
+        assert_eq!(get(&e, 0x8000_0001, 0).ecx, 1, "lahf_lm; the host has no svm");
+        assert_eq!(get(&e, 0x8000_0002, 0).eax, u32::from_le_bytes(*b"QEMU"));
+        assert_eq!(get(&e, 0x8000_0003, 0).edx, u32::from_le_bytes(*b"+\0\0\0"));
+        assert_eq!(get(&e, 0x8000_0004, 0).eax, 0);
+        assert_eq!(get(&e, 0x4000_0001, 0).eax, 0x0100_7afb, "KVM's paravirtual features stay");
+
+        let mut e = host_table();
+        apply_model(&mut e, &model("kvm64,-kvmclock,+popcnt,xlevel=0x80000004,kvm=off")).unwrap();
+        assert_eq!(get(&e, 1, 0).eax, 0xf61);
+        assert_ne!(get(&e, 1, 0).ecx & (1 << 23), 0);
+        assert!(e.iter().all(|x| x.function != 0x8000_0008 && !(0x4000_0000..0x4000_0100).contains(&x.function)));
+    }
+
+    #[test]
+    fn host_keeps_kvms_cpuid_less_what_is_taken_away() {
+        let mut e = host_table();
+        let before = e.clone();
+        assert_eq!(apply_model(&mut e, &CpuModel::host()).unwrap(), CpuidMask::empty());
+        assert_eq!(feature_set(&e), feature_set(&before));
+        assert_eq!((get(&e, 0, 0).eax, get(&e, 1, 0).eax), (0x1f, 0x906ea));
+        assert_eq!(get(&e, 0x8000_0002, 0).eax, 0x6c65_746e, "the host's brand string");
+
+        let mut e = host_table();
+        let hide = apply_model(&mut e, &model("max,-avx,-cx16,family=6,model=0x3a,vendor=AuthenticAMD")).unwrap();
+        assert_eq!(get(&e, 1, 0).ecx & (ECX_AVX | ECX_CX16), 0);
+        assert_ne!(get(&e, 1, 0).ecx & ECX_XSAVE, 0);
+        assert!(hide.contains(CpuidMask::AVX) && !hide.contains(CpuidMask::XSAVE));
+        assert_eq!(get(&e, 1, 0).eax, 0x306aa, "family/model replaced, stepping kept");
+        assert_eq!(get(&e, 0x8000_0000, 0).ebx, u32::from_le_bytes(*b"Auth"));
+
+        let err = apply_model(&mut host_table(), &model("host,+svm")).unwrap_err();
+        assert_eq!(err, "kvm does not support CPU feature 'svm' (CPUID.80000001H:ECX bit 2)");
+    }
+
+    #[test]
+    fn requested_features_lift_the_host_workarounds() {
+        let m = CpuidMask::pvm_workarounds().show_requested(&model("host,+cx16").plus);
+        assert!(!m.contains(CpuidMask::CX16) && m.contains(CpuidMask::XSAVE));
+    }
+
+    #[test]
+    fn signatures_decode() {
+        assert_eq!(decode_signature(0x906ea), (6, 0x9e, 0xa));
+        assert_eq!(decode_signature(0x0006_0fb1), (15, 107, 1));
+        assert_eq!(decode_signature(0x0083_0f10), (0x17, 0x31, 0));
     }
 
     #[test]

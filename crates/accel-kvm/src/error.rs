@@ -27,6 +27,9 @@ pub enum KvmError {
          (too many regions, or try a smaller -m)"
     )]
     MemorySlot { slot: u32, guest_base: u64, size: u64, source: io::Error },
+    /// The `-cpu` model asks for what KVM cannot give here.
+    #[error("{0}")]
+    CpuModel(String),
 }
 
 /// kvm-ioctls reports failures as a bare errno.

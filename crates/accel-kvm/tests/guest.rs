@@ -375,6 +375,56 @@ fn cpuid_shows_the_mask_and_no_apic_without_irqchip() {
     }
 }
 
+/// A named `-cpu` model under KVM: QEMU's family/model/stepping and brand string, the
+/// host's vendor, only the model's features.
+#[test]
+fn cpuid_follows_a_named_cpu_model() {
+    let cpu = quern_core::CpuModel::parse("qemu64,-cx16").unwrap();
+    let Some((mem, accel)) = flat_vm(KvmConfig { cpu, ..Default::default() }) else { return };
+    let code = asm(16, CODE, |a| {
+        a.mov(eax, 1)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(0x600), eax)?;
+        a.mov(dword_ptr(0x604), ecx)?;
+        a.mov(eax, 0x8000_0002u32)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(0x608), eax)?;
+        a.mov(eax, 0)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(0x60c), eax)?;
+        a.mov(dword_ptr(0x610), ebx)?;
+        a.hlt()
+    });
+    let mut vcpu = real_mode_vcpu(&accel, &mem, &code);
+    assert_eq!(run_bounded(&mut *vcpu, &Ops::default()).unwrap(), VcpuExit::Halted);
+    let word = |a| mem.read_u32(a).unwrap();
+    assert_eq!(word(0x600), 0x0006_0fb1, "family 15, model 107, stepping 1");
+    let leaf1_ecx = word(0x604);
+    assert_eq!(leaf1_ecx & (1 << 13), 0, "cx16 taken away: {leaf1_ecx:#x}");
+    if leaf1_ecx & (1 << 28) != 0 && is_pvm_host() {
+        say(&format!("HOST LIMIT (kvm_pvm): the guest sees AVX (leaf 1 ECX {leaf1_ecx:#x}) although qemu64 has none"));
+    } else {
+        assert_eq!(leaf1_ecx & (1 << 28), 0, "no avx in qemu64: {leaf1_ecx:#x}");
+    }
+    assert_eq!(&word(0x608).to_le_bytes(), b"QEMU");
+    assert_eq!(word(0x60c), 0xd, "qemu64's highest basic leaf");
+    let host = std::arch::x86_64::__cpuid(0);
+    assert_eq!(word(0x610), host.ebx, "the host's vendor, as QEMU keeps it under KVM");
+}
+
+#[test]
+fn cpu_models_kvm_cannot_give_are_refused() {
+    let cpu = quern_core::CpuModel::parse("host,+svm,+vmx").unwrap();
+    let mem = Arc::new(GuestMemory::flat(4 << 20).unwrap());
+    match KvmAccelerator::new(mem, KvmConfig { cpu, ..Default::default() }) {
+        Err(e) if std::env::var("QUERN_NO_KVM").as_deref() == Ok("1") && !e.to_string().contains("CPU feature") => {
+            say(&format!("NOT RUN: no usable /dev/kvm ({e})"));
+        }
+        Err(e) => assert!(e.to_string().starts_with("kvm does not support CPU feature '"), "{e}"),
+        Ok(_) => say("NOT RUN: this host's KVM offers both svm and vmx"),
+    }
+}
+
 #[test]
 fn register_state_round_trips_through_kvm() {
     let Some((_mem, accel)) = flat_vm(KvmConfig::default()) else { return };

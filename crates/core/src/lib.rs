@@ -11,12 +11,15 @@
 //! - [`events`]: reset, power-off and exit requests from devices to the machine.
 //! - [`log_limit`]: logging for guest errors that repeat: a count, not a line each.
 //! - [`regs`]: neutral x86 register types, converted per backend.
+//! - [`cpu_model`]: CPU models for `-cpu` (vendor, family, CPUID features), shared by
+//!   both accelerators.
 //! - [`cpu`]: the vCPU and accelerator traits, and [`cpu::VmOps`], the one callback
 //!   interface through which either accelerator reaches the machine.
 
 pub mod bus;
 pub mod clock;
 pub mod cpu;
+pub mod cpu_model;
 pub mod events;
 pub mod irq;
 pub mod log_limit;
@@ -26,6 +29,7 @@ pub mod regs;
 pub use bus::{Bus, BusDevice, BusError};
 pub use clock::{Clock, HostClock, TimerDevice};
 pub use cpu::{Accelerator, CpuError, Vcpu, VcpuExit, VcpuKicker, VmOps};
+pub use cpu_model::CpuModel;
 pub use events::{MachineControl, MachineEvent};
 pub use irq::{IrqLine, NullIrq, TestIrq};
 pub use memory::{GuestMemory, MemoryError, RegionKind};

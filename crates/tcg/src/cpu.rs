@@ -86,10 +86,19 @@ pub struct Cpu {
     /// Set while the CPU itself reads or writes a system structure (GDT, LDT, IDT,
     /// TSS): those accesses are supervisor accesses whatever the CPL.
     pub system_access: bool,
+    /// The `-cpu` model: CPUID and which model-specific MSRs exist.
+    pub model: Arc<crate::model::TcgCpuModel>,
+    /// Machine-check and vendor MSRs of the model.
+    pub model_msrs: crate::model::ModelMsrs,
 }
 
 impl Cpu {
+    /// A CPU of the default model (qemu64).
     pub fn new(mem: Arc<GuestMemory>) -> Box<Self> {
+        Self::with_model(mem, Arc::new(crate::model::TcgCpuModel::default()))
+    }
+
+    pub fn with_model(mem: Arc<GuestMemory>, model: Arc<crate::model::TcgCpuModel>) -> Box<Self> {
         let state = *CpuState::new();
         Box::new(Cpu {
             state,
@@ -99,6 +108,8 @@ impl Cpu {
             code_modified: false,
             start: std::time::Instant::now(),
             system_access: false,
+            model,
+            model_msrs: Default::default(),
         })
     }
 

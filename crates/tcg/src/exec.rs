@@ -189,11 +189,19 @@ impl VcpuKicker for TcgKicker {
 /// The JIT accelerator.
 pub struct TcgAccelerator {
     mem: Arc<GuestMemory>,
+    model: Arc<crate::model::TcgCpuModel>,
 }
 
 impl TcgAccelerator {
+    /// The JIT with QEMU's default CPU model, qemu64.
     pub fn new(mem: Arc<GuestMemory>) -> Result<Self, CpuError> {
-        Ok(TcgAccelerator { mem })
+        Self::with_cpu_model(mem, &quern_core::CpuModel::default())
+    }
+
+    /// The JIT presenting `model` (`-cpu`); refuses `host` and features it cannot run.
+    pub fn with_cpu_model(mem: Arc<GuestMemory>, model: &quern_core::CpuModel) -> Result<Self, CpuError> {
+        let model = crate::model::TcgCpuModel::new(model).map_err(CpuError::CpuModel)?;
+        Ok(TcgAccelerator { mem, model: Arc::new(model) })
     }
 }
 
@@ -205,7 +213,7 @@ impl quern_core::Accelerator for TcgAccelerator {
         if id != 0 {
             return Err(CpuError::Unsupported { accel: "tcg", what: "more than one vCPU".into() });
         }
-        Ok(Box::new(TcgVcpu::new(self.mem.clone())?))
+        Ok(Box::new(TcgVcpu::with_model(self.mem.clone(), self.model.clone())?))
     }
 }
 
@@ -224,10 +232,15 @@ fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
 }
 
 impl TcgVcpu {
+    /// A vCPU of the default model (qemu64).
     pub fn new(mem: Arc<GuestMemory>) -> Result<Self, CpuError> {
+        Self::with_model(mem, Arc::new(crate::model::TcgCpuModel::default()))
+    }
+
+    pub fn with_model(mem: Arc<GuestMemory>, model: Arc<crate::model::TcgCpuModel>) -> Result<Self, CpuError> {
         let cache = CodeCache::new().map_err(|e| host_err("mapping the code buffer", e))?;
         let mut v = TcgVcpu {
-            shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::new(mem)) }),
+            shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) }),
             cache,
             helpers: HelperAddrs {
                 load: crate::helpers::helper_load as *const () as usize,
@@ -582,6 +595,9 @@ impl Vcpu for TcgVcpu {
         }
         self.set_sregs(&s)?;
         self.set_regs(&r)?;
+        // After RESET, EDX holds the model's family/model/stepping.
+        let sig = self.cpu().model.signature();
+        self.cpu_mut().state.gpr[2] = u64::from(sig);
         self.cache.clear();
         Ok(())
     }

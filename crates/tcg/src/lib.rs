@@ -21,6 +21,7 @@ pub mod helpers;
 pub mod interp;
 pub mod interrupt;
 pub mod mmu;
+pub mod model;
 pub mod paging;
 pub mod profile;
 pub mod segment;
@@ -29,3 +30,4 @@ pub mod translate;
 pub mod x64;
 
 pub use exec::{TcgAccelerator, TcgVcpu};
+pub use model::TcgCpuModel;

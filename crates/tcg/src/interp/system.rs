@@ -233,7 +233,7 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             Step::Next
         }
         Cpuid => {
-            let (a, b, c, d) = cpuid(cpu.state.gpr[0] as u32, cpu.state.gpr[1] as u32);
+            let (a, b, c, d) = cpu.model.cpuid(cpu.state.gpr[0] as u32, cpu.state.gpr[1] as u32);
             cpu.state.gpr[0] = u64::from(a);
             cpu.state.gpr[3] = u64::from(b);
             cpu.state.gpr[1] = u64::from(c);
@@ -513,48 +513,6 @@ fn set_cr0(cpu: &mut Cpu, v: u64) -> Result<()> {
     Ok(())
 }
 
-/// The CPU quern's JIT presents: an x86-64 with the baseline integer features.
-pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    let _ = sub;
-    let vendor = *b"GenuineIntel";
-    let word = |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
-    match leaf {
-        0 => (1, word(0), word(8), word(4)),
-        1 => {
-            // Family 6, model 0x3a-like; features: FPU TSC MSR PAE CX8 PGE CMOV PAT
-            // CLFLUSH MMX FXSR SSE SSE2; ECX: CX16 POPCNT.
-            let edx = 1
-                | 1 << 3
-                | 1 << 4
-                | 1 << 5
-                | 1 << 6
-                | 1 << 8
-                | 1 << 13
-                | 1 << 15
-                | 1 << 16
-                | 1 << 19
-                | 1 << 23
-                | 1 << 24
-                | 1 << 25
-                | 1 << 26;
-            let ecx = 1 << 13 | 1 << 23;
-            (0x0003_06a9, 0x0001_0800, ecx, edx)
-        }
-        0x8000_0000 => (0x8000_0008, 0, 0, 0),
-        0x8000_0001 => (0, 0, 1 | 1 << 5, 1 << 11 | 1 << 20 | 1 << 29),
-        0x8000_0002..=0x8000_0004 => {
-            let name = b"quern JIT x86-64 CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
-            let base = (leaf - 0x8000_0002) as usize * 16;
-            let w = |i: usize| {
-                u32::from_le_bytes([name[base + i], name[base + i + 1], name[base + i + 2], name[base + i + 3]])
-            };
-            (w(0), w(4), w(8), w(12))
-        }
-        0x8000_0008 => (0x3028, 0, 0, 0),
-        _ => (0, 0, 0, 0),
-    }
-}
-
 pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
     let s = &cpu.state;
     Ok(match index {
@@ -575,7 +533,7 @@ pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
         // Microcode signature (IA32_BIOS_SIGN_ID): none loaded.
         0x8b => 0,
         msr::IA32_TSC => cpu.tsc(),
-        _ => return Err(Exception::gp0()),
+        _ => return crate::model::read_msr(cpu, index),
     })
 }
 
@@ -583,7 +541,10 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
     let s = &mut cpu.state;
     match index {
         msr::EFER => {
-            // LMA is read-only; the rest as written (SCE, LME, NXE).
+            // Bits of features the model lacks are reserved. LMA is read-only.
+            if v & !cpu.model.efer_writable() != 0 {
+                return Err(Exception::gp0());
+            }
             s.efer = (v & !ctrl::EFER_LMA) | (s.efer & ctrl::EFER_LMA);
             s.tlb.flush();
         }
@@ -605,7 +566,7 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
             let now = cpu.tsc();
             cpu.state.msr.tsc_offset = cpu.state.msr.tsc_offset.wrapping_add(v.wrapping_sub(now));
         }
-        _ => return Err(Exception::gp0()),
+        _ => return crate::model::write_msr(cpu, index, v),
     }
     Ok(())
 }
