@@ -216,14 +216,25 @@ pub fn feature_set(entries: &[kvm_cpuid_entry2]) -> FeatureSet {
 
 /// Rewrites KVM's supported CPUID into the `-cpu` model's. `host` and `max` keep what
 /// KVM supports (less `-feat`); named models keep only their features that KVM
-/// supports, and take the model's family/model/stepping, brand string and leaf ranges.
+/// supports (with QEMU's KVM defaults: x2APIC on, SVM off), and take the model's
+/// family/model/stepping, brand string and leaf ranges.
 /// The vendor stays the host's unless `vendor=` says otherwise, as QEMU does under KVM
 /// (its SYSCALL/SYSENTER emulation depends on it). Returns what else must be hidden
 /// because the model lacks it (XSAVE state for models without XSAVE or AVX).
 pub fn apply_model(entries: &mut Vec<kvm_cpuid_entry2>, model: &CpuModel) -> Result<CpuidMask, String> {
     let supported = feature_set(entries);
-    let features = model.resolve("kvm", &supported)?;
+    let mut features = model.resolve("kvm", &supported)?;
     let named = model.kind() == ModelKind::Named;
+    if named {
+        // QEMU's defaults for every model under KVM: x2APIC on (hidden again below
+        // without an in-kernel LAPIC), nested SVM off.
+        if supported.contains(feature::X2APIC) && !model.minus.contains(feature::X2APIC) {
+            features.insert(feature::X2APIC);
+        }
+        if !model.plus.contains(feature::SVM) {
+            features.remove(feature::SVM);
+        }
+    }
     for w in FeatureWord::ALL {
         let (leaf, sub, r) = w.location();
         let mut bits = features.word(w);
@@ -498,7 +509,8 @@ mod tests {
         assert!(e.iter().all(|x| x.function != 0x14), "leaves past the model's level go");
         let l1 = get(&e, 1, 0);
         assert_eq!(l1.eax, 0x0006_0fb1);
-        assert_eq!(l1.ecx & (ECX_AVX | ECX_XSAVE | ECX_PCID | ECX_X2APIC), 0, "not in qemu64: {:#x}", l1.ecx);
+        assert_eq!(l1.ecx & (ECX_AVX | ECX_XSAVE | ECX_PCID), 0, "not in qemu64: {:#x}", l1.ecx);
+        assert_ne!(l1.ecx & ECX_X2APIC, 0, "x2apic on, as QEMU has it under KVM");
         assert_ne!(l1.ecx & (ECX_CX16 | 1), 0, "cx16 and sse3 are");
         assert_eq!(get(&e, 7, 0).ebx, 0);
         assert!(hide.contains(CpuidMask::XSAVE) && hide.contains(CpuidMask::AVX));
@@ -508,6 +520,12 @@ mod tests {
         assert_eq!(get(&e, 0x8000_0003, 0).edx, u32::from_le_bytes(*b"+\0\0\0"));
         assert_eq!(get(&e, 0x8000_0004, 0).eax, 0);
         assert_eq!(get(&e, 0x4000_0001, 0).eax, 0x0100_7afb, "KVM's paravirtual features stay");
+
+        let mut e = host_table();
+        e.iter_mut().filter(|x| x.function == 0x8000_0001).for_each(|x| x.ecx |= 1 << 2);
+        apply_model(&mut e, &model("qemu64,-x2apic")).unwrap();
+        assert_eq!(get(&e, 1, 0).ecx & ECX_X2APIC, 0);
+        assert_eq!(get(&e, 0x8000_0001, 0).ecx & (1 << 2), 0, "no nested SVM unless asked for");
 
         let mut e = host_table();
         apply_model(&mut e, &model("kvm64,-kvmclock,+popcnt,xlevel=0x80000004,kvm=off")).unwrap();
