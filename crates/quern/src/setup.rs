@@ -79,7 +79,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
 
 /// The text `-cpu help` prints.
 pub fn cpu_help() -> String {
-    "qemu64\n".into()
+    quern_core::cpu_model::help_text()
 }
 
 /// Creates the first accelerator that works, in the order the options give (QEMU's

@@ -461,7 +461,7 @@ fn parse_smp(v: &str) -> std::result::Result<u32, String> {
     let [cpus, maxcpus, sockets, dies, clusters, cores, threads] = n.map(|x| x.unwrap_or(0));
     let (dies, clusters) = (dies.max(1), clusters.max(1));
     let (mut sockets, mut cores, mut threads, mut maxcpus) = (sockets, cores, threads, maxcpus);
-    let fill = |given: u32, others: u32| if others == 0 { 0 } else { (given / others).max(1) };
+    let fill = |given: u32, others: u32| given.checked_div(others).map_or(0, |n| n.max(1));
     if cpus == 0 && maxcpus == 0 {
         (sockets, cores, threads) = (sockets.max(1), cores.max(1), threads.max(1));
     } else {

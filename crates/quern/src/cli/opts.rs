@@ -26,7 +26,7 @@ impl Opts {
                 continue;
             }
             match part.split_once('=') {
-                Some((k, _)) if k.is_empty() => return Err(format!("'{part}': missing the name before '='")),
+                Some(("", _)) => return Err(format!("'{part}': missing the name before '='")),
                 Some((k, v)) => items.push((k.to_string(), v.to_string())),
                 None => match implied {
                     Some(key) if i == 0 => items.push((key.to_string(), part)),

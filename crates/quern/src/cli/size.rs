@@ -39,7 +39,7 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
         let f: u128 = frac[..digits as usize].parse().map_err(|_| bad())?;
         let scale = 10u128.pow(digits);
         let part = f * unit as u128;
-        if part % scale != 0 {
+        if !part.is_multiple_of(scale) {
             return Err(format!("'{s}' is not a whole number of bytes"));
         }
         bytes = bytes.checked_add((part / scale) as u64).ok_or_else(|| format!("'{s}' is too large"))?;

@@ -260,7 +260,7 @@ fn random_argument_vectors_never_panic() {
         let mut argv = vec![OsString::from("quern")];
         for _ in 0..n {
             let mut a: Vec<u8> = Vec::new();
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 a.push(b'-');
                 a.extend(rng.pick(table::OPTIONS).name.as_bytes());
             }
