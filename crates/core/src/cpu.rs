@@ -54,6 +54,12 @@ pub trait VmOps: Send + Sync {
     }
     /// A MOV to CR8 sets the task priority; ignored without an APIC.
     fn set_cr8(&self, _value: u64) {}
+    /// The platform's time-stamp count (before the CPU's own TSC offset), so that the
+    /// CPU's RDTSC and the local APIC's TSC-deadline timer count the same time; `None`
+    /// leaves the CPU to its own clock.
+    fn tsc(&self) -> Option<u64> {
+        None
+    }
     /// Whether the machine wants the vCPU back (reset, power-off, exit requested by a
     /// device during the access just made). Checked after every I/O callback.
     fn stop_requested(&self) -> bool;

@@ -19,6 +19,7 @@ use crate::state::{CpuState, Fault, NO_FAULT};
 pub mod vector {
     pub const DE: u8 = 0;
     pub const DB: u8 = 1;
+    pub const NMI: u8 = 2;
     pub const BP: u8 = 3;
     pub const OF: u8 = 4;
     pub const BR: u8 = 5;
@@ -90,6 +91,12 @@ pub struct Cpu {
     pub model: Arc<crate::model::TcgCpuModel>,
     /// Machine-check and vendor MSRs of the model.
     pub model_msrs: crate::model::ModelMsrs,
+    /// An NMI is being handled: further NMIs wait until the next IRET.
+    pub nmi_blocked: bool,
+    /// An NMI that arrived while blocked.
+    pub nmi_pending: bool,
+    /// After INIT, an application processor waits for a start-up IPI.
+    pub wait_for_sipi: bool,
 }
 
 impl Cpu {
@@ -110,6 +117,9 @@ impl Cpu {
             system_access: false,
             model,
             model_msrs: Default::default(),
+            nmi_blocked: false,
+            nmi_pending: false,
+            wait_for_sipi: false,
         })
     }
 
@@ -144,9 +154,12 @@ impl Cpu {
         flag.store(1, std::sync::atomic::Ordering::Release);
     }
 
-    /// The time-stamp counter: nanoseconds since creation, plus what WRMSR set.
+    /// The time-stamp counter: the machine's (which the local APIC's TSC-deadline
+    /// timer also counts) or, without a machine, nanoseconds since creation; plus what
+    /// WRMSR set.
     pub fn tsc(&self) -> u64 {
-        (self.start.elapsed().as_nanos() as u64).wrapping_add(self.state.msr.tsc_offset)
+        let base = self.ops().and_then(|o| o.tsc()).unwrap_or_else(|| self.start.elapsed().as_nanos() as u64);
+        base.wrapping_add(self.state.msr.tsc_offset)
     }
 
     pub fn raise(&mut self, e: Exception) {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
 use iced_x86::Instruction;
+use quern_core::cpu::CpuEvent;
 use quern_core::regs::{self, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
@@ -394,10 +395,54 @@ impl TcgVcpu {
         }
     }
 
+    /// NMI, INIT, start-up IPIs and SMI from the machine's local APIC, then a pending
+    /// NMI if NMIs are not blocked.
+    fn take_events(&mut self, ops: &dyn VmOps) -> Result<Option<VcpuExit>, CpuError> {
+        while let Some(ev) = ops.take_event() {
+            match ev {
+                CpuEvent::Nmi => self.cpu_mut().nmi_pending = true,
+                CpuEvent::Init => {
+                    // The bootstrap processor restarts at the reset vector; the others
+                    // wait for a start-up IPI.
+                    let apic_base = ops.msr_read(regs::msr::IA32_APIC_BASE).and_then(Result::ok);
+                    let bsp = apic_base.is_none_or(|b| b & (1 << 8) != 0);
+                    quern_core::log_limited!(log::Level::Debug, "tcg: INIT (bsp: {bsp})");
+                    self.reset()?;
+                    let cpu = self.cpu_mut();
+                    (cpu.nmi_blocked, cpu.nmi_pending, cpu.wait_for_sipi) = (false, false, !bsp);
+                    cpu.state.halted = u32::from(!bsp);
+                }
+                CpuEvent::StartUp(v) if self.cpu().wait_for_sipi => {
+                    let cpu = self.cpu_mut();
+                    cpu.wait_for_sipi = false;
+                    crate::segment::load_real(cpu, CS, u16::from(v) << 8);
+                    cpu.state.rip = 0;
+                    cpu.state.halted = 0;
+                }
+                CpuEvent::StartUp(_) => {}
+                CpuEvent::Smi => quern_core::log_limited!(log::Level::Warn, "tcg: SMI ignored: quern has no SMM"),
+            }
+        }
+        let cpu = self.cpu_mut();
+        if cpu.nmi_pending && !cpu.nmi_blocked && !cpu.wait_for_sipi {
+            (cpu.nmi_pending, cpu.nmi_blocked) = (false, true);
+            cpu.state.inhibit_irq = 0;
+            if interrupt::deliver(cpu, crate::cpu::vector::NMI, None, Source::Hardware).is_err() {
+                if let Some(e) = cpu.take_fault() {
+                    return Ok(self.deliver(e));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn run_loop(&mut self, ops: &dyn VmOps) -> Result<VcpuExit, CpuError> {
         loop {
             if self.take_exit_request() && ops.stop_requested() {
                 return Ok(VcpuExit::Kicked);
+            }
+            if let Some(x) = self.take_events(ops)? {
+                return Ok(x);
             }
             // Interrupts, between blocks.
             let cpu = self.cpu_mut();

@@ -190,6 +190,9 @@ fn finish(cpu: &mut Cpu, offset: u64, interrupt_gate: bool) {
 
 /// IRET in every mode.
 pub fn iret(cpu: &mut Cpu, w: u8) -> Result<()> {
+    // IRET ends NMI blocking (even when it faults later, as on hardware it is the
+    // instruction's execution that unblocks).
+    cpu.nmi_blocked = false;
     if !cpu.state.protected() {
         let ip = pop(cpu, w)?;
         let cs = pop(cpu, w)? as u16;

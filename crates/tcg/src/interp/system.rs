@@ -473,7 +473,15 @@ fn mov_cr(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
                 cpu.state.cr4 = v;
                 cpu.state.tlb.flush();
             }
-            Register::CR8 => cpu.state.cr8 = v & 0xf,
+            Register::CR8 => {
+                if v & !0xf != 0 {
+                    return Err(Exception::gp0());
+                }
+                cpu.state.cr8 = v;
+                if let Some(ops) = cpu.ops() {
+                    ops.set_cr8(v);
+                }
+            }
             _ => return Err(Exception::ud()),
         }
     } else {
@@ -482,7 +490,7 @@ fn mov_cr(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
             Register::CR2 => cpu.state.cr2,
             Register::CR3 => cpu.state.cr3,
             Register::CR4 => cpu.state.cr4,
-            Register::CR8 => cpu.state.cr8,
+            Register::CR8 => cpu.ops().and_then(|o| o.cr8()).unwrap_or(cpu.state.cr8),
             _ => return Err(Exception::ud()),
         };
         write_reg(cpu, ins.op0_register(), v);
@@ -514,6 +522,10 @@ fn set_cr0(cpu: &mut Cpu, v: u64) -> Result<()> {
 }
 
 pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
+    // The machine's MSRs first: its local APIC owns IA32_APIC_BASE and the x2APIC range.
+    if let Some(r) = cpu.ops().and_then(|o| o.msr_read(index)) {
+        return r.map_err(|_| Exception::gp0());
+    }
     let s = &cpu.state;
     Ok(match index {
         msr::EFER => s.efer,
@@ -538,6 +550,9 @@ pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
 }
 
 pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
+    if let Some(r) = cpu.ops().and_then(|o| o.msr_write(index, v)) {
+        return r.map_err(|_| Exception::gp0());
+    }
     let s = &mut cpu.state;
     match index {
         msr::EFER => {
