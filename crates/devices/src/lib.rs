@@ -8,6 +8,7 @@
 //! | --- | --- | --- | --- |
 //! | [`uart`] | 16550A UART (COM1) | 0x3f8-0x3ff | 4 |
 //! | [`pic`] | i8259A master/slave pair, ELCR | 0x20-0x21, 0xa0-0xa1, 0x4d0-0x4d1 | drives INTR |
+//! | [`ioapic`] | 82093AA I/O APIC, 24 pins | MMIO 0xfec00000 (0x1000) | sends APIC messages |
 //! | [`pit`] | i8254 PIT, port B (speaker, gate 2) | 0x40-0x43, 0x61 | 0 |
 //! | [`rtc`] | MC146818 RTC and CMOS | 0x70-0x71 | 8 |
 //! | [`i8042`] | PS/2 controller and keyboard | 0x60, 0x64 | 1 (keyboard), 12 (aux) |
@@ -26,6 +27,7 @@ pub mod apic_bus;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod i8042;
+pub mod ioapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
@@ -39,6 +41,7 @@ pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
 pub use debugcon::Debugcon;
 pub use i8042::{i8042_bus_devices, I8042};
+pub use ioapic::{IoApic, IoApicMmio, IoApicPin, IrqFanOut};
 pub use pci::{pci_bus_devices, BarKind, ConfigSpace, PciBus, PciDevice, PciRoot, SharedPciDevice};
 pub use pic::{pic_bus_devices, PicIrqLine, PicPair};
 pub use pit::{pit_bus_devices, Pit};
