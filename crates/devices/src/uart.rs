@@ -1,10 +1,13 @@
 //! The 16550A UART of COM1 (ports 0x3f8-0x3ff, IRQ4), wrapping rust-vmm's
 //! `vm-superio` register model.
 //!
-//! vm-superio signals an interrupt through a push-button [`Trigger`] each time a THR-
-//! empty or received-data condition becomes pending (and, when the guest re-enables
-//! IER, for conditions already pending). The PIC is edge-triggered, so each trigger
-//! becomes one pulse on the line: one rising edge per interrupt the guest must see.
+//! A 16550's INTR output is a level: high while an enabled interrupt is pending
+//! (IIR bit 0 clear), low once the guest has serviced it (read IIR for THRE, drained
+//! the receive buffer for received data) or disabled it in IER. The model drives its
+//! line that way, recomputed after every access, rather than through vm-superio's
+//! push-button [`Trigger`]: a pulse is invisible to an input the guest made
+//! level-triggered in the ELCR (the PIC's IRR follows the wire there), and on an
+//! edge-triggered input the level gives the same rising edges.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -18,28 +21,49 @@ use crate::port::{read_bytewise, write_bytewise};
 /// Number of ports the UART occupies.
 pub const UART_LEN: u64 = 8;
 
-/// An [`IrqLine`] as vm-superio's interrupt trigger.
-pub struct IrqTrigger(Arc<dyn IrqLine>);
+/// vm-superio's trigger, unused: [`Serial`] derives its line from the IIR and IER.
+struct NoTrigger;
 
-impl Trigger for IrqTrigger {
+impl Trigger for NoTrigger {
     type E = Infallible;
     fn trigger(&self) -> Result<(), Infallible> {
-        self.0.pulse();
         Ok(())
     }
 }
 
-type Inner = vm_superio::Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+type Inner = vm_superio::Serial<NoTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+
+// vm-superio's IIR and IER bits.
+const IIR_THR_EMPTY: u8 = 0x02;
+const IIR_RDA: u8 = 0x04;
+const IER_RDA: u8 = 0x01;
+const IER_THR_EMPTY: u8 = 0x02;
 
 /// A 16550A UART; output goes to `out`, input comes from [`Serial::enqueue_input`].
 pub struct Serial {
     inner: Inner,
+    irq: Arc<dyn IrqLine>,
+    /// The level last driven on `irq`.
+    irq_level: bool,
     out_failed: bool,
 }
 
 impl Serial {
     pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn Write + Send>) -> Self {
-        Serial { inner: vm_superio::Serial::new(IrqTrigger(irq), out), out_failed: false }
+        Serial { inner: vm_superio::Serial::new(NoTrigger, out), irq, irq_level: false, out_failed: false }
+    }
+
+    /// Drives the line to what the registers say: an interrupt vm-superio has
+    /// flagged in IIR and the guest still enables in IER.
+    fn update_irq(&mut self) {
+        let state = self.inner.state();
+        let (iir, ier) = (state.interrupt_identification, state.interrupt_enable);
+        let level =
+            (iir & IIR_RDA != 0 && ier & IER_RDA != 0) || (iir & IIR_THR_EMPTY != 0 && ier & IER_THR_EMPTY != 0);
+        if level != self.irq_level {
+            self.irq_level = level;
+            self.irq.set_level(level);
+        }
     }
 
     /// Queues bytes from the host for the guest to read, raising the receive interrupt
@@ -48,7 +72,9 @@ impl Serial {
         if bytes.is_empty() || self.input_space() == 0 {
             return 0;
         }
-        self.inner.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let n = self.inner.enqueue_raw_bytes(bytes).unwrap_or(0);
+        self.update_irq();
+        n
     }
 
     /// Free space in the receive FIFO, so the host's input thread can wait instead of
@@ -61,6 +87,7 @@ impl Serial {
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         read_bytewise(offset, data, UART_LEN, |off| self.inner.read(off as u8));
+        self.update_irq();
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         write_bytewise(offset, data, UART_LEN, |off, v| {
@@ -71,6 +98,7 @@ impl BusDevice for Serial {
                 }
             }
         });
+        self.update_irq();
     }
 }
 
@@ -107,10 +135,19 @@ mod tests {
         assert_eq!(irq.rising_edges(), 0, "THRE interrupt is disabled");
         s.write(IER, &[0x02]);
         assert_eq!(irq.rising_edges(), 1, "enabling THRE with an empty THR interrupts");
+        assert!(irq.level(), "the line is a level, held while pending");
         assert_eq!(rd(&mut s, IIR) & 0x0f, 0x02);
+        assert!(!irq.level(), "reading IIR services THRE");
         s.write(DATA, b"b");
         assert_eq!(irq.rising_edges(), 2);
-        assert!(!irq.level(), "each interrupt is a pulse");
+        // Disabling the interrupt in IER drops the line; enabling it again raises it.
+        s.write(IER, &[0x00]);
+        assert!(!irq.level());
+        s.write(IER, &[0x02]);
+        assert_eq!(irq.rising_edges(), 3);
+        assert_eq!(rd(&mut s, IIR) & 0x0f, 0x02);
+        assert_eq!(rd(&mut s, IIR) & 0x0f, 0x01, "nothing pending");
+        assert!(!irq.level());
         assert_eq!(&*buf.0.lock().unwrap(), b"ab");
         assert_eq!(rd(&mut s, LSR) & 0x60, 0x60);
     }
@@ -124,12 +161,59 @@ mod tests {
         assert_eq!(irq.rising_edges(), 1, "pending data interrupts once enabled");
         assert_eq!(rd(&mut s, LSR) & 1, 1);
         assert_eq!(rd(&mut s, DATA), b'x');
+        assert!(!irq.level(), "reading data services the interrupt");
         assert_eq!(rd(&mut s, DATA), b'y');
         assert_eq!(rd(&mut s, LSR) & 1, 0);
         assert_eq!(s.enqueue_input(b"z"), 1);
         assert_eq!(irq.rising_edges(), 2);
         assert!(s.input_space() > 0);
         assert_eq!(s.enqueue_input(&[]), 0);
+    }
+
+    /// `printf '\020' | dd of=/dev/port seek=$((0x4d0))` in a `noapic` guest: IRQ4
+    /// level-triggered at the PIC. A level input follows the wire, so the UART must
+    /// hold its line high while an interrupt is pending, or the PIC never sees it.
+    #[test]
+    fn level_triggered_pic_input_sees_pending_interrupts() {
+        use crate::pic::{PicIrqLine, PicPair, PicWindow};
+        use crate::port::PortGroup;
+        use std::sync::Mutex;
+
+        let pic = Arc::new(Mutex::new(PicPair::new()));
+        {
+            let mut p = pic.lock().unwrap();
+            for (w, base, icw3) in [(PicWindow::Master, 0x20, 0x04), (PicWindow::Slave, 0x28, 0x02)] {
+                for (off, v) in [(0, 0x11), (1, base), (1, icw3), (1, 0x01), (1, 0x00)] {
+                    p.window_write(w, off, &[v]);
+                }
+            }
+        }
+        let line = Arc::new(PicIrqLine::new(pic.clone(), 4, Arc::new(|| {})));
+        let mut s = Serial::new(line, Box::new(std::io::sink()));
+        // THRE pending (the console's TX interrupt) before the switch to level.
+        s.write(IER, &[0x02]);
+        pic.lock().unwrap().window_write(PicWindow::Elcr, 0, &[0x10]);
+        let eoi = |pic: &Arc<Mutex<PicPair>>| pic.lock().unwrap().window_write(PicWindow::Master, 0, &[0x20]);
+        let intr = |pic: &Arc<Mutex<PicPair>>| pic.lock().unwrap().intr();
+        assert!(intr(&pic), "the pending THRE interrupt is seen after the ELCR switch");
+        assert_eq!(pic.lock().unwrap().acknowledge(), 0x24);
+        assert_eq!(rd(&mut s, IIR) & 0x0f, 0x02);
+        eoi(&pic);
+        assert!(!intr(&pic), "reading IIR dropped the line");
+        // New events while level-triggered: a byte sent, a byte received.
+        s.write(DATA, b"a");
+        assert!(intr(&pic), "THRE after a write");
+        assert_eq!(pic.lock().unwrap().acknowledge(), 0x24);
+        assert_eq!(rd(&mut s, IIR) & 0x0f, 0x02);
+        eoi(&pic);
+        s.write(IER, &[0x01]);
+        assert!(!intr(&pic));
+        s.enqueue_input(b"k");
+        assert!(intr(&pic), "received data");
+        assert_eq!(pic.lock().unwrap().acknowledge(), 0x24);
+        assert_eq!(rd(&mut s, DATA), b'k');
+        eoi(&pic);
+        assert!(!intr(&pic), "reading the data dropped the line");
     }
 
     #[test]
