@@ -6,6 +6,12 @@
 //! loaded, read from the [`Clock`] at 1.193182 MHz. Channel 0's interrupts come from
 //! [`TimerDevice::tick`], at most one per call, so a stalled machine does not receive
 //! a burst of catch-up interrupts.
+//!
+//! Channel 2's gate is port 0x61 bit 0, with the 8254's rules: in modes 0 and 4 a low
+//! gate holds the count; in modes 2 and 3 it holds the count and forces OUT high, and
+//! the rising edge reloads; in modes 1 and 5 the rising edge (re)starts the count.
+//! Linux calibrates the TSC on it (mode 0, OUT2 polled in port 0x61 bit 5, or the MSB
+//! read live); the tests run those loops against the model.
 
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +53,10 @@ enum Access {
 
 #[derive(Debug, Default)]
 struct Channel {
+    /// The counting mode, 0-5 (6 and 7 count as 2 and 3).
     mode: u8,
+    /// The mode bits as written, which the status byte reports.
+    mode_bits: u8,
     access: Access,
     bcd: bool,
     /// The count loaded, 1..=65536 (1..=10000 in BCD).
@@ -56,7 +65,8 @@ struct Channel {
     null_count: bool,
     /// Counting: a count was loaded (and, in modes 1 and 5, the gate triggered it).
     armed: bool,
-    /// Ticks counted before `since` (mode 0/4 counting paused by the gate).
+    /// Ticks counted before `since` (counting paused by a low gate, or in mode 0 by
+    /// half of a new count).
     base_ticks: u64,
     /// When the current run of counting began; `None` while the gate holds it.
     since: Option<u64>,
@@ -100,6 +110,7 @@ impl Channel {
         // Modes 6 and 7 are aliases of 2 and 3.
         *self = Channel {
             mode: if mode > 5 { mode - 4 } else { mode },
+            mode_bits: mode,
             access,
             bcd: v & 1 != 0,
             null_count: true,
@@ -115,6 +126,11 @@ impl Channel {
             (Access::Hi, _) => u16::from(v) << 8,
             (Access::LoHi, None) => {
                 self.write_lsb = Some(v);
+                // Mode 0: the first byte stops counting and drives OUT low until the
+                // second byte loads the new count.
+                if self.mode == 0 {
+                    self.pause(now);
+                }
                 return;
             }
             (Access::LoHi, Some(lsb)) => u16::from_le_bytes([lsb, v]),
@@ -126,6 +142,12 @@ impl Channel {
         if !matches!(self.mode, 1 | 5) {
             self.start(now);
         }
+    }
+
+    /// Stops counting, keeping the count where it is.
+    fn pause(&mut self, now: u64) {
+        self.base_ticks = self.elapsed(now);
+        self.since = None;
     }
 
     fn count(&self, now: u64) -> u16 {
@@ -154,7 +176,7 @@ impl Channel {
         let n = u64::from(self.reload.max(1));
         let d = self.elapsed(now);
         match self.mode {
-            0 => self.armed && d >= n,
+            0 => self.armed && self.write_lsb.is_none() && d >= n,
             _ if !self.armed || (self.since.is_none() && matches!(self.mode, 2 | 3)) => true,
             1 => d >= n,
             2 => n < 2 || d % n != n - 1,
@@ -167,7 +189,7 @@ impl Channel {
         (u8::from(self.out(now)) << 7)
             | (u8::from(self.null_count) << 6)
             | ((self.access as u8) << 4)
-            | (self.mode << 1)
+            | (self.mode_bits << 1)
             | u8::from(self.bcd)
     }
 
@@ -211,14 +233,13 @@ impl Channel {
         }
         self.gate = high;
         match (self.mode, high) {
-            // Modes 0 and 4 pause while the gate is low.
-            (0 | 4, false) => {
-                self.base_ticks = self.elapsed(now);
-                self.since = None;
-            }
-            (0 | 4, true) => self.since = Some(now),
-            // Modes 2 and 3 stop while low and reload on the rising edge.
-            (2 | 3, false) => self.since = None,
+            // Modes 0 and 4 pause while the gate is low (mode 0 stays paused while
+            // half of a new count is written).
+            (0 | 4, false) => self.pause(now),
+            (0 | 4, true) if !(self.mode == 0 && self.write_lsb.is_some()) => self.since = Some(now),
+            // Modes 2 and 3 stop while low (OUT forced high) and reload on the
+            // rising edge.
+            (2 | 3, false) => self.pause(now),
             (2 | 3, true) if self.armed => self.start(now),
             // Modes 1 and 5 are started (or restarted) by the rising edge.
             (1 | 5, true) if !self.null_count || self.armed => self.start(now),
@@ -565,6 +586,243 @@ mod tests {
         r.at_ticks(1);
         assert_eq!(r.read_latched(0), 0x0999);
         assert_eq!(r.pit.tick(0), Some(ticks_to_ns(1000)));
+    }
+
+    #[test]
+    fn gate_low_holds_the_count_in_modes_2_and_3() {
+        let mut r = Rig::new();
+        r.set_port_b(1);
+        for (cw, held) in [(0xb4, 60), (0xb6, 20)] {
+            r.clock.set_ns(0);
+            r.out(3, cw);
+            r.out(2, 100);
+            r.out(2, 0);
+            r.at_ticks(40);
+            r.set_port_b(0);
+            r.at_ticks(90);
+            assert_eq!(r.read_latched(2), held, "mode {}: counting stopped, count held", (cw >> 1) & 7);
+            assert_eq!(r.port_b() & 0x20, 0x20, "OUT forced high");
+            r.set_port_b(1);
+            assert_eq!(r.read_latched(2), 100, "the rising gate reloads");
+        }
+    }
+
+    #[test]
+    fn status_reports_the_mode_bits_as_written() {
+        let mut r = Rig::new();
+        r.out(3, 0x7c); // channel 1, lo/hi, mode 6 (an alias of mode 2)
+        r.out(1, 10);
+        r.out(1, 0);
+        r.out(3, 0xe4);
+        assert_eq!(r.inb(1), 0x80 | 0x30 | 0x0c);
+        r.at_ticks(9);
+        assert_eq!(r.read_latched(1), 1, "counts as mode 2");
+    }
+
+    #[test]
+    fn mode0_first_byte_of_a_new_count_stops_counting_and_drives_out_low() {
+        let mut r = Rig::new();
+        r.set_port_b(1);
+        r.out(3, 0xb0);
+        r.out(2, 10);
+        r.out(2, 0);
+        r.at_ticks(20);
+        assert_eq!(r.port_b() & 0x20, 0x20);
+        r.out(2, 50); // LSB only
+        assert_eq!(r.port_b() & 0x20, 0, "OUT low at once");
+        let held = r.read_latched(2);
+        r.at_ticks(120);
+        assert_eq!(r.read_latched(2), held, "not counting");
+        r.set_port_b(0);
+        r.set_port_b(1);
+        r.at_ticks(130);
+        assert_eq!(r.read_latched(2), held, "the gate does not restart it either");
+        r.out(2, 0); // MSB: 50 loads and counts
+        r.at_ticks(170);
+        assert_eq!(r.read_latched(2), 10);
+        r.at_ticks(180);
+        assert_eq!(r.port_b() & 0x20, 0x20);
+    }
+
+    #[test]
+    fn mode1_and_mode5_start_on_the_gate_edge() {
+        let mut r = Rig::new();
+        r.out(3, 0xb2); // mode 1
+        r.out(2, 50);
+        r.out(2, 0);
+        r.at_ticks(10);
+        assert_eq!(r.port_b() & 0x20, 0x20, "OUT high until triggered");
+        assert_eq!(r.read_latched(2), 50, "waits for the gate");
+        r.set_port_b(1);
+        r.at_ticks(30);
+        assert_eq!(r.port_b() & 0x20, 0, "one-shot pulse low");
+        assert_eq!(r.read_latched(2), 30);
+        r.set_port_b(0);
+        r.set_port_b(1); // retrigger
+        r.at_ticks(70);
+        assert_eq!(r.read_latched(2), 10);
+        r.at_ticks(80);
+        assert_eq!(r.port_b() & 0x20, 0x20);
+
+        r.out(3, 0xba); // mode 5
+        r.out(2, 20);
+        r.out(2, 0);
+        r.set_port_b(0);
+        r.set_port_b(1);
+        r.at_ticks(99);
+        assert_eq!(r.port_b() & 0x20, 0x20);
+        r.at_ticks(100);
+        assert_eq!(r.port_b() & 0x20, 0, "strobe at terminal count");
+        r.at_ticks(101);
+        assert_eq!(r.port_b() & 0x20, 0x20);
+    }
+
+    /// A guest running Linux's PIT loops (arch/x86/kernel/tsc.c) against the model:
+    /// each port access takes `io_ns`, the TSC counts nanoseconds (1 GHz).
+    struct Guest {
+        r: Rig,
+        io_ns: u64,
+    }
+
+    impl Guest {
+        fn new(io_ns: u64) -> Self {
+            let r = Rig::new();
+            r.clock.set_ns(1_000_000_007);
+            Guest { r, io_ns }
+        }
+        fn inb(&mut self, port: u16) -> u8 {
+            self.r.clock.advance_ns(self.io_ns / 2);
+            let v = if port == 0x61 { self.r.port_b() } else { self.r.inb(u64::from(port - 0x40)) };
+            self.r.clock.advance_ns(self.io_ns - self.io_ns / 2);
+            v
+        }
+        fn outb(&mut self, v: u8, port: u16) {
+            self.r.clock.advance_ns(self.io_ns / 2);
+            if port == 0x61 {
+                self.r.set_port_b(v);
+            } else {
+                self.r.out(u64::from(port - 0x40), v);
+            }
+            self.r.clock.advance_ns(self.io_ns - self.io_ns / 2);
+        }
+        fn get_cycles(&self) -> u64 {
+            self.r.clock.now_ns()
+        }
+        fn pit_verify_msb(&mut self, val: u8) -> bool {
+            self.inb(0x42);
+            self.inb(0x42) == val
+        }
+        fn pit_expect_msb(&mut self, val: u8) -> (bool, u64, u64) {
+            let (mut count, mut tsc, mut prev_tsc) = (0, 0, 0);
+            while count < 50_000 && self.pit_verify_msb(val) {
+                prev_tsc = tsc;
+                tsc = self.get_cycles();
+                count += 1;
+            }
+            (count > 5, tsc, self.get_cycles() - prev_tsc)
+        }
+        /// quick_pit_calibrate: the TSC rate in kHz, 0 for "Fast TSC calibration
+        /// failed".
+        fn quick_pit_calibrate(&mut self) -> u64 {
+            const MAX_QUICK_PIT_ITERATIONS: u64 = 50 * PIT_HZ / 1000 / 256;
+            let b = self.inb(0x61);
+            self.outb((b & !0x02) | 0x01, 0x61);
+            self.outb(0xb0, 0x43);
+            self.outb(0xff, 0x42);
+            self.outb(0xff, 0x42);
+            self.pit_verify_msb(0);
+            let (ok, tsc, d1) = self.pit_expect_msb(0xff);
+            if !ok {
+                return 0;
+            }
+            for i in 1..=MAX_QUICK_PIT_ITERATIONS {
+                let (ok, t, d2) = self.pit_expect_msb(0xff - i as u8);
+                if !ok {
+                    return 0;
+                }
+                let delta = t - tsc;
+                if i == 1 && d1 + d2 >= (delta * MAX_QUICK_PIT_ITERATIONS) >> 11 {
+                    return 0;
+                }
+                if d1 + d2 >= delta >> 11 {
+                    continue;
+                }
+                if !self.pit_verify_msb(0xfe - i as u8) {
+                    return 0;
+                }
+                return delta * PIT_HZ / (i * 256 * 1000);
+            }
+            0
+        }
+        /// pit_calibrate_tsc: kHz, or `u64::MAX` for a failed sanity check.
+        fn pit_calibrate_tsc(&mut self, latch: u16, ms: u64, loopmin: u32) -> u64 {
+            let b = self.inb(0x61);
+            self.outb((b & !0x02) | 0x01, 0x61);
+            self.outb(0xb0, 0x43);
+            self.outb(latch as u8, 0x42);
+            self.outb((latch >> 8) as u8, 0x42);
+            let t1 = self.get_cycles();
+            let (mut tsc, mut t2) = (t1, t1);
+            let (mut pitcnt, mut tscmin, mut tscmax) = (0, u64::MAX, 0);
+            while self.inb(0x61) & 0x20 == 0 {
+                t2 = self.get_cycles();
+                let delta = t2 - tsc;
+                tsc = t2;
+                tscmin = tscmin.min(delta);
+                tscmax = tscmax.max(delta);
+                pitcnt += 1;
+                assert!(pitcnt < 10_000_000, "OUT2 never rose");
+            }
+            if pitcnt < loopmin || tscmax > 10 * tscmin {
+                return u64::MAX;
+            }
+            (t2 - t1) / ms
+        }
+    }
+
+    fn ppm(khz: u64) -> u64 {
+        khz.abs_diff(1_000_000)
+    }
+
+    #[test]
+    fn linux_quick_pit_calibrate_finds_the_tsc_rate() {
+        for io_ns in [50, 200, 700, 1000, 2000] {
+            let khz = Guest::new(io_ns).quick_pit_calibrate();
+            assert!(ppm(khz) < 500, "{io_ns} ns per access: {khz} kHz");
+        }
+    }
+
+    #[test]
+    fn linux_pit_calibrate_tsc_finds_the_tsc_rate() {
+        // CAL_LATCH (10 ms, at least 1000 loops) and CAL2_LATCH (50 ms, 5000 loops).
+        for (latch, ms, loopmin) in [(PIT_HZ / 100, 10, 1000), (PIT_HZ / 20, 50, 5000)] {
+            for io_ns in [50, 500, 1500] {
+                let khz = Guest::new(io_ns).pit_calibrate_tsc(latch as u16, ms, loopmin);
+                assert!(ppm(khz) < 1000, "{io_ns} ns per access, {ms} ms: {khz} kHz");
+            }
+        }
+    }
+
+    #[test]
+    fn linux_calibration_from_a_used_channel_2() {
+        // Whatever was left behind (a beep in mode 3 with the gate high, a status and
+        // a count latched and never read, half of a two-byte read) does not matter:
+        // the control word resets the channel.
+        let mut g = Guest::new(300);
+        g.outb(0x03, 0x61);
+        g.outb(0xb6, 0x43);
+        g.outb(0x34, 0x42);
+        g.outb(0x12, 0x42);
+        g.inb(0x42);
+        g.outb(0xd8, 0x43);
+        let khz = g.quick_pit_calibrate();
+        assert!(ppm(khz) < 500, "{khz} kHz");
+        assert_eq!(g.inb(0x61) & 0x03, 0x01, "gate high, speaker off");
+        g.outb(0xe8, 0x43); // read-back: status of channel 2 first
+        assert_eq!(g.inb(0x42) & 0x3f, 0x30, "lo/hi, mode 0, binary");
+        let khz = g.pit_calibrate_tsc((PIT_HZ / 100) as u16, 10, 1000);
+        assert!(ppm(khz) < 1000, "{khz} kHz");
+        assert_eq!(g.inb(0x61) & 0x20, 0x20, "OUT2 stays high after the terminal count");
     }
 
     #[test]
