@@ -159,15 +159,38 @@ pub fn i440fx_host_bridge() -> ConfigSpace {
     c
 }
 
-/// The PIIX3 PCI-to-ISA bridge (8086:7000), function 0 of a multi-function device.
-/// PIRQ routing (0x60-0x63) starts disabled; firmware programs it.
+/// PIIX3's PIRQ route control registers PIRQRC[A-D], one byte each from here.
+pub const PIRQ_ROUTE_REG: u8 = 0x60;
+/// Bit 7 of a route register: PIRQx reaches no ISA IRQ (the reset value, 0x80).
+pub const PIRQ_ROUTE_DISABLED: u8 = 0x80;
+
+/// The PIIX3 PCI-to-ISA bridge (8086:7000), function 0 of a multi-function device
+/// (IDE joins as 01.1). PIRQ routing (0x60-0x63) starts disabled; firmware, or the
+/// OS through the DSDT's link devices, programs it.
 pub fn piix3_isa_bridge() -> ConfigSpace {
     let mut c = ConfigSpace::new(0x8086, 0x7000, [0x06, 0x01, 0x00], 0x00);
     c.set_u8(0x0e, 0x80);
     c.set_writable(0x40, &[0xff; 0xc0]);
-    c.set_bytes(0x60, &[0x80; 4]);
+    c.set_bytes(PIRQ_ROUTE_REG, &[PIRQ_ROUTE_DISABLED; 4]);
+    // Route registers: bit 7 and the IRQ in bits 3:0; bits 6:4 are reserved zeros.
+    c.set_writable(PIRQ_ROUTE_REG, &[0x8f; 4]);
     c.set_bytes(0x70, &[0x80, 0x80]);
     c
+}
+
+/// The ISA IRQ a PIRQ route register value sends its PIRQ to: `None` when routing is
+/// disabled or names an IRQ PIIX3 reserves (0, 1, 2, 8, 13: timer, keyboard, cascade,
+/// RTC, FPU), which the hardware does not drive either.
+pub fn pirq_route_irq(reg: u8) -> Option<u8> {
+    let irq = reg & 0x0f;
+    (reg & PIRQ_ROUTE_DISABLED == 0 && !matches!(irq, 0 | 1 | 2 | 8 | 13)).then_some(irq)
+}
+
+/// The PIRQ (0 = PIRQA) that INTx pin `intx` (0 = INTA) of device `slot` on bus 0
+/// drives: the PC board's rotation, (slot + pin - 1) mod 4, as QEMU's `pc` wires it
+/// (slot 1 INTA is PIRQA, slot 0 INTA is PIRQD). The DSDT's `_PRT` says the same.
+pub fn pirq_for_pin(slot: u8, intx: u8) -> usize {
+    (usize::from(slot) + usize::from(intx) + 3) & 3
 }
 
 /// The functions on bus 0, by device and function number.
@@ -225,6 +248,10 @@ impl PciBus {
 pub struct PciRoot {
     address: u32,
     bus: PciBus,
+    /// The host bridge and the ISA bridge, also on `bus`: kept typed so the machine can
+    /// read PIIX3's PIRQ routing and reset both.
+    host: Arc<Mutex<ConfigSpace>>,
+    isa: Arc<Mutex<ConfigSpace>>,
 }
 
 impl Default for PciRoot {
@@ -237,12 +264,29 @@ impl PciRoot {
     /// Bus 0 with the host bridge at 00.0 and the ISA bridge at 01.0.
     pub fn new() -> Self {
         let mut bus = PciBus::new();
-        let fixed: [(u8, ConfigSpace); 2] = [(0, i440fx_host_bridge()), (1, piix3_isa_bridge())];
-        for (dev, config) in fixed {
-            // An empty bus always has these slots free.
-            let _ = bus.add(dev, 0, Arc::new(Mutex::new(config)));
-        }
-        PciRoot { address: 0, bus }
+        let host = Arc::new(Mutex::new(i440fx_host_bridge()));
+        let isa = Arc::new(Mutex::new(piix3_isa_bridge()));
+        // An empty bus always has these slots free.
+        let _ = bus.add(0, 0, host.clone());
+        let _ = bus.add(1, 0, isa.clone());
+        PciRoot { address: 0, bus, host, isa }
+    }
+
+    /// The ISA IRQ PIRQ `n` (0-3 for PIRQA-D) is routed to by PIIX3's route register,
+    /// `None` while disabled (the reset state) or invalid. PCI INTx lines reach the PIC
+    /// (and the same-numbered IOAPIC input) through this; they are level-triggered, so
+    /// the IRQ's ELCR bit must be set, which the OS does when it enables a link.
+    pub fn pirq_route(&self, n: usize) -> Option<u8> {
+        let n = u8::try_from(n).ok().filter(|&n| n < 4)?;
+        pirq_route_irq(lock(&self.isa).u8(PIRQ_ROUTE_REG + n))
+    }
+
+    /// A system reset: the bridges return to their power-on configuration (PIRQ
+    /// routing disabled) and CONFIG_ADDRESS clears. Added devices keep their state.
+    pub fn reset(&mut self) {
+        self.address = 0;
+        *lock(&self.host) = i440fx_host_bridge();
+        *lock(&self.isa) = piix3_isa_bridge();
     }
 
     pub fn bus(&self) -> &PciBus {

@@ -1,34 +1,63 @@
-//! Minimal ACPI tables for direct kernel boot, in the BIOS area 0xe0000-0xfffff (RAM
-//! and e820-reserved when no -bios is given; firmware builds its own tables).
+//! ACPI tables for direct kernel boot, in the BIOS area 0xe0000-0xfffff (RAM and
+//! e820-reserved when no -bios is given; firmware builds its own tables).
 //!
 //! ```text
-//! 0xe0000 RSDP (rev 2) ── RSDT (32-bit) ─┬─ FACP ── DSDT (\_S5), FACS
+//! 0xe0000 RSDP (rev 2) ── RSDT (32-bit) ─┬─ FACP ── DSDT, FACS
 //!                      └─ XSDT (64-bit) ─┴─ APIC (MADT)
 //! ```
 //!
-//! acpi_tables builds the FADT, FACS, XSDT, the DSDT's AML and the MADT's processor
-//! and I/O APIC entries. The RSDP is written by hand because the crate's `Rsdp` cannot
-//! carry an RSDT address, and the RSDT and MADT are assembled with its generic `Sdt`
-//! because its MADT type has no flags field (PCAT_COMPAT) and no interrupt source
-//! override entries.
+//! They describe the machine the way QEMU's `pc` (i440FX/PIIX3) does, so a kernel
+//! finds what it finds there:
+//! - MADT: one local APIC per CPU (APIC ID = processor UID = index), the I/O APIC
+//!   (ID 0 as in QEMU, 0xfec00000, GSI base 0), ISA IRQ0 -> GSI 2, IRQs 5, 9, 10 and
+//!   11 (the PCI link IRQs and the SCI) level/active-high, NMI on every LINT1, and
+//!   PCAT_COMPAT. A kernel that finds no APIC in CPUID ignores the APIC entries.
+//! - DSDT: `\_SB.PCI0` (PNP0A03, bus 0-0xff, I/O 0-0xcf7 and 0xd00-0xffff around the
+//!   config ports, the VGA window, and MMIO from the top of low RAM to the I/O APIC);
+//!   `_PRT` sends INTx of each slot to PIIX3's PIRQA-D with the board's rotation
+//!   ([`pirq_for_pin`]) through link devices `\_SB.LNKA`-`LNKD` (PNP0C0F, IRQs 5, 10,
+//!   11) whose `_CRS`/`_SRS`/`_DIS` read and write the PIRQ route registers at 0x60-0x63
+//!   of 00:01.0 through a PCI_Config operation region, as QEMU's DSDT does; under
+//!   `\_SB.PCI0.ISA_` the ISA devices (PIC, PIT, speaker, RTC, i8042 keyboard and
+//!   mouse, COM1, and the PM block as motherboard resources); processor devices
+//!   `\_SB.Cnnn` (ACPI0007, `_UID` = MADT processor UID); and `\_S5`.
+//!
+//! AML is built with acpi_tables' `aml` module, the crate that already writes the
+//! FADT, FACS and XSDT: it covers devices, methods, fields, operation regions and most
+//! resource descriptors, so the DSDT reads like ASL. The two descriptors it lacks
+//! (IRQNoFlags, the ISA IRQ descriptor, and an Extended Interrupt listing several
+//! IRQs) are small `Aml` types here. The RSDP is written by hand because the crate's
+//! `Rsdp` cannot carry an RSDT address, and the RSDT and MADT are assembled with its
+//! generic `Sdt` because its MADT type has no flags field (PCAT_COMPAT) and no
+//! interrupt source override or local APIC NMI entries.
 
-use acpi_tables::aml::{Name, Package};
+use acpi_tables::aml::{
+    self, AddressSpace, AddressSpaceCacheable, Arg, CreateDWordField, Device, EISAName, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, LessThan, Method, MethodCall, Name, OpRegion,
+    OpRegionSpace, Package, PackageBuilder, Path, ResourceTemplate, Return, Scope, Store, IO, ZERO,
+};
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
-use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use acpi_tables::Aml;
+use acpi_tables::{Aml, AmlSink};
 use quern_core::memory::MemoryError;
 use quern_core::{GuestMemory, RegionKind};
+use quern_devices::pci::{pirq_for_pin, PIRQ_ROUTE_DISABLED, PIRQ_ROUTE_REG};
 use thiserror::Error;
 
-use crate::layout::{BIOS_AREA_START, HIGH_MEMORY_START, IOAPIC_BASE, LAPIC_BASE};
+use crate::layout::{BIOS_AREA_START, HIGH_MEMORY_START, IOAPIC_BASE, LAPIC_BASE, VGA_START};
 
 /// The RSDP's address: 16-byte aligned at the start of the BIOS area, where a
 /// BIOS-less search of 0xe0000-0xfffff finds it.
 pub const RSDP_ADDR: u64 = BIOS_AREA_START;
+/// The I/O APIC's ID in the MADT (QEMU's choice; APIC IDs of CPUs and I/O APICs are
+/// separate on xAPIC systems), which the I/O APIC model's ID register should match.
+pub const IOAPIC_ID: u8 = 0;
+/// The ISA IRQs the PCI link devices offer, as on QEMU's `pc`.
+pub const PCI_LINK_IRQS: [u8; 3] = [5, 10, 11];
 const OEM_ID: [u8; 6] = *b"QUERN ";
 const OEM_TABLE_ID: [u8; 8] = *b"QUERNPC ";
 const OEM_REVISION: u32 = 1;
@@ -41,6 +70,10 @@ const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_8042: u16 = 1 << 1;
 /// MADT flags: dual 8259s present (the OS must mask them when using the I/O APIC).
 const MADT_PCAT_COMPAT: u32 = 1;
+/// PM1a event (4 bytes), PM1a control (2, at +4) and PM timer (4, at +8).
+const PM_BLOCK_LEN: u8 = 12;
+/// The 32-bit PCI MMIO window ends below the I/O APIC (and the LAPIC and BIOS above).
+const PCI_MMIO_END: u64 = IOAPIC_BASE - 1;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AcpiConfig {
@@ -50,12 +83,17 @@ pub struct AcpiConfig {
     pub pm_base: u16,
     /// The SCI's ISA IRQ (9 on a PC; declared level-triggered, active high).
     pub sci_irq: u8,
+    /// Start of the 32-bit PCI MMIO window: the top of RAM below 4 GiB
+    /// (`MemoryLayout::below_4g`). It runs to just below the I/O APIC.
+    pub pci_mmio_base: u64,
 }
 
 #[derive(Debug, Error)]
 pub enum AcpiError {
-    #[error("ACPI tables: {0} CPUs do not fit the MADT (the I/O APIC takes the next APIC ID); give 1 to 254")]
+    #[error("ACPI tables: {0} CPUs do not fit the MADT; give 1 to 255")]
     Cpus(u8),
+    #[error("ACPI tables: the PCI MMIO window cannot start at {0:#x} (give 1 MiB to {PCI_MMIO_END:#x})")]
+    PciWindow(u64),
     #[error("ACPI tables need RAM at {RSDP_ADDR:#x}, but the BIOS area is ROM there (firmware brings its own tables)")]
     NotRam,
     #[error("ACPI tables ({0} bytes) do not fit in the BIOS area {RSDP_ADDR:#x}-{HIGH_MEMORY_START:#x}")]
@@ -66,8 +104,11 @@ pub enum AcpiError {
 
 /// Writes the tables and returns the RSDP's address.
 pub fn write_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError> {
-    if cfg.cpus == 0 || cfg.cpus == u8::MAX {
+    if cfg.cpus == 0 {
         return Err(AcpiError::Cpus(cfg.cpus));
+    }
+    if !(HIGH_MEMORY_START..PCI_MMIO_END).contains(&cfg.pci_mmio_base) {
+        return Err(AcpiError::PciWindow(cfg.pci_mmio_base));
     }
     if mem.region(RSDP_ADDR).map(|r| r.kind) != Some(RegionKind::Ram) {
         return Err(AcpiError::NotRam);
@@ -82,7 +123,7 @@ pub fn write_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, Acp
         addr
     };
     let facs = place(aml_bytes(&FACS::new()), 64);
-    let dsdt = place(dsdt(), 16);
+    let dsdt = place(dsdt(cfg), 16);
     let fadt = place(fadt(cfg, facs, dsdt), 16);
     let madt = place(madt(cfg), 16);
     let rsdt = place(rsdt(&[fadt, madt]), 16);
@@ -142,12 +183,219 @@ fn xsdt(entries: &[u64]) -> Vec<u8> {
     aml_bytes(&t)
 }
 
-/// The DSDT holds only `\_S5`: SLP_TYP 5 in PM1a/PM1b control means soft-off.
-fn dsdt() -> Vec<u8> {
-    let s5 = Name::new("_S5_".into(), &Package::new(vec![&5u8, &5u8, &0u8, &0u8]));
+/// `IRQNoFlags() {irqs}`: the short IRQ descriptor, ISA IRQs by mask (edge, active
+/// high). ISA devices use it because its numbers are ISA IRQs, which the MADT's
+/// overrides translate (IRQ0 is GSI 2), while an Extended Interrupt names a GSI.
+struct IrqNoFlags(u16);
+
+impl IrqNoFlags {
+    fn new(irq: u8) -> Self {
+        IrqNoFlags(1 << irq)
+    }
+}
+
+impl Aml for IrqNoFlags {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x22); // small item 4 (IRQ), 2 bytes
+        sink.word(self.0);
+    }
+}
+
+/// `Interrupt(ResourceConsumer, Level, ActiveHigh, Shared) {irqs}`: a PCI link's
+/// choices (acpi_tables' `Interrupt` holds one number).
+struct SharedLevelIrqs(&'static [u8]);
+
+impl Aml for SharedLevelIrqs {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x89); // large item 9: extended interrupt descriptor
+        sink.word(2 + 4 * self.0.len() as u16);
+        sink.byte(0x09); // consumer, level, active high, shared
+        sink.byte(self.0.len() as u8);
+        for &irq in self.0 {
+            sink.dword(irq.into());
+        }
+    }
+}
+
+const LINKS: [&str; 4] = ["LNKA", "LNKB", "LNKC", "LNKD"];
+
+/// The DSDT (see the module comment).
+fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut sb = Vec::new();
+    sb.extend(pci_interrupt_links());
+    sb.extend(pci0(cfg));
+    // The route registers, through the ISA bridge's region, for the link methods.
+    let prq = |n: u8| FieldEntry::Named([b'P', b'R', b'Q', b'0' + n], 8);
+    let field = Field::new(
+        "PCI0.ISA_.P40C".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        (0..4).map(prq).collect(),
+    );
+    field.to_aml_bytes(&mut sb);
+    for cpu in 0..cfg.cpus {
+        // ACPI 6 processor devices, tied to the MADT entries by `_UID`.
+        let uid = Name::new("_UID".into(), &cpu);
+        Device::new(Path::new(&format!("C{cpu:03X}")), vec![&Name::new("_HID".into(), &"ACPI0007"), &uid])
+            .to_aml_bytes(&mut sb);
+    }
     let mut t = sdt(b"DSDT", 2);
+    t.append_slice(&Scope::raw("\\_SB_".into(), sb));
+    // SLP_TYP 5 in PM1a/PM1b control means soft-off.
+    let s5 = Name::new("_S5_".into(), &Package::new(vec![&5u8, &5u8, &0u8, &0u8]));
     t.append_slice(&aml_bytes(&s5));
     t.as_slice().to_vec()
+}
+
+/// `\_SB.LNKA`-`LNKD` and their helpers, on PIIX3's route register `PRQn`: bit 7 set
+/// means disabled, else the low bits hold the ISA IRQ (QEMU's `pc` DSDT works alike).
+fn pci_interrupt_links() -> Vec<u8> {
+    let mut out = Vec::new();
+    let disabled = PIRQ_ROUTE_DISABLED;
+    // IQST(reg): _STA of a link, present and enabled unless the route is disabled.
+    let and = aml::And::new(&ZERO, &disabled, &Arg(0));
+    Method::new("IQST".into(), 1, false, vec![&If::new(&and, vec![&Return::new(&0x09u8)]), &Return::new(&0x0bu8)])
+        .to_aml_bytes(&mut out);
+    // IQCR(reg): _CRS of a link, its IRQ (0 when disabled). Serialized: it creates names.
+    let one_irq = Interrupt::new(true, false, false, true, 0);
+    let prr0 = Name::new("PRR0".into(), &ResourceTemplate::new(vec![&one_irq]));
+    let (prr0_ref, prri_ref) = (Path::new("PRR0"), Path::new("PRRI"));
+    let prri = CreateDWordField::new(&prri_ref, &prr0_ref, &5u8);
+    let less = LessThan::new(&Arg(0), &disabled);
+    let store = Store::new(&prri_ref, &Arg(0));
+    let ret = Return::new(&prr0_ref);
+    Method::new("IQCR".into(), 1, true, vec![&prr0, &prri, &If::new(&less, vec![&store]), &ret]).to_aml_bytes(&mut out);
+
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0C0F"));
+    let prs = Name::new("_PRS".into(), &ResourceTemplate::new(vec![&SharedLevelIrqs(&PCI_LINK_IRQS)]));
+    for (n, link) in LINKS.iter().enumerate() {
+        let reg = Path::new(&format!("PRQ{n}"));
+        let uid = Name::new("_UID".into(), &(n as u8));
+        let (iqst, iqcr) = (MethodCall::new("IQST".into(), vec![&reg]), MethodCall::new("IQCR".into(), vec![&reg]));
+        let (ret_st, ret_cr) = (Return::new(&iqst), Return::new(&iqcr));
+        let sta = Method::new("_STA".into(), 0, false, vec![&ret_st]);
+        let crs = Method::new("_CRS".into(), 0, false, vec![&ret_cr]);
+        let set_disabled = aml::Or::new(&reg, &reg, &disabled);
+        let dis = Method::new("_DIS".into(), 0, false, vec![&set_disabled]);
+        // _SRS gets a one-IRQ extended interrupt descriptor; its number is at byte 5.
+        let prri = Path::new("PRRI");
+        let srs_field = CreateDWordField::new(&prri, &Arg(0), &5u8);
+        let srs_store = Store::new(&reg, &prri);
+        let srs = Method::new("_SRS".into(), 1, true, vec![&srs_field, &srs_store]);
+        Device::new(Path::new(link), vec![&hid, &uid, &prs, &sta, &crs, &dis, &srs]).to_aml_bytes(&mut out);
+    }
+    out
+}
+
+/// `\_SB.PCI0`: the root bridge, its windows, `_PRT` and the ISA bridge.
+fn pci0(cfg: &AcpiConfig) -> Vec<u8> {
+    let vga_end = (VGA_START + 0x2_0000 - 1) as u32;
+    let crs = Raw(aml_bytes(&ResourceTemplate::new(vec![
+        &AddressSpace::<u16>::new_bus_number(0, 0xff),
+        // The configuration ports are the bridge's own.
+        &IO::new(0xcf8, 0xcf8, 1, 8),
+        &AddressSpace::<u16>::new_io(0, 0xcf7, None),
+        &AddressSpace::<u16>::new_io(0xd00, 0xffff, None),
+        &AddressSpace::<u32>::new_memory(AddressSpaceCacheable::Cacheable, true, VGA_START as u32, vga_end, None),
+        &AddressSpace::<u32>::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            cfg.pci_mmio_base as u32,
+            PCI_MMIO_END as u32,
+            None,
+        ),
+    ])));
+    // Every slot's INTA-INTD: Package {address (slot << 16 | 0xffff), pin, link, 0}.
+    let mut prt = PackageBuilder::new();
+    for slot in 0..32u8 {
+        for pin in 0..4u8 {
+            let addr = u32::from(slot) << 16 | 0xffff;
+            let link = Path::new(LINKS[pirq_for_pin(slot, pin)]);
+            prt.add_element(&Package::new(vec![&addr, &pin, &link, &ZERO]));
+        }
+    }
+    let isa = Raw(isa_bridge(cfg));
+    aml_bytes(&Device::new(
+        "PCI0".into(),
+        vec![
+            // No _ADR: a device has _HID or _ADR, not both (iasl warns about QEMU's).
+            &Name::new("_HID".into(), &EISAName::new("PNP0A03")),
+            &Name::new("_UID".into(), &ZERO),
+            &Name::new("_BBN".into(), &ZERO),
+            &Name::new("_CRS".into(), &crs),
+            &Name::new("_PRT".into(), &prt),
+            &isa,
+        ],
+    ))
+}
+
+/// Already-built AML, to nest inside a builder object.
+struct Raw(Vec<u8>);
+
+impl Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// An ISA device under the ISA bridge: its name, EISA `_HID`, `_UID` if several could
+/// exist, I/O ports (base, length) and ISA IRQ.
+struct IsaDevice {
+    name: &'static str,
+    hid: &'static str,
+    uid: Option<u8>,
+    ports: Vec<(u16, u8)>,
+    irq: Option<u8>,
+}
+
+impl IsaDevice {
+    fn new(name: &'static str, hid: &'static str, ports: &[(u16, u8)], irq: Option<u8>) -> Self {
+        IsaDevice { name, hid, uid: None, ports: ports.to_vec(), irq }
+    }
+
+    fn to_aml(&self, sink: &mut dyn AmlSink) {
+        let ios: Vec<IO> = self.ports.iter().map(|&(port, len)| IO::new(port, port, 1, len)).collect();
+        let irq = self.irq.map(IrqNoFlags::new);
+        let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+        if let Some(irq) = &irq {
+            res.push(irq);
+        }
+        let hid = Name::new("_HID".into(), &EISAName::new(self.hid));
+        let uid = self.uid.map(|u| Name::new("_UID".into(), &u));
+        let crs = Name::new("_CRS".into(), &ResourceTemplate::new(res));
+        let mut children: Vec<&dyn Aml> = vec![&hid];
+        if let Some(uid) = &uid {
+            children.push(uid);
+        }
+        children.push(&crs);
+        Device::new(self.name.into(), children).to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.PCI0.ISA_` (PIIX3, 00:01.0): the PIRQ route registers' region and the ISA
+/// devices, with the ports and IRQs the chipset gives them.
+fn isa_bridge(cfg: &AcpiConfig) -> Vec<u8> {
+    let devices = [
+        // The 8259 pair, with the ELCR.
+        IsaDevice::new("PIC_", "PNP0000", &[(0x20, 2), (0xa0, 2), (0x4d0, 2)], Some(2)),
+        IsaDevice::new("TMR_", "PNP0100", &[(0x40, 4)], Some(0)),
+        IsaDevice::new("SPKR", "PNP0800", &[(0x61, 1)], None),
+        IsaDevice::new("RTC_", "PNP0B00", &[(0x70, 2)], Some(8)),
+        IsaDevice::new("KBD_", "PNP0303", &[(0x60, 1), (0x64, 1)], Some(1)),
+        IsaDevice::new("MOU_", "PNP0F13", &[], Some(12)),
+        IsaDevice { uid: Some(1), ..IsaDevice::new("COM1", "PNP0501", &[(0x3f8, 8)], Some(4)) },
+        // Motherboard resources: the ACPI PM block, so nothing else is put there.
+        IsaDevice { uid: Some(1), ..IsaDevice::new("PMRS", "PNP0C02", &[(cfg.pm_base, PM_BLOCK_LEN)], None) },
+    ];
+    let mut out = Vec::new();
+    for d in &devices {
+        d.to_aml(&mut out);
+    }
+    let region = OpRegion::new("P40C".into(), OpRegionSpace::PCIConfig, &PIRQ_ROUTE_REG, &4u8);
+    let adr: u32 = 1 << 16; // device 1, function 0
+    let devices = Raw(out);
+    aml_bytes(&Device::new("ISA_".into(), vec![&Name::new("_ADR".into(), &adr), &region, &devices]))
 }
 
 /// A full (not hardware-reduced) FADT: ACPI is always enabled (SMI_CMD 0), so the OS
@@ -174,10 +422,14 @@ fn fadt(cfg: &AcpiConfig, facs: u64, dsdt: u64) -> Vec<u8> {
     f.p_lvl3_lat = 0xffff.into();
     f.century = 0x32; // the RTC's CMOS century byte
     f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042).into();
-    f.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, RESET_PORT);
+    f.reset_reg = GAS::new(GasSpace::SystemIo, 8, 0, AccessSize::ByteAccess, RESET_PORT);
     f.reset_value = RESET_VALUE;
     aml_bytes(&f.finalize())
 }
+
+/// MADT interrupt source override flags: polarity active high, trigger level.
+const MPS_ACTIVE_HIGH: u16 = 0b01;
+const MPS_LEVEL: u16 = 0b11 << 2;
 
 fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut t = sdt(b"APIC", 5);
@@ -186,12 +438,18 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     for cpu in 0..cfg.cpus {
         t.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled)));
     }
-    t.append_slice(&aml_bytes(&IoApic::new(cfg.cpus, IOAPIC_BASE as u32, 0)));
-    // ISA IRQ0 (PIT) is wired to I/O APIC pin 2; the SCI is level, active high.
+    t.append_slice(&aml_bytes(&IoApic::new(IOAPIC_ID, IOAPIC_BASE as u32, 0)));
+    // ISA IRQ0 (PIT) is wired to I/O APIC pin 2, with the ISA bus's edge/high.
     t.append_slice(&interrupt_override(0, 2, 0));
-    const ACTIVE_HIGH: u16 = 0b01;
-    const LEVEL: u16 = 0b11 << 2;
-    t.append_slice(&interrupt_override(cfg.sci_irq, cfg.sci_irq.into(), ACTIVE_HIGH | LEVEL));
+    // The PCI link IRQs and the SCI are level-triggered and active high at the
+    // I/O APIC (as QEMU's MADT says for IRQs 5, 9, 10 and 11).
+    let mut level = PCI_LINK_IRQS.to_vec();
+    level.push(cfg.sci_irq);
+    level.sort_unstable();
+    level.dedup();
+    for irq in level {
+        t.append_slice(&interrupt_override(irq, irq.into(), MPS_ACTIVE_HIGH | MPS_LEVEL));
+    }
     // LINT1 of every processor (UID 0xff) is the NMI input.
     t.append_slice(&[4, 6, 0xff, 0, 0, 1]);
     t.as_slice().to_vec()
@@ -222,11 +480,118 @@ mod tests {
         u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
     }
 
+    fn le16(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes([b[o], b[o + 1]])
+    }
+
+    fn config(cpus: u8) -> AcpiConfig {
+        AcpiConfig { cpus, pm_base: 0x600, sci_irq: 9, pci_mmio_base: 256 * MIB }
+    }
+
+    /// Writes the tables for `cfg` into a 256 MiB machine and returns the DSDT and MADT
+    /// found through the RSDP, XSDT and FADT (every table's checksum checked).
+    fn dsdt_and_madt(cfg: &AcpiConfig) -> (Vec<u8>, Vec<u8>) {
+        let mem = MemoryLayout::new(256 * MIB, 0).unwrap().build_memory().unwrap();
+        let rsdp = write_acpi_tables(&mem, cfg).unwrap();
+        let xsdt = table(&mem, mem.read_u64(rsdp + 24).unwrap());
+        let fadt = table(&mem, u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
+        let madt = table(&mem, u64::from_le_bytes(xsdt[44..52].try_into().unwrap()));
+        let dsdt = table(&mem, le32(&fadt, 40).into());
+        assert_eq!((&dsdt[..4], &madt[..4]), (&b"DSDT"[..], &b"APIC"[..]));
+        (dsdt, madt)
+    }
+
+    fn madt_structs(madt: &[u8]) -> Vec<Vec<u8>> {
+        let mut structs = Vec::new();
+        let mut at = 44;
+        while at < madt.len() {
+            let len = usize::from(madt[at + 1]);
+            assert!(len >= 2 && at + len <= madt.len(), "MADT entry at {at} overruns");
+            structs.push(madt[at..at + len].to_vec());
+            at += len;
+        }
+        structs
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    fn count(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    /// An EISA ID as AML stores it: three 5-bit letters and four hex digits, most
+    /// significant byte first, as an integer (a word when the digits' bytes are zero).
+    fn eisa(id: &str) -> Vec<u8> {
+        let b = id.as_bytes();
+        let letters = (u32::from(b[0] - 0x40) << 26) | (u32::from(b[1] - 0x40) << 21) | (u32::from(b[2] - 0x40) << 16);
+        let v = (letters | u32::from_str_radix(&id[3..], 16).unwrap()).to_be_bytes();
+        if v[2..] == [0, 0] {
+            vec![0x0b, v[0], v[1]]
+        } else {
+            vec![0x0c, v[0], v[1], v[2], v[3]]
+        }
+    }
+
+    /// A PkgLength at `b[at]`: (value, bytes it takes).
+    fn pkg_length(b: &[u8], at: usize) -> (usize, usize) {
+        let lead = b[at];
+        let follow = usize::from(lead >> 6);
+        if follow == 0 {
+            return (usize::from(lead & 0x3f), 1);
+        }
+        let mut v = usize::from(lead & 0x0f);
+        for i in 0..follow {
+            v |= usize::from(b[at + 1 + i]) << (4 + 8 * i);
+        }
+        (v, 1 + follow)
+    }
+
+    /// An integer term at `b[at]`: (value, bytes it takes).
+    fn integer(b: &[u8], at: usize) -> (u64, usize) {
+        match b[at] {
+            0x00 => (0, 1),
+            0x01 => (1, 1),
+            0x0a => (b[at + 1].into(), 2),
+            0x0b => (le16(b, at + 1).into(), 3),
+            0x0c => (le32(b, at + 1).into(), 5),
+            op => panic!("not an integer: {op:#x} at {at}"),
+        }
+    }
+
+    /// The resource descriptors of the buffer that `Name(name, Buffer)` holds, first
+    /// such name in `aml` after `from`: (item tag, body).
+    fn resources(aml: &[u8], from: usize, name: &[u8; 4]) -> Vec<(u8, Vec<u8>)> {
+        let mut pat = vec![0x08];
+        pat.extend(name);
+        pat.push(0x11);
+        let at = from + find(&aml[from..], &pat).expect("Name(_, Buffer)") + pat.len();
+        let (_, n) = pkg_length(aml, at);
+        let (size, m) = integer(aml, at + n);
+        let buf = &aml[at + n + m..at + n + m + size as usize];
+        let (mut out, mut i) = (Vec::new(), 0);
+        loop {
+            let tag = buf[i];
+            let (kind, body_at, len) = if tag & 0x80 != 0 {
+                (tag, i + 3, usize::from(le16(buf, i + 1)))
+            } else {
+                (tag >> 3, i + 1, usize::from(tag & 7))
+            };
+            if kind == 0x0f {
+                assert_eq!(i + 2, buf.len(), "end tag ends the buffer");
+                return out;
+            }
+            out.push((kind, buf[body_at..body_at + len].to_vec()));
+            i = body_at + len;
+        }
+    }
+
     #[test]
     fn tables_parse_back() {
         let layout = MemoryLayout::new(256 * MIB, 0).unwrap();
         let mem = layout.build_memory().unwrap();
-        let cfg = AcpiConfig { cpus: 2, pm_base: 0x600, sci_irq: 9 };
+        let cfg = config(2);
         let rsdp_addr = write_acpi_tables(&mem, &cfg).unwrap();
         assert_eq!(rsdp_addr, 0xe0000);
 
@@ -253,11 +618,11 @@ mod tests {
 
         let fadt = table(&mem, entries[0]);
         assert_eq!(fadt[8], 6, "FADT revision");
-        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9, "SCI_INT");
+        assert_eq!(le16(&fadt, 46), 9, "SCI_INT");
         assert_eq!(le32(&fadt, 48), 0, "SMI_CMD: no mode switch");
         assert_eq!((le32(&fadt, 56), le32(&fadt, 64), le32(&fadt, 76)), (0x600, 0x604, 0x608));
         assert_eq!((fadt[88], fadt[89], fadt[91]), (4, 2, 4), "block lengths");
-        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 3, "IAPC_BOOT_ARCH");
+        assert_eq!(le16(&fadt, 109), 3, "IAPC_BOOT_ARCH");
         let flags = le32(&fadt, 112);
         assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
         assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
@@ -271,23 +636,10 @@ mod tests {
         assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), dsdt_addr, "X_DSDT");
         let dsdt = table(&mem, dsdt_addr);
         assert_eq!(&dsdt[..4], b"DSDT");
-        let s5 = dsdt.windows(4).position(|w| w == b"_S5_").expect("DSDT defines _S5_");
+        let s5 = find(&dsdt, b"_S5_").expect("DSDT defines _S5_");
         // NameOp _S5_ PackageOp len 4 elements: BytePrefix 5, BytePrefix 5, Zero, Zero.
         assert_eq!(dsdt[s5 + 4..], [0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00]);
-
-        let madt = table(&mem, entries[1]);
-        assert_eq!((le32(&madt, 36), le32(&madt, 40)), (0xfee0_0000, 1));
-        let mut structs = Vec::new();
-        let mut at = 44;
-        while at < madt.len() {
-            structs.push(madt[at..at + usize::from(madt[at + 1])].to_vec());
-            at += usize::from(madt[at + 1]);
-        }
-        assert_eq!(structs[0], [0, 8, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(structs[1], [0, 8, 1, 1, 1, 0, 0, 0]);
-        assert_eq!(structs[2], [1, 12, 2, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0], "I/O APIC id 2 at 0xfec00000");
-        assert_eq!(structs[3], [2, 10, 0, 0, 2, 0, 0, 0, 0, 0], "IRQ0 -> GSI2");
-        assert_eq!(structs[4], [2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0], "IRQ9 level, active high");
+        assert_eq!(table(&mem, entries[1])[..4], *b"APIC");
     }
 
     fn table_sig(mem: &GuestMemory, addr: u64) -> [u8; 4] {
@@ -297,14 +649,227 @@ mod tests {
     }
 
     #[test]
+    fn madt_lists_cpus_ioapic_overrides_and_nmi() {
+        for cpus in [1u8, 2, 4] {
+            let (_, madt) = dsdt_and_madt(&config(cpus));
+            assert_eq!(madt[8], 5, "MADT revision");
+            assert_eq!((le32(&madt, 36), le32(&madt, 40)), (0xfee0_0000, 1), "LAPIC address, PCAT_COMPAT");
+            let structs = madt_structs(&madt);
+            let n = usize::from(cpus);
+            for (i, s) in structs[..n].iter().enumerate() {
+                // Processor local APIC: UID i, APIC ID i, enabled.
+                assert_eq!(*s, [0, 8, i as u8, i as u8, 1, 0, 0, 0], "cpu {i}");
+            }
+            assert_eq!(structs[n], [1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0], "I/O APIC id 0 at 0xfec00000, GSI 0");
+            assert_eq!(structs[n + 1], [2, 10, 0, 0, 2, 0, 0, 0, 0, 0], "IRQ0 -> GSI2, bus defaults");
+            for (k, irq) in [5u8, 9, 10, 11].into_iter().enumerate() {
+                assert_eq!(structs[n + 2 + k], [2, 10, 0, irq, irq, 0, 0, 0, 0x0d, 0], "IRQ{irq} level, active high");
+            }
+            assert_eq!(structs[n + 6], [4, 6, 0xff, 0, 0, 1], "NMI on LINT1 of all processors");
+            assert_eq!(structs.len(), n + 7);
+        }
+    }
+
+    #[test]
+    fn dsdt_describes_pci_root_links_and_isa_devices() {
+        let cfg = config(2);
+        let (dsdt, _) = dsdt_and_madt(&cfg);
+        assert_eq!(dsdt[8], 2, "revision 2: 64-bit integers");
+        for name in ["PCI0", "_PRT", "_BBN", "ISA_", "P40C", "LNKA", "LNKB", "LNKC", "LNKD", "IQST", "IQCR", "_S5_"] {
+            assert!(find(&dsdt, name.as_bytes()).is_some(), "{name}");
+        }
+        for link in ["LNKA", "LNKB", "LNKC", "LNKD"] {
+            // Device(LNKx): ExtOpPrefix DeviceOp PkgLength (2 bytes) name.
+            let at = find(&dsdt, link.as_bytes()).unwrap();
+            assert_eq!(dsdt[at - 4..at - 2], [0x5b, 0x82], "{link} is a device");
+        }
+        // PNP IDs: root bridge, links, PIC, PIT, speaker, RTC, keyboard, mouse, COM1,
+        // motherboard resources.
+        let ids = [
+            ("PNP0A03", 1),
+            ("PNP0C0F", 4),
+            ("PNP0000", 1),
+            ("PNP0100", 1),
+            ("PNP0800", 1),
+            ("PNP0B00", 1),
+            ("PNP0303", 1),
+            ("PNP0F13", 1),
+            ("PNP0501", 1),
+            ("PNP0C02", 1),
+        ];
+        for (id, n) in ids {
+            assert_eq!(count(&dsdt, &eisa(id)), n, "{id}");
+        }
+        assert_eq!(eisa("PNP0A03"), [0x0c, 0x41, 0xd0, 0x0a, 0x03]);
+        assert_eq!(count(&dsdt, b"ACPI0007\0"), 2, "a processor device per CPU");
+        assert!(find(&dsdt, b"C000").is_some() && find(&dsdt, b"C001").is_some());
+
+        // PCI0's _CRS: buses, config ports, I/O around them, VGA and the MMIO hole.
+        let pci0 = find(&dsdt, b"PCI0").unwrap();
+        let crs = resources(&dsdt, pci0, b"_CRS");
+        let word = |kind: u8, min: u16, max: u16| {
+            let mut b = vec![kind, 0x0c, if kind == 1 { 3 } else { 0 }, 0, 0];
+            for v in [min, max, 0, max - min + 1] {
+                b.extend(v.to_le_bytes());
+            }
+            (0x88, b)
+        };
+        let dword = |flags: u8, min: u32, max: u32| {
+            let mut b = vec![0, 0x0c, flags, 0, 0, 0, 0];
+            for v in [min, max, 0, max - min + 1] {
+                b.extend(v.to_le_bytes());
+            }
+            (0x87, b)
+        };
+        assert_eq!(
+            crs,
+            [
+                word(2, 0, 0xff),
+                (0x08, vec![1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]),
+                word(1, 0, 0x0cf7),
+                word(1, 0x0d00, 0xffff),
+                dword(0b011, 0xa_0000, 0xb_ffff),
+                dword(0b001, 0x1000_0000, 0xfebf_ffff),
+            ]
+        );
+
+        // _PRT: 32 slots x 4 pins, each {slot << 16 | 0xffff, pin, LNKx, 0} with LNKx
+        // PIRQ (slot + pin - 1) mod 4.
+        let at = find(&dsdt, b"_PRT").unwrap() + 4;
+        assert_eq!(dsdt[at], 0x12, "_PRT is a package");
+        let (_, n) = pkg_length(&dsdt, at + 1);
+        let mut i = at + 1 + n;
+        assert_eq!(dsdt[i], 128, "entries");
+        i += 1;
+        for slot in 0..32u64 {
+            for pin in 0..4u64 {
+                assert_eq!(dsdt[i], 0x12);
+                let (len, n) = pkg_length(&dsdt, i + 1);
+                let end = i + 1 + len;
+                let mut j = i + 1 + n;
+                assert_eq!(dsdt[j], 4);
+                j += 1;
+                let (addr, n) = integer(&dsdt, j);
+                let (p, m) = integer(&dsdt, j + n);
+                j += n + m;
+                let link = ["LNKA", "LNKB", "LNKC", "LNKD"][((slot + pin + 3) % 4) as usize];
+                assert_eq!((addr, p, &dsdt[j..j + 4], dsdt[j + 4]), (slot << 16 | 0xffff, pin, link.as_bytes(), 0));
+                assert_eq!(j + 5, end);
+                i = end;
+            }
+        }
+
+        // The ISA bridge at 00:01.0, its PCI config region over the route registers,
+        // and the field the links use.
+        let isa = find(&dsdt, b"ISA_").unwrap();
+        assert_eq!(dsdt[isa + 4..isa + 10], [0x08, b'_', b'A', b'D', b'R', 0x0c]);
+        assert_eq!(le32(&dsdt, isa + 10), 0x0001_0000);
+        let mut region = vec![0x5b, 0x80];
+        region.extend(b"P40C");
+        region.extend([0x02, 0x0a, 0x60, 0x0a, 0x04]);
+        assert!(find(&dsdt, &region).is_some(), "OperationRegion(P40C, PCI_Config, 0x60, 4)");
+        let mut field = vec![0x2f, 3];
+        field.extend(b"PCI0ISA_P40C");
+        field.push(0x01); // ByteAcc, NoLock, Preserve
+        for n in 0..4 {
+            field.extend(format!("PRQ{n}").as_bytes());
+            field.push(8);
+        }
+        assert!(find(&dsdt, &field).is_some(), "Field(PCI0.ISA.P40C) PRQ0-3");
+        // Links offer IRQs 5, 10, 11: level, active high, shared.
+        let prs = resources(&dsdt, find(&dsdt, b"LNKA").unwrap(), b"_PRS");
+        assert_eq!(prs, [(0x89, vec![0x09, 3, 5, 0, 0, 0, 10, 0, 0, 0, 11, 0, 0, 0])]);
+
+        // ISA devices' ports and IRQs (IRQNoFlags masks).
+        let io = |port: u16, len: u8| {
+            let p = port.to_le_bytes();
+            (0x08, vec![1, p[0], p[1], p[0], p[1], 1, len])
+        };
+        let irq = |n: u8| (0x04, (1u16 << n).to_le_bytes().to_vec());
+        let expect = [
+            ("PIC_", vec![io(0x20, 2), io(0xa0, 2), io(0x4d0, 2), irq(2)]),
+            ("TMR_", vec![io(0x40, 4), irq(0)]),
+            ("SPKR", vec![io(0x61, 1)]),
+            ("RTC_", vec![io(0x70, 2), irq(8)]),
+            ("KBD_", vec![io(0x60, 1), io(0x64, 1), irq(1)]),
+            ("MOU_", vec![irq(12)]),
+            ("COM1", vec![io(0x3f8, 8), irq(4)]),
+            ("PMRS", vec![io(0x600, 12)]),
+        ];
+        for (name, res) in expect {
+            let at = find(&dsdt, name.as_bytes()).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(resources(&dsdt, at, b"_CRS"), res, "{name}");
+        }
+    }
+
+    /// Runs `iasl` with `args` in `dir`; its status and output.
+    fn iasl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("iasl").args(args).current_dir(dir).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    #[test]
+    fn dsdt_disassembles_and_recompiles_with_iasl() {
+        if std::process::Command::new("iasl").arg("-v").output().is_err() {
+            // Written to the stderr handle itself, past the harness's output capture,
+            // so the line shows in every run.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "NOT RUN: dsdt_disassembles_and_recompiles_with_iasl: iasl is missing (apt-get install acpica-tools)"
+            );
+            return;
+        }
+        let (dsdt, _) = dsdt_and_madt(&config(2));
+        let dir = std::env::temp_dir().join(format!("quern-acpi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dsdt.aml"), &dsdt).unwrap();
+        let (ok, log) = iasl(&dir, &["-d", "dsdt.aml"]);
+        assert!(ok, "iasl -d failed:\n{log}");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        for want in [
+            "Device (PCI0)",
+            "EisaId (\"PNP0A03\")",
+            "Method (_STA, 0, NotSerialized)",
+            "OperationRegion (P40C, PCI_Config, 0x60, 0x04)",
+            "Device (LNKA)",
+            "Device (COM1)",
+            "Name (_S5, Package",
+        ] {
+            assert!(dsl.contains(want), "disassembly lacks {want:?}:\n{dsl}");
+        }
+        let (ok, log) = iasl(&dir, &["-p", "recompiled", "dsdt.dsl"]);
+        if std::env::var_os("QUERN_KEEP_DSL").is_none() {
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        assert!(ok, "the disassembled DSDT does not compile:\n{log}");
+        let summary = log.lines().find(|l| l.contains("Errors")).unwrap_or_default();
+        assert!(summary.contains(" 0 Errors") && summary.contains(" 0 Warnings"), "{log}");
+    }
+
+    #[test]
     fn bad_configs_are_refused() {
         let layout = MemoryLayout::new(64 * MIB, 0).unwrap();
         let mem = layout.build_memory().unwrap();
-        let cfg = AcpiConfig { cpus: 0, pm_base: 0x600, sci_irq: 9 };
+        let cfg = config(0);
         assert!(matches!(write_acpi_tables(&mem, &cfg), Err(AcpiError::Cpus(0))));
+        for base in [0, 0xfec0_0000] {
+            let cfg = AcpiConfig { pci_mmio_base: base, ..config(1) };
+            assert!(matches!(write_acpi_tables(&mem, &cfg), Err(AcpiError::PciWindow(_))));
+        }
         let with_bios = MemoryLayout::new(64 * MIB, 128 * 1024).unwrap();
         let mem = with_bios.build_memory().unwrap();
-        let cfg = AcpiConfig { cpus: 1, ..cfg };
-        assert!(matches!(write_acpi_tables(&mem, &cfg), Err(AcpiError::NotRam)));
+        assert!(matches!(write_acpi_tables(&mem, &config(1)), Err(AcpiError::NotRam)));
+    }
+
+    #[test]
+    fn the_most_cpus_fit() {
+        let (dsdt, madt) = dsdt_and_madt(&config(255));
+        assert_eq!(madt_structs(&madt).iter().filter(|s| s[0] == 0).count(), 255);
+        assert_eq!(count(&dsdt, b"ACPI0007\0"), 255);
+        assert!(find(&dsdt, b"C0FE").is_some());
     }
 }

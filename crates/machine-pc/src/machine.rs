@@ -210,7 +210,12 @@ impl PcMachine {
             Boot::Kernel { path, image, initrd, cmdline } => {
                 let rsdp = acpi::write_acpi_tables(
                     &self.mem,
-                    &AcpiConfig { cpus: self.cpus as u8, pm_base: ACPI_PM_BASE, sci_irq: ACPI_SCI_IRQ },
+                    &AcpiConfig {
+                        cpus: self.cpus as u8,
+                        pm_base: ACPI_PM_BASE,
+                        sci_irq: ACPI_SCI_IRQ,
+                        pci_mmio_base: self.layout.below_4g,
+                    },
                 )?;
                 let setup = loader::load_kernel(&self.mem, &self.layout, image, initrd.as_deref(), cmdline, Some(rsdp))
                     .map_err(|source| MachineError::Kernel { path: path.clone(), source })?;

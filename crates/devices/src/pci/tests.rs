@@ -119,3 +119,61 @@ fn bus_slots() {
     let devs = pci_bus_devices(&shared);
     assert_eq!(devs.iter().map(|d| (d.1, d.2)).collect::<Vec<_>>(), [(0xcf8, 1), (0xcfc, 4)]);
 }
+
+#[test]
+fn bridge_headers_are_what_linux_expects() {
+    let mut r = root();
+    // i440FX: 8086:1237 rev 2, class 06.00.00 (host bridge), single-function type 0.
+    assert_eq!(read32(&mut r, 0, 0, 0x08), 0x0600_0002);
+    assert_eq!((read32(&mut r, 0, 0, 0x0c) >> 16) & 0xff, 0x00);
+    // PIIX3: 8086:7000, class 06.01.00 (ISA bridge), multi-function (IDE is 01.1).
+    assert_eq!(read32(&mut r, 1, 0, 0x08), 0x0601_0000);
+    assert_eq!((read32(&mut r, 1, 0, 0x0c) >> 16) & 0xff, 0x80);
+    // Neither bridge uses an INTx pin.
+    assert_eq!((read32(&mut r, 0, 0, 0x3c) >> 8) & 0xff, 0);
+    assert_eq!((read32(&mut r, 1, 0, 0x3c) >> 8) & 0xff, 0);
+}
+
+#[test]
+fn piix3_pirq_route_registers() {
+    let mut r = root();
+    assert_eq!(read32(&mut r, 1, 0, 0x60), 0x8080_8080, "reset: all four disabled");
+    assert_eq!((0..4).map(|n| r.pirq_route(n)).collect::<Vec<_>>(), [None; 4]);
+    // PIRQA -> IRQ11 through a byte write at 0xcfc.
+    select(&mut r, 1, 0, 0x60);
+    r.window_write(PciWindow::Data, 0, &[0x0b]);
+    assert_eq!(read32(&mut r, 1, 0, 0x60), 0x8080_800b);
+    assert_eq!(r.pirq_route(0), Some(11));
+    // PIRQC/PIRQD -> IRQ5/IRQ10 through a word write at 0xcfe.
+    select(&mut r, 1, 0, 0x60);
+    r.window_write(PciWindow::Data, 2, &[0x05, 0x0a]);
+    assert_eq!((r.pirq_route(2), r.pirq_route(3)), (Some(5), Some(10)));
+    // Reserved bits 6:4 stay zero; bit 7 disables whatever IRQ is named.
+    select(&mut r, 1, 0, 0x60);
+    r.window_write(PciWindow::Data, 1, &[0xfb]);
+    assert_eq!(read32(&mut r, 1, 0, 0x60), 0x0a05_8b0b);
+    assert_eq!(r.pirq_route(1), None);
+    // IRQs PIIX3 reserves are not routes.
+    for irq in [0u8, 1, 2, 8, 13] {
+        select(&mut r, 1, 0, 0x60);
+        r.window_write(PciWindow::Data, 1, &[irq]);
+        assert_eq!(r.pirq_route(1), None, "IRQ {irq}");
+    }
+    assert_eq!(r.pirq_route(4), None, "only PIRQA-D");
+    // A dword write sets all four; a reset disables them again.
+    select(&mut r, 1, 0, 0x60);
+    r.window_write(PciWindow::Data, 0, &0x0b0b_0a0au32.to_le_bytes());
+    assert_eq!((0..4).map(|n| r.pirq_route(n)).collect::<Vec<_>>(), [Some(10), Some(10), Some(11), Some(11)]);
+    r.reset();
+    assert_eq!(read32(&mut r, 1, 0, 0x60), 0x8080_8080);
+    assert_eq!(r.pirq_route(0), None);
+}
+
+#[test]
+fn intx_pins_rotate_over_the_pirqs() {
+    // (slot, pin) -> PIRQ: slot 1 INTA is PIRQA, each slot shifts by one.
+    let cases = [(0, 0, 3), (1, 0, 0), (1, 1, 1), (1, 3, 3), (2, 0, 1), (3, 0, 2), (3, 3, 1), (31, 0, 2)];
+    for (slot, pin, pirq) in cases {
+        assert_eq!(pirq_for_pin(slot, pin), pirq, "slot {slot} pin {pin}");
+    }
+}
