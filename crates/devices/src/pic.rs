@@ -475,6 +475,33 @@ mod tests {
     }
 
     #[test]
+    fn elcr_switch_with_the_line_already_high() {
+        let mut p = programmed();
+        p.set_irq(4, true);
+        assert_eq!(p.acknowledge(), 0x24);
+        eoi(&mut p, PicWindow::Master);
+        assert!(!p.intr(), "edge: one request per rising edge");
+        // Level-triggered now, with the line still high: IRR follows the wire.
+        p.window_write(PicWindow::Elcr, 0, &[0x10]);
+        assert!(p.intr());
+        assert_eq!(p.acknowledge(), 0x24);
+        eoi(&mut p, PicWindow::Master);
+        assert!(p.intr(), "still high: requested again");
+        p.set_irq(4, false);
+        assert!(!p.intr());
+        // A pulse on a level input leaves nothing behind: devices must hold a level.
+        p.set_irq(4, true);
+        p.set_irq(4, false);
+        assert!(!p.intr());
+        // Back to edge with the line high: the latched request is delivered once.
+        p.set_irq(4, true);
+        p.window_write(PicWindow::Elcr, 0, &[0x00]);
+        assert_eq!(p.acknowledge(), 0x24);
+        eoi(&mut p, PicWindow::Master);
+        assert!(!p.intr());
+    }
+
+    #[test]
     fn auto_eoi_and_specific_eoi_and_rotation() {
         let mut p = PicPair::new();
         p.window_write(PicWindow::Master, 0, &[0x13]); // single, ICW4
