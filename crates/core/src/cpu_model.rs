@@ -160,6 +160,7 @@ pub mod feature {
     pub const SSSE3: Feature = Feature::new(Leaf1Ecx, 9);
     pub const CX16: Feature = Feature::new(Leaf1Ecx, 13);
     pub const X2APIC: Feature = Feature::new(Leaf1Ecx, 21);
+    pub const TSC_DEADLINE: Feature = Feature::new(Leaf1Ecx, 24);
     pub const POPCNT: Feature = Feature::new(Leaf1Ecx, 23);
     pub const XSAVE: Feature = Feature::new(Leaf1Ecx, 26);
     pub const AVX: Feature = Feature::new(Leaf1Ecx, 28);

@@ -1,20 +1,25 @@
 //! The i440fx/PIIX3 chipset's devices, placed on the buses at their ISA addresses, and
-//! [`PcOps`], the machine as a vCPU sees it.
+//! [`PcOps`], the buses every vCPU shares.
 //!
 //! Port map: 0x20/0xa0 PIC, 0x40/0x61 PIT, 0x60/0x64 i8042, 0x70 RTC, 0x80 POST,
 //! 0x3f8 COM1 (IRQ4), 0x4d0 ELCR, 0x600 ACPI PM (SCI IRQ9), 0xcf8/0xcfc PCI,
 //! 0xcf9 reset control, 0xe9 debugcon, isa-debug-exit where configured.
+//! MMIO: the IOAPIC at 0xfec00000 (the local APICs are per vCPU: `vcpu_ops`).
+//!
+//! Each ISA interrupt line goes to the 8259 pair and to the IOAPIC pin of the same
+//! number (IRQ0 to pin 2), as on a PC with APICs.
 
 use std::sync::{Arc, Mutex};
 
 use quern_core::bus::{lock, SharedDevice};
 use quern_core::clock::{Clock, TimerDevice};
 use quern_core::cpu::SharedAccelerator;
-use quern_core::{Bus, IrqLine, MachineControl, MachineEvent, VmOps};
+use quern_core::{Bus, IrqLine, MachineControl, MachineEvent};
 use quern_devices::acpi_pm::{AcpiPm, PM_IO_LEN};
 use quern_devices::debug_exit::DebugExit;
 use quern_devices::debugcon::Debugcon;
 use quern_devices::i8042::{i8042_bus_devices, I8042};
+use quern_devices::ioapic::{isa_irq_to_gsi, IoApicMmio, IoApicPin, IrqFanOut, IOAPIC_BASE, IOAPIC_MMIO_LEN};
 use quern_devices::pci::{pci_bus_devices, PciRoot};
 use quern_devices::pic::{pic_bus_devices, PicIrqLine, PicPair};
 use quern_devices::pit::{pit_bus_devices, Pit};
@@ -23,6 +28,7 @@ use quern_devices::reset_control::ResetControl;
 use quern_devices::rtc::Rtc;
 use quern_devices::uart::Serial;
 
+use crate::apic_bus::ApicBus;
 use crate::config::MachineConfig;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::MemoryLayout;
@@ -49,6 +55,9 @@ pub struct Chipset {
     pub mmio: Bus,
     /// The userspace PIC pair; `None` when the accelerator has its own.
     pub pic: Option<Arc<Mutex<PicPair>>>,
+    /// The local APICs and the IOAPIC, when the PIC is ours too.
+    pub apics: Option<Arc<ApicBus>>,
+    pci: Arc<Mutex<PciRoot>>,
     pub serial: Arc<Mutex<Serial>>,
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
@@ -67,6 +76,7 @@ impl Chipset {
         clock: Arc<dyn Clock>,
         waker: Arc<CpuWaker>,
         events: Arc<EventQueue>,
+        apics: Option<Arc<ApicBus>>,
     ) -> Result<Self, MachineError> {
         let mut pio = Bus::new("pio");
         let control: Arc<dyn MachineControl> = events;
@@ -74,12 +84,20 @@ impl Chipset {
         // Interrupt lines: to our PIC models, or into the accelerator.
         let pic = crate::machine::userspace_irqchip(accel).then(|| Arc::new(Mutex::new(PicPair::new())));
         let irq = |n: u8| -> Arc<dyn IrqLine> {
-            match &pic {
-                Some(pic) => {
+            match (&pic, &apics) {
+                (Some(pic), apics) => {
                     let w = waker.clone();
-                    Arc::new(PicIrqLine::new(pic.clone(), n, Arc::new(move || w.wake())))
+                    let to_pic: Arc<dyn IrqLine> =
+                        Arc::new(PicIrqLine::new(pic.clone(), n, Arc::new(move || w.wake())));
+                    match apics {
+                        Some(a) => {
+                            let to_ioapic = Arc::new(IoApicPin::new(a.ioapic.clone(), isa_irq_to_gsi(n), a.sink()));
+                            Arc::new(IrqFanOut(vec![to_pic, to_ioapic]))
+                        }
+                        None => to_pic,
+                    }
                 }
-                None => Arc::new(AccelIrqLine { accel: accel.clone(), gsi: u32::from(n) }),
+                (None, _) => Arc::new(AccelIrqLine { accel: accel.clone(), gsi: u32::from(n) }),
             }
         };
         let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
@@ -123,7 +141,13 @@ impl Chipset {
             pio.insert(shared(DebugExit::new(control.clone())), u64::from(d.iobase), u64::from(d.iosize.max(1)))?;
         }
 
-        Ok(Chipset { pio, mmio: Bus::new("mmio"), pic, serial, timers, clock, waker })
+        let mut mmio = Bus::new("mmio");
+        if let Some(a) = &apics {
+            mmio.insert(shared(IoApicMmio::new(a.ioapic.clone(), a.sink())), IOAPIC_BASE, IOAPIC_MMIO_LEN)?;
+            timers.extend(a.timers());
+        }
+
+        Ok(Chipset { pio, mmio, pic, apics, pci, serial, timers, clock, waker })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its
@@ -132,14 +156,17 @@ impl Chipset {
         if let Some(pic) = &self.pic {
             *lock(pic) = PicPair::new();
         }
+        if let Some(a) = &self.apics {
+            a.reset(crate::acpi::IOAPIC_ID);
+        }
+        lock(&self.pci).reset();
     }
 }
 
-/// The machine as a vCPU sees it: buses, the PIC's INTR pin and pending requests.
+/// The buses every vCPU reaches devices through, and the machine's event queue.
 pub struct PcOps {
     pio: Bus,
     mmio: Bus,
-    pic: Option<Arc<Mutex<PicPair>>>,
     pub events: Arc<EventQueue>,
 }
 
@@ -150,7 +177,6 @@ impl PcOps {
         PcOps {
             pio: std::mem::replace(&mut chipset.pio, Bus::new("pio")),
             mmio: std::mem::replace(&mut chipset.mmio, Bus::new("mmio")),
-            pic: chipset.pic.clone(),
             events,
         }
     }
@@ -158,28 +184,20 @@ impl PcOps {
     pub fn request(&self, event: MachineEvent) {
         self.events.request(event);
     }
-}
 
-impl VmOps for PcOps {
-    fn pio_read(&self, port: u16, data: &mut [u8]) {
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         self.pio.read(u64::from(port), data);
     }
-    fn pio_write(&self, port: u16, data: &[u8]) {
+    pub fn pio_write(&self, port: u16, data: &[u8]) {
         self.pio.write(u64::from(port), data);
     }
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         self.mmio.read(addr, data);
     }
-    fn mmio_write(&self, addr: u64, data: &[u8]) {
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
         self.mmio.write(addr, data);
     }
-    fn interrupt_pending(&self) -> bool {
-        self.pic.as_ref().is_some_and(|p| lock(p).intr())
-    }
-    fn acknowledge_interrupt(&self) -> Option<u8> {
-        self.pic.as_ref().map(|p| lock(p).acknowledge())
-    }
-    fn stop_requested(&self) -> bool {
+    pub fn stop_requested(&self) -> bool {
         self.events.is_pending()
     }
 }

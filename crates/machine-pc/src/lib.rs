@@ -3,7 +3,10 @@
 //!
 //! - [`layout`]: the physical memory map and e820.
 //! - [`chipset`]: the i440fx/PIIX3 devices on their buses, and [`chipset::PcOps`], the
-//!   machine as a vCPU sees it.
+//!   buses the vCPUs share.
+//! - [`apic_bus`]: the local APICs, the IOAPIC and the router between them.
+//! - [`vcpu_ops`]: the machine as one vCPU sees it (its local APIC, the PIC behind
+//!   LINT0).
 //! - [`loader`]: `-kernel` (bzImage, PVH vmlinux, ELF64, Multiboot).
 //! - [`acpi`]: the ACPI tables a directly booted kernel finds.
 //! - [`timers`]: the thread that runs timer devices' deadlines.
@@ -11,6 +14,7 @@
 //! - [`machine`]: the machine loop.
 
 pub mod acpi;
+pub mod apic_bus;
 pub mod chipset;
 pub mod config;
 pub mod control;
@@ -18,5 +22,6 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod timers;
+pub mod vcpu_ops;
 
 pub use quern_devices::uart::Serial;

@@ -11,12 +11,14 @@ use quern_core::memory::MemoryError;
 use quern_core::{Bus, BusError, CpuError, GuestMemory, HostClock, MachineEvent, Vcpu, VcpuExit};
 
 use crate::acpi::{self, AcpiConfig};
+use crate::apic_bus::ApicBus;
 use crate::chipset::{Chipset, PcOps};
 use crate::config::MachineConfig;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB, KIB, MAX_BIOS};
 use crate::loader::{self, LoaderError};
 use crate::timers::TimerThread;
+use crate::vcpu_ops::VcpuOps;
 
 /// Base of the ACPI PM registers (PM1a event/control, PM timer).
 pub const ACPI_PM_BASE: u16 = 0x600;
@@ -95,7 +97,7 @@ pub struct PcMachine {
     mem: Arc<GuestMemory>,
     layout: MemoryLayout,
     chipset: Chipset,
-    ops: Arc<PcOps>,
+    ops: Arc<VcpuOps>,
     vcpu: Box<dyn Vcpu>,
     boot: Boot,
     bios: Option<Vec<u8>>,
@@ -155,9 +157,13 @@ impl PcMachine {
         let waker = Arc::new(CpuWaker::default());
         let events = Arc::new(EventQueue::new(waker.clone()));
         let clock = Arc::new(HostClock::new());
-        let chipset = Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone())?;
-        let mut chipset = chipset;
-        let ops = Arc::new(PcOps::new(&mut chipset, events));
+        // The APICs are ours when the PIC is: KVM's in-kernel irqchip brings its own.
+        let apics = userspace_irqchip(&accel)
+            .then(|| ApicBus::new(cfg.cpus, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
+        let mut chipset =
+            Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
+        let pc = Arc::new(PcOps::new(&mut chipset, events));
+        let ops = Arc::new(VcpuOps::new(pc, apics.as_ref(), 0, chipset.pic.clone()));
         let vcpu = accel.create_vcpu(0)?;
         waker.attach(vcpu.kicker());
         let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker)
@@ -195,7 +201,7 @@ impl PcMachine {
 
     /// A handle for asking the running machine to stop (console quit key, signals).
     pub fn control(&self) -> Arc<dyn quern_core::MachineControl> {
-        self.ops.events.clone()
+        self.ops.pc.events.clone()
     }
 
     /// Puts firmware or kernel in memory and the vCPU at its entry point (again, after
@@ -247,7 +253,7 @@ impl PcMachine {
     fn stay_stopped(&mut self, what: &str) -> i32 {
         log::warn!("guest {what}; -no-shutdown keeps the machine stopped: Ctrl-A x quits");
         loop {
-            match self.ops.events.take() {
+            match self.ops.pc.events.take() {
                 Some(MachineEvent::Exit(status)) => return status,
                 Some(_) => {}
                 None => self.chipset.waker.wait(Duration::from_millis(100)),
@@ -260,20 +266,20 @@ impl PcMachine {
             let exit = self.vcpu.run(&*self.ops)?;
             match exit {
                 VcpuExit::Halted => {
-                    if !self.ops.events.is_pending() && !quern_core::VmOps::interrupt_pending(&*self.ops) {
+                    if !self.ops.pc.events.is_pending() && !quern_core::VmOps::interrupt_pending(&*self.ops) {
                         self.chipset.waker.wait(Duration::from_millis(50));
                     }
                 }
                 VcpuExit::Shutdown => {
                     self.triple_faults.log(format_args!("guest triple-faulted: resetting"));
-                    self.ops.request(MachineEvent::Reset);
+                    self.ops.pc.request(MachineEvent::Reset);
                 }
                 VcpuExit::Debug => {
                     quern_core::log_limited!(log::Level::Debug, "debug exit with no debugger attached")
                 }
                 VcpuExit::Kicked => {}
             }
-            match self.ops.events.take() {
+            match self.ops.pc.events.take() {
                 Some(MachineEvent::Exit(status)) => {
                     log::info!("exit requested with status {status}");
                     return Ok(status);
