@@ -17,7 +17,7 @@ use crate::config::MachineConfig;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB, KIB, MAX_BIOS};
 use crate::loader::{self, LoaderError};
-use crate::timers::TimerThread;
+use crate::timers::{TimerRearm, TimerThread};
 use crate::vcpu_ops::VcpuOps;
 
 /// Base of the ACPI PM registers (PM1a event/control, PM timer).
@@ -105,6 +105,7 @@ pub struct PcMachine {
     no_shutdown: bool,
     cpus: u32,
     timers: Option<TimerThread>,
+    rearm: Arc<TimerRearm>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
     /// a second with a count (and the rest on drop).
     triple_faults: LogLimiter,
@@ -163,10 +164,11 @@ impl PcMachine {
         let mut chipset =
             Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
         let pc = Arc::new(PcOps::new(&mut chipset, events));
-        let ops = Arc::new(VcpuOps::new(pc, apics.as_ref(), 0, chipset.pic.clone()));
+        let rearm = Arc::new(TimerRearm::default());
+        let ops = Arc::new(VcpuOps::new(pc, apics.as_ref(), 0, chipset.pic.clone(), rearm.clone()));
         let vcpu = accel.create_vcpu(0)?;
         waker.attach(vcpu.kicker());
-        let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker)
+        let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker, rearm.clone())
             .map_err(|e| MachineError::Config(format!("cannot start the timer thread: {e}")))?;
         let timers = Some(timers);
         // A triple fault stays at warn level, unlike QEMU, which resets silently (its
@@ -187,6 +189,7 @@ impl PcMachine {
             no_shutdown: cfg.no_shutdown,
             cpus: cfg.cpus,
             timers,
+            rearm,
             triple_faults,
             resets,
         };
@@ -240,7 +243,7 @@ impl PcMachine {
     pub fn run(mut self) -> Result<i32, MachineError> {
         let status = self.run_loop();
         if let Some(t) = self.timers.take() {
-            t.stop();
+            t.stop(&self.rearm);
         }
         self.triple_faults.flush();
         self.resets.flush();

@@ -3,10 +3,12 @@
 //! Devices only say when they next need attention ([`TimerDevice::tick`]); this thread
 //! sleeps until the earliest such time, ticks them, and wakes the vCPU when an
 //! interrupt went up. It also ticks at least every [`MAX_SLEEP`], so a device the guest
-//! has just reprogrammed is seen soon without devices knowing about this thread.
+//! has just reprogrammed is seen soon without devices knowing about this thread; a
+//! reprogramming that needs it sooner (a local APIC timer armed for a few
+//! microseconds) wakes it through [`TimerRearm`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +20,27 @@ use crate::control::CpuWaker;
 /// The longest the thread sleeps without looking at the devices again.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
 
+/// Wakes the timer thread early, to look at deadlines again.
+#[derive(Default)]
+pub struct TimerRearm {
+    pending: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl TimerRearm {
+    pub fn rearm(&self) {
+        *lock(&self.pending) = true;
+        self.cond.notify_one();
+    }
+
+    /// Sleeps for `d` or until rearmed.
+    fn sleep(&self, d: Duration) {
+        let pending = lock(&self.pending);
+        let (mut pending, _) = self.cond.wait_timeout_while(pending, d, |p| !*p).unwrap_or_else(|e| e.into_inner());
+        *pending = false;
+    }
+}
+
 pub struct TimerThread {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<()>,
@@ -28,6 +51,7 @@ impl TimerThread {
         devices: Vec<Arc<Mutex<dyn TimerDevice>>>,
         clock: Arc<dyn Clock>,
         waker: Arc<CpuWaker>,
+        rearm: Arc<TimerRearm>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -39,7 +63,7 @@ impl TimerThread {
                 let until = next.unwrap_or(max).min(max);
                 let now = clock.now_ns();
                 if until > now {
-                    std::thread::sleep(Duration::from_nanos(until - now));
+                    rearm.sleep(Duration::from_nanos(until - now));
                 }
             }
             // Wake a vCPU that might be waiting on us as we leave.
@@ -48,8 +72,9 @@ impl TimerThread {
         Ok(TimerThread { stop, handle })
     }
 
-    pub fn stop(self) {
+    pub fn stop(self, rearm: &TimerRearm) {
         self.stop.store(true, Ordering::Release);
+        rearm.rearm();
         let _ = self.handle.join();
     }
 }

@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use quern_core::bus::lock;
 use quern_core::cpu::{CpuEvent, Gp};
 use quern_core::VmOps;
+use quern_devices::apic_bus::ApicAction;
 use quern_devices::lapic::{CpuSignal, LocalApic, APIC_MMIO_SIZE};
 use quern_devices::pic::PicPair;
 
 use crate::apic_bus::ApicBus;
 use crate::chipset::PcOps;
+use crate::timers::TimerRearm;
 
 pub struct VcpuOps {
     pub pc: Arc<PcOps>,
@@ -20,12 +22,42 @@ pub struct VcpuOps {
     /// its own interrupt controllers (KVM's in-kernel irqchip).
     apic: Option<(Arc<Mutex<LocalApic>>, Arc<ApicBus>)>,
     pic: Option<Arc<Mutex<PicPair>>>,
+    /// Told when a register write moved the APIC timer's deadline.
+    rearm: Arc<TimerRearm>,
 }
 
 impl VcpuOps {
-    pub fn new(pc: Arc<PcOps>, apics: Option<&Arc<ApicBus>>, cpu: usize, pic: Option<Arc<Mutex<PicPair>>>) -> Self {
+    pub fn new(
+        pc: Arc<PcOps>,
+        apics: Option<&Arc<ApicBus>>,
+        cpu: usize,
+        pic: Option<Arc<Mutex<PicPair>>>,
+        rearm: Arc<TimerRearm>,
+    ) -> Self {
         let apic = apics.and_then(|b| Some((b.lapics.get(cpu)?.clone(), b.clone())));
-        VcpuOps { pc, apic, pic }
+        VcpuOps { pc, apic, pic, rearm }
+    }
+
+    /// Runs a register write on the local APIC, then what it asked for, with the lock
+    /// released; wakes the timer thread if the timer's deadline moved.
+    fn apic_write<T>(
+        &self,
+        l: &Mutex<LocalApic>,
+        bus: &ApicBus,
+        write: impl FnOnce(&mut LocalApic) -> (T, Option<ApicAction>),
+    ) -> T {
+        let mut lapic = lock(l);
+        let before = lapic.timer_deadline();
+        let (r, action) = write(&mut lapic);
+        let moved = lapic.timer_deadline() != before;
+        drop(lapic);
+        if moved {
+            self.rearm.rearm();
+        }
+        if let Some(a) = action {
+            bus.act(a);
+        }
+        r
     }
 
     fn pic_intr(&self) -> bool {
@@ -64,14 +96,10 @@ impl VmOps for VcpuOps {
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         if let Some((l, bus)) = &self.apic {
-            let mut lapic = lock(l);
-            if let Some(off) = Self::apic_offset(&lapic, addr) {
-                let action = lapic.mmio_write(off, data);
-                drop(lapic);
-                if let Some(a) = action {
-                    bus.act(a);
-                }
-                return;
+            let off = Self::apic_offset(&lock(l), addr);
+            if let Some(off) = off {
+                // The base cannot move between the two locks: only this vCPU writes it.
+                return self.apic_write(l, bus, |a| ((), a.mmio_write(off, data)));
             }
         }
         self.pc.mmio_write(addr, data);
@@ -118,16 +146,10 @@ impl VmOps for VcpuOps {
     }
     fn msr_write(&self, index: u32, value: u64) -> Option<Result<(), Gp>> {
         let (l, bus) = self.apic.as_ref().filter(|_| LocalApic::handles_msr(index))?;
-        let r = lock(l).msr_write(index, value);
-        Some(match r {
-            Ok(action) => {
-                if let Some(a) = action {
-                    bus.act(a);
-                }
-                Ok(())
-            }
-            Err(_) => Err(Gp),
-        })
+        Some(self.apic_write(l, bus, |a| match a.msr_write(index, value) {
+            Ok(action) => (Ok(()), action),
+            Err(_) => (Err(Gp), None),
+        }))
     }
     fn cr8(&self) -> Option<u64> {
         self.apic.as_ref().map(|(l, _)| lock(l).cr8())
