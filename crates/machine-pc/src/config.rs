@@ -3,6 +3,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use quern_block::BlockBackend;
 
 /// Where a character device's output goes.
 pub type CharOut = Box<dyn Write + Send>;
@@ -18,6 +21,28 @@ impl Default for DebugExitConfig {
     fn default() -> Self {
         DebugExitConfig { iobase: 0x501, iosize: 2 }
     }
+}
+
+/// What a drive holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    Disk,
+    Cdrom,
+}
+
+/// A drive on the PIIX3 IDE controller (-hda, -cdrom, -drive if=ide, -device ide-hd/cd).
+pub struct DriveConfig {
+    /// The medium; `None` for a CD-ROM drive with no disc in it.
+    pub backend: Option<Arc<dyn BlockBackend>>,
+    pub media: Media,
+    /// IDE channel: 0 primary (0x1f0, IRQ 14), 1 secondary (0x170, IRQ 15).
+    pub bus: u8,
+    /// 0 master, 1 slave.
+    pub unit: u8,
+    /// Boot priority (`bootindex=`), lowest first.
+    pub bootindex: Option<u32>,
+    /// The name QEMU would give it (ide0-hd0, ...), for messages and the monitor.
+    pub id: String,
 }
 
 /// One PC's configuration.
@@ -43,6 +68,11 @@ pub struct MachineConfig {
     /// isa-debugcon's output at port 0xe9 (-debugcon).
     pub debugcon: Option<CharOut>,
     pub debug_exit: Option<DebugExitConfig>,
+    /// IDE drives, at most one per (bus, unit).
+    pub drives: Vec<DriveConfig>,
+    /// `-boot order=` (drive letters: c disk, d CD-ROM, n network), `None` for the
+    /// firmware's default.
+    pub boot_order: Option<String>,
 }
 
 impl Default for MachineConfig {
@@ -59,6 +89,8 @@ impl Default for MachineConfig {
             serial: None,
             debugcon: None,
             debug_exit: None,
+            drives: Vec::new(),
+            boot_order: None,
         }
     }
 }

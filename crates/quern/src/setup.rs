@@ -61,6 +61,8 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         serial: None,
         debugcon: None,
         debug_exit: None,
+        drives: Vec::new(),
+        boot_order: None,
     };
     if let Some(dev) = &o.serial {
         cfg.serial = char_out(dev, "serial")?;
