@@ -15,6 +15,7 @@
 //! | [`port80`] | POST code port | 0x80 | - |
 //! | [`debug_exit`] | isa-debug-exit | machine's choice (0x501) | - |
 //! | [`debugcon`] | isa-debugcon | 0xe9 | - |
+//! | [`fw_cfg`] | QEMU's firmware configuration device (with DMA) | 0x510-0x51b | - |
 //! | [`pci`] | PCI host bridge, config mechanism #1; i440FX, PIIX3 | 0xcf8, 0xcfc-0xcff | - |
 //! | [`reset_control`] | PIIX3 reset control register | 0xcf9 | - |
 //! | [`acpi_pm`] | ACPI PM1a event/control blocks and PM timer | machine's choice (0x600-0x60b) | SCI (9) |
@@ -27,6 +28,7 @@ pub mod acpi_pm;
 pub mod apic_bus;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;
 pub mod lapic;
@@ -42,6 +44,7 @@ pub mod uart;
 pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
 pub use debugcon::Debugcon;
+pub use fw_cfg::FwCfg;
 pub use i8042::{i8042_bus_devices, I8042};
 pub use ioapic::{IoApic, IoApicMmio, IoApicPin, IrqFanOut};
 pub use pci::{pci_bus_devices, BarKind, ConfigSpace, PciBus, PciDevice, PciRoot, SharedPciDevice};
