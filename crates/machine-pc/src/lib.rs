@@ -8,7 +8,8 @@
 //! - [`vcpu_ops`]: the machine as one vCPU sees it (its local APIC, the PIC behind
 //!   LINT0).
 //! - [`loader`]: `-kernel` (bzImage, PVH vmlinux, ELF64, Multiboot).
-//! - [`acpi`]: the ACPI tables a directly booted kernel finds.
+//! - [`acpi`]: the ACPI tables a directly booted kernel finds (and firmware installs).
+//! - [`smbios`]: the SMBIOS tables firmware installs.
 //! - [`timers`]: the thread that runs timer devices' deadlines.
 //! - [`control`]: requests from devices and wake-ups of the vCPU.
 //! - [`machine`]: the machine loop.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod layout;
 pub mod loader;
 pub mod machine;
+pub mod smbios;
 pub mod timers;
 pub mod vcpu_ops;
 
