@@ -1,5 +1,10 @@
-//! ACPI tables for direct kernel boot, in the BIOS area 0xe0000-0xfffff (RAM and
-//! e820-reserved when no -bios is given; firmware builds its own tables).
+//! ACPI tables: for direct kernel boot written into the BIOS area 0xe0000-0xfffff
+//! (RAM and e820-reserved when no -bios is given); with firmware, handed to it through
+//! fw_cfg (`etc/acpi/rsdp`, `etc/acpi/tables`) with QEMU's BIOS linker/loader script
+//! (`etc/table-loader`), so SeaBIOS installs these same tables. Both paths start from
+//! one relocatable [`AcpiBlob`]: the tables in one buffer with every pointer held as an
+//! offset into it, and the list of pointer and checksum fixups; [`AcpiBlob::link`]
+//! applies them for given addresses, the loader script asks the firmware to.
 //!
 //! ```text
 //! 0xe0000 RSDP (rev 2) ── RSDT (32-bit) ─┬─ FACP ── DSDT, FACS
@@ -102,41 +107,190 @@ pub enum AcpiError {
     Memory(#[from] MemoryError),
 }
 
-/// Writes the tables and returns the RSDP's address.
-pub fn write_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError> {
+/// Which of the two blobs a fixup is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiFile {
+    /// `etc/acpi/rsdp`: the RSDP alone (firmware puts it in the F segment).
+    Rsdp,
+    /// `etc/acpi/tables`: every other table.
+    Tables,
+}
+
+impl AcpiFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            AcpiFile::Rsdp => "etc/acpi/rsdp",
+            AcpiFile::Tables => "etc/acpi/tables",
+        }
+    }
+}
+
+/// A pointer field (`size` bytes, little-endian, at `offset` in `file`) holding an
+/// offset into the tables blob, to which the blob's address is added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiPointer {
+    pub file: AcpiFile,
+    pub offset: u32,
+    pub size: u8,
+}
+
+/// A checksum byte at `offset` in `file` making the bytes `start..start+len` sum to 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiChecksum {
+    pub file: AcpiFile,
+    pub offset: u32,
+    pub start: u32,
+    pub len: u32,
+}
+
+/// The tables, relocatable: pointers hold offsets into `tables` until linked.
+#[derive(Clone, Debug)]
+pub struct AcpiBlob {
+    pub rsdp: Vec<u8>,
+    pub tables: Vec<u8>,
+    pub pointers: Vec<AcpiPointer>,
+    /// In the order they must be applied (the RSDP's 20-byte sum before its full one).
+    pub checksums: Vec<AcpiChecksum>,
+}
+
+/// Alignment firmware must give the tables blob (the FACS needs 64).
+pub const TABLES_ALIGN: u32 = 64;
+/// The linker/loader's commands and zones (QEMU's hw/acpi/bios-linker-loader.c).
+const LOADER_ALLOCATE: u32 = 1;
+const LOADER_ADD_POINTER: u32 = 2;
+const LOADER_ADD_CHECKSUM: u32 = 3;
+const LOADER_ZONE_HIGH: u8 = 1;
+const LOADER_ZONE_FSEG: u8 = 2;
+/// Each loader command is 128 bytes; file names are NUL-padded to 56.
+pub const LOADER_ENTRY_SIZE: usize = 128;
+const LOADER_NAME_LEN: usize = 56;
+
+/// Builds the tables for `cfg`, relocatable.
+pub fn build_acpi_tables(cfg: &AcpiConfig) -> Result<AcpiBlob, AcpiError> {
     if cfg.cpus == 0 {
         return Err(AcpiError::Cpus(cfg.cpus));
     }
     if !(HIGH_MEMORY_START..PCI_MMIO_END).contains(&cfg.pci_mmio_base) {
         return Err(AcpiError::PciWindow(cfg.pci_mmio_base));
     }
+    let mut blob = AcpiBlob { rsdp: Vec::new(), tables: Vec::new(), pointers: Vec::new(), checksums: Vec::new() };
+    // Each table 16-byte aligned in the blob (the FACS, first, at 0 of a 64-aligned blob).
+    let place = |blob: &mut AcpiBlob, bytes: Vec<u8>, sdt: bool| {
+        let at = blob.tables.len().next_multiple_of(16);
+        blob.tables.resize(at, 0);
+        if sdt {
+            let len = bytes.len() as u32;
+            blob.checksums.push(AcpiChecksum { file: AcpiFile::Tables, offset: at as u32 + 9, start: at as u32, len });
+        }
+        blob.tables.extend(bytes);
+        at as u64
+    };
+    let ptr = |blob: &mut AcpiBlob, file: AcpiFile, offset: u64, size: u8| {
+        blob.pointers.push(AcpiPointer { file, offset: offset as u32, size });
+    };
+    let facs = place(&mut blob, aml_bytes(&FACS::new()), false);
+    let dsdt = place(&mut blob, dsdt(cfg), true);
+    let fadt = place(&mut blob, fadt(cfg, facs, dsdt), true);
+    // FIRMWARE_CTRL and DSDT (32-bit), X_DSDT (64-bit).
+    ptr(&mut blob, AcpiFile::Tables, fadt + 36, 4);
+    ptr(&mut blob, AcpiFile::Tables, fadt + 40, 4);
+    ptr(&mut blob, AcpiFile::Tables, fadt + 140, 8);
+    let madt = place(&mut blob, madt(cfg), true);
+    let entries = [fadt, madt];
+    let rsdt = place(&mut blob, rsdt(&entries), true);
+    let xsdt = place(&mut blob, xsdt(&entries), true);
+    for i in 0..entries.len() as u64 {
+        ptr(&mut blob, AcpiFile::Tables, rsdt + 36 + 4 * i, 4);
+        ptr(&mut blob, AcpiFile::Tables, xsdt + 36 + 8 * i, 8);
+    }
+    // Checksums come after the pointers they cover; keep the order pointers, then sums.
+    blob.rsdp = rsdp(rsdt, xsdt).to_vec();
+    ptr(&mut blob, AcpiFile::Rsdp, 16, 4);
+    ptr(&mut blob, AcpiFile::Rsdp, 24, 8);
+    blob.checksums.push(AcpiChecksum { file: AcpiFile::Rsdp, offset: 8, start: 0, len: 20 });
+    blob.checksums.push(AcpiChecksum { file: AcpiFile::Rsdp, offset: 32, start: 0, len: 36 });
+    Ok(blob)
+}
+
+impl AcpiBlob {
+    /// The RSDP and tables as they must be in memory with the tables at `tables_addr`.
+    pub fn link(&self, tables_addr: u64) -> (Vec<u8>, Vec<u8>) {
+        let (mut rsdp, mut tables) = (self.rsdp.clone(), self.tables.clone());
+        for p in &self.pointers {
+            let buf = if p.file == AcpiFile::Rsdp { &mut rsdp } else { &mut tables };
+            let (at, n) = (p.offset as usize, usize::from(p.size));
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(&buf[at..at + n]);
+            let linked = u64::from_le_bytes(v).wrapping_add(tables_addr).to_le_bytes();
+            buf[at..at + n].copy_from_slice(&linked[..n]);
+        }
+        for c in &self.checksums {
+            let buf = if c.file == AcpiFile::Rsdp { &mut rsdp } else { &mut tables };
+            let range = c.start as usize..(c.start + c.len) as usize;
+            let sum = buf[range].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+            buf[c.offset as usize] = buf[c.offset as usize].wrapping_sub(sum);
+        }
+        (rsdp, tables)
+    }
+
+    /// QEMU's `etc/table-loader`: allocate the RSDP in the F segment and the tables in
+    /// high memory, patch the pointers, then the checksums.
+    pub fn table_loader(&self) -> Vec<u8> {
+        fn entry(command: u32, body: &[u8]) -> [u8; LOADER_ENTRY_SIZE] {
+            let mut e = [0u8; LOADER_ENTRY_SIZE];
+            e[..4].copy_from_slice(&command.to_le_bytes());
+            e[4..4 + body.len()].copy_from_slice(body);
+            e
+        }
+        fn name(f: AcpiFile) -> [u8; LOADER_NAME_LEN] {
+            let mut n = [0u8; LOADER_NAME_LEN];
+            n[..f.name().len()].copy_from_slice(f.name().as_bytes());
+            n
+        }
+        let mut out = Vec::new();
+        for (file, align, zone) in
+            [(AcpiFile::Rsdp, 16u32, LOADER_ZONE_FSEG), (AcpiFile::Tables, TABLES_ALIGN, LOADER_ZONE_HIGH)]
+        {
+            let mut b = name(file).to_vec();
+            b.extend(align.to_le_bytes());
+            b.push(zone);
+            out.extend(entry(LOADER_ALLOCATE, &b));
+        }
+        for p in &self.pointers {
+            let mut b = name(p.file).to_vec();
+            b.extend(name(AcpiFile::Tables));
+            b.extend(p.offset.to_le_bytes());
+            b.push(p.size);
+            out.extend(entry(LOADER_ADD_POINTER, &b));
+        }
+        for c in &self.checksums {
+            let mut b = name(c.file).to_vec();
+            for v in [c.offset, c.start, c.len] {
+                b.extend(v.to_le_bytes());
+            }
+            out.extend(entry(LOADER_ADD_CHECKSUM, &b));
+        }
+        out
+    }
+}
+
+/// Writes the tables (RSDP at [`RSDP_ADDR`], the rest after it) for a kernel booted
+/// directly and returns the RSDP's address.
+pub fn write_acpi_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError> {
+    let blob = build_acpi_tables(cfg)?;
     if mem.region(RSDP_ADDR).map(|r| r.kind) != Some(RegionKind::Ram) {
         return Err(AcpiError::NotRam);
     }
-    // Tables go after the RSDP, each 16-byte aligned (the FACS needs 64).
-    let mut next = RSDP_ADDR + 0x40;
-    let mut tables: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut place = |bytes: Vec<u8>, align: u64| {
-        let addr = next.next_multiple_of(align);
-        next = addr + bytes.len() as u64;
-        tables.push((addr, bytes));
-        addr
-    };
-    let facs = place(aml_bytes(&FACS::new()), 64);
-    let dsdt = place(dsdt(cfg), 16);
-    let fadt = place(fadt(cfg, facs, dsdt), 16);
-    let madt = place(madt(cfg), 16);
-    let rsdt = place(rsdt(&[fadt, madt]), 16);
-    let xsdt = place(xsdt(&[fadt, madt]), 16);
-    if next > HIGH_MEMORY_START {
-        return Err(AcpiError::TooLarge(next - RSDP_ADDR));
+    let tables_addr = RSDP_ADDR + u64::from(TABLES_ALIGN);
+    let end = tables_addr + blob.tables.len() as u64;
+    if end > HIGH_MEMORY_START {
+        return Err(AcpiError::TooLarge(end - RSDP_ADDR));
     }
+    let (rsdp, tables) = blob.link(tables_addr);
     // No stale signature from an earlier boot may remain in the area.
     mem.fill(RSDP_ADDR, (HIGH_MEMORY_START - RSDP_ADDR) as usize, 0)?;
-    for (addr, bytes) in tables {
-        mem.write(addr, &bytes)?;
-    }
-    mem.write(RSDP_ADDR, &rsdp(rsdt, xsdt))?;
+    mem.write(tables_addr, &tables)?;
+    mem.write(RSDP_ADDR, &rsdp)?;
     Ok(RSDP_ADDR)
 }
 
@@ -848,6 +1002,82 @@ mod tests {
         assert!(ok, "the disassembled DSDT does not compile:\n{log}");
         let summary = log.lines().find(|l| l.contains("Errors")).unwrap_or_default();
         assert!(summary.contains(" 0 Errors") && summary.contains(" 0 Warnings"), "{log}");
+    }
+
+    /// Runs a table-loader script the way SeaBIOS's romfile_loader does, with the
+    /// files at the given addresses; returns the files' final bytes by name.
+    fn run_loader(script: &[u8], files: &[(&str, Vec<u8>, u64)]) -> Vec<(String, Vec<u8>)> {
+        let name = |b: &[u8]| String::from_utf8(b.iter().take_while(|&&c| c != 0).copied().collect()).unwrap();
+        let mut loaded: Vec<(String, Vec<u8>, u64)> = Vec::new();
+        assert_eq!(script.len() % LOADER_ENTRY_SIZE, 0);
+        for e in script.chunks(LOADER_ENTRY_SIZE) {
+            let b = &e[4..];
+            match le32(e, 0) {
+                LOADER_ALLOCATE => {
+                    let n = name(&b[..56]);
+                    let (_, data, addr) = files.iter().find(|f| f.0 == n).expect("allocated file exists");
+                    assert_eq!(addr % u64::from(le32(b, 56)), 0, "{n} alignment");
+                    let zone = b[60];
+                    assert_eq!(zone, if n == "etc/acpi/rsdp" { LOADER_ZONE_FSEG } else { LOADER_ZONE_HIGH });
+                    loaded.push((n, data.clone(), *addr));
+                }
+                LOADER_ADD_POINTER => {
+                    let (dest, src) = (name(&b[..56]), name(&b[56..112]));
+                    let (off, size) = (le32(b, 112) as usize, usize::from(b[116]));
+                    let src_addr = loaded.iter().find(|f| f.0 == src).expect("src allocated first").2;
+                    let d = &mut loaded.iter_mut().find(|f| f.0 == dest).expect("dest allocated first").1;
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&d[off..off + size]);
+                    let p = (u64::from_le_bytes(v) + src_addr).to_le_bytes();
+                    d[off..off + size].copy_from_slice(&p[..size]);
+                }
+                LOADER_ADD_CHECKSUM => {
+                    let f = name(&b[..56]);
+                    let (off, start, len) = (le32(b, 56) as usize, le32(b, 60) as usize, le32(b, 64) as usize);
+                    let d = &mut loaded.iter_mut().find(|x| x.0 == f).unwrap().1;
+                    let sum = d[start..start + len].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+                    d[off] = d[off].wrapping_sub(sum);
+                }
+                other => panic!("unknown loader command {other}"),
+            }
+        }
+        loaded.into_iter().map(|(n, d, _)| (n, d)).collect()
+    }
+
+    #[test]
+    fn table_loader_installs_the_same_tables() {
+        let blob = build_acpi_tables(&config(2)).unwrap();
+        let (rsdp_addr, tables_addr) = (0xf5a30u64, 0x7ffe_0040u64);
+        let script = blob.table_loader();
+        assert_eq!(script.len(), LOADER_ENTRY_SIZE * (2 + blob.pointers.len() + blob.checksums.len()));
+        let out = run_loader(
+            &script,
+            &[("etc/acpi/rsdp", blob.rsdp.clone(), rsdp_addr), ("etc/acpi/tables", blob.tables.clone(), tables_addr)],
+        );
+        let (rsdp, tables) = blob.link(tables_addr);
+        assert_eq!(out[0], ("etc/acpi/rsdp".to_string(), rsdp.clone()));
+        assert_eq!(out[1], ("etc/acpi/tables".to_string(), tables.clone()));
+
+        // Parse the linked tables back from a memory image holding them.
+        let mem = GuestMemory::flat(0x100_0000).unwrap();
+        let base = 0x80_0000u64;
+        mem.write(base, &tables).unwrap();
+        let at = |addr: u64| addr - tables_addr + base;
+        assert_eq!((checksum(&rsdp[..20]), checksum(&rsdp)), (0, 0));
+        let xsdt = table(&mem, at(u64::from_le_bytes(rsdp[24..32].try_into().unwrap())));
+        let rsdt = table(&mem, at(le32(&rsdp, 16).into()));
+        assert_eq!((&xsdt[..4], &rsdt[..4]), (&b"XSDT"[..], &b"RSDT"[..]));
+        let fadt = table(&mem, at(u64::from_le_bytes(xsdt[36..44].try_into().unwrap())));
+        assert_eq!(&fadt[..4], b"FACP");
+        assert_eq!(u64::from(le32(&rsdt, 36)), u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
+        let dsdt = table(&mem, at(le32(&fadt, 40).into()));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), u64::from(le32(&fadt, 40)), "X_DSDT");
+        assert_eq!(u64::from(le32(&fadt, 36)), tables_addr, "FACS first in the blob");
+        assert_eq!(fadt[132..140], [0; 8], "no X_FIRMWARE_CTRL to patch");
+        assert_eq!(table_sig(&mem, at(tables_addr)), *b"FACS");
+        let madt = table(&mem, at(u64::from_le_bytes(xsdt[44..52].try_into().unwrap())));
+        assert_eq!(&madt[..4], b"APIC");
     }
 
     #[test]
