@@ -1,7 +1,7 @@
 //! The KVM virtual machine: /dev/kvm checks, memory slots, the optional in-kernel
 //! irqchip, and vCPU creation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_API_VERSION};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY};
@@ -61,6 +61,10 @@ pub struct KvmAccelerator {
     mask: CpuidMask,
     run_size: usize,
     mem: Arc<GuestMemory>,
+    /// What each slot was given (host address, flags), so [`Accelerator::sync_memory`]
+    /// re-registers only the regions whose view changed.
+    slots: Mutex<Vec<(u64, u32)>>,
+    readonly_mem: bool,
 }
 
 impl std::fmt::Debug for KvmAccelerator {
@@ -121,7 +125,8 @@ impl KvmAccelerator {
         }
         vm.set_tss_address(TSS_ADDR as usize).map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
 
-        register_memory(&vm, &mem, kvm.check_extension(Cap::ReadonlyMem))?;
+        let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
+        let slots = Mutex::new(register_memory(&vm, &mem, readonly_mem, &[])?);
 
         if config.irqchip == IrqChipMode::InAccelerator {
             vm.create_irq_chip().map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
@@ -130,7 +135,7 @@ impl KvmAccelerator {
             vm.create_pit2(pit).map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
         }
 
-        Ok(KvmAccelerator { vm, config, model_cpuid, mask, run_size, mem })
+        Ok(KvmAccelerator { vm, config, model_cpuid, mask, run_size, mem, slots, readonly_mem })
     }
 
     pub fn config(&self) -> &KvmConfig {
@@ -139,10 +144,18 @@ impl KvmAccelerator {
 }
 
 /// One slot per region. ROM is read-only where KVM can do it, so guest writes to it
-/// become MMIO exits the machine ignores.
-fn register_memory(vm: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<(), KvmError> {
+/// become MMIO exits the machine handles (ignores, or sends to shadow RAM). Slots whose
+/// (host address, flags) are already in `old` are left alone; a changed one is deleted
+/// first, as KVM cannot move a slot's host memory or change its read-only flag.
+/// Returns what each slot now has.
+fn register_memory(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    readonly_mem: bool,
+    old: &[(u64, u32)],
+) -> Result<Vec<(u64, u32)>, KvmError> {
+    let mut now = Vec::new();
     for (slot, r) in mem.regions().iter().enumerate() {
-        let slot = slot as u32;
         let mut flags = 0;
         if r.kind == RegionKind::Rom {
             if readonly_mem {
@@ -155,24 +168,38 @@ fn register_memory(vm: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<(
                 );
             }
         }
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags,
-            guest_phys_addr: r.guest_base,
-            memory_size: r.size,
-            userspace_addr: r.host_addr as u64,
+        let want = (r.host_addr as u64, flags);
+        now.push(want);
+        let Some(&had) = old.get(slot) else {
+            set_slot(vm, slot as u32, r.guest_base, r.size, want)?;
+            continue;
         };
-        // SAFETY: the host range is a live mapping owned by `mem`, which the accelerator
-        // and every vCPU hold (and drop after their fds); GuestMemory guarantees regions
-        // do not overlap in guest-physical space.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| KvmError::MemorySlot {
-            slot,
-            guest_base: r.guest_base,
-            size: r.size,
-            source: crate::error::os_error(e),
-        })?;
+        if had != want {
+            set_slot(vm, slot as u32, r.guest_base, 0, had)?;
+            set_slot(vm, slot as u32, r.guest_base, r.size, want)?;
+        }
     }
-    Ok(())
+    Ok(now)
+}
+
+/// Sets (or with `size` 0 deletes) memory slot `slot`.
+fn set_slot(vm: &VmFd, slot: u32, guest_base: u64, size: u64, (host, flags): (u64, u32)) -> Result<(), KvmError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: guest_base,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    // SAFETY: the host range is a live mapping owned by the GuestMemory, which the
+    // accelerator and every vCPU hold (and drop after their fds); GuestMemory
+    // guarantees regions do not overlap in guest-physical space.
+    unsafe { vm.set_user_memory_region(region) }.map_err(|e| KvmError::MemorySlot {
+        slot,
+        guest_base,
+        size,
+        source: crate::error::os_error(e),
+    })
 }
 
 impl Accelerator for KvmAccelerator {
@@ -210,5 +237,13 @@ impl Accelerator for KvmAccelerator {
             });
         }
         self.vm.set_irq_line(gsi, high).map_err(host_error("KVM_IRQ_LINE"))
+    }
+
+    fn sync_memory(&self) -> Result<(), CpuError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let now = register_memory(&self.vm, &self.mem, self.readonly_mem, &slots)
+            .map_err(|e| CpuError::Guest { accel: ACCEL_NAME, reason: format!("remapping guest memory: {e}") })?;
+        *slots = now;
+        Ok(())
     }
 }

@@ -166,6 +166,13 @@ pub trait Accelerator: Send + Sync {
         let _ = (gsi, high);
         Err(CpuError::Unsupported { accel: self.name(), what: "an in-accelerator irqchip".into() })
     }
+    /// Called after guest memory switched views ([`crate::GuestMemory::select_view`]),
+    /// from the thread of the vCPU whose access caused it: an accelerator that maps
+    /// memory itself (KVM's slots) updates those mappings before the guest goes on.
+    /// One that looks regions up as it goes (the JIT) needs nothing here.
+    fn sync_memory(&self) -> Result<(), CpuError> {
+        Ok(())
+    }
 }
 
 /// Handy for the many places that hold a shared accelerator.

@@ -6,11 +6,18 @@
 //! PC's holes (VGA window, PCI hole below 4 GiB) are simply addresses no region covers:
 //! an access there is MMIO and goes to the bus instead.
 //!
+//! A region may have several *views* (the PC's PAM registers switch each 16 KiB of
+//! 0xc0000-0xfffff between the BIOS ROM and shadow RAM, read-only or not): the same
+//! guest range onto other host bytes or with other rights, picked at run time with
+//! [`GuestMemory::select_view`]. A switch bumps [`GuestMemory::generation`], which
+//! tells accelerators to drop what they cached of the old view (translations, TLB
+//! entries, KVM memory slots).
+//!
 //! Guest memory is shared by every vCPU thread and by devices doing DMA, and the guest
 //! may race with itself as real hardware allows, so access goes through raw pointers
 //! with copies, never through Rust references into guest RAM.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
 use thiserror::Error;
@@ -28,6 +35,8 @@ pub enum MemoryError {
     Overlap { base: u64 },
     #[error("guest region at {base:#x} lies outside its backing")]
     OutsideBacking { base: u64 },
+    #[error("no guest region starts at {base:#x}, or it has no view {view}")]
+    NoView { base: u64, view: usize },
 }
 
 /// What a region is, as the accelerators need to know it.
@@ -76,9 +85,37 @@ pub struct RegionSpec {
     pub kind: RegionKind,
 }
 
+/// Another view of a region: the same guest range onto other bytes or rights.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewSpec {
+    pub backing: usize,
+    pub offset: u64,
+    pub kind: RegionKind,
+}
+
+/// A region and its views; `current` indexes `views`.
+struct Slot {
+    guest_base: u64,
+    size: u64,
+    views: Vec<(*mut u8, RegionKind)>,
+    current: AtomicUsize,
+}
+
+impl Slot {
+    fn region(&self) -> Region {
+        let (host_addr, kind) = self.views[self.current.load(Ordering::Acquire)];
+        Region { guest_base: self.guest_base, size: self.size, host_addr, kind }
+    }
+    fn contains(&self, addr: u64) -> bool {
+        addr >= self.guest_base && addr - self.guest_base < self.size
+    }
+}
+
 /// The guest's physical memory. Cheap to share behind an `Arc`.
 pub struct GuestMemory {
-    regions: Vec<Region>,
+    regions: Vec<Slot>,
+    /// Bumped by every view switch.
+    generation: AtomicU64,
     backings: Vec<MmapMut>,
     /// One bit a page of each RAM region's backing, set by writes that did not come
     /// from a vCPU (loaders, DMA). The JIT reads and clears it to find stale
@@ -88,7 +125,7 @@ pub struct GuestMemory {
 
 impl std::fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestMemory").field("regions", &self.regions).finish()
+        f.debug_struct("GuestMemory").field("regions", &self.regions()).finish()
     }
 }
 
@@ -103,24 +140,93 @@ impl GuestMemory {
         }
         let mut specs = specs.to_vec();
         specs.sort_by_key(|s| s.guest_base);
-        let mut regions: Vec<Region> = Vec::with_capacity(specs.len());
+        let mut regions: Vec<Slot> = Vec::with_capacity(specs.len());
         for s in &specs {
             let backing = backings.get_mut(s.backing).ok_or(MemoryError::OutsideBacking { base: s.guest_base })?;
             if s.offset.checked_add(s.size).is_none_or(|end| end > backing.len() as u64) {
                 return Err(MemoryError::OutsideBacking { base: s.guest_base });
             }
             if let Some(prev) = regions.last() {
-                if prev.end() > s.guest_base {
+                if prev.guest_base + prev.size > s.guest_base {
                     return Err(MemoryError::Overlap { base: s.guest_base });
                 }
             }
             // SAFETY: offset + size was checked to lie inside the backing above.
             let host_addr = unsafe { backing.as_mut_ptr().add(s.offset as usize) };
-            regions.push(Region { guest_base: s.guest_base, size: s.size, host_addr, kind: s.kind });
+            regions.push(Slot {
+                guest_base: s.guest_base,
+                size: s.size,
+                views: vec![(host_addr, s.kind)],
+                current: AtomicUsize::new(0),
+            });
         }
         let dirty =
             regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE * 64)).map(|_| AtomicU64::new(0)).collect()).collect();
-        Ok(GuestMemory { regions, backings, dirty })
+        Ok(GuestMemory { regions, generation: AtomicU64::new(0), backings, dirty })
+    }
+
+    /// Gives the region that starts at `guest_base` another view (before the memory is
+    /// shared); returns its index for [`select_view`](Self::select_view). View 0 is
+    /// the region as built.
+    pub fn add_view(&mut self, guest_base: u64, view: ViewSpec) -> Result<usize, MemoryError> {
+        let i = self
+            .region_index(guest_base)
+            .filter(|&i| self.regions[i].guest_base == guest_base)
+            .ok_or(MemoryError::NoView { base: guest_base, view: 0 })?;
+        let size = self.regions[i].size;
+        let backing = self.backings.get_mut(view.backing).ok_or(MemoryError::OutsideBacking { base: guest_base })?;
+        if view.offset.checked_add(size).is_none_or(|end| end > backing.len() as u64) {
+            return Err(MemoryError::OutsideBacking { base: guest_base });
+        }
+        // SAFETY: offset + size was checked to lie inside the backing above.
+        let host = unsafe { backing.as_mut_ptr().add(view.offset as usize) };
+        let slot = &mut self.regions[i];
+        slot.views.push((host, view.kind));
+        Ok(slot.views.len() - 1)
+    }
+
+    /// Shows view `view` of the region that starts at `guest_base`; returns whether
+    /// that changed anything (and then bumps the generation).
+    pub fn select_view(&self, guest_base: u64, view: usize) -> Result<bool, MemoryError> {
+        let slot = self
+            .region_index(guest_base)
+            .map(|i| &self.regions[i])
+            .filter(|s| s.guest_base == guest_base && view < s.views.len())
+            .ok_or(MemoryError::NoView { base: guest_base, view })?;
+        let changed = slot.current.swap(view, Ordering::AcqRel) != view;
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(changed)
+    }
+
+    /// Counts view switches: an accelerator that cached host addresses or rights of
+    /// a switchable region revalidates when this moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The regions that have more than one view (their current view).
+    pub fn switchable_regions(&self) -> Vec<Region> {
+        self.regions.iter().filter(|s| s.views.len() > 1).map(Slot::region).collect()
+    }
+
+    /// Writes `buf` into the bytes view `view` of the region holding `addr` shows at
+    /// `addr`, whichever view is current (the PC's shadow RAM takes writes while
+    /// reads still come from ROM). The range must lie in that one region.
+    pub fn write_view(&self, addr: u64, view: usize, buf: &[u8]) -> Result<(), MemoryError> {
+        let unmapped = MemoryError::Unmapped { addr, len: buf.len() };
+        let i = self.region_index(addr).ok_or(unmapped)?;
+        let slot = &self.regions[i];
+        let (host, _) = *slot.views.get(view).ok_or(MemoryError::NoView { base: slot.guest_base, view })?;
+        let off = addr - slot.guest_base;
+        if off.checked_add(buf.len() as u64).is_none_or(|end| end > slot.size) {
+            return Err(MemoryError::Unmapped { addr, len: buf.len() });
+        }
+        // SAFETY: [off, off+len) lies inside the view, which lies inside its backing.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), host.add(off as usize), buf.len()) };
+        self.mark_dirty(i, off, buf.len() as u64);
+        Ok(())
     }
 
     /// Plain RAM from guest address 0, in one region. Handy for tests.
@@ -131,9 +237,9 @@ impl GuestMemory {
         )
     }
 
-    /// The regions, sorted by guest address.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
+    /// The regions as they are now (current views), sorted by guest address.
+    pub fn regions(&self) -> Vec<Region> {
+        self.regions.iter().map(Slot::region).collect()
     }
 
     /// Total bytes of the host mappings (RAM and ROM).
@@ -146,9 +252,9 @@ impl GuestMemory {
         (i > 0 && self.regions[i - 1].contains(addr)).then(|| i - 1)
     }
 
-    /// The region holding `addr`, if it is RAM or ROM.
-    pub fn region(&self, addr: u64) -> Option<&Region> {
-        self.region_index(addr).map(|i| &self.regions[i])
+    /// The region holding `addr` (its current view), if it is RAM or ROM.
+    pub fn region(&self, addr: u64) -> Option<Region> {
+        self.region_index(addr).map(|i| self.regions[i].region())
     }
 
     /// Host pointer for `len` bytes at `addr`, if they all lie in one region.
@@ -191,7 +297,7 @@ impl GuestMemory {
         let whole = (addr, buf.len());
         while !buf.is_empty() {
             let i = self.region_index(addr).ok_or(MemoryError::Unmapped { addr: whole.0, len: whole.1 })?;
-            let r = &self.regions[i];
+            let r = self.regions[i].region();
             let off = (addr - r.guest_base) as usize;
             let n = buf.len().min(r.size as usize - off);
             // SAFETY: [off, off+n) lies in the region; buf is a distinct host buffer.
@@ -325,6 +431,34 @@ mod tests {
         assert!(matches!(r, Err(MemoryError::Overlap { .. })));
         let r = GuestMemory::new(&[0x1000], &[spec(0, 0x2000, 0, 0)]);
         assert!(matches!(r, Err(MemoryError::OutsideBacking { .. })));
+    }
+
+    #[test]
+    fn views_switch_bytes_and_rights() {
+        // RAM regions at 0 and 0x10000; a ROM backing as the second one's other view.
+        let mut m =
+            GuestMemory::new(&[0x20000, 0x10000], &[spec(0, 0x10000, 0, 0), spec(0x10000, 0x10000, 0, 0x10000)])
+                .unwrap();
+        assert!(m.add_view(0x1000, ViewSpec { backing: 1, offset: 0, kind: RegionKind::Rom }).is_err(), "not a start");
+        let rom = m.add_view(0x10000, ViewSpec { backing: 1, offset: 0, kind: RegionKind::Rom }).unwrap();
+        assert_eq!(rom, 1);
+        assert!(m.add_view(0x10000, ViewSpec { backing: 1, offset: 1, kind: RegionKind::Rom }).is_err());
+        m.write_u32(0x10010, 0x1111).unwrap();
+        assert_eq!(m.switchable_regions().len(), 1);
+        let g = m.generation();
+        assert!(m.select_view(0x10000, rom).unwrap());
+        assert!(!m.select_view(0x10000, rom).unwrap(), "no change, no new generation");
+        assert_eq!(m.generation(), g + 1);
+        assert_eq!(m.region(0x10010).unwrap().kind, RegionKind::Rom);
+        assert_eq!(m.read_u32(0x10010).unwrap(), 0, "the ROM view's bytes");
+        // The RAM view still takes writes while the ROM one is shown.
+        m.write_view(0x10010, 0, &0x2222u32.to_le_bytes()).unwrap();
+        assert_eq!(m.read_u32(0x10010).unwrap(), 0);
+        m.select_view(0x10000, 0).unwrap();
+        assert_eq!(m.read_u32(0x10010).unwrap(), 0x2222);
+        assert!(m.select_view(0x10000, 2).is_err());
+        assert!(m.select_view(0x10004, 0).is_err());
+        assert!(m.write_view(0x1fffe, 0, &[0; 4]).is_err());
     }
 
     #[test]

@@ -15,6 +15,9 @@ use thiserror::Error;
 
 use crate::port::{le_value, PortGroup, PortWindow};
 
+pub mod i440fx;
+pub use i440fx::{I440fx, PamListener};
+
 /// A function on the PCI bus, seen through its configuration space.
 pub trait PciDevice: Send {
     /// Reads the dword at `reg` (a multiple of 4 below 256).
@@ -149,11 +152,14 @@ impl PciDevice for ConfigSpace {
     }
 }
 
-/// The i440FX host bridge (8086:1237). Chipset registers from 0x40 up (PAM, SMRAM)
-/// are stored so firmware reads back what it wrote; their effect on the memory map is
-/// the machine's business.
+/// The i440FX host bridge's configuration space (8086:1237). Chipset registers from
+/// 0x40 up are stored so firmware reads back what it wrote; [`I440fx`] tells the
+/// machine about PAM changes. The subsystem IDs are QEMU's (1af4:1100), by which
+/// SeaBIOS knows it runs on QEMU's i440fx and uses fw_cfg.
 pub fn i440fx_host_bridge() -> ConfigSpace {
     let mut c = ConfigSpace::new(0x8086, 0x1237, [0x06, 0x00, 0x00], 0x02);
+    c.set_u16(0x2c, 0x1af4);
+    c.set_u16(0x2e, 0x1100);
     c.set_writable(0x40, &[0xff; 0xc0]);
     c.set_u8(0x72, 0x02); // SMRAM: compatible SMRAM at 0xa0000
     c
@@ -250,7 +256,7 @@ pub struct PciRoot {
     bus: PciBus,
     /// The host bridge and the ISA bridge, also on `bus`: kept typed so the machine can
     /// read PIIX3's PIRQ routing and reset both.
-    host: Arc<Mutex<ConfigSpace>>,
+    host: Arc<Mutex<I440fx>>,
     isa: Arc<Mutex<ConfigSpace>>,
 }
 
@@ -264,7 +270,7 @@ impl PciRoot {
     /// Bus 0 with the host bridge at 00.0 and the ISA bridge at 01.0.
     pub fn new() -> Self {
         let mut bus = PciBus::new();
-        let host = Arc::new(Mutex::new(i440fx_host_bridge()));
+        let host = Arc::new(Mutex::new(I440fx::new()));
         let isa = Arc::new(Mutex::new(piix3_isa_bridge()));
         // An empty bus always has these slots free.
         let _ = bus.add(0, 0, host.clone());
@@ -285,8 +291,13 @@ impl PciRoot {
     /// routing disabled) and CONFIG_ADDRESS clears. Added devices keep their state.
     pub fn reset(&mut self) {
         self.address = 0;
-        *lock(&self.host) = i440fx_host_bridge();
+        lock(&self.host).reset();
         *lock(&self.isa) = piix3_isa_bridge();
+    }
+
+    /// Tells `listener` the PAM registers now and whenever they change (and on reset).
+    pub fn set_pam_listener(&mut self, listener: PamListener) {
+        lock(&self.host).set_pam_listener(listener);
     }
 
     pub fn bus(&self) -> &PciBus {

@@ -3,16 +3,24 @@
 //! ```text
 //! 0x0000_0000  conventional RAM (640 KiB; the top 1 KiB is the EBDA, reserved)
 //! 0x000a_0000  VGA window (MMIO hole)
-//! 0x000c_0000  RAM (option-ROM area)
-//! 0x000e_0000  BIOS area: the top 128 KiB of the BIOS ROM when -bios is given,
-//!              RAM otherwise (the ACPI RSDP lives at 0xe0000 then)
+//! 0x000c_0000  option-ROM area: RAM without a BIOS; with one, PAM segments (below)
+//! 0x000e_0000  BIOS area: RAM without a BIOS (the ACPI RSDP lives at 0xe0000 then);
+//!              with one, PAM segments showing the top 128 KiB of the BIOS ROM
 //! 0x0010_0000  RAM up to min(ram, 3.5 GiB)
 //! 0xe000_0000  PCI hole (MMIO: PCI BARs, IOAPIC at 0xfec00000, LAPIC at 0xfee00000)
 //! 4 GiB - bios BIOS ROM (its last 16 bytes hold the reset vector)
 //! 0x1_0000_0000 RAM above 4 GiB: what did not fit below the hole
 //! ```
+//!
+//! With a BIOS, 0xc0000-0xfffff is QEMU's `pc` layout under the i440FX PAM registers:
+//! 13 regions (twelve of 16 KiB, then 0xf0000-0xfffff), each with three views
+//! ([`PAM_VIEW_ROM`], [`PAM_VIEW_RAM`], [`PAM_VIEW_RAM_RO`]) that `firmware::Pam`
+//! switches. The ROM side of 0xe0000-0xfffff is the BIOS image's last 128 KiB (fewer
+//! if the image is smaller; the rest, like 0xc0000-0xdffff, reads zeros, QEMU's
+//! empty `pc.rom`); the RAM side is the shadow RAM under it.
 
-use quern_core::memory::{GuestMemory, MemoryError, RegionKind, RegionSpec};
+use quern_core::memory::{GuestMemory, MemoryError, RegionKind, RegionSpec, ViewSpec};
+use quern_devices::pci::i440fx::PAM_SEGMENTS;
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
@@ -36,6 +44,16 @@ pub const MAX_RAM: u64 = 1024 * GIB;
 
 /// Largest BIOS image: 16 MiB as on real flash parts; SeaBIOS is 128 or 256 KiB.
 pub const MAX_BIOS: u64 = 16 * MIB;
+
+/// Views of each PAM segment (with a BIOS): the ROM side, read-only (the power-on
+/// state, PAM 0), ...
+pub const PAM_VIEW_ROM: usize = 0;
+/// ... shadow RAM, read-write, ...
+pub const PAM_VIEW_RAM: usize = 1;
+/// ... and shadow RAM, write-protected.
+pub const PAM_VIEW_RAM_RO: usize = 2;
+/// The backing of the ROM side that is not the BIOS image (zeros), as 0xc0000 + offset.
+const LEGACY_ROM_BACKING: usize = 2;
 
 /// An e820 entry type (ACPI's address range types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,13 +104,17 @@ impl MemoryLayout {
         Ok(MemoryLayout { ram, below_4g, above_4g: ram - below_4g, bios })
     }
 
-    /// Whether the BIOS ROM is aliased at 0xe0000 (only when a BIOS is loaded).
+    /// How much of the BIOS ROM's top shows below 1 MiB (0 without a BIOS).
     fn bios_alias(&self) -> u64 {
         self.bios.min(128 * KIB)
     }
 
-    /// Maps the host memory: backing 0 is RAM, backing 1 (if any) the BIOS ROM.
+    /// Maps the host memory: backing 0 is RAM; with a BIOS, backing 1 is its ROM and
+    /// backing 2 the rest of the legacy ROM side (see the module comment).
     pub fn build_memory(&self) -> Result<GuestMemory, MemoryError> {
+        if self.bios > 0 {
+            return self.build_memory_with_bios();
+        }
         let ram = |guest_base: u64, size: u64, offset: u64| RegionSpec {
             guest_base,
             size,
@@ -100,41 +122,51 @@ impl MemoryLayout {
             offset,
             kind: RegionKind::Ram,
         };
-        let alias = self.bios_alias();
-        let mut specs = vec![ram(0, VGA_START, 0)];
-        let low_end = self.below_4g;
-        if low_end > OPTION_ROM_START {
-            // Legacy areas above the VGA window: RAM, except the BIOS alias.
-            let legacy_end = (HIGH_MEMORY_START - alias).min(low_end);
-            specs.push(ram(OPTION_ROM_START, legacy_end - OPTION_ROM_START, OPTION_ROM_START));
-            if alias > 0 && low_end > HIGH_MEMORY_START - alias {
-                specs.push(RegionSpec {
-                    guest_base: HIGH_MEMORY_START - alias,
-                    size: alias,
-                    backing: 1,
-                    offset: self.bios - alias,
-                    kind: RegionKind::Rom,
-                });
-            }
-            if low_end > HIGH_MEMORY_START {
-                specs.push(ram(HIGH_MEMORY_START, low_end - HIGH_MEMORY_START, HIGH_MEMORY_START));
-            }
-        }
+        // RAM below 4 GiB is at least MIN_RAM (2 MiB), so all the legacy areas exist.
+        let mut specs =
+            vec![ram(0, VGA_START, 0), ram(OPTION_ROM_START, HIGH_MEMORY_START - OPTION_ROM_START, OPTION_ROM_START)];
+        specs.push(ram(HIGH_MEMORY_START, self.below_4g - HIGH_MEMORY_START, HIGH_MEMORY_START));
         if self.above_4g > 0 {
             specs.push(ram(FOUR_GIB, self.above_4g, self.below_4g));
         }
-        let mut backings = vec![self.ram as usize];
-        if self.bios > 0 {
-            backings.push(self.bios as usize);
-            specs.push(RegionSpec {
-                guest_base: FOUR_GIB - self.bios,
-                size: self.bios,
-                backing: 1,
-                offset: 0,
-                kind: RegionKind::Rom,
-            });
+        GuestMemory::new(&[self.ram as usize], &specs)
+    }
+
+    fn build_memory_with_bios(&self) -> Result<GuestMemory, MemoryError> {
+        let spec = |guest_base: u64, size: u64, backing: usize, offset: u64, kind: RegionKind| RegionSpec {
+            guest_base,
+            size,
+            backing,
+            offset,
+            kind,
+        };
+        let alias_start = HIGH_MEMORY_START - self.bios_alias();
+        // Where the ROM side of a legacy address lives: the BIOS image or zeros.
+        let rom_side = |addr: u64| {
+            if addr >= alias_start {
+                (1, self.bios - (HIGH_MEMORY_START - addr))
+            } else {
+                (LEGACY_ROM_BACKING, addr - OPTION_ROM_START)
+            }
+        };
+        let mut specs = vec![spec(0, VGA_START, 0, 0, RegionKind::Ram)];
+        for &(base, size) in &PAM_SEGMENTS {
+            let (backing, offset) = rom_side(base);
+            specs.push(spec(base, size, backing, offset, RegionKind::Rom));
         }
-        GuestMemory::new(&backings, &specs)
+        specs.push(spec(HIGH_MEMORY_START, self.below_4g - HIGH_MEMORY_START, 0, HIGH_MEMORY_START, RegionKind::Ram));
+        if self.above_4g > 0 {
+            specs.push(spec(FOUR_GIB, self.above_4g, 0, self.below_4g, RegionKind::Ram));
+        }
+        specs.push(spec(FOUR_GIB - self.bios, self.bios, 1, 0, RegionKind::Rom));
+        let backings = [self.ram as usize, self.bios as usize, (HIGH_MEMORY_START - OPTION_ROM_START) as usize];
+        let mut mem = GuestMemory::new(&backings, &specs)?;
+        for &(base, _) in &PAM_SEGMENTS {
+            let rw = mem.add_view(base, ViewSpec { backing: 0, offset: base, kind: RegionKind::Ram })?;
+            let ro = mem.add_view(base, ViewSpec { backing: 0, offset: base, kind: RegionKind::Rom })?;
+            debug_assert_eq!((rw, ro), (PAM_VIEW_RAM, PAM_VIEW_RAM_RO));
+        }
+        Ok(mem)
     }
 
     /// The e820 map handed to a kernel booted directly (no BIOS).
@@ -206,7 +238,27 @@ mod tests {
         m.write_u32(FOUR_GIB - 16, 0x1234_5678).unwrap();
         assert_eq!(m.read_u32(MIB - 16).unwrap(), 0x1234_5678);
         assert_eq!(m.region(0xe0000).unwrap().kind, RegionKind::Rom);
-        assert_eq!(m.region(0xdffff).unwrap().kind, RegionKind::Ram);
+        assert_eq!(m.region(0x9ffff).unwrap().kind, RegionKind::Ram);
+        // Below the alias the ROM side reads zeros (QEMU's empty pc.rom).
+        assert_eq!((m.region(0xdffff).unwrap().kind, m.read_u8(0xdffff).unwrap()), (RegionKind::Rom, 0));
+        assert_eq!(m.switchable_regions().len(), 13);
+    }
+
+    #[test]
+    fn pam_views_show_shadow_ram() {
+        let l = MemoryLayout::new(64 * MIB, 64 * KIB).unwrap();
+        let m = l.build_memory().unwrap();
+        m.write_u32(FOUR_GIB - 16, 0xabcd).unwrap();
+        assert_eq!(m.read_u32(MIB - 16).unwrap(), 0xabcd, "a 64 KiB image shows at 0xf0000 only");
+        assert_eq!(m.read_u32(0xe0000).unwrap(), 0);
+        m.select_view(0xf0000, PAM_VIEW_RAM).unwrap();
+        assert_eq!(m.read_u32(MIB - 16).unwrap(), 0, "shadow RAM starts empty");
+        assert_eq!(m.region(0xf0000).unwrap().kind, RegionKind::Ram);
+        m.write_u32(MIB - 16, 0x5555).unwrap();
+        m.select_view(0xf0000, PAM_VIEW_RAM_RO).unwrap();
+        assert_eq!((m.region(0xf0000).unwrap().kind, m.read_u32(MIB - 16).unwrap()), (RegionKind::Rom, 0x5555));
+        m.select_view(0xf0000, PAM_VIEW_ROM).unwrap();
+        assert_eq!(m.read_u32(MIB - 16).unwrap(), 0xabcd);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Cpu {
     pub nmi_pending: bool,
     /// After INIT, an application processor waits for a start-up IPI.
     pub wait_for_sipi: bool,
+    /// The guest memory's view generation the TLB and translations were made under.
+    mem_generation: u64,
 }
 
 impl Cpu {
@@ -120,6 +122,7 @@ impl Cpu {
             nmi_blocked: false,
             nmi_pending: false,
             wait_for_sipi: false,
+            mem_generation: 0,
         })
     }
 
@@ -212,6 +215,30 @@ impl Cpu {
         // Only a write fills the write tag: its walk has set the page's dirty bit.
         mmu::fill(&mut self.state.tlb, &self.mem, linear, phys, access, code_free);
         Ok(phys)
+    }
+
+    /// Catches up with guest memory view switches (the PC's PAM registers remapping
+    /// 0xc0000-0xfffff, done by the port write just executed): drops the TLB and every
+    /// translation from the switchable regions, and ends the current block, so no
+    /// stale host address or code of the old view is used again. Returns whether the
+    /// map had changed.
+    pub fn sync_memory_map(&mut self) -> bool {
+        let g = self.mem.generation();
+        if g == self.mem_generation {
+            return false;
+        }
+        self.mem_generation = g;
+        self.state.tlb.flush();
+        if let Some(w) = self.watch {
+            for r in self.mem.switchable_regions() {
+                for page in r.guest_base >> 12..(r.guest_base + r.size).div_ceil(PAGE_SIZE) {
+                    // SAFETY: `watch` is valid while attached.
+                    unsafe { (*w).invalidate_page(page) };
+                }
+            }
+        }
+        self.code_modified = true;
+        true
     }
 
     fn watch_is_code(&self, page: u64) -> bool {

@@ -281,6 +281,8 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
     cpu.code_modified = false;
     crate::profile::count(&crate::profile::INTERP_CALLS);
     let r = exec(cpu, ins);
+    // Port and MMIO writes run here; one may have switched a memory view.
+    cpu.sync_memory_map();
     match r {
         Ok(Step::Next) if cpu.code_modified => {
             cpu.state.rip = ins.next_ip();
