@@ -57,7 +57,7 @@ pub struct Chipset {
     pub pic: Option<Arc<Mutex<PicPair>>>,
     /// The local APICs and the IOAPIC, when the PIC is ours too.
     pub apics: Option<Arc<ApicBus>>,
-    pci: Arc<Mutex<PciRoot>>,
+    pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub serial: Arc<Mutex<Serial>>,
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
@@ -118,6 +118,9 @@ impl Chipset {
             let mut r = lock(&rtc);
             r.set_memory_size(layout.below_4g, layout.above_4g);
             r.set_cpu_count(cfg.cpus);
+            let (order, order2) = crate::firmware::boot_order_cmos(cfg.boot_order.as_deref());
+            r.set_cmos(0x3d, order);
+            r.set_cmos(0x38, order2);
         }
         pio.insert(rtc.clone(), 0x70, 2)?;
         timers.push(rtc);

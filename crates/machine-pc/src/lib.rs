@@ -7,6 +7,7 @@
 //! - [`apic_bus`]: the local APICs, the IOAPIC and the router between them.
 //! - [`vcpu_ops`]: the machine as one vCPU sees it (its local APIC, the PIC behind
 //!   LINT0).
+//! - [`firmware`]: booting through SeaBIOS: PAM shadowing, fw_cfg contents.
 //! - [`loader`]: `-kernel` (bzImage, PVH vmlinux, ELF64, Multiboot).
 //! - [`acpi`]: the ACPI tables a directly booted kernel finds (and firmware installs).
 //! - [`smbios`]: the SMBIOS tables firmware installs.
@@ -19,6 +20,7 @@ pub mod apic_bus;
 pub mod chipset;
 pub mod config;
 pub mod control;
+pub mod firmware;
 pub mod layout;
 pub mod loader;
 pub mod machine;

@@ -82,13 +82,6 @@ fn check_bios(image: &[u8]) -> Result<(), String> {
     if len > MAX_BIOS || !len.is_multiple_of(64 * KIB) {
         return Err(format!("the file is {len} bytes; a BIOS image must be a multiple of 64 KiB and at most 16 MiB"));
     }
-    // SeaBIOS (QEMU's default firmware) asks QEMU's fw_cfg device for the memory size,
-    // ACPI tables and boot order and stops without it; its banner names it.
-    if image.windows(7).any(|w| w == b"SeaBIOS") {
-        return Err("this is SeaBIOS, which needs QEMU's fw_cfg device to start, and quern has no fw_cfg yet; \
-                    boot a kernel directly with -kernel (and -initrd/-append) instead"
-            .into());
-    }
     Ok(())
 }
 
@@ -143,8 +136,8 @@ impl PcMachine {
             }
             (Some(_), Some(_)) => {
                 return Err(MachineError::Config(
-                    "-kernel together with -bios needs fw_cfg, which is not implemented yet; \
-                     drop -bios to boot the kernel directly"
+                    "-kernel together with -bios (a kernel started by the firmware through fw_cfg) is not \
+                     supported yet; drop -bios to boot the kernel directly"
                         .into(),
                 ))
             }
@@ -163,6 +156,9 @@ impl PcMachine {
             .then(|| ApicBus::new(cfg.cpus, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
         let mut chipset =
             Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
+        if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
+            crate::firmware::install(&mut chipset, &cfg, &layout, &mem, &accel, image)?;
+        }
         let pc = Arc::new(PcOps::new(&mut chipset, events));
         let rearm = Arc::new(TimerRearm::default());
         let ops = Arc::new(VcpuOps::new(pc, apics.as_ref(), 0, chipset.pic.clone(), rearm.clone()));
@@ -331,7 +327,7 @@ mod tests {
         assert!(check_bios(&vec![0xf4; 32 << 20]).unwrap_err().contains("at most 16 MiB"));
         let mut sea = vec![0xf4u8; 128 << 10];
         sea[0x1234..0x1234 + 19].copy_from_slice(b"SeaBIOS (version 1)");
-        assert!(check_bios(&sea).unwrap_err().contains("needs QEMU's fw_cfg"));
+        assert_eq!(check_bios(&sea), Ok(()), "SeaBIOS runs on fw_cfg");
         assert_eq!(check_bios(&[0xf4; 64 << 10]), Ok(()));
     }
 }
