@@ -6,6 +6,8 @@
 #   initramfs-shell.cpio.gz  busybox; /init prints QUERN-INIT-OK and runs a shell on the console
 #   initramfs-bench.cpio.gz  busybox; /init times sha256sum and gzip|gunzip of 16 MiB
 #                            (QUERN-BENCH lines with /proc/uptime stamps) and powers off
+#   disk.img, disk-pio.img, cd.iso, ...  the boot disk and CD images of the firmware and
+#                            disk tests: scripts/build-test-disks.sh (run at the end)
 # Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x`: nothing
 # is installed into the host. Cached: each output is built only if missing, so a
 # re-run with everything present does nothing. Remove build/guest to rebuild.
@@ -16,6 +18,7 @@ out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
 outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz initramfs-bench.cpio.gz)
+outputs+=(initramfs-disk.cpio.gz disk.img disk-pio.img disk.sha256 disk.layout initramfs-cd.cpio.gz cd.iso cd.sha256)
 
 say() { echo "build-test-guest: $*" >&2; }
 
@@ -146,5 +149,7 @@ EOF
     mv "$out/initramfs-bench.cpio.gz.tmp" "$out/initramfs-bench.cpio.gz"
     mv "$out/initramfs-shell.cpio.gz.tmp" "$out/initramfs-shell.cpio.gz"
 fi
+
+"$root/scripts/build-test-disks.sh" >/dev/null
 
 print_paths
