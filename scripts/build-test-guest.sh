@@ -32,6 +32,9 @@ print_paths() {
     for f in "${outputs[@]}"; do echo "$out/$f"; done
 }
 
+# The firmware (SeaBIOS, iPXE) the firmware tests and `quern` without -kernel boot.
+"$root/roms/fetch-firmware.sh" >/dev/null
+
 if all_present; then
     print_paths
     exit 0

@@ -23,14 +23,67 @@ fn char_out(dev: &CharDev, opt: &str) -> Result<Option<CharOut>, String> {
     })
 }
 
-/// A relative `-bios` name is looked up in the `-L` directories, as QEMU does.
-fn find_firmware(name: &Path, dirs: &[PathBuf]) -> PathBuf {
+/// The BIOS quern boots when neither -kernel nor -bios is given.
+pub const DEFAULT_BIOS: &str = "bios-256k.bin";
+
+/// Where firmware files are looked for, in this order: the `-L` directories
+/// (`l_dirs`), `$QUERN_FIRMWARE_DIR`, the `build/roms` cache that
+/// `roms/fetch-firmware.sh` fills (of the checkout the running binary sits in, then of
+/// the one it was built from), and the system's: Debian's `seabios` package
+/// (/usr/share/seabios), QEMU's data files (/usr/share/qemu) and `ipxe-qemu`
+/// (/usr/lib/ipxe/qemu).
+pub fn firmware_dirs(l_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = l_dirs.to_vec();
+    dirs.extend(std::env::var_os("QUERN_FIRMWARE_DIR").map(PathBuf::from));
+    // target/release/quern -> the checkout's build/roms.
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().nth(3).map(|root| root.join("build/roms")));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/roms"));
+    dirs.extend(["/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu"].map(PathBuf::from));
+    let mut seen = Vec::new();
+    dirs.retain(|d| {
+        let key = d.canonicalize().unwrap_or_else(|_| d.clone());
+        let new = !seen.contains(&key);
+        seen.push(key);
+        new
+    });
+    dirs
+}
+
+/// A relative firmware name that is not a file in the current directory is looked up
+/// in [`firmware_dirs`], as QEMU looks in its data directories.
+fn find_firmware(name: &Path, l_dirs: &[PathBuf]) -> PathBuf {
     if name.is_relative() && !name.exists() {
-        if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| p.exists()) {
+        if let Some(p) = firmware_dirs(l_dirs).iter().map(|d| d.join(name)).find(|p| p.is_file()) {
             return p;
         }
     }
     name.to_path_buf()
+}
+
+/// The default BIOS ([`DEFAULT_BIOS`], SeaBIOS) from the `-L` directories or the
+/// usual places ([`firmware_dirs`]), or an error that says how to get it.
+#[allow(dead_code)] // for the CLI: no -kernel and no -bios boots the default BIOS
+pub fn default_bios_in(l_dirs: &[PathBuf]) -> Result<PathBuf, String> {
+    bios_in(&firmware_dirs(l_dirs))
+}
+
+fn bios_in(dirs: &[PathBuf]) -> Result<PathBuf, String> {
+    dirs.iter().map(|d| d.join(DEFAULT_BIOS)).find(|p| p.is_file()).ok_or_else(|| {
+        let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        format!(
+            "no firmware to boot: {DEFAULT_BIOS} is in none of {}; install Debian's seabios package or run \
+             roms/fetch-firmware.sh (or give -bios FILE, or -kernel FILE to boot a kernel directly)",
+            list.join(", ")
+        )
+    })
+}
+
+/// [`default_bios_in`] without `-L` directories.
+#[allow(dead_code)] // for the CLI, as default_bios_in
+pub fn default_bios() -> Result<PathBuf, String> {
+    default_bios_in(&[])
 }
 
 fn check_readable(opt: &str, p: &Path) -> Result<(), String> {
@@ -129,5 +182,50 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod firmware_tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("quern-fw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn search_order_puts_l_dirs_first_and_the_system_last() {
+        let l = scratch("order");
+        let dirs = firmware_dirs(&[l.clone(), l.clone()]);
+        assert_eq!(dirs[0], l);
+        assert_eq!(dirs.iter().filter(|d| **d == l).count(), 1, "duplicates dropped");
+        let tail: Vec<_> = dirs.iter().rev().take(3).rev().cloned().collect();
+        assert_eq!(tail, ["/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu"].map(PathBuf::from));
+        assert!(dirs.iter().any(|d| d.ends_with("build/roms")));
+    }
+
+    #[test]
+    fn relative_names_are_found_in_l_dirs_and_the_default_bios_too() {
+        let l = scratch("find");
+        std::fs::write(l.join("my-bios.bin"), [0u8; 16]).unwrap();
+        std::fs::write(l.join(DEFAULT_BIOS), [0u8; 16]).unwrap();
+        assert_eq!(find_firmware(Path::new("my-bios.bin"), &[l.clone()]), l.join("my-bios.bin"));
+        // Absolute paths and names found nowhere are left as given (the open fails later).
+        assert_eq!(find_firmware(Path::new("/nonexistent/x.bin"), &[l.clone()]), PathBuf::from("/nonexistent/x.bin"));
+        assert_eq!(find_firmware(Path::new("no-such.bin"), &[l.clone()]), PathBuf::from("no-such.bin"));
+        assert_eq!(default_bios_in(&[l.clone()]).unwrap(), l.join(DEFAULT_BIOS));
+    }
+
+    #[test]
+    fn a_missing_default_bios_says_how_to_get_it() {
+        let l = scratch("missing");
+        let e = bios_in(&[l]).unwrap_err();
+        assert!(
+            e.contains("bios-256k.bin") && e.contains("seabios package") && e.contains("roms/fetch-firmware.sh"),
+            "{e}"
+        );
     }
 }
