@@ -7,6 +7,17 @@
 
 use thiserror::Error;
 
+mod file;
+#[cfg(test)]
+mod image_tests;
+mod lock;
+mod open;
+mod qcow2;
+mod raw;
+mod snapshot;
+
+pub use open::{open, CacheMode, Format, OpenError, OpenOptions};
+
 /// Errors a medium reports; the controller turns them into the guest's error status.
 #[derive(Debug, Error)]
 pub enum BlockError {
@@ -33,6 +44,12 @@ pub trait BlockBackend: Send + Sync {
     /// Makes every completed write durable (the guest's FLUSH CACHE): with
     /// `cache=writeback` or `none` this reaches the host file with fsync.
     fn flush(&self) -> Result<(), BlockError>;
+    /// Whether the medium has a volatile write cache that FLUSH empties (what IDENTIFY
+    /// reports as the write cache being enabled). `cache=writethrough` and `directsync`
+    /// sync every write, so the guest sees none.
+    fn write_cache(&self) -> bool {
+        true
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies within a medium of `size` bytes.
