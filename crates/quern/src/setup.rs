@@ -209,14 +209,16 @@ mod firmware_tests {
 
     #[test]
     fn relative_names_are_found_in_l_dirs_and_the_default_bios_too() {
-        let l = scratch("find");
-        std::fs::write(l.join("my-bios.bin"), [0u8; 16]).unwrap();
-        std::fs::write(l.join(DEFAULT_BIOS), [0u8; 16]).unwrap();
-        assert_eq!(find_firmware(Path::new("my-bios.bin"), &[l.clone()]), l.join("my-bios.bin"));
+        let dir = scratch("find");
+        std::fs::write(dir.join("my-bios.bin"), [0u8; 16]).unwrap();
+        std::fs::write(dir.join(DEFAULT_BIOS), [0u8; 16]).unwrap();
+        let l = [dir.clone()];
+        let dir = &dir;
+        assert_eq!(find_firmware(Path::new("my-bios.bin"), &l), dir.join("my-bios.bin"));
         // Absolute paths and names found nowhere are left as given (the open fails later).
-        assert_eq!(find_firmware(Path::new("/nonexistent/x.bin"), &[l.clone()]), PathBuf::from("/nonexistent/x.bin"));
-        assert_eq!(find_firmware(Path::new("no-such.bin"), &[l.clone()]), PathBuf::from("no-such.bin"));
-        assert_eq!(default_bios_in(&[l.clone()]).unwrap(), l.join(DEFAULT_BIOS));
+        assert_eq!(find_firmware(Path::new("/nonexistent/x.bin"), &l), PathBuf::from("/nonexistent/x.bin"));
+        assert_eq!(find_firmware(Path::new("no-such.bin"), &l), PathBuf::from("no-such.bin"));
+        assert_eq!(default_bios_in(&l).unwrap(), dir.join(DEFAULT_BIOS));
     }
 
     #[test]
