@@ -4,6 +4,11 @@
 //! A [`BlockBackend`] is a byte-addressed medium of fixed size. Controllers work in
 //! their sector size and call it with sector-aligned offsets; formats (raw, qcow2) and
 //! options (read-only, `-snapshot` overlays, cache modes, image locking) live behind it.
+//!
+//! [`open`] is the one entry point the command line uses: it probes or checks the
+//! format, takes QEMU's image locks, opens qcow2 backing chains and wraps `-snapshot`
+//! overlays, and its [`OpenError`]s name the file and what is wrong with it. Backends
+//! are `Send + Sync` with `&self` methods; each locks what it needs internally.
 
 use thiserror::Error;
 
