@@ -197,6 +197,32 @@ fn cache_none_uses_o_direct_on_this_filesystem() {
 }
 
 #[test]
+fn cache_direct_on_tmpfs_works_with_or_without_o_direct() {
+    let _serial = serial();
+    // Older tmpfs refuses O_DIRECT (the open then falls back to the page cache with a
+    // warning), newer tmpfs accepts it: either way the drive must work.
+    let dir = Path::new("/dev/shm");
+    if !dir.is_dir() {
+        eprintln!("NOT RUN: no /dev/shm (tmpfs) to test the O_DIRECT fallback on");
+        return;
+    }
+    let p = dir.join(format!("quern-block-direct-{}", std::process::id()));
+    std::fs::write(&p, vec![0u8; 8192]).unwrap();
+    let r = crate::file::open_host(&p, true, CacheMode::None);
+    let b = open(&OpenOptions { cache: CacheMode::DirectSync, ..opts(&p, Some(Format::Raw)) });
+    let _ = std::fs::remove_file(&p);
+    let (f, direct) = r.unwrap();
+    drop(f);
+    let b = b.unwrap();
+    b.write_at(512, &[3; 512]).unwrap();
+    b.flush().unwrap();
+    assert_eq!(read(&*b, 512, 512), vec![3; 512]);
+    if direct {
+        eprintln!("note: /dev/shm accepted O_DIRECT here; the fallback path was not taken");
+    }
+}
+
+#[test]
 fn errors_name_the_file() {
     let _serial = serial();
     let d = TmpDir::new("errors");
