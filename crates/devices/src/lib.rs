@@ -19,6 +19,7 @@
 //! | [`pci`] | PCI host bridge, config mechanism #1; i440FX, PIIX3 | 0xcf8, 0xcfc-0xcff | - |
 //! | [`reset_control`] | PIIX3 reset control register | 0xcf9 | - |
 //! | [`acpi_pm`] | ACPI PM1a event/control blocks and PM timer | machine's choice (0x600-0x60b) | SCI (9) |
+//! | [`ide`] | PIIX3 IDE (PCI 00:01.1): ATA disks, ATAPI CD-ROMs, bus-master DMA | 0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376; BAR4 | 14, 15 |
 //! | [`lapic`] | local APIC, one per vCPU (xAPIC page, x2APIC MSRs, timer) | MMIO at IA32_APIC_BASE (0xfee00000), MSRs 0x1b, 0x6e0, 0x800-0x8ff | LINT0/LINT1 in, [`apic_bus`] messages out |
 //!
 //! Devices that answer at several port ranges (PIC, PIT, i8042, PCI) sit behind one
@@ -30,6 +31,7 @@ pub mod debug_exit;
 pub mod debugcon;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ide;
 pub mod ioapic;
 pub mod lapic;
 pub mod pci;

@@ -25,6 +25,17 @@ pub trait PciDevice: Send {
     /// Writes the bytes of `value` that `mask` selects (0xff per byte written) into
     /// the dword at `reg`.
     fn config_write(&mut self, reg: u16, value: u32, mask: u32);
+    /// Reads `data.len()` bytes at I/O `port` if one of the function's I/O BARs (with
+    /// I/O decoding on) covers it, and says whether it did. The machine offers every
+    /// port no fixed device claims here, so BAR registers follow wherever the guest
+    /// places the BAR.
+    fn io_read(&mut self, _port: u16, _data: &mut [u8]) -> bool {
+        false
+    }
+    /// The write side of [`PciDevice::io_read`].
+    fn io_write(&mut self, _port: u16, _data: &[u8]) -> bool {
+        false
+    }
 }
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -247,6 +258,16 @@ impl PciBus {
         if let Some(d) = self.get(dev, func) {
             lock(d).config_write(reg & !3, value, mask);
         }
+    }
+
+    /// Offers a port read to the functions' I/O BARs; false if none claims it.
+    pub fn io_read(&self, port: u16, data: &mut [u8]) -> bool {
+        self.devices.values().any(|d| lock(d).io_read(port, data))
+    }
+
+    /// Offers a port write to the functions' I/O BARs; false if none claims it.
+    pub fn io_write(&self, port: u16, data: &[u8]) -> bool {
+        self.devices.values().any(|d| lock(d).io_write(port, data))
     }
 }
 

@@ -159,3 +159,175 @@ fn lapic_random_accesses_never_panic() {
     }
     assert!(sent > 0);
 }
+
+/// The IDE controller takes random register, data-port, bus-master and configuration
+/// accesses without panicking: commands and packet opcodes drawn mostly from what it
+/// implements (so transfers start and run), task files with small and huge
+/// addresses, PRD tables pointing inside, across and outside RAM, resets and medium
+/// changes in between.
+#[test]
+fn ide_random_accesses_never_panic() {
+    use crate::ide::{ide_bus_devices, DriveKind, IdeDriveConfig, PiixIde};
+    use quern_block::{BlockBackend, MemBackend};
+    use quern_core::GuestMemory;
+
+    let mem = Arc::new(GuestMemory::flat(64 << 10).unwrap());
+    let medium =
+        |fill: u8, len: usize, ro: bool| Some(Arc::new(MemBackend::new(vec![fill; len], ro)) as Arc<dyn BlockBackend>);
+    let drives = vec![
+        IdeDriveConfig { backend: medium(0x11, 64 * 512, false), kind: DriveKind::Disk, bus: 0, unit: 0 },
+        IdeDriveConfig { backend: medium(0x22, 16 * 2048, true), kind: DriveKind::Cdrom, bus: 0, unit: 1 },
+        IdeDriveConfig { backend: medium(0x33, 8 * 512 + 100, true), kind: DriveKind::Disk, bus: 1, unit: 0 },
+        IdeDriveConfig { backend: None, kind: DriveKind::Cdrom, bus: 1, unit: 1 },
+    ];
+    let irq = Arc::new(NullIrq);
+    let ide = Arc::new(Mutex::new(PiixIde::new(mem.clone(), [irq.clone(), irq], drives).unwrap()));
+    let windows: Vec<(SharedDevice, u64, u64)> = ide_bus_devices(&ide);
+    let commands = [
+        0x08, 0x10, 0x20, 0x21, 0x24, 0x25, 0x27, 0x29, 0x30, 0x34, 0x35, 0x39, 0x40, 0x42, 0x70, 0x90, 0x91, 0xa0,
+        0xa0, 0xa0, 0xa1, 0xc4, 0xc5, 0xc6, 0xc8, 0xca, 0xe5, 0xe7, 0xea, 0xec, 0xef, 0xf8, 0xb0, 0x00,
+    ];
+    let opcodes =
+        [0x00, 0x03, 0x12, 0x1b, 0x1e, 0x25, 0x28, 0x2b, 0x43, 0x46, 0x4a, 0x51, 0x5a, 0xa8, 0xbb, 0xbd, 0xbe, 0xff];
+    let bm_base = 0xc000u16;
+    {
+        let mut i = lock(&ide);
+        i.config_write(0x20, u32::from(bm_base), !0);
+        i.config_write(0x04, 5, !0);
+    }
+    let mut rng = Rng(0x1de_cafe_f00d_1234);
+    for _ in 0..300_000 {
+        let r = rng.next();
+        let v = rng.next();
+        let ch = ((r >> 4) & 1) as usize;
+        // Command block (0), control block (1) of the channel.
+        let (cmd_block, ctrl_block) = (&windows[2 * ch].0, &windows[2 * ch + 1].0);
+        match r % 10 {
+            0 => {
+                let (dev, len) = (&windows[((r >> 8) % 4) as usize].0, [8, 1][((r >> 8) % 2) as usize]);
+                let size = [1, 2, 4][((r >> 12) % 3) as usize];
+                let offset = (r >> 16) % (len + 2);
+                let mut data = v.to_le_bytes();
+                if r & (1 << 40) != 0 {
+                    lock(dev).write(offset, &data[..size]);
+                } else {
+                    lock(dev).read(offset, &mut data[..size]);
+                }
+            }
+            1 => {
+                let c = if v & 7 == 0 { v as u8 } else { commands[((v >> 8) % commands.len() as u64) as usize] };
+                lock(cmd_block).write(7, &[c]);
+            }
+            2 | 3 => {
+                // A whole command as a driver issues it: task file, command, the packet
+                // for PACKET, a bus-master run for DMA, then the data port for a while.
+                let unit = (v >> 1) & 1;
+                let mut cb = lock(cmd_block);
+                cb.write(6, &[0xe0 | (unit as u8) << 4]);
+                cb.write(1, &[(v >> 2) as u8 & 1]);
+                cb.write(2, &[(v >> 8) as u8 & 0x0f]);
+                for (reg, shift) in [(3, 16), (4, 24), (5, 32)] {
+                    let b = if v & (1 << 62) != 0 { (v >> shift) as u8 } else { (v >> shift) as u8 & 3 };
+                    cb.write(reg, &[b]);
+                }
+                let c = commands[((v >> 40) % commands.len() as u64) as usize];
+                cb.write(7, &[c]);
+                if c == 0xa0 {
+                    let w = rng.next();
+                    let mut packet = w.to_le_bytes().repeat(2);
+                    packet[0] = opcodes[(w % opcodes.len() as u64) as usize];
+                    if w & (1 << 20) == 0 {
+                        packet[2..6].copy_from_slice(&[0, 0, 0, (w >> 24) as u8 & 0x0f]);
+                        packet[6..10].copy_from_slice(&[0, 0, (w >> 32) as u8 & 3, (w >> 36) as u8 & 0x3f]);
+                    }
+                    for pair in packet[..12].chunks(2) {
+                        cb.write(0, pair);
+                    }
+                }
+                drop(cb);
+                if v & (1 << 63) != 0 {
+                    let mut i = lock(&ide);
+                    // Random configuration writes and resets move or disable BAR4.
+                    crate::pci::PciDevice::config_write(&mut *i, 0x20, u32::from(bm_base), !0);
+                    crate::pci::PciDevice::config_write(&mut *i, 0x04, 5, !0);
+                    let base = bm_base + 8 * ch as u16;
+                    crate::pci::PciDevice::io_write(&mut *i, base + 4, &0x2000u32.to_le_bytes());
+                    crate::pci::PciDevice::io_write(&mut *i, base + 2, &[0x06]);
+                    crate::pci::PciDevice::io_write(&mut *i, base, &[0x09]);
+                    crate::pci::PciDevice::io_write(&mut *i, base, &[0x00]);
+                }
+                for _ in 0..(r >> 20) % 2000 {
+                    let w = rng.next();
+                    let mut d = [0u8; 4];
+                    let size = 2 + 2 * ((w >> 1) & 1) as usize;
+                    if w & 1 == 0 {
+                        lock(cmd_block).read(0, &mut d[..size]);
+                    } else {
+                        lock(cmd_block).write(0, &w.to_le_bytes()[..size]);
+                    }
+                }
+            }
+            4 => {
+                // A task file: device, count, LBA (small or anything), byte count limit.
+                let regs = [
+                    (6, 0xe0 | (v as u8 & 0x1f) | ((v >> 5) as u8 & 0x40)),
+                    (2, (v >> 8) as u8 & 0x0f),
+                    (1, (v >> 60) as u8 & 3),
+                ];
+                for (reg, val) in regs {
+                    lock(cmd_block).write(reg, &[val]);
+                }
+                for reg in 3..=5 {
+                    let b = if v & (1 << 50) != 0 { (v >> (8 * reg)) as u8 } else { (v >> (4 * reg)) as u8 & 7 };
+                    lock(cmd_block).write(reg, &[b]);
+                }
+            }
+            5 => {
+                let port = bm_base + (v % 18) as u16;
+                let mut data = (v >> 8).to_le_bytes();
+                let size = [1, 2, 4][((v >> 5) % 3) as usize];
+                let mut i = lock(&ide);
+                if r & (1 << 41) != 0 {
+                    let table = [(v >> 16) as u32 & 0xfff8, 0x2000, 0xffff_fff0][((v >> 60) % 3) as usize];
+                    crate::pci::PciDevice::io_write(&mut *i, bm_base + 4 + 8 * ch as u16, &table.to_le_bytes());
+                    crate::pci::PciDevice::io_write(&mut *i, bm_base + 8 * ch as u16, &[(v as u8) & 0x09]);
+                } else if r & (1 << 42) != 0 {
+                    crate::pci::PciDevice::io_write(&mut *i, port, &data[..size]);
+                } else {
+                    crate::pci::PciDevice::io_read(&mut *i, port, &mut data[..size]);
+                }
+            }
+            6 => {
+                // A PRD table at 0x2000: entries inside RAM, across its end, or outside.
+                for e in 0..(1 + v % 4) {
+                    let w = rng.next();
+                    let addr = [(w as u32) & 0xfffe, 0xfff0, 0xfee0_0000][((w >> 40) % 3) as usize];
+                    let eot = if e == v % 4 { 0x8000_0000 } else { 0 };
+                    mem.write_u32(0x2000 + 8 * e, addr).unwrap();
+                    mem.write_u32(0x2004 + 8 * e, ((w >> 16) as u32 & 0xffff) | eot).unwrap();
+                }
+            }
+            7 => {
+                let reg = ((v % 64) * 4) as u16;
+                let mask = [0xff, 0xffff, 0xffff_ffff][((v >> 8) % 3) as usize];
+                // Keep BAR4 and decoding mostly in place so DMA gets exercised.
+                if reg != 0x20 && reg != 0x04 || v & (1 << 20) != 0 {
+                    crate::pci::PciDevice::config_write(&mut *lock(&ide), reg, (v >> 32) as u32, mask);
+                }
+            }
+            8 => lock(ctrl_block).write(0, &[[0x00, 0x02, 0x04, 0x06, 0x80][(v % 5) as usize]]),
+            _ => {
+                let mut i = lock(&ide);
+                match v % 50 {
+                    0 => i.reset(),
+                    1 => {
+                        let m =
+                            (v & (1 << 10) != 0).then(|| medium(0x44, (v >> 12) as usize % (8 * 2048), true).unwrap());
+                        let _ = i.change_medium(((v >> 8) & 1) as u8, ((v >> 9) & 1) as u8, m);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
