@@ -54,6 +54,13 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8 ^ seed).collect()
 }
 
+/// Writes to the stderr handle itself, past the harness's capture, so that NOT RUN
+/// lines show in passing runs too.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn tool(name: &str) -> bool {
     let ok = Command::new(name)
         .arg("--version")
@@ -62,7 +69,7 @@ fn tool(name: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("NOT RUN: {name} is not installed (apt-get install qemu-utils); qcow2 interoperability untested");
+        say(&format!("NOT RUN: {name} is not installed (apt-get install qemu-utils); qcow2 interoperability untested"));
     }
     ok
 }
@@ -185,7 +192,7 @@ fn cache_none_uses_o_direct_on_this_filesystem() {
     let (f, direct) = crate::file::open_host(&p, true, CacheMode::None).unwrap();
     let hf = crate::file::HostFile::new(f, direct).unwrap();
     if !hf.direct() {
-        eprintln!("NOT RUN: {} refuses O_DIRECT; the bounce-buffer path was not exercised", d.0.display());
+        say(&format!("NOT RUN: {} refuses O_DIRECT; the bounce-buffer path was not exercised", d.0.display()));
         return;
     }
     hf.write_at(513, &[7; 100]).unwrap();
@@ -203,7 +210,7 @@ fn cache_direct_on_tmpfs_works_with_or_without_o_direct() {
     // warning), newer tmpfs accepts it: either way the drive must work.
     let dir = Path::new("/dev/shm");
     if !dir.is_dir() {
-        eprintln!("NOT RUN: no /dev/shm (tmpfs) to test the O_DIRECT fallback on");
+        say("NOT RUN: no /dev/shm (tmpfs) to test cache=directsync on");
         return;
     }
     let p = dir.join(format!("quern-block-direct-{}", std::process::id()));
@@ -241,7 +248,18 @@ fn errors_name_the_file() {
     std::fs::set_permissions(&p, perm).unwrap();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        eprintln!("NOT RUN: running as root, which may write read-only files: the EACCES message is untested");
+        // Root writes mode-0444 files; an immutable file is read-only even to root.
+        let imm = d.path("immutable.img");
+        std::fs::write(&imm, vec![0u8; 4096]).unwrap();
+        if run(&d.0, "chattr", &["+i", "immutable.img"]).0 {
+            let e = open(&opts(&imm, Some(Format::Raw))).err().map(|e| e.to_string());
+            let ro = open(&OpenOptions { read_only: true, ..opts(&imm, Some(Format::Raw)) }).is_ok();
+            run(&d.0, "chattr", &["-i", "immutable.img"]);
+            assert_eq!(e, Some(format!("Could not open '{}': Operation not permitted", imm.display())));
+            assert!(ro, "a read-only open of an immutable file failed");
+        } else {
+            say("NOT RUN: running as root without chattr +i: opening a read-only file for writing is untested");
+        }
     } else {
         let e = open_err(&opts(&p, Some(Format::Raw)));
         assert_eq!(e.to_string(), format!("Could not open '{}': Permission denied", p.display()));
@@ -332,7 +350,7 @@ fn locking_against_qemu() {
     // A running QEMU holds it: quern's writer is refused.
     let qemu = "qemu-system-x86_64";
     if Command::new(qemu).arg("--version").stdout(Stdio::null()).status().is_err() {
-        eprintln!("NOT RUN: {qemu} is not installed; locking against a running QEMU untested");
+        say(&format!("NOT RUN: {qemu} is not installed; locking against a running QEMU untested"));
         return;
     }
     let drive = format!("file={},format=raw", p.display());
