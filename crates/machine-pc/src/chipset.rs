@@ -3,7 +3,9 @@
 //!
 //! Port map: 0x20/0xa0 PIC, 0x40/0x61 PIT, 0x60/0x64 i8042, 0x70 RTC, 0x80 POST,
 //! 0x3f8 COM1 (IRQ4), 0x4d0 ELCR, 0x600 ACPI PM (SCI IRQ9), 0xcf8/0xcfc PCI,
-//! 0xcf9 reset control, 0xe9 debugcon, isa-debug-exit where configured.
+//! 0xcf9 reset control, 0xe9 debugcon, isa-debug-exit where configured, PIIX3 IDE
+//! (0x1f0/0x3f6 IRQ14, 0x170/0x376 IRQ15; its PCI function 00:01.1 with the
+//! bus-master registers in BAR4, wherever the guest maps it: see [`PcOps::pio_read`]).
 //! MMIO: the IOAPIC at 0xfec00000 (the local APICs are per vCPU: `vcpu_ops`).
 //!
 //! Each ISA interrupt line goes to the 8259 pair and to the IOAPIC pin of the same
@@ -14,11 +16,12 @@ use std::sync::{Arc, Mutex};
 use quern_core::bus::{lock, SharedDevice};
 use quern_core::clock::{Clock, TimerDevice};
 use quern_core::cpu::SharedAccelerator;
-use quern_core::{Bus, IrqLine, MachineControl, MachineEvent};
+use quern_core::{Bus, GuestMemory, IrqLine, MachineControl, MachineEvent};
 use quern_devices::acpi_pm::{AcpiPm, PM_IO_LEN};
 use quern_devices::debug_exit::DebugExit;
 use quern_devices::debugcon::Debugcon;
 use quern_devices::i8042::{i8042_bus_devices, I8042};
+use quern_devices::ide::{self, ide_bus_devices, DriveKind, IdeDriveConfig, PiixIde};
 use quern_devices::ioapic::{isa_irq_to_gsi, IoApicMmio, IoApicPin, IrqFanOut, IOAPIC_BASE, IOAPIC_MMIO_LEN};
 use quern_devices::pci::{pci_bus_devices, PciRoot};
 use quern_devices::pic::{pic_bus_devices, PicIrqLine, PicPair};
@@ -29,7 +32,7 @@ use quern_devices::rtc::Rtc;
 use quern_devices::uart::Serial;
 
 use crate::apic_bus::ApicBus;
-use crate::config::MachineConfig;
+use crate::config::{DriveConfig, MachineConfig, Media};
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::MemoryLayout;
 use crate::machine::{MachineError, ACPI_PM_BASE, ACPI_SCI_IRQ};
@@ -58,6 +61,7 @@ pub struct Chipset {
     /// The local APICs and the IOAPIC, when the PIC is ours too.
     pub apics: Option<Arc<ApicBus>>,
     pub(crate) pci: Arc<Mutex<PciRoot>>,
+    pub ide: Arc<Mutex<PiixIde>>,
     pub serial: Arc<Mutex<Serial>>,
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
@@ -69,9 +73,13 @@ fn shared<T: quern_core::BusDevice + 'static>(dev: T) -> SharedDevice {
 }
 
 impl Chipset {
+    // The machine's shared pieces, each needed by some device; a struct of them would
+    // only move the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         cfg: &mut MachineConfig,
         layout: &MemoryLayout,
+        mem: &Arc<GuestMemory>,
         accel: &SharedAccelerator,
         clock: Arc<dyn Clock>,
         waker: Arc<CpuWaker>,
@@ -121,6 +129,7 @@ impl Chipset {
             let (order, order2) = crate::firmware::boot_order_cmos(cfg.boot_order.as_deref());
             r.set_cmos(0x3d, order);
             r.set_cmos(0x38, order2);
+            ide_cmos(&mut r, &cfg.drives);
         }
         pio.insert(rtc.clone(), 0x70, 2)?;
         timers.push(rtc);
@@ -132,6 +141,29 @@ impl Chipset {
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         crate::machine::insert_all(&mut pio, pci_bus_devices(&pci))?;
         pio.insert(shared(ResetControl::new(control.clone())), 0xcf9, 1)?;
+
+        // PIIX3 IDE, there even without drives (as on QEMU's pc).
+        let drives = cfg
+            .drives
+            .iter()
+            .map(|d| IdeDriveConfig {
+                backend: d.backend.clone(),
+                kind: match d.media {
+                    Media::Disk => DriveKind::Disk,
+                    Media::Cdrom => DriveKind::Cdrom,
+                },
+                bus: d.bus,
+                unit: d.unit,
+            })
+            .collect();
+        let ide =
+            PiixIde::new(mem.clone(), [irq(14), irq(15)], drives).map_err(|e| MachineError::Config(e.to_string()))?;
+        let ide = Arc::new(Mutex::new(ide));
+        crate::machine::insert_all(&mut pio, ide_bus_devices(&ide))?;
+        lock(&pci)
+            .bus_mut()
+            .add(ide::PCI_DEVICE, ide::PCI_FUNCTION, ide.clone())
+            .map_err(|e| MachineError::Config(e.to_string()))?;
 
         let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
         pio.insert(pm.clone(), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
@@ -150,11 +182,12 @@ impl Chipset {
             timers.extend(a.timers());
         }
 
-        Ok(Chipset { pio, mmio, pic, apics, pci, serial, timers, clock, waker })
+        Ok(Chipset { pio, mmio, pic, apics, pci, ide, serial, timers, clock, waker })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its
-    /// programming (firmware or kernel sets it up again).
+    /// programming (firmware or kernel sets it up again); PCI functions and the IDE
+    /// drives return to their power-on state.
     pub fn reset(&mut self) {
         if let Some(pic) = &self.pic {
             *lock(pic) = PicPair::new();
@@ -163,13 +196,42 @@ impl Chipset {
             a.reset(crate::acpi::IOAPIC_ID);
         }
         lock(&self.pci).reset();
+        lock(&self.ide).reset();
     }
+}
+
+/// The hard disks in CMOS, as QEMU's pc puts them there: 0x12 which of the primary
+/// channel's two are present (type 47, user-defined, in 0x19/0x1a), their geometry
+/// at 0x1b and 0x24, and 0x39, the BIOS translation of all four positions, which
+/// SeaBIOS reads to pick its CHS translation.
+fn ide_cmos(rtc: &mut Rtc, drives: &[DriveConfig]) {
+    let (mut present, mut translation) = (0u8, 0u8);
+    for d in drives.iter().filter(|d| d.media == Media::Disk && d.bus < 2 && d.unit < 2) {
+        let Some(b) = &d.backend else { continue };
+        translation |= ide::bios_translation(&**b) << (2 * (2 * d.bus + d.unit));
+        if d.bus != 0 {
+            continue;
+        }
+        let g = ide::guess_geometry(&**b);
+        let (ty, info) = if d.unit == 0 { (0x19, 0x1b) } else { (0x1a, 0x24) };
+        present |= if d.unit == 0 { 0xf0 } else { 0x0f };
+        let (cyl, heads) = (g.cylinders as u16, g.heads as u8);
+        let bytes = [cyl as u8, (cyl >> 8) as u8, heads, 0xff, 0xff, 0xc0 | u8::from(heads > 8) << 3];
+        rtc.set_cmos(ty, 47);
+        for (i, v) in bytes.into_iter().chain([cyl as u8, (cyl >> 8) as u8, g.sectors as u8]).enumerate() {
+            rtc.set_cmos(info + i as u8, v);
+        }
+    }
+    rtc.set_cmos(0x12, present);
+    rtc.set_cmos(0x39, translation);
 }
 
 /// The buses every vCPU reaches devices through, and the machine's event queue.
 pub struct PcOps {
     pio: Bus,
     mmio: Bus,
+    /// For the I/O BARs of PCI functions.
+    pci: Arc<Mutex<PciRoot>>,
     pub events: Arc<EventQueue>,
 }
 
@@ -180,6 +242,7 @@ impl PcOps {
         PcOps {
             pio: std::mem::replace(&mut chipset.pio, Bus::new("pio")),
             mmio: std::mem::replace(&mut chipset.mmio, Bus::new("mmio")),
+            pci: chipset.pci.clone(),
             events,
         }
     }
@@ -188,11 +251,22 @@ impl PcOps {
         self.events.request(event);
     }
 
+    /// A port no fixed device claims goes to the PCI functions' I/O BARs (the IDE
+    /// controller's bus-master registers), which sit where the guest programs them:
+    /// SeaBIOS puts BAR4 at 0xc000 or so, Linux booted without firmware picks its own.
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
-        self.pio.read(u64::from(port), data);
+        let addr = u64::from(port);
+        if self.pio.resolve(addr).is_none() && lock(&self.pci).bus().io_read(port, data) {
+            return;
+        }
+        self.pio.read(addr, data);
     }
     pub fn pio_write(&self, port: u16, data: &[u8]) {
-        self.pio.write(u64::from(port), data);
+        let addr = u64::from(port);
+        if self.pio.resolve(addr).is_none() && lock(&self.pci).bus().io_write(port, data) {
+            return;
+        }
+        self.pio.write(addr, data);
     }
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         self.mmio.read(addr, data);
@@ -202,5 +276,42 @@ impl PcOps {
     }
     pub fn stop_requested(&self) -> bool {
         self.events.is_pending()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quern_block::MemBackend;
+    use quern_core::BusDevice;
+
+    use super::*;
+
+    #[test]
+    fn ide_disks_in_cmos_as_qemu_puts_them() {
+        let clock = Arc::new(quern_core::clock::ManualClock::default());
+        let mut rtc = Rtc::new(clock, Arc::new(quern_core::NullIrq), std::time::SystemTime::now());
+        let drive = |sectors: usize, media, bus, unit| DriveConfig {
+            backend: Some(Arc::new(MemBackend::new(vec![0; sectors * 512], false))),
+            media,
+            bus,
+            unit,
+            bootindex: None,
+            id: String::new(),
+        };
+        // A 20-cylinder disk as primary master, a CD-ROM as primary slave (not in
+        // CMOS), a disk as secondary slave (only in the translation byte).
+        let drives = [drive(20 * 1008, Media::Disk, 0, 0), drive(16, Media::Cdrom, 0, 1), drive(64, Media::Disk, 1, 1)];
+        ide_cmos(&mut rtc, &drives);
+        let mut cmos = |i: u8| {
+            rtc.write(0, &[i]);
+            let mut b = [0];
+            rtc.read(1, &mut b);
+            b[0]
+        };
+        assert_eq!(cmos(0x12), 0xf0);
+        assert_eq!((cmos(0x19), cmos(0x1a)), (47, 0));
+        let info: Vec<u8> = (0x1b..0x24).map(&mut cmos).collect();
+        assert_eq!(info, [20, 0, 16, 0xff, 0xff, 0xc8, 20, 0, 63]);
+        assert_eq!(cmos(0x39), 0, "no translation for small disks");
     }
 }

@@ -155,7 +155,7 @@ impl PcMachine {
         let apics = userspace_irqchip(&accel)
             .then(|| ApicBus::new(cfg.cpus, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
         let mut chipset =
-            Chipset::build(&mut cfg, &layout, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
+            Chipset::build(&mut cfg, &layout, &mem, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
         if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
             crate::firmware::install(&mut chipset, &cfg, &layout, &mem, &accel, image)?;
         }

@@ -38,33 +38,54 @@ pub struct Chs {
     pub sectors: u32,
 }
 
-/// The geometry QEMU gives a disk: the one its MBR's partitions end on, when they
-/// describe at most 16 heads; otherwise 16 heads, 63 sectors and as many cylinders as
-/// fit (2 to 16383).
+/// The geometry the MBR's partitions end on: the first partition with an end head
+/// and sector, if the disk holds a whole number (1-16383) of its cylinders.
+fn mbr_geometry(backend: &dyn BlockBackend, total: u64) -> Option<Chs> {
+    let mut mbr = [0u8; SECTOR];
+    if backend.size() < SECTOR as u64 || backend.read_at(0, &mut mbr).is_err() || mbr[510..] != [0x55, 0xaa] {
+        return None;
+    }
+    mbr[0x1be..0x1fe].chunks_exact(16).find_map(|p| {
+        let nr_sects = u32::from_le_bytes([p[12], p[13], p[14], p[15]]);
+        let (heads, sectors) = (u32::from(p[5]) + 1, u32::from(p[6] & 63));
+        if nr_sects == 0 || heads == 1 || sectors == 0 {
+            return None;
+        }
+        let cylinders = total / u64::from(heads * sectors);
+        (1..=16383).contains(&cylinders).then_some(Chs { cylinders: cylinders as u32, heads, sectors })
+    })
+}
+
+/// The standard geometry: 16 heads, 63 sectors, as many cylinders as fit (2-16383).
+fn standard_geometry(total: u64) -> Chs {
+    Chs { cylinders: (total / (16 * 63)).clamp(2, 16383) as u32, heads: 16, sectors: 63 }
+}
+
+/// The geometry QEMU gives a disk (hd_geometry_guess): the one its MBR's partitions
+/// end on when that has at most 16 heads, otherwise the standard one (more heads
+/// than ATA's 16 mean a BIOS translation made the partition table).
 pub fn guess_geometry(backend: &dyn BlockBackend) -> Chs {
     let total = backend.size() / SECTOR as u64;
-    let mut mbr = [0u8; SECTOR];
-    if backend.size() >= SECTOR as u64 && backend.read_at(0, &mut mbr).is_ok() && mbr[510..] == [0x55, 0xaa] {
-        for p in mbr[0x1be..0x1fe].chunks_exact(16) {
-            let nr_sects = u32::from_le_bytes([p[12], p[13], p[14], p[15]]);
-            let (end_head, end_sector) = (u32::from(p[5]), u32::from(p[6] & 63));
-            if nr_sects == 0 || end_head == 0 || end_sector == 0 {
-                continue;
-            }
-            let heads = end_head + 1;
-            let cylinders = total / u64::from(heads * end_sector);
-            if !(1..=16383).contains(&cylinders) {
-                continue;
-            }
-            // More heads than ATA's 16 means a BIOS translation made them: then the
-            // disk itself gets the standard geometry.
-            if heads <= 16 {
-                return Chs { cylinders: cylinders as u32, heads, sectors: end_sector };
-            }
-            break;
-        }
+    match mbr_geometry(backend, total) {
+        Some(chs) if chs.heads <= 16 => chs,
+        _ => standard_geometry(total),
     }
-    Chs { cylinders: (total / (16 * 63)).clamp(2, 16383) as u32, heads: 16, sectors: 63 }
+}
+
+/// The BIOS's CHS translation for a disk as QEMU picks it (its CMOS byte 0x39 code,
+/// which SeaBIOS reads): 0 none, 1 LBA, 2 large. None when the partition table's
+/// geometry is the disk's; large or LBA when it was made through a translation; with
+/// no table, none while the geometry fits the BIOS's 1024 cylinders.
+pub fn bios_translation(backend: &dyn BlockBackend) -> u8 {
+    let total = backend.size() / SECTOR as u64;
+    let chs = guess_geometry(backend);
+    match mbr_geometry(backend, total) {
+        Some(m) if m.heads <= 16 => 0,
+        Some(_) if chs.cylinders * chs.heads <= 131072 => 2,
+        Some(_) => 1,
+        None if chs.cylinders <= 1024 => 0,
+        None => 1,
+    }
 }
 
 /// What the data port does while DRQ is set, and what follows the last byte.

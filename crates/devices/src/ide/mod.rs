@@ -44,7 +44,7 @@ use crate::port::{read_bytewise, write_bytewise, PortGroup, PortWindow};
 use channel::Channel;
 use drive::Drive;
 
-pub use drive::{guess_geometry, Chs};
+pub use drive::{bios_translation, guess_geometry, Chs};
 
 /// Where the function sits on bus 0: device 1 (PIIX3), function 1.
 pub const PCI_DEVICE: u8 = 1;

@@ -314,6 +314,57 @@ fn geometry_follows_the_partition_table() {
     assert_eq!(guess_geometry(&MemBackend::new(vec![0; 512], false)).cylinders, 2, "at least 2 cylinders");
 }
 
+/// A synthetic disk of `sectors` sectors whose sector 0 is an MBR with one partition
+/// ending at head `end_head`, sector 63 (no MBR without one).
+struct WithMbr(Synthetic, [u8; 512]);
+
+impl WithMbr {
+    fn new(sectors: u64, end_head: Option<u8>) -> Self {
+        let mut mbr = [0u8; 512];
+        if let Some(h) = end_head {
+            mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+            mbr[0x1be + 5] = h;
+            mbr[0x1be + 6] = 63;
+            mbr[0x1be + 12] = 1;
+        }
+        WithMbr(Synthetic { size: sectors * 512, ..Default::default() }, mbr)
+    }
+}
+
+impl BlockBackend for WithMbr {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.0.read_at(offset, buf)?;
+        if offset == 0 {
+            let n = buf.len().min(512);
+            buf[..n].copy_from_slice(&self.1[..n]);
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.0.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn bios_translation_as_qemu_picks_it() {
+    const MIB: u64 = 2048;
+    assert_eq!(bios_translation(&WithMbr::new(256 * MIB, None)), 0, "520 cylinders: none");
+    assert_eq!(bios_translation(&WithMbr::new(512 * MIB, None)), 1, "1040 cylinders: LBA");
+    assert_eq!(bios_translation(&WithMbr::new(512 * MIB, Some(15))), 0, "the table's 16 heads are the disk's");
+    assert_eq!(bios_translation(&WithMbr::new(2048 * MIB, Some(254))), 2, "255 heads, small: large");
+    assert_eq!(bios_translation(&WithMbr::new(8192 * MIB, Some(254))), 1, "255 heads, 8 GiB: LBA");
+    assert_eq!(guess_geometry(&WithMbr::new(2048 * MIB, Some(254))), Chs { cylinders: 4161, heads: 16, sectors: 63 });
+}
+
 #[test]
 fn pio_read_lba28() {
     let mut r = Rig::disk(Arc::new(MemBackend::new(disk_image(64), false)));
