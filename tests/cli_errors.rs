@@ -71,7 +71,7 @@ fn nothing_to_boot() {
 
 #[test]
 fn unsupported_options_say_so() {
-    fails(&["-hda", "disk.img"], "quern: -hda disk.img: -hda is not supported yet");
+    fails(&["-fda", "disk.img"], "quern: -fda disk.img: -fda is not supported yet");
     fails(&["-M", "isapc"], "machine type 'isapc'");
     fails(&["-accel", "hvf"], "use tcg or kvm");
     fails(&["-device", "e1000"], "quern: -device e1000: device 'e1000' is not supported yet");

@@ -110,34 +110,25 @@ fn libvirt_command_line_is_accepted_or_refused_by_name() {
     // The command line libvirt 9.0 generates for a domain (../shared/research/libvirt.md),
     // with a kernel and an exit device so that what quern accepts can run to the end.
     let k = test_kernel();
+    let disk = scratch("libvirt-disk.img");
+    write(&disk, &vec![0u8; 1 << 20]);
     let line = "-name guest=demo,debug-threads=on -S -object secret,id=masterKey0,format=raw,file=/nonexistent \
         -machine pc-i440fx-7.2,usb=off,dump-guest-core=off -accel tcg -m 512 -overcommit mem-lock=off \
         -smp 1,sockets=1,cores=1,threads=1 -uuid 5d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2d3e -display none \
         -no-user-config -nodefaults -chardev socket,id=charmonitor,fd=26,server=on,wait=off \
         -mon chardev=charmonitor,id=monitor,mode=control -rtc base=utc -boot strict=on \
-        -blockdev {\"driver\":\"file\",\"filename\":\"/nonexistent.img\",\"node-name\":\"libvirt-1-storage\"} \
+        -blockdev {\"driver\":\"file\",\"filename\":\"%IMG%\",\"node-name\":\"libvirt-1-storage\"} \
         -blockdev {\"node-name\":\"libvirt-1-format\",\"driver\":\"raw\",\"file\":\"libvirt-1-storage\"} \
         -device ide-hd,bus=ide.0,unit=0,drive=libvirt-1-format,id=ide0-0-0,bootindex=1 \
         -netdev user,id=hostnet0 -device e1000,netdev=hostnet0,id=net0,mac=52:54:00:12:34:56,bus=pci.0,addr=0x2 \
         -chardev pty,id=charserial0 -device isa-serial,chardev=charserial0,id=serial0,index=0 \
         -audiodev {\"id\":\"audio1\",\"driver\":\"none\"} -msg timestamp=on \
         -kernel K -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04";
-    let (refused, run) = strip_refused(split(line, &k));
+    let args = split(line, &k).into_iter().map(|a| a.replace("%IMG%", disk.to_str().unwrap())).collect();
+    let (refused, run) = strip_refused(args);
     assert_eq!(
         refused,
-        [
-            "-S",
-            "-object",
-            "-chardev",
-            "-mon",
-            "-blockdev",
-            "-blockdev",
-            "-device",
-            "-netdev",
-            "-device",
-            "-chardev",
-            "-device"
-        ],
+        ["-S", "-object", "-chardev", "-mon", "-netdev", "-device", "-chardev", "-device"],
         "options refused"
     );
     assert_eq!(run.status, Some(7), "the rest should run:\n{}", run.describe());
@@ -150,13 +141,10 @@ fn tutorial_lines_with_what_quern_lacks_are_refused_by_name() {
     for (line, option) in [
         ("-serial mon:stdio -kernel K", "-serial mon:stdio"),
         ("-kernel K -s -S", "-s"),
-        ("-cdrom os.iso -boot d", "-cdrom os.iso"),
-        ("-drive format=raw,file=os.img", "-drive format=raw,file=os.img"),
         ("-fda floppy.img", "-fda floppy.img"),
-        ("os.img", "-hda os.img"),
+        ("-drive file=x.img,if=virtio", "-drive file=x.img,if=virtio"),
         ("-kernel K -monitor stdio", "-monitor stdio"),
         ("-kernel K -daemonize", "-daemonize"),
-        ("-kernel K -snapshot", "-snapshot"),
         ("-kernel K -usb", "-usb"),
         ("-kernel K -vnc :1", "-vnc :1"),
         ("-kernel K -icount shift=1", "-icount shift=1"),
@@ -302,4 +290,20 @@ fn no_shutdown_keeps_the_stopped_machine_as_qemu_does() {
     let run = run_quern(&["-kernel", p, "-no-reboot", "-no-shutdown"], Duration::from_secs(2));
     assert_eq!(run.status, None, "-no-shutdown keeps quern running:\n{}", run.describe());
     assert!(run.stderr.contains("-no-shutdown keeps the machine stopped"), "{}", run.describe());
+}
+
+#[test]
+fn drives_name_the_option_whose_image_is_missing() {
+    for (line, expect) in [
+        ("-cdrom os.iso -boot d", "quern: -cdrom os.iso: Could not open 'os.iso'"),
+        ("-drive format=raw,file=os.img", "quern: -drive format=raw,file=os.img: Could not open 'os.img'"),
+        ("os.img", "quern: -hda os.img: Could not open 'os.img'"),
+        ("-hdb /nonexistent/b.qcow2", "quern: -hdb /nonexistent/b.qcow2: Could not open '/nonexistent/b.qcow2'"),
+        ("-drive file=x.img,format=vmdk", "quern: -drive file=x.img,format=vmdk: format=vmdk is not supported yet"),
+        ("-drive file=a.img,index=0 -drive file=b.img,index=0", "quern: two drives on IDE bus 0 unit 0"),
+        ("-device ide-hd,drive=nothing", "quern: drive=nothing: no -drive if=none,id=nothing"),
+    ] {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        refused(&args, expect);
+    }
 }

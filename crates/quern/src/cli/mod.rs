@@ -8,6 +8,7 @@
 //! The result is an [`Options`] value: what the user asked for, checked, with no side
 //! effects (files are opened later, by the binary's setup).
 
+pub mod drives;
 mod opts;
 mod size;
 pub mod table;
@@ -99,6 +100,10 @@ pub struct Options {
     pub serial: Option<CharDev>,
     pub debugcon: Option<CharDev>,
     pub devices: Vec<Device>,
+    /// IDE drives, with their slots assigned.
+    pub drives: Vec<drives::DriveSpec>,
+    /// `-boot order=` / `once=` drive letters.
+    pub boot_order: Option<String>,
     pub no_reboot: bool,
     pub no_shutdown: bool,
     /// `-display none` (or `-nographic`): no window is expected.
@@ -178,6 +183,8 @@ struct Builder {
     serial: Vec<Option<CharDev>>,
     debugcon: Option<CharDev>,
     devices: Vec<Device>,
+    drives: drives::Drives,
+    boot_order: Option<String>,
     nodefaults: bool,
     no_reboot: bool,
     no_shutdown: bool,
@@ -233,13 +240,36 @@ impl Builder {
             "enable-kvm" => self.enable_kvm = true,
             "smp" => self.cpus = Some(parse_smp(text(name, value)?).map_err(|e| bad(name, value, e))?),
             "m" => self.ram_bytes = Some(parse_memory(text(name, value)?).map_err(|e| bad(name, value, e))?),
-            "boot" => check_boot(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "boot" => {
+                let order = check_boot(text(name, value)?).map_err(|e| bad(name, value, e))?;
+                if order.is_some() {
+                    self.boot_order = order;
+                }
+            }
+            "hda" | "hdb" | "hdc" | "hdd" => {
+                let index = u32::from(name.as_bytes()[2] - b'a');
+                self.drives.legacy(index, drives::Media::Disk, path());
+            }
+            "cdrom" => self.drives.legacy(2, drives::Media::Cdrom, path()),
+            "drive" => {
+                let o = Opts::parse(text(name, value)?, None).map_err(|e| bad(name, value, e))?;
+                self.drives.drive(&o).map_err(|e| bad(name, value, e))?;
+            }
+            "blockdev" => {
+                let o = Opts::parse(text(name, value)?, Some("driver")).map_err(|e| bad(name, value, e))?;
+                self.drives.blockdev(&o).map_err(|e| bad(name, value, e))?;
+            }
+            "snapshot" => self.drives.snapshot_all = true,
             "device" => {
                 let o = Opts::parse(text(name, value)?, Some("driver")).map_err(|e| bad(name, value, e))?;
-                if o.get("driver").is_some_and(is_help) {
-                    return Ok(Some(device_help()));
+                match o.get("driver") {
+                    Some(d) if is_help(d) => return Ok(Some(device_help())),
+                    Some("ide-hd" | "ide-drive") => {
+                        self.drives.device(drives::Media::Disk, &o).map_err(|e| bad(name, value, e))?
+                    }
+                    Some("ide-cd") => self.drives.device(drives::Media::Cdrom, &o).map_err(|e| bad(name, value, e))?,
+                    _ => self.devices.push(parse_device(&o).map_err(|e| bad(name, value, e))?),
                 }
-                self.devices.push(parse_device(&o).map_err(|e| bad(name, value, e))?);
             }
             "uuid" => check_uuid(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "nodefaults" => self.nodefaults = true,
@@ -365,6 +395,7 @@ impl Builder {
             None => None,
         };
         devices.retain(|d| *d != Device::DebugCon);
+        let drives = self.drives.finish().map_err(CliError)?;
         Ok(Options {
             ram_bytes: self.ram_bytes.unwrap_or(128 << 20),
             cpus: self.cpus.unwrap_or(1),
@@ -379,6 +410,8 @@ impl Builder {
             serial: com1,
             debugcon,
             devices,
+            drives,
+            boot_order: self.boot_order,
             no_reboot: self.no_reboot,
             no_shutdown: self.no_shutdown,
             display_none: self.display_none || self.nographic,
@@ -495,9 +528,9 @@ fn parse_smp(v: &str) -> std::result::Result<u32, String> {
     Ok(cpus)
 }
 
-/// `-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,strict=on|off]...`: checked only,
-/// since quern boots kernels and firmware images, not drives, until it has disks.
-fn check_boot(v: &str) -> std::result::Result<(), String> {
+/// `-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,strict=on|off]...`; returns the
+/// order the firmware is given (`once=` wins: quern does not reboot into another).
+fn check_boot(v: &str) -> std::result::Result<Option<String>, String> {
     let o = Opts::parse(v, Some("order"))?;
     if let Some(k) = o.unknown_key(&["order", "once", "menu", "strict", "splash", "splash-time", "reboot-timeout"]) {
         return Err(format!("unknown property '{k}'"));
@@ -511,7 +544,7 @@ fn check_boot(v: &str) -> std::result::Result<(), String> {
     }
     o.get_bool("menu")?;
     o.get_bool("strict")?;
-    Ok(())
+    Ok(o.get("once").or(o.get("order")).map(str::to_string))
 }
 
 fn check_uuid(v: &str) -> std::result::Result<(), String> {

@@ -31,7 +31,7 @@ const fn opt(name: &'static str, takes_arg: bool, support: Support) -> OptionDef
 
 use Support::{Ignored, NotYet, Yes};
 
-const DISKS: Support = NotYet("disk and CD images come with the firmware and disks work");
+const DISKS: Support = NotYet("quern has IDE disks and CD-ROMs only (-hda, -cdrom, -drive if=ide)");
 const NET: Support = NotYet("networking comes with the e1000 work");
 const MONITOR: Support = NotYet("the monitor and QMP come with the management work");
 const DISPLAY: Support = NotYet("quern has no graphical display; use -nographic or -display none");
@@ -104,14 +104,14 @@ pub const OPTIONS: &[OptionDef] = &[
     // Disks.
     opt("fda", true, DISKS),
     opt("fdb", true, DISKS),
-    opt("hda", true, DISKS),
-    opt("hdb", true, DISKS),
-    opt("hdc", true, DISKS),
-    opt("hdd", true, DISKS),
-    opt("cdrom", true, DISKS),
-    opt("drive", true, DISKS),
-    opt("blockdev", true, DISKS),
-    opt("snapshot", false, DISKS),
+    opt("hda", true, Yes),
+    opt("hdb", true, Yes),
+    opt("hdc", true, Yes),
+    opt("hdd", true, Yes),
+    opt("cdrom", true, Yes),
+    opt("drive", true, Yes),
+    opt("blockdev", true, Yes),
+    opt("snapshot", false, Yes),
     opt("mtdblock", true, DISKS),
     opt("sd", true, DISKS),
     opt("iscsi", true, DISKS),

@@ -42,7 +42,6 @@ fn no_bundles_of_one_letter_flags() {
     // QEMU's options, once mis-read as -d aemonize or "unexpected argument '-n'".
     for (o, arg) in [
         ("-daemonize", None),
-        ("-snapshot", None),
         ("-usb", None),
         ("-object", Some("secret,id=s")),
         ("-global", Some("isa-fdc.driveA=")),
@@ -65,6 +64,7 @@ fn no_bundles_of_one_letter_flags() {
         &["-boot", "strict=on"],
         &["-vga", "none"],
         &["-pidfile", "/tmp/p"],
+        &["-snapshot"],
     ] {
         run(v);
     }
@@ -183,7 +183,10 @@ fn defaults_and_nodefaults() {
     assert_eq!(run(&["-nodefaults", "-serial", "stdio"]).serial, Some(CharDev::Stdio));
     assert!(err(&["-serial", "mon:stdio"]).contains("monitor is not supported yet"));
     assert!(err(&["-append", "x"]).contains("-append only makes sense with -kernel"));
-    assert!(err(&["disk.img"]).starts_with("-hda disk.img: -hda is not supported yet"));
+    // A bare argument is the first disk, as in QEMU.
+    assert_eq!(run(&["disk.img"]).drives[0].id, "ide0-hd0");
+    assert_eq!(run(&["-cdrom", "x.iso", "-boot", "d"]).boot_order.as_deref(), Some("d"));
+    assert!(err(&["-fda", "f.img"]).contains("-fda is not supported yet"));
 }
 
 #[test]
