@@ -46,23 +46,41 @@ struct Backend {
     locking: bool,
 }
 
+/// An IDE slot: (bus, unit).
+type Slot = (u8, u8);
+
+/// A drive bound for the controller: its slot (`None`: the next free one), its medium
+/// and boot priority.
+struct Placed {
+    slot: Option<Slot>,
+    backend: Backend,
+    bootindex: Option<u32>,
+}
+
+/// A `-device ide-hd|ide-cd`, before its `drive=` is resolved.
+struct IdeDevice {
+    media: Media,
+    drive: Option<String>,
+    slot: Option<Slot>,
+    bootindex: Option<u32>,
+}
+
 /// Collects drive options in command-line order; [`Drives::finish`] resolves them.
 #[derive(Default)]
 pub struct Drives {
-    /// Drives with a slot (if=ide): (index or None for "next free", backend, bootindex).
-    placed: Vec<(Option<(u8, u8)>, Backend, Option<u32>)>,
+    /// Drives with a slot (if=ide, -hda, ...).
+    placed: Vec<Placed>,
     /// Named backends (-drive if=none, -blockdev format nodes).
     named: Vec<Backend>,
     /// -blockdev protocol nodes: node-name → filename.
     files: Vec<(String, PathBuf, bool)>,
-    /// -device ide-hd/ide-cd: (media, drive id, slot, bootindex).
-    devices: Vec<(Media, Option<String>, Option<(u8, u8)>, Option<u32>)>,
+    devices: Vec<IdeDevice>,
     pub snapshot_all: bool,
 }
 
 const CACHE_MODES: [&str; 5] = ["writeback", "none", "writethrough", "directsync", "unsafe"];
 
-fn slot_of_index(index: u32) -> Result<(u8, u8), String> {
+fn slot_of_index(index: u32) -> Result<Slot, String> {
     if index >= 4 {
         return Err(format!("index={index}: the IDE controller has four drives, index 0-3"));
     }
@@ -93,7 +111,7 @@ impl Drives {
             cache: "writeback".into(),
             locking: true,
         };
-        self.placed.push((slot, b, None));
+        self.placed.push(Placed { slot, backend: b, bootindex: None });
     }
 
     /// `-drive file=...,format=...,if=ide|none,index=,bus=,unit=,media=,readonly=,
@@ -158,7 +176,7 @@ impl Drives {
                     }
                     (Some(_), _, _) => return Err("give index= or bus=/unit=, not both".into()),
                 };
-                self.placed.push((slot, b, None));
+                self.placed.push(Placed { slot, backend: b, bootindex: None });
             }
             "none" => {
                 if b.id.is_empty() {
@@ -251,15 +269,15 @@ impl Drives {
         if media == Media::Disk && o.get("drive").is_none() {
             return Err("ide-hd needs drive=ID".into());
         }
-        self.devices.push((media, o.get("drive").map(str::to_string), slot, bootindex));
+        self.devices.push(IdeDevice { media, drive: o.get("drive").map(str::to_string), slot, bootindex });
         Ok(())
     }
 
     /// Assigns slots as QEMU does (explicit ones first, then the next free index) and
     /// checks that no slot is used twice and every `drive=` names a backend.
     pub fn finish(mut self) -> Result<Vec<DriveSpec>, String> {
-        let mut placed: Vec<(Option<(u8, u8)>, Backend, Option<u32>)> = std::mem::take(&mut self.placed);
-        for (media, drive, slot, bootindex) in std::mem::take(&mut self.devices) {
+        let mut placed = std::mem::take(&mut self.placed);
+        for IdeDevice { media, drive, slot, bootindex } in std::mem::take(&mut self.devices) {
             let b = match drive {
                 Some(id) => {
                     let i = self.named.iter().position(|b| b.id == id).ok_or_else(|| {
@@ -286,11 +304,11 @@ impl Drives {
                     locking: true,
                 },
             };
-            placed.push((slot, b, bootindex));
+            placed.push(Placed { slot, backend: b, bootindex });
         }
-        let mut used: Vec<(u8, u8)> = Vec::new();
-        for (slot, _, _) in &placed {
-            if let Some(s) = slot {
+        let mut used: Vec<Slot> = Vec::new();
+        for p in &placed {
+            if let Some(s) = &p.slot {
                 if used.contains(s) {
                     return Err(format!("two drives on IDE bus {} unit {}", s.0, s.1));
                 }
@@ -298,7 +316,7 @@ impl Drives {
             }
         }
         let mut out = Vec::new();
-        for (slot, b, bootindex) in placed {
+        for Placed { slot, backend: b, bootindex } in placed {
             let (bus, unit) = match slot {
                 Some(s) => s,
                 None => {
