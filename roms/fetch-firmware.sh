@@ -41,33 +41,9 @@ for tool in apt-get dpkg-deb; do
     command -v "$tool" >/dev/null || { say "missing $tool: this needs a Debian-based host (or install Debian's seabios package)"; exit 1; }
 done
 
-updated=0
-apt_update() {
-    [[ $updated -eq 1 ]] && return
-    say "running apt-get update"
-    apt-get update >&2
-    updated=1
-}
-
-# Unpacks package $1 into $work/$1 (once) and prints that directory.
-unpack() {
-    local pkg=$1 dir="$work/$1"
-    if [[ ! -d "$dir" ]]; then
-        mkdir -p "$work/debs"
-        local deb
-        deb=$(ls "$work/debs/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
-        if [[ -z "$deb" ]]; then
-            say "downloading $pkg"
-            (cd "$work/debs" && apt-get download "$pkg" >&2) || { apt_update && (cd "$work/debs" && apt-get download "$pkg" >&2); }
-            deb=$(ls "$work/debs/${pkg}"_*.deb | head -n1)
-        fi
-        say "unpacking $(basename "$deb")"
-        rm -rf "$dir.tmp"
-        dpkg-deb -x "$deb" "$dir.tmp"
-        mv "$dir.tmp" "$dir"
-    fi
-    echo "$dir"
-}
+# apt_update and unpack.
+# shellcheck source=scripts/debian-packages.sh
+source "$root/scripts/debian-packages.sh"
 
 mkdir -p "$out" "$work"
 for w in "${missing[@]}"; do

@@ -53,33 +53,9 @@ need_tool python3 python3
 need_tool dpkg-deb dpkg
 need_tool apt-get apt
 
-updated=0
-apt_update() {
-    [[ $updated -eq 1 ]] && return
-    say "running apt-get update"
-    apt-get update >&2
-    updated=1
-}
-
-# Unpacks package $1 into $work/$1 (once) and prints that directory.
-unpack() {
-    local pkg=$1 dir="$work/$1"
-    if [[ ! -d "$dir" ]]; then
-        mkdir -p "$work/debs"
-        local deb
-        deb=$(ls "$work/debs/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
-        if [[ -z "$deb" ]]; then
-            say "downloading $pkg"
-            (cd "$work/debs" && apt-get download "$pkg" >&2) || { apt_update && (cd "$work/debs" && apt-get download "$pkg" >&2); }
-            deb=$(ls "$work/debs/${pkg}"_*.deb | head -n1)
-        fi
-        say "unpacking $(basename "$deb")"
-        rm -rf "$dir.tmp"
-        dpkg-deb -x "$deb" "$dir.tmp"
-        mv "$dir.tmp" "$dir"
-    fi
-    echo "$dir"
-}
+# apt_update and unpack.
+# shellcheck source=scripts/debian-packages.sh
+source "$root/scripts/debian-packages.sh"
 
 kernel_package() {
     local pkg

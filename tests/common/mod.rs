@@ -46,22 +46,8 @@ pub fn run_quern_until(args: &[&str], limit: Duration, stop_at: Option<&str>) ->
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn quern");
-    let collect = |mut r: Box<dyn Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        let t = std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = r.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                b.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        (buf, t)
-    };
-    let (out, out_t) = collect(Box::new(child.stdout.take().unwrap()));
-    let (err, err_t) = collect(Box::new(child.stderr.take().unwrap()));
+    let (out, out_t) = collect_into(child.stdout.take().unwrap());
+    let (err, err_t) = collect_into(child.stderr.take().unwrap());
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -192,4 +178,134 @@ pub fn run_qemu(args: &[&str]) -> Option<Run> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// quern running with its console on pipes, for tests that type into the guest's
+/// shell: spawn, wait for text on stdout, write lines. The process is killed when the
+/// value is dropped, so a failed assertion never leaves a guest running.
+pub struct Console {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// How much of stdout `wait_for` has consumed.
+    seen: usize,
+    /// Numbers the markers of `command`.
+    commands: u32,
+}
+
+/// Copies `r` into a shared buffer on a thread until end of file.
+fn collect_into(mut r: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    let t = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, t)
+}
+
+impl Console {
+    pub fn spawn(args: &[&str]) -> Console {
+        let mut child = Command::new(quern_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quern");
+        let stdin = child.stdin.take();
+        let (out, out_t) = collect_into(child.stdout.take().unwrap());
+        let (err, err_t) = collect_into(child.stderr.take().unwrap());
+        Console { child, stdin, out, err, readers: vec![out_t, err_t], seen: 0, commands: 0 }
+    }
+
+    /// Everything quern has printed so far, both streams, for failure messages.
+    pub fn describe(&self) -> String {
+        let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}", text(&self.out), text(&self.err))
+    }
+
+    /// Waits until stdout, past what earlier waits consumed, contains `needle`; returns
+    /// the text up to it (without it) and consumes it. Fails with the whole output if
+    /// quern exits or `limit` passes first.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            {
+                let out = self.out.lock().unwrap();
+                let rest = &out[self.seen..];
+                if let Some(p) = rest.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+                    let before = String::from_utf8_lossy(&rest[..p]).into_owned();
+                    self.seen += p + needle.len();
+                    return Ok(before);
+                }
+            }
+            let exited = self.child.try_wait().expect("wait").map(|s| s.code());
+            if let Some(code) = exited {
+                return Err(format!("quern exited (status {code:?}) before printing {needle:?}\n{}", self.describe()));
+            }
+            if start.elapsed() > limit {
+                return Err(format!("{needle:?} not printed within {limit:?}\n{}", self.describe()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types `line` and Enter on the guest's console.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to quern's stdin");
+        stdin.flush().expect("flush quern's stdin");
+    }
+
+    /// Runs `cmd` in the guest's shell and returns what it printed. The command is
+    /// bracketed by echoes of markers whose typed form (quoted apart) differs from
+    /// their output, so the terminal's echo of the typed line never matches.
+    pub fn command(&mut self, cmd: &str, limit: Duration) -> Result<String, String> {
+        self.commands += 1;
+        let n = self.commands;
+        self.send_line(&format!("echo QC{n}-'BEGIN'; {cmd}; echo QC{n}-'END'"));
+        self.wait_for(&format!("QC{n}-BEGIN"), limit)?;
+        let text = self.wait_for(&format!("QC{n}-END"), limit)?.replace('\r', "");
+        Ok(text.strip_prefix('\n').unwrap_or(&text).to_string())
+    }
+
+    /// Closes stdin and waits for quern to exit (killing it after `limit`).
+    pub fn finish(mut self, limit: Duration) -> Run {
+        self.stdin = None;
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st.code();
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for t in self.readers.drain(..) {
+            let _ = t.join();
+        }
+        let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+        Run { status, stdout: text(&self.out), stderr: text(&self.err) }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
