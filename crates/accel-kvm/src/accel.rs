@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_API_VERSION};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{KvmIrqRouting, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use quern_core::cpu::IrqChipMode;
 use quern_core::memory::RegionKind;
@@ -24,7 +24,9 @@ pub const TSS_ADDR: u64 = IDENTITY_MAP_ADDR + 0x1000;
 /// How to build the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvmConfig {
-    /// Userspace (the machine's PIC models; default) or KVM's PIC+IOAPIC+LAPIC and PIT.
+    /// Userspace (the machine's PIC, IOAPIC and local APIC models; the default here) or
+    /// KVM's PIC+IOAPIC+LAPIC and PIT, wired as on a PC (`irq_routing`). quern's command
+    /// line picks the in-kernel one unless told `kernel-irqchip=off`, as QEMU does.
     pub irqchip: IrqChipMode,
     /// CPU features to hide from the guest whatever the model says (host workarounds);
     /// a feature the model asks for with `+feat` is shown again.
@@ -130,6 +132,10 @@ impl KvmAccelerator {
 
         if config.irqchip == IrqChipMode::InAccelerator {
             vm.create_irq_chip().map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
+            let routes = KvmIrqRouting::from_entries(&crate::irq_routing::pc_routes()).map_err(|e| {
+                KvmError::Ioctl { op: "KVM_SET_GSI_ROUTING", source: std::io::Error::other(format!("{e:?}")) }
+            })?;
+            vm.set_gsi_routing(&routes).map_err(KvmError::ioctl("KVM_SET_GSI_ROUTING"))?;
             // The speaker port stays with the machine's own model.
             let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
             vm.create_pit2(pit).map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
@@ -216,8 +222,11 @@ impl Accelerator for KvmAccelerator {
         }
         let fd = self.vm.create_vcpu(id.into()).map_err(host_error("KVM_CREATE_VCPU"))?;
         let mut entries = self.model_cpuid.clone();
-        let opts =
-            CpuidOptions { mask: self.mask, has_lapic: self.config.irqchip == IrqChipMode::InAccelerator, vcpu_id: id };
+        let opts = CpuidOptions {
+            mask: self.mask,
+            in_kernel_lapic: self.config.irqchip == IrqChipMode::InAccelerator,
+            vcpu_id: id,
+        };
         patch_cpuid(&mut entries, &opts);
         let cpuid = CpuId::from_entries(&entries)
             .map_err(|e| CpuError::Unsupported { accel: ACCEL_NAME, what: format!("a CPUID table ({e:?})") })?;

@@ -159,6 +159,7 @@ const ECX_AVX: u32 = bit(28);
 const ECX_F16C: u32 = bit(29);
 const ECX_RDRAND: u32 = bit(30);
 const ECX_HYPERVISOR: u32 = bit(31);
+#[cfg(test)]
 const EDX_APIC: u32 = bit(9);
 // Leaf 7 sub-leaf 0.
 const EBX7_FSGSBASE: u32 = bit(0);
@@ -329,8 +330,12 @@ fn decode_signature(eax: u32) -> (u32, u32, u32) {
 #[derive(Clone, Copy, Debug)]
 pub struct CpuidOptions {
     pub mask: CpuidMask,
-    /// Whether the vCPU has a local APIC (only with the in-kernel irqchip).
-    pub has_lapic: bool,
+    /// Whether the local APIC is KVM's (in-kernel irqchip) rather than the machine's.
+    /// The machine's model is reached only through MMIO exits: KVM without an in-kernel
+    /// LAPIC answers the x2APIC MSRs with #GP and ignores IA32_TSC_DEADLINE, and cannot
+    /// forward them without MSR filtering, so then x2APIC and TSC-deadline are hidden
+    /// and the guest uses the xAPIC page.
+    pub in_kernel_lapic: bool,
     pub vcpu_id: u32,
 }
 
@@ -345,13 +350,10 @@ pub fn patch_cpuid(entries: &mut [kvm_cpuid_entry2], opts: &CpuidOptions) {
                 e.ecx &= !(hide(m.contains(CpuidMask::CX16), ECX_CX16)
                     | hide(m.contains(CpuidMask::XSAVE), ECX_XSAVE | ECX_OSXSAVE)
                     | hide(m.contains(CpuidMask::AVX), ECX_AVX | ECX_FMA | ECX_F16C)
-                    | hide(m.contains(CpuidMask::X2APIC) || !opts.has_lapic, ECX_X2APIC)
-                    | hide(!opts.has_lapic, ECX_TSC_DEADLINE)
+                    | hide(m.contains(CpuidMask::X2APIC) || !opts.in_kernel_lapic, ECX_X2APIC)
+                    | hide(!opts.in_kernel_lapic, ECX_TSC_DEADLINE)
                     | hide(m.contains(CpuidMask::PCID), ECX_PCID)
                     | hide(m.contains(CpuidMask::RDRAND), ECX_RDRAND));
-                if !opts.has_lapic {
-                    e.edx &= !EDX_APIC;
-                }
                 // Initial APIC ID in EBX[31:24].
                 e.ebx = (e.ebx & 0x00ff_ffff) | (opts.vcpu_id << 24);
             }
@@ -429,27 +431,30 @@ mod tests {
     }
 
     #[test]
-    fn userspace_irqchip_hides_the_apic_and_sets_identity() {
+    fn userspace_lapic_is_xapic_only_and_identity_is_set() {
         let mut e = full();
-        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::empty(), has_lapic: false, vcpu_id: 3 });
+        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::empty(), in_kernel_lapic: false, vcpu_id: 3 });
         let l1 = get(&e, 1, 0);
-        assert_eq!(l1.edx & EDX_APIC, 0);
-        assert_eq!(l1.ecx & (ECX_X2APIC | ECX_TSC_DEADLINE), 0);
+        assert_ne!(l1.edx & EDX_APIC, 0, "the machine's LAPIC is there (KVM follows IA32_APIC_BASE.EN)");
+        assert_eq!(l1.ecx & (ECX_X2APIC | ECX_TSC_DEADLINE), 0, "but only as the xAPIC page");
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(l1.ecx & ECX_CX16, 0, "nothing else hidden");
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!(get(&e, 0xb, 0).edx, 3);
 
         let mut e = full();
-        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::empty(), has_lapic: true, vcpu_id: 0 });
+        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::empty(), in_kernel_lapic: true, vcpu_id: 0 });
         assert_ne!(get(&e, 1, 0).edx & EDX_APIC, 0);
-        assert_ne!(get(&e, 1, 0).ecx & ECX_X2APIC, 0);
+        assert_ne!(get(&e, 1, 0).ecx & (ECX_X2APIC | ECX_TSC_DEADLINE), 0);
+        let mut e = full();
+        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::X2APIC, in_kernel_lapic: true, vcpu_id: 0 });
+        assert_eq!(get(&e, 1, 0).ecx & ECX_X2APIC, 0, "-x2apic");
     }
 
     #[test]
     fn pvm_workarounds_hide_cx16_xsave_and_avx() {
         let mut e = full();
-        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::pvm_workarounds(), has_lapic: true, vcpu_id: 0 });
+        patch_cpuid(&mut e, &CpuidOptions { mask: CpuidMask::pvm_workarounds(), in_kernel_lapic: true, vcpu_id: 0 });
         let l1 = get(&e, 1, 0);
         for b in [ECX_CX16, ECX_XSAVE, ECX_OSXSAVE, ECX_AVX, ECX_FMA, ECX_F16C] {
             assert_eq!(l1.ecx & b, 0, "bit {b:#x}");
@@ -469,7 +474,7 @@ mod tests {
     fn single_features_are_hidden_alone() {
         let mut e = full();
         let mask = CpuidMask::XSAVEOPT | CpuidMask::AVX512 | CpuidMask::PCID | CpuidMask::FSGSBASE;
-        patch_cpuid(&mut e, &CpuidOptions { mask, has_lapic: true, vcpu_id: 0 });
+        patch_cpuid(&mut e, &CpuidOptions { mask, in_kernel_lapic: true, vcpu_id: 0 });
         assert_eq!(get(&e, 0xd, 1).eax, 0xe);
         assert_eq!(get(&e, 0xd, 0).eax, 0x7, "x87, SSE and AVX state stay; AVX-512 state goes");
         assert_eq!(get(&e, 0xd, 5).eax, 0);

@@ -47,6 +47,9 @@ pub fn handle_exit(exit: KvmExit<'_>, state: &RunState, ops: &dyn VmOps) -> Exit
             after_io(ops)
         }
         KvmExit::IrqWindowOpen => ExitAction::Continue,
+        // The guest lowered CR8 (userspace irqchip); the run loop has given the APIC the
+        // new TPR and now offers what it held back.
+        KvmExit::SetTpr => ExitAction::Continue,
         // Only with the userspace irqchip; an interrupt that can be taken wakes the CPU.
         KvmExit::Hlt if state.can_inject && ops.interrupt_pending() => ExitAction::Continue,
         KvmExit::Hlt => ExitAction::Return(VcpuExit::Halted),
@@ -199,6 +202,7 @@ mod tests {
         assert_eq!(handle_exit(KvmExit::Hlt, &RunState::default(), &pending), ExitAction::Return(VcpuExit::Halted));
         assert_eq!(handle_exit(KvmExit::Hlt, &open, &pending), ExitAction::Continue);
         assert_eq!(handle_exit(KvmExit::IrqWindowOpen, &open, &pending), ExitAction::Continue);
+        assert_eq!(handle_exit(KvmExit::SetTpr, &open, &pending), ExitAction::Continue);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! - [`accel`]: [`KvmAccelerator`], the VM: capability checks, one memory slot per guest
 //!   region, optional in-kernel irqchip and PIT.
-//! - [`vcpu`]: [`KvmVcpu`], register access and the run loop (interrupt injection for
-//!   the userspace irqchip, exits to [`quern_core::VmOps`]).
+//! - [`vcpu`]: [`KvmVcpu`], register access and the run loop (for the userspace
+//!   irqchip: interrupt and NMI injection, CR8 and IA32_APIC_BASE carried between KVM
+//!   and the machine's local APIC; exits to [`quern_core::VmOps`]).
+//! - `irq_routing`: the in-kernel irqchip's GSI routing, as on QEMU's `pc` machine.
 //! - [`exit`]: [`handle_exit`], the mapping from one KVM exit to device calls and
 //!   [`quern_core::VcpuExit`]s, as a free function testable without /dev/kvm.
 //! - [`convert`]: `From` conversions between quern's register types and KVM's.
@@ -15,6 +17,7 @@ pub mod convert;
 pub mod cpuid;
 mod error;
 pub mod exit;
+mod irq_routing;
 pub mod kick;
 mod run_page;
 pub mod vcpu;

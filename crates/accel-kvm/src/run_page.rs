@@ -71,6 +71,24 @@ impl RunPage {
         unsafe { addr_of_mut!((*self.as_ptr()).request_interrupt_window).write_volatile(on.into()) }
     }
 
+    /// CR8 as KVM had it when KVM_RUN returned (without an in-kernel LAPIC).
+    pub fn cr8(&self) -> u64 {
+        // SAFETY: as in set_immediate_exit; a plain u64 field.
+        unsafe { addr_of!((*self.as_ptr()).cr8).read_volatile() }
+    }
+
+    /// The CR8 KVM_RUN loads before entering the guest (without an in-kernel LAPIC).
+    pub fn set_cr8(&self, cr8: u64) {
+        // SAFETY: as in set_immediate_exit.
+        unsafe { addr_of_mut!((*self.as_ptr()).cr8).write_volatile(cr8) }
+    }
+
+    /// IA32_APIC_BASE as KVM had it when KVM_RUN returned.
+    pub fn apic_base(&self) -> u64 {
+        // SAFETY: as in set_immediate_exit; a plain u64 field.
+        unsafe { addr_of!((*self.as_ptr()).apic_base).read_volatile() }
+    }
+
     /// Whether KVM reported, on the last exit, that an interrupt can be injected.
     pub fn can_inject(&self) -> bool {
         let p = self.as_ptr();

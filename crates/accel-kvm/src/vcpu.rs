@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_regs, kvm_sregs, KVMIO};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
-use quern_core::cpu::IrqChipMode;
+use quern_core::cpu::{CpuEvent, IrqChipMode};
 use quern_core::regs::{msr, power_on_state, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
@@ -20,8 +20,6 @@ use crate::ACCEL_NAME;
 const KVM_INTERRUPT: libc::c_ulong =
     (1 << 30) | ((size_of::<kvm_interrupt>() as libc::c_ulong) << 16) | ((KVMIO as libc::c_ulong) << 8) | 0x86;
 
-/// IA32_APIC_BASE global enable.
-const APIC_BASE_ENABLE: u64 = 1 << 11;
 /// PAT after reset (SDM: WB, WT, UC-, UC repeated).
 const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
 /// IA32_MISC_ENABLE with fast-string operation enabled, as firmware leaves it.
@@ -37,6 +35,7 @@ pub struct KvmVcpu {
     kick: Arc<KickState>,
     /// The last exit was I/O or MMIO whose result KVM applies on the next KVM_RUN.
     io_pending: bool,
+    apic_sync: ApicSync,
     _mem: Arc<GuestMemory>,
 }
 
@@ -53,7 +52,16 @@ impl KvmVcpu {
             op: "mmap kvm_run",
             source,
         })?;
-        let mut vcpu = KvmVcpu { fd, run_page, id, irqchip, kick: Arc::default(), io_pending: false, _mem: mem };
+        let mut vcpu = KvmVcpu {
+            fd,
+            run_page,
+            id,
+            irqchip,
+            kick: Arc::default(),
+            io_pending: false,
+            apic_sync: ApicSync::default(),
+            _mem: mem,
+        };
         vcpu.reset()?;
         Ok(vcpu)
     }
@@ -71,6 +79,28 @@ impl KvmVcpu {
         let written = self.fd.set_msrs(&to_kvm_msrs(&entries)?).map_err(host_error("KVM_SET_MSRS"))?;
         if let Some(e) = entries.get(written) {
             log::warn!("kvm: vCPU {}: KVM refused MSR {:#x}; the guest sees its KVM default", self.id, e.index);
+        }
+        Ok(())
+    }
+
+    /// Delivers what the machine's local APIC signals besides maskable interrupts
+    /// (userspace irqchip). KVM queues an NMI itself until the guest can take it.
+    fn deliver_events(&mut self, ops: &dyn VmOps) -> Result<(), CpuError> {
+        while let Some(event) = ops.take_event() {
+            match event {
+                CpuEvent::Nmi => self.fd.nmi().map_err(host_error("KVM_NMI"))?,
+                CpuEvent::Smi => {
+                    if let Err(e) = self.fd.smi() {
+                        quern_core::log_limited!(log::Level::Warn, "kvm: vCPU {}: SMI not delivered: {e}", self.id);
+                    }
+                }
+                // Only other vCPUs send these, and one vCPU runs until the SMP work.
+                CpuEvent::Init | CpuEvent::StartUp(_) => quern_core::log_limited!(
+                    log::Level::Warn,
+                    "kvm: vCPU {}: {event:?} ignored with the userspace irqchip",
+                    self.id
+                ),
+            }
         }
         Ok(())
     }
@@ -145,12 +175,7 @@ impl Vcpu for KvmVcpu {
     fn set_sregs(&mut self, sregs: &SpecialRegs) -> Result<(), CpuError> {
         // Keep the interrupt KVM may have queued (interrupt_bitmap) rather than drop it.
         let current = self.fd.get_sregs().map_err(host_error("KVM_GET_SREGS"))?;
-        let mut new = kvm_sregs { interrupt_bitmap: current.interrupt_bitmap, ..KvmRepr::from(sregs).0 };
-        if self.irqchip == IrqChipMode::Userspace {
-            // There is no local APIC, so it stays globally disabled; KVM also derives
-            // CPUID.1:EDX.APIC from this bit.
-            new.apic_base &= !APIC_BASE_ENABLE;
-        }
+        let new = kvm_sregs { interrupt_bitmap: current.interrupt_bitmap, ..KvmRepr::from(sregs).0 };
         self.fd.set_sregs(&new).map_err(host_error("KVM_SET_SREGS"))
     }
 
@@ -196,10 +221,17 @@ impl Vcpu for KvmVcpu {
             if self.kick.take() {
                 return self.kicked();
             }
-            if self.irqchip == IrqChipMode::Userspace {
+            let userspace = self.irqchip == IrqChipMode::Userspace;
+            if userspace {
+                self.apic_sync.before_entry(&self.run_page, ops);
+                self.deliver_events(ops)?;
                 self.offer_interrupt(ops)?;
             }
-            let action = match self.fd.run() {
+            let result = self.fd.run();
+            if userspace {
+                self.apic_sync.after_exit(&self.run_page, ops);
+            }
+            let action = match result {
                 Ok(exit) => {
                     let state = self.run_page.state();
                     let is_io = matches!(
@@ -239,5 +271,53 @@ impl Vcpu for KvmVcpu {
         self.set_regs(&regs)?;
         self.set_fpu(&FpuState::default())?;
         self.set_initial_msrs()
+    }
+}
+
+/// Keeps the machine's local APIC and KVM's copies of its CPU-side state in step
+/// (userspace irqchip), as QEMU's kvm_arch_pre_run/post_run do: without an in-kernel
+/// LAPIC, KVM handles MOV to/from CR8 and WRMSR IA32_APIC_BASE itself and reports the
+/// values in kvm_run, which also carries CR8 in before each entry.
+#[derive(Default)]
+struct ApicSync {
+    /// The CR8 put into kvm_run before the last entry; `None` when the machine has no
+    /// local APIC (its VmOps has no CR8).
+    cr8_in: Option<u64>,
+    /// KVM's IA32_APIC_BASE when it was last given to the APIC.
+    apic_base: Option<u64>,
+}
+
+impl ApicSync {
+    /// The APIC's TPR (perhaps written through its MMIO page) becomes the guest's CR8.
+    fn before_entry(&mut self, page: &RunPage, ops: &dyn VmOps) {
+        self.cr8_in = ops.cr8();
+        if let Some(cr8) = self.cr8_in {
+            page.set_cr8(cr8);
+        }
+    }
+
+    /// A CR8 the guest wrote inside KVM becomes the APIC's TPR, and a WRMSR of
+    /// IA32_APIC_BASE (relocation, global disable) reaches the APIC, before the exit
+    /// is handled or an interrupt offered. KVM exits with KVM_EXIT_SET_TPR when CR8 is
+    /// lowered, so a held-back interrupt goes in promptly; a raised CR8 needs no exit,
+    /// as nothing is injected without passing through here first.
+    fn after_exit(&mut self, page: &RunPage, ops: &dyn VmOps) {
+        let Some(cr8_in) = self.cr8_in else { return };
+        let cr8 = page.cr8();
+        if cr8 != cr8_in {
+            ops.set_cr8(cr8);
+        }
+        let base = page.apic_base();
+        if self.apic_base != Some(base) {
+            self.apic_base = Some(base);
+            if let Some(Ok(ours)) = ops.msr_read(msr::IA32_APIC_BASE) {
+                if ours != base && matches!(ops.msr_write(msr::IA32_APIC_BASE, base), Some(Err(_))) {
+                    quern_core::log_limited!(
+                        log::Level::Warn,
+                        "kvm: the local APIC refused IA32_APIC_BASE {base:#x} that KVM accepted"
+                    );
+                }
+            }
+        }
     }
 }

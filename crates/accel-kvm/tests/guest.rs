@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use iced_x86::code_asm::*;
 use quern_accel_kvm::{is_pvm_host, CpuidMask, IrqChipMode, KvmAccelerator, KvmConfig};
+use quern_core::cpu::{CpuEvent, Gp};
 use quern_core::memory::{RegionKind, RegionSpec};
 use quern_core::regs::{ctrl, flags, msr, power_on_state, DebugRegs, DescriptorTable, FpuState, MsrEntry, Segment};
 use quern_core::{Accelerator, CpuError, GuestMemory, Vcpu, VcpuExit, VmOps};
@@ -47,6 +48,19 @@ struct Ops {
     stop: AtomicBool,
     /// A write to this port asks the vCPU to stop.
     stop_on_port: Option<u16>,
+    /// A machine with a local APIC: its TPR as CR8 and its IA32_APIC_BASE.
+    lapic: Option<Mutex<FakeLapic>>,
+    /// Signals the APIC hands out through take_event.
+    events: Mutex<Vec<CpuEvent>>,
+}
+
+/// What a machine's local APIC shows the KVM run loop, with a record of its updates.
+#[derive(Default)]
+struct FakeLapic {
+    cr8: u64,
+    apic_base: u64,
+    cr8_writes: Vec<u64>,
+    base_writes: Vec<u64>,
 }
 
 impl Ops {
@@ -80,6 +94,29 @@ impl VmOps for Ops {
     }
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+    fn take_event(&self) -> Option<CpuEvent> {
+        self.events.lock().unwrap().pop()
+    }
+    fn msr_read(&self, index: u32) -> Option<Result<u64, Gp>> {
+        let l = self.lapic.as_ref().filter(|_| index == msr::IA32_APIC_BASE)?;
+        Some(Ok(l.lock().unwrap().apic_base))
+    }
+    fn msr_write(&self, index: u32, value: u64) -> Option<Result<(), Gp>> {
+        let mut l = self.lapic.as_ref().filter(|_| index == msr::IA32_APIC_BASE)?.lock().unwrap();
+        l.apic_base = value;
+        l.base_writes.push(value);
+        Some(Ok(()))
+    }
+    fn cr8(&self) -> Option<u64> {
+        Some(self.lapic.as_ref()?.lock().unwrap().cr8)
+    }
+    fn set_cr8(&self, value: u64) {
+        if let Some(l) = &self.lapic {
+            let mut l = l.lock().unwrap();
+            l.cr8 = value;
+            l.cr8_writes.push(value);
+        }
     }
 }
 
@@ -341,8 +378,11 @@ fn rom_is_read_only_and_holes_are_mmio() {
     assert_eq!(mem.read_u8(0x10000).unwrap(), 0xaa);
 }
 
+/// Without the in-kernel irqchip the machine's LAPIC is reached through MMIO exits
+/// only: CPUID shows the APIC (enabled in IA32_APIC_BASE) but not x2APIC or
+/// TSC-deadline, whose MSRs KVM would not pass on.
 #[test]
-fn cpuid_shows_the_mask_and_no_apic_without_irqchip() {
+fn cpuid_shows_the_mask_and_an_xapic_only_without_irqchip() {
     let config = KvmConfig { cpuid_mask: CpuidMask::pvm_workarounds(), ..Default::default() };
     let Some((mem, accel)) = flat_vm(config) else { return };
     let code = asm(16, CODE, |a| {
@@ -354,13 +394,18 @@ fn cpuid_shows_the_mask_and_no_apic_without_irqchip() {
         a.mov(ecx, 1)?;
         a.cpuid()?;
         a.mov(dword_ptr(0x608), eax)?;
+        a.mov(ecx, 0x1b)?;
+        a.rdmsr()?;
+        a.mov(dword_ptr(0x60c), eax)?;
         a.hlt()
     });
     let mut vcpu = real_mode_vcpu(&accel, &mem, &code);
     assert_eq!(run_bounded(&mut *vcpu, &Ops::default()).unwrap(), VcpuExit::Halted);
     let (leaf1_ecx, leaf1_edx) = (mem.read_u32(0x600).unwrap(), mem.read_u32(0x604).unwrap());
     let xsave_features = mem.read_u32(0x608).unwrap();
-    assert_eq!(leaf1_edx & (1 << 9), 0, "no APIC bit without a LAPIC");
+    assert_ne!(leaf1_edx & (1 << 9), 0, "the APIC bit: the machine has a local APIC");
+    assert_eq!(leaf1_ecx & (1 << 21 | 1 << 24), 0, "no x2APIC or TSC-deadline: {leaf1_ecx:#x}");
+    assert_eq!(mem.read_u32(0x60c).unwrap(), 0xfee0_0900, "IA32_APIC_BASE: enabled BSP at the default base");
     assert_ne!(leaf1_ecx & (1 << 31), 0, "hypervisor bit");
     assert_eq!(leaf1_ecx & (1 << 13), 0, "cx16 hidden: {leaf1_ecx:#x}");
     let xsave_avx = leaf1_ecx & (1 << 26 | 1 << 28);
@@ -568,4 +613,58 @@ fn emulator_failure_is_reported_with_rip() {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The userspace LAPIC's CPU-side state under KVM: the APIC's TPR is the CR8 the
+/// guest reads; a CR8 and an IA32_APIC_BASE the guest writes (both handled inside KVM)
+/// reach the APIC by the next exit.
+#[test]
+fn userspace_lapic_sees_cr8_and_apic_base_through_kvm_run() {
+    let Some((mem, accel)) = flat_vm(KvmConfig::default()) else { return };
+    let code = asm(64, 0x20000, |a| {
+        a.mov(rax, cr8)?;
+        a.mov(qword_ptr(0x30000), rax)?;
+        a.mov(eax, 2)?;
+        a.mov(cr8, rax)?;
+        a.out(0x80, al)?;
+        a.mov(ecx, 0x1b)?;
+        a.mov(eax, 0xfed0_0900u32)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.out(0x81, al)?;
+        a.hlt()
+    });
+    let mut vcpu = long_mode_vcpu(&accel, &mem, &code);
+    let lapic = FakeLapic { cr8: 6, apic_base: 0xfee0_0900, ..Default::default() };
+    let ops = Ops { lapic: Some(Mutex::new(lapic)), ..Default::default() };
+    assert_eq!(run_bounded(&mut *vcpu, &ops).unwrap(), VcpuExit::Halted);
+    assert_eq!(mem.read_u64(0x30000).unwrap(), 6, "CR8 read as the APIC's TPR");
+    let l = ops.lapic.as_ref().unwrap().lock().unwrap();
+    assert_eq!(l.cr8_writes, [2], "the CR8 the guest wrote, once");
+    assert_eq!(l.base_writes, [0xfed0_0900], "the relocated APIC base, once");
+}
+
+/// An NMI the machine's LAPIC signals (LINT1, ICR) goes in through KVM_NMI.
+#[test]
+fn userspace_lapic_nmi_is_delivered() {
+    let Some((mem, accel)) = flat_vm(KvmConfig::default()) else { return };
+    const HANDLER: u64 = 0x1800;
+    let handler = asm(16, HANDLER, |a| {
+        a.mov(al, 0x22)?;
+        a.out(0x82, al)?;
+        a.iret()
+    });
+    mem.write(HANDLER, &handler).unwrap();
+    mem.write_u16(2 * 4, HANDLER as u16).unwrap();
+    mem.write_u16(2 * 4 + 2, 0).unwrap();
+    let code = asm(16, CODE, |a| {
+        a.cli()?;
+        a.mov(al, 1)?;
+        a.out(0x81, al)?;
+        a.hlt()
+    });
+    let mut vcpu = real_mode_vcpu(&accel, &mem, &code);
+    let ops = Ops { events: Mutex::new(vec![CpuEvent::Nmi]), ..Default::default() };
+    assert_eq!(run_bounded(&mut *vcpu, &ops).unwrap(), VcpuExit::Halted);
+    assert_eq!(ops.pio(), [(0x82, vec![0x22]), (0x81, vec![1])], "the NMI, with interrupts off, first");
 }
