@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
-# Passes the tests: builds the Debian test guest (cached), then runs every test of the
-# workspace in release mode (one build; the guest boots need the speed).
+# Passes the tests: installs the Debian packages the tests use (as root; otherwise it
+# names what is missing), builds the Debian test guest, disks and firmware (cached),
+# then runs every test of the workspace in release mode (one build; the guest boots
+# need the speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build-test-guest.sh
+# QEMU to compare against, qemu-img/qemu-io for images, iasl for the ACPI tables, and
+# what the guest, disk and CD builders use.
+packages=(ca-certificates python3 xz-utils cpio file qemu-system-x86 qemu-utils acpica-tools
+    fdisk dosfstools mtools syslinux syslinux-common isolinux xorriso)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "test.sh: missing Debian packages (tests that need them will fail or say NOT RUN): ${missing[*]}" >&2
+        echo "test.sh: install them with: sudo apt-get install ${missing[*]}" >&2
+    fi
+fi
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check
 cargo test --workspace --release "$@"
