@@ -276,7 +276,7 @@ impl TcgVcpu {
         flag.swap(0, Ordering::AcqRel) != 0
     }
 
-    fn block_mode(cpu: &Cpu) -> BlockMode {
+    fn block_mode(cpu: &Cpu, single: bool) -> BlockMode {
         let s = &cpu.state;
         let long = s.code_bits() == 64;
         BlockMode {
@@ -290,11 +290,13 @@ impl TcgVcpu {
             },
             flat: s.seg_flat(),
             long,
+            single,
         }
     }
 
-    /// Finds or translates the block at the current RIP.
-    fn find_block(&mut self) -> Result<usize, crate::cpu::Exception> {
+    /// Finds or translates the block at the current RIP (`single`: the one-instruction
+    /// block of [`BlockMode::single`], cached apart from the normal one).
+    fn find_block(&mut self, single: bool) -> Result<usize, crate::cpu::Exception> {
         let helpers = self.helpers;
         let cpu: &mut Cpu = {
             // SAFETY: as in `cpu_mut`; the cache is a separate field, borrowed apart.
@@ -311,7 +313,7 @@ impl TcgVcpu {
         if cpu.mem.take_dirty(phys) {
             self.cache.invalidate_page(phys >> 12);
         }
-        let key = Key { phys, rip, cs_base, mode: cpu.state.mode_key() };
+        let key = Key { phys, rip, cs_base, mode: cpu.state.mode_key() | u32::from(single) << 31 };
         if let Some(&id) = self.cache.map.get(&key) {
             return Ok(id);
         }
@@ -319,7 +321,7 @@ impl TcgVcpu {
             log::debug!("tcg: code buffer full, flushing {} blocks", self.cache.blocks.len());
             self.cache.clear();
         }
-        let mode = Self::block_mode(cpu);
+        let mode = Self::block_mode(cpu, single);
         let base = self.cache.buf.cursor();
         let t = translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?;
         crate::profile::count(&crate::profile::TRANSLATIONS);
@@ -446,8 +448,12 @@ impl TcgVcpu {
             }
             // Interrupts, between blocks.
             let cpu = self.cpu_mut();
+            let mut single = false;
             if cpu.state.inhibit_irq != 0 {
                 cpu.state.inhibit_irq = 0;
+                // The shadow covers one instruction: with an interrupt waiting, run
+                // just that one (`sti; nop; cli` must take it before the CLI).
+                single = cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending();
             } else if cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending() {
                 if let Some(v) = ops.acknowledge_interrupt() {
                     if interrupt::deliver(cpu, v, None, Source::Hardware).is_err() {
@@ -463,7 +469,7 @@ impl TcgVcpu {
             if self.cpu().state.halted != 0 {
                 return Ok(VcpuExit::Halted);
             }
-            let block = match self.find_block() {
+            let block = match self.find_block(single) {
                 Ok(b) => b,
                 Err(e) => {
                     if let Some(x) = self.deliver(e) {
@@ -474,7 +480,15 @@ impl TcgVcpu {
             };
             let host = self.cache.blocks[block].host;
             crate::profile::count(&crate::profile::DISPATCHES);
-            self.remember_jump_target(host);
+            if single {
+                // Whatever the step leads to (a chained block, the jump cache) leaves
+                // at its head, back here, where the interrupt is taken.
+                let cpu = self.cpu_mut();
+                // SAFETY: see TcgKicker::kick.
+                unsafe { AtomicU32::from_ptr(&raw mut cpu.state.exit_request) }.store(1, Ordering::Release);
+            } else {
+                self.remember_jump_target(host);
+            }
             log::trace!(target: "quern_tcg::exec", "block {block} at rip {:#x}", self.cpu().state.rip);
             // SAFETY: `enter` is the trampoline emitted in our code buffer with this
             // signature; the block and everything it chains to live in the same buffer,
@@ -486,7 +500,7 @@ impl TcgVcpu {
                 exit::NEXT | exit::REQUEST => {}
                 exit::CHAIN => {
                     let site = self.cpu().state.chain_site as usize;
-                    if let Ok(to) = self.find_block() {
+                    if let Ok(to) = self.find_block(false) {
                         self.chain(site, to);
                     }
                 }
@@ -645,5 +659,121 @@ impl Vcpu for TcgVcpu {
         self.cpu_mut().state.gpr[2] = u64::from(sig);
         self.cache.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use iced_x86::code_asm::*;
+
+    use super::*;
+
+    /// A machine with one interrupt (vector 0x20) waiting from the start.
+    struct OneIrq(AtomicBool);
+
+    impl VmOps for OneIrq {
+        fn pio_read(&self, _port: u16, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn pio_write(&self, _port: u16, _data: &[u8]) {}
+        fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+        fn interrupt_pending(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn acknowledge_interrupt(&self) -> Option<u8> {
+            self.0.swap(false, Ordering::SeqCst).then_some(0x20)
+        }
+        fn stop_requested(&self) -> bool {
+            false
+        }
+    }
+
+    /// Runs real-mode `main` (at 0000:1000) to its HLT with an interrupt waiting; the
+    /// handler (vector 0x20) stores CX at 0x600. Returns what it stored (0xffff: the
+    /// interrupt was not taken).
+    fn cx_at_interrupt(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> u16 {
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        let mut a = CodeAssembler::new(16).unwrap();
+        main(&mut a).unwrap();
+        mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+        let mut h = CodeAssembler::new(16).unwrap();
+        h.mov(word_ptr(0x600), cx).unwrap();
+        h.iret().unwrap();
+        mem.write(0x2000, &h.assemble(0x2000).unwrap()).unwrap();
+        mem.write_u32(0x20 * 4, 0x2000).unwrap();
+        mem.write_u16(0x600, 0xffff).unwrap();
+
+        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+        let (mut r, mut s) = regs::power_on_state();
+        s.cs = regs::Segment::real_mode(0, true);
+        r.rip = 0x1000;
+        r.rsp = 0x8000;
+        vcpu.set_sregs(&s).unwrap();
+        vcpu.set_regs(&r).unwrap();
+        let ops = OneIrq(AtomicBool::new(true));
+        assert_eq!(vcpu.run(&ops).unwrap(), VcpuExit::Halted);
+        mem.read_u16(0x600).unwrap()
+    }
+
+    /// An interrupt waiting at STI is taken after the one instruction in STI's shadow,
+    /// before anything else in the block (here the CLI that closes the window).
+    #[test]
+    fn interrupt_is_taken_right_after_the_sti_shadow() {
+        let cx_seen = cx_at_interrupt(|a| {
+            a.xor(cx, cx)?;
+            a.sti()?;
+            a.inc(cx)?;
+            a.inc(cx)?;
+            a.inc(cx)?;
+            a.cli()?;
+            a.hlt()
+        });
+        assert_eq!(cx_seen, 1, "taken after the shadow instruction");
+    }
+
+    /// STI immediately followed by CLI lets no interrupt in.
+    #[test]
+    fn sti_cli_takes_no_interrupt() {
+        let cx_seen = cx_at_interrupt(|a| {
+            a.xor(cx, cx)?;
+            a.sti()?;
+            a.cli()?;
+            a.inc(cx)?;
+            a.hlt()
+        });
+        assert_eq!(cx_seen, 0xffff);
+    }
+
+    /// The shadow may start a loop the JIT would otherwise run inside one block
+    /// (a Jcc back onto the block's start): the step still ends after one instruction,
+    /// and a LOOP onto itself too.
+    #[test]
+    fn shadow_step_ends_inside_a_loop() {
+        let cx_seen = cx_at_interrupt(|a| {
+            let mut top = a.create_label();
+            a.mov(cx, 5u32)?;
+            a.sti()?;
+            a.set_label(&mut top)?;
+            a.dec(cx)?;
+            a.jnz(top)?;
+            a.cli()?;
+            a.hlt()
+        });
+        assert_eq!(cx_seen, 4, "taken after the first DEC");
+        let cx_seen = cx_at_interrupt(|a| {
+            let mut top = a.create_label();
+            a.mov(cx, 5u32)?;
+            a.sti()?;
+            a.set_label(&mut top)?;
+            a.loop_(top)?;
+            a.cli()?;
+            a.hlt()
+        });
+        assert_eq!(cx_seen, 4, "taken after the first LOOP");
     }
 }

@@ -43,6 +43,10 @@ pub struct BlockMode {
     /// DS, ES and SS have base 0 (always so in long mode).
     pub flat: bool,
     pub long: bool,
+    /// Exactly one instruction, with no exit-request check at its head: the run loop
+    /// steps over the instruction in an STI or MOV SS interrupt shadow this way, so a
+    /// waiting interrupt is taken right after it, as on the CPU.
+    pub single: bool,
 }
 
 /// A translated block, ready to copy into the code buffer.
@@ -297,7 +301,8 @@ pub fn translate_block(
             insns.clear();
             let mut consumed = 0usize;
             let mut needs_more = false;
-            while insns.len() < MAX_INSNS && consumed < in_page {
+            let max = if mode.single { 1 } else { MAX_INSNS };
+            while insns.len() < max && consumed < in_page {
                 let ins = dec.decode();
                 if ins.code() == Code::INVALID {
                     if dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
@@ -336,7 +341,9 @@ pub fn translate_block(
     let uses = flag_uses(&insns, start_rip);
     let mut em = Emitter::new(base, stubs);
     em.map_registers(&hot_registers(&insns));
-    em.loop_head(start_rip);
+    if !mode.single {
+        em.loop_head(start_rip);
+    }
     if cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0 {
         em.set_paged(linear & PAGE_MASK);
     }
@@ -355,7 +362,8 @@ pub fn translate_block(
             flags_needed: uses[i].needed,
             carry_needed: uses[i].carry,
             live_flags: uses[i].live,
-            block_rip: start_rip,
+            // A single step has no loop head to branch back to.
+            block_rip: if mode.single { u64::MAX } else { start_rip },
         };
         let flow = if ins.code() == Code::INVALID { ctx.interp() } else { translate_one(&mut ctx) };
         cc = ctx.cc;
