@@ -233,7 +233,17 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             Step::Next
         }
         Cpuid => {
-            let (a, b, c, d) = cpu.model.cpuid(cpu.state.gpr[0] as u32, cpu.state.gpr[1] as u32);
+            let leaf = cpu.state.gpr[0] as u32;
+            let (a, b, c, mut d) = cpu.model.cpuid(leaf, cpu.state.gpr[1] as u32);
+            if leaf == 1 && d & CPUID_1_EDX_APIC != 0 {
+                // A local APIC globally disabled through IA32_APIC_BASE.EN is absent
+                // to CPUID too (SDM "Enabling or Disabling the Local APIC"; KVM and
+                // QEMU do the same).
+                let base = cpu.ops().and_then(|o| o.msr_read(msr::IA32_APIC_BASE)).and_then(|r| r.ok());
+                if base.is_some_and(|b| b & APIC_BASE_EN == 0) {
+                    d &= !CPUID_1_EDX_APIC;
+                }
+            }
             cpu.state.gpr[0] = u64::from(a);
             cpu.state.gpr[3] = u64::from(b);
             cpu.state.gpr[1] = u64::from(c);
@@ -521,6 +531,11 @@ fn set_cr0(cpu: &mut Cpu, v: u64) -> Result<()> {
     Ok(())
 }
 
+/// CPUID.1:EDX bit 9: an enabled local APIC.
+const CPUID_1_EDX_APIC: u32 = 1 << 9;
+/// IA32_APIC_BASE bit 11: the local APIC is enabled.
+const APIC_BASE_EN: u64 = 1 << 11;
+
 pub(crate) fn read_msr(cpu: &mut Cpu, index: u32) -> Result<u64> {
     // The machine's MSRs first: its local APIC owns IA32_APIC_BASE and the x2APIC range.
     if let Some(r) = cpu.ops().and_then(|o| o.msr_read(index)) {
@@ -584,4 +599,63 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
         _ => return crate::model::write_msr(cpu, index, v),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use quern_core::cpu::Gp;
+    use quern_core::VmOps;
+
+    use crate::interp::testutil::{self, asm, cpu, run};
+
+    /// A machine whose local APIC answers only IA32_APIC_BASE.
+    struct ApicBase(AtomicU64);
+
+    impl VmOps for ApicBase {
+        fn pio_read(&self, _port: u16, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn pio_write(&self, _port: u16, _data: &[u8]) {}
+        fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+        fn interrupt_pending(&self) -> bool {
+            false
+        }
+        fn acknowledge_interrupt(&self) -> Option<u8> {
+            None
+        }
+        fn msr_read(&self, index: u32) -> Option<Result<u64, Gp>> {
+            (index == super::msr::IA32_APIC_BASE).then(|| Ok(self.0.load(Ordering::SeqCst)))
+        }
+        fn stop_requested(&self) -> bool {
+            false
+        }
+    }
+
+    /// CPUID.1:EDX.APIC reads 0 while IA32_APIC_BASE.EN is clear, 1 again once set.
+    #[test]
+    fn cpuid_apic_bit_follows_the_global_enable() {
+        let ops = ApicBase(AtomicU64::new(0xfee0_0900));
+        let mut watch = testutil::NoCode;
+        let mut c = cpu(32);
+        // SAFETY: `ops` and `watch` outlive the attachment (detached below).
+        unsafe { c.attach(&ops, &mut watch as *mut testutil::NoCode) };
+        let code = asm(32, |a| a.cpuid());
+        let apic_bit = |c: &mut crate::cpu::Cpu| {
+            c.state.rip = 0x1000;
+            c.state.gpr[0] = 1;
+            run(c, &code).unwrap();
+            c.state.gpr[2] >> 9 & 1
+        };
+        assert_eq!(apic_bit(&mut c), 1, "the model has an APIC");
+        ops.0.store(0xfee0_0100, Ordering::SeqCst);
+        assert_eq!(apic_bit(&mut c), 0, "globally disabled");
+        ops.0.store(0xfee0_0900, Ordering::SeqCst);
+        assert_eq!(apic_bit(&mut c), 1, "enabled again");
+        c.detach();
+    }
 }
