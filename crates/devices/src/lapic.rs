@@ -34,8 +34,9 @@
 //! - Version 0x50014 (version 0x14, six LVT entries). Directed EOI (SVR bit 12,
 //!   version bit 24) only when [`LapicFeatures::directed_eoi`] is set.
 //! - The BSP's LINT0 comes out of [`LocalApic::reset`] as ExtINT, unmasked (virtual
-//!   wire), so guests without firmware get the 8259's interrupts; INIT and the SDM's
-//!   power-up state otherwise mask every LVT entry.
+//!   wire), so guests without firmware get the 8259's interrupts, as KVM does by
+//!   default (QEMU 7.2's TCG APIC masks it, the SDM's power-up state); INIT and the
+//!   SDM's power-up state otherwise mask every LVT entry.
 //! - Software disable (SVR bit 8 clear) masks every LVT entry and keeps them masked;
 //!   fixed interrupts arriving then are dropped (KVM), those already in the IRR are
 //!   still delivered (SDM: "held and require handling by the CPU"). NMI, SMI, INIT and
@@ -359,7 +360,7 @@ impl LocalApic {
     }
 
     /// Power-on / machine reset: xAPIC mode at 0xFEE00000, the SDM's power-up register
-    /// state, and the BSP's LINT0 as an unmasked ExtINT (virtual wire, as QEMU).
+    /// state, and the BSP's LINT0 as an unmasked ExtINT (virtual wire, as KVM).
     pub fn reset(&mut self) {
         self.base = DEFAULT_APIC_BASE | BASE_EN | if self.bsp { BASE_BSP } else { 0 };
         self.xapic_id = self.initial_id as u8;
