@@ -265,7 +265,9 @@ mod tests {
         assert_eq!(handles, [0, 0x100, 0x300, 0x400, 0x401, 0x1000, 0x1100, 0x1300, 0x1301, 0x2000, 0x7f00]);
         // The largest structure fits the advertised maximum.
         let max = u16::from_le_bytes([anchor[8], anchor[9]]);
-        assert!(s.iter().all(|x| x.2.len() + x.3.iter().map(|t| t.len() + 1).sum::<usize>() + 1 <= max.into()));
+        // Formatted area, each string and its NUL, and the final NUL.
+        let size = |x: &(u8, u16, Vec<u8>, Vec<String>)| x.2.len() + x.3.iter().map(|t| t.len() + 1).sum::<usize>() + 1;
+        assert!(s.iter().all(|x| size(x) <= usize::from(max)));
 
         let t0 = &s[0];
         assert_eq!(t0.3, ["SeaBIOS", "1.16.2-debian-1.16.2-1", "04/01/2014"]);
