@@ -163,6 +163,11 @@ impl TcgCpuModel {
             (w(FeatureWord::Leaf7Ebx), w(FeatureWord::Leaf7Ecx), w(FeatureWord::Leaf7Edx), w(FeatureWord::Leaf7s1Eax));
         put(7, 0, [u32::from(eax71 != 0), ebx7, ecx7, edx7]);
         put(7, 1, [eax71, 0, 0, 0]);
+        // Extended topology (what x2APIC guests read): one thread of one core, x2APIC
+        // ID 0. Sub-leaf 0 is the SMT level, 1 the core level (shift 0, one logical
+        // CPU each); 2 and beyond read zeros, which ends the enumeration.
+        put(0xb, 0, [0, 1, 1 << 8, 0]);
+        put(0xb, 1, [0, 1, 2 << 8 | 1, 0]);
         self.leaves.retain(|&((l, _), _)| l <= self.level);
 
         let mut ext = Vec::new();
@@ -367,6 +372,10 @@ mod tests {
         // Past the last leaf: the highest basic leaf, as QEMU answers.
         assert_eq!(m.cpuid(0x8000_0010, 0), m.cpuid(0xd, 0));
         assert_eq!(m.cpuid(0x4000_0000, 0), (0, 0, 0, 0));
+        // Leaf 0xb: one thread of one core, x2APIC ID 0.
+        assert_eq!(m.cpuid(0xb, 0), (0, 1, 0x100, 0));
+        assert_eq!(m.cpuid(0xb, 1), (0, 1, 0x201, 0));
+        assert_eq!(m.cpuid(0xb, 2).1, 0);
     }
 
     #[test]
