@@ -214,11 +214,29 @@ pub fn firmware_identity(image: &[u8]) -> (String, String, String) {
     if let Some(at) = image.windows(BANNER.len()).position(|w| w == BANNER) {
         let rest = &image[at + BANNER.len()..];
         let end = rest.iter().take(80).position(|&c| c == b')' || c == 0).unwrap_or(0);
-        let version = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let mut version = String::from_utf8_lossy(&rest[..end]).into_owned();
+        if version.contains('%') {
+            // The banner is SeaBIOS's printf format ("SeaBIOS (version %s)"): the version
+            // is its VERSION string, which the build (out/version.c) puts right after
+            // BUILDINFO ("gcc: ... binutils: ...").
+            version = seabios_version_string(image).unwrap_or_default();
+        }
         // SeaBIOS's own type 0 gives this date (src/fw/biostables.c).
         return ("SeaBIOS".into(), version, "04/01/2014".into());
     }
     ("quern".into(), env!("CARGO_PKG_VERSION").into(), String::new())
+}
+
+/// SeaBIOS's VERSION string: the first string after BUILDINFO's "binutils: ..." text.
+fn seabios_version_string(image: &[u8]) -> Option<String> {
+    const BUILDINFO: &[u8] = b"binutils: ";
+    let at = image.windows(BUILDINFO.len()).position(|w| w == BUILDINFO)?;
+    let rest = &image[at..];
+    let rest = &rest[rest.iter().position(|&c| c == 0)?..];
+    let rest = &rest[rest.iter().position(|&c| c != 0)?..];
+    let end = rest.iter().take(65).position(|&c| c == 0)?;
+    let v = &rest[..end];
+    (!v.is_empty() && v.iter().all(|c| c.is_ascii_graphic())).then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 #[cfg(test)]
@@ -295,6 +313,11 @@ mod tests {
             build_acpi_tables(&AcpiConfig { cpus: 2, pm_base: 0x600, sci_irq: 9, pci_mmio_base: 64 * MIB }).unwrap();
         let (vendor, version, date) = firmware_identity(b"xxSeaBIOS (version 1.16.2-debian-1.16.2-1)\0");
         assert_eq!((vendor.as_str(), version.as_str()), ("SeaBIOS", "1.16.2-debian-1.16.2-1"));
+        // Debian's build prints the banner with a format; the version is stored apart.
+        let rom = b"xxSeaBIOS (version %s)\n\0..gcc: (Debian 12.2.0-14) 12.2.0 binutils: (GNU Binutils \
+                    for Debian) 2.40\x001.16.2-debian-1.16.2-1\0\x90";
+        assert_eq!(firmware_identity(rom).1, "1.16.2-debian-1.16.2-1");
+        assert_eq!(firmware_identity(b"SeaBIOS (version %s)\0").1, "");
         let smbios =
             SmbiosConfig { cpus: 2, bios_vendor: vendor, bios_version: version, bios_date: date, uuid: [0; 16] };
         let f = build_fw_cfg(mem, &layout, &FwCfgSetup { cpus: 2, acpi: &acpi, smbios, drives: &[] });
