@@ -39,6 +39,11 @@
 #           the kernel command line, e.g. libata.dma=0 or libata.force=pio4, are passed to
 #           insmod as modprobe would)
 #          QUERN-DISK-XFER <mode>        libata's transfer mode for sda (MWDMA2, PIO4, ...)
+#          (with quern.bench on the kernel command line, for benches/disk.rs: the lines
+#           QUERN-BENCH disk-read-64M <start> <end> and QUERN-BENCH disk-write-64M <start>
+#           <end>, monotonic seconds around dd with O_DIRECT and 1 MiB blocks over the
+#           64 MiB data partition, read then written (zeros, fsync), then poweroff -f;
+#           only through -kernel/-initrd/-append, the syslinux.cfg APPEND being fixed)
 #          QUERN-DISK-SHA <sha256>       of the read region, read from /dev/sda
 #          QUERN-DISK-WRITE-OK           the pattern written (dd conv=fsync, then sync)
 #          QUERN-DISK-READBACK <sha256>  of the write region read back with O_DIRECT after
@@ -76,8 +81,10 @@
 # syslinux, syslinux-common (mbr.bin, ldlinux.c32), isolinux and xorriso (.ci/run installs
 # them; as root this script installs what is missing); the kernel modules from the same
 # linux-image package as build/guest/vmlinuz (apt-get download, dpkg-deb -x, nothing
-# installed). Cached: a group of outputs is built only if one of it is missing; a re-run
-# with everything present does nothing. The data is the same on every build (fixed seeds).
+# installed). Cached: a group of outputs is built only if one of it is missing or
+# disks.version differs from $outputs_version below (bump it whenever the outputs change,
+# so that cached build/guest directories are rebuilt); a re-run with everything present
+# does nothing. The data is the same on every build (fixed seeds).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,6 +98,8 @@ p1_start=2048
 p1_sectors=129024
 p2_start=131072
 p2_sectors=131072
+p2_start_mib=$((p2_start / 2048))
+p2_len_mib=$((p2_sectors / 2048))
 read_mib=64
 read_len_mib=4
 write_mib=72
@@ -98,11 +107,16 @@ write_len_mib=1
 
 disk_outputs=(initramfs-disk.cpio.gz disk.img disk-pio.img disk.sha256 disk.layout)
 cd_outputs=(initramfs-cd.cpio.gz cd.iso cd.sha256)
+# The version of what this script builds (2: the disk init's quern.bench step).
+outputs_version=2
 
 say() { echo "build-test-disks: $*" >&2; }
 
+current() { [[ "$(cat "$out/disks.version" 2>/dev/null)" == "$outputs_version" ]]; }
+
 group_present() {
     local f
+    current || return 1
     for f in "$@"; do [[ -s "$out/$f" ]] || return 1; done
 }
 
@@ -242,6 +256,27 @@ cat >"$work/init-disk.tail" <<EOF
 wait_for /dev/sda 60 || fail "no /dev/sda"
 wait_for /dev/sda2 10 || fail "no /dev/sda2 (partition table not read)"
 echo "QUERN-DISK-XFER \$(xfer sda)"
+if grep -qw quern.bench /proc/cmdline; then
+    # Seconds of the monotonic clock, in ns steps (/proc/timer_list's "now at N nsecs";
+    # /proc/uptime counts in 10 ms steps, too coarse for 64 MiB).
+    stamp() {
+        ns=
+        { read -r _; read -r _; read -r _ _ ns _; } </proc/timer_list 2>/dev/null
+        case "\$ns" in
+        '' | *[!0-9]*) cut -d' ' -f1 /proc/uptime ;;
+        *) printf '%d.%09d\n' \$((ns / 1000000000)) \$((ns % 1000000000)) ;;
+        esac
+    }
+    a=\$(stamp)
+    dd if=/dev/sda of=/dev/null bs=1M skip=$p2_start_mib count=$p2_len_mib iflag=direct 2>/dev/null || fail "bench read"
+    b=\$(stamp)
+    echo "QUERN-BENCH disk-read-64M \$a \$b"
+    a=\$(stamp)
+    dd if=/dev/zero of=/dev/sda bs=1M seek=$p2_start_mib count=$p2_len_mib oflag=direct conv=fsync 2>/dev/null || fail "bench write"
+    b=\$(stamp)
+    echo "QUERN-BENCH disk-write-64M \$a \$b"
+    poweroff -f
+fi
 dd if=/dev/sda of=/tmp/read bs=1M skip=$read_mib count=$read_len_mib 2>/dev/null || fail "read /dev/sda"
 sum=\$(sha256sum /tmp/read) || fail sha256sum
 echo "QUERN-DISK-SHA \${sum%% *}"
@@ -315,7 +350,7 @@ EOF
 if ! group_present "${disk_outputs[@]}"; then
     read_sha=$(python3 "$helper" data quern-disk-data $((read_len_mib << 20)) "$work/read.bin")
     write_sha=$(python3 "$helper" write-pattern $((write_mib * 2048)) $((write_len_mib * 2048)) "$work/write.bin")
-    if [[ ! -s "$out/initramfs-disk.cpio.gz" ]]; then
+    if ! current || [[ ! -s "$out/initramfs-disk.cpio.gz" ]]; then
         say "writing initramfs-disk.cpio.gz"
         make_initramfs disk "$out/initramfs-disk.cpio.gz"
     fi
@@ -343,7 +378,7 @@ EOF
 fi
 
 if ! group_present "${cd_outputs[@]}"; then
-    if [[ ! -s "$out/initramfs-cd.cpio.gz" ]]; then
+    if ! current || [[ ! -s "$out/initramfs-cd.cpio.gz" ]]; then
         say "writing initramfs-cd.cpio.gz"
         make_initramfs cd "$out/initramfs-cd.cpio.gz"
     fi
@@ -367,4 +402,5 @@ if ! group_present "${cd_outputs[@]}"; then
     mv "$out/cd.sha256.tmp" "$out/cd.sha256"
 fi
 
+echo "$outputs_version" >"$out/disks.version"
 print_paths

@@ -24,6 +24,9 @@
 #             (no boot loader): PIO through the command line
 #   kernel-cd -kernel vmlinuz -initrd initramfs-cd.cpio.gz
 #             -append "console=ttyS0 libata.dma=0" -cdrom cd.iso
+#   bench     -kernel vmlinuz -initrd initramfs-disk.cpio.gz
+#             -append "console=ttyS0 quern.bench" -drive file=COPY,format=raw,if=ide
+#             the init's dd read and write timings (benches/disk.rs), printed as MiB/s
 # Always with -accel $ACCEL -m 512 -nographic -no-reboot. The boot loader's lines reach the
 # serial port through SeaBIOS's serial console (what -nographic gives under QEMU).
 set -euo pipefail
@@ -165,8 +168,19 @@ case_kernel-cd() {
     expect_cd_guest 'XFER_PIO'
 }
 
+case_bench() {
+    cp --sparse=always "$g/disk.img" "$tmp/bench.img"
+    boot bench -kernel "$g/vmlinuz" -initrd "$g/initramfs-disk.cpio.gz" \
+        -append "console=ttyS0 quern.bench" -drive file="$tmp/bench.img",format=raw,if=ide
+    check "QUERN-DISK-INIT-OK" has '^QUERN-DISK-INIT-OK'
+    check "read timing" has '^QUERN-BENCH disk-read-64M [0-9.]+ [0-9.]+'
+    check "write timing" has '^QUERN-BENCH disk-write-64M [0-9.]+ [0-9.]+'
+    check "no failure marker" eval "! has QUERN-DISK-FAIL"
+    awk '$1 == "QUERN-BENCH" && $4 > $3 { printf "    %s: %.0f MiB/s\n", $2, 64 / ($4 - $3) }' "$log"
+}
+
 cases=("$@")
-[[ ${#cases[@]} -gt 0 ]] || cases=(raw pio qcow2 overlay snapshot cd kernel kernel-cd)
+[[ ${#cases[@]} -gt 0 ]] || cases=(raw pio qcow2 overlay snapshot cd kernel kernel-cd bench)
 for c in "${cases[@]}"; do
     declare -F "case_$c" >/dev/null || { echo "unknown case $c" >&2; exit 2; }
     "case_$c"
