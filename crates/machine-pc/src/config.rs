@@ -73,6 +73,12 @@ pub struct MachineConfig {
     /// `-boot order=` (drive letters: c disk, d CD-ROM, n network), `None` for the
     /// firmware's default.
     pub boot_order: Option<String>,
+    /// `-boot strict=on`: boot only what the boot order names.
+    pub boot_strict: bool,
+    /// `-boot menu=on`: the firmware offers its boot menu.
+    pub boot_menu: bool,
+    /// `-uuid`, in its written byte order; the firmware's SMBIOS shows it.
+    pub uuid: [u8; 16],
 }
 
 impl Default for MachineConfig {
@@ -91,6 +97,9 @@ impl Default for MachineConfig {
             debug_exit: None,
             drives: Vec::new(),
             boot_order: None,
+            boot_strict: false,
+            boot_menu: false,
+            uuid: [0; 16],
         }
     }
 }

@@ -103,6 +103,10 @@ pub struct FwCfgSetup<'a> {
     pub acpi: &'a AcpiBlob,
     pub smbios: SmbiosConfig,
     pub drives: &'a [DriveConfig],
+    /// `-boot strict=on`: nothing but the boot order is tried (QEMU's "HALT" entry).
+    pub strict: bool,
+    /// `-boot menu=on`.
+    pub menu: bool,
 }
 
 /// The fw_cfg device holding what SeaBIOS reads.
@@ -113,7 +117,7 @@ pub fn build_fw_cfg(mem: Arc<GuestMemory>, layout: &MemoryLayout, s: &FwCfgSetup
     f.add_u16(key::NB_CPUS, cpus);
     f.add_u16(key::MAX_CPUS, cpus);
     f.add_u16(key::NOGRAPHIC, 1);
-    f.add_u16(key::BOOT_MENU, 0);
+    f.add_u16(key::BOOT_MENU, u16::from(s.menu));
     f.add_bytes(key::UUID, s.smbios.uuid.to_vec());
     // The IOAPIC has ISA IRQ0 on pin 2 (SeaBIOS's MP table says so then).
     f.add_u32(key::IRQ0_OVERRIDE, 1);
@@ -135,7 +139,10 @@ pub fn build_fw_cfg(mem: Arc<GuestMemory>, layout: &MemoryLayout, s: &FwCfgSetup
     let (tables, anchor) = build_smbios(&s.smbios, layout);
     files.push(("etc/smbios/smbios-tables", tables));
     files.push(("etc/smbios/smbios-anchor", anchor.to_vec()));
-    let order = bootorder(s.drives);
+    let mut order = bootorder(s.drives);
+    if s.strict && !order.is_empty() {
+        order.push_str("HALT\n");
+    }
     if !order.is_empty() {
         files.push(("bootorder", order.into_bytes()));
     }
@@ -169,9 +176,16 @@ pub fn install(
         pci_mmio_base: layout.below_4g,
     })?;
     let (bios_vendor, bios_version, bios_date) = firmware_identity(image);
-    let smbios = SmbiosConfig { cpus: cfg.cpus, bios_vendor, bios_version, bios_date, uuid: [0; 16] };
-    let fw =
-        build_fw_cfg(mem.clone(), layout, &FwCfgSetup { cpus: cfg.cpus, acpi: &acpi, smbios, drives: &cfg.drives });
+    let smbios = SmbiosConfig { cpus: cfg.cpus, bios_vendor, bios_version, bios_date, uuid: cfg.uuid };
+    let setup = FwCfgSetup {
+        cpus: cfg.cpus,
+        acpi: &acpi,
+        smbios,
+        drives: &cfg.drives,
+        strict: cfg.boot_strict,
+        menu: cfg.boot_menu,
+    };
+    let fw = build_fw_cfg(mem.clone(), layout, &setup);
     chipset.pio.insert(Arc::new(Mutex::new(fw)), u64::from(FW_CFG_IO_BASE), FW_CFG_IO_LEN)?;
     Ok(())
 }
@@ -320,7 +334,35 @@ mod tests {
         assert_eq!(firmware_identity(b"SeaBIOS (version %s)\0").1, "");
         let smbios =
             SmbiosConfig { cpus: 2, bios_vendor: vendor, bios_version: version, bios_date: date, uuid: [0; 16] };
-        let f = build_fw_cfg(mem, &layout, &FwCfgSetup { cpus: 2, acpi: &acpi, smbios, drives: &[] });
+        let f = build_fw_cfg(
+            mem.clone(),
+            &layout,
+            &FwCfgSetup { cpus: 2, acpi: &acpi, smbios: smbios.clone(), drives: &[], strict: false, menu: false },
+        );
+        assert_eq!(f.item(key::BOOT_MENU), Some(&[0u8, 0][..]));
+        assert!(f.file("bootorder").is_none(), "no bootindex, no bootorder");
+        // -boot strict=on,menu=on and -uuid.
+        let disk = DriveConfig {
+            backend: None,
+            media: crate::config::Media::Disk,
+            bus: 0,
+            unit: 0,
+            bootindex: Some(1),
+            id: "d".into(),
+        };
+        let uuid = *b"\x5d\x3c\x0a\x0e\x6c\x8f\x4c\x3e\x9a\x3b\x1f\x0e\x6b\x1c\x2d\x3e";
+        let strict = FwCfgSetup {
+            cpus: 2,
+            acpi: &acpi,
+            smbios: SmbiosConfig { uuid, ..smbios.clone() },
+            drives: std::slice::from_ref(&disk),
+            strict: true,
+            menu: true,
+        };
+        let g = build_fw_cfg(mem.clone(), &layout, &strict);
+        assert_eq!(g.file("bootorder"), Some(&b"/pci@i0cf8/ide@1,1/drive@0/disk@0\nHALT\n"[..]));
+        assert_eq!(g.item(key::BOOT_MENU), Some(&[1u8, 0][..]));
+        assert_eq!(g.item(key::UUID), Some(&uuid[..]));
         assert_eq!(f.item(key::RAM_SIZE), Some(&(64 * MIB).to_le_bytes()[..]));
         assert_eq!(f.item(key::NB_CPUS), Some(&[2u8, 0][..]));
         assert_eq!(f.item(key::MAX_CPUS), Some(&[2u8, 0][..]));

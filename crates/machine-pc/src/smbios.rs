@@ -121,7 +121,12 @@ pub fn build_smbios(cfg: &SmbiosConfig, layout: &MemoryLayout) -> (Vec<u8>, [u8;
 
     let mut t1 = Structure::new(1, 0x1b, HANDLE_T1);
     t1.string(4, MANUFACTURER).string(5, PRODUCT).string(6, MACHINE_VERSION);
-    t1.bytes[8..0x18].copy_from_slice(&cfg.uuid);
+    // SMBIOS 2.6+ stores the first three UUID fields little-endian (as QEMU does).
+    let mut uuid = cfg.uuid;
+    uuid[0..4].reverse();
+    uuid[4..6].reverse();
+    uuid[6..8].reverse();
+    t1.bytes[8..0x18].copy_from_slice(&uuid);
     t1.u8(0x18, 0x06); // woken by the power switch
     structs.push(t1);
 

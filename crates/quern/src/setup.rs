@@ -136,6 +136,9 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         debug_exit: None,
         drives: o.drives.iter().map(open_drive).collect::<Result<_, _>>()?,
         boot_order: o.boot_order.clone(),
+        boot_strict: o.boot_strict,
+        boot_menu: o.boot_menu,
+        uuid: o.uuid,
     };
     if let Some(dev) = &o.serial {
         cfg.serial = char_out(dev, "serial")?;

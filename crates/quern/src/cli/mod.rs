@@ -104,6 +104,11 @@ pub struct Options {
     pub drives: Vec<drives::DriveSpec>,
     /// `-boot order=` / `once=` drive letters.
     pub boot_order: Option<String>,
+    /// `-boot strict=on`, `menu=on`.
+    pub boot_strict: bool,
+    pub boot_menu: bool,
+    /// `-uuid`, in written byte order.
+    pub uuid: [u8; 16],
     pub no_reboot: bool,
     pub no_shutdown: bool,
     /// `-display none` (or `-nographic`): no window is expected.
@@ -184,7 +189,8 @@ struct Builder {
     debugcon: Option<CharDev>,
     devices: Vec<Device>,
     drives: drives::Drives,
-    boot_order: Option<String>,
+    boot: Boot,
+    uuid: [u8; 16],
     nodefaults: bool,
     no_reboot: bool,
     no_shutdown: bool,
@@ -241,10 +247,13 @@ impl Builder {
             "smp" => self.cpus = Some(parse_smp(text(name, value)?).map_err(|e| bad(name, value, e))?),
             "m" => self.ram_bytes = Some(parse_memory(text(name, value)?).map_err(|e| bad(name, value, e))?),
             "boot" => {
-                let order = check_boot(text(name, value)?).map_err(|e| bad(name, value, e))?;
-                if order.is_some() {
-                    self.boot_order = order;
-                }
+                let b = parse_boot(text(name, value)?).map_err(|e| bad(name, value, e))?;
+                // Repeated -boot options merge, as QEMU's do.
+                self.boot = Boot {
+                    order: b.order.or(self.boot.order.take()),
+                    strict: b.strict.or(self.boot.strict),
+                    menu: b.menu.or(self.boot.menu),
+                };
             }
             "hda" | "hdb" | "hdc" | "hdd" => {
                 let index = u32::from(name.as_bytes()[2] - b'a');
@@ -271,7 +280,7 @@ impl Builder {
                     _ => self.devices.push(parse_device(&o).map_err(|e| bad(name, value, e))?),
                 }
             }
-            "uuid" => check_uuid(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "uuid" => self.uuid = parse_uuid(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "nodefaults" => self.nodefaults = true,
             "overcommit" => {
                 let o = Opts::parse(text(name, value)?, None).map_err(|e| bad(name, value, e))?;
@@ -411,7 +420,10 @@ impl Builder {
             debugcon,
             devices,
             drives,
-            boot_order: self.boot_order,
+            boot_order: self.boot.order,
+            boot_strict: self.boot.strict.unwrap_or(false),
+            boot_menu: self.boot.menu.unwrap_or(false),
+            uuid: self.uuid,
             no_reboot: self.no_reboot,
             no_shutdown: self.no_shutdown,
             display_none: self.display_none || self.nographic,
@@ -528,12 +540,23 @@ fn parse_smp(v: &str) -> std::result::Result<u32, String> {
     Ok(cpus)
 }
 
-/// `-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,strict=on|off]...`; returns the
-/// order the firmware is given (`once=` wins: quern does not reboot into another).
-fn check_boot(v: &str) -> std::result::Result<Option<String>, String> {
+/// `-boot` as given: each `None` where the option did not say.
+#[derive(Default)]
+struct Boot {
+    order: Option<String>,
+    strict: Option<bool>,
+    menu: Option<bool>,
+}
+
+/// `-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,strict=on|off]`; the firmware is
+/// given `once=` if present (quern does not reboot into another order).
+fn parse_boot(v: &str) -> std::result::Result<Boot, String> {
     let o = Opts::parse(v, Some("order"))?;
     if let Some(k) = o.unknown_key(&["order", "once", "menu", "strict", "splash", "splash-time", "reboot-timeout"]) {
         return Err(format!("unknown property '{k}'"));
+    }
+    if let Some(k) = o.keys().find(|k| matches!(*k, "splash" | "splash-time" | "reboot-timeout")) {
+        return Err(format!("{k}= is not supported yet"));
     }
     for key in ["order", "once"] {
         if let Some(d) = o.get(key) {
@@ -542,19 +565,29 @@ fn check_boot(v: &str) -> std::result::Result<Option<String>, String> {
             }
         }
     }
-    o.get_bool("menu")?;
-    o.get_bool("strict")?;
-    Ok(o.get("once").or(o.get("order")).map(str::to_string))
+    Ok(Boot {
+        order: o.get("once").or(o.get("order")).map(str::to_string),
+        strict: o.get_bool("strict")?,
+        menu: o.get_bool("menu")?,
+    })
 }
 
-fn check_uuid(v: &str) -> std::result::Result<(), String> {
+/// A UUID as written (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), in that byte order.
+fn parse_uuid(v: &str) -> std::result::Result<[u8; 16], String> {
+    let bad = || "not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)".to_string();
     let groups: Vec<&str> = v.split('-').collect();
-    let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
-    if shape && groups.iter().all(|g| g.bytes().all(|c| c.is_ascii_hexdigit())) {
-        Ok(())
-    } else {
-        Err("not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)".into())
+    if !groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) {
+        return Err(bad());
     }
+    let hex: String = groups.concat();
+    if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 /// Each property present must have one of its accepted values; unknown ones are errors.

@@ -141,6 +141,23 @@ fn machine_and_accelerators() {
 }
 
 #[test]
+fn boot_and_uuid() {
+    let o = run(&["-boot", "order=dc,menu=on", "-boot", "strict=on"]);
+    assert_eq!((o.boot_order.as_deref(), o.boot_menu, o.boot_strict), (Some("dc"), true, true));
+    assert_eq!(run(&["-boot", "c,once=d"]).boot_order.as_deref(), Some("d"));
+    assert!(err(&["-boot", "splash=x.bmp"]).contains("splash= is not supported yet"));
+    assert!(err(&["-boot", "order=z"]).contains("letters a-p"));
+    let o = run(&["-uuid", "5d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2d3e"]);
+    assert_eq!(o.uuid[..4], [0x5d, 0x3c, 0x0a, 0x0e]);
+    assert_eq!(o.uuid[15], 0x3e);
+    for bad in
+        ["5d3c0a0e-6c8f-4c3e-9a3b", "+d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2d3e", "5d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2dxx"]
+    {
+        assert!(err(&["-uuid", bad]).contains("not a UUID"), "{bad}");
+    }
+}
+
+#[test]
 fn smp_forms() {
     assert_eq!(run(&["-smp", "2"]).cpus, 2);
     assert_eq!(run(&["-smp", "cpus=1,sockets=1,cores=1,threads=1"]).cpus, 1);
