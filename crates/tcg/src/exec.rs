@@ -669,29 +669,7 @@ mod tests {
     use iced_x86::code_asm::*;
 
     use super::*;
-
-    /// A machine with one interrupt (vector 0x20) waiting from the start.
-    struct OneIrq(AtomicBool);
-
-    impl VmOps for OneIrq {
-        fn pio_read(&self, _port: u16, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn pio_write(&self, _port: u16, _data: &[u8]) {}
-        fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
-        fn interrupt_pending(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn acknowledge_interrupt(&self) -> Option<u8> {
-            self.0.swap(false, Ordering::SeqCst).then_some(0x20)
-        }
-        fn stop_requested(&self) -> bool {
-            false
-        }
-    }
+    use crate::interp::testutil::Ports;
 
     /// Runs real-mode `main` (at 0000:1000) to its HLT with an interrupt waiting; the
     /// handler (vector 0x20) stores CX at 0x600. Returns what it stored (0xffff: the
@@ -715,7 +693,7 @@ mod tests {
         r.rsp = 0x8000;
         vcpu.set_sregs(&s).unwrap();
         vcpu.set_regs(&r).unwrap();
-        let ops = OneIrq(AtomicBool::new(true));
+        let ops = Ports { irq: AtomicBool::new(true), ..Ports::default() };
         assert_eq!(vcpu.run(&ops).unwrap(), VcpuExit::Halted);
         mem.read_u16(0x600).unwrap()
     }

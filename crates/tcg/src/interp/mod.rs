@@ -25,7 +25,7 @@ pub mod sse;
 pub mod string;
 pub mod system;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 pub mod x87;
 
 use iced_x86::{Instruction, OpKind, Register};

@@ -603,43 +603,14 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use quern_core::cpu::Gp;
-    use quern_core::VmOps;
+    use std::sync::Mutex;
 
     use crate::interp::testutil::{self, asm, cpu, run};
-
-    /// A machine whose local APIC answers only IA32_APIC_BASE.
-    struct ApicBase(AtomicU64);
-
-    impl VmOps for ApicBase {
-        fn pio_read(&self, _port: u16, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn pio_write(&self, _port: u16, _data: &[u8]) {}
-        fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
-        fn interrupt_pending(&self) -> bool {
-            false
-        }
-        fn acknowledge_interrupt(&self) -> Option<u8> {
-            None
-        }
-        fn msr_read(&self, index: u32) -> Option<Result<u64, Gp>> {
-            (index == super::msr::IA32_APIC_BASE).then(|| Ok(self.0.load(Ordering::SeqCst)))
-        }
-        fn stop_requested(&self) -> bool {
-            false
-        }
-    }
 
     /// CPUID.1:EDX.APIC reads 0 while IA32_APIC_BASE.EN is clear, 1 again once set.
     #[test]
     fn cpuid_apic_bit_follows_the_global_enable() {
-        let ops = ApicBase(AtomicU64::new(0xfee0_0900));
+        let ops = testutil::Ports { apic_base: Mutex::new(Some(0xfee0_0900)), ..Default::default() };
         let mut watch = testutil::NoCode;
         let mut c = cpu(32);
         // SAFETY: `ops` and `watch` outlive the attachment (detached below).
@@ -652,9 +623,9 @@ mod tests {
             c.state.gpr[2] >> 9 & 1
         };
         assert_eq!(apic_bit(&mut c), 1, "the model has an APIC");
-        ops.0.store(0xfee0_0100, Ordering::SeqCst);
+        *ops.apic_base.lock().unwrap() = Some(0xfee0_0100);
         assert_eq!(apic_bit(&mut c), 0, "globally disabled");
-        ops.0.store(0xfee0_0900, Ordering::SeqCst);
+        *ops.apic_base.lock().unwrap() = Some(0xfee0_0900);
         assert_eq!(apic_bit(&mut c), 1, "enabled again");
         c.detach();
     }

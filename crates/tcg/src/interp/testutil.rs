@@ -1,10 +1,12 @@
 //! Test scaffolding for the interpreter families: a software CPU over flat RAM in a
 //! chosen mode, instruction assembly and decoding, and host-CPU reference runs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::CodeAssembler;
 use iced_x86::{Decoder, DecoderOptions, Instruction};
+use quern_core::cpu::Gp;
 use quern_core::regs::{ctrl, flags};
 use quern_core::{GuestMemory, VmOps};
 
@@ -154,12 +156,16 @@ pub const SAMPLES: [u64; 16] = [
 /// Flag values to start from.
 pub const FLAG_INPUTS: [u64; 2] = [0, STATUS];
 
-/// A machine for port I/O tests: ports read as a counter, writes are recorded.
+/// The machine of unit tests: ports read as a counter and writes are recorded; MMIO
+/// reads all ones; an interrupt (vector 0x20) waits while `irq` is set; a local APIC
+/// that answers IA32_APIC_BASE only, when `apic_base` holds a value.
 #[derive(Default)]
 pub struct Ports {
     pub next_in: Mutex<u32>,
     pub written: Mutex<Vec<(u16, Vec<u8>)>>,
     pub reads: Mutex<Vec<(u16, usize)>>,
+    pub irq: AtomicBool,
+    pub apic_base: Mutex<Option<u64>>,
 }
 
 impl VmOps for Ports {
@@ -179,10 +185,14 @@ impl VmOps for Ports {
     }
     fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
     fn interrupt_pending(&self) -> bool {
-        false
+        self.irq.load(Ordering::SeqCst)
     }
     fn acknowledge_interrupt(&self) -> Option<u8> {
-        None
+        self.irq.swap(false, Ordering::SeqCst).then_some(0x20)
+    }
+    fn msr_read(&self, index: u32) -> Option<std::result::Result<u64, Gp>> {
+        let base = (*self.apic_base.lock().unwrap())?;
+        (index == quern_core::regs::msr::IA32_APIC_BASE).then_some(Ok(base))
     }
     fn stop_requested(&self) -> bool {
         false
