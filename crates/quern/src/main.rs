@@ -8,12 +8,10 @@ mod setup;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use quern_core::cpu::{IrqChipMode, SharedAccelerator};
 use quern_machine_pc::machine::{prepare_memory, PcMachine};
 
-use cli::{AccelKind, Action, Options};
+use cli::{Action, Options};
 
 /// A user-facing error: printed as "quern: ..." with status 1.
 struct Fatal(String);
@@ -46,35 +44,6 @@ fn main() -> ExitCode {
             eprintln!("quern: {}", e.0);
             ExitCode::from(1)
         }
-    }
-}
-
-/// The one place that names an accelerator. `cpu` is the parsed `-cpu` (default
-/// qemu64); what the accelerator cannot give of it is a `-cpu` error.
-fn make_accelerator(
-    kind: AccelKind,
-    irqchip: IrqChipMode,
-    cpu: &quern_core::CpuModel,
-    cpus: u32,
-    mem: Arc<quern_core::GuestMemory>,
-) -> Result<SharedAccelerator, Fatal> {
-    let cpu_error = |e: String| Fatal(format!("-cpu {}: {e}", cpu.spec()));
-    match kind {
-        AccelKind::Kvm => {
-            use quern_accel_kvm::{is_pvm_host, CpuidMask, KvmAccelerator, KvmConfig, KvmError};
-            let cpuid_mask = if is_pvm_host() { CpuidMask::pvm_workarounds() } else { CpuidMask::default() };
-            let config = KvmConfig { irqchip, cpuid_mask, cpus, cpu: cpu.clone() };
-            match KvmAccelerator::new(mem, config) {
-                Ok(accel) => Ok(Arc::new(accel)),
-                Err(KvmError::CpuModel(e)) => Err(cpu_error(e)),
-                Err(e) => Err(e.into()),
-            }
-        }
-        AccelKind::Tcg => match quern_tcg::TcgAccelerator::with_cpu_model(mem, cpu) {
-            Ok(accel) => Ok(Arc::new(accel)),
-            Err(quern_core::CpuError::CpuModel(e)) => Err(cpu_error(e)),
-            Err(e) => Err(e.into()),
-        },
     }
 }
 

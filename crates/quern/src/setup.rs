@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quern_core::cpu::{IrqChipMode, SharedAccelerator};
-use quern_core::GuestMemory;
+use quern_core::{CpuError, CpuModel, GuestMemory};
 use quern_machine_pc::config::{CharOut, DebugExitConfig, DriveConfig, MachineConfig};
 
 use crate::cli::drives::DriveSpec;
@@ -163,9 +163,10 @@ pub fn cpu_help() -> String {
 /// Creates the first accelerator that works, in the order the options give (QEMU's
 /// `accel=kvm:tcg` fallback); the errors of all that failed if none does.
 pub fn make_accelerator(o: &Options, cpus: u32, mem: Arc<GuestMemory>) -> Result<SharedAccelerator, String> {
+    let cpu = CpuModel::parse(&o.cpu).map_err(|e| format!("-cpu {}: {e}", o.cpu))?;
     let mut errors = Vec::new();
     for choice in &o.accels {
-        match try_accelerator(o, choice, cpus, mem.clone()) {
+        match try_accelerator(o, choice, &cpu, cpus, mem.clone()) {
             Ok(a) => return Ok(a),
             Err(e) if o.accels.len() > 1 => {
                 log::warn!("{e}; trying the next accelerator");
@@ -180,6 +181,7 @@ pub fn make_accelerator(o: &Options, cpus: u32, mem: Arc<GuestMemory>) -> Result
 fn try_accelerator(
     o: &Options,
     choice: &AccelChoice,
+    cpu: &CpuModel,
     cpus: u32,
     mem: Arc<GuestMemory>,
 ) -> Result<SharedAccelerator, String> {
@@ -194,8 +196,24 @@ fn try_accelerator(
         None if choice.kind == AccelKind::Kvm => IrqChipMode::InAccelerator,
         None => IrqChipMode::Userspace,
     };
-    let cpu = quern_core::CpuModel::parse(&o.cpu).map_err(|e| format!("-cpu {}: {e}", o.cpu))?;
-    crate::make_accelerator(choice.kind, irqchip, &cpu, cpus, mem).map_err(|e| e.0)
+    let cpu_error = |e: String| format!("-cpu {}: {e}", cpu.spec());
+    match choice.kind {
+        AccelKind::Kvm => {
+            use quern_accel_kvm::{is_pvm_host, CpuidMask, KvmAccelerator, KvmConfig, KvmError};
+            let cpuid_mask = if is_pvm_host() { CpuidMask::pvm_workarounds() } else { CpuidMask::default() };
+            let config = KvmConfig { irqchip, cpuid_mask, cpus, cpu: cpu.clone() };
+            match KvmAccelerator::new(mem, config) {
+                Ok(accel) => Ok(Arc::new(accel)),
+                Err(KvmError::CpuModel(e)) => Err(cpu_error(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        AccelKind::Tcg => match quern_tcg::TcgAccelerator::with_cpu_model(mem, cpu) {
+            Ok(accel) => Ok(Arc::new(accel)),
+            Err(CpuError::CpuModel(e)) => Err(cpu_error(e)),
+            Err(e) => Err(e.to_string()),
+        },
+    }
 }
 
 /// `-pidfile`: the process ID, written at start and removed at exit, as QEMU does.
