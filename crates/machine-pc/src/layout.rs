@@ -192,19 +192,6 @@ impl MemoryLayout {
     }
 }
 
-/// Parses a QEMU-style size: "512" (MiB), "512M", "2G", "1T", "65536K".
-pub fn parse_size_mib_default(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], KIB),
-        (i, 'm' | 'M') => (&s[..i], MIB),
-        (i, 'g' | 'G') => (&s[..i], GIB),
-        (i, 't' | 'T') => (&s[..i], 1024 * GIB),
-        _ => (s, MIB),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,8 +252,5 @@ mod tests {
     fn bad_sizes_are_refused() {
         assert!(matches!(MemoryLayout::new(MIB, 0), Err(LayoutError::RamSize(_))));
         assert!(matches!(MemoryLayout::new(64 * MIB, 1000), Err(LayoutError::BiosSize(_))));
-        assert_eq!(parse_size_mib_default("512"), Some(512 * MIB));
-        assert_eq!(parse_size_mib_default("2G"), Some(2 * GIB));
-        assert_eq!(parse_size_mib_default("x"), None);
     }
 }
