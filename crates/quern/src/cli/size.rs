@@ -23,8 +23,8 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
         Some(_) => (t, default_unit),
         None => return Err(bad()),
     };
-    if let Some(hex) = num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-        let v = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+    if num.starts_with("0x") || num.starts_with("0X") {
+        let v = parse_u64(num).ok_or_else(bad)?;
         return v.checked_mul(unit).ok_or_else(|| format!("'{s}' is too large"));
     }
     let (int, frac) = num.split_once('.').unwrap_or((num, ""));
