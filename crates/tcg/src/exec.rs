@@ -94,18 +94,20 @@ impl CodeCache {
     /// The entry/exit trampoline: saves callee-saved registers, pins the Cpu in r14
     /// and jumps to the block; the epilogue returns the exit code in eax.
     fn emit_trampoline(&mut self) {
+        // Alignment padding plus the slots generated code spills to.
+        const FRAME: usize = 8 + crate::backend::x64::FRAME_SLOTS * 8;
         let base = self.buf.cursor();
         let mut ops: VecAssembler<dynasmrt::x64::X64Relocation> = VecAssembler::new(base);
         dynasm!(ops ; .arch x64
             ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15
-            ; sub rsp, 8
+            ; sub rsp, FRAME as i32
             ; mov r14, rdi
             ; jmp rsi
         );
         let epilogue = base + ops.offset().0;
         dynasm!(ops ; .arch x64
             ; ->epi:
-            ; add rsp, 8
+            ; add rsp, FRAME as i32
             ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx
             ; ret
         );

@@ -38,6 +38,9 @@ pub enum CcKind {
     Mul,
     /// NEG: `cc_src` the original operand.
     Neg,
+    /// The six status flags themselves, in `cc_src` (after a rotate merged its CF and
+    /// OF into the flags before it).
+    Flags,
 }
 
 /// An operand width in bytes: 1, 2, 4 or 8.
@@ -68,6 +71,7 @@ impl CcOp {
             10 => CcKind::Sar,
             11 => CcKind::Mul,
             12 => CcKind::Neg,
+            13 => CcKind::Flags,
             _ => CcKind::Eflags,
         }
     }
@@ -114,6 +118,7 @@ pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
     let flag = |b: bool, f: u64| if b { f } else { 0 };
     match op.kind() {
         CcKind::Eflags => eflags & (CF | PF | AF | ZF | SF | OF),
+        CcKind::Flags => src & (CF | PF | AF | ZF | SF | OF),
         CcKind::Add | CcKind::Adc => {
             let c = if op.kind() == CcKind::Adc { src2 & 1 } else { 0 };
             let src1 = res.wrapping_sub(src).wrapping_sub(c) & m;

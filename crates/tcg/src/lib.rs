@@ -13,6 +13,7 @@
 //! translation run in the interpreter helper ([`interp`]); exceptions and interrupts
 //! are delivered by [`interrupt`].
 
+pub mod backend;
 pub mod codebuf;
 pub mod cpu;
 pub mod exec;
@@ -20,6 +21,8 @@ pub mod flags;
 pub mod helpers;
 pub mod interp;
 pub mod interrupt;
+pub mod ir;
+pub mod lower;
 pub mod mmu;
 pub mod model;
 pub mod paging;

@@ -52,11 +52,9 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         }
         Rcl | Rcr => {
             // Rotate through carry: a (bits+1)-bit rotation done bit by bit. A count that
-            // is a multiple of bits+1 leaves operand and flags as they were.
+            // is a multiple of bits+1 leaves operand and CF as they were, but the CPU
+            // still writes OF from the (unchanged) result, as for any nonzero count.
             let n = count % (bits + 1);
-            if n == 0 {
-                return zero_extend_only(&mut o);
-            }
             let (mut r, mut c) = (v, cf_in);
             for _ in 0..n {
                 if m == Rcl {

@@ -28,6 +28,8 @@ use crate::cpu::{Cpu, Exception};
 use crate::flags::{CcOp, Width};
 use crate::mmu::{Access, PAGE_MASK};
 use crate::state::{CS, DS, ES, FS, GS, SS};
+use crate::backend::x64::X64;
+use crate::backend::{Backend, Env, Helpers};
 use crate::x64::{exit, Arg, Emitter, HelperAddrs, OnCodeWrite, Stubs, T};
 
 /// Longest block, in guest instructions.
@@ -213,7 +215,7 @@ impl Ctx<'_> {
 
 /// Whether an interpreted instruction must end its block even when it falls through:
 /// it may change the mode, the segment bases, interrupt flags, or reach devices.
-fn ends_block(ins: &Instruction) -> bool {
+pub(crate) fn ends_block(ins: &Instruction) -> bool {
     use Mnemonic::*;
     let special_reg = |i: u32| {
         ins.op_kind(i) == OpKind::Register && {
@@ -338,13 +340,45 @@ pub fn translate_block(
         log_block(&insns, cs_base, phys);
     }
 
+    let paged = cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0;
+    if use_ir() {
+        let mut block = crate::lower::lower_block(&insns, mode);
+        crate::ir::opt::optimize(&mut block);
+        if std::env::var_os("QUERN_TCG_DUMP").is_some() {
+            eprintln!("OP: {start_rip:#x}\n{block}");
+        }
+        if log::log_enabled!(target: "quern_tcg::op", log::Level::Trace) {
+            log::trace!(target: "quern_tcg::op", "OP: {start_rip:#x}\n{block}");
+        }
+        let env = Env {
+            base,
+            epilogue: stubs.epilogue,
+            helpers: Helpers { load: h.load, store: h.store, flags: h.flags, interp: h.interp },
+            page: paged.then_some(linear & PAGE_MASK),
+            block_rip: start_rip,
+            single: mode.single,
+        };
+        let code = X64::emit(&block, &env);
+        if std::env::var_os("QUERN_TCG_DUMP").is_some() {
+            use iced_x86::Formatter;
+            let mut f = iced_x86::IntelFormatter::new();
+            let mut dec = Decoder::with_ip(64, &code.bytes, base as u64, DecoderOptions::NONE);
+            for ins in &mut dec {
+                let mut t = String::new();
+                f.format(&ins, &mut t);
+                eprintln!("  {:#x}: {t}", ins.ip());
+            }
+        }
+        return Ok(Translated { code: code.bytes, chain_sites: code.chain_sites, insns, pages });
+    }
+
     let uses = flag_uses(&insns, start_rip);
     let mut em = Emitter::new(base, stubs);
     em.map_registers(&hot_registers(&insns));
     if !mode.single {
         em.loop_head(start_rip);
     }
-    if cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0 {
+    if paged {
         em.set_paged(linear & PAGE_MASK);
     }
     let mut cc = None;
@@ -378,6 +412,13 @@ pub fn translate_block(
     }
     let (code, chain_sites) = em.finish();
     Ok(Translated { code, chain_sites, insns, pages })
+}
+
+/// Whether blocks go through the IR (the default) rather than the direct emitter
+/// (`QUERN_TCG=direct`, kept while the IR path takes over the rest).
+fn use_ir() -> bool {
+    static IR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IR.get_or_init(|| std::env::var("QUERN_TCG").map_or(true, |v| v != "direct"))
 }
 
 /// The guest registers worth keeping in host registers for a block: the most used,

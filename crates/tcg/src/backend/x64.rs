@@ -1,0 +1,1125 @@
+//! The x86-64 host backend.
+//!
+//! Host registers inside generated code:
+//! - `r14`: the [`crate::state::CpuState`], pinned for the whole run.
+//! - `rdi`, `r8`, `rcx`: scratch (the TLB probe, helper arguments; `cl` holds shift
+//!   counts). Never allocated.
+//! - The other eleven: the block's most used guest registers (callee-saved host
+//!   registers first, so helper calls keep them), the rest for values.
+//! - The stack is 16-byte aligned at block level; the run loop's frame reserves
+//!   [`FRAME_SLOTS`] 8-byte slots at `rsp`: values spilled when registers run out,
+//!   and registers saved around helper calls.
+//!
+//! Guest registers live in host registers across the whole block (a loop onto the
+//! block's start keeps them there) and are stored only on the way out: at exits and
+//! on the slow paths of memory accesses, which store them before calling Rust so a
+//! fault sees the precise state without the fast path paying for it.
+
+// dynasm's expansion of dynamic registers (`Rq(n)`) converts u8 to u8.
+#![allow(clippy::useless_conversion)]
+
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+
+use super::{Backend, Code, Env};
+use crate::flags::Width;
+use crate::ir::{Bin, Block, CcOpSrc, Cond, Global, Helper, Op, Test, Un, Val};
+use crate::mmu::{entry_off, TLB_BITS};
+use crate::state::off;
+use crate::x64::exit;
+
+/// 8-byte slots the run loop's frame reserves below its saved registers: 0..16 for
+/// spilled values, 16..32 to save host register r around a call (slot 16 + r).
+pub const FRAME_SLOTS: usize = 32;
+const SPILL_SLOTS: usize = 16;
+
+const RDI: u8 = 7;
+
+/// Allocatable host registers: callee-saved first (rbx, rbp, r12, r13, r15), then
+/// caller-saved (rax, rdx, rsi, r9, r10, r11).
+const POOL: [u8; 11] = [3, 5, 12, 13, 15, 0, 2, 6, 9, 10, 11];
+/// At most this many guest registers are mapped, so values always have registers.
+const MAX_MAPPED: usize = 7;
+
+fn caller_saved(r: u8) -> bool {
+    matches!(r, 0 | 1 | 2 | 6 | 7 | 8 | 9 | 10 | 11)
+}
+
+pub struct X64;
+
+impl Backend for X64 {
+    fn emit(block: &Block, env: &Env) -> Code {
+        Emit::new(block, env).run()
+    }
+}
+
+/// Where a value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    /// Not defined yet, or dead.
+    None,
+    Const(u64),
+    Reg(u8),
+    /// In the host register of a mapped guest register (a `Get` not yet overwritten).
+    Global(u8),
+    Slot(u8),
+}
+
+/// Whether the state's `cc_op` is what the block last set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CcState {
+    Stored,
+    Pending(u32),
+}
+
+/// Register allocation state at a point of the block (cloned for out-of-line code).
+#[derive(Clone)]
+struct Alloc {
+    loc: Vec<Loc>,
+    reg_val: [Option<Val>; 16],
+    slot_val: [Option<Val>; SPILL_SLOTS],
+    /// Mapped globals whose host register differs from the state.
+    dirty: u32,
+    cc: CcState,
+}
+
+/// What must be stored at a way out: the dirty globals and `cc_op`.
+#[derive(Clone, Copy)]
+struct Sync {
+    dirty: u32,
+    cc: CcState,
+}
+
+enum Deferred {
+    Load {
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        d: u8,
+        w: Width,
+        addr: u8,
+        rip: u64,
+        saves: Vec<u8>,
+        sync: Sync,
+    },
+    Store {
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        src: Operand,
+        w: Width,
+        addr: u8,
+        rip: u64,
+        next: u64,
+        saves: Vec<u8>,
+        sync: Sync,
+        /// The state after the store, and the rest of its instruction, for the way
+        /// out when the store overwrote translated code.
+        after: Box<Alloc>,
+        tail: std::ops::Range<usize>,
+    },
+    SideExit {
+        at: DynamicLabel,
+        rip: u64,
+        sync: Sync,
+    },
+    Request {
+        at: DynamicLabel,
+        sync: Sync,
+    },
+}
+
+/// A source operand: a register or a 32-bit immediate (sign-extended).
+#[derive(Clone, Copy, Debug)]
+enum Operand {
+    Reg(u8),
+    Imm(i32),
+}
+
+struct Emit<'a> {
+    ops: VecAssembler<X64Relocation>,
+    env: &'a Env,
+    block: &'a Block,
+    last_use: Vec<usize>,
+    /// Host register of each mapped global.
+    gmap: [Option<u8>; Global::COUNT],
+    temps: Vec<u8>,
+    a: Alloc,
+    deferred: Vec<Deferred>,
+    fault_exit: DynamicLabel,
+    head: DynamicLabel,
+    chain_sites: Vec<(usize, usize)>,
+    rip: u64,
+    next: u64,
+    /// Index of the op after the current instruction's last.
+    insn_end: usize,
+    /// Inside out-of-line code replaying an instruction's tail: exits do not chain.
+    replay: bool,
+}
+
+fn cc_of(c: Cond) -> u8 {
+    match c {
+        Cond::Eq => 0x4,
+        Cond::Ne => 0x5,
+        Cond::Ltu => 0x2,
+        Cond::Geu => 0x3,
+        Cond::Leu => 0x6,
+        Cond::Gtu => 0x7,
+        Cond::Lt => 0xc,
+        Cond::Ge => 0xd,
+        Cond::Le => 0xe,
+        Cond::Gt => 0xf,
+    }
+}
+
+impl<'a> Emit<'a> {
+    fn new(block: &'a Block, env: &'a Env) -> Self {
+        let mut ops = VecAssembler::new(env.base);
+        let fault_exit = ops.new_dynamic_label();
+        let head = ops.new_dynamic_label();
+        let n = block.val_count();
+        let mut last_use = vec![0usize; n];
+        let mut uses = [0u32; Global::COUNT];
+        for (i, op) in block.ops.iter().enumerate() {
+            op.for_each_use(|v| last_use[v.0 as usize] = i);
+            match op {
+                Op::Get { g, .. } | Op::Set { g, .. } => uses[g.index()] += 1,
+                _ => {}
+            }
+        }
+        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 2).collect();
+        order.sort_by_key(|&g| std::cmp::Reverse(uses[g]));
+        order.truncate(MAX_MAPPED);
+        let mut gmap = [None; Global::COUNT];
+        for (k, &g) in order.iter().enumerate() {
+            gmap[g] = Some(POOL[k]);
+        }
+        let temps = POOL[order.len()..].to_vec();
+        Emit {
+            ops,
+            env,
+            block,
+            last_use,
+            gmap,
+            temps,
+            a: Alloc {
+                loc: vec![Loc::None; n],
+                reg_val: [None; 16],
+                slot_val: [None; SPILL_SLOTS],
+                dirty: 0,
+                cc: CcState::Stored,
+            },
+            deferred: Vec::new(),
+            fault_exit,
+            head,
+            chain_sites: Vec::new(),
+            rip: 0,
+            next: 0,
+            insn_end: 0,
+            replay: false,
+        }
+    }
+
+    fn run(mut self) -> Code {
+        let has_loop = self.block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
+        // Load the mapped globals the block reads before writing (all of them when it
+        // loops: every lap's exits store them).
+        let mut first_read = 0u32;
+        let mut seen = 0u32;
+        for op in &self.block.ops {
+            match *op {
+                Op::Get { g, .. } if seen & (1 << g.index()) == 0 => {
+                    first_read |= 1 << g.index();
+                    seen |= 1 << g.index();
+                }
+                Op::Set { g, .. } => seen |= 1 << g.index(),
+                _ => {}
+            }
+        }
+        let mut written = 0u32;
+        for op in &self.block.ops {
+            if let Op::Set { g, .. } = op {
+                written |= 1 << g.index();
+            }
+        }
+        for g in 0..Global::COUNT {
+            if let Some(h) = self.gmap[g] {
+                if has_loop || first_read & (1 << g) != 0 {
+                    let o = Global::from_index(g).offset();
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
+                }
+            }
+        }
+        if has_loop {
+            self.a.dirty = written & self.mapped_mask();
+        }
+        let head = self.head;
+        dynasm!(self.ops ; .arch x64 ; =>head);
+        if !self.env.single {
+            let leave = self.ops.new_dynamic_label();
+            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::EXIT_REQUEST], 0 ; jne =>leave);
+            self.deferred.push(Deferred::Request { at: leave, sync: self.sync_now() });
+        }
+        let n = self.block.ops.len();
+        self.emit_range(0..n);
+        self.finish()
+    }
+
+    fn mapped_mask(&self) -> u32 {
+        (0..Global::COUNT).filter(|&g| self.gmap[g].is_some()).fold(0, |m, g| m | 1 << g)
+    }
+
+    fn sync_now(&self) -> Sync {
+        Sync { dirty: self.a.dirty, cc: self.a.cc }
+    }
+
+    fn emit_range(&mut self, range: std::ops::Range<usize>) {
+        for i in range {
+            let op = self.block.ops[i];
+            if let Op::Insn { rip, next } = op {
+                self.rip = rip;
+                self.next = next;
+                self.insn_end =
+                    (i + 1..self.block.ops.len()).find(|&j| matches!(self.block.ops[j], Op::Insn { .. })).unwrap_or(self.block.ops.len());
+                continue;
+            }
+            self.op(i, op);
+            if let Some(d) = op.def() {
+                // A value nothing reads (a load kept for its fault) frees at once.
+                if self.last_use[d.0 as usize] <= i {
+                    self.free_dead_val(d);
+                }
+            }
+            if op.ends_block() {
+                return;
+            }
+        }
+    }
+
+    // ---- allocation ----
+
+    fn is_dead_after(&self, v: Val, i: usize) -> bool {
+        self.last_use[v.0 as usize] <= i
+    }
+
+    /// A free value register not in `lock`; spills the value used furthest ahead when
+    /// none is free.
+    fn alloc(&mut self, lock: &[u8]) -> u8 {
+        if let Some(&r) = self.temps.iter().find(|&&r| self.a.reg_val[r as usize].is_none() && !lock.contains(&r)) {
+            return r;
+        }
+        let victim = self
+            .temps
+            .iter()
+            .copied()
+            .filter(|r| !lock.contains(r))
+            .max_by_key(|&r| self.a.reg_val[r as usize].map_or(0, |v| self.last_use[v.0 as usize]))
+            .expect("a value register to spill");
+        let v = self.a.reg_val[victim as usize].take().expect("occupied");
+        let slot = self.a.slot_val.iter().position(|s| s.is_none()).expect("a spill slot");
+        self.a.slot_val[slot] = Some(v);
+        self.a.loc[v.0 as usize] = Loc::Slot(slot as u8);
+        let o = (slot * 8) as i32;
+        dynasm!(self.ops ; .arch x64 ; mov [rsp + o], Rq(victim));
+        victim
+    }
+
+    fn define(&mut self, d: Val, r: u8) {
+        self.a.loc[d.0 as usize] = Loc::Reg(r);
+        self.a.reg_val[r as usize] = Some(d);
+    }
+
+    /// The register holding `v`, loading it into one (not in `lock`) if needed.
+    fn reg(&mut self, v: Val, lock: &[u8]) -> u8 {
+        match self.a.loc[v.0 as usize] {
+            Loc::Reg(r) => r,
+            Loc::Global(g) => self.gmap[g as usize].expect("mapped"),
+            Loc::Const(k) => {
+                let r = self.alloc(lock);
+                self.mov_imm(r, k);
+                self.define(v, r);
+                r
+            }
+            Loc::Slot(s) => {
+                let r = self.alloc(lock);
+                let o = (s as usize * 8) as i32;
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
+                self.a.slot_val[s as usize] = None;
+                self.define(v, r);
+                r
+            }
+            Loc::None => panic!("tcg backend: {v} used before its definition"),
+        }
+    }
+
+    /// `v` as an operand: a 32-bit immediate when it is such a constant.
+    fn operand(&mut self, v: Val, lock: &[u8]) -> Operand {
+        match self.a.loc[v.0 as usize] {
+            Loc::Const(k) if i32::try_from(k as i64).is_ok() => Operand::Imm(k as i32),
+            _ => Operand::Reg(self.reg(v, lock)),
+        }
+    }
+
+    fn free_dead_val(&mut self, v: Val) {
+        match self.a.loc[v.0 as usize] {
+            Loc::Reg(r) => {
+                if self.a.reg_val[r as usize] == Some(v) {
+                    self.a.reg_val[r as usize] = None;
+                }
+            }
+            Loc::Slot(s) => self.a.slot_val[s as usize] = None,
+            _ => {}
+        }
+        self.a.loc[v.0 as usize] = Loc::None;
+    }
+
+    /// Frees what values dying at op `i` occupy.
+    fn free_dead(&mut self, i: usize, op: &Op) {
+        let mut dying = Vec::new();
+        op.for_each_use(|v| {
+            if self.last_use[v.0 as usize] <= i {
+                dying.push(v);
+            }
+        });
+        for v in dying {
+            self.free_dead_val(v);
+        }
+    }
+
+    /// A register for the result of op `i`: `a`'s own when `a` dies here and sits in
+    /// a value register, else a fresh one (after copying `a` into it when `copy`).
+    fn result_from(&mut self, i: usize, a: Val, lock: &[u8], copy: bool) -> u8 {
+        self.result_from_excl(i, a, lock, copy, &[])
+    }
+
+    /// As [`Self::result_from`], never taking the register of `a` when the op still
+    /// reads `a` as one of `others` after writing its result.
+    fn result_from_excl(&mut self, i: usize, a: Val, lock: &[u8], copy: bool, others: &[Val]) -> u8 {
+        if let Loc::Reg(r) = self.a.loc[a.0 as usize] {
+            if self.is_dead_after(a, i) && !lock.contains(&r) && !others.contains(&a) {
+                self.a.reg_val[r as usize] = None;
+                self.a.loc[a.0 as usize] = Loc::None;
+                return r;
+            }
+        }
+        let src = self.a.loc[a.0 as usize];
+        let d = self.alloc(lock);
+        if copy {
+            match src {
+                Loc::Const(k) => self.mov_imm(d, k),
+                Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(r)),
+                Loc::Global(g) => {
+                    let h = self.gmap[g as usize].expect("mapped");
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(h))
+                }
+                Loc::Slot(s) => {
+                    let o = (s as usize * 8) as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(d), [rsp + o])
+                }
+                Loc::None => panic!("tcg backend: {a} used before its definition"),
+            }
+        }
+        d
+    }
+
+    fn mov_imm(&mut self, r: u8, k: u64) {
+        if k == 0 {
+            dynasm!(self.ops ; .arch x64 ; xor Rd(r), Rd(r));
+        } else if k <= u32::MAX as u64 {
+            dynasm!(self.ops ; .arch x64 ; mov Rd(r), k as i32);
+        } else if i32::try_from(k as i64).is_ok() {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(r), k as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD k as i64);
+        }
+    }
+
+    /// Values that alias global `g`'s host register get their own before it changes.
+    fn evict_aliases(&mut self, g: usize, lock: &[u8]) {
+        for v in 0..self.a.loc.len() {
+            if self.a.loc[v] == Loc::Global(g as u8) {
+                let h = self.gmap[g].expect("mapped");
+                let r = self.alloc(lock);
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), Rq(h));
+                self.define(Val(v as u32), r);
+            }
+        }
+    }
+
+    // ---- the state ----
+
+    /// Stores what `s` says is not in the state yet.
+    fn store_state(&mut self, s: Sync) {
+        for g in 0..Global::COUNT {
+            if s.dirty & (1 << g) != 0 {
+                let h = self.gmap[g].expect("dirty globals are mapped");
+                let o = Global::from_index(g).offset();
+                dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(h));
+            }
+        }
+        if let CcState::Pending(k) = s.cc {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
+        }
+    }
+
+    /// Stores the state and marks it current (on a path every execution takes).
+    fn sync_all(&mut self) {
+        let s = self.sync_now();
+        self.store_state(s);
+        self.a.dirty = 0;
+        self.a.cc = CcState::Stored;
+    }
+
+    fn store_rip(&mut self, rip: u64) {
+        if i32::try_from(rip as i64).is_ok() {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + off::RIP], rip as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD rip as i64 ; mov [r14 + off::RIP], rdi);
+        }
+    }
+
+    /// Caller-saved registers holding live values or mapped globals.
+    fn live_caller_saved(&self, except: Option<u8>) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..16u8)
+            .filter(|&r| caller_saved(r) && Some(r) != except)
+            .filter(|&r| self.a.reg_val[r as usize].is_some() || self.gmap.contains(&Some(r)))
+            .collect();
+        v.dedup();
+        v
+    }
+
+    fn save(&mut self, regs: &[u8]) {
+        for &r in regs {
+            let o = ((SPILL_SLOTS + r as usize) * 8) as i32;
+            dynasm!(self.ops ; .arch x64 ; mov [rsp + o], Rq(r));
+        }
+    }
+
+    fn restore(&mut self, regs: &[u8]) {
+        for &r in regs {
+            let o = ((SPILL_SLOTS + r as usize) * 8) as i32;
+            dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
+        }
+    }
+
+    fn call_abs(&mut self, f: usize) {
+        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD f as i64 ; call rax);
+    }
+
+    fn exit_raw(&mut self, code: u32) {
+        dynasm!(self.ops ; .arch x64 ; mov eax, code as i32);
+        let here = self.env.base + self.ops.offset().0 + 5;
+        let rel = self.env.epilogue as i64 - here as i64;
+        assert!(i32::try_from(rel).is_ok(), "code buffer and epilogue out of rel32 reach");
+        self.ops.push(0xe9);
+        self.ops.push_i32(rel as i32);
+    }
+
+    /// Leaves for `target` (state already stored): a patchable jump, or the jump
+    /// cache when the target is on another page under paging.
+    fn chain_to(&mut self, target: u64) {
+        if self.replay || self.env.page.is_some_and(|p| p != target & !0xfff) {
+            self.store_rip(target);
+            if self.replay {
+                self.exit_raw(exit::NEXT);
+                return;
+            }
+            self.mov_imm(RDI, target);
+            self.jump_cache(RDI);
+            return;
+        }
+        let site = self.ops.offset().0;
+        let stub = self.ops.new_dynamic_label();
+        // Always the 5-byte rel32 form, so it can be re-aimed at another block.
+        dynasm!(self.ops ; .arch x64 ; jmp =>stub);
+        let stub_off = self.ops.offset().0;
+        dynasm!(self.ops ; .arch x64 ; =>stub);
+        self.store_rip(target);
+        let site_abs = (self.env.base + site) as i64;
+        dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD site_abs ; mov [r14 + off::CHAIN_SITE], rdi);
+        self.chain_sites.push((site, stub_off));
+        self.exit_raw(exit::CHAIN);
+    }
+
+    /// Jumps to the block for the RIP in `r` (already stored) if the jump cache has
+    /// it, else returns to the run loop.
+    fn jump_cache(&mut self, r: u8) {
+        use crate::state::JMP_CACHE_BITS;
+        let mask = (1i32 << JMP_CACHE_BITS) - 1;
+        dynasm!(self.ops ; .arch x64
+            ; mov r8, Rq(r)
+            ; and r8d, mask
+            ; shl r8d, 4
+            ; cmp Rq(r), [r14 + r8 + off::JMP_CACHE]
+            ; jne >miss
+            ; jmp QWORD [r14 + r8 + off::JMP_CACHE + 8]
+            ; miss:
+        );
+        self.exit_raw(exit::NEXT);
+    }
+
+    // ---- operations ----
+
+    fn op(&mut self, i: usize, op: Op) {
+        match op {
+            Op::Insn { .. } => {}
+            Op::Const { d, v } => self.a.loc[d.0 as usize] = Loc::Const(v),
+            Op::Get { d, g } => match self.gmap[g.index()] {
+                Some(_) => self.a.loc[d.0 as usize] = Loc::Global(g.index() as u8),
+                None => {
+                    let r = self.alloc(&[]);
+                    let o = g.offset();
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(r), [r14 + o]);
+                    self.define(d, r);
+                }
+            },
+            Op::Set { g, s } => self.set(i, g, s),
+            Op::Bin { op: b, w, d, a, b: y } => self.bin(i, b, w, d, a, y),
+            Op::Un { op: u, w, d, a } => self.un(i, u, w, d, a),
+            Op::Setcond { t, d } => {
+                self.compare(&t, &[]);
+                self.free_dead(i, &op);
+                let r = self.alloc(&[]);
+                let cc = cc_of(t.c);
+                self.setcc(cc, r);
+                self.define(d, r);
+                return;
+            }
+            Op::Select { t, d, a, b } => {
+                let ra = self.reg(a, &[]);
+                let lock = [ra];
+                let rd = self.result_from_excl(i, b, &lock, true, &[t.a, t.b, a]);
+                let lock = [ra, rd];
+                self.compare(&t, &lock);
+                // CMOVcc r64, r64: REX.W 0F 40+cc /r.
+                let cc = cc_of(t.c);
+                self.rex_rr(true, rd, ra);
+                self.ops.extend([0x0f, 0x40 | cc, 0xc0 | ((rd & 7) << 3) | (ra & 7)]);
+                self.free_dead(i, &op);
+                self.define(d, rd);
+                return;
+            }
+            Op::MulOverflow { w, d, a, b } => {
+                let ra = self.reg(a, &[]);
+                let rb = self.reg(b, &[ra]);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, Rq(ra));
+                match w {
+                    2 => dynasm!(self.ops ; .arch x64 ; imul di, Rw(rb)),
+                    4 => dynasm!(self.ops ; .arch x64 ; imul edi, Rd(rb)),
+                    _ => dynasm!(self.ops ; .arch x64 ; imul rdi, Rq(rb)),
+                }
+                self.free_dead(i, &op);
+                let r = self.alloc(&[]);
+                self.setcc(0x0, r);
+                self.define(d, r);
+                return;
+            }
+            Op::SetCcOp(CcOpSrc::Const(c)) => self.a.cc = CcState::Pending(c.0),
+            Op::SetCcOp(CcOpSrc::Val(v)) => {
+                let r = self.reg(v, &[]);
+                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::CC_OP], Rd(r));
+                self.a.cc = CcState::Stored;
+            }
+            Op::Load { w, d, addr } => return self.load(i, w, d, addr, &op),
+            Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
+            Op::Call { helper: Helper::Flags, d } => {
+                self.free_dead(i, &op);
+                self.evict_all_aliases();
+                let saves = self.live_caller_saved(None);
+                self.sync_all();
+                self.save(&saves);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
+                self.call_abs(self.env.helpers.flags);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+                self.restore(&saves);
+                let r = self.alloc(&[]);
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), rdi);
+                self.define(d, r);
+                return;
+            }
+            Op::Interp { ins } => {
+                self.free_dead(i, &op);
+                self.evict_all_aliases();
+                let saves: Vec<u8> = (0..16u8).filter(|&r| caller_saved(r) && self.a.reg_val[r as usize].is_some()).collect();
+                self.sync_all();
+                self.store_rip(self.rip);
+                self.save(&saves);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov rsi, QWORD ins as i64);
+                self.call_abs(self.env.helpers.interp);
+                dynasm!(self.ops ; .arch x64 ; mov edi, eax);
+                self.restore(&saves);
+                let fe = self.fault_exit;
+                dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                // 0: go on; 2: HLT; 1: leave, the state authoritative.
+                dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz >go_on ; cmp edi, 2 ; jne >leave);
+                self.exit_raw(exit::HALT);
+                dynasm!(self.ops ; .arch x64 ; leave:);
+                self.exit_raw(exit::NEXT);
+                dynasm!(self.ops ; .arch x64 ; go_on:);
+                // The helper may have changed any guest register.
+                for g in 0..Global::COUNT {
+                    if let Some(h) = self.gmap[g] {
+                        let o = Global::from_index(g).offset();
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
+                    }
+                }
+                return;
+            }
+            Op::ExitIf { t, rip } => {
+                self.compare(&t, &[]);
+                let at = self.ops.new_dynamic_label();
+                self.jcc(cc_of(t.c), at);
+                self.deferred.push(Deferred::SideExit { at, rip, sync: self.sync_now() });
+            }
+            Op::Loop { t: None } if self.replay => {
+                // Replaying after a store onto code: the block may be stale, leave.
+                self.sync_all();
+                self.store_rip(self.env.block_rip);
+                self.exit_raw(exit::NEXT);
+            }
+            Op::Loop { t } => {
+                // The head finds cc_op in the state.
+                if let CcState::Pending(k) = self.a.cc {
+                    dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
+                    self.a.cc = CcState::Stored;
+                }
+                let head = self.head;
+                match t {
+                    Some(t) => {
+                        self.compare(&t, &[]);
+                        self.jcc(cc_of(t.c), head);
+                    }
+                    None => dynasm!(self.ops ; .arch x64 ; jmp =>head),
+                }
+            }
+            Op::Exit { rip } => {
+                self.sync_all();
+                self.chain_to(rip);
+            }
+            Op::ExitJump { rip } => {
+                let r = self.reg(rip, &[]);
+                self.sync_all();
+                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::RIP], Rq(r));
+                if self.replay {
+                    self.exit_raw(exit::NEXT);
+                } else {
+                    self.jump_cache(r);
+                }
+            }
+            Op::ExitToLoop { rip } => {
+                self.sync_all();
+                self.store_rip(rip);
+                self.exit_raw(exit::NEXT);
+            }
+        }
+        self.free_dead(i, &op);
+    }
+
+    fn evict_all_aliases(&mut self) {
+        for g in 0..Global::COUNT {
+            if self.gmap[g].is_some() {
+                self.evict_aliases(g, &[]);
+            }
+        }
+    }
+
+    fn set(&mut self, i: usize, g: Global, s: Val) {
+        match self.gmap[g.index()] {
+            Some(h) => {
+                if self.a.loc[s.0 as usize] == Loc::Global(g.index() as u8) {
+                    return; // Set g = Get g
+                }
+                self.evict_aliases(g.index(), &[h]);
+                match self.a.loc[s.0 as usize] {
+                    Loc::Const(k) => self.mov_imm(h, k),
+                    Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
+                    Loc::Global(g2) => {
+                        let h2 = self.gmap[g2 as usize].expect("mapped");
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(h2))
+                    }
+                    Loc::Slot(sl) => {
+                        let o = (sl as usize * 8) as i32;
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
+                    }
+                    Loc::None => panic!("tcg backend: {s} used before its definition"),
+                }
+                self.a.dirty |= 1 << g.index();
+            }
+            None => {
+                let o = g.offset();
+                match self.operand(s, &[]) {
+                    Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], k),
+                    Operand::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(r)),
+                }
+            }
+        }
+        let _ = i;
+    }
+
+    /// REX prefix for a register-register instruction (reg field `r`, rm field `b`).
+    fn rex_rr(&mut self, w: bool, r: u8, b: u8) {
+        let rex = 0x40 | (u8::from(w) << 3) | ((r >> 3) << 2) | (b >> 3);
+        if rex != 0x40 {
+            self.ops.push(rex);
+        }
+    }
+
+    /// host `cmp`/`test` of a test's operands, leaving the condition in host flags.
+    fn compare(&mut self, t: &Test, lock: &[u8]) {
+        let zero_b = matches!(self.a.loc[t.b.0 as usize], Loc::Const(0));
+        let ra = self.reg(t.a, lock);
+        if zero_b && matches!(t.c, Cond::Eq | Cond::Ne | Cond::Lt | Cond::Ge | Cond::Le | Cond::Gt) {
+            match t.w {
+                1 => dynasm!(self.ops ; .arch x64 ; test Rb(ra), Rb(ra)),
+                2 => dynasm!(self.ops ; .arch x64 ; test Rw(ra), Rw(ra)),
+                4 => dynasm!(self.ops ; .arch x64 ; test Rd(ra), Rd(ra)),
+                _ => dynasm!(self.ops ; .arch x64 ; test Rq(ra), Rq(ra)),
+            }
+            return;
+        }
+        let mut l2 = lock.to_vec();
+        l2.push(ra);
+        match self.operand(t.b, &l2) {
+            Operand::Imm(k) => match t.w {
+                1 => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), k as i8),
+                2 => dynasm!(self.ops ; .arch x64 ; cmp Rw(ra), k as i16),
+                4 => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), k),
+                _ => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), k),
+            },
+            Operand::Reg(rb) => match t.w {
+                1 => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), Rb(rb)),
+                2 => dynasm!(self.ops ; .arch x64 ; cmp Rw(ra), Rw(rb)),
+                4 => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), Rd(rb)),
+                _ => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), Rq(rb)),
+            },
+        }
+    }
+
+    /// r = host condition `cc` ? 1 : 0.
+    fn setcc(&mut self, cc: u8, r: u8) {
+        // SETcc r/m8: 0F 90+cc /0, with a REX prefix so SPL..DIL and R8B.. are plain.
+        self.ops.push(0x40 | (r >> 3));
+        self.ops.extend([0x0f, 0x90 | cc, 0xc0 | (r & 7)]);
+        dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r));
+    }
+
+    fn jcc(&mut self, cc: u8, l: DynamicLabel) {
+        // The inverse short jump over a rel32 jump dynasm can resolve.
+        self.ops.push(0x70 | (cc ^ 1));
+        self.ops.push(5);
+        dynasm!(self.ops ; .arch x64 ; jmp =>l);
+    }
+
+    /// Zero-extends the low `w` bytes of r in place (after a 32-bit operation).
+    fn narrow(&mut self, r: u8, w: Width) {
+        match w {
+            1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r)),
+            2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rw(r)),
+            _ => {}
+        }
+    }
+
+    fn bin(&mut self, i: usize, op: Bin, w: Width, d: Val, a: Val, b: Val) {
+        let full = w == 8;
+        match op {
+            Bin::Shl | Bin::Shr | Bin::Sar | Bin::Rol | Bin::Ror => {
+                let count = match self.a.loc[b.0 as usize] {
+                    Loc::Const(k) => Some((k & if full { 63 } else { 31 }) as i8),
+                    _ => None,
+                };
+                if count.is_none() {
+                    let rb = self.reg(b, &[]);
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, Rd(rb));
+                }
+                let rd = self.result_from(i, a, &[], true);
+                macro_rules! sh {
+                    ($ins:ident) => {
+                        match (w, count) {
+                            (1, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rb(rd), n),
+                            (2, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rw(rd), n),
+                            (4, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rd(rd), n),
+                            (_, Some(n)) => dynasm!(self.ops ; .arch x64 ; $ins Rq(rd), n),
+                            (1, None) => dynasm!(self.ops ; .arch x64 ; $ins Rb(rd), cl),
+                            (2, None) => dynasm!(self.ops ; .arch x64 ; $ins Rw(rd), cl),
+                            (4, None) => dynasm!(self.ops ; .arch x64 ; $ins Rd(rd), cl),
+                            (_, None) => dynasm!(self.ops ; .arch x64 ; $ins Rq(rd), cl),
+                        }
+                    };
+                }
+                // A constant count of 0 leaves the value (zero-extended).
+                if count != Some(0) {
+                    match op {
+                        Bin::Shl => sh!(shl),
+                        Bin::Shr => sh!(shr),
+                        Bin::Sar => sh!(sar),
+                        Bin::Rol => sh!(rol),
+                        _ => sh!(ror),
+                    }
+                }
+                match w {
+                    1 | 2 => self.narrow(rd, w),
+                    // A zero count may leave the upper half: the IR wants it clear.
+                    4 if count.is_none_or(|n| n == 0) => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), Rd(rd)),
+                    _ => {}
+                }
+                self.free_dead(i, &Op::Bin { op, w, d, a, b });
+                self.define(d, rd);
+            }
+            _ => {
+                // Commutative operations take the dying register as the destination.
+                let swap = matches!(op, Bin::Add | Bin::And | Bin::Or | Bin::Xor | Bin::Mul)
+                    && !matches!(self.a.loc[a.0 as usize], Loc::Reg(_))
+                    && matches!(self.a.loc[b.0 as usize], Loc::Reg(_))
+                    && self.is_dead_after(b, i);
+                let (a, b) = if swap { (b, a) } else { (a, b) };
+                let rb = if op == Bin::Mul { Operand::Reg(self.reg(b, &[])) } else { self.operand(b, &[]) };
+                let lock: Vec<u8> = match rb {
+                    Operand::Reg(r) => vec![r],
+                    _ => vec![],
+                };
+                let same = a == b;
+                let rd = self.result_from(i, a, &lock, true);
+                let rb = if same { Operand::Reg(rd) } else { rb };
+                macro_rules! alu {
+                    ($ins:ident) => {
+                        match (full, rb) {
+                            (true, Operand::Reg(s)) => dynasm!(self.ops ; .arch x64 ; $ins Rq(rd), Rq(s)),
+                            (false, Operand::Reg(s)) => dynasm!(self.ops ; .arch x64 ; $ins Rd(rd), Rd(s)),
+                            (true, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; $ins Rq(rd), k),
+                            (false, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; $ins Rd(rd), k),
+                        }
+                    };
+                }
+                match op {
+                    Bin::Add => alu!(add),
+                    Bin::Sub => alu!(sub),
+                    Bin::And => alu!(and),
+                    Bin::Or => alu!(or),
+                    Bin::Xor => alu!(xor),
+                    _ => match (full, rb) {
+                        (true, Operand::Reg(s)) => dynasm!(self.ops ; .arch x64 ; imul Rq(rd), Rq(s)),
+                        (false, Operand::Reg(s)) => dynasm!(self.ops ; .arch x64 ; imul Rd(rd), Rd(s)),
+                        _ => unreachable!("MUL takes a register"),
+                    },
+                }
+                if !full {
+                    self.narrow(rd, w);
+                }
+                self.free_dead(i, &Op::Bin { op, w, d, a, b });
+                self.define(d, rd);
+            }
+        }
+    }
+
+    fn un(&mut self, i: usize, op: Un, w: Width, d: Val, a: Val) {
+        let rd = match op {
+            Un::Parity => {
+                let ra = self.reg(a, &[]);
+                dynasm!(self.ops ; .arch x64 ; test Rb(ra), Rb(ra));
+                self.free_dead(i, &Op::Un { op, w, d, a });
+                let r = self.alloc(&[]);
+                self.setcc(0xa, r);
+                self.define(d, r);
+                return;
+            }
+            _ => self.result_from(i, a, &[], true),
+        };
+        match (op, w) {
+            (Un::Neg, 8) => dynasm!(self.ops ; .arch x64 ; neg Rq(rd)),
+            (Un::Neg, _) => {
+                dynasm!(self.ops ; .arch x64 ; neg Rd(rd));
+                self.narrow(rd, w)
+            }
+            (Un::Not, 8) => dynasm!(self.ops ; .arch x64 ; not Rq(rd)),
+            (Un::Not, _) => {
+                dynasm!(self.ops ; .arch x64 ; not Rd(rd));
+                self.narrow(rd, w)
+            }
+            (Un::Bswap, 8) => dynasm!(self.ops ; .arch x64 ; bswap Rq(rd)),
+            (Un::Bswap, _) => dynasm!(self.ops ; .arch x64 ; bswap Rd(rd)),
+            (Un::Sext, 1) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), Rb(rd)),
+            (Un::Sext, 2) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), Rw(rd)),
+            (Un::Sext, 4) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(rd), Rd(rd)),
+            (Un::Zext, 1) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rb(rd)),
+            (Un::Zext, 2) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rw(rd)),
+            (Un::Zext, 4) => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), Rd(rd)),
+            _ => {}
+        }
+        self.free_dead(i, &Op::Un { op, w, d, a });
+        self.define(d, rd);
+    }
+
+    /// The inline TLB probe for an access of `w` bytes at linear address `addr`: on
+    /// a hit r8 holds the addend (host = addr + r8) and execution falls through; a
+    /// miss jumps to `miss`.
+    fn probe(&mut self, addr: u8, w: Width, tag: i32, miss: DynamicLabel) {
+        let mask = (1i32 << TLB_BITS) - 1;
+        dynasm!(self.ops ; .arch x64
+            ; mov rdi, Rq(addr)
+            ; shr rdi, 12
+            ; and edi, mask
+            ; shl edi, entry_off::SIZE_SHIFT as i8
+            ; lea r8, [Rq(addr) + (w as i32 - 1)]
+            ; and r8, -4096
+            ; cmp r8, [r14 + rdi + off::TLB + tag]
+            ; jne =>miss
+            ; mov r8, [r14 + rdi + off::TLB + entry_off::ADDEND]
+        );
+    }
+
+    fn load(&mut self, i: usize, w: Width, d: Val, addr: Val, op: &Op) {
+        let ra = self.reg(addr, &[]);
+        let saves_before = self.live_caller_saved(None);
+        let sync = self.sync_now();
+        self.free_dead(i, op);
+        // Allocated before the probe (a spill must not sit on the fast path only), and
+        // apart from the address: the slow path reads both.
+        let rd = self.alloc(&[ra]);
+        let miss = self.ops.new_dynamic_label();
+        let resume = self.ops.new_dynamic_label();
+        self.probe(ra, w, entry_off::READ, miss);
+        match w {
+            1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), BYTE [Rq(ra) + r8]),
+            2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [Rq(ra) + r8]),
+            4 => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), DWORD [Rq(ra) + r8]),
+            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [Rq(ra) + r8]),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>resume);
+        let saves = saves_before.into_iter().filter(|&r| r != rd).collect();
+        self.deferred.push(Deferred::Load { at: miss, resume, d: rd, w, addr: ra, rip: self.rip, saves, sync });
+        self.define(d, rd);
+    }
+
+    fn store(&mut self, i: usize, w: Width, addr: Val, s: Val, op: &Op) {
+        let ra = self.reg(addr, &[]);
+        let src = match self.a.loc[s.0 as usize] {
+            Loc::Const(k) if w < 8 || i32::try_from(k as i64).is_ok() => Operand::Imm(k as i32),
+            _ => Operand::Reg(self.reg(s, &[ra])),
+        };
+        let miss = self.ops.new_dynamic_label();
+        let resume = self.ops.new_dynamic_label();
+        self.probe(ra, w, entry_off::WRITE, miss);
+        match (w, src) {
+            (1, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8], Rb(r)),
+            (2, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8], Rw(r)),
+            (4, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8], Rd(r)),
+            (_, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], Rq(r)),
+            (1, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8], k as i8),
+            (2, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8], k as i16),
+            (4, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8], k),
+            (_, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], k),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>resume);
+        let saves = self.live_caller_saved(None);
+        let sync = self.sync_now();
+        self.free_dead(i, op);
+        let after = Box::new(self.a.clone());
+        self.deferred.push(Deferred::Store {
+            at: miss,
+            resume,
+            src,
+            w,
+            addr: ra,
+            rip: self.rip,
+            next: self.next,
+            saves,
+            sync,
+            after,
+            tail: i + 1..self.insn_end,
+        });
+    }
+
+    fn finish(mut self) -> Code {
+        let mut code_written: Option<DynamicLabel> = None;
+        let deferred = std::mem::take(&mut self.deferred);
+        for d in deferred {
+            match d {
+                Deferred::Request { at, sync } => {
+                    dynasm!(self.ops ; .arch x64 ; =>at);
+                    self.store_state(sync);
+                    self.store_rip(self.env.block_rip);
+                    self.exit_raw(exit::REQUEST);
+                }
+                Deferred::SideExit { at, rip, sync } => {
+                    dynasm!(self.ops ; .arch x64 ; =>at);
+                    self.store_state(sync);
+                    self.chain_to(rip);
+                }
+                Deferred::Load { at, resume, d, w, addr, rip, saves, sync } => {
+                    dynasm!(self.ops ; .arch x64 ; =>at);
+                    self.save(&saves);
+                    self.store_state(sync);
+                    self.store_rip(rip);
+                    dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
+                    self.call_abs(self.env.helpers.load);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+                    self.restore(&saves);
+                    let fe = self.fault_exit;
+                    dynasm!(self.ops ; .arch x64
+                        ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
+                        ; mov Rq(d), rdi ; jmp =>resume
+                    );
+                }
+                Deferred::Store { at, resume, src, w, addr, rip, next, saves, sync, after, tail } => {
+                    dynasm!(self.ops ; .arch x64 ; =>at);
+                    self.save(&saves);
+                    self.store_state(sync);
+                    self.store_rip(rip);
+                    // Through scratch r8: the value or the address may sit in rsi/rdx.
+                    match src {
+                        Operand::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov r8, Rq(r)),
+                        Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov r8, k),
+                    }
+                    dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14);
+                    self.call_abs(self.env.helpers.store);
+                    dynasm!(self.ops ; .arch x64 ; mov edi, eax);
+                    self.restore(&saves);
+                    let fe = self.fault_exit;
+                    dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                    // The store overwrote translated code, maybe this block's: finish
+                    // the instruction out of line and leave.
+                    dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>resume);
+                    let ends = self.block.ops[tail.clone()].iter().any(|o| o.ends_block());
+                    self.a = *after;
+                    self.rip = rip;
+                    self.next = next;
+                    self.replay = true;
+                    self.emit_range(tail);
+                    self.replay = false;
+                    if !ends {
+                        self.sync_all();
+                        self.store_rip(next);
+                        let out = *code_written.get_or_insert_with(|| self.ops.new_dynamic_label());
+                        dynasm!(self.ops ; .arch x64 ; jmp =>out);
+                    }
+                    // Replayed ops may have deferred more out-of-line code.
+                    for more in std::mem::take(&mut self.deferred) {
+                        self.emit_replay_deferred(more);
+                    }
+                }
+            }
+        }
+        if let Some(out) = code_written {
+            dynasm!(self.ops ; .arch x64 ; =>out);
+            self.exit_raw(exit::NEXT);
+        }
+        let fe = self.fault_exit;
+        dynasm!(self.ops ; .arch x64 ; =>fe);
+        // Every path here stored the state before its helper ran.
+        self.exit_raw(exit::FAULT);
+        let bytes = self.ops.finalize().expect("assembling a block");
+        Code { bytes, chain_sites: self.chain_sites }
+    }
+
+    /// Out-of-line code for ops replayed after a store onto code: side exits only
+    /// (an instruction's tail has no memory accesses).
+    fn emit_replay_deferred(&mut self, d: Deferred) {
+        match d {
+            Deferred::SideExit { at, rip, sync } => {
+                dynasm!(self.ops ; .arch x64 ; =>at);
+                self.store_state(sync);
+                self.store_rip(rip);
+                self.exit_raw(exit::NEXT);
+            }
+            _ => panic!("tcg backend: memory access in an instruction's tail after a store"),
+        }
+    }
+}

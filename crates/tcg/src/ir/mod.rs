@@ -1,0 +1,507 @@
+//! The translator's intermediate representation: what a guest block does, in
+//! operations no host architecture shapes.
+//!
+//! The front end ([`crate::lower`]) turns each guest instruction into a few [`Op`]s on
+//! [`Val`]s — 64-bit temporaries, each defined once — and on [`Global`]s, the guest
+//! state a block reads and writes (general registers, the lazy-flag record). The
+//! passes ([`opt`]) fold constants, propagate copies and drop what nothing reads; a
+//! backend (one module per host, e.g. [`crate::backend::x64`]) allocates host
+//! registers and emits code. The IR never names a host register, a host flag or a host
+//! condition code.
+//!
+//! Conventions every backend implements:
+//! - A `Val` is 64 bits. An operation of width `w` (1, 2, 4 or 8 bytes) reads only
+//!   the low `w` bytes of its inputs and produces a result zero-extended from `w`
+//!   bytes (except [`Un::Sext`], which sign-extends).
+//! - Shift and rotate counts are taken modulo 64 when `w` is 8 and modulo 32
+//!   otherwise (x86's rule); a shift by at least the width gives 0 (SAR: the sign),
+//!   a rotate turns by the count modulo the width in bits.
+//! - Guest memory is reached only by [`Op::Load`]/[`Op::Store`] on linear addresses,
+//!   through the soft TLB; they may fault, and the backend's slow path then makes
+//!   the guest state precise (every global stored, RIP of the instruction) before
+//!   leaving. An instruction's memory accesses come before its register writes.
+//! - The lazy-flag record's operation (`cc_op`) is set by [`Op::SetCcOp`]; it is not a
+//!   `Val` so a backend can keep it as a translation-time constant and store it only
+//!   where the state must be complete (exits, helpers, faults).
+
+pub mod opt;
+
+use std::fmt;
+
+use crate::flags::{CcOp, Width};
+use crate::state::off;
+
+/// A temporary: defined by exactly one operation, read by any later ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Val(pub u32);
+
+/// Guest state an operation reads or writes by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Global {
+    /// General register in encoding order (RAX = 0 .. R15 = 15), all 64 bits.
+    Gpr(u8),
+    /// The lazy-flag record's values (see [`crate::flags`]).
+    CcDst,
+    CcSrc,
+    CcSrc2,
+    /// A segment's base (read-only to the IR).
+    SegBase(u8),
+}
+
+impl Global {
+    /// How many globals there are (for dense tables indexed by [`Global::index`]).
+    pub const COUNT: usize = 16 + 3 + 6;
+
+    pub fn index(self) -> usize {
+        match self {
+            Global::Gpr(r) => r as usize,
+            Global::CcDst => 16,
+            Global::CcSrc => 17,
+            Global::CcSrc2 => 18,
+            Global::SegBase(s) => 19 + s as usize,
+        }
+    }
+
+    pub fn from_index(i: usize) -> Global {
+        match i {
+            0..=15 => Global::Gpr(i as u8),
+            16 => Global::CcDst,
+            17 => Global::CcSrc,
+            18 => Global::CcSrc2,
+            _ => Global::SegBase((i - 19) as u8),
+        }
+    }
+
+    /// Offset of the global inside [`crate::state::CpuState`].
+    pub fn offset(self) -> i32 {
+        match self {
+            Global::Gpr(r) => off::gpr(r as usize),
+            Global::CcDst => off::CC_DST,
+            Global::CcSrc => off::CC_SRC,
+            Global::CcSrc2 => off::CC_SRC2,
+            Global::SegBase(s) => off::seg_base(s as usize),
+        }
+    }
+}
+
+/// Two-input operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bin {
+    Add,
+    Sub,
+    And,
+    Or,
+    Xor,
+    /// Low half of the product.
+    Mul,
+    Shl,
+    Shr,
+    Sar,
+    Rol,
+    Ror,
+}
+
+/// One-input operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Un {
+    Neg,
+    Not,
+    /// Byte reversal of the low `w` bytes (4 or 8).
+    Bswap,
+    /// The low `w` bytes sign-extended to 64 bits.
+    Sext,
+    /// The low `w` bytes zero-extended (a copy when `w` is 8).
+    Zext,
+    /// 1 when the low byte has an even number of set bits (x86's PF), else 0.
+    Parity,
+}
+
+/// A comparison of two values at a width; the signed forms read them as two's
+/// complement numbers of that width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    Eq,
+    Ne,
+    Ltu,
+    Geu,
+    Leu,
+    Gtu,
+    Lt,
+    Ge,
+    Le,
+    Gt,
+}
+
+impl Cond {
+    pub fn invert(self) -> Cond {
+        use Cond::*;
+        match self {
+            Eq => Ne,
+            Ne => Eq,
+            Ltu => Geu,
+            Geu => Ltu,
+            Leu => Gtu,
+            Gtu => Leu,
+            Lt => Ge,
+            Ge => Lt,
+            Le => Gt,
+            Gt => Le,
+        }
+    }
+
+    /// Evaluates the comparison on constants (for folding and for tests).
+    pub fn eval(self, w: Width, a: u64, b: u64) -> bool {
+        let m = crate::flags::mask(w);
+        let (ua, ub) = (a & m, b & m);
+        let sh = 64 - 8 * w as u32;
+        let (sa, sb) = (((ua << sh) as i64) >> sh, ((ub << sh) as i64) >> sh);
+        use Cond::*;
+        match self {
+            Eq => ua == ub,
+            Ne => ua != ub,
+            Ltu => ua < ub,
+            Geu => ua >= ub,
+            Leu => ua <= ub,
+            Gtu => ua > ub,
+            Lt => sa < sb,
+            Ge => sa >= sb,
+            Le => sa <= sb,
+            Gt => sa > sb,
+        }
+    }
+}
+
+/// A comparison ready for a branch, SETcc or select: `a c b` at width `w`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Test {
+    pub c: Cond,
+    pub w: Width,
+    pub a: Val,
+    pub b: Val,
+}
+
+/// Where the lazy-flag operation comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CcOpSrc {
+    Const(CcOp),
+    /// Known only at run time (a shift by CL that may leave the flags alone).
+    Val(Val),
+}
+
+/// Helpers an [`Op::Call`] can name; the backend knows their addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helper {
+    /// `d` = the guest's status flags from the lazy record in the state.
+    Flags,
+}
+
+/// One operation. Those with `d` define that value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Marks the start of a guest instruction (RIP for slow paths and faults; `next`
+    /// for a store that overwrote translated code).
+    Insn { rip: u64, next: u64 },
+    Const { d: Val, v: u64 },
+    Get { d: Val, g: Global },
+    Set { g: Global, s: Val },
+    Bin { op: Bin, w: Width, d: Val, a: Val, b: Val },
+    Un { op: Un, w: Width, d: Val, a: Val },
+    /// d = 1 if the test holds, else 0.
+    Setcond { t: Test, d: Val },
+    /// d = test ? a : b (all 64 bits).
+    Select { t: Test, d: Val, a: Val, b: Val },
+    /// d = 1 if the product of a and b (signed) does not fit in `w` bytes.
+    MulOverflow { w: Width, d: Val, a: Val, b: Val },
+    SetCcOp(CcOpSrc),
+    /// d = guest memory at linear address `addr`, `w` bytes, zero-extended.
+    Load { w: Width, d: Val, addr: Val },
+    /// Guest memory at `addr` = low `w` bytes of `s`. A store onto translated code
+    /// finishes its instruction and leaves the block.
+    Store { w: Width, addr: Val, s: Val },
+    /// A Rust helper that reads the state (all globals are made current first).
+    Call { helper: Helper, d: Val },
+    /// Runs one instruction in the interpreter (`ins`: its decoded form, which lives
+    /// as long as the block). Reads and writes the whole state; leaves the block when
+    /// the instruction changed control flow or the mode, or halted.
+    Interp { ins: usize },
+    /// Leaves when the test holds, to the guest instruction at `rip` (a direct
+    /// branch, chainable).
+    ExitIf { t: Test, rip: u64 },
+    /// Back to the block's first instruction when the test holds (None: always).
+    Loop { t: Option<Test> },
+    /// Leaves to the direct branch target `rip` (chainable).
+    Exit { rip: u64 },
+    /// Leaves to the RIP in `rip` (indirect branch, through the jump cache).
+    ExitJump { rip: Val },
+    /// Leaves to the run loop with RIP = `rip` (after an instruction that changes what
+    /// the next block's translation depends on).
+    ExitToLoop { rip: u64 },
+}
+
+impl Op {
+    /// The value this operation defines.
+    pub fn def(&self) -> Option<Val> {
+        match *self {
+            Op::Const { d, .. }
+            | Op::Get { d, .. }
+            | Op::Bin { d, .. }
+            | Op::Un { d, .. }
+            | Op::Setcond { d, .. }
+            | Op::Select { d, .. }
+            | Op::MulOverflow { d, .. }
+            | Op::Load { d, .. }
+            | Op::Call { d, .. } => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` on every value this operation reads.
+    pub fn for_each_use(&self, mut f: impl FnMut(Val)) {
+        let test = |t: &Test, f: &mut dyn FnMut(Val)| {
+            f(t.a);
+            f(t.b)
+        };
+        match self {
+            Op::Set { s, .. } => f(*s),
+            Op::Bin { a, b, .. } | Op::MulOverflow { a, b, .. } => {
+                f(*a);
+                f(*b)
+            }
+            Op::Un { a, .. } => f(*a),
+            Op::Setcond { t, .. } => test(t, &mut f),
+            Op::Select { t, a, b, .. } => {
+                test(t, &mut f);
+                f(*a);
+                f(*b)
+            }
+            Op::SetCcOp(CcOpSrc::Val(v)) => f(*v),
+            Op::Load { addr, .. } => f(*addr),
+            Op::Store { addr, s, .. } => {
+                f(*addr);
+                f(*s)
+            }
+            Op::ExitIf { t, .. } | Op::Loop { t: Some(t) } => test(t, &mut f),
+            Op::ExitJump { rip } => f(*rip),
+            _ => {}
+        }
+    }
+
+    /// Rewrites every value this operation reads.
+    pub fn map_uses(&mut self, mut f: impl FnMut(Val) -> Val) {
+        fn t(x: &mut Test, f: &mut dyn FnMut(Val) -> Val) {
+            x.a = f(x.a);
+            x.b = f(x.b);
+        }
+        match self {
+            Op::Set { s, .. } => *s = f(*s),
+            Op::Bin { a, b, .. } | Op::MulOverflow { a, b, .. } => {
+                *a = f(*a);
+                *b = f(*b)
+            }
+            Op::Un { a, .. } => *a = f(*a),
+            Op::Setcond { t: x, .. } => t(x, &mut f),
+            Op::Select { t: x, a, b, .. } => {
+                t(x, &mut f);
+                *a = f(*a);
+                *b = f(*b)
+            }
+            Op::SetCcOp(CcOpSrc::Val(v)) => *v = f(*v),
+            Op::Load { addr, .. } => *addr = f(*addr),
+            Op::Store { addr, s, .. } => {
+                *addr = f(*addr);
+                *s = f(*s)
+            }
+            Op::ExitIf { t: x, .. } | Op::Loop { t: Some(x) } => t(x, &mut f),
+            Op::ExitJump { rip } => *rip = f(*rip),
+            _ => {}
+        }
+    }
+
+    /// Whether the operation does something beyond defining its value (so dead-code
+    /// removal must keep it even when nothing reads the value).
+    pub fn has_effect(&self) -> bool {
+        !matches!(
+            self,
+            Op::Const { .. }
+                | Op::Get { .. }
+                | Op::Bin { .. }
+                | Op::Un { .. }
+                | Op::Setcond { .. }
+                | Op::Select { .. }
+                | Op::MulOverflow { .. }
+                | Op::Call { .. }
+        )
+    }
+
+    /// Whether the whole guest state must be current when the operation runs: it may
+    /// fault, call Rust that reads the state, or leave the block.
+    pub fn needs_state(&self) -> bool {
+        matches!(
+            self,
+            Op::Load { .. }
+                | Op::Store { .. }
+                | Op::Call { .. }
+                | Op::Interp { .. }
+                | Op::ExitIf { .. }
+                | Op::Loop { .. }
+                | Op::Exit { .. }
+                | Op::ExitJump { .. }
+                | Op::ExitToLoop { .. }
+        )
+    }
+
+    /// Whether control never falls through past the operation.
+    pub fn ends_block(&self) -> bool {
+        matches!(self, Op::Loop { t: None } | Op::Exit { .. } | Op::ExitJump { .. } | Op::ExitToLoop { .. })
+    }
+}
+
+/// A block's operations, as built by the front end.
+#[derive(Default)]
+pub struct Block {
+    pub ops: Vec<Op>,
+    next_val: u32,
+}
+
+impl Block {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many values have been defined (values are numbered densely from 0).
+    pub fn val_count(&self) -> usize {
+        self.next_val as usize
+    }
+
+    fn fresh(&mut self) -> Val {
+        let v = Val(self.next_val);
+        self.next_val += 1;
+        v
+    }
+
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    pub fn insn(&mut self, rip: u64, next: u64) {
+        self.push(Op::Insn { rip, next });
+    }
+
+    pub fn konst(&mut self, v: u64) -> Val {
+        let d = self.fresh();
+        self.push(Op::Const { d, v });
+        d
+    }
+
+    pub fn get(&mut self, g: Global) -> Val {
+        let d = self.fresh();
+        self.push(Op::Get { d, g });
+        d
+    }
+
+    pub fn set(&mut self, g: Global, s: Val) {
+        self.push(Op::Set { g, s });
+    }
+
+    pub fn bin(&mut self, op: Bin, w: Width, a: Val, b: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::Bin { op, w, d, a, b });
+        d
+    }
+
+    /// `a op constant`.
+    pub fn bin_k(&mut self, op: Bin, w: Width, a: Val, k: u64) -> Val {
+        let b = self.konst(k);
+        self.bin(op, w, a, b)
+    }
+
+    pub fn un(&mut self, op: Un, w: Width, a: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::Un { op, w, d, a });
+        d
+    }
+
+    pub fn setcond(&mut self, t: Test) -> Val {
+        let d = self.fresh();
+        self.push(Op::Setcond { t, d });
+        d
+    }
+
+    pub fn select(&mut self, t: Test, a: Val, b: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::Select { t, d, a, b });
+        d
+    }
+
+    pub fn mul_overflow(&mut self, w: Width, a: Val, b: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::MulOverflow { w, d, a, b });
+        d
+    }
+
+    pub fn load(&mut self, w: Width, addr: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::Load { w, d, addr });
+        d
+    }
+
+    pub fn store(&mut self, w: Width, addr: Val, s: Val) {
+        self.push(Op::Store { w, addr, s });
+    }
+
+    pub fn call(&mut self, helper: Helper) -> Val {
+        let d = self.fresh();
+        self.push(Op::Call { helper, d });
+        d
+    }
+
+    /// A test that `a` (at width `w`) is nonzero.
+    pub fn nonzero(&mut self, w: Width, a: Val) -> Test {
+        let z = self.konst(0);
+        Test { c: Cond::Ne, w, a, b: z }
+    }
+}
+
+impl fmt::Display for Val {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} {:?}.{} {}", self.a, self.c, self.w, self.b)
+    }
+}
+
+impl fmt::Display for Block {
+    /// One op per line, as `-d op` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for op in &self.ops {
+            match op {
+                Op::Insn { rip, .. } => writeln!(f, " ---- {rip:#x}")?,
+                Op::Const { d, v } => writeln!(f, "{d} = {v:#x}")?,
+                Op::Get { d, g } => writeln!(f, "{d} = {g:?}")?,
+                Op::Set { g, s } => writeln!(f, "{g:?} = {s}")?,
+                Op::Bin { op, w, d, a, b } => writeln!(f, "{d} = {op:?}.{w} {a}, {b}")?,
+                Op::Un { op, w, d, a } => writeln!(f, "{d} = {op:?}.{w} {a}")?,
+                Op::Setcond { t, d } => writeln!(f, "{d} = setcond {t}")?,
+                Op::Select { t, d, a, b } => writeln!(f, "{d} = {t} ? {a} : {b}")?,
+                Op::MulOverflow { w, d, a, b } => writeln!(f, "{d} = mulovf.{w} {a}, {b}")?,
+                Op::SetCcOp(CcOpSrc::Const(c)) => writeln!(f, "cc_op = {:?}.{}", c.kind(), c.width())?,
+                Op::SetCcOp(CcOpSrc::Val(v)) => writeln!(f, "cc_op = {v}")?,
+                Op::Load { w, d, addr } => writeln!(f, "{d} = load.{w} [{addr}]")?,
+                Op::Store { w, addr, s } => writeln!(f, "store.{w} [{addr}], {s}")?,
+                Op::Call { helper, d } => writeln!(f, "{d} = call {helper:?}")?,
+                Op::Interp { ins } => writeln!(f, "interp {ins:#x}")?,
+                Op::ExitIf { t, rip } => writeln!(f, "exit_if {t} -> {rip:#x}")?,
+                Op::Loop { t: Some(t) } => writeln!(f, "loop_if {t}")?,
+                Op::Loop { t: None } => writeln!(f, "loop")?,
+                Op::Exit { rip } => writeln!(f, "exit -> {rip:#x}")?,
+                Op::ExitJump { rip } => writeln!(f, "exit_jump -> {rip}")?,
+                Op::ExitToLoop { rip } => writeln!(f, "exit_to_loop {rip:#x}")?,
+            }
+        }
+        Ok(())
+    }
+}

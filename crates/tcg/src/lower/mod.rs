@@ -1,0 +1,297 @@
+//! The front end: guest instructions → IR, one lowering per instruction.
+//!
+//! [`lower_block`] walks a decoded block and hands each instruction to its family;
+//! what no family lowers runs in the interpreter ([`crate::interp`]) through
+//! [`Op::Interp`]. To add an instruction, add it to one family's `lower` (and to the
+//! routing in [`Lower::one`]); its semantics then serve every backend.
+//!
+//! | family | instructions |
+//! | --- | --- |
+//! | [`int`] | MOV, MOVZX, MOVSX(D), LEA, XCHG (registers), NOP, BSWAP, ADD..CMP, TEST, INC, DEC, NEG, NOT, IMUL (2/3 operands), SHL/SHR/SAR, ROL/ROR |
+//! | [`flow`] | PUSH, POP, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
+//!
+//! Operand values read with [`Lower::read`] may carry garbage above their width (a
+//! register's upper bits): IR operations of a width ignore it; code that needs the
+//! exact value zero-extends.
+
+pub mod flags;
+mod flow;
+mod int;
+
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+
+use crate::flags::Width;
+use crate::ir::{Bin, Block, Global, Op, Un, Val};
+use crate::state::{DS, ES, FS, GS, SS};
+use crate::translate::{address_bits, gpr, seg_index, BlockMode};
+
+pub use flags::Flags;
+
+/// Lowering state for one block.
+pub struct Lower<'a> {
+    pub b: Block,
+    pub mode: BlockMode,
+    pub flags: Flags,
+    /// RIP of the block's first instruction (a branch there is a loop).
+    pub block_rip: u64,
+    pub ins: &'a Instruction,
+    /// Address of `ins` in the block's instruction table (for the interpreter).
+    pub ins_addr: usize,
+    pub ip: u64,
+    pub next: u64,
+}
+
+/// Whether the block goes on after an instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    End,
+}
+
+/// Lowers the decoded block `insns` (which must stay where they are: the interpreter
+/// is called with their addresses).
+pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> Block {
+    let start = insns.first().map_or(0, |i| i.ip());
+    let mut l = Lower {
+        b: Block::new(),
+        mode,
+        flags: Flags::default(),
+        block_rip: if mode.single { u64::MAX } else { start },
+        ins: &insns[0],
+        ins_addr: 0,
+        ip: 0,
+        next: 0,
+    };
+    for ins in insns {
+        l.ins = ins;
+        l.ins_addr = ins as *const Instruction as usize;
+        l.ip = ins.ip();
+        l.next = ins.next_ip();
+        l.b.insn(l.ip, l.next);
+        let flow = if ins.code() == Code::INVALID { l.interp() } else { l.one() };
+        if flow == Flow::End {
+            return l.b;
+        }
+    }
+    let next = insns.last().map_or(start, |i| i.next_ip());
+    l.exit(Op::Exit { rip: next });
+    l.b
+}
+
+impl Lower<'_> {
+    /// Routes the current instruction to its family.
+    fn one(&mut self) -> Flow {
+        use Mnemonic::*;
+        let ins = self.ins;
+        let special = (0..ins.op_count()).any(|i| {
+            ins.op_kind(i) == OpKind::Register && {
+                let r = ins.op_register(i);
+                r.is_segment_register() || r.is_cr() || r.is_dr()
+            }
+        });
+        if special {
+            return self.interp();
+        }
+        match ins.mnemonic() {
+            Mov | Movzx | Movsx | Movsxd | Lea | Nop | Bswap | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp
+            | Test | Inc | Dec | Neg | Not | Imul | Shl | Sal | Shr | Sar | Rol | Ror => int::lower(self),
+            Xchg if ins.op0_kind() == OpKind::Register && ins.op1_kind() == OpKind::Register => int::lower(self),
+            Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz => flow::lower(self),
+            _ if crate::translate::is_jcc(ins) => flow::lower(self),
+            m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
+            _ => self.interp(),
+        }
+    }
+
+    /// Runs the instruction in the interpreter; ends the block where it must.
+    pub fn interp(&mut self) -> Flow {
+        self.flags.sync(&mut self.b);
+        self.b.push(Op::Interp { ins: self.ins_addr });
+        self.flags.in_state();
+        if crate::translate::ends_block(self.ins) {
+            self.b.push(Op::ExitToLoop { rip: self.next });
+            return Flow::End;
+        }
+        Flow::Continue
+    }
+
+    /// Emits an operation that needs the whole state, making the flags current first.
+    pub fn exit(&mut self, op: Op) {
+        self.flags.sync(&mut self.b);
+        self.b.push(op);
+    }
+
+    /// Width in bytes of operand `i`; an immediate takes its destination's.
+    pub fn width(&self, i: u32) -> Width {
+        match self.ins.op_kind(i) {
+            OpKind::Register => self.ins.op_register(i).size() as Width,
+            OpKind::Memory => self.ins.memory_size().size().max(1) as Width,
+            OpKind::Immediate8 | OpKind::Immediate8_2nd if i == 0 => 1,
+            OpKind::Immediate16 | OpKind::Immediate8to16 if i == 0 => 2,
+            OpKind::Immediate32 | OpKind::Immediate8to32 if i == 0 => 4,
+            _ if i == 0 => 8,
+            _ => self.width(0),
+        }
+    }
+
+    /// A guest register's value (garbage above its width; AH..BH shifted down).
+    pub fn reg(&mut self, r: Register) -> Val {
+        let (n, hi) = gpr(r);
+        let v = self.b.get(Global::Gpr(n as u8));
+        if hi {
+            self.b.bin_k(Bin::Shr, 8, v, 8)
+        } else {
+            v
+        }
+    }
+
+    /// Writes a guest register with x86's merge rules: 8/16-bit writes keep the other
+    /// bits, 32-bit writes clear the upper half.
+    pub fn set_reg(&mut self, r: Register, v: Val) {
+        let (n, hi) = gpr(r);
+        self.set_gpr(n, r.size() as Width, hi, v);
+    }
+
+    /// Writes `w` bytes of general register `n` (`hi`: AH..BH).
+    pub fn set_gpr(&mut self, n: usize, w: Width, hi: bool, v: Val) {
+        let g = Global::Gpr(n as u8);
+        let new = match (w, hi) {
+            (8, _) => v,
+            (4, _) => self.b.un(Un::Zext, 4, v),
+            (1, true) => {
+                let old = self.b.get(g);
+                let kept = self.b.bin_k(Bin::And, 8, old, !0xff00);
+                let low = self.b.un(Un::Zext, 1, v);
+                let moved = self.b.bin_k(Bin::Shl, 8, low, 8);
+                self.b.bin(Bin::Or, 8, kept, moved)
+            }
+            _ => {
+                let m = crate::flags::mask(w);
+                let old = self.b.get(g);
+                let kept = self.b.bin_k(Bin::And, 8, old, !m);
+                let low = self.b.un(Un::Zext, w, v);
+                self.b.bin(Bin::Or, 8, kept, low)
+            }
+        };
+        self.b.set(g, new);
+    }
+
+    /// Reads operand `i`: register, memory (loads) or immediate.
+    pub fn read(&mut self, i: u32) -> Val {
+        let w = self.width(i);
+        match self.ins.op_kind(i) {
+            OpKind::Register => self.reg(self.ins.op_register(i)),
+            OpKind::Memory => {
+                let a = self.ea();
+                self.load(w, a)
+            }
+            _ => {
+                let v = self.ins.immediate(i) & crate::flags::mask(w);
+                self.b.konst(v)
+            }
+        }
+    }
+
+    /// Writes operand `i` (register or memory at `addr`, computed by the caller when
+    /// it also read the operand).
+    pub fn write(&mut self, i: u32, v: Val, addr: Option<Val>) {
+        match self.ins.op_kind(i) {
+            OpKind::Register => self.set_reg(self.ins.op_register(i), v),
+            _ => {
+                let w = self.width(i);
+                let a = match addr {
+                    Some(a) => a,
+                    None => self.ea(),
+                };
+                self.store(w, a, v);
+            }
+        }
+    }
+
+    pub fn load(&mut self, w: Width, addr: Val) -> Val {
+        self.flags.sync(&mut self.b);
+        self.b.load(w, addr)
+    }
+
+    pub fn store(&mut self, w: Width, addr: Val, v: Val) {
+        self.flags.sync(&mut self.b);
+        self.b.store(w, addr, v);
+    }
+
+    /// The memory operand's linear address.
+    pub fn ea(&mut self) -> Val {
+        let off = self.effective_address();
+        let seg = seg_index(self.ins.memory_segment());
+        self.add_segment(seg, off)
+    }
+
+    /// The memory operand's offset (base + index*scale + displacement, wrapped to the
+    /// address size), without a segment base (LEA).
+    pub fn effective_address(&mut self) -> Val {
+        let ins = self.ins;
+        let base = ins.memory_base();
+        let index = ins.memory_index();
+        let asize = (address_bits(ins, self.mode.bits) / 8) as Width;
+        let mut acc: Option<Val> = None;
+        if base == Register::RIP || base == Register::EIP {
+            return self.b.konst(ins.memory_displacement64() & crate::flags::mask(asize));
+        }
+        if base != Register::None {
+            acc = Some(self.b.get(Global::Gpr(gpr(base).0 as u8)));
+        }
+        if index != Register::None {
+            let x = self.b.get(Global::Gpr(gpr(index).0 as u8));
+            let scale = ins.memory_index_scale();
+            let x = if scale > 1 { self.b.bin_k(Bin::Shl, 8, x, scale.trailing_zeros() as u64) } else { x };
+            acc = Some(match acc {
+                Some(a) => self.b.bin(Bin::Add, 8, a, x),
+                None => x,
+            });
+        }
+        let disp = ins.memory_displacement64();
+        match acc {
+            Some(a) => self.b.bin_k(Bin::Add, asize, a, disp),
+            None => self.b.konst(disp & crate::flags::mask(asize)),
+        }
+    }
+
+    /// Adds segment `seg`'s base where the mode requires it; wraps to 32 bits outside
+    /// long mode.
+    pub fn add_segment(&mut self, seg: usize, off: Val) -> Val {
+        let needs_base = match seg {
+            FS | GS => true,
+            _ if self.mode.long => false,
+            DS | ES | SS => !self.mode.flat,
+            _ => true,
+        };
+        if !needs_base {
+            return off;
+        }
+        let base = self.b.get(Global::SegBase(seg as u8));
+        let w = if self.mode.long { 8 } else { 4 };
+        self.b.bin(Bin::Add, w, base, off)
+    }
+
+    /// The stack's linear address for offset `sp` (already wrapped to the stack width).
+    pub fn stack_addr(&mut self, sp: Val) -> Val {
+        self.add_segment(SS, sp)
+    }
+}
+
+pub fn is_setcc(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(m, Seta | Setae | Setb | Setbe | Sete | Setne | Setg | Setge | Setl | Setle | Seto | Setno | Setp | Setnp | Sets | Setns)
+}
+
+pub fn is_cmovcc(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(
+        m,
+        Cmova | Cmovae | Cmovb | Cmovbe | Cmove | Cmovne | Cmovg | Cmovge | Cmovl | Cmovle | Cmovo | Cmovno | Cmovp | Cmovnp | Cmovs | Cmovns
+    )
+}
+
+/// The condition's nibble as in the Jcc/SETcc/CMOVcc opcodes.
+pub fn nibble(cc: iced_x86::ConditionCode) -> u8 {
+    cc as u8 - 1
+}
