@@ -277,8 +277,9 @@ impl<'a> Emit<'a> {
             if let Op::Insn { rip, next } = op {
                 self.rip = rip;
                 self.next = next;
-                self.insn_end =
-                    (i + 1..self.block.ops.len()).find(|&j| matches!(self.block.ops[j], Op::Insn { .. })).unwrap_or(self.block.ops.len());
+                self.insn_end = (i + 1..self.block.ops.len())
+                    .find(|&j| matches!(self.block.ops[j], Op::Insn { .. }))
+                    .unwrap_or(self.block.ops.len());
                 continue;
             }
             self.op(i, op);
@@ -638,7 +639,8 @@ impl<'a> Emit<'a> {
             Op::Interp { ins } => {
                 self.free_dead(i, &op);
                 self.evict_all_aliases();
-                let saves: Vec<u8> = (0..16u8).filter(|&r| caller_saved(r) && self.a.reg_val[r as usize].is_some()).collect();
+                let saves: Vec<u8> =
+                    (0..16u8).filter(|&r| caller_saved(r) && self.a.reg_val[r as usize].is_some()).collect();
                 self.sync_all();
                 self.store_rip(self.rip);
                 self.save(&saves);

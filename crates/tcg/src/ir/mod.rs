@@ -200,42 +200,102 @@ pub enum Helper {
 pub enum Op {
     /// Marks the start of a guest instruction (RIP for slow paths and faults; `next`
     /// for a store that overwrote translated code).
-    Insn { rip: u64, next: u64 },
-    Const { d: Val, v: u64 },
-    Get { d: Val, g: Global },
-    Set { g: Global, s: Val },
-    Bin { op: Bin, w: Width, d: Val, a: Val, b: Val },
-    Un { op: Un, w: Width, d: Val, a: Val },
+    Insn {
+        rip: u64,
+        next: u64,
+    },
+    Const {
+        d: Val,
+        v: u64,
+    },
+    Get {
+        d: Val,
+        g: Global,
+    },
+    Set {
+        g: Global,
+        s: Val,
+    },
+    Bin {
+        op: Bin,
+        w: Width,
+        d: Val,
+        a: Val,
+        b: Val,
+    },
+    Un {
+        op: Un,
+        w: Width,
+        d: Val,
+        a: Val,
+    },
     /// d = 1 if the test holds, else 0.
-    Setcond { t: Test, d: Val },
+    Setcond {
+        t: Test,
+        d: Val,
+    },
     /// d = test ? a : b (all 64 bits).
-    Select { t: Test, d: Val, a: Val, b: Val },
+    Select {
+        t: Test,
+        d: Val,
+        a: Val,
+        b: Val,
+    },
     /// d = 1 if the product of a and b (signed) does not fit in `w` bytes.
-    MulOverflow { w: Width, d: Val, a: Val, b: Val },
+    MulOverflow {
+        w: Width,
+        d: Val,
+        a: Val,
+        b: Val,
+    },
     SetCcOp(CcOpSrc),
     /// d = guest memory at linear address `addr`, `w` bytes, zero-extended.
-    Load { w: Width, d: Val, addr: Val },
+    Load {
+        w: Width,
+        d: Val,
+        addr: Val,
+    },
     /// Guest memory at `addr` = low `w` bytes of `s`. A store onto translated code
     /// finishes its instruction and leaves the block.
-    Store { w: Width, addr: Val, s: Val },
+    Store {
+        w: Width,
+        addr: Val,
+        s: Val,
+    },
     /// A Rust helper that reads the state (all globals are made current first).
-    Call { helper: Helper, d: Val },
+    Call {
+        helper: Helper,
+        d: Val,
+    },
     /// Runs one instruction in the interpreter (`ins`: its decoded form, which lives
     /// as long as the block). Reads and writes the whole state; leaves the block when
     /// the instruction changed control flow or the mode, or halted.
-    Interp { ins: usize },
+    Interp {
+        ins: usize,
+    },
     /// Leaves when the test holds, to the guest instruction at `rip` (a direct
     /// branch, chainable).
-    ExitIf { t: Test, rip: u64 },
+    ExitIf {
+        t: Test,
+        rip: u64,
+    },
     /// Back to the block's first instruction when the test holds (None: always).
-    Loop { t: Option<Test> },
+    Loop {
+        t: Option<Test>,
+    },
     /// Leaves to the direct branch target `rip` (chainable).
-    Exit { rip: u64 },
+    Exit {
+        rip: u64,
+    },
     /// Leaves to the RIP in `rip` (indirect branch, through the jump cache).
-    ExitJump { rip: Val },
+    ExitJump {
+        rip: Val,
+    },
     /// Leaves to the run loop with RIP = `rip` (after an instruction that changes what
     /// the next block's translation depends on).
-    ExitToLoop { rip: u64 },
+    ExitToLoop {
+        rip: u64,
+    },
 }
 
 impl Op {

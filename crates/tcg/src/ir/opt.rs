@@ -242,7 +242,25 @@ fn dead_code(b: &mut Block) {
     let mut overwritten = [false; Global::COUNT];
     let mut cc_op_overwritten = false;
     let mut keep = vec![true; b.ops.len()];
+    // A store onto translated code leaves the block once its instruction is done, so
+    // the state must be complete at the end of every instruction that stores.
+    let mut state_at = vec![false; b.ops.len()];
+    let mut stored = false;
+    for (i, op) in b.ops.iter().enumerate() {
+        match op {
+            Op::Insn { .. } => {
+                state_at[i] = stored;
+                stored = false;
+            }
+            Op::Store { .. } => stored = true,
+            _ => {}
+        }
+    }
     for (i, op) in b.ops.iter().enumerate().rev() {
+        if state_at[i] {
+            overwritten = [false; Global::COUNT];
+            cc_op_overwritten = false;
+        }
         let needed = match *op {
             Op::Set { g, .. } => {
                 let dead = overwritten[g.index()];

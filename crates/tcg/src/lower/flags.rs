@@ -42,7 +42,10 @@ enum State {
     /// The state's record is current (block start, after a helper).
     InState,
     /// `stored`: the state's record already says the same.
-    Rec { rec: Rec, stored: bool },
+    Rec {
+        rec: Rec,
+        stored: bool,
+    },
     Rotated(Rotated),
 }
 

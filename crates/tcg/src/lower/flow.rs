@@ -92,7 +92,9 @@ pub fn lower(l: &mut Lower) -> Flow {
             jump(l, ins.near_branch_target());
             return Flow::End;
         }
-        Mnemonic::Call if matches!(ins.op0_kind(), OpKind::Register | OpKind::Memory) && !ins.is_call_far_indirect() => {
+        Mnemonic::Call
+            if matches!(ins.op0_kind(), OpKind::Register | OpKind::Memory) && !ins.is_call_far_indirect() =>
+        {
             let w = l.width(0);
             let t = l.read(0);
             let t = l.b.un(Un::Zext, w, t);

@@ -39,6 +39,9 @@ pub struct Lower<'a> {
     pub ins_addr: usize,
     pub ip: u64,
     pub next: u64,
+    /// The current instruction stores to memory: a store onto translated code leaves
+    /// the block after it, so its flags must then be in the state.
+    stored: bool,
 }
 
 /// Whether the block goes on after an instruction.
@@ -61,6 +64,7 @@ pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> Block {
         ins_addr: 0,
         ip: 0,
         next: 0,
+        stored: false,
     };
     for ins in insns {
         l.ins = ins;
@@ -68,9 +72,13 @@ pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> Block {
         l.ip = ins.ip();
         l.next = ins.next_ip();
         l.b.insn(l.ip, l.next);
+        l.stored = false;
         let flow = if ins.code() == Code::INVALID { l.interp() } else { l.one() };
         if flow == Flow::End {
             return l.b;
+        }
+        if l.stored {
+            l.flags.sync(&mut l.b);
         }
     }
     let next = insns.last().map_or(start, |i| i.next_ip());
@@ -93,8 +101,8 @@ impl Lower<'_> {
             return self.interp();
         }
         match ins.mnemonic() {
-            Mov | Movzx | Movsx | Movsxd | Lea | Nop | Bswap | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp
-            | Test | Inc | Dec | Neg | Not | Imul | Shl | Sal | Shr | Sar | Rol | Ror => int::lower(self),
+            Mov | Movzx | Movsx | Movsxd | Lea | Nop | Bswap | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test
+            | Inc | Dec | Neg | Not | Imul | Shl | Sal | Shr | Sar | Rol | Ror => int::lower(self),
             Xchg if ins.op0_kind() == OpKind::Register && ins.op1_kind() == OpKind::Register => int::lower(self),
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
@@ -215,6 +223,7 @@ impl Lower<'_> {
 
     pub fn store(&mut self, w: Width, addr: Val, v: Val) {
         self.flags.sync(&mut self.b);
+        self.stored = true;
         self.b.store(w, addr, v);
     }
 
@@ -280,14 +289,46 @@ impl Lower<'_> {
 
 pub fn is_setcc(m: Mnemonic) -> bool {
     use Mnemonic::*;
-    matches!(m, Seta | Setae | Setb | Setbe | Sete | Setne | Setg | Setge | Setl | Setle | Seto | Setno | Setp | Setnp | Sets | Setns)
+    matches!(
+        m,
+        Seta | Setae
+            | Setb
+            | Setbe
+            | Sete
+            | Setne
+            | Setg
+            | Setge
+            | Setl
+            | Setle
+            | Seto
+            | Setno
+            | Setp
+            | Setnp
+            | Sets
+            | Setns
+    )
 }
 
 pub fn is_cmovcc(m: Mnemonic) -> bool {
     use Mnemonic::*;
     matches!(
         m,
-        Cmova | Cmovae | Cmovb | Cmovbe | Cmove | Cmovne | Cmovg | Cmovge | Cmovl | Cmovle | Cmovo | Cmovno | Cmovp | Cmovnp | Cmovs | Cmovns
+        Cmova
+            | Cmovae
+            | Cmovb
+            | Cmovbe
+            | Cmove
+            | Cmovne
+            | Cmovg
+            | Cmovge
+            | Cmovl
+            | Cmovle
+            | Cmovo
+            | Cmovno
+            | Cmovp
+            | Cmovnp
+            | Cmovs
+            | Cmovns
     )
 }
 

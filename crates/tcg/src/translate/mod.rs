@@ -24,12 +24,12 @@ mod stack;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
+use crate::backend::x64::X64;
+use crate::backend::{Backend, Env, Helpers};
 use crate::cpu::{Cpu, Exception};
 use crate::flags::{CcOp, Width};
 use crate::mmu::{Access, PAGE_MASK};
 use crate::state::{CS, DS, ES, FS, GS, SS};
-use crate::backend::x64::X64;
-use crate::backend::{Backend, Env, Helpers};
 use crate::x64::{exit, Arg, Emitter, HelperAddrs, OnCodeWrite, Stubs, T};
 
 /// Longest block, in guest instructions.
