@@ -2,7 +2,7 @@
 //!
 //! `TcgVcpu::run` looks up the block for the current (physical PC, RIP, CS base, mode)
 //! and enters it through a small trampoline that pins the `Cpu` in r14. A block leaves
-//! with an exit code (see `x64::exit`): to look up the next block, to chain (the run
+//! with an exit code (see `backend::exit`): to look up the next block, to chain (the run
 //! loop patches the jump that left so the next time it goes straight to the target),
 //! to deliver a fault, to halt, or because another thread asked (`exit_request`).
 //! Hot loops run chained, never returning here; each block entry checks
@@ -17,19 +17,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
 use iced_x86::Instruction;
 use quern_core::cpu::CpuEvent;
 use quern_core::regs::{self, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
+use crate::backend::{exit, Backend, Helpers, Host};
 use crate::codebuf::CodeBuffer;
 use crate::cpu::{CodeWatch, Cpu};
 use crate::interrupt::{self, Source};
 use crate::mmu::PAGE_MASK;
 use crate::state::{Seg, CS, DS, ES, FS, GS, SS};
 use crate::translate::{self, BlockMode};
-use crate::x64::{exit, HelperAddrs, Stubs};
 
 const CODE_BUFFER_SIZE: usize = 64 << 20;
 
@@ -63,7 +62,8 @@ struct CodeCache {
     next_stub: usize,
     /// Bumped whenever blocks go away, so the jump cache is flushed.
     generation: u64,
-    stubs: Stubs,
+    /// Where blocks return to the run loop through.
+    epilogue: usize,
     blocks: Vec<Block>,
     map: HashMap<Key, usize>,
     /// Physical page number → blocks with code from it.
@@ -81,7 +81,7 @@ impl CodeCache {
             enter: 0,
             next_stub: 0,
             generation: 0,
-            stubs: Stubs::default(),
+            epilogue: 0,
             blocks: Vec::new(),
             map: HashMap::new(),
             pages: HashMap::new(),
@@ -91,32 +91,14 @@ impl CodeCache {
         Ok(c)
     }
 
-    /// The entry/exit trampoline: saves callee-saved registers, pins the Cpu in r14
-    /// and jumps to the block; the epilogue returns the exit code in eax.
+    /// The entry/exit trampoline, at the start of the (empty) buffer.
     fn emit_trampoline(&mut self) {
-        // Alignment padding plus the slots generated code spills to.
-        const FRAME: usize = 8 + crate::backend::x64::FRAME_SLOTS * 8;
         let base = self.buf.cursor();
-        let mut ops: VecAssembler<dynasmrt::x64::X64Relocation> = VecAssembler::new(base);
-        dynasm!(ops ; .arch x64
-            ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15
-            ; sub rsp, FRAME as i32
-            ; mov r14, rdi
-            ; jmp rsi
-        );
-        let epilogue = base + ops.offset().0;
-        dynasm!(ops ; .arch x64
-            ; ->epi:
-            ; add rsp, FRAME as i32
-            ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx
-            ; ret
-        );
-        let next_stub = base + ops.offset().0;
-        dynasm!(ops ; .arch x64 ; mov eax, exit::NEXT as i32 ; jmp ->epi);
-        let code = ops.finalize().expect("assembling the trampoline");
-        self.enter = self.buf.append(&code).expect("code buffer holds the trampoline");
-        self.next_stub = next_stub;
-        self.stubs = Stubs { epilogue };
+        let t = Host::trampoline(base);
+        let at = self.buf.append(&t.code).expect("code buffer holds the trampoline");
+        self.enter = at + t.enter;
+        self.epilogue = at + t.epilogue;
+        self.next_stub = at + t.next_stub;
     }
 
     /// Forgets every block (the buffer is full, or the machine reset).
@@ -131,10 +113,7 @@ impl CodeCache {
     }
 
     fn patch_jump(&mut self, site: usize, target: usize) {
-        let rel = (target as i64 - (site as i64 + 5)) as i32;
-        let mut b = [0xe9u8, 0, 0, 0, 0];
-        b[1..].copy_from_slice(&rel.to_le_bytes());
-        self.buf.patch(site, &b);
+        self.buf.patch(site, &Host::jump(site, target));
     }
 }
 
@@ -224,7 +203,7 @@ impl quern_core::Accelerator for TcgAccelerator {
 pub struct TcgVcpu {
     shared: Arc<Shared>,
     cache: CodeCache,
-    helpers: HelperAddrs,
+    helpers: Helpers,
     /// (mode key, CS base, TLB generation, cache generation) when the jump cache was
     /// last valid: any change and it is flushed.
     jmp_context: (u32, u64, u64, u64),
@@ -245,7 +224,7 @@ impl TcgVcpu {
         let mut v = TcgVcpu {
             shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) }),
             cache,
-            helpers: HelperAddrs {
+            helpers: Helpers {
                 load: crate::helpers::helper_load as *const () as usize,
                 store: crate::helpers::helper_store as *const () as usize,
                 flags: crate::helpers::helper_flags as *const () as usize,
@@ -325,7 +304,7 @@ impl TcgVcpu {
         }
         let mode = Self::block_mode(cpu, single);
         let base = self.cache.buf.cursor();
-        let t = translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?;
+        let t = translate::translate_block(cpu, mode, base, self.cache.epilogue, &helpers)?;
         crate::profile::count(&crate::profile::TRANSLATIONS);
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
         let id = self.cache.blocks.len();

@@ -30,7 +30,6 @@ pub mod profile;
 pub mod segment;
 pub mod state;
 pub mod translate;
-pub mod x64;
 
 pub use exec::{TcgAccelerator, TcgVcpu};
 pub use model::TcgCpuModel;

@@ -11,6 +11,32 @@ pub mod x64;
 
 use crate::ir::Block;
 
+/// Why generated code returned to the run loop (the trampoline's return value).
+pub mod exit {
+    /// RIP is in the state; look up the next block.
+    pub const NEXT: u32 = 0;
+    /// A direct branch not yet chained: RIP is stored and `state.chain_site` names
+    /// the jump to patch.
+    pub const CHAIN: u32 = 1;
+    /// A guest exception is pending in `state.fault`; RIP is the faulting instruction.
+    pub const FAULT: u32 = 2;
+    /// `exit_request` was set (kick, interrupt); RIP is the next block's start.
+    pub const REQUEST: u32 = 3;
+    /// HLT; RIP is after it.
+    pub const HALT: u32 = 4;
+}
+
+/// The run loop's way into and out of generated code.
+pub struct Trampoline {
+    pub code: Vec<u8>,
+    /// Offsets in `code`: the entry (`fn(cpu, block) -> exit code`), the epilogue
+    /// blocks jump to with the exit code set, and a stub that returns `exit::NEXT`
+    /// (the jump cache's "no entry").
+    pub enter: usize,
+    pub epilogue: usize,
+    pub next_stub: usize,
+}
+
 /// Where a block's code will live and what it may call.
 #[derive(Clone, Copy, Debug)]
 pub struct Env {
@@ -48,4 +74,12 @@ pub struct Code {
 pub trait Backend {
     /// Emits `block` (already optimized) for `env`.
     fn emit(block: &Block, env: &Env) -> Code;
+    /// The entry/exit trampoline, to live at `base`.
+    fn trampoline(base: usize) -> Trampoline;
+    /// The bytes that turn the chainable jump at `site` into a jump to `target`.
+    fn jump(site: usize, target: usize) -> Vec<u8>;
 }
+
+/// The backend of the host this build runs on.
+#[cfg(target_arch = "x86_64")]
+pub type Host = x64::X64;

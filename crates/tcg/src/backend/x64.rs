@@ -21,12 +21,11 @@
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
-use super::{Backend, Code, Env};
+use super::{exit, Backend, Code, Env, Trampoline};
 use crate::flags::Width;
 use crate::ir::{Bin, Block, CcOpSrc, Cond, Global, Helper, Op, Test, Un, Val};
 use crate::mmu::{entry_off, TLB_BITS};
 use crate::state::off;
-use crate::x64::exit;
 
 /// 8-byte slots the run loop's frame reserves below its saved registers: 0..16 for
 /// spilled values, 16..32 to save host register r around a call (slot 16 + r).
@@ -50,6 +49,39 @@ pub struct X64;
 impl Backend for X64 {
     fn emit(block: &Block, env: &Env) -> Code {
         Emit::new(block, env).run()
+    }
+
+    /// Saves the callee-saved registers, reserves the frame's slots, pins the Cpu in
+    /// r14 and jumps to the block; the epilogue returns the exit code in eax.
+    fn trampoline(base: usize) -> Trampoline {
+        // Alignment padding plus the slots generated code spills to.
+        const FRAME: i32 = 8 + FRAME_SLOTS as i32 * 8;
+        let mut ops: VecAssembler<X64Relocation> = VecAssembler::new(base);
+        dynasm!(ops ; .arch x64
+            ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15
+            ; sub rsp, FRAME
+            ; mov r14, rdi
+            ; jmp rsi
+        );
+        let epilogue = ops.offset().0;
+        dynasm!(ops ; .arch x64
+            ; ->epi:
+            ; add rsp, FRAME
+            ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx
+            ; ret
+        );
+        let next_stub = ops.offset().0;
+        dynasm!(ops ; .arch x64 ; mov eax, exit::NEXT as i32 ; jmp ->epi);
+        let code = ops.finalize().expect("assembling the trampoline");
+        Trampoline { code, enter: 0, epilogue, next_stub }
+    }
+
+    fn jump(site: usize, target: usize) -> Vec<u8> {
+        // JMP rel32, the form every chainable exit is emitted in.
+        let rel = (target as i64 - (site as i64 + 5)) as i32;
+        let mut b = vec![0xe9u8];
+        b.extend_from_slice(&rel.to_le_bytes());
+        b
     }
 }
 
@@ -361,11 +393,7 @@ impl<'a> Emit<'a> {
 
     fn free_dead_val(&mut self, v: Val) {
         match self.a.loc[v.0 as usize] {
-            Loc::Reg(r) => {
-                if self.a.reg_val[r as usize] == Some(v) {
-                    self.a.reg_val[r as usize] = None;
-                }
-            }
+            Loc::Reg(r) if self.a.reg_val[r as usize] == Some(v) => self.a.reg_val[r as usize] = None,
             Loc::Slot(s) => self.a.slot_val[s as usize] = None,
             _ => {}
         }

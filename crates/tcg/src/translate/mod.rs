@@ -1,36 +1,19 @@
-//! Guest code → translation blocks.
+//! Guest code → decoded blocks → IR → host code.
 //!
-//! A block starts at a guest RIP and runs until a branch, a page boundary, an
-//! instruction that may change the CPU mode, or [`MAX_INSNS`]. Each instruction is
-//! decoded with iced-x86 and handed to the family that implements it:
-//!
-//! | family | instructions (inline host code) |
-//! | --- | --- |
-//! | [`mov`] | MOV, MOVZX, MOVSX(D), LEA, XCHG (registers), NOP |
-//! | [`alu`] | ADD, OR, ADC, SBB, AND, SUB, XOR, CMP, TEST, INC, DEC, NEG, NOT |
-//! | [`shift`] | SHL/SAL, SHR, SAR by 1, imm8 or CL |
-//! | [`stack`] | PUSH, POP, CALL, RET (near) |
-//! | [`branch`] | JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
-//!
-//! Every other instruction runs through the interpreter helper ([`crate::interp`]),
-//! called from the block with the decoded instruction: one definition of each
-//! instruction's semantics, inline or helper, never both.
-
-mod alu;
-mod branch;
-mod mov;
-mod shift;
-mod stack;
+//! A block starts at a guest RIP and runs until an unconditional branch, a page
+//! boundary, an instruction that may change the CPU mode, or [`MAX_INSNS`]; a Jcc does
+//! not end it (its taken side leaves out of line and translation goes on along the
+//! fall-through). Each instruction is decoded with iced-x86; [`translate_block`] hands
+//! the block to the front end ([`crate::lower`]), the passes ([`crate::ir::opt`]) and
+//! the host backend ([`crate::backend`]).
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
-use crate::backend::x64::X64;
-use crate::backend::{Backend, Env, Helpers};
+use crate::backend::{Backend, Env, Helpers, Host};
 use crate::cpu::{Cpu, Exception};
-use crate::flags::{CcOp, Width};
+use crate::flags::Width;
 use crate::mmu::{Access, PAGE_MASK};
 use crate::state::{CS, DS, ES, FS, GS, SS};
-use crate::x64::{exit, Arg, Emitter, HelperAddrs, OnCodeWrite, Stubs, T};
 
 /// Longest block, in guest instructions.
 pub const MAX_INSNS: usize = 64;
@@ -60,157 +43,6 @@ pub struct Translated {
     pub insns: Box<[Instruction]>,
     /// Guest-physical pages the block's bytes came from.
     pub pages: Vec<u64>,
-}
-
-/// What a family did with an instruction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// The family emitted the block's exit.
-    End,
-}
-
-/// Per-instruction translation context.
-pub struct Ctx<'a> {
-    pub em: &'a mut Emitter,
-    pub h: &'a HelperAddrs,
-    pub mode: BlockMode,
-    pub ins: &'a Instruction,
-    /// Address of `ins` inside the block's instruction table (for the interpreter).
-    pub ins_addr: usize,
-    /// RIP of this instruction and of the next.
-    pub ip: u64,
-    pub next: u64,
-    /// The lazy-flag operation as of this point, when known at translation time.
-    pub cc: Option<CcOp>,
-    /// Whether anything may read the status flags this instruction writes (see
-    /// [`flag_uses`]); when not, the lazy-flag record is not stored.
-    pub flags_needed: bool,
-    /// Whether CF is live after this instruction.
-    pub carry_needed: bool,
-    /// The status flags live after this instruction (iced-x86 `RflagsBits`).
-    pub live_flags: u32,
-    /// RIP of the block's first instruction (a branch there is a loop).
-    pub block_rip: u64,
-}
-
-impl Ctx<'_> {
-    /// Operand width in bytes of operand `i`; an immediate takes its destination's.
-    pub fn width(&self, i: u32) -> Width {
-        match self.ins.op_kind(i) {
-            OpKind::Register => self.ins.op_register(i).size() as Width,
-            OpKind::Memory => self.ins.memory_size().size() as Width,
-            OpKind::Immediate8 | OpKind::Immediate8_2nd if i == 0 => 1,
-            OpKind::Immediate16 | OpKind::Immediate8to16 if i == 0 => 2,
-            OpKind::Immediate32 | OpKind::Immediate8to32 if i == 0 => 4,
-            _ if i == 0 => 8,
-            _ => self.width(0),
-        }
-    }
-
-    /// Loads operand `i` (register, memory or immediate) zero-extended into `t`.
-    pub fn load_op(&mut self, i: u32, t: T) {
-        let w = self.width(i);
-        match self.ins.op_kind(i) {
-            OpKind::Register => {
-                let (r, hi) = gpr(self.ins.op_register(i));
-                self.em.load_gpr(t, r, w, hi);
-            }
-            OpKind::Memory => {
-                self.ea();
-                self.em.load_mem(t, w, self.ip, self.h);
-            }
-            _ => {
-                let v = self.ins.immediate(i) & crate::flags::mask(w);
-                self.em.load_imm(t, v);
-            }
-        }
-    }
-
-    /// Stores `t` to operand `i` (register or memory). A memory store is the last
-    /// thing its instruction does, so one that overwrites translated code leaves the
-    /// block at the next instruction.
-    pub fn store_op(&mut self, i: u32, t: T) {
-        let w = self.width(i);
-        match self.ins.op_kind(i) {
-            OpKind::Register => {
-                let (r, hi) = gpr(self.ins.op_register(i));
-                self.em.store_gpr(r, t, w, hi);
-            }
-            _ => {
-                self.ea();
-                let on_code = OnCodeWrite::Exit { next: self.next, then: None };
-                self.em.store_mem(t, w, self.ip, on_code, self.h);
-            }
-        }
-    }
-
-    /// Computes the memory operand's linear address into the address register.
-    pub fn ea(&mut self) {
-        self.effective_address();
-        let seg = seg_index(self.ins.memory_segment());
-        self.add_segment(seg);
-    }
-
-    /// The memory operand's offset (base + index*scale + displacement, wrapped to the
-    /// address size) into the address register, without a segment base (LEA).
-    pub fn effective_address(&mut self) {
-        let ins = self.ins;
-        let base = ins.memory_base();
-        let index = ins.memory_index();
-        self.em.addr_clear();
-        if base == Register::RIP || base == Register::EIP {
-            self.em.addr_add_const(ins.memory_displacement64());
-        } else {
-            if base != Register::None {
-                self.em.addr_add_gpr(gpr(base).0, 1);
-            }
-            if index != Register::None {
-                self.em.addr_add_gpr(gpr(index).0, ins.memory_index_scale() as u8);
-            }
-            self.em.addr_add_const(ins.memory_displacement64());
-        }
-        self.em.addr_truncate(address_bits(ins, self.mode.bits));
-    }
-
-    /// Adds a segment base where the mode requires it, and wraps to 32 bits outside
-    /// long mode.
-    pub fn add_segment(&mut self, seg: usize) {
-        let needs_base = match seg {
-            FS | GS => true,
-            _ if self.mode.long => false,
-            DS | ES | SS => !self.mode.flat,
-            _ => true,
-        };
-        if needs_base {
-            self.em.addr_add_seg(seg);
-            if !self.mode.long {
-                self.em.addr_truncate(32);
-            }
-        }
-    }
-
-    /// Runs this instruction through the interpreter helper; ends the block when the
-    /// helper says control or mode changed.
-    pub fn interp(&mut self) -> Flow {
-        self.em.call_helper(self.h.interp, &[Arg::Imm(self.ins_addr as u64)], self.ip, true, true);
-        let go_on = self.em.label();
-        let halt = self.em.label();
-        self.em.test_t0_dispatch(go_on, halt);
-        // 1: leave for the run loop (RIP set by the helper; the state is authoritative).
-        self.em.exit_raw(exit::NEXT);
-        self.em.bind(halt);
-        self.em.exit_raw(exit::HALT);
-        self.em.bind(go_on);
-        self.em.sync_in();
-        self.cc = None;
-        if ends_block(self.ins) {
-            self.em.store_rip(self.next);
-            self.em.exit_with(exit::NEXT);
-            return Flow::End;
-        }
-        Flow::Continue
-    }
 }
 
 /// Whether an interpreted instruction must end its block even when it falls through:
@@ -284,8 +116,8 @@ pub fn translate_block(
     cpu: &mut Cpu,
     mode: BlockMode,
     base: usize,
-    stubs: Stubs,
-    h: &HelperAddrs,
+    epilogue: usize,
+    helpers: &Helpers,
 ) -> Result<Translated, Exception> {
     let start_rip = cpu.state.rip;
     let cs_base = cpu.state.seg[CS].base;
@@ -341,210 +173,38 @@ pub fn translate_block(
     }
 
     let paged = cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0;
-    if use_ir() {
-        let mut block = crate::lower::lower_block(&insns, mode);
-        crate::ir::opt::optimize(&mut block);
-        if std::env::var_os("QUERN_TCG_DUMP").is_some() {
-            eprintln!("OP: {start_rip:#x}\n{block}");
-        }
-        if log::log_enabled!(target: "quern_tcg::op", log::Level::Trace) {
-            log::trace!(target: "quern_tcg::op", "OP: {start_rip:#x}\n{block}");
-        }
-        let env = Env {
-            base,
-            epilogue: stubs.epilogue,
-            helpers: Helpers { load: h.load, store: h.store, flags: h.flags, interp: h.interp },
-            page: paged.then_some(linear & PAGE_MASK),
-            block_rip: start_rip,
-            single: mode.single,
-        };
-        let code = X64::emit(&block, &env);
-        if std::env::var_os("QUERN_TCG_DUMP").is_some() {
-            use iced_x86::Formatter;
-            let mut f = iced_x86::IntelFormatter::new();
-            let mut dec = Decoder::with_ip(64, &code.bytes, base as u64, DecoderOptions::NONE);
-            for ins in &mut dec {
-                let mut t = String::new();
-                f.format(&ins, &mut t);
-                eprintln!("  {:#x}: {t}", ins.ip());
-            }
-        }
-        return Ok(Translated { code: code.bytes, chain_sites: code.chain_sites, insns, pages });
+    let mut block = crate::lower::lower_block(&insns, mode);
+    crate::ir::opt::optimize(&mut block);
+    if log::log_enabled!(target: "quern_tcg::op", log::Level::Trace) {
+        log::trace!(target: "quern_tcg::op", "OP: {start_rip:#x}\n{block}");
     }
-
-    let uses = flag_uses(&insns, start_rip);
-    let mut em = Emitter::new(base, stubs);
-    em.map_registers(&hot_registers(&insns));
-    if !mode.single {
-        em.loop_head(start_rip);
-    }
-    if paged {
-        em.set_paged(linear & PAGE_MASK);
-    }
-    let mut cc = None;
-    let mut ended = false;
-    for (i, ins) in insns.iter().enumerate() {
-        let mut ctx = Ctx {
-            em: &mut em,
-            h,
-            mode,
-            ins,
-            ins_addr: &insns[i] as *const Instruction as usize,
-            ip: ins.ip(),
-            next: ins.next_ip(),
-            cc,
-            flags_needed: uses[i].needed,
-            carry_needed: uses[i].carry,
-            live_flags: uses[i].live,
-            // A single step has no loop head to branch back to.
-            block_rip: if mode.single { u64::MAX } else { start_rip },
-        };
-        let flow = if ins.code() == Code::INVALID { ctx.interp() } else { translate_one(&mut ctx) };
-        cc = ctx.cc;
-        if flow == Flow::End {
-            ended = true;
-            break;
-        }
-    }
-    if !ended {
-        let next = insns.last().map_or(start_rip, |i| i.next_ip());
-        em.exit_chain(next);
-    }
-    let (code, chain_sites) = em.finish();
-    Ok(Translated { code, chain_sites, insns, pages })
-}
-
-/// Whether blocks go through the IR (the default) rather than the direct emitter
-/// (`QUERN_TCG=direct`, kept while the IR path takes over the rest).
-fn use_ir() -> bool {
-    static IR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *IR.get_or_init(|| std::env::var("QUERN_TCG").map_or(true, |v| v != "direct"))
-}
-
-/// The guest registers worth keeping in host registers for a block: the most used,
-/// at most five, each used at least twice.
-fn hot_registers(insns: &[Instruction]) -> Vec<usize> {
-    let mut uses = [0u32; 16];
-    let mut count = |r: Register| {
-        if r.is_gpr() {
-            uses[gpr(r).0] += 1;
-        }
+    let env = Env {
+        base,
+        epilogue,
+        helpers: *helpers,
+        page: paged.then_some(linear & PAGE_MASK),
+        block_rip: start_rip,
+        single: mode.single,
     };
-    for ins in insns {
-        for i in 0..ins.op_count() {
-            match ins.op_kind(i) {
-                OpKind::Register => count(ins.op_register(i)),
-                OpKind::Memory => {
-                    count(ins.memory_base());
-                    count(ins.memory_index());
-                }
-                _ => {}
-            }
-        }
-        if matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Pop | Mnemonic::Call | Mnemonic::Ret) {
-            count(Register::RSP);
-        }
+    let code = Host::emit(&block, &env);
+    if log::log_enabled!(target: "quern_tcg::out_asm", log::Level::Trace) {
+        log_host(&code.bytes, base);
     }
-    let mut order: Vec<usize> = (0..16).filter(|&r| uses[r] >= 2).collect();
-    order.sort_by_key(|&r| std::cmp::Reverse(uses[r]));
-    order.truncate(5);
-    order
+    Ok(Translated { code: code.bytes, chain_sites: code.chain_sites, insns, pages })
 }
 
-/// What the flag analysis found for one instruction.
-#[derive(Clone, Copy, Debug)]
-pub struct FlagUse {
-    /// Something may read the status flags this instruction writes: store its lazy
-    /// record.
-    pub needed: bool,
-    /// CF is live after it (INC/DEC must then carry the old CF into their record).
-    pub carry: bool,
-    /// The status flags live after it (iced-x86 `RflagsBits`).
-    pub live: u32,
-}
-
-/// Status-flag liveness over a block, walking backwards: a flag is live until an
-/// instruction overwrites it. Flags are live at the block's end and before anything
-/// that may fault (memory operands, stack operations, interpreted instructions), so an
-/// exception always sees the flags the guest computed. A taken Jcc needs what is live
-/// at its target: everything, unless the target is this block's start (a loop), whose
-/// live-in is found by iterating to a fixed point.
-fn flag_uses(insns: &[Instruction], start: u64) -> Vec<FlagUse> {
-    use iced_x86::RflagsBits as F;
-    use Mnemonic::*;
-    const STATUS: u32 = F::OF | F::SF | F::ZF | F::AF | F::CF | F::PF;
-    let mut loop_in = STATUS;
-    loop {
-        let mut live = STATUS;
-        let mut uses = vec![FlagUse { needed: true, carry: true, live: STATUS }; insns.len()];
-        for (i, ins) in insns.iter().enumerate().rev() {
-            uses[i] = FlagUse { needed: live != 0, carry: live & F::CF != 0, live };
-            let mut read = ins.rflags_read() & STATUS;
-            // The inline INC/DEC carry the old CF forward from the previous record.
-            if uses[i].carry && matches!(ins.mnemonic(), Inc | Dec) {
-                read |= F::CF;
-            }
-            if may_fault(ins) {
-                read = STATUS;
-            }
-            if is_jcc(ins) {
-                read |= if ins.near_branch_target() == start { loop_in } else { STATUS };
-            }
-            // A shift by CL writes no flag when the count masks to 0: the flags it would
-            // write stay live through it.
-            let by_cl = matches!(ins.mnemonic(), Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd)
-                && ins.op_kind(ins.op_count() - 1) == OpKind::Register;
-            if by_cl {
-                read |= ins.rflags_modified() & STATUS;
-            }
-            live = (live & !(ins.rflags_modified() & STATUS)) | read;
-        }
-        if live == loop_in {
-            return uses;
-        }
-        // The live-in only shrinks from "everything", so this ends.
-        loop_in = live;
+/// `-d out_asm`: the host code of each new block.
+fn log_host(bytes: &[u8], base: usize) {
+    use iced_x86::Formatter;
+    let mut f = iced_x86::IntelFormatter::new();
+    let mut out = format!("OUT: {base:#x}\n");
+    // An x86-64 host's code; another host's backend would log its own way.
+    for ins in Decoder::with_ip(64, bytes, base as u64, DecoderOptions::NONE) {
+        let mut t = String::new();
+        f.format(&ins, &mut t);
+        out.push_str(&format!("{:#x}:  {t}\n", ins.ip()));
     }
-}
-
-/// Whether an instruction may raise an exception or leave the block early.
-fn may_fault(ins: &Instruction) -> bool {
-    use Mnemonic::*;
-    // Register-only forms of the inline families cannot fault; anything else might
-    // (memory operands, special registers, the interpreter).
-    let inline = matches!(
-        ins.mnemonic(),
-        Mov | Movzx
-            | Movsx
-            | Movsxd
-            | Lea
-            | Nop
-            | Xchg
-            | Add
-            | Or
-            | Adc
-            | Sbb
-            | And
-            | Sub
-            | Xor
-            | Cmp
-            | Test
-            | Inc
-            | Dec
-            | Neg
-            | Not
-            | Shl
-            | Sal
-            | Shr
-            | Sar
-    ) || (ins.mnemonic() == Imul && ins.op_count() >= 2);
-    let special = (0..ins.op_count()).any(|i| {
-        ins.op_kind(i) == OpKind::Register && {
-            let r = ins.op_register(i);
-            r.is_segment_register() || r.is_cr() || r.is_dr()
-        }
-    });
-    !inline || special || (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
+    log::trace!(target: "quern_tcg::out_asm", "{out}");
 }
 
 /// `-d in_asm`: the guest instructions of each new block, as QEMU prints them.
@@ -574,38 +234,4 @@ fn is_block_end(ins: &Instruction) -> bool {
 pub fn is_jcc(ins: &Instruction) -> bool {
     ins.condition_code() != iced_x86::ConditionCode::None
         && ins.flow_control() == iced_x86::FlowControl::ConditionalBranch
-}
-
-/// Routes one instruction to its family, or to the interpreter.
-fn translate_one(ctx: &mut Ctx) -> Flow {
-    use Mnemonic::*;
-    let ins = ctx.ins;
-    // LOCK needs nothing more with one vCPU: each inline access is atomic to the guest.
-    // REP only matters to string instructions, which the interpreter runs.
-    match ins.mnemonic() {
-        Mov | Movzx | Movsx | Movsxd | Lea | Nop | Xchg => mov::translate(ctx),
-        Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Inc | Dec | Neg | Not => alu::translate(ctx),
-        Imul if ins.op_count() >= 2 => alu::translate(ctx),
-        Shl | Sal | Shr | Sar => shift::translate(ctx),
-        // Rotates run on the host (see shift::rotate); RCL/RCR read CF, so they always
-        // bring the guest's flags in.
-        Rol | Ror | Rcl | Rcr if ins.op0_kind() == OpKind::Register || ins.op1_kind() != OpKind::Register => {
-            let cf_of = iced_x86::RflagsBits::CF | iced_x86::RflagsBits::OF;
-            let with_flags = ctx.live_flags & cf_of != 0 || matches!(ins.mnemonic(), Rcl | Rcr);
-            shift::rotate(ctx, with_flags)
-        }
-        Bswap if ins.op0_register().size() >= 4 => {
-            let w = ins.op0_register().size() as u8;
-            let (r, _) = gpr(ins.op0_register());
-            ctx.em.load_gpr(T::T0, r, w, false);
-            ctx.em.bswap(T::T0, w);
-            ctx.em.store_gpr(r, T::T0, w, false);
-            Flow::Continue
-        }
-        Push | Pop | Call | Ret => stack::translate(ctx),
-        Jmp | Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns | Loop | Jcxz
-        | Jecxz | Jrcxz => branch::translate(ctx),
-        m if branch::is_setcc(m) || branch::is_cmovcc(m) => branch::translate(ctx),
-        _ => ctx.interp(),
-    }
 }
