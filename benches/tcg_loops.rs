@@ -37,7 +37,7 @@ const CK_LEN: u32 = 64 << 10;
 const CK_REPS: u32 = 1500;
 const MC_DWORDS: u32 = 16 << 10;
 const MC_REPS: u32 = 3000;
-const FIB_N: u32 = 32;
+const FIB_N: u32 = 35;
 const SORT_N: u32 = 2048;
 const SORT_REPS: u32 = 40;
 
@@ -97,11 +97,49 @@ fn workloads() -> Vec<Workload> {
             body: |a, _| multiboot::xorshift(a, 0x1234_5678, XS_N),
             instructions: 12 * XS_N as u64,
         },
+        Workload { name: "xorshift + rol (13-insn body)", body: xorshift_rol, instructions: 13 * XS_N as u64 },
+        Workload { name: "rotates + inc/dec (7-insn body)", body: rotate_mix, instructions: 7 * XS_N as u64 },
         Workload { name: "checksum (bytes)", body: checksum, instructions: 5 * CK_LEN as u64 * CK_REPS as u64 },
         Workload { name: "memcpy (dwords)", body: memcpy, instructions: 6 * MC_DWORDS as u64 * MC_REPS as u64 },
-        Workload { name: "fib(32) recursive", body: fib, instructions: 11 * fib_calls(FIB_N) },
+        Workload { name: "fib(35) recursive", body: fib, instructions: 11 * fib_calls(FIB_N) },
         Workload { name: "insertion sort", body: sort, instructions: sort_instructions() },
     ]
+}
+
+/// The xorshift loop with a rotate of the sum: a rotate's CF/OF meet the DEC's
+/// flags, which real code (hashes, ciphers) does in every round.
+fn xorshift_rol(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
+    a.mov(eax, 0x1234_5678u32)?;
+    a.xor(ebx, ebx)?;
+    a.mov(ecx, XS_N)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    multiboot::xorshift_step(a)?;
+    a.add(ebx, eax)?;
+    a.rol(ebx, 3u32)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.mov(esi, eax)?;
+    a.add(esi, ebx)
+}
+
+/// Rotates in both directions mixed with INC and DEC (the shape of SHA-2's rounds).
+fn rotate_mix(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
+    a.mov(eax, 0x6a09_e667u32)?;
+    a.mov(ebx, 0xbb67_ae85u32)?;
+    a.mov(edx, 0x3c6e_f372u32)?;
+    a.mov(ecx, XS_N)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.ror(eax, 7u32)?;
+    a.xor(eax, ebx)?;
+    a.inc(ebx)?;
+    a.rol(edx, 11u32)?;
+    a.add(edx, eax)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.mov(esi, eax)?;
+    a.add(esi, edx)
 }
 
 /// ESI = sum of the bytes of a 64 KiB buffer, summed CK_REPS times.

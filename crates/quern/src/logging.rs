@@ -16,6 +16,8 @@ pub struct LogItem {
 /// The items quern implements, named as QEMU names them where QEMU has the item.
 pub const LOG_ITEMS: &[LogItem] = &[
     LogItem { name: "in_asm", filter: "quern_tcg::in_asm=trace", help: "show the guest code of each translated block" },
+    LogItem { name: "out_asm", filter: "quern_tcg::out_asm=trace", help: "show the host code of each translated block" },
+    LogItem { name: "op_opt", filter: "quern_tcg::op=trace", help: "show the IR of each block after the passes" },
     LogItem { name: "exec", filter: "quern_tcg::exec=trace", help: "show each block as it is entered" },
     LogItem {
         name: "int",
@@ -40,9 +42,7 @@ pub const LOG_ITEMS: &[LogItem] = &[
 
 /// QEMU's items that quern has no equivalent for yet: refused by name.
 const NOT_YET: &[&str] = &[
-    "out_asm",
     "op",
-    "op_opt",
     "op_ind",
     "op_plugin",
     "fpu",

@@ -171,6 +171,9 @@ struct Emit<'a> {
     env: &'a Env,
     block: &'a Block,
     last_use: Vec<usize>,
+    /// The mapped global a value is about to be written to with nothing in between
+    /// that could see the register change early: computed in that register.
+    target: Vec<Option<u8>>,
     /// Host register of each mapped global.
     gmap: [Option<u8>; Global::COUNT],
     temps: Vec<u8>,
@@ -225,11 +228,13 @@ impl<'a> Emit<'a> {
             gmap[g] = Some(POOL[k]);
         }
         let temps = POOL[order.len()..].to_vec();
+        let target = targets(block, &gmap);
         Emit {
             ops,
             env,
             block,
             last_use,
+            target,
             gmap,
             temps,
             a: Alloc {
@@ -414,13 +419,8 @@ impl<'a> Emit<'a> {
     }
 
     /// A register for the result of op `i`: `a`'s own when `a` dies here and sits in
-    /// a value register, else a fresh one (after copying `a` into it when `copy`).
-    fn result_from(&mut self, i: usize, a: Val, lock: &[u8], copy: bool) -> u8 {
-        self.result_from_excl(i, a, lock, copy, &[])
-    }
-
-    /// As [`Self::result_from`], never taking the register of `a` when the op still
-    /// reads `a` as one of `others` after writing its result.
+    /// a value register (and the op reads it nowhere else, `others`), else a fresh one
+    /// (after copying `a` into it when `copy`).
     fn result_from_excl(&mut self, i: usize, a: Val, lock: &[u8], copy: bool, others: &[Val]) -> u8 {
         if let Loc::Reg(r) = self.a.loc[a.0 as usize] {
             if self.is_dead_after(a, i) && !lock.contains(&r) && !others.contains(&a) {
@@ -447,6 +447,55 @@ impl<'a> Emit<'a> {
             }
         }
         d
+    }
+
+    /// The register for op `i`'s result `d` computed from `a` (copied in first): the
+    /// register of the global `d` is headed for when that is safe (see `target`),
+    /// else as [`Self::result_from_excl`]. `others`: the op's other inputs.
+    fn dest(&mut self, i: usize, d: Val, a: Val, lock: &[u8], others: &[Val]) -> u8 {
+        let Some(g) = self.target[d.0 as usize] else {
+            return self.result_from_excl(i, a, lock, true, others);
+        };
+        let h = self.gmap[g as usize].expect("targets are mapped");
+        if lock.contains(&h) || others.iter().any(|&o| self.a.loc[o.0 as usize] == Loc::Global(g)) {
+            return self.result_from_excl(i, a, lock, true, others);
+        }
+        // Whatever still needs the global's old value moves out first, `a` too unless
+        // this op is its last use.
+        let in_place = self.a.loc[a.0 as usize] == Loc::Global(g) && self.is_dead_after(a, i) && !others.contains(&a);
+        if in_place {
+            self.a.loc[a.0 as usize] = Loc::None;
+        }
+        let mut l2 = lock.to_vec();
+        l2.push(h);
+        self.evict_aliases(g as usize, &l2);
+        if !in_place {
+            match self.a.loc[a.0 as usize] {
+                Loc::Const(k) => self.mov_imm(h, k),
+                Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
+                Loc::Global(g2) => {
+                    let h2 = self.gmap[g2 as usize].expect("mapped");
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(h2))
+                }
+                Loc::Slot(sl) => {
+                    let o = (sl as usize * 8) as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
+                }
+                Loc::None => panic!("tcg backend: {a} used before its definition"),
+            }
+        }
+        h
+    }
+
+    /// Records `d` in `r`: a value register, or a global's register (which then holds
+    /// the global's new value).
+    fn define_at(&mut self, d: Val, r: u8) {
+        if let Some(g) = self.gmap.iter().position(|&m| m == Some(r)) {
+            self.a.loc[d.0 as usize] = Loc::Global(g as u8);
+            self.a.dirty |= 1 << g;
+        } else {
+            self.define(d, r);
+        }
     }
 
     fn mov_imm(&mut self, r: u8, k: u64) {
@@ -755,7 +804,7 @@ impl<'a> Emit<'a> {
         match self.gmap[g.index()] {
             Some(h) => {
                 if self.a.loc[s.0 as usize] == Loc::Global(g.index() as u8) {
-                    return; // Set g = Get g
+                    return; // Set g = Get g, or a result computed in place
                 }
                 self.evict_aliases(g.index(), &[h]);
                 match self.a.loc[s.0 as usize] {
@@ -859,7 +908,7 @@ impl<'a> Emit<'a> {
                     let rb = self.reg(b, &[]);
                     dynasm!(self.ops ; .arch x64 ; mov ecx, Rd(rb));
                 }
-                let rd = self.result_from(i, a, &[], true);
+                let rd = self.dest(i, d, a, &[], &[b]);
                 macro_rules! sh {
                     ($ins:ident) => {
                         match (w, count) {
@@ -891,7 +940,7 @@ impl<'a> Emit<'a> {
                     _ => {}
                 }
                 self.free_dead(i, &Op::Bin { op, w, d, a, b });
-                self.define(d, rd);
+                self.define_at(d, rd);
             }
             _ => {
                 // Commutative operations take the dying register as the destination.
@@ -906,7 +955,7 @@ impl<'a> Emit<'a> {
                     _ => vec![],
                 };
                 let same = a == b;
-                let rd = self.result_from(i, a, &lock, true);
+                let rd = self.dest(i, d, a, &lock, &[b]);
                 let rb = if same { Operand::Reg(rd) } else { rb };
                 macro_rules! alu {
                     ($ins:ident) => {
@@ -934,7 +983,7 @@ impl<'a> Emit<'a> {
                     self.narrow(rd, w);
                 }
                 self.free_dead(i, &Op::Bin { op, w, d, a, b });
-                self.define(d, rd);
+                self.define_at(d, rd);
             }
         }
     }
@@ -950,7 +999,7 @@ impl<'a> Emit<'a> {
                 self.define(d, r);
                 return;
             }
-            _ => self.result_from(i, a, &[], true),
+            _ => self.dest(i, d, a, &[], &[]),
         };
         match (op, w) {
             (Un::Neg, 8) => dynasm!(self.ops ; .arch x64 ; neg Rq(rd)),
@@ -974,7 +1023,7 @@ impl<'a> Emit<'a> {
             _ => {}
         }
         self.free_dead(i, &Op::Un { op, w, d, a });
-        self.define(d, rd);
+        self.define_at(d, rd);
     }
 
     /// The inline TLB probe for an access of `w` bytes at linear address `addr`: on
@@ -1152,4 +1201,25 @@ impl<'a> Emit<'a> {
             _ => panic!("tcg backend: memory access in an instruction's tail after a store"),
         }
     }
+}
+
+/// For each value, the mapped global it is computed for: the value is written to
+/// that global later in the same stretch with nothing in between that reads the
+/// global or could expose the state (a memory access, helper or exit).
+fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>> {
+    let mut t = vec![None; block.val_count()];
+    let ops = &block.ops;
+    for (i, op) in ops.iter().enumerate() {
+        let Some(d) = op.def() else { continue };
+        let Some(j) = (i + 1..ops.len()).take_while(|&j| !ops[j].needs_state()).find(|&j| matches!(ops[j], Op::Set { s, .. } if s == d))
+        else {
+            continue;
+        };
+        let Op::Set { g, .. } = ops[j] else { unreachable!() };
+        let touched = ops[i + 1..j].iter().any(|o| matches!(*o, Op::Get { g: x, .. } | Op::Set { g: x, .. } if x == g));
+        if gmap[g.index()].is_some() && !touched {
+            t[d.0 as usize] = Some(g.index() as u8);
+        }
+    }
+    t
 }
