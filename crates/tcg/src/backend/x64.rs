@@ -220,7 +220,9 @@ impl<'a> Emit<'a> {
                 _ => {}
             }
         }
-        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 2).collect();
+        // Every global the block names is worth a register (a write-only one is then
+        // stored once at the exit instead of at each write), the most used first.
+        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 1).collect();
         order.sort_by_key(|&g| std::cmp::Reverse(uses[g]));
         order.truncate(MAX_MAPPED);
         let mut gmap = [None; Global::COUNT];

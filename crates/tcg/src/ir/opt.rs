@@ -100,8 +100,15 @@ fn forward(b: &mut Block) {
     let mut globals: [Option<Val>; Global::COUNT] = [None; Global::COUNT];
     let ops = std::mem::take(&mut b.ops);
     let mut out = Vec::with_capacity(ops.len());
+    // ext[v]: v = Zext/Sext of `w` bytes of another value (an operation reading only
+    // `w` bytes or fewer of v can read that value instead).
+    let mut ext: Vec<Option<(Width, Val)>> = vec![None; n];
     for mut op in ops {
         op.map_uses(|v| repl[v.0 as usize]);
+        narrow_uses(&mut op, &ext);
+        if let Op::Un { op: Un::Zext | Un::Sext, w, d, a } = op {
+            ext[d.0 as usize] = Some((w, a));
+        }
         let k = |v: Val, facts: &[Fact]| facts[v.0 as usize].konst;
         let z = |v: Val, facts: &[Fact]| facts[v.0 as usize].zext;
         // Replaces `op`'s definition of `d` by a copy of `s` (dropping the op).
@@ -223,6 +230,39 @@ fn forward(b: &mut Block) {
         }
     }
     b.ops = out;
+}
+
+/// Operations that read only the low `w` bytes of an input take it from before a
+/// zero or sign extension of at least that width (the extension often dies then).
+fn narrow_uses(op: &mut Op, ext: &[Option<(Width, Val)>]) {
+    let bypass = |v: &mut Val, w: Width| {
+        if let Some((ew, src)) = ext[v.0 as usize] {
+            if ew >= w {
+                *v = src;
+            }
+        }
+    };
+    match op {
+        Op::Bin { op: b, w, a, b: y, .. } if *w < 8 => {
+            bypass(a, *w);
+            // A count is read modulo 32 (64 at width 8): its low byte suffices.
+            let yw = if matches!(b, Bin::Shl | Bin::Shr | Bin::Sar | Bin::Rol | Bin::Ror) { 1 } else { *w };
+            bypass(y, yw);
+        }
+        Op::Un { op: Un::Neg | Un::Not | Un::Bswap | Un::Zext | Un::Sext, w, a, .. } if *w < 8 => bypass(a, *w),
+        Op::Un { op: Un::Parity, a, .. } => bypass(a, 1),
+        Op::Setcond { t, .. } | Op::Select { t, .. } if t.w < 8 => {
+            let w = t.w;
+            bypass(&mut t.a, w);
+            bypass(&mut t.b, w);
+        }
+        Op::Store { w, s, .. } if *w < 8 => bypass(s, *w),
+        Op::MulOverflow { w, a, b, .. } if *w < 8 => {
+            bypass(a, *w);
+            bypass(b, *w);
+        }
+        _ => {}
+    }
 }
 
 fn fold_test(t: &Test, facts: &[Fact]) -> Option<bool> {
