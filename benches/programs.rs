@@ -38,7 +38,7 @@ const LABELS: &[(&str, &str)] = &[
     ("sqlite3", "sqlite3: inserts, index, queries"),
     ("perl", "perl: regexes, a hash"),
     ("python3", "python3: dicts, strings, json"),
-    ("awk", "busybox seq | awk, floating point"),
+    ("awk", "busybox seq \\| awk, floating point"),
 ];
 
 fn guest() -> PathBuf {
