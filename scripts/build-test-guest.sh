@@ -8,6 +8,9 @@
 #                            (QUERN-BENCH lines with /proc/uptime stamps) and powers off
 #   disk.img, disk-pio.img, cd.iso, ...  the boot disk and CD images of the firmware and
 #                            disk tests: scripts/build-test-disks.sh (run at the end)
+#   initramfs-programs.cpio.gz  busybox and Debian's xz, bzip2, zstd, gzip, openssl, sqlite3,
+#                            perl and python3 with their libraries; /init runs and checks a
+#                            workload of each: scripts/build-programs-guest.sh (run last)
 # Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x`: nothing
 # is installed into the host. Cached: each output is built only if missing, so a
 # re-run with everything present does nothing. Remove build/guest to rebuild.
@@ -19,6 +22,7 @@ work="$out/.work"
 helper="$root/scripts/guest-helper.py"
 outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz initramfs-bench.cpio.gz)
 outputs+=(initramfs-disk.cpio.gz disk.img disk-pio.img disk.sha256 disk.layout initramfs-cd.cpio.gz cd.iso cd.sha256)
+outputs+=(initramfs-programs.cpio.gz)
 
 say() { echo "build-test-guest: $*" >&2; }
 
@@ -36,6 +40,7 @@ print_paths() {
 "$root/roms/fetch-firmware.sh" >/dev/null
 
 if all_present; then
+    "$root/scripts/build-programs-guest.sh" >/dev/null # rebuilds an outdated version
     print_paths
     exit 0
 fi
@@ -130,5 +135,6 @@ EOF
 fi
 
 "$root/scripts/build-test-disks.sh" >/dev/null
+"$root/scripts/build-programs-guest.sh" >/dev/null
 
 print_paths
