@@ -29,15 +29,6 @@ const PROGRAMS: &[&str] = &[
     "awk",            // busybox seq | awk: floating-point arithmetic and formatting
 ];
 
-/// Failures whose cause is known: a bug of quern's JIT, not of the guest. They still
-/// fail the test; the explanation goes with the failure message.
-const KNOWN_JIT_BUGS: &[(&str, &str)] = &[(
-    "awk",
-    "busybox awk's int() runs CVTTSD2SI rax, qword [rsp+0x20] (f2 48 0f 2c 44 24 20), and quern's JIT \
-     raises #UD for CVTTSD2SI/CVTSD2SI/CVTTSS2SI with a memory source (the register forms work), so \
-     awk dies of SIGILL (exit status 132)",
-)];
-
 /// The quick run takes about 20 s under quern on the project's 2-core machines; the
 /// limit leaves room for a loaded CI host.
 const LIMIT: Duration = Duration::from_secs(300);
@@ -81,11 +72,7 @@ fn debian_programs_give_correct_results_on_tcg() {
         }
         let tag = format!("QUERN-CHECK {name} ");
         let line = run.stdout.lines().find(|l| l.contains(&tag)).unwrap_or("(no QUERN-CHECK line)");
-        let known = KNOWN_JIT_BUGS.iter().find(|(n, _)| n == name);
-        problems.push(match known {
-            Some((_, why)) => format!("{name}: {line}\n    known quern JIT bug: {why}"),
-            None => format!("{name}: {line}"),
-        });
+        problems.push(format!("{name}: {line}"));
     }
     assert!(
         problems.is_empty(),

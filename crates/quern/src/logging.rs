@@ -16,7 +16,11 @@ pub struct LogItem {
 /// The items quern implements, named as QEMU names them where QEMU has the item.
 pub const LOG_ITEMS: &[LogItem] = &[
     LogItem { name: "in_asm", filter: "quern_tcg::in_asm=trace", help: "show the guest code of each translated block" },
-    LogItem { name: "out_asm", filter: "quern_tcg::out_asm=trace", help: "show the host code of each translated block" },
+    LogItem {
+        name: "out_asm",
+        filter: "quern_tcg::out_asm=trace",
+        help: "show the host code of each translated block",
+    },
     LogItem { name: "op_opt", filter: "quern_tcg::op=trace", help: "show the IR of each block after the passes" },
     LogItem { name: "exec", filter: "quern_tcg::exec=trace", help: "show each block as it is entered" },
     LogItem {

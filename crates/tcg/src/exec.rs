@@ -304,7 +304,10 @@ impl TcgVcpu {
         }
         let mode = Self::block_mode(cpu, single);
         let base = self.cache.buf.cursor();
-        let t = translate::translate_block(cpu, mode, base, self.cache.epilogue, &helpers)?;
+        let t = {
+            let _timing = crate::profile::Translating::start();
+            translate::translate_block(cpu, mode, base, self.cache.epilogue, &helpers)?
+        };
         crate::profile::count(&crate::profile::TRANSLATIONS);
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
         let id = self.cache.blocks.len();

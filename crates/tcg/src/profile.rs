@@ -1,17 +1,64 @@
-//! A sampling profiler for the question "how much time is spent in generated code?".
+//! A sampling profiler for the question "where does the time go: generated code,
+//! helpers, or the translator?".
 //!
 //! With `QUERN_TCG_PROFILE=1`, SIGPROF fires every millisecond of CPU time and its
 //! handler looks at the interrupted instruction pointer: inside the code buffer counts
-//! as generated code, anything else as the run loop, helpers and the translator. Off,
-//! it costs nothing. The code buffer's range lives in statics: the profiler is
-//! process-wide by nature.
+//! as generated code; outside, the phase the vCPU thread marked (translating, in the
+//! interpreter helper) decides, the rest is the run loop, the soft-MMU slow paths and
+//! the devices. Off, it costs a relaxed store per phase change. The code buffer's
+//! range lives in statics: the profiler is process-wide by nature.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::time::Instant;
 
 static CODE_START: AtomicUsize = AtomicUsize::new(0);
 static CODE_END: AtomicUsize = AtomicUsize::new(0);
 static IN_CODE: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE: AtomicU64 = AtomicU64::new(0);
+static IN_TRANSLATOR: AtomicU64 = AtomicU64::new(0);
+static IN_INTERP: AtomicU64 = AtomicU64::new(0);
+
+/// What the vCPU thread is doing outside generated code.
+static PHASE: AtomicU8 = AtomicU8::new(0);
+const PHASE_OTHER: u8 = 0;
+const PHASE_TRANSLATE: u8 = 1;
+const PHASE_INTERP: u8 = 2;
+
+/// Nanoseconds spent translating (always counted: one clock read per translation).
+pub static TRANSLATE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the translator at work while alive, and adds its time to [`TRANSLATE_NS`].
+pub struct Translating(Instant);
+
+impl Translating {
+    pub fn start() -> Self {
+        PHASE.store(PHASE_TRANSLATE, Ordering::Relaxed);
+        Translating(Instant::now())
+    }
+}
+
+impl Drop for Translating {
+    fn drop(&mut self) {
+        TRANSLATE_NS.fetch_add(self.0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        PHASE.store(PHASE_OTHER, Ordering::Relaxed);
+    }
+}
+
+/// Marks the interpreter helper at work while alive.
+pub struct Interpreting;
+
+impl Interpreting {
+    pub fn start() -> Self {
+        PHASE.store(PHASE_INTERP, Ordering::Relaxed);
+        Interpreting
+    }
+}
+
+impl Drop for Interpreting {
+    fn drop(&mut self) {
+        PHASE.store(PHASE_OTHER, Ordering::Relaxed);
+    }
+}
 
 /// Event counters, reported with the samples (cheap relaxed increments, always on).
 pub static TRANSLATIONS: AtomicU64 = AtomicU64::new(0);
@@ -30,7 +77,13 @@ extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *m
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
     let rip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as usize;
     let inside = rip >= CODE_START.load(Ordering::Relaxed) && rip < CODE_END.load(Ordering::Relaxed);
-    if inside { &IN_CODE } else { &OUTSIDE }.fetch_add(1, Ordering::Relaxed);
+    let bucket = match PHASE.load(Ordering::Relaxed) {
+        _ if inside => &IN_CODE,
+        PHASE_TRANSLATE => &IN_TRANSLATOR,
+        PHASE_INTERP => &IN_INTERP,
+        _ => &OUTSIDE,
+    };
+    bucket.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether profiling was asked for.
@@ -58,18 +111,24 @@ pub fn start(code: std::ops::Range<usize>) {
 
 /// Prints the split so far to stderr.
 pub fn report() {
-    let (a, b) = (IN_CODE.load(Ordering::Relaxed), OUTSIDE.load(Ordering::Relaxed));
-    let total = (a + b).max(1);
-    eprintln!(
-        "quern tcg profile: {a} samples in generated code ({:.1}%), {b} in run loop/helpers/translator ({:.1}%)",
-        a as f64 * 100.0 / total as f64,
-        b as f64 * 100.0 / total as f64
-    );
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (code, tr, interp, other) = (n(&IN_CODE), n(&IN_TRANSLATOR), n(&IN_INTERP), n(&OUTSIDE));
+    let total = (code + tr + interp + other).max(1);
+    let pct = |x: u64| x as f64 * 100.0 / total as f64;
     eprintln!(
-        "quern tcg counters: {} translations, {} dispatches, {} interpreted instructions, {} TLB-miss accesses, \
-         {} page walks, {} page invalidations",
-        n(&TRANSLATIONS),
+        "quern tcg profile: {code} samples in generated code ({:.1}%), {interp} in the interpreter ({:.1}%), \
+         {tr} translating ({:.1}%), {other} in the run loop/soft-MMU/devices ({:.1}%)",
+        pct(code),
+        pct(interp),
+        pct(tr),
+        pct(other)
+    );
+    let translations = n(&TRANSLATIONS);
+    let secs = n(&TRANSLATE_NS) as f64 / 1e9;
+    eprintln!(
+        "quern tcg counters: {translations} translations in {secs:.3} s ({:.0} per second of translating), \
+         {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations",
+        translations as f64 / secs.max(1e-9),
         n(&DISPATCHES),
         n(&INTERP_CALLS),
         n(&SLOW_ACCESSES),

@@ -1213,7 +1213,9 @@ fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>>
     let ops = &block.ops;
     for (i, op) in ops.iter().enumerate() {
         let Some(d) = op.def() else { continue };
-        let Some(j) = (i + 1..ops.len()).take_while(|&j| !ops[j].needs_state()).find(|&j| matches!(ops[j], Op::Set { s, .. } if s == d))
+        let Some(j) = (i + 1..ops.len())
+            .take_while(|&j| !ops[j].needs_state())
+            .find(|&j| matches!(ops[j], Op::Set { s, .. } if s == d))
         else {
             continue;
         };

@@ -280,6 +280,7 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
     let (cpu, ins) = unsafe { (&mut *cpu, &*ins) };
     cpu.code_modified = false;
     crate::profile::count(&crate::profile::INTERP_CALLS);
+    let _phase = crate::profile::Interpreting::start();
     let r = exec(cpu, ins);
     // Port and MMIO writes run here; one may have switched a memory view.
     cpu.sync_memory_map();

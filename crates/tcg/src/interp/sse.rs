@@ -187,6 +187,12 @@ fn kind(ins: &Instruction) -> Option<Kind> {
     if ins.encoding() != iced_x86::EncodingKind::Legacy {
         return None; // VEX/EVEX: #UD (no AVX)
     }
+    // The conversions to an integer name no XMM register when the source is in
+    // memory (`cvttsd2si rax, [m64]`).
+    use Mnemonic::*;
+    if k.is_none() && matches!(ins.mnemonic(), Cvttss2si | Cvttsd2si | Cvtss2si | Cvtsd2si) {
+        return Some(Kind::Sse);
+    }
     k
 }
 
