@@ -30,7 +30,9 @@ use crate::mmu::PAGE_MASK;
 use crate::state::{Seg, CS, DS, ES, FS, GS, SS};
 use crate::translate::{self, BlockMode};
 
-const CODE_BUFFER_SIZE: usize = 64 << 20;
+/// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
+/// written takes memory.
+const CODE_BUFFER_SIZE: usize = 256 << 20;
 
 /// Lookup key of a block: everything its host code depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -300,6 +302,7 @@ impl TcgVcpu {
         }
         if self.cache.buf.remaining() < 64 << 10 {
             log::debug!("tcg: code buffer full, flushing {} blocks", self.cache.blocks.len());
+            crate::profile::count(&crate::profile::BUFFER_FLUSHES);
             self.cache.clear();
         }
         let mode = Self::block_mode(cpu, single);
@@ -309,6 +312,7 @@ impl TcgVcpu {
             translate::translate_block(cpu, mode, base, self.cache.epilogue, &helpers)?
         };
         crate::profile::count(&crate::profile::TRANSLATIONS);
+        crate::profile::CODE_BYTES.fetch_add(t.code.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
         let id = self.cache.blocks.len();
         for &page in &t.pages {

@@ -67,6 +67,9 @@ pub static INTERP_CALLS: AtomicU64 = AtomicU64::new(0);
 pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
 pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
 pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+/// Host code bytes emitted, and how often the full code buffer was emptied.
+pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
+pub static BUFFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one event.
 pub fn count(c: &AtomicU64) {
@@ -127,8 +130,11 @@ pub fn report() {
     let secs = n(&TRANSLATE_NS) as f64 / 1e9;
     eprintln!(
         "quern tcg counters: {translations} translations in {secs:.3} s ({:.0} per second of translating), \
+         {} bytes of host code a block, {} code buffer flushes, \
          {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations",
         translations as f64 / secs.max(1e-9),
+        n(&CODE_BYTES) / translations.max(1),
+        n(&BUFFER_FLUSHES),
         n(&DISPATCHES),
         n(&INTERP_CALLS),
         n(&SLOW_ACCESSES),

@@ -113,6 +113,19 @@ struct Alloc {
     /// Mapped globals whose host register differs from the state.
     dirty: u32,
     cc: CcState,
+    /// Values that were `Loc::Global(g)` when pushed, per global (checked when used:
+    /// one may have moved since).
+    aliases: [Vec<Val>; Global::COUNT],
+}
+
+/// The allocation state the rest of an instruction starts from, for replaying it out
+/// of line: registers, and where the values it reads are.
+struct Snapshot {
+    reg_val: [Option<Val>; 16],
+    slot_val: [Option<Val>; SPILL_SLOTS],
+    dirty: u32,
+    cc: CcState,
+    locs: Vec<(Val, Loc)>,
 }
 
 /// What must be stored at a way out: the dirty globals and `cc_op`.
@@ -130,7 +143,6 @@ enum Deferred {
         w: Width,
         addr: u8,
         rip: u64,
-        saves: Vec<u8>,
         sync: Sync,
     },
     Store {
@@ -141,11 +153,10 @@ enum Deferred {
         addr: u8,
         rip: u64,
         next: u64,
-        saves: Vec<u8>,
         sync: Sync,
         /// The state after the store, and the rest of its instruction, for the way
         /// out when the store overwrote translated code.
-        after: Box<Alloc>,
+        after: Box<Snapshot>,
         tail: std::ops::Range<usize>,
     },
     SideExit {
@@ -188,6 +199,10 @@ struct Emit<'a> {
     insn_end: usize,
     /// Inside out-of-line code replaying an instruction's tail: exits do not chain.
     replay: bool,
+    /// The block's shared slow-path routines (emitted at the end when used): store
+    /// every mapped global and save the caller-saved registers; restore them.
+    state_out: Option<DynamicLabel>,
+    regs_back: Option<DynamicLabel>,
 }
 
 fn cc_of(c: Cond) -> u8 {
@@ -245,6 +260,7 @@ impl<'a> Emit<'a> {
                 slot_val: [None; SPILL_SLOTS],
                 dirty: 0,
                 cc: CcState::Stored,
+                aliases: Default::default(),
             },
             deferred: Vec::new(),
             fault_exit,
@@ -254,25 +270,15 @@ impl<'a> Emit<'a> {
             next: 0,
             insn_end: 0,
             replay: false,
+            state_out: None,
+            regs_back: None,
         }
     }
 
     fn run(mut self) -> Code {
         let has_loop = self.block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
-        // Load the mapped globals the block reads before writing (all of them when it
-        // loops: every lap's exits store them).
-        let mut first_read = 0u32;
-        let mut seen = 0u32;
-        for op in &self.block.ops {
-            match *op {
-                Op::Get { g, .. } if seen & (1 << g.index()) == 0 => {
-                    first_read |= 1 << g.index();
-                    seen |= 1 << g.index();
-                }
-                Op::Set { g, .. } => seen |= 1 << g.index(),
-                _ => {}
-            }
-        }
+        // Every mapped global is loaded: the slow paths store them all back (a
+        // compact shared routine), so none may hold garbage.
         let mut written = 0u32;
         for op in &self.block.ops {
             if let Op::Set { g, .. } = op {
@@ -281,10 +287,8 @@ impl<'a> Emit<'a> {
         }
         for g in 0..Global::COUNT {
             if let Some(h) = self.gmap[g] {
-                if has_loop || first_read & (1 << g) != 0 {
-                    let o = Global::from_index(g).offset();
-                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
-                }
+                let o = Global::from_index(g).offset();
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
             }
         }
         if has_loop {
@@ -493,7 +497,7 @@ impl<'a> Emit<'a> {
     /// the global's new value).
     fn define_at(&mut self, d: Val, r: u8) {
         if let Some(g) = self.gmap.iter().position(|&m| m == Some(r)) {
-            self.a.loc[d.0 as usize] = Loc::Global(g as u8);
+            self.alias(d, g);
             self.a.dirty |= 1 << g;
         } else {
             self.define(d, r);
@@ -514,14 +518,20 @@ impl<'a> Emit<'a> {
 
     /// Values that alias global `g`'s host register get their own before it changes.
     fn evict_aliases(&mut self, g: usize, lock: &[u8]) {
-        for v in 0..self.a.loc.len() {
-            if self.a.loc[v] == Loc::Global(g as u8) {
+        for v in std::mem::take(&mut self.a.aliases[g]) {
+            if self.a.loc[v.0 as usize] == Loc::Global(g as u8) {
                 let h = self.gmap[g].expect("mapped");
                 let r = self.alloc(lock);
                 dynasm!(self.ops ; .arch x64 ; mov Rq(r), Rq(h));
-                self.define(Val(v as u32), r);
+                self.define(v, r);
             }
         }
+    }
+
+    /// Records that `v` lives in global `g`'s register.
+    fn alias(&mut self, v: Val, g: usize) {
+        self.a.loc[v.0 as usize] = Loc::Global(g as u8);
+        self.a.aliases[g].push(v);
     }
 
     // ---- the state ----
@@ -643,7 +653,7 @@ impl<'a> Emit<'a> {
             Op::Insn { .. } => {}
             Op::Const { d, v } => self.a.loc[d.0 as usize] = Loc::Const(v),
             Op::Get { d, g } => match self.gmap[g.index()] {
-                Some(_) => self.a.loc[d.0 as usize] = Loc::Global(g.index() as u8),
+                Some(_) => self.alias(d, g.index()),
                 None => {
                     let r = self.alloc(&[]);
                     let o = g.offset();
@@ -1048,7 +1058,6 @@ impl<'a> Emit<'a> {
 
     fn load(&mut self, i: usize, w: Width, d: Val, addr: Val, op: &Op) {
         let ra = self.reg(addr, &[]);
-        let saves_before = self.live_caller_saved(None);
         let sync = self.sync_now();
         self.free_dead(i, op);
         // Allocated before the probe (a spill must not sit on the fast path only), and
@@ -1064,8 +1073,7 @@ impl<'a> Emit<'a> {
             _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [Rq(ra) + r8]),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        let saves = saves_before.into_iter().filter(|&r| r != rd).collect();
-        self.deferred.push(Deferred::Load { at: miss, resume, d: rd, w, addr: ra, rip: self.rip, saves, sync });
+        self.deferred.push(Deferred::Load { at: miss, resume, d: rd, w, addr: ra, rip: self.rip, sync });
         self.define(d, rd);
     }
 
@@ -1089,10 +1097,20 @@ impl<'a> Emit<'a> {
             (_, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], k),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        let saves = self.live_caller_saved(None);
         let sync = self.sync_now();
         self.free_dead(i, op);
-        let after = Box::new(self.a.clone());
+        let tail = i + 1..self.insn_end;
+        let mut locs = Vec::new();
+        for op in &self.block.ops[tail.clone()] {
+            op.for_each_use(|v| locs.push((v, self.a.loc[v.0 as usize])));
+        }
+        let after = Box::new(Snapshot {
+            reg_val: self.a.reg_val,
+            slot_val: self.a.slot_val,
+            dirty: self.a.dirty,
+            cc: self.a.cc,
+            locs,
+        });
         self.deferred.push(Deferred::Store {
             at: miss,
             resume,
@@ -1101,10 +1119,9 @@ impl<'a> Emit<'a> {
             addr: ra,
             rip: self.rip,
             next: self.next,
-            saves,
             sync,
             after,
-            tail: i + 1..self.insn_end,
+            tail,
         });
     }
 
@@ -1124,25 +1141,23 @@ impl<'a> Emit<'a> {
                     self.store_state(sync);
                     self.chain_to(rip);
                 }
-                Deferred::Load { at, resume, d, w, addr, rip, saves, sync } => {
+                Deferred::Load { at, resume, d, w, addr, rip, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
-                    self.save(&saves);
-                    self.store_state(sync);
+                    self.slow_path_out(sync);
                     self.store_rip(rip);
                     dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
                     self.call_abs(self.env.helpers.load);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
-                    self.restore(&saves);
+                    self.slow_path_back();
                     let fe = self.fault_exit;
                     dynasm!(self.ops ; .arch x64
                         ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
                         ; mov Rq(d), rdi ; jmp =>resume
                     );
                 }
-                Deferred::Store { at, resume, src, w, addr, rip, next, saves, sync, after, tail } => {
+                Deferred::Store { at, resume, src, w, addr, rip, next, sync, after, tail } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
-                    self.save(&saves);
-                    self.store_state(sync);
+                    self.slow_path_out(sync);
                     self.store_rip(rip);
                     // Through scratch r8: the value or the address may sit in rsi/rdx.
                     match src {
@@ -1152,14 +1167,23 @@ impl<'a> Emit<'a> {
                     dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14);
                     self.call_abs(self.env.helpers.store);
                     dynasm!(self.ops ; .arch x64 ; mov edi, eax);
-                    self.restore(&saves);
+                    self.slow_path_back();
                     let fe = self.fault_exit;
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
                     // The store overwrote translated code, maybe this block's: finish
                     // the instruction out of line and leave.
                     dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>resume);
                     let ends = self.block.ops[tail.clone()].iter().any(|o| o.ends_block());
-                    self.a = *after;
+                    self.a.reg_val = after.reg_val;
+                    self.a.slot_val = after.slot_val;
+                    self.a.dirty = after.dirty;
+                    self.a.cc = after.cc;
+                    for &(v, loc) in &after.locs {
+                        self.a.loc[v.0 as usize] = loc;
+                        if let Loc::Global(g) = loc {
+                            self.a.aliases[g as usize].push(v);
+                        }
+                    }
                     self.rip = rip;
                     self.next = next;
                     self.replay = true;
@@ -1182,12 +1206,51 @@ impl<'a> Emit<'a> {
             dynasm!(self.ops ; .arch x64 ; =>out);
             self.exit_raw(exit::NEXT);
         }
+        // Inside the routines the return address sits at [rsp]: slots are 8 further.
+        if let Some(l) = self.state_out {
+            dynasm!(self.ops ; .arch x64 ; =>l);
+            for g in 0..Global::COUNT {
+                if let Some(h) = self.gmap[g] {
+                    let o = Global::from_index(g).offset();
+                    dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(h));
+                }
+            }
+            for r in POOL.iter().copied().filter(|&r| caller_saved(r)) {
+                let o = 8 + ((SPILL_SLOTS + r as usize) * 8) as i32;
+                dynasm!(self.ops ; .arch x64 ; mov [rsp + o], Rq(r));
+            }
+            dynasm!(self.ops ; .arch x64 ; ret);
+        }
+        if let Some(l) = self.regs_back {
+            dynasm!(self.ops ; .arch x64 ; =>l);
+            for r in POOL.iter().copied().filter(|&r| caller_saved(r)) {
+                let o = 8 + ((SPILL_SLOTS + r as usize) * 8) as i32;
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
+            }
+            dynasm!(self.ops ; .arch x64 ; ret);
+        }
         let fe = self.fault_exit;
         dynasm!(self.ops ; .arch x64 ; =>fe);
         // Every path here stored the state before its helper ran.
         self.exit_raw(exit::FAULT);
         let bytes = self.ops.finalize().expect("assembling a block");
         Code { bytes, chain_sites: self.chain_sites }
+    }
+
+    /// A slow path's way out to Rust: every mapped global to the state and the
+    /// caller-saved registers to the frame (one shared routine), then `cc_op`.
+    fn slow_path_out(&mut self, sync: Sync) {
+        let l = *self.state_out.get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; call =>l);
+        if let CcState::Pending(k) = sync.cc {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
+        }
+    }
+
+    /// Back from Rust: the caller-saved registers as they were.
+    fn slow_path_back(&mut self) {
+        let l = *self.regs_back.get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; call =>l);
     }
 
     /// Out-of-line code for ops replayed after a store onto code: side exits only
@@ -1210,19 +1273,25 @@ impl<'a> Emit<'a> {
 /// global or could expose the state (a memory access, helper or exit).
 fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>> {
     let mut t = vec![None; block.val_count()];
-    let ops = &block.ops;
-    for (i, op) in ops.iter().enumerate() {
-        let Some(d) = op.def() else { continue };
-        let Some(j) = (i + 1..ops.len())
-            .take_while(|&j| !ops[j].needs_state())
-            .find(|&j| matches!(ops[j], Op::Set { s, .. } if s == d))
-        else {
-            continue;
-        };
-        let Op::Set { g, .. } = ops[j] else { unreachable!() };
-        let touched = ops[i + 1..j].iter().any(|o| matches!(*o, Op::Get { g: x, .. } | Op::Set { g: x, .. } if x == g));
-        if gmap[g.index()].is_some() && !touched {
-            t[d.0 as usize] = Some(g.index() as u8);
+    // Walking backwards: the (value, global) writes reachable from here with nothing
+    // in between that reads or writes that global or needs the state.
+    let mut wanted: Vec<(Val, usize)> = Vec::new();
+    for op in block.ops.iter().rev() {
+        if let Some(d) = op.def() {
+            if let Some(&(_, g)) = wanted.iter().find(|w| w.0 == d) {
+                t[d.0 as usize] = Some(g as u8);
+            }
+        }
+        match *op {
+            Op::Set { g, s } => {
+                wanted.retain(|w| w.1 != g.index());
+                if gmap[g.index()].is_some() {
+                    wanted.push((s, g.index()));
+                }
+            }
+            Op::Get { g, .. } => wanted.retain(|w| w.1 != g.index()),
+            ref o if o.needs_state() => wanted.clear(),
+            _ => {}
         }
     }
     t
