@@ -40,7 +40,7 @@ pub struct Rotated {
 #[derive(Clone, Copy, Debug)]
 enum State {
     /// The state's record is current (block start, after a helper).
-    InState,
+    Current,
     /// `stored`: the state's record already says the same.
     Rec {
         rec: Rec,
@@ -65,7 +65,7 @@ enum Bit {
 
 impl Default for Flags {
     fn default() -> Self {
-        Flags { state: State::InState }
+        Flags { state: State::Current }
     }
 }
 
@@ -77,7 +77,7 @@ fn sign_bit_of(b: &mut Block, w: Width, v: Val) -> Val {
 impl Flags {
     /// After a helper that may have changed the flags: the state has them.
     pub fn in_state(&mut self) {
-        self.state = State::InState;
+        self.state = State::Current;
     }
 
     /// An instruction set every status flag.
@@ -88,7 +88,7 @@ impl Flags {
     /// A rotate set CF and OF; the other flags stay as they were.
     pub fn set_cf_of(&mut self, b: &mut Block, cf: Val, of: Val) {
         let base = match self.state {
-            State::InState => None,
+            State::Current => None,
             State::Rec { rec, .. } => Some(rec),
             State::Rotated(r) => r.base,
         };
@@ -102,7 +102,7 @@ impl Flags {
     /// Makes the state's record describe the current flags.
     pub fn sync(&mut self, b: &mut Block) {
         match self.state {
-            State::InState | State::Rec { stored: true, .. } => {}
+            State::Current | State::Rec { stored: true, .. } => {}
             State::Rec { rec, stored: false } => {
                 store_rec(b, &rec);
                 self.state = State::Rec { rec, stored: true };
@@ -138,7 +138,7 @@ impl Flags {
         match self.state {
             State::Rec { rec, .. } => Ok(rec),
             State::Rotated(r) => Err(r),
-            State::InState => {
+            State::Current => {
                 let v = b.call(Helper::Flags);
                 let zero = b.konst(0);
                 let rec = Rec { op: CcOp::new(CcKind::Flags, 8), dst: zero, src: v, src2: zero, a: None };
@@ -151,6 +151,40 @@ impl Flags {
     /// CF as 0 or 1.
     pub fn carry(&mut self, b: &mut Block) -> Val {
         self.bit(b, Bit::C)
+    }
+
+    /// OF as 0 or 1.
+    pub fn overflow(&mut self, b: &mut Block) -> Val {
+        self.bit(b, Bit::O)
+    }
+
+    /// CF changed, the other flags kept (CLC, STC, CMC, BT..): read OF before any
+    /// memory access of the instruction, then [`Flags::set_cf_of`] with it.
+    pub fn set_cf(&mut self, b: &mut Block, cf: Val) {
+        let of = self.overflow(b);
+        self.set_cf_of(b, cf, of);
+    }
+
+    /// All six status flags (with AF) as one value in EFLAGS' layout.
+    pub fn all(&mut self, b: &mut Block) -> Val {
+        if let State::Rec { rec, .. } = self.state {
+            if rec.op.kind() == CcKind::Flags {
+                return rec.src;
+            }
+        }
+        self.sync(b);
+        if let State::Rec { rec, .. } = self.state {
+            if rec.op.kind() == CcKind::Flags {
+                return rec.src;
+            }
+        }
+        // The state's record is current: the helper computes the flags from it, and
+        // its result serves later readers.
+        let v = b.call(Helper::Flags);
+        let zero = b.konst(0);
+        let rec = Rec { op: CcOp::new(CcKind::Flags, 8), dst: zero, src: v, src2: zero, a: None };
+        self.state = State::Rec { rec, stored: true };
+        v
     }
 
     fn bit(&mut self, b: &mut Block, bit: Bit) -> Val {
