@@ -169,7 +169,6 @@ pub fn lower(l: &mut Lower) -> Flow {
             let zero = l.b.konst(0);
             l.flags.set(Rec { op: CcOp::new(CcKind::Mul, w), dst: r, src: ovf, src2: zero, a: None });
         }
-        Imul => return l.interp(),
         Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test => alu(l),
         Shl | Sal | Shr | Sar => return shift(l),
         Shld | Shrd => return double_shift(l),
