@@ -101,7 +101,7 @@ const MNEMONICS: &[Mnemonic] = {
         Mov, Movzx, Movsx, Movsxd, Lea, Add, Or, Adc, Sbb, And, Sub, Xor, Cmp, Test, Inc, Dec, Neg, Not, Shl, Sal, Shr,
         Sar, Rol, Ror, Rcl, Rcr, Shld, Shrd, Push, Pop, Xchg, Bswap, Bt, Bts, Btr, Btc, Bsf, Bsr, Popcnt, Lzcnt, Tzcnt,
         Mul, Imul, Div, Idiv, Cmpxchg, Xadd, Cmpxchg8b, Cmpxchg16b, Cbw, Cwde, Cdqe, Cwd, Cdq, Cqo, Lahf, Sahf, Clc,
-        Stc, Cmc,
+        Stc, Cmc, Cld, Std, Leave,
     ]
 };
 
@@ -333,6 +333,8 @@ pub struct Gen<'a> {
     pending: BTreeMap<usize, u64>,
     /// Groups started so far (the next group's number).
     groups: usize,
+    /// An STD was generated: string instructions get a CLD first.
+    std_seen: bool,
 }
 
 impl<'a> Gen<'a> {
@@ -358,6 +360,7 @@ impl<'a> Gen<'a> {
             flow_out: 0,
             falls: true,
             pending: BTreeMap::new(),
+            std_seen: false,
             groups: 0,
         }
     }
@@ -537,7 +540,7 @@ impl<'a> Gen<'a> {
 
     /// Whether `ins` writes RBX or RSP (RSP is allowed for PUSH/POP's own use).
     fn writes_reserved(&mut self, ins: &Instruction) -> bool {
-        let stack_op = matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Pop);
+        let stack_op = matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Pop | Mnemonic::Leave);
         let info = self.info.info(ins);
         info.used_registers().iter().any(|u| {
             let full = u.register().full_register();
@@ -643,6 +646,7 @@ impl<'a> Gen<'a> {
             Mnemonic::Pop => {
                 self.pushed.pop();
             }
+            Mnemonic::Std => self.std_seen = true,
             _ => {}
         }
         self.push_group(&seq);
@@ -757,6 +761,16 @@ impl<'a> Gen<'a> {
             }
         }
         match m {
+            Mnemonic::Leave => {
+                // A frame to leave: PUSH rBP; MOV rBP, rSP (LEAVE pops rBP back).
+                let (push, bp) = if ins.code() == Code::Leavew {
+                    (Code::Push_r16, Register::BP)
+                } else {
+                    (Code::Push_r64, Register::RBP)
+                };
+                pre.push(Instruction::with1(push, bp).unwrap());
+                pre.push(Instruction::with2(Code::Mov_r64_rm64, Register::RBP, Register::RSP).unwrap());
+            }
             Mnemonic::Div | Mnemonic::Idiv if self.rng.chance(6, 7) => {
                 let w = match ins.op0_kind() {
                     OpKind::Register => ins.op0_register().size(),
@@ -837,6 +851,10 @@ impl<'a> Gen<'a> {
             Instruction::with2(lea, rdi, MemoryOperand::with_base_displ_size(Register::RBX, dd, 8)).unwrap(),
             Instruction::with2(Code::Mov_r32_imm32, rcx, n).unwrap(),
         ];
+        if self.std_seen {
+            // Forwards through the buffer.
+            seq.insert(0, Instruction::with(Code::Cld));
+        }
         let is_cmp = matches!(
             m,
             Mnemonic::Cmpsb

@@ -55,6 +55,8 @@ pub fn stub() -> (Vec<u8>, u64) {
         a.mov(rsp, qword_ptr(rax + CTX_HOST_RSP))?;
         a.pushfq()?;
         a.pop(qword_ptr(rax + CTX_FLAGS))?;
+        // Rust expects DF clear.
+        a.cld()?;
         for reg in [r15, r14, r13, r12, rbp, rbx] {
             a.pop(reg)?;
         }

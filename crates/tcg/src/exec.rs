@@ -484,6 +484,9 @@ impl TcgVcpu {
             let enter: EnterFn = unsafe { std::mem::transmute::<usize, EnterFn>(self.cache.enter) };
             let cpu_ptr: *mut Cpu = self.cpu_mut();
             let code = enter(cpu_ptr, host);
+            if let Some(c) = crate::profile::EXITS.get(code as usize) {
+                crate::profile::count(c);
+            }
             match code {
                 exit::NEXT | exit::REQUEST => {}
                 exit::CHAIN => {

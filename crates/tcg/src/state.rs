@@ -304,4 +304,5 @@ pub mod off {
     pub const JMP_CACHE: i32 = offset_of!(CpuState, jmp_cache) as i32;
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const FAULT_VECTOR: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, vector)) as i32;
+    pub const FAULT_HAS_ERROR_CODE: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, has_error_code)) as i32;
 }

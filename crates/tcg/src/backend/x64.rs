@@ -168,6 +168,12 @@ enum Deferred {
         at: DynamicLabel,
         sync: Sync,
     },
+    Trap {
+        at: DynamicLabel,
+        rip: u64,
+        vector: u8,
+        sync: Sync,
+    },
 }
 
 /// A source operand: a register or a 32-bit immediate (sign-extended).
@@ -702,6 +708,13 @@ impl<'a> Emit<'a> {
                 self.define(d, r);
                 return;
             }
+            Op::Div { rem, w, d, hi, lo, div } => return self.divide(i, rem, w, d, hi, lo, div),
+            Op::TrapIf { t, vector } => {
+                self.compare(&t, &[]);
+                let at = self.ops.new_dynamic_label();
+                self.jcc(cc_of(t.c), at);
+                self.deferred.push(Deferred::Trap { at, rip: self.rip, vector, sync: self.sync_now() });
+            }
             Op::SetCcOp(CcOpSrc::Const(c)) => self.a.cc = CcState::Pending(c.0),
             Op::SetCcOp(CcOpSrc::Val(v)) => {
                 let r = self.reg(v, &[]);
@@ -911,6 +924,7 @@ impl<'a> Emit<'a> {
     fn bin(&mut self, i: usize, op: Bin, w: Width, d: Val, a: Val, b: Val) {
         let full = w == 8;
         match op {
+            Bin::MulHu | Bin::MulHs => self.mul_high(i, op == Bin::MulHs, w, d, a, b),
             Bin::Shl | Bin::Shr | Bin::Sar | Bin::Rol | Bin::Ror => {
                 let count = match self.a.loc[b.0 as usize] {
                     Loc::Const(k) => Some((k & if full { 63 } else { 31 }) as i8),
@@ -1032,10 +1046,150 @@ impl<'a> Emit<'a> {
             (Un::Zext, 1) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rb(rd)),
             (Un::Zext, 2) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rw(rd)),
             (Un::Zext, 4) => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), Rd(rd)),
+            (Un::Ctz | Un::Clz | Un::Popcnt, _) => {
+                self.extend(rd, w, false);
+                let bits = 8 * w as i32;
+                match op {
+                    // BSF/BSR leave the destination undefined for 0: CMOVZ supplies it.
+                    Un::Ctz => dynasm!(self.ops ; .arch x64
+                        ; mov edi, bits ; bsf Rq(rd), Rq(rd) ; cmovz Rq(rd), rdi),
+                    Un::Clz => dynasm!(self.ops ; .arch x64
+                        ; mov rdi, -1 ; bsr Rq(rd), Rq(rd) ; cmovz Rq(rd), rdi
+                        ; neg Rq(rd) ; add Rq(rd), bits - 1),
+                    _ => self.popcnt(rd),
+                }
+            }
             _ => {}
         }
         self.free_dead(i, &Op::Un { op, w, d, a });
         self.define_at(d, rd);
+    }
+
+    /// Zero- (or sign-) extends the low `w` bytes of r to 64 bits in place.
+    fn extend(&mut self, r: u8, w: Width, signed: bool) {
+        match (w, signed) {
+            (1, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r)),
+            (2, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rw(r)),
+            (4, false) => dynasm!(self.ops ; .arch x64 ; mov Rd(r), Rd(r)),
+            (1, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rb(r)),
+            (2, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rw(r)),
+            (4, true) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(r), Rd(r)),
+            _ => {}
+        }
+    }
+
+    /// r = the number of set bits in r (64 bits).
+    fn popcnt(&mut self, r: u8) {
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            dynasm!(self.ops ; .arch x64 ; popcnt Rq(r), Rq(r));
+            return;
+        }
+        dynasm!(self.ops ; .arch x64
+            ; mov rdi, Rq(r) ; shr rdi, 1 ; mov r8, QWORD 0x5555_5555_5555_5555 ; and rdi, r8 ; sub Rq(r), rdi
+            ; mov r8, QWORD 0x3333_3333_3333_3333 ; mov rdi, Rq(r) ; shr rdi, 2 ; and rdi, r8 ; and Rq(r), r8
+            ; add Rq(r), rdi
+            ; mov rdi, Rq(r) ; shr rdi, 4 ; add Rq(r), rdi ; mov r8, QWORD 0x0f0f_0f0f_0f0f_0f0f ; and Rq(r), r8
+            ; mov r8, QWORD 0x0101_0101_0101_0101 ; imul Rq(r), r8 ; shr Rq(r), 56
+        );
+    }
+
+    /// Slots of the call-save area that hold RAX and RDX while a widening multiply
+    /// or a divide borrows them (no call is in progress then).
+    const RAX_SLOT: i32 = (SPILL_SLOTS * 8) as i32;
+    const RDX_SLOT: i32 = ((SPILL_SLOTS + 2) * 8) as i32;
+
+    /// The high half of a widening multiply.
+    fn mul_high(&mut self, i: usize, signed: bool, w: Width, d: Val, a: Val, b: Val) {
+        let op = Op::Bin { op: if signed { Bin::MulHs } else { Bin::MulHu }, w, d, a, b };
+        let ra = self.reg(a, &[]);
+        let rb = self.reg(b, &[ra]);
+        if w < 8 {
+            // Both factors extended to 64 bits: the product fits.
+            let rd = self.result_from_excl(i, a, &[rb], true, &[b]);
+            dynasm!(self.ops ; .arch x64 ; mov rdi, Rq(rb));
+            self.extend(rd, w, signed);
+            self.extend(RDI, w, signed);
+            let bits = 8 * w as i8;
+            dynasm!(self.ops ; .arch x64 ; imul Rq(rd), rdi ; shr Rq(rd), bits);
+            match w {
+                4 => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), Rd(rd)),
+                _ => self.narrow(rd, w),
+            }
+            self.free_dead(i, &op);
+            self.define(d, rd);
+            return;
+        }
+        let rd = self.alloc(&[ra, rb]);
+        let (sa, sd) = (Self::RAX_SLOT, Self::RDX_SLOT);
+        dynasm!(self.ops ; .arch x64
+            ; mov [rsp + sa], rax ; mov [rsp + sd], rdx
+            ; mov rdi, Rq(rb) ; mov rax, Rq(ra)
+        );
+        if signed {
+            dynasm!(self.ops ; .arch x64 ; imul rdi);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mul rdi);
+        }
+        dynasm!(self.ops ; .arch x64
+            ; mov rdi, rdx ; mov rax, [rsp + sa] ; mov rdx, [rsp + sd] ; mov Rq(rd), rdi
+        );
+        self.free_dead(i, &op);
+        self.define(d, rd);
+    }
+
+    /// Unsigned `hi:lo / div` (quotient or remainder), the quotient known to fit.
+    #[allow(clippy::too_many_arguments)]
+    fn divide(&mut self, i: usize, rem: bool, w: Width, d: Val, hi: Val, lo: Val, div: Val) {
+        let op = Op::Div { rem, w, d, hi, lo, div };
+        let rh = self.reg(hi, &[]);
+        let rl = self.reg(lo, &[rh]);
+        let rv = self.reg(div, &[rh, rl]);
+        let rd = self.alloc(&[rh, rl, rv]);
+        let (sa, sd) = (Self::RAX_SLOT, Self::RDX_SLOT);
+        dynasm!(self.ops ; .arch x64
+            ; mov [rsp + sa], rax ; mov [rsp + sd], rdx
+            ; mov rcx, Rq(rv) ; mov rdi, Rq(rl) ; mov r8, Rq(rh)
+        );
+        match w {
+            1 => {
+                dynasm!(self.ops ; .arch x64
+                    ; movzx eax, dil ; movzx edx, r8b ; shl edx, 8 ; or eax, edx ; div cl
+                );
+                if rem {
+                    dynasm!(self.ops ; .arch x64 ; shr eax, 8);
+                }
+                dynasm!(self.ops ; .arch x64 ; movzx edi, al);
+            }
+            2 => {
+                dynasm!(self.ops ; .arch x64 ; mov eax, edi ; mov edx, r8d ; div cx);
+                if rem {
+                    dynasm!(self.ops ; .arch x64 ; movzx edi, dx);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; movzx edi, ax);
+                }
+            }
+            4 => {
+                dynasm!(self.ops ; .arch x64 ; mov eax, edi ; mov edx, r8d ; div ecx);
+                if rem {
+                    dynasm!(self.ops ; .arch x64 ; mov edi, edx);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov edi, eax);
+                }
+            }
+            _ => {
+                dynasm!(self.ops ; .arch x64 ; mov rax, rdi ; mov rdx, r8 ; div rcx);
+                if rem {
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rdx);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+                }
+            }
+        }
+        dynasm!(self.ops ; .arch x64
+            ; mov rax, [rsp + sa] ; mov rdx, [rsp + sd] ; mov Rq(rd), rdi
+        );
+        self.free_dead(i, &op);
+        self.define(d, rd);
     }
 
     /// The inline TLB probe for an access of `w` bytes at linear address `addr`: on
@@ -1141,6 +1295,7 @@ impl<'a> Emit<'a> {
                     self.store_state(sync);
                     self.chain_to(rip);
                 }
+                Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
                 Deferred::Load { at, resume, d, w, addr, rip, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     self.slow_path_out(sync);
@@ -1263,8 +1418,21 @@ impl<'a> Emit<'a> {
                 self.store_rip(rip);
                 self.exit_raw(exit::NEXT);
             }
+            Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
             _ => panic!("tcg backend: memory access in an instruction's tail after a store"),
         }
+    }
+
+    /// The way out raising guest exception `vector` at `rip`.
+    fn emit_trap(&mut self, at: DynamicLabel, rip: u64, vector: u8, sync: Sync) {
+        dynasm!(self.ops ; .arch x64 ; =>at);
+        self.store_state(sync);
+        self.store_rip(rip);
+        dynasm!(self.ops ; .arch x64
+            ; mov DWORD [r14 + off::FAULT_VECTOR], vector as i32
+            ; mov DWORD [r14 + off::FAULT_HAS_ERROR_CODE], 0
+        );
+        self.exit_raw(exit::FAULT);
     }
 }
 

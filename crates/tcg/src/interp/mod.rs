@@ -12,6 +12,12 @@
 //! [`x87`] (the FPU, FXSAVE/FXRSTOR) and [`sse`] (SSE/SSE2 and the MMX integer forms).
 //! More families plug in through [`exec`].
 //!
+//! The IR front end ([`crate::lower`]) lowers many of these instructions itself (ROL/
+//! ROR, LOOPE/LOOPNE, BSWAP, CBW..CQO, LEAVE, CLC..STD, LAHF/SAHF, BT*, BSF..POPCNT,
+//! SHLD/SHRD, MUL/IMUL, DIV/IDIV, XCHG, XADD, CMPXCHG); their versions here serve only
+//! the direct emitter (`QUERN_TCG=direct`), which sends everything outside its few
+//! families here, and go when it does.
+//!
 //! Operand access goes through [`Operands`]: registers in the state, memory through the
 //! CPU's linear access path (page walk, TLB fill, MMIO), immediates from the decoder.
 

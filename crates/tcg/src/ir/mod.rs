@@ -46,11 +46,15 @@ pub enum Global {
     CcSrc2,
     /// A segment's base (read-only to the IR).
     SegBase(u8),
+    /// EFLAGS' non-status bits (DF, IF, ...). Its status bits are meaningful only
+    /// while the lazy record's operation is [`crate::flags::CcKind::Eflags`]; a
+    /// lowering that changes a control flag keeps the other bits as it found them.
+    Eflags,
 }
 
 impl Global {
     /// How many globals there are (for dense tables indexed by [`Global::index`]).
-    pub const COUNT: usize = 16 + 3 + 6;
+    pub const COUNT: usize = 16 + 3 + 6 + 1;
 
     pub fn index(self) -> usize {
         match self {
@@ -59,6 +63,7 @@ impl Global {
             Global::CcSrc => 17,
             Global::CcSrc2 => 18,
             Global::SegBase(s) => 19 + s as usize,
+            Global::Eflags => 25,
         }
     }
 
@@ -68,6 +73,7 @@ impl Global {
             16 => Global::CcDst,
             17 => Global::CcSrc,
             18 => Global::CcSrc2,
+            25 => Global::Eflags,
             _ => Global::SegBase((i - 19) as u8),
         }
     }
@@ -80,6 +86,7 @@ impl Global {
             Global::CcSrc => off::CC_SRC,
             Global::CcSrc2 => off::CC_SRC2,
             Global::SegBase(s) => off::seg_base(s as usize),
+            Global::Eflags => off::EFLAGS,
         }
     }
 }
@@ -94,6 +101,11 @@ pub enum Bin {
     Xor,
     /// Low half of the product.
     Mul,
+    /// High half (bytes `w..2w`) of the `2w`-byte product of the low `w` bytes of the
+    /// inputs read as unsigned numbers.
+    MulHu,
+    /// As [`Bin::MulHu`], the inputs read as two's complement numbers.
+    MulHs,
     Shl,
     Shr,
     Sar,
@@ -114,6 +126,12 @@ pub enum Un {
     Zext,
     /// 1 when the low byte has an even number of set bits (x86's PF), else 0.
     Parity,
+    /// Number of trailing zero bits of the low `w` bytes; `8 * w` when they are 0.
+    Ctz,
+    /// Number of leading zero bits of the low `w` bytes; `8 * w` when they are 0.
+    Clz,
+    /// Number of set bits in the low `w` bytes.
+    Popcnt,
 }
 
 /// A comparison of two values at a width; the signed forms read them as two's
@@ -248,6 +266,19 @@ pub enum Op {
         a: Val,
         b: Val,
     },
+    /// Unsigned division of the `2w`-byte dividend `hi:lo` (the low `w` bytes of each)
+    /// by the low `w` bytes of `div`: d = the quotient, or the remainder when `rem`.
+    /// Defined only when the quotient fits in `w` bytes (`hi < div`, so `div` is not
+    /// 0): the front end checks that first ([`Op::TrapIf`]); a backend may fault on
+    /// other inputs.
+    Div {
+        rem: bool,
+        w: Width,
+        d: Val,
+        hi: Val,
+        lo: Val,
+        div: Val,
+    },
     SetCcOp(CcOpSrc),
     /// d = guest memory at linear address `addr`, `w` bytes, zero-extended.
     Load {
@@ -272,6 +303,13 @@ pub enum Op {
     /// the instruction changed control flow or the mode, or halted.
     Interp {
         ins: usize,
+    },
+    /// Raises guest exception `vector` (one without an error code, e.g. #DE) at the
+    /// current instruction when the test holds: the state is that before the
+    /// instruction, RIP its address.
+    TrapIf {
+        t: Test,
+        vector: u8,
     },
     /// Leaves when the test holds, to the guest instruction at `rip` (a direct
     /// branch, chainable).
@@ -309,6 +347,7 @@ impl Op {
             | Op::Setcond { d, .. }
             | Op::Select { d, .. }
             | Op::MulOverflow { d, .. }
+            | Op::Div { d, .. }
             | Op::Load { d, .. }
             | Op::Call { d, .. } => Some(d),
             _ => None,
@@ -328,6 +367,11 @@ impl Op {
                 f(*b)
             }
             Op::Un { a, .. } => f(*a),
+            Op::Div { hi, lo, div, .. } => {
+                f(*hi);
+                f(*lo);
+                f(*div)
+            }
             Op::Setcond { t, .. } => test(t, &mut f),
             Op::Select { t, a, b, .. } => {
                 test(t, &mut f);
@@ -340,7 +384,7 @@ impl Op {
                 f(*addr);
                 f(*s)
             }
-            Op::ExitIf { t, .. } | Op::Loop { t: Some(t) } => test(t, &mut f),
+            Op::ExitIf { t, .. } | Op::TrapIf { t, .. } | Op::Loop { t: Some(t) } => test(t, &mut f),
             Op::ExitJump { rip } => f(*rip),
             _ => {}
         }
@@ -359,6 +403,11 @@ impl Op {
                 *b = f(*b)
             }
             Op::Un { a, .. } => *a = f(*a),
+            Op::Div { hi, lo, div, .. } => {
+                *hi = f(*hi);
+                *lo = f(*lo);
+                *div = f(*div)
+            }
             Op::Setcond { t: x, .. } => t(x, &mut f),
             Op::Select { t: x, a, b, .. } => {
                 t(x, &mut f);
@@ -371,7 +420,7 @@ impl Op {
                 *addr = f(*addr);
                 *s = f(*s)
             }
-            Op::ExitIf { t: x, .. } | Op::Loop { t: Some(x) } => t(x, &mut f),
+            Op::ExitIf { t: x, .. } | Op::TrapIf { t: x, .. } | Op::Loop { t: Some(x) } => t(x, &mut f),
             Op::ExitJump { rip } => *rip = f(*rip),
             _ => {}
         }
@@ -389,6 +438,7 @@ impl Op {
                 | Op::Setcond { .. }
                 | Op::Select { .. }
                 | Op::MulOverflow { .. }
+                | Op::Div { .. }
                 | Op::Call { .. }
         )
     }
@@ -402,6 +452,7 @@ impl Op {
                 | Op::Store { .. }
                 | Op::Call { .. }
                 | Op::Interp { .. }
+                | Op::TrapIf { .. }
                 | Op::ExitIf { .. }
                 | Op::Loop { .. }
                 | Op::Exit { .. }
@@ -499,6 +550,13 @@ impl Block {
         d
     }
 
+    /// Quotient (or remainder) of `hi:lo / div`, see [`Op::Div`].
+    pub fn div(&mut self, rem: bool, w: Width, hi: Val, lo: Val, div: Val) -> Val {
+        let d = self.fresh();
+        self.push(Op::Div { rem, w, d, hi, lo, div });
+        d
+    }
+
     pub fn load(&mut self, w: Width, addr: Val) -> Val {
         let d = self.fresh();
         self.push(Op::Load { w, d, addr });
@@ -548,6 +606,10 @@ impl fmt::Display for Block {
                 Op::Setcond { t, d } => writeln!(f, "{d} = setcond {t}")?,
                 Op::Select { t, d, a, b } => writeln!(f, "{d} = {t} ? {a} : {b}")?,
                 Op::MulOverflow { w, d, a, b } => writeln!(f, "{d} = mulovf.{w} {a}, {b}")?,
+                Op::Div { rem, w, d, hi, lo, div } => {
+                    writeln!(f, "{d} = {}.{w} {hi}:{lo}, {div}", if *rem { "remu" } else { "divu" })?
+                }
+                Op::TrapIf { t, vector } => writeln!(f, "trap_if {t} -> #{vector}")?,
                 Op::SetCcOp(CcOpSrc::Const(c)) => writeln!(f, "cc_op = {:?}.{}", c.kind(), c.width())?,
                 Op::SetCcOp(CcOpSrc::Val(v)) => writeln!(f, "cc_op = {v}")?,
                 Op::Load { w, d, addr } => writeln!(f, "{d} = load.{w} [{addr}]")?,

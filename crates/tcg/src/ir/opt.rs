@@ -39,6 +39,8 @@ fn fold_bin(op: Bin, w: Width, a: u64, b: u64) -> u64 {
         Bin::Or => a | b,
         Bin::Xor => a ^ b,
         Bin::Mul => a.wrapping_mul(b),
+        Bin::MulHu => ((u128::from(a & m) * u128::from(b & m)) >> bits) as u64,
+        Bin::MulHs => ((i128::from(sext(a) as i64) * i128::from(sext(b) as i64)) >> bits) as u64,
         Bin::Shl => {
             if count >= bits {
                 0
@@ -87,6 +89,9 @@ fn fold_un(op: Un, w: Width, a: u64) -> u64 {
         }
         Un::Zext => a & m,
         Un::Parity => u64::from((a as u8).count_ones().is_multiple_of(2)),
+        Un::Ctz => u64::from((a & m).trailing_zeros().min(8 * w as u32)),
+        Un::Clz => u64::from((a & m).leading_zeros() - (64 - 8 * w as u32)),
+        Un::Popcnt => u64::from((a & m).count_ones()),
     }
 }
 
@@ -183,7 +188,7 @@ fn forward(b: &mut Block) {
                 } else {
                     let zext = match uop {
                         Un::Sext => 8,
-                        Un::Parity => 1,
+                        Un::Parity | Un::Ctz | Un::Clz | Un::Popcnt => 1,
                         _ => w,
                     };
                     facts[d.0 as usize] = Fact { konst: None, zext };
@@ -209,6 +214,26 @@ fn forward(b: &mut Block) {
                 facts[d.0 as usize] = Fact { konst: None, zext: z(a, &facts).max(z(bb, &facts)) };
             }
             Op::MulOverflow { d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: 1 },
+            Op::Div { rem, w, d, hi, lo, div } => {
+                let m = mask(w);
+                let folded = match (k(hi, &facts), k(lo, &facts), k(div, &facts)) {
+                    (Some(h), Some(l), Some(v)) if h & m < v & m => {
+                        let bits = 8 * w as u32;
+                        let n = u128::from(h & m) << bits | u128::from(l & m);
+                        let v = u128::from(v & m);
+                        Some((if rem { n % v } else { n / v }) as u64)
+                    }
+                    _ => None,
+                };
+                match folded {
+                    Some(v) => {
+                        op = Op::Const { d, v };
+                        facts[d.0 as usize] = Fact { konst: Some(v), zext: w };
+                    }
+                    None => facts[d.0 as usize] = Fact { konst: None, zext: w },
+                }
+            }
+            Op::TrapIf { t, .. } if fold_test(&t, &facts) == Some(false) => continue,
             Op::Load { w, d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: w },
             Op::ExitIf { t, rip } => match fold_test(&t, &facts) {
                 Some(true) => op = Op::Exit { rip },
@@ -402,5 +427,13 @@ mod tests {
         assert_eq!(fold_bin(Bin::Shl, 8, 1, 64), 1);
         assert_eq!(fold_un(Un::Sext, 2, 0x8000), 0xffff_ffff_ffff_8000);
         assert_eq!(fold_un(Un::Parity, 1, 3), 1);
+        assert_eq!(fold_bin(Bin::MulHu, 8, u64::MAX, u64::MAX), u64::MAX - 1);
+        assert_eq!(fold_bin(Bin::MulHs, 8, u64::MAX, u64::MAX), 0);
+        assert_eq!(fold_bin(Bin::MulHs, 1, 0x80, 0x7f), 0xc0);
+        assert_eq!(fold_bin(Bin::MulHu, 4, 0xffff_ffff, 2), 1);
+        assert_eq!(fold_un(Un::Ctz, 2, 0x1_0000), 16);
+        assert_eq!(fold_un(Un::Clz, 4, 1), 31);
+        assert_eq!(fold_un(Un::Clz, 1, 0), 8);
+        assert_eq!(fold_un(Un::Popcnt, 2, 0xf_ffff), 16);
     }
 }

@@ -153,6 +153,40 @@ impl Flags {
         self.bit(b, Bit::C)
     }
 
+    /// OF as 0 or 1.
+    pub fn overflow(&mut self, b: &mut Block) -> Val {
+        self.bit(b, Bit::O)
+    }
+
+    /// CF changed, the other flags kept (CLC, STC, CMC, BT..): read OF before any
+    /// memory access of the instruction, then [`Flags::set_cf_of`] with it.
+    pub fn set_cf(&mut self, b: &mut Block, cf: Val) {
+        let of = self.overflow(b);
+        self.set_cf_of(b, cf, of);
+    }
+
+    /// All six status flags (with AF) as one value in EFLAGS' layout.
+    pub fn all(&mut self, b: &mut Block) -> Val {
+        if let State::Rec { rec, .. } = self.state {
+            if rec.op.kind() == CcKind::Flags {
+                return rec.src;
+            }
+        }
+        self.sync(b);
+        if let State::Rec { rec, .. } = self.state {
+            if rec.op.kind() == CcKind::Flags {
+                return rec.src;
+            }
+        }
+        // The state's record is current: the helper computes the flags from it, and
+        // its result serves later readers.
+        let v = b.call(Helper::Flags);
+        let zero = b.konst(0);
+        let rec = Rec { op: CcOp::new(CcKind::Flags, 8), dst: zero, src: v, src2: zero, a: None };
+        self.state = State::Rec { rec, stored: true };
+        v
+    }
+
     fn bit(&mut self, b: &mut Block, bit: Bit) -> Val {
         let rec = match self.rec(b) {
             Ok(rec) => rec,

@@ -1,4 +1,4 @@
-//! Stack and control flow: PUSH, POP, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc and
+//! Stack and control flow: PUSH, POP, LEAVE, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc and
 //! CMOVcc. Stack addresses use SS and the stack width (SS.B, or 64 bits in long mode);
 //! RSP is written only after the memory access succeeded, so a fault leaves it as it
 //! was. Direct branches leave through chainable exits; a branch to the block's own
@@ -12,6 +12,7 @@ use crate::ir::{Bin, Cond, Global, Op, Test, Un, Val};
 
 const RCX: usize = 1;
 const RSP: usize = 4;
+const RBP: usize = 5;
 
 /// The operand size an instruction's encoding implies (PUSH imm, CALL, RET).
 fn encoded_width(l: &Lower) -> Width {
@@ -84,6 +85,19 @@ pub fn lower(l: &mut Lower) -> Flow {
             let w = l.width(0);
             let v = pop(l, w);
             l.write(0, v, None);
+        }
+        Mnemonic::Leave => {
+            // RSP = RBP (at the stack width), then POP rBP; RSP only once the load
+            // succeeded.
+            let w = encoded_width(l);
+            let sw = l.mode.stack_width;
+            let bp = l.b.get(Global::Gpr(RBP as u8));
+            let zbp = l.b.un(Un::Zext, sw, bp);
+            let addr = l.stack_addr(zbp);
+            let v = l.load(w, addr);
+            let nsp = l.b.bin_k(Bin::Add, sw, bp, w as u64);
+            l.set_gpr(RSP, sw, false, nsp);
+            l.set_gpr(RBP, w, false, v);
         }
         Mnemonic::Call if near(ins.op0_kind()) => {
             let w = encoded_width(l);

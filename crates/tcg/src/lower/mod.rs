@@ -7,16 +7,20 @@
 //!
 //! | family | instructions |
 //! | --- | --- |
-//! | [`int`] | MOV, MOVZX, MOVSX(D), LEA, XCHG (registers), NOP, BSWAP, ADD..CMP, TEST, INC, DEC, NEG, NOT, IMUL (2/3 operands), SHL/SHR/SAR, ROL/ROR |
-//! | [`flow`] | PUSH, POP, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
+//! | [`int`] | MOV, MOVZX, MOVSX(D), LEA, XCHG, XADD, CMPXCHG, NOP, BSWAP, ADD..CMP, TEST, INC, DEC, NEG, NOT, IMUL (2/3 operands), SHL/SHR/SAR, ROL/ROR, SHLD/SHRD, CBW..CQO, CLC/STC/CMC, CLD/STD, LAHF/SAHF |
+//! | [`muldiv`] | MUL, IMUL (1 operand), DIV, IDIV |
+//! | [`bits`] | BT, BTS, BTR, BTC, BSF, BSR, TZCNT, LZCNT, POPCNT |
+//! | [`flow`] | PUSH, POP, LEAVE, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
 //!
 //! Operand values read with [`Lower::read`] may carry garbage above their width (a
 //! register's upper bits): IR operations of a width ignore it; code that needs the
 //! exact value zero-extends.
 
+mod bits;
 pub mod flags;
 mod flow;
 mod int;
+mod muldiv;
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
@@ -102,9 +106,12 @@ impl Lower<'_> {
         }
         match ins.mnemonic() {
             Mov | Movzx | Movsx | Movsxd | Lea | Nop | Bswap | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test
-            | Inc | Dec | Neg | Not | Imul | Shl | Sal | Shr | Sar | Rol | Ror => int::lower(self),
-            Xchg if ins.op0_kind() == OpKind::Register && ins.op1_kind() == OpKind::Register => int::lower(self),
-            Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz => flow::lower(self),
+            | Inc | Dec | Neg | Not | Shl | Sal | Shr | Sar | Rol | Ror | Shld | Shrd | Xchg | Xadd | Cmpxchg | Cbw
+            | Cwde | Cdqe | Cwd | Cdq | Cqo | Clc | Stc | Cmc | Cld | Std | Lahf | Sahf => int::lower(self),
+            Imul if ins.op_count() >= 2 => int::lower(self),
+            Mul | Imul | Div | Idiv => muldiv::lower(self),
+            Bt | Bts | Btr | Btc | Bsf | Bsr | Tzcnt | Lzcnt | Popcnt => bits::lower(self),
+            Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz | Leave => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
             _ => self.interp(),
@@ -162,8 +169,15 @@ impl Lower<'_> {
 
     /// Writes `w` bytes of general register `n` (`hi`: AH..BH).
     pub fn set_gpr(&mut self, n: usize, w: Width, hi: bool, v: Val) {
+        let new = self.merge_gpr(n, w, hi, v);
+        self.b.set(Global::Gpr(n as u8), new);
+    }
+
+    /// General register `n`'s whole value after a write of `w` bytes of `v` to it
+    /// (`hi`: AH..BH), without writing it.
+    pub fn merge_gpr(&mut self, n: usize, w: Width, hi: bool, v: Val) -> Val {
         let g = Global::Gpr(n as u8);
-        let new = match (w, hi) {
+        match (w, hi) {
             (8, _) => v,
             (4, _) => self.b.un(Un::Zext, 4, v),
             (1, true) => {
@@ -180,8 +194,7 @@ impl Lower<'_> {
                 let low = self.b.un(Un::Zext, w, v);
                 self.b.bin(Bin::Or, 8, kept, low)
             }
-        };
-        self.b.set(g, new);
+        }
     }
 
     /// Reads operand `i`: register, memory (loads) or immediate.
