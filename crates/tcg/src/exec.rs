@@ -260,6 +260,15 @@ impl TcgVcpu {
         Ok(v)
     }
 
+    /// The software CPU, for tests that set up and inspect its state directly; drops
+    /// every translation (the test may rewrite code behind the cache's back).
+    #[cfg(test)]
+    pub(crate) fn test_cpu(&mut self) -> &mut Cpu {
+        self.cache.clear();
+        self.jmp_context = (u32::MAX, 0, 0, 0);
+        self.cpu_mut()
+    }
+
     fn cpu(&self) -> &Cpu {
         // SAFETY: only this vCPU's thread dereferences the Cpu (see `Shared`).
         unsafe { &*self.shared.cpu.get() }
@@ -293,6 +302,8 @@ impl TcgVcpu {
             flat: s.seg_flat(),
             long,
             single,
+            sse: s.sse_enabled(),
+            mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
         }
     }
 

@@ -202,7 +202,7 @@ fn forward(b: &mut Block) {
                 facts[d.0 as usize] = Fact { konst: None, zext: z(a, &facts).max(z(bb, &facts)) };
             }
             Op::MulOverflow { d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: 1 },
-            Op::Load { w, d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: w },
+            Op::Load { w, d, .. } | Op::VGet { w, d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: w },
             Op::ExitIf { t, rip } => match fold_test(&t, &facts) {
                 Some(true) => op = Op::Exit { rip },
                 Some(false) => continue,
@@ -252,7 +252,7 @@ fn dead_code(b: &mut Block) {
                 state_at[i] = stored;
                 stored = false;
             }
-            Op::Store { .. } => stored = true,
+            Op::Store { .. } | Op::VStore { .. } => stored = true,
             _ => {}
         }
     }

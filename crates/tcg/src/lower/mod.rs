@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`int`] | MOV, MOVZX, MOVSX(D), LEA, XCHG (registers), NOP, BSWAP, ADD..CMP, TEST, INC, DEC, NEG, NOT, IMUL (2/3 operands), SHL/SHR/SAR, ROL/ROR |
 //! | [`flow`] | PUSH, POP, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
+//! | [`sse`] | SSE/SSE2 on XMM registers: moves, logic, integer arithmetic, compares, shifts, shuffles, packs, unpacks; floating-point arithmetic, compares, COMIS/UCOMIS, conversions |
 //!
 //! Operand values read with [`Lower::read`] may carry garbage above their width (a
 //! register's upper bits): IR operations of a width ignore it; code that needs the
@@ -17,6 +18,7 @@
 pub mod flags;
 mod flow;
 mod int;
+mod sse;
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
@@ -107,6 +109,9 @@ impl Lower<'_> {
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
+            _ if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_xmm()) => {
+                sse::lower(self)
+            }
             _ => self.interp(),
         }
     }
