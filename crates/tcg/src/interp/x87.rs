@@ -1497,11 +1497,18 @@ pub(crate) mod harness {
         static JIT: std::cell::RefCell<Option<crate::exec::TcgVcpu>> = const { std::cell::RefCell::new(None) };
     }
 
-    /// Runs `code` (then HLT) as one translated block chain on the JIT, with the CPU
-    /// of [`sse_cpu`] and the same conventions; `Err` when it did not halt (a fault
-    /// with no IDT shuts down).
-    pub fn on_jit(code: &[u8], data: &mut Buf) -> std::result::Result<(), String> {
+    /// Runs `code` (then HLT) on the JIT, with the CPU of [`sse_cpu`] changed by
+    /// `setup`, and the same conventions; `Err` when it did not reach its HLT (an
+    /// exception reaches a handler that records its vector: "exception N").
+    pub fn on_jit_cpu(
+        setup: &dyn Fn(&mut crate::cpu::Cpu),
+        code: &[u8],
+        data: &mut Buf,
+    ) -> std::result::Result<(), String> {
         use quern_core::Vcpu;
+        const GDT: u64 = 0x6000;
+        const IDT: u64 = 0x7000;
+        const HANDLERS: u64 = 0x9000;
         JIT.with(|j| {
             let mut j = j.borrow_mut();
             let v = j.get_or_insert_with(|| {
@@ -1518,6 +1525,19 @@ pub(crate) mod harness {
             s.halted = 0;
             s.fault.vector = crate::state::NO_FAULT;
             s.tlb.flush();
+            // A 64-bit code segment (selector 8) and 32 interrupt gates to handlers that
+            // put 0x100 | vector in R15 and halt.
+            s.seg[crate::state::CS].selector = 8;
+            s.gdt = quern_core::regs::DescriptorTable { base: GDT, limit: 15 };
+            s.idt = quern_core::regs::DescriptorTable { base: IDT, limit: 32 * 16 - 1 };
+            poke(c, GDT, &[0u64.to_le_bytes(), 0x0020_9a00_0000_0000u64.to_le_bytes()].concat());
+            for vec in 0..32u64 {
+                let h = HANDLERS + 16 * vec;
+                let lo = (h & 0xffff) | 8 << 16 | 0x8e << 40 | (h >> 16 & 0xffff) << 48;
+                poke(c, IDT + 16 * vec, &[lo.to_le_bytes(), (h >> 32).to_le_bytes()].concat());
+                poke(c, h, &[0x41, 0xbf, vec as u8, 1, 0, 0, 0xf4]);
+            }
+            setup(c);
             let mut all = code.to_vec();
             all.push(0xf4);
             poke(c, 0x1000, &all);
@@ -1532,12 +1552,32 @@ pub(crate) mod harness {
             if exit != quern_core::VcpuExit::Halted {
                 return Err(format!("{exit:?} at rip {:#x}", c.state.rip));
             }
+            if c.state.gpr[15] & 0x100 != 0 {
+                return Err(format!("exception {}", c.state.gpr[15] & 0xff));
+            }
             data.0.copy_from_slice(&peek(c, DATA, N));
             for (slot, r) in REGS {
                 data.put(slot, &c.state.gpr[r].to_le_bytes());
             }
             data.put(FLAGS, &(c.state.flags() & STATUS).to_le_bytes());
             Ok(())
+        })
+    }
+
+    pub fn on_jit(code: &[u8], data: &mut Buf) -> std::result::Result<(), String> {
+        on_jit_cpu(&|_| {}, code, data)
+    }
+
+    /// The vector of the exception `code` raises on the JIT (with `setup`), and the
+    /// XMM registers and MXCSR it leaves.
+    pub fn jit_fault(setup: &dyn Fn(&mut crate::cpu::Cpu), code: &[u8]) -> (u8, [[u8; 16]; 16], u32) {
+        let mut b = Buf::default();
+        let e = on_jit_cpu(setup, code, &mut b).expect_err("expected a fault");
+        let v = e.strip_prefix("exception ").unwrap_or_else(|| panic!("{e}")).parse().unwrap();
+        JIT.with(|j| {
+            let mut j = j.borrow_mut();
+            let c = j.as_mut().unwrap().test_cpu();
+            (v, c.state.fpu.xmm, c.state.fpu.mxcsr)
         })
     }
 
