@@ -187,6 +187,12 @@ fn kind(ins: &Instruction) -> Option<Kind> {
     if ins.encoding() != iced_x86::EncodingKind::Legacy {
         return None; // VEX/EVEX: #UD (no AVX)
     }
+    // Float → integer conversions from memory name no vector register.
+    if k.is_none()
+        && matches!(ins.mnemonic(), Mnemonic::Cvtss2si | Mnemonic::Cvttss2si | Mnemonic::Cvtsd2si | Mnemonic::Cvttsd2si)
+    {
+        return Some(Kind::Sse);
+    }
     k
 }
 

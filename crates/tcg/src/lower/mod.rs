@@ -109,9 +109,7 @@ impl Lower<'_> {
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
-            _ if (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_xmm()) => {
-                sse::lower(self)
-            }
+            _ if sse::is_sse(ins) => sse::lower(self),
             _ => self.interp(),
         }
     }

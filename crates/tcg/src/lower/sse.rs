@@ -19,6 +19,14 @@ use crate::ir::{Cvt, FOp, FShape, Op, VBin, VRead, VReg, VWrite};
 /// The vector temporary memory operands are loaded into.
 const MEM: VReg = VReg::Tmp(0);
 
+/// Whether `ins` is an SSE instruction this family takes: one with an XMM register
+/// operand, or a float → integer conversion from memory.
+pub fn is_sse(ins: &iced_x86::Instruction) -> bool {
+    use Mnemonic::*;
+    (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_xmm())
+        || matches!(ins.mnemonic(), Cvtss2si | Cvttss2si | Cvtsd2si | Cvttsd2si)
+}
+
 pub fn lower(l: &mut Lower) -> Flow {
     let ins = l.ins;
     let mmx = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_mm());
