@@ -13,7 +13,8 @@ pub struct State {
     pub stack: Vec<u8>,
     /// Where a guest stopped (after its `hlt`); `None` natively.
     pub rip: Option<u64>,
-    pub xmm: [[u8; 16]; 16],
+    /// XMM0..XMM15.
+    pub xmm: Vec<[u8; 16]>,
     pub mxcsr: u32,
 }
 

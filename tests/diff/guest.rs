@@ -290,7 +290,7 @@ pub fn run_case(
         data,
         stack,
         rip: Some(r.rip),
-        xmm: fpu.xmm,
+        xmm: fpu.xmm.to_vec(),
         mxcsr: fpu.mxcsr,
     })
 }

@@ -281,7 +281,7 @@ pub fn run(cases: &[Case]) -> Vec<Outcome> {
                     data: r.data.to_vec(),
                     stack: r.stack.to_vec(),
                     rip: None,
-                    xmm: r.xmm,
+                    xmm: r.xmm.to_vec(),
                     mxcsr: r.mxcsr,
                 }),
                 2 => Outcome::Signal(r.signal as i32),

@@ -501,11 +501,7 @@ impl<'a> Emit<'a> {
 
     fn free_dead_val(&mut self, v: Val) {
         match self.a.loc[v.0 as usize] {
-            Loc::Reg(r) => {
-                if self.a.reg_val[r as usize] == Some(v) {
-                    self.a.reg_val[r as usize] = None;
-                }
-            }
+            Loc::Reg(r) if self.a.reg_val[r as usize] == Some(v) => self.a.reg_val[r as usize] = None,
             Loc::Slot(s) => self.a.slot_val[s as usize] = None,
             _ => {}
         }

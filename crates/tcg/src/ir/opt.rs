@@ -86,7 +86,7 @@ fn fold_un(op: Un, w: Width, a: u64) -> u64 {
             (((a & m) << sh) as i64 >> sh) as u64
         }
         Un::Zext => a & m,
-        Un::Parity => u64::from((a as u8).count_ones() % 2 == 0),
+        Un::Parity => u64::from((a as u8).count_ones().is_multiple_of(2)),
     }
 }
 
