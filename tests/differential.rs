@@ -170,6 +170,7 @@ fn jit_matches_the_host_cpu() {
         let mut vcpu = quern_tcg::TcgVcpu::new(mem.clone()).expect("tcg vcpu");
         vcpu.set_sregs(&sregs).unwrap();
         vcpu.set_regs(&regs).unwrap();
+        vcpu.set_fpu(&guest::fpu_of(case)).unwrap();
         let got = guest::run_case(&mut vcpu, &mem, &ops, &dog, RUN_LIMIT);
         check("tcg", case, want, &got, seed, false, &mut tcg);
     }
@@ -190,6 +191,7 @@ fn jit_matches_the_host_cpu() {
             let regs = guest::load_case(&mem, case);
             vcpu.set_sregs(&sregs).unwrap();
             vcpu.set_regs(&regs).unwrap();
+            vcpu.set_fpu(&guest::fpu_of(case)).unwrap();
             let got = guest::run_case(&mut *vcpu, &mem, &ops, &dog, RUN_LIMIT);
             check("kvm", case, want, &got, seed, pvm, &mut kvm);
         }

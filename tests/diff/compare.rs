@@ -13,6 +13,9 @@ pub struct State {
     pub stack: Vec<u8>,
     /// Where a guest stopped (after its `hlt`); `None` natively.
     pub rip: Option<u64>,
+    /// XMM0..XMM15.
+    pub xmm: Vec<[u8; 16]>,
+    pub mxcsr: u32,
 }
 
 /// How a case ended.
@@ -152,6 +155,23 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
                     flag_names(mask),
                     flag_names(case.undefined_flags),
                     flag_names(case.rflags),
+                ));
+            }
+            for i in 0..16 {
+                if a.xmm[i] != b.xmm[i] {
+                    let hex = |v: &[u8; 16]| v.iter().rev().map(|b| format!("{b:02x}")).collect::<String>();
+                    out.push(format!(
+                        "  xmm{i:<2} expected {} got {} (initial {})",
+                        hex(&a.xmm[i]),
+                        hex(&b.xmm[i]),
+                        hex(&case.xmm[i])
+                    ));
+                }
+            }
+            if a.mxcsr != b.mxcsr {
+                out.push(format!(
+                    "  mxcsr expected {:#06x} got {:#06x} (initial {:#06x})",
+                    a.mxcsr, b.mxcsr, case.mxcsr
                 ));
             }
             mem_diff("data", super::layout::DATA_BASE, &a.data, &b.data, &mut out);

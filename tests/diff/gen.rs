@@ -41,6 +41,9 @@ pub struct Case {
     pub undefined_flags: u64,
     /// Mnemonics in the body, for the per-mnemonic summary.
     pub mnemonics: Vec<Mnemonic>,
+    /// XMM0..XMM15 and MXCSR (every exception masked; any rounding mode, DAZ, FTZ).
+    pub xmm: [[u8; 16]; 16],
+    pub mxcsr: u32,
 }
 
 impl Case {
@@ -137,8 +140,81 @@ fn kind_supported(k: K) -> bool {
             | cl
             | mem
             | mem_offs
+            | xmm_reg
+            | xmm_rm
+            | xmm_or_mem
     )
 }
+
+/// SSE and SSE2 forms on XMM registers (not MMX), but for what the comparison cannot
+/// use: MXCSR loads (they could unmask exceptions), MASKMOVDQU (stores at RDI), the
+/// approximations RCP/RSQRT (their bits differ by CPU) and the cache/fence ones.
+fn is_sse_form(code: Code) -> bool {
+    use iced_x86::CpuidFeature;
+    use Mnemonic::*;
+    let f = code.cpuid_features();
+    !f.is_empty()
+        && f.iter().all(|x| matches!(x, CpuidFeature::SSE | CpuidFeature::SSE2))
+        && code.op_code().op_kinds().iter().any(|k| matches!(k, K::xmm_reg | K::xmm_rm | K::xmm_or_mem))
+        && !matches!(
+            code.mnemonic(),
+            Ldmxcsr
+                | Stmxcsr
+                | Maskmovdqu
+                | Rcpps
+                | Rcpss
+                | Rsqrtps
+                | Rsqrtss
+                | Fxsave
+                | Fxrstor
+                | Fxsave64
+                | Fxrstor64
+        )
+}
+
+const XMM: [Register; 16] = {
+    use Register::*;
+    [XMM0, XMM1, XMM2, XMM3, XMM4, XMM5, XMM6, XMM7, XMM8, XMM9, XMM10, XMM11, XMM12, XMM13, XMM14, XMM15]
+};
+
+/// Float lanes worth testing: zeros, ones, infinities, NaNs (quiet, signalling, both
+/// signs), denormals, extremes and ordinary values.
+const F32_EDGES: [u32; 16] = [
+    0,
+    0x8000_0000,
+    0x3f80_0000,
+    0xbf80_0000,
+    0x7f80_0000,
+    0xff80_0000,
+    0x7fc0_0000,
+    0xffc0_1234,
+    0x7f80_0001,
+    0x0000_0001,
+    0x807f_ffff,
+    0x7f7f_ffff,
+    0x0080_0000,
+    0x4f00_0000,
+    0xcf00_0001,
+    0x3eaa_aaab,
+];
+const F64_EDGES: [u64; 16] = [
+    0,
+    0x8000_0000_0000_0000,
+    0x3ff0_0000_0000_0000,
+    0xbff0_0000_0000_0000,
+    0x7ff0_0000_0000_0000,
+    0xfff0_0000_0000_0000,
+    0x7ff8_0000_0000_0000,
+    0xfff8_0000_0000_1234,
+    0x7ff0_0000_0000_0001,
+    0x0000_0000_0000_0001,
+    0x800f_ffff_ffff_ffff,
+    0x7fef_ffff_ffff_ffff,
+    0x0010_0000_0000_0000,
+    0x43e0_0000_0000_0000,
+    0xc1e0_0000_0020_0000,
+    0x3fd5_5555_5555_5555,
+];
 
 /// The instruction forms to draw from, by mnemonic.
 #[derive(Clone, Debug)]
@@ -191,7 +267,7 @@ impl Catalog {
                 }
                 continue;
             }
-            if !(MNEMONICS.contains(&m) || CC_MNEMONICS.contains(&m)) {
+            if !(MNEMONICS.contains(&m) || CC_MNEMONICS.contains(&m) || is_sse_form(code)) {
                 continue;
             }
             if !oc.op_kinds().iter().all(|&k| kind_supported(k)) {
@@ -323,6 +399,8 @@ pub struct Gen<'a> {
     pushed: Vec<u32>,
     gprs: [u64; 16],
     data: Vec<u8>,
+    xmm: [[u8; 16]; 16],
+    mxcsr: u32,
     info: InstructionInfoFactory,
     /// Edge values for operands (structured cases).
     edges: bool,
@@ -348,7 +426,39 @@ impl<'a> Gen<'a> {
         gprs[super::RSP] = RSP_INIT;
         let mut data = vec![0u8; DATA_SIZE];
         rng.fill(&mut data);
+        let mut xmm = [[0u8; 16]; 16];
+        for x in xmm.iter_mut() {
+            match rng.below(3) {
+                0 => rng.fill(x),
+                1 => {
+                    for l in 0..4 {
+                        let v = if rng.chance(1, 2) { rng.pick(&F32_EDGES) } else { (rng.next() as u32) & 0xc7ff_ffff };
+                        x[4 * l..4 * l + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                _ => {
+                    for l in 0..2 {
+                        let v =
+                            if rng.chance(1, 2) { rng.pick(&F64_EDGES) } else { rng.next() & 0xc0ff_ffff_ffff_ffff };
+                        x[8 * l..8 * l + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        // Every rounding mode; DAZ, FTZ and sticky flags now and then.
+        let mut mxcsr = 0x1f80 | (rng.below(4) as u32) << 13;
+        if rng.chance(1, 4) {
+            mxcsr |= 1 << 6;
+        }
+        if rng.chance(1, 4) {
+            mxcsr |= 1 << 15;
+        }
+        if rng.chance(1, 4) {
+            mxcsr |= rng.below(64) as u32;
+        }
         Gen {
+            xmm,
+            mxcsr,
             rng,
             cat,
             items: Vec::new(),
@@ -492,8 +602,22 @@ impl<'a> Gen<'a> {
         };
         let mut ops = Vec::new();
         let bt_mem_reg = matches!(m, Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc);
+        let sse = is_sse_form(code);
+        // Vector memory operands are 16-byte aligned but now and then.
+        let sse_align = if self.rng.chance(1, 16) { 1 } else { 16 };
         for (i, &k) in oc.op_kinds().iter().enumerate() {
             let op = match k {
+                K::xmm_reg | K::xmm_rm => Op::R(self.rng.pick(&XMM)),
+                K::xmm_or_mem => {
+                    if self.rng.chance(1, 2) {
+                        Op::R(self.rng.pick(&XMM))
+                    } else {
+                        Op::M(self.mem(16, sse_align, false, pre))
+                    }
+                }
+                K::r32_or_mem | K::r64_or_mem | K::mem if sse && self.rng.chance(1, 2) => {
+                    Op::M(self.mem(16, sse_align, false, pre))
+                }
                 K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem => {
                     let w = match k {
                         K::r8_or_mem => 1,
@@ -710,8 +834,22 @@ impl<'a> Gen<'a> {
             for i in 0..ins.op_count() {
                 if ins.op_kind(i) == OpKind::Register {
                     let r = ins.op_register(i);
+                    if r.is_xmm() {
+                        // Edge lanes: singles or doubles.
+                        let x = &mut self.xmm[r.number()];
+                        if self.rng.chance(1, 2) {
+                            for l in 0..4 {
+                                x[4 * l..4 * l + 4].copy_from_slice(&self.rng.pick(&F32_EDGES).to_le_bytes());
+                            }
+                        } else {
+                            for l in 0..2 {
+                                x[8 * l..8 * l + 8].copy_from_slice(&self.rng.pick(&F64_EDGES).to_le_bytes());
+                            }
+                        }
+                        continue;
+                    }
                     let full = r.full_register();
-                    if full == Register::RBX || full == Register::RSP {
+                    if !r.is_gpr() || full == Register::RBX || full == Register::RSP {
                         continue;
                     }
                     let n = full.number();
@@ -1049,6 +1187,8 @@ impl<'a> Gen<'a> {
             stack,
             undefined_flags,
             mnemonics: body.iter().map(|i| i.mnemonic()).collect(),
+            xmm: self.xmm,
+            mxcsr: self.mxcsr,
         }
     }
 }

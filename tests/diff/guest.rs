@@ -172,7 +172,14 @@ pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
     if idt {
         s.idt = write_idt(mem, mode);
     }
+    // SSE on (as an OS enables it), with #XM for unmasked exceptions.
+    s.cr4 |= ctrl::CR4_OSFXSR | ctrl::CR4_OSXMMEXCPT;
     s
+}
+
+/// The x87/SSE state a case starts with.
+pub fn fpu_of(case: &Case) -> quern_core::regs::FpuState {
+    quern_core::regs::FpuState { xmm: case.xmm, mxcsr: case.mxcsr, ..Default::default() }
 }
 
 /// Exception handlers: `mov byte [FAULT_SLOT], vector; hlt`, 16 bytes apart.
@@ -273,5 +280,17 @@ pub fn run_case(
     let mut stack = vec![0u8; STACK_SIZE];
     mem.read(DATA_BASE, &mut data).unwrap();
     mem.read(STACK_BASE, &mut stack).unwrap();
-    Outcome::Ok(State { gprs: r.gprs(), rflags: r.rflags, data, stack, rip: Some(r.rip) })
+    let fpu = match vcpu.fpu() {
+        Ok(f) => f,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    Outcome::Ok(State {
+        gprs: r.gprs(),
+        rflags: r.rflags,
+        data,
+        stack,
+        rip: Some(r.rip),
+        xmm: fpu.xmm.to_vec(),
+        mxcsr: fpu.mxcsr,
+    })
 }

@@ -19,6 +19,13 @@ use super::layout::{CODE_BASE, CODE_SIZE, CTX_BASE, DATA_BASE, DATA_SIZE, STACK_
 
 const CTX_FLAGS: u64 = 16 * 8;
 const CTX_HOST_RSP: u64 = 17 * 8;
+/// The case's MXCSR (in and out), the host's (saved by the prologue), XMM0..XMM15.
+const CTX_MXCSR: u64 = 18 * 8;
+const CTX_HOST_MXCSR: u64 = 18 * 8 + 4;
+const CTX_XMM: u64 = 20 * 8;
+
+const XMMS: [AsmRegisterXmm; 16] =
+    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
 /// The prologue/epilogue stub (at [`STUB_BASE`]) and its epilogue's address.
 pub fn stub() -> (Vec<u8>, u64) {
@@ -30,6 +37,11 @@ pub fn stub() -> (Vec<u8>, u64) {
         }
         a.mov(r15, CTX_BASE)?;
         a.mov(qword_ptr(r15 + CTX_HOST_RSP), rsp)?;
+        a.stmxcsr(dword_ptr(r15 + CTX_HOST_MXCSR))?;
+        a.ldmxcsr(dword_ptr(r15 + CTX_MXCSR))?;
+        for (i, &x) in XMMS.iter().enumerate() {
+            a.movdqu(x, xmmword_ptr(r15 + CTX_XMM + 16 * i as u64))?;
+        }
         a.push(qword_ptr(r15 + CTX_FLAGS))?;
         a.popfq()?;
         let gprs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
@@ -51,6 +63,11 @@ pub fn stub() -> (Vec<u8>, u64) {
         a.mov(rax, CTX_BASE)?;
         for (i, &reg) in gprs.iter().enumerate().skip(1) {
             a.mov(qword_ptr(rax + 8 * i as u64), reg)?;
+        }
+        a.stmxcsr(dword_ptr(rax + CTX_MXCSR))?;
+        a.ldmxcsr(dword_ptr(rax + CTX_HOST_MXCSR))?;
+        for (i, &x) in XMMS.iter().enumerate() {
+            a.movdqu(xmmword_ptr(rax + CTX_XMM + 16 * i as u64), x)?;
         }
         a.mov(rsp, qword_ptr(rax + CTX_HOST_RSP))?;
         a.pushfq()?;
@@ -75,6 +92,8 @@ struct Result_ {
     signal: u32,
     gprs: [u64; 16],
     rflags: u64,
+    xmm: [[u8; 16]; 16],
+    mxcsr: u32,
     data: [u8; DATA_SIZE],
     stack: [u8; STACK_SIZE],
 }
@@ -188,6 +207,8 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
                 ctx.add(r).write_volatile(*v);
             }
             ctx.add(16).write_volatile(c.rflags);
+            (ctx.add(18) as *mut u32).write_volatile(c.mxcsr);
+            std::ptr::copy_nonoverlapping(c.xmm.as_ptr().cast::<u8>(), ctx.add(20).cast::<u8>(), 256);
             std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
             enter();
             std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
@@ -196,6 +217,8 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
                 (*res).gprs[r] = ctx.add(r).read_volatile();
             }
             (*res).rflags = ctx.add(16).read_volatile();
+            (*res).mxcsr = (ctx.add(18) as *const u32).read_volatile();
+            std::ptr::copy_nonoverlapping(ctx.add(20).cast::<u8>(), (*res).xmm.as_mut_ptr().cast::<u8>(), 256);
             std::ptr::copy_nonoverlapping(DATA_BASE as *const u8, (*res).data.as_mut_ptr(), DATA_SIZE);
             std::ptr::copy_nonoverlapping(STACK_BASE as *const u8, (*res).stack.as_mut_ptr(), STACK_SIZE);
             std::ptr::write_volatile(&raw mut (*res).status, 1);
@@ -260,6 +283,8 @@ pub fn run(cases: &[Case]) -> Vec<Outcome> {
                     data: r.data.to_vec(),
                     stack: r.stack.to_vec(),
                     rip: None,
+                    xmm: r.xmm.to_vec(),
+                    mxcsr: r.mxcsr,
                 }),
                 2 => Outcome::Signal(r.signal as i32),
                 _ => Outcome::Error("native runner never ran this case".into()),

@@ -231,6 +231,8 @@ impl TcgVcpu {
                 store: crate::helpers::helper_store as *const () as usize,
                 flags: crate::helpers::helper_flags as *const () as usize,
                 interp: crate::interp::helper_interp as *const () as usize,
+                vload: crate::helpers::helper_vload as *const () as usize,
+                vstore: crate::helpers::helper_vstore as *const () as usize,
             },
             jmp_context: (u32::MAX, 0, 0, 0),
         };
@@ -239,6 +241,15 @@ impl TcgVcpu {
             crate::profile::start(v.cache.buf.range());
         }
         Ok(v)
+    }
+
+    /// The software CPU, for tests that set up and inspect its state directly; drops
+    /// every translation (the test may rewrite code behind the cache's back).
+    #[cfg(test)]
+    pub(crate) fn test_cpu(&mut self) -> &mut Cpu {
+        self.cache.clear();
+        self.jmp_context = (u32::MAX, 0, 0, 0);
+        self.cpu_mut()
     }
 
     fn cpu(&self) -> &Cpu {
@@ -274,6 +285,8 @@ impl TcgVcpu {
             flat: s.seg_flat(),
             long,
             single,
+            sse: s.sse_enabled(),
+            mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
         }
     }
 

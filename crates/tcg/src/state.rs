@@ -171,6 +171,11 @@ pub struct CpuState {
     /// stub that returns to the run loop, so a stale or empty entry is harmless.
     pub jmp_cache: [JmpEntry; JMP_CACHE_SIZE],
     pub tlb: Tlb,
+    /// Scratch vectors of translated code ([`crate::ir::VReg::Tmp`]): dead between
+    /// guest instructions.
+    pub vtmp: [[u8; 16]; 4],
+    /// The MXCSR Rust code runs with (0x1f80), reloaded after guest floating point.
+    pub host_mxcsr: u32,
 }
 
 impl CpuState {
@@ -205,6 +210,8 @@ impl CpuState {
             chain_site: 0,
             jmp_cache: [JmpEntry { rip: u64::MAX, host: 0 }; JMP_CACHE_SIZE],
             tlb: Tlb::new(),
+            vtmp: [[0; 16]; 4],
+            host_mxcsr: 0x1f80,
         });
         s.msr.pat = 0x0007_0406_0007_0406;
         // Fast-string operations enabled, as firmware leaves them.
@@ -275,6 +282,15 @@ impl CpuState {
             | u32::from(self.v86()) << 6
             | u32::from(self.cr0 & regs::ctrl::CR0_PG != 0) << 7
             | u32::from(self.seg_flat()) << 8
+            | u32::from(self.sse_enabled()) << 9
+            | u32::from(self.fpu.mxcsr & MXCSR_ALL_MASKED == MXCSR_ALL_MASKED) << 10
+    }
+
+    /// Whether SSE instructions run (CR0.EM and CR0.TS clear, CR4.OSFXSR set) rather
+    /// than raise #UD or #NM.
+    pub fn sse_enabled(&self) -> bool {
+        self.cr0 & (crate::interp::x87::CR0_EM | crate::interp::x87::CR0_TS) == 0
+            && self.cr4 & regs::ctrl::CR4_OSFXSR != 0
     }
 
     /// Whether DS, ES and SS all have base 0: translations may then skip adding bases.
@@ -282,6 +298,9 @@ impl CpuState {
         self.long_mode() || (self.seg[DS].base | self.seg[ES].base | self.seg[SS].base) == 0
     }
 }
+
+/// MXCSR's exception mask bits (IM DM ZM OM UM PM).
+pub const MXCSR_ALL_MASKED: u32 = 0x1f80;
 
 /// Field offsets for generated code.
 pub mod off {
@@ -303,6 +322,14 @@ pub mod off {
     pub const CHAIN_SITE: i32 = offset_of!(CpuState, chain_site) as i32;
     pub const JMP_CACHE: i32 = offset_of!(CpuState, jmp_cache) as i32;
     pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
+    pub const fn xmm(r: usize) -> i32 {
+        (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, xmm) + 16 * r) as i32
+    }
+    pub const fn vtmp(t: usize) -> i32 {
+        (offset_of!(CpuState, vtmp) + 16 * t) as i32
+    }
+    pub const MXCSR: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, mxcsr)) as i32;
+    pub const HOST_MXCSR: i32 = offset_of!(CpuState, host_mxcsr) as i32;
     pub const FAULT_VECTOR: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, vector)) as i32;
     pub const FAULT_HAS_ERROR_CODE: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, has_error_code)) as i32;
 }

@@ -61,6 +61,9 @@ pub struct Helpers {
     pub store: usize,
     pub flags: usize,
     pub interp: usize,
+    /// Vector load/store slow paths (see [`crate::helpers::helper_vload`]).
+    pub vload: usize,
+    pub vstore: usize,
 }
 
 /// A block's host code.

@@ -23,7 +23,7 @@ use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
 use super::{exit, Backend, Code, Env, Trampoline};
 use crate::flags::Width;
-use crate::ir::{Bin, Block, CcOpSrc, Cond, Global, Helper, Op, Test, Un, Val};
+use crate::ir::{Bin, Block, CcOpSrc, Cond, FOp, FShape, Global, Helper, Op, Test, Un, VBin, VRead, VReg, VWrite, Val};
 use crate::mmu::{entry_off, TLB_BITS};
 use crate::state::off;
 
@@ -139,7 +139,9 @@ enum Deferred {
     Load {
         at: DynamicLabel,
         resume: DynamicLabel,
-        d: u8,
+        /// The register loaded, or (vector loads) the state offset of the vector and
+        /// whether the access must be aligned.
+        d: LoadDst,
         w: Width,
         addr: u8,
         rip: u64,
@@ -148,7 +150,7 @@ enum Deferred {
     Store {
         at: DynamicLabel,
         resume: DynamicLabel,
-        src: Operand,
+        src: StoreSrc,
         w: Width,
         addr: u8,
         rip: u64,
@@ -174,6 +176,144 @@ enum Deferred {
         vector: u8,
         sync: Sync,
     },
+}
+
+/// What a store's slow path stores.
+#[derive(Clone, Copy, Debug)]
+enum StoreSrc {
+    Val(Operand),
+    /// The vector at this state offset; whether the access must be aligned.
+    Vec(i32, bool),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum LoadDst {
+    Reg(u8),
+    Vec(i32, bool),
+}
+
+/// SSE encodings of the vector operations on host xmm0 (destination and first
+/// input) and xmm1: mandatory prefix (0: none), the opcode after 0F, the ModRM reg
+/// field of the immediate shifts (which take xmm0 alone), and whether an imm8
+/// follows.
+fn sse_encoding(op: VBin) -> (u8, u8, Option<u8>, bool) {
+    use VBin::*;
+    let p = |opc: u8| (0x66, opc, None, false);
+    let g = |opc: u8, r: u8| (0x66, opc, Some(r), true);
+    match op {
+        Mov => (0x66, 0x6f, None, false),
+        And => p(0xdb),
+        AndN => p(0xdf),
+        Or => p(0xeb),
+        Xor => p(0xef),
+        AddB => p(0xfc),
+        AddW => p(0xfd),
+        AddD => p(0xfe),
+        AddQ => p(0xd4),
+        SubB => p(0xf8),
+        SubW => p(0xf9),
+        SubD => p(0xfa),
+        SubQ => p(0xfb),
+        AddSatUB => p(0xdc),
+        AddSatUW => p(0xdd),
+        AddSatSB => p(0xec),
+        AddSatSW => p(0xed),
+        SubSatUB => p(0xd8),
+        SubSatUW => p(0xd9),
+        SubSatSB => p(0xe8),
+        SubSatSW => p(0xe9),
+        CmpEqB => p(0x74),
+        CmpEqW => p(0x75),
+        CmpEqD => p(0x76),
+        CmpGtB => p(0x64),
+        CmpGtW => p(0x65),
+        CmpGtD => p(0x66),
+        MinUB => p(0xda),
+        MaxUB => p(0xde),
+        MinSW => p(0xea),
+        MaxSW => p(0xee),
+        AvgB => p(0xe0),
+        AvgW => p(0xe3),
+        MulLoW => p(0xd5),
+        MulHiW => p(0xe5),
+        MulHiUW => p(0xe4),
+        MulUDQ => p(0xf4),
+        MAddWD => p(0xf5),
+        SadBW => p(0xf6),
+        UnpackLoB => p(0x60),
+        UnpackLoW => p(0x61),
+        UnpackLoD => p(0x62),
+        UnpackLoQ => p(0x6c),
+        UnpackHiB => p(0x68),
+        UnpackHiW => p(0x69),
+        UnpackHiD => p(0x6a),
+        UnpackHiQ => p(0x6d),
+        PackSSWB => p(0x63),
+        PackSSDW => p(0x6b),
+        PackUSWB => p(0x67),
+        SllW => p(0xf1),
+        SllD => p(0xf2),
+        SllQ => p(0xf3),
+        SrlW => p(0xd1),
+        SrlD => p(0xd2),
+        SrlQ => p(0xd3),
+        SraW => p(0xe1),
+        SraD => p(0xe2),
+        SllWI => g(0x71, 6),
+        SllDI => g(0x72, 6),
+        SllQI => g(0x73, 6),
+        SrlWI => g(0x71, 2),
+        SrlDI => g(0x72, 2),
+        SrlQI => g(0x73, 2),
+        SraWI => g(0x71, 4),
+        SraDI => g(0x72, 4),
+        SllDQI => g(0x73, 7),
+        SrlDQI => g(0x73, 3),
+        ShufD => (0x66, 0x70, None, true),
+        ShufLoW => (0xf2, 0x70, None, true),
+        ShufHiW => (0xf3, 0x70, None, true),
+        ShufPs => (0, 0xc6, None, true),
+        ShufPd => (0x66, 0xc6, None, true),
+        MovLo32 => (0xf3, 0x10, None, false),
+        MovLo64 => (0xf2, 0x10, None, false),
+        MovQ => (0xf3, 0x7e, None, false),
+        MovLH => (0, 0x16, None, false),
+        MovHL => (0, 0x12, None, false),
+        Float(f, shape) => {
+            let prefix = match shape {
+                FShape::Ps => 0,
+                FShape::Pd => 0x66,
+                FShape::Ss => 0xf3,
+                FShape::Sd => 0xf2,
+            };
+            let opc = match f {
+                FOp::Add => 0x58,
+                FOp::Mul => 0x59,
+                FOp::Sub => 0x5c,
+                FOp::Min => 0x5d,
+                FOp::Div => 0x5e,
+                FOp::Max => 0x5f,
+                FOp::Sqrt => 0x51,
+                FOp::Cmp => 0xc2,
+            };
+            (prefix, opc, None, f == FOp::Cmp)
+        }
+        Cvt(c) => {
+            let (prefix, opc) = match c {
+                crate::ir::Cvt::Ss2Sd => (0xf3, 0x5a),
+                crate::ir::Cvt::Sd2Ss => (0xf2, 0x5a),
+                crate::ir::Cvt::Ps2Pd => (0, 0x5a),
+                crate::ir::Cvt::Pd2Ps => (0x66, 0x5a),
+                crate::ir::Cvt::Dq2Ps => (0, 0x5b),
+                crate::ir::Cvt::Ps2Dq => (0x66, 0x5b),
+                crate::ir::Cvt::Tps2Dq => (0xf3, 0x5b),
+                crate::ir::Cvt::Dq2Pd => (0xf3, 0xe6),
+                crate::ir::Cvt::Pd2Dq => (0xf2, 0xe6),
+                crate::ir::Cvt::Tpd2Dq => (0x66, 0xe6),
+            };
+            (prefix, opc, None, false)
+        }
+    }
 }
 
 /// A source operand: a register or a 32-bit immediate (sign-extended).
@@ -722,6 +862,51 @@ impl<'a> Emit<'a> {
                 self.a.cc = CcState::Stored;
             }
             Op::Load { w, d, addr } => return self.load(i, w, d, addr, &op),
+            Op::VLoad { w, d, addr, align } => return self.vload(i, w, d, addr, align, &op),
+            Op::VStore { w, addr, s, align } => return self.vstore(i, w, addr, s, align, &op),
+            Op::VBin { op: v, d, a, b, imm } => self.vbin(v, d, a, b, imm),
+            Op::VGet { d, s, w, lane } => {
+                let r = self.alloc(&[]);
+                let o = s.offset() + i32::from(lane) * w as i32;
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), BYTE [r14 + o]),
+                    2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), WORD [r14 + o]),
+                    4 => dynasm!(self.ops ; .arch x64 ; mov Rd(r), DWORD [r14 + o]),
+                    _ => dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r14 + o]),
+                }
+                self.define(d, r);
+                return;
+            }
+            Op::VSet { d, s, w, lane, zero } => {
+                let r = self.reg(s, &[]);
+                let o = d.offset();
+                if zero {
+                    dynasm!(self.ops ; .arch x64 ; xorps xmm0, xmm0 ; movdqu [r14 + o], xmm0);
+                }
+                let o = o + i32::from(lane) * w as i32;
+                match w {
+                    1 => dynasm!(self.ops ; .arch x64 ; mov BYTE [r14 + o], Rb(r)),
+                    2 => dynasm!(self.ops ; .arch x64 ; mov WORD [r14 + o], Rw(r)),
+                    4 => dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + o], Rd(r)),
+                    _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], Rq(r)),
+                }
+            }
+            Op::VRead { op: v, d, a, b } => {
+                let r = self.alloc(&[]);
+                self.vread(v, r, a, b);
+                self.define(d, r);
+                return;
+            }
+            Op::VWrite { op: VWrite::FromInt { dbl, w }, d, a, s } => {
+                let r = self.reg(s, &[]);
+                let (oa, od) = (a.offset(), d.offset());
+                dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + oa]);
+                self.guest_mxcsr();
+                // CVTSI2SS/SD xmm0, r: F3/F2 [REX.W] 0F 2A /r.
+                self.sse_rr(if dbl { 0xf2 } else { 0xf3 }, w == 8, 0x2a, 0, r);
+                self.host_mxcsr();
+                dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
+            }
             Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
             Op::Call { helper: Helper::Flags, d } => {
                 self.free_dead(i, &op);
@@ -815,6 +1000,155 @@ impl<'a> Emit<'a> {
             }
         }
         self.free_dead(i, &op);
+    }
+
+    // ---- vectors (on host xmm0 and xmm1, from and to the state) ----
+
+    /// `[prefix] [REX] 0F opc` with a register ModRM (reg field `reg`, rm field `rm`).
+    fn sse_rr(&mut self, prefix: u8, w: bool, opc: u8, reg: u8, rm: u8) {
+        if prefix != 0 {
+            self.ops.push(prefix);
+        }
+        self.rex_rr(w, reg, rm);
+        self.ops.extend([0x0f, opc, 0xc0 | ((reg & 7) << 3) | (rm & 7)]);
+    }
+
+    /// Floating point follows the guest's MXCSR (which masks every exception, see the
+    /// block mode) until [`Self::host_mxcsr`].
+    fn guest_mxcsr(&mut self) {
+        dynasm!(self.ops ; .arch x64 ; ldmxcsr [r14 + off::MXCSR]);
+    }
+
+    /// Keeps the flags the guest's operations raised and restores the host's MXCSR.
+    fn host_mxcsr(&mut self) {
+        dynasm!(self.ops ; .arch x64 ; stmxcsr [r14 + off::MXCSR] ; ldmxcsr [r14 + off::HOST_MXCSR]);
+    }
+
+    fn vbin(&mut self, op: VBin, d: VReg, a: VReg, b: VReg, imm: u8) {
+        let (oa, ob, od) = (a.offset(), b.offset(), d.offset());
+        if op == VBin::Mov {
+            dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + ob] ; movdqu [r14 + od], xmm0);
+            return;
+        }
+        let (prefix, opc, group, has_imm) = sse_encoding(op);
+        dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + oa]);
+        if group.is_none() {
+            dynasm!(self.ops ; .arch x64 ; movdqu xmm1, [r14 + ob]);
+        }
+        if op.is_float() {
+            self.guest_mxcsr();
+        }
+        match group {
+            Some(r) => self.sse_rr(prefix, false, opc, r, 0),
+            None => self.sse_rr(prefix, false, opc, 0, 1),
+        }
+        if has_imm {
+            self.ops.push(imm);
+        }
+        if op.is_float() {
+            self.host_mxcsr();
+        }
+        dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
+    }
+
+    fn vread(&mut self, op: VRead, r: u8, a: VReg, b: VReg) {
+        let (oa, ob) = (a.offset(), b.offset());
+        dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + oa]);
+        match op {
+            // PMOVMSKB / MOVMSKPS / MOVMSKPD r32, xmm0.
+            VRead::MskB => self.sse_rr(0x66, false, 0xd7, r, 0),
+            VRead::MskPs => self.sse_rr(0, false, 0x50, r, 0),
+            VRead::MskPd => self.sse_rr(0x66, false, 0x50, r, 0),
+            VRead::ToInt { dbl, w, trunc } => {
+                self.guest_mxcsr();
+                // CVT(T)SS2SI / CVT(T)SD2SI r, xmm0: F3/F2 [REX.W] 0F 2C/2D /r.
+                self.sse_rr(if dbl { 0xf2 } else { 0xf3 }, w == 8, if trunc { 0x2c } else { 0x2d }, r, 0);
+                self.host_mxcsr();
+            }
+            VRead::Comi { dbl, signal } => {
+                dynasm!(self.ops ; .arch x64 ; movdqu xmm1, [r14 + ob]);
+                self.guest_mxcsr();
+                // (U)COMISS / (U)COMISD xmm0, xmm1: [66] 0F 2E/2F /r.
+                self.sse_rr(if dbl { 0x66 } else { 0 }, false, if signal { 0x2f } else { 0x2e }, 0, 1);
+                // Neither MXCSR access touches the host flags.
+                self.host_mxcsr();
+                dynasm!(self.ops ; .arch x64 ; pushfq ; pop Rq(r) ; and Rd(r), 0x45);
+            }
+        }
+    }
+
+    /// A vector load: the probe, then the vector from memory into the state.
+    fn vload(&mut self, i: usize, w: Width, d: VReg, addr: Val, align: bool, op: &Op) {
+        let ra = self.reg(addr, &[]);
+        let sync = self.sync_now();
+        self.free_dead(i, op);
+        let miss = self.ops.new_dynamic_label();
+        let resume = self.ops.new_dynamic_label();
+        if align && w == 16 {
+            dynasm!(self.ops ; .arch x64 ; test Rb(ra), 15 ; jnz =>miss);
+        }
+        self.probe(ra, w, entry_off::READ, miss);
+        match w {
+            16 => dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [Rq(ra) + r8]),
+            8 => dynasm!(self.ops ; .arch x64 ; movq xmm0, QWORD [Rq(ra) + r8]),
+            4 => dynasm!(self.ops ; .arch x64 ; movd xmm0, DWORD [Rq(ra) + r8]),
+            2 => dynasm!(self.ops ; .arch x64 ; movzx ecx, WORD [Rq(ra) + r8] ; movd xmm0, ecx),
+            _ => dynasm!(self.ops ; .arch x64 ; movzx ecx, BYTE [Rq(ra) + r8] ; movd xmm0, ecx),
+        }
+        let od = d.offset();
+        dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0 ; =>resume);
+        let d = LoadDst::Vec(od, align);
+        self.deferred.push(Deferred::Load { at: miss, resume, d, w, addr: ra, rip: self.rip, sync });
+    }
+
+    fn vstore(&mut self, i: usize, w: Width, addr: Val, s: VReg, align: bool, op: &Op) {
+        let ra = self.reg(addr, &[]);
+        let miss = self.ops.new_dynamic_label();
+        let resume = self.ops.new_dynamic_label();
+        if align && w == 16 {
+            dynasm!(self.ops ; .arch x64 ; test Rb(ra), 15 ; jnz =>miss);
+        }
+        self.probe(ra, w, entry_off::WRITE, miss);
+        let os = s.offset();
+        match w {
+            16 => dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + os] ; movdqu [Rq(ra) + r8], xmm0),
+            8 => dynasm!(self.ops ; .arch x64 ; mov rcx, [r14 + os] ; mov [Rq(ra) + r8], rcx),
+            4 => dynasm!(self.ops ; .arch x64 ; mov ecx, [r14 + os] ; mov [Rq(ra) + r8], ecx),
+            2 => dynasm!(self.ops ; .arch x64 ; mov cx, [r14 + os] ; mov [Rq(ra) + r8], cx),
+            _ => dynasm!(self.ops ; .arch x64 ; mov cl, [r14 + os] ; mov [Rq(ra) + r8], cl),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>resume);
+        let sync = self.sync_now();
+        self.free_dead(i, op);
+        let tail = i + 1..self.insn_end;
+        let after = self.snapshot(tail.clone());
+        self.deferred.push(Deferred::Store {
+            at: miss,
+            resume,
+            src: StoreSrc::Vec(os, align),
+            w,
+            addr: ra,
+            rip: self.rip,
+            next: self.next,
+            sync,
+            after,
+            tail,
+        });
+    }
+
+    /// What replaying the ops `tail` out of line starts from.
+    fn snapshot(&self, tail: std::ops::Range<usize>) -> Box<Snapshot> {
+        let mut locs = Vec::new();
+        for op in &self.block.ops[tail] {
+            op.for_each_use(|v| locs.push((v, self.a.loc[v.0 as usize])));
+        }
+        Box::new(Snapshot {
+            reg_val: self.a.reg_val,
+            slot_val: self.a.slot_val,
+            dirty: self.a.dirty,
+            cc: self.a.cc,
+            locs,
+        })
     }
 
     fn evict_all_aliases(&mut self) {
@@ -1227,7 +1561,8 @@ impl<'a> Emit<'a> {
             _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [Rq(ra) + r8]),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        self.deferred.push(Deferred::Load { at: miss, resume, d: rd, w, addr: ra, rip: self.rip, sync });
+        let dst = LoadDst::Reg(rd);
+        self.deferred.push(Deferred::Load { at: miss, resume, d: dst, w, addr: ra, rip: self.rip, sync });
         self.define(d, rd);
     }
 
@@ -1254,21 +1589,11 @@ impl<'a> Emit<'a> {
         let sync = self.sync_now();
         self.free_dead(i, op);
         let tail = i + 1..self.insn_end;
-        let mut locs = Vec::new();
-        for op in &self.block.ops[tail.clone()] {
-            op.for_each_use(|v| locs.push((v, self.a.loc[v.0 as usize])));
-        }
-        let after = Box::new(Snapshot {
-            reg_val: self.a.reg_val,
-            slot_val: self.a.slot_val,
-            dirty: self.a.dirty,
-            cc: self.a.cc,
-            locs,
-        });
+        let after = self.snapshot(tail.clone());
         self.deferred.push(Deferred::Store {
             at: miss,
             resume,
-            src,
+            src: StoreSrc::Val(src),
             w,
             addr: ra,
             rip: self.rip,
@@ -1300,27 +1625,53 @@ impl<'a> Emit<'a> {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     self.slow_path_out(sync);
                     self.store_rip(rip);
-                    dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
-                    self.call_abs(self.env.helpers.load);
-                    dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
-                    self.slow_path_back();
-                    let fe = self.fault_exit;
-                    dynasm!(self.ops ; .arch x64
-                        ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
-                        ; mov Rq(d), rdi ; jmp =>resume
-                    );
+                    match d {
+                        LoadDst::Reg(d) => {
+                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
+                            self.call_abs(self.env.helpers.load);
+                            dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+                            self.slow_path_back();
+                            let fe = self.fault_exit;
+                            dynasm!(self.ops ; .arch x64
+                                ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
+                                ; mov Rq(d), rdi ; jmp =>resume
+                            );
+                        }
+                        LoadDst::Vec(o, align) => {
+                            let wa = w as i32 | i32::from(align) << 8;
+                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
+                            self.call_abs(self.env.helpers.vload);
+                            self.slow_path_back();
+                            let fe = self.fault_exit;
+                            dynasm!(self.ops ; .arch x64
+                                ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
+                                ; jmp =>resume
+                            );
+                        }
+                    }
                 }
                 Deferred::Store { at, resume, src, w, addr, rip, next, sync, after, tail } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     self.slow_path_out(sync);
                     self.store_rip(rip);
-                    // Through scratch r8: the value or the address may sit in rsi/rdx.
                     match src {
-                        Operand::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov r8, Rq(r)),
-                        Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov r8, k),
+                        StoreSrc::Val(src) => {
+                            // Through scratch r8: the value or the address may sit in rsi/rdx.
+                            match src {
+                                Operand::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov r8, Rq(r)),
+                                Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov r8, k),
+                            }
+                            dynasm!(self.ops ; .arch x64
+                                ; mov rsi, Rq(addr) ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14
+                            );
+                            self.call_abs(self.env.helpers.store);
+                        }
+                        StoreSrc::Vec(o, align) => {
+                            let wa = w as i32 | i32::from(align) << 8;
+                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
+                            self.call_abs(self.env.helpers.vstore);
+                        }
                     }
-                    dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14);
-                    self.call_abs(self.env.helpers.store);
                     dynasm!(self.ops ; .arch x64 ; mov edi, eax);
                     self.slow_path_back();
                     let fe = self.fault_exit;

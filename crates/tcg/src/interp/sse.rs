@@ -187,10 +187,10 @@ fn kind(ins: &Instruction) -> Option<Kind> {
     if ins.encoding() != iced_x86::EncodingKind::Legacy {
         return None; // VEX/EVEX: #UD (no AVX)
     }
-    // The conversions to an integer name no XMM register when the source is in
-    // memory (`cvttsd2si rax, [m64]`).
-    use Mnemonic::*;
-    if k.is_none() && matches!(ins.mnemonic(), Cvttss2si | Cvttsd2si | Cvtss2si | Cvtsd2si) {
+    // Float → integer conversions from memory name no vector register.
+    if k.is_none()
+        && matches!(ins.mnemonic(), Mnemonic::Cvtss2si | Mnemonic::Cvttss2si | Mnemonic::Cvtsd2si | Mnemonic::Cvttsd2si)
+    {
         return Some(Kind::Sse);
     }
     k
@@ -1520,6 +1520,63 @@ mod tests {
         for (name, op) in pd {
             run_pairs(name, &wrap(op), &vd, &MODES);
         }
+    }
+
+    #[test]
+    fn faults_on_the_jit() {
+        use super::super::x87::harness::{jit_fault, on_jit, on_jit_cpu};
+        let fill = |c: &mut crate::cpu::Cpu| c.state.fpu.xmm[0] = [0x5a; 16];
+        // Misaligned 16-byte operands of the aligned forms: #GP(0), nothing written.
+        for code in [
+            asm(64, |a| a.movaps(xmm0, xmmword_ptr(rdi + 8))),
+            asm(64, |a| a.addps(xmm0, xmmword_ptr(rdi + 4))),
+            asm(64, |a| a.pxor(xmm0, xmmword_ptr(rdi + 1))),
+            asm(64, |a| a.movdqa(xmmword_ptr(rdi + 1), xmm0)),
+        ] {
+            let (v, x, _) = jit_fault(&fill, &code);
+            assert_eq!((v, x[0]), (vector::GP, [0x5a; 16]));
+        }
+        // Unaligned MOVUPS and scalar memory operands are fine, also across a page.
+        let ok = asm(64, |a| {
+            a.mov(rax, 0x1122_3344_5566_7788u64)?;
+            a.mov(qword_ptr(rdi + 0xff8), rax)?;
+            a.not(rax)?;
+            a.mov(qword_ptr(rdi + 0x1000), rax)?;
+            a.movups(xmm0, xmmword_ptr(rdi + 0xff8))?;
+            a.movdqu(xmmword_ptr(rdi + 0xffc), xmm0)?;
+            a.movdqu(xmm1, xmmword_ptr(rdi + 0xffc))?;
+            a.movups(xmmword_ptr(rdi), xmm0)?;
+            a.movups(xmmword_ptr(rdi + 0x10), xmm1)?;
+            a.addss(xmm0, dword_ptr(rdi + 5))
+        });
+        let mut j = Buf::default();
+        on_jit(&ok, &mut j).unwrap();
+        let want = from_q(0x1122_3344_5566_7788, !0x1122_3344_5566_7788);
+        assert_eq!((&j.0[..0x10], &j.0[0x10..0x20]), (&want[..], &want[..]));
+        // Disabled SSE: #UD / #NM.
+        let pxor = asm(64, |a| a.pxor(xmm0, xmm1));
+        assert_eq!(jit_fault(&|c| c.state.cr4 &= !CR4_OSFXSR, &pxor).0, vector::UD);
+        assert_eq!(jit_fault(&|c| c.state.cr0 |= CR0_TS, &pxor).0, vector::NM);
+        assert_eq!(jit_fault(&|c| c.state.cr0 |= CR0_EM, &pxor).0, vector::UD);
+        // An unmasked exception: #XM, the destination unchanged; masked: the flag.
+        let divss = asm(64, |a| a.divss(xmm0, xmm1));
+        let one = |c: &mut crate::cpu::Cpu| {
+            c.state.cr4 |= CR4_OSXMMEXCPT;
+            c.state.fpu.mxcsr = 0x1f80 & !(1 << 9);
+            c.state.fpu.xmm[0][..4].copy_from_slice(&1f32.to_bits().to_le_bytes());
+        };
+        let (v, x, mx) = jit_fault(&one, &divss);
+        assert_eq!(v, vector::XM);
+        assert_eq!(x[0][..4], 1f32.to_bits().to_le_bytes());
+        assert_eq!(mx & 0x3f, F_ZE);
+        let store = asm(64, |a| {
+            a.divss(xmm0, xmm1)?;
+            a.stmxcsr(dword_ptr(rdi))
+        });
+        let mut b = Buf::default();
+        on_jit_cpu(&|c| c.state.fpu.xmm[0][..4].copy_from_slice(&1f32.to_bits().to_le_bytes()), &store, &mut b)
+            .unwrap();
+        assert_eq!(b.u32(0), 0x1f80 | F_ZE);
     }
 
     #[test]

@@ -1492,6 +1492,95 @@ pub(crate) mod harness {
         on_emu_cpu(&mut sse_cpu(), code, data)
     }
 
+    thread_local! {
+        /// A JIT vCPU per test thread, reused (its translations dropped each run).
+        static JIT: std::cell::RefCell<Option<crate::exec::TcgVcpu>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Runs `code` (then HLT) on the JIT, with the CPU of [`sse_cpu`] changed by
+    /// `setup`, and the same conventions; `Err` when it did not reach its HLT (an
+    /// exception reaches a handler that records its vector: "exception N").
+    pub fn on_jit_cpu(
+        setup: &dyn Fn(&mut crate::cpu::Cpu),
+        code: &[u8],
+        data: &mut Buf,
+    ) -> std::result::Result<(), String> {
+        use quern_core::Vcpu;
+        const GDT: u64 = 0x6000;
+        const IDT: u64 = 0x7000;
+        const HANDLERS: u64 = 0x9000;
+        JIT.with(|j| {
+            let mut j = j.borrow_mut();
+            let v = j.get_or_insert_with(|| {
+                let mem = std::sync::Arc::new(quern_core::GuestMemory::flat(crate::interp::testutil::RAM).unwrap());
+                crate::exec::TcgVcpu::new(mem).unwrap()
+            });
+            let c = v.test_cpu();
+            let template = sse_cpu();
+            let s = &mut c.state;
+            let t = &template.state;
+            (s.cr0, s.cr4, s.efer, s.seg, s.rip, s.gpr) = (t.cr0, t.cr4, t.efer, t.seg, t.rip, t.gpr);
+            s.fpu = Default::default();
+            s.set_flags(0);
+            s.halted = 0;
+            s.fault.vector = crate::state::NO_FAULT;
+            s.tlb.flush();
+            // A 64-bit code segment (selector 8) and 32 interrupt gates to handlers that
+            // put 0x100 | vector in R15 and halt.
+            s.seg[crate::state::CS].selector = 8;
+            s.gdt = quern_core::regs::DescriptorTable { base: GDT, limit: 15 };
+            s.idt = quern_core::regs::DescriptorTable { base: IDT, limit: 32 * 16 - 1 };
+            poke(c, GDT, &[0u64.to_le_bytes(), 0x0020_9a00_0000_0000u64.to_le_bytes()].concat());
+            for vec in 0..32u64 {
+                let h = HANDLERS + 16 * vec;
+                let lo = (h & 0xffff) | 8 << 16 | 0x8e << 40 | (h >> 16 & 0xffff) << 48;
+                poke(c, IDT + 16 * vec, &[lo.to_le_bytes(), (h >> 32).to_le_bytes()].concat());
+                poke(c, h, &[0x41, 0xbf, vec as u8, 1, 0, 0, 0xf4]);
+            }
+            setup(c);
+            let mut all = code.to_vec();
+            all.push(0xf4);
+            poke(c, 0x1000, &all);
+            poke(c, DATA, &data.0);
+            c.state.gpr[7] = DATA;
+            for (slot, r) in REGS {
+                c.state.gpr[r] = data.u64(slot);
+            }
+            let ops = crate::interp::testutil::Ports::default();
+            let exit = v.run(&ops).map_err(|e| format!("{e}"))?;
+            let c = v.test_cpu();
+            if exit != quern_core::VcpuExit::Halted {
+                return Err(format!("{exit:?} at rip {:#x}", c.state.rip));
+            }
+            if c.state.gpr[15] & 0x100 != 0 {
+                return Err(format!("exception {}", c.state.gpr[15] & 0xff));
+            }
+            data.0.copy_from_slice(&peek(c, DATA, N));
+            for (slot, r) in REGS {
+                data.put(slot, &c.state.gpr[r].to_le_bytes());
+            }
+            data.put(FLAGS, &(c.state.flags() & STATUS).to_le_bytes());
+            Ok(())
+        })
+    }
+
+    pub fn on_jit(code: &[u8], data: &mut Buf) -> std::result::Result<(), String> {
+        on_jit_cpu(&|_| {}, code, data)
+    }
+
+    /// The vector of the exception `code` raises on the JIT (with `setup`), and the
+    /// XMM registers and MXCSR it leaves.
+    pub fn jit_fault(setup: &dyn Fn(&mut crate::cpu::Cpu), code: &[u8]) -> (u8, [[u8; 16]; 16], u32) {
+        let mut b = Buf::default();
+        let e = on_jit_cpu(setup, code, &mut b).expect_err("expected a fault");
+        let v = e.strip_prefix("exception ").unwrap_or_else(|| panic!("{e}")).parse().unwrap();
+        JIT.with(|j| {
+            let mut j = j.borrow_mut();
+            let c = j.as_mut().unwrap().test_cpu();
+            (v, c.state.fpu.xmm, c.state.fpu.mxcsr)
+        })
+    }
+
     /// Runs on both and asserts the data areas match outside `ignore`.
     pub fn check(name: &str, code: &[u8], data: &Buf, ignore: &[std::ops::Range<usize>]) -> Buf {
         check_fix(name, code, data, &|b: &mut Buf| {
@@ -1503,18 +1592,28 @@ pub(crate) mod harness {
 
     /// Runs on both and asserts the data areas match after `fix` ran on both.
     pub fn check_fix(name: &str, code: &[u8], data: &Buf, fix: &dyn Fn(&mut Buf)) -> Buf {
-        let (mut h, mut e) = (data.clone(), data.clone());
+        let (mut h, mut e, mut j) = (data.clone(), data.clone(), data.clone());
         on_host(code, &mut h);
         if let Err(x) = on_emu(code, &mut e) {
             panic!("{name}: emulator raised {x:?}");
         }
+        if let Err(x) = on_jit(code, &mut j) {
+            panic!("{name}: the JIT stopped: {x}");
+        }
         fix(&mut h);
         fix(&mut e);
+        fix(&mut j);
         for i in (0..N).step_by(8) {
             assert_eq!(
                 e.u64(i),
                 h.u64(i),
                 "{name}: data at {i:#x} differs (emulator vs host); inputs {:02x?}",
+                &data.0[..0x40]
+            );
+            assert_eq!(
+                j.u64(i),
+                h.u64(i),
+                "{name}: data at {i:#x} differs (JIT vs host); inputs {:02x?}",
                 &data.0[..0x40]
             );
         }

@@ -23,6 +23,15 @@
 //! - The lazy-flag record's operation (`cc_op`) is set by [`Op::SetCcOp`]; it is not a
 //!   `Val` so a backend can keep it as a translation-time constant and store it only
 //!   where the state must be complete (exits, helpers, faults).
+//! - 128-bit vector data is never a `Val`: vector operations ([`Op::VBin`],
+//!   [`Op::VLoad`], ...) name [`VReg`]s, locations in the guest state (the XMM
+//!   registers and a few temporaries), and read and write them there in program
+//!   order; a backend may cache them in host vector registers as long as the state
+//!   is current wherever [`Op::needs_state`] says so. Lanes are little-endian.
+//! - Floating-point vector operations ([`VBin::is_float`], [`VRead`] conversions
+//!   and compares, [`VWrite`]) round as the guest's MXCSR says (RC, DAZ, FTZ) and OR
+//!   the exceptions they raise into its sticky flags. The front end emits them only
+//!   when the guest masks every exception (a block-mode bit), so they never fault.
 
 pub mod opt;
 
@@ -89,6 +98,226 @@ impl Global {
             Global::Eflags => off::EFLAGS,
         }
     }
+}
+
+/// A 16-byte vector location in the guest state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VReg {
+    /// XMM0..XMM15.
+    Xmm(u8),
+    /// A scratch vector of the translator (e.g. a memory operand), dead between
+    /// instructions.
+    Tmp(u8),
+}
+
+impl VReg {
+    /// Offset of the vector inside [`crate::state::CpuState`].
+    pub fn offset(self) -> i32 {
+        match self {
+            VReg::Xmm(r) => off::xmm(r as usize),
+            VReg::Tmp(t) => off::vtmp(t as usize),
+        }
+    }
+}
+
+/// Lane layouts of the floating-point vector operations: packed singles or doubles,
+/// or the low single or double only (the other lanes of the first operand stay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FShape {
+    Ps,
+    Pd,
+    Ss,
+    Sd,
+}
+
+/// Floating-point lane operations (IEEE 754 with x86's NaN, zero-sign and
+/// MIN/MAX rules: MIN/MAX return the second operand when either is NaN or both are
+/// zeros; a NaN result is the first NaN operand, quieted, or the default NaN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+    /// Of the second operand.
+    Sqrt,
+    /// All-ones where `a pred b` holds, else zero; pred = the immediate (0..7: EQ,
+    /// LT, LE, UNORD, NEQ, NLT, NLE, ORD).
+    Cmp,
+}
+
+/// Conversions between vector formats (the scalar forms merge into the low lane of
+/// `a`; the packed ones read `b`; a narrowing packed form zeroes the upper half).
+/// Float → int conversions give 0x80000000 for NaN and out-of-range inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cvt {
+    Ss2Sd,
+    Sd2Ss,
+    Ps2Pd,
+    Pd2Ps,
+    Dq2Ps,
+    Dq2Pd,
+    /// Rounded as MXCSR says.
+    Ps2Dq,
+    /// Truncated.
+    Tps2Dq,
+    Pd2Dq,
+    Tpd2Dq,
+}
+
+/// Vector operations `d = f(a, b, imm)` (each variant says which inputs it reads).
+/// Lanes: B 8 bits, W 16, D 32, Q 64; S signed, U unsigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VBin {
+    /// b.
+    Mov,
+    /// Bitwise a & b, !a & b, a | b, a ^ b.
+    And,
+    AndN,
+    Or,
+    Xor,
+    /// Lane-wise wrapping add/sub.
+    AddB,
+    AddW,
+    AddD,
+    AddQ,
+    SubB,
+    SubW,
+    SubD,
+    SubQ,
+    /// Saturating add/sub.
+    AddSatUB,
+    AddSatUW,
+    AddSatSB,
+    AddSatSW,
+    SubSatUB,
+    SubSatUW,
+    SubSatSB,
+    SubSatSW,
+    /// All-ones lanes where a == b / a > b (signed).
+    CmpEqB,
+    CmpEqW,
+    CmpEqD,
+    CmpGtB,
+    CmpGtW,
+    CmpGtD,
+    MinUB,
+    MaxUB,
+    MinSW,
+    MaxSW,
+    /// (a + b + 1) >> 1, unsigned.
+    AvgB,
+    AvgW,
+    /// Low/high 16 bits of the 32-bit products (signed; MulHiUW unsigned).
+    MulLoW,
+    MulHiW,
+    MulHiUW,
+    /// Unsigned products of the even D lanes into Q lanes.
+    MulUDQ,
+    /// Sums of adjacent signed W products into D lanes.
+    MAddWD,
+    /// Sums of absolute B differences of each half into its low W (rest zero).
+    SadBW,
+    /// Interleaves the low (Lo) or high (Hi) halves' lanes: a0 b0 a1 b1 ...
+    UnpackLoB,
+    UnpackLoW,
+    UnpackLoD,
+    UnpackLoQ,
+    UnpackHiB,
+    UnpackHiW,
+    UnpackHiD,
+    UnpackHiQ,
+    /// Narrows a's then b's lanes with saturation (signed W→B, D→W; W→unsigned B).
+    PackSSWB,
+    PackSSDW,
+    PackUSWB,
+    /// Shifts of a's lanes by b's low 64 bits (a count above the lane width gives 0,
+    /// or the sign for the arithmetic ones).
+    SllW,
+    SllD,
+    SllQ,
+    SrlW,
+    SrlD,
+    SrlQ,
+    SraW,
+    SraD,
+    /// The same by the immediate.
+    SllWI,
+    SllDI,
+    SllQI,
+    SrlWI,
+    SrlDI,
+    SrlQI,
+    SraWI,
+    SraDI,
+    /// a shifted by imm bytes (16 or more gives 0).
+    SllDQI,
+    SrlDQI,
+    /// b's D lanes picked by imm's 2-bit fields; the same for b's low or high four W
+    /// lanes (the other half copied from b).
+    ShufD,
+    ShufLoW,
+    ShufHiW,
+    /// Low two D lanes from a, high two from b, each picked by imm's 2-bit fields.
+    ShufPs,
+    /// Low Q from a (imm bit 0), high Q from b (imm bit 1).
+    ShufPd,
+    /// a with its low D (MovLo32) or Q (MovLo64) lane from b.
+    MovLo32,
+    MovLo64,
+    /// b's low Q, zero-extended.
+    MovQ,
+    /// a with its high Q = b's low Q; a with its low Q = b's high Q.
+    MovLH,
+    MovHL,
+    Float(FOp, FShape),
+    Cvt(Cvt),
+}
+
+impl VBin {
+    /// Whether the operation follows MXCSR (see the module notes).
+    pub fn is_float(self) -> bool {
+        matches!(self, VBin::Float(..) | VBin::Cvt(_))
+    }
+}
+
+/// Vector → value operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VRead {
+    /// The sign bits of a's B, D or Q lanes.
+    MskB,
+    MskPs,
+    MskPd,
+    /// a's low single (`dbl` false) or double as a `w`-byte signed integer, rounded
+    /// as MXCSR says or truncated; the integer indefinite (sign bit alone) when it
+    /// does not fit.
+    ToInt {
+        dbl: bool,
+        w: u8,
+        trunc: bool,
+    },
+    /// Compares the low lanes of a and b: CF, PF and ZF in their EFLAGS positions
+    /// (unordered: all three; less: CF; equal: ZF), the other bits zero. `signal`:
+    /// a quiet NaN is invalid too (COMIS*), not only a signalling one (UCOMIS*).
+    Comi {
+        dbl: bool,
+        signal: bool,
+    },
+}
+
+impl VRead {
+    pub fn is_float(self) -> bool {
+        matches!(self, VRead::ToInt { .. } | VRead::Comi { .. })
+    }
+}
+
+/// Value → vector operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VWrite {
+    /// d's low single or double = the `w`-byte signed integer, rounded as MXCSR says.
+    FromInt { dbl: bool, w: u8 },
 }
 
 /// Two-input operations.
@@ -293,6 +522,58 @@ pub enum Op {
         addr: Val,
         s: Val,
     },
+    /// Vector `d` = `w` bytes (1, 2, 4, 8 or 16) of guest memory at `addr`, zero-
+    /// extended; `align`: a 16-byte access at an address that is not a multiple of
+    /// 16 raises #GP(0).
+    VLoad {
+        w: Width,
+        d: VReg,
+        addr: Val,
+        align: bool,
+    },
+    /// Guest memory at `addr` = the low `w` bytes of vector `s` (as [`Op::Store`]).
+    VStore {
+        w: Width,
+        addr: Val,
+        s: VReg,
+        align: bool,
+    },
+    VBin {
+        op: VBin,
+        d: VReg,
+        a: VReg,
+        b: VReg,
+        imm: u8,
+    },
+    /// d = lane `lane` (of `w` bytes: 1, 2, 4 or 8) of vector `s`, zero-extended.
+    VGet {
+        d: Val,
+        s: VReg,
+        w: Width,
+        lane: u8,
+    },
+    /// Lane `lane` (of `w` bytes) of vector `d` = `s`; `zero`: the other lanes
+    /// become 0, else they stay.
+    VSet {
+        d: VReg,
+        s: Val,
+        w: Width,
+        lane: u8,
+        zero: bool,
+    },
+    VRead {
+        op: VRead,
+        d: Val,
+        a: VReg,
+        b: VReg,
+    },
+    /// d = a with what `op` computes from `s` merged in.
+    VWrite {
+        op: VWrite,
+        d: VReg,
+        a: VReg,
+        s: Val,
+    },
     /// A Rust helper that reads the state (all globals are made current first).
     Call {
         helper: Helper,
@@ -349,7 +630,9 @@ impl Op {
             | Op::MulOverflow { d, .. }
             | Op::Div { d, .. }
             | Op::Load { d, .. }
-            | Op::Call { d, .. } => Some(d),
+            | Op::Call { d, .. }
+            | Op::VGet { d, .. }
+            | Op::VRead { d, .. } => Some(d),
             _ => None,
         }
     }
@@ -379,11 +662,12 @@ impl Op {
                 f(*b)
             }
             Op::SetCcOp(CcOpSrc::Val(v)) => f(*v),
-            Op::Load { addr, .. } => f(*addr),
+            Op::Load { addr, .. } | Op::VLoad { addr, .. } | Op::VStore { addr, .. } => f(*addr),
             Op::Store { addr, s, .. } => {
                 f(*addr);
                 f(*s)
             }
+            Op::VSet { s, .. } | Op::VWrite { s, .. } => f(*s),
             Op::ExitIf { t, .. } | Op::TrapIf { t, .. } | Op::Loop { t: Some(t) } => test(t, &mut f),
             Op::ExitJump { rip } => f(*rip),
             _ => {}
@@ -415,11 +699,12 @@ impl Op {
                 *b = f(*b)
             }
             Op::SetCcOp(CcOpSrc::Val(v)) => *v = f(*v),
-            Op::Load { addr, .. } => *addr = f(*addr),
+            Op::Load { addr, .. } | Op::VLoad { addr, .. } | Op::VStore { addr, .. } => *addr = f(*addr),
             Op::Store { addr, s, .. } => {
                 *addr = f(*addr);
                 *s = f(*s)
             }
+            Op::VSet { s, .. } | Op::VWrite { s, .. } => *s = f(*s),
             Op::ExitIf { t: x, .. } | Op::TrapIf { t: x, .. } | Op::Loop { t: Some(x) } => t(x, &mut f),
             Op::ExitJump { rip } => *rip = f(*rip),
             _ => {}
@@ -440,7 +725,8 @@ impl Op {
                 | Op::MulOverflow { .. }
                 | Op::Div { .. }
                 | Op::Call { .. }
-        )
+                | Op::VGet { .. }
+        ) && !matches!(self, Op::VRead { op, .. } if !op.is_float())
     }
 
     /// Whether the whole guest state must be current when the operation runs: it may
@@ -450,6 +736,8 @@ impl Op {
             self,
             Op::Load { .. }
                 | Op::Store { .. }
+                | Op::VLoad { .. }
+                | Op::VStore { .. }
                 | Op::Call { .. }
                 | Op::Interp { .. }
                 | Op::TrapIf { .. }
@@ -567,6 +855,22 @@ impl Block {
         self.push(Op::Store { w, addr, s });
     }
 
+    pub fn vget(&mut self, s: VReg, w: Width, lane: u8) -> Val {
+        let d = self.fresh();
+        self.push(Op::VGet { d, s, w, lane });
+        d
+    }
+
+    pub fn vread(&mut self, op: VRead, a: VReg, b: VReg) -> Val {
+        let d = self.fresh();
+        self.push(Op::VRead { op, d, a, b });
+        d
+    }
+
+    pub fn vbin(&mut self, op: VBin, d: VReg, a: VReg, b: VReg, imm: u8) {
+        self.push(Op::VBin { op, d, a, b, imm });
+    }
+
     pub fn call(&mut self, helper: Helper) -> Val {
         let d = self.fresh();
         self.push(Op::Call { helper, d });
@@ -615,6 +919,19 @@ impl fmt::Display for Block {
                 Op::Load { w, d, addr } => writeln!(f, "{d} = load.{w} [{addr}]")?,
                 Op::Store { w, addr, s } => writeln!(f, "store.{w} [{addr}], {s}")?,
                 Op::Call { helper, d } => writeln!(f, "{d} = call {helper:?}")?,
+                Op::VLoad { w, d, addr, align } => {
+                    writeln!(f, "{d:?} = vload.{w}{} [{addr}]", if *align { "a" } else { "" })?
+                }
+                Op::VStore { w, addr, s, align } => {
+                    writeln!(f, "vstore.{w}{} [{addr}], {s:?}", if *align { "a" } else { "" })?
+                }
+                Op::VBin { op, d, a, b, imm } => writeln!(f, "{d:?} = {op:?} {a:?}, {b:?}, {imm:#x}")?,
+                Op::VGet { d, s, w, lane } => writeln!(f, "{d} = vget.{w} {s:?}[{lane}]")?,
+                Op::VSet { d, s, w, lane, zero } => {
+                    writeln!(f, "{d:?}[{lane}].{w} = {s}{}", if *zero { " (rest 0)" } else { "" })?
+                }
+                Op::VRead { op, d, a, b } => writeln!(f, "{d} = {op:?} {a:?}, {b:?}")?,
+                Op::VWrite { op, d, a, s } => writeln!(f, "{d:?} = {op:?} {a:?}, {s}")?,
                 Op::Interp { ins } => writeln!(f, "interp {ins:#x}")?,
                 Op::ExitIf { t, rip } => writeln!(f, "exit_if {t} -> {rip:#x}")?,
                 Op::Loop { t: Some(t) } => writeln!(f, "loop_if {t}")?,

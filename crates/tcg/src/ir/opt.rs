@@ -234,7 +234,7 @@ fn forward(b: &mut Block) {
                 }
             }
             Op::TrapIf { t, .. } if fold_test(&t, &facts) == Some(false) => continue,
-            Op::Load { w, d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: w },
+            Op::Load { w, d, .. } | Op::VGet { w, d, .. } => facts[d.0 as usize] = Fact { konst: None, zext: w },
             Op::ExitIf { t, rip } => match fold_test(&t, &facts) {
                 Some(true) => op = Op::Exit { rip },
                 Some(false) => continue,
@@ -317,7 +317,7 @@ fn dead_code(b: &mut Block) {
                 state_at[i] = stored;
                 stored = false;
             }
-            Op::Store { .. } => stored = true,
+            Op::Store { .. } | Op::VStore { .. } => stored = true,
             _ => {}
         }
     }

@@ -38,6 +38,7 @@ pub struct Rotated {
 }
 
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)]
 enum State {
     /// The state's record is current (block start, after a helper).
     Current,

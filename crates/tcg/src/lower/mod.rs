@@ -11,6 +11,7 @@
 //! | [`muldiv`] | MUL, IMUL (1 operand), DIV, IDIV |
 //! | [`bits`] | BT, BTS, BTR, BTC, BSF, BSR, TZCNT, LZCNT, POPCNT |
 //! | [`flow`] | PUSH, POP, LEAVE, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
+//! | [`sse`] | SSE/SSE2 on XMM registers: moves, logic, integer arithmetic, compares, shifts, shuffles, packs, unpacks; floating-point arithmetic, compares, COMIS/UCOMIS, conversions |
 //!
 //! Operand values read with [`Lower::read`] may carry garbage above their width (a
 //! register's upper bits): IR operations of a width ignore it; code that needs the
@@ -21,6 +22,7 @@ pub mod flags;
 mod flow;
 mod int;
 mod muldiv;
+mod sse;
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
@@ -114,6 +116,7 @@ impl Lower<'_> {
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz | Leave => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
+            _ if sse::is_sse(ins) => sse::lower(self),
             _ => self.interp(),
         }
     }

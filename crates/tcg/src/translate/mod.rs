@@ -32,6 +32,10 @@ pub struct BlockMode {
     /// steps over the instruction in an STI or MOV SS interrupt shadow this way, so a
     /// waiting interrupt is taken right after it, as on the CPU.
     pub single: bool,
+    /// SSE instructions run (see [`crate::state::CpuState::sse_enabled`]).
+    pub sse: bool,
+    /// MXCSR masks every exception: floating-point SSE instructions cannot fault.
+    pub mx_masked: bool,
 }
 
 /// A translated block, ready to copy into the code buffer.
@@ -61,6 +65,8 @@ pub(crate) fn ends_block(ins: &Instruction) -> bool {
         Lds | Les | Lfs | Lgs | Lss | Lgdt | Lidt | Lldt | Ltr | Lmsw | Clts | Invlpg | Wrmsr | Popf | Popfd
         | Popfq | Sti | Cli | Out | Outsb | Outsw | Outsd | In | Insb | Insw | Insd | Sysret | Sysexit | Swapgs
         | Wbinvd | Invd | Xsetbv | Rsm | Hlt => true,
+        // MXCSR's exception masks are part of the block mode.
+        Ldmxcsr | Fxrstor | Fxrstor64 | Xrstor | Xrstor64 | Xrstors | Xrstors64 => true,
         _ => false,
     }
 }
