@@ -382,6 +382,7 @@ impl TcgVcpu {
         let s = &mut self.cpu_mut().state;
         let ctx = (s.mode_key(), s.seg[CS].base, s.tlb.generation, cache_gen);
         if ctx != old {
+            crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
             s.jmp_cache.fill(crate::state::JmpEntry { rip: u64::MAX, host: stub });
         }
         let rip = s.rip;

@@ -65,6 +65,7 @@ impl Tlb {
     }
 
     pub fn flush(&mut self) {
+        crate::profile::count(&crate::profile::TLB_FLUSHES);
         self.generation += 1;
         self.entries.fill(TlbEntry::EMPTY);
     }

@@ -20,6 +20,10 @@ pub static INTERP_CALLS: AtomicU64 = AtomicU64::new(0);
 pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
 pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
 pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+/// Whole-TLB flushes (every MMU index's entries, or all but the global ones).
+pub static TLB_FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Whole jump-cache flushes (one MMU index's array, or all).
+pub static JMP_CACHE_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one event.
 pub fn count(c: &AtomicU64) {
@@ -68,12 +72,14 @@ pub fn report() {
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
         "quern tcg counters: {} translations, {} dispatches, {} interpreted instructions, {} TLB-miss accesses, \
-         {} page walks, {} page invalidations",
+         {} page walks, {} page invalidations, {} TLB flushes, {} jump-cache flushes",
         n(&TRANSLATIONS),
         n(&DISPATCHES),
         n(&INTERP_CALLS),
         n(&SLOW_ACCESSES),
         n(&PAGE_WALKS),
-        n(&INVALIDATIONS)
+        n(&INVALIDATIONS),
+        n(&TLB_FLUSHES),
+        n(&JMP_CACHE_FLUSHES)
     );
 }
