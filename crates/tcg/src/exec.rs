@@ -26,8 +26,8 @@ use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 use crate::codebuf::CodeBuffer;
 use crate::cpu::{CodeWatch, Cpu};
 use crate::interrupt::{self, Source};
-use crate::mmu::PAGE_MASK;
-use crate::state::{Seg, CS, DS, ES, FS, GS, SS};
+use crate::mmu::{MMU_MODES, PAGE_MASK};
+use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, JMP_CACHE_SIZE, SS};
 use crate::translate::{self, BlockMode};
 use crate::x64::{exit, HelperAddrs, Stubs};
 
@@ -61,8 +61,11 @@ struct CodeCache {
     /// A stub that returns to the run loop asking for the next block (the jump cache's
     /// "no entry").
     next_stub: usize,
-    /// Bumped whenever blocks go away, so the jump cache is flushed.
+    /// Bumped when every block goes away, so the jump caches are flushed.
     generation: u64,
+    /// (RIP, host code) of blocks invalidated since the run loop last looked: their
+    /// jump-cache entries must go.
+    dead: Vec<(u64, usize)>,
     stubs: Stubs,
     blocks: Vec<Block>,
     map: HashMap<Key, usize>,
@@ -74,6 +77,16 @@ struct CodeCache {
 
 type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
 
+/// A block whose RIP's page offset is past this may have its first instruction cross
+/// into the next page (at most 15 bytes long).
+const PAGE_MASK_CROSS: u64 = 0x1000 - 15;
+
+/// Whether a block at linear `lin` may have code on linear page `page`.
+fn on_page(lin: u64, page: u64) -> bool {
+    let own = lin & PAGE_MASK;
+    own == page || (own.wrapping_add(0x1000) == page && lin & !PAGE_MASK >= PAGE_MASK_CROSS)
+}
+
 impl CodeCache {
     fn new() -> std::io::Result<Self> {
         let mut c = CodeCache {
@@ -81,6 +94,7 @@ impl CodeCache {
             enter: 0,
             next_stub: 0,
             generation: 0,
+            dead: Vec::new(),
             stubs: Stubs::default(),
             blocks: Vec::new(),
             map: HashMap::new(),
@@ -120,6 +134,7 @@ impl CodeCache {
     /// Forgets every block (the buffer is full, or the machine reset).
     fn clear(&mut self) {
         self.generation += 1;
+        self.dead.clear();
         self.blocks.clear();
         self.map.clear();
         self.pages.clear();
@@ -144,13 +159,13 @@ impl CodeWatch for CodeCache {
     fn invalidate_page(&mut self, page: u64) -> bool {
         let Some(ids) = self.pages.remove(&page) else { return false };
         crate::profile::count(&crate::profile::INVALIDATIONS);
-        self.generation += 1;
         for id in ids {
             if !self.blocks[id].valid {
                 continue;
             }
             self.blocks[id].valid = false;
             let key = self.blocks[id].key;
+            self.dead.push((key.rip, self.blocks[id].host));
             if self.map.get(&key) == Some(&id) {
                 self.map.remove(&key);
             }
@@ -223,9 +238,41 @@ pub struct TcgVcpu {
     shared: Arc<Shared>,
     cache: CodeCache,
     helpers: HelperAddrs,
-    /// (mode key, CS base, TLB generation, cache generation) when the jump cache was
-    /// last valid: any change and it is flushed.
-    jmp_context: (u32, u64, u64, u64),
+    /// What the jump caches hold entries for (see [`TcgVcpu::sync_jump_cache`]).
+    jmp_sync: JmpSync,
+}
+
+/// What the jump-cache arrays were filled under, as of the run loop's last look.
+///
+/// An entry maps a guest *virtual* RIP to the block found for it, and a block holds for
+/// one (physical page, RIP, CS base, mode key). So an entry stays right while the mode
+/// and CS base its array was filled under hold, and while the mapping of the RIP's page
+/// does. Hence, per MMU index array:
+/// - the mode key and CS base it was filled under: entering a block of that index under
+///   another flushes the array. The CPL is in the mode key but selects the array too,
+///   so system calls and interrupts flush nothing (the kernel and user arrays each
+///   keep their mode);
+/// - a flush of all TLB entries (CR0.PG/WP, CR4 paging bits, EFER, memory-map switch)
+///   or a cleared code buffer flushes every array;
+/// - a CR3 write keeps the entries whose page (and the next one, for a block whose
+///   first instruction may cross into it) is still cached as a *global* code page of
+///   that index: global mappings survive CR3 writes, as in the TLB, so the kernel's
+///   entries outlive context switches. It is done before any fetch refills the TLB;
+/// - INVLPG drops the entries on its page (and those that may cross into it);
+/// - an invalidated block drops its own entry.
+///
+/// Every change of these goes back to the run loop before another block runs (the
+/// instructions that make them end their block; invalidation sets `exit_request`), and
+/// the run loop syncs before entering any block, so generated code only ever sees
+/// entries valid now. (QEMU's tb_jmp_cache, also indexed by virtual PC, is flushed on
+/// every tlb_flush and per page on tlb_flush_page.)
+struct JmpSync {
+    /// Per MMU index: (mode key, CS base) of its array's entries.
+    ctx: [(u32, u64); MMU_MODES],
+    /// `FlushLog` counters and the cache generation last seen.
+    all: u64,
+    non_global: u64,
+    cache_gen: u64,
 }
 
 fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
@@ -249,7 +296,7 @@ impl TcgVcpu {
                 flags: crate::helpers::helper_flags as *const () as usize,
                 interp: crate::interp::helper_interp as *const () as usize,
             },
-            jmp_context: (u32::MAX, 0, 0, 0),
+            jmp_sync: JmpSync { ctx: [(u32::MAX, 0); MMU_MODES], all: u64::MAX, non_global: 0, cache_gen: 0 },
         };
         v.reset()?;
         if crate::profile::enabled() {
@@ -291,6 +338,7 @@ impl TcgVcpu {
             flat: s.seg_flat(),
             long,
             single,
+            mmu_idx: s.mmu_index(),
         }
     }
 
@@ -305,7 +353,7 @@ impl TcgVcpu {
         let cs_base = cpu.state.seg[CS].base;
         let rip = cpu.state.rip;
         let linear = cpu.wrap_linear(cs_base.wrapping_add(rip));
-        let phys = match cpu.state.tlb.lookup_code(linear) {
+        let phys = match cpu.state.tlb.tables[cpu.mmu_index()].lookup_code(linear) {
             Some(p) => p,
             None => cpu.translate(linear, crate::mmu::Access::Fetch)?,
         };
@@ -373,22 +421,76 @@ impl TcgVcpu {
         self.cache.blocks[to].incoming.push((site, stub));
     }
 
-    /// Enters the block just found in the jump cache, first flushing the cache if
-    /// anything it depends on changed since it was filled.
-    fn remember_jump_target(&mut self, host: usize) {
-        let stub = self.cache.next_stub as u64;
+    /// Brings the jump caches up to date with what changed since the last look (see
+    /// [`JmpSync`]); then the current MMU index's array holds entries for the current
+    /// mode only.
+    fn sync_jump_cache(&mut self) {
+        let empty = JmpEntry { rip: u64::MAX, host: self.cache.next_stub as u64 };
         let cache_gen = self.cache.generation;
-        let old = self.jmp_context;
-        let s = &mut self.cpu_mut().state;
-        let ctx = (s.mode_key(), s.seg[CS].base, s.tlb.generation, cache_gen);
-        if ctx != old {
+        let dead = std::mem::take(&mut self.cache.dead);
+        let js = &mut self.jmp_sync;
+        // SAFETY: as in `cpu_mut`; the cache and `jmp_sync` are separate fields.
+        let cpu: &mut Cpu = unsafe { &mut *self.shared.cpu.get() };
+        let s = &mut cpu.state;
+        let log = &mut s.tlb.log;
+        if log.all != js.all || cache_gen != js.cache_gen {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
-            s.jmp_cache.fill(crate::state::JmpEntry { rip: u64::MAX, host: stub });
+            for a in &mut s.jmp_cache {
+                a.fill(empty);
+            }
+            (js.all, js.non_global, js.cache_gen) = (log.all, log.non_global, cache_gen);
+            log.pages.clear();
+        } else {
+            if log.non_global != js.non_global {
+                js.non_global = log.non_global;
+                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
+                    let (table, cs_base) = (&s.tlb.tables[i], js.ctx[i].1);
+                    for e in a.iter_mut().filter(|e| e.rip != u64::MAX) {
+                        let lin = cs_base.wrapping_add(e.rip);
+                        let keep = table.is_global_code(lin)
+                            && (lin & !PAGE_MASK < PAGE_MASK_CROSS || table.is_global_code(lin.wrapping_add(0x1000)));
+                        if !keep {
+                            *e = empty;
+                        }
+                    }
+                }
+            }
+            for page in log.pages.drain(..) {
+                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
+                    let cs_base = js.ctx[i].1;
+                    for e in a.iter_mut().filter(|e| e.rip != u64::MAX) {
+                        if on_page(cs_base.wrapping_add(e.rip), page) {
+                            *e = empty;
+                        }
+                    }
+                }
+            }
+            for (rip, host) in dead {
+                for a in &mut s.jmp_cache {
+                    let e = &mut a[(rip as usize) & (JMP_CACHE_SIZE - 1)];
+                    if e.rip == rip && e.host == host as u64 {
+                        *e = empty;
+                    }
+                }
+            }
         }
-        let rip = s.rip;
-        s.jmp_cache[(rip as usize) & (crate::state::JMP_CACHE_SIZE - 1)] =
-            crate::state::JmpEntry { rip, host: host as u64 };
-        self.jmp_context = ctx;
+        let i = s.mmu_index();
+        let ctx = (s.mode_key(), s.seg[CS].base);
+        if js.ctx[i] != ctx {
+            crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+            s.jmp_cache[i].fill(empty);
+            js.ctx[i] = ctx;
+        }
+    }
+
+    /// Enters the block just found (at the current RIP, `host`) in the current MMU
+    /// index's jump cache.
+    fn remember_jump_target(&mut self, host: usize) {
+        // Finding the block may have invalidated or cleared blocks.
+        self.sync_jump_cache();
+        let s = &mut self.cpu_mut().state;
+        let (i, rip) = (s.mmu_index(), s.rip);
+        s.jmp_cache[i][(rip as usize) & (JMP_CACHE_SIZE - 1)] = JmpEntry { rip, host: host as u64 };
     }
 
     fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {
@@ -470,6 +572,8 @@ impl TcgVcpu {
             if self.cpu().state.halted != 0 {
                 return Ok(VcpuExit::Halted);
             }
+            // Before the fetch below refills the TLB (see JmpSync).
+            self.sync_jump_cache();
             let block = match self.find_block(single) {
                 Ok(b) => b,
                 Err(e) => {

@@ -149,6 +149,8 @@ pub struct Emitter {
     /// With paging on, the block's linear page: a direct branch out of it cannot be
     /// chained (the target page's mapping may change) and goes through the jump cache.
     page: Option<u64>,
+    /// The block's MMU index: which TLB and jump-cache arrays it probes.
+    mmu_idx: usize,
 }
 
 /// Host registers that hold guest registers inside a block (callee-saved, so helper
@@ -183,7 +185,15 @@ impl Emitter {
             deferred_request: None,
             block_rip: 0,
             page: None,
+            mmu_idx: crate::mmu::MMU_KERNEL,
         }
+    }
+
+    /// Sets the block's MMU index (`CpuState::mmu_index` at translation; the mode key
+    /// holds the CPL, so it is the same whenever the block runs).
+    pub fn set_mmu_index(&mut self, mmu_idx: usize) {
+        assert!(mmu_idx < crate::mmu::MMU_MODES);
+        self.mmu_idx = mmu_idx;
     }
 
     /// Offset of the next byte from the block's start.
@@ -293,14 +303,15 @@ impl Emitter {
         use crate::state::JMP_CACHE_BITS;
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
         let r = t.reg();
+        let cache = off::jmp_cache_offset(self.mmu_idx);
         self.sync_out();
         dynasm!(self.ops ; .arch x64
             ; mov rdi, Rq(r)
             ; and edi, mask
             ; shl edi, 4
-            ; cmp Rq(r), [r14 + rdi + off::JMP_CACHE]
+            ; cmp Rq(r), [r14 + rdi + cache]
             ; jne >miss
-            ; jmp QWORD [r14 + rdi + off::JMP_CACHE + 8]
+            ; jmp QWORD [r14 + rdi + cache + 8]
             ; miss:
         );
         self.exit_raw(exit::NEXT);
@@ -473,10 +484,11 @@ impl Emitter {
 
     // ---- memory ----
 
-    /// Probes the TLB for an access of `w` bytes at linear rsi; on a hit leaves the
-    /// host address in rsi and falls through, on a miss jumps to `miss`.
+    /// Probes the block's MMU index's TLB for an access of `w` bytes at linear rsi; on
+    /// a hit leaves the host address in rsi and falls through, on a miss jumps to `miss`.
     fn tlb_probe(&mut self, w: Width, tag: i32, miss: DynamicLabel) {
         let mask = (1i32 << TLB_BITS) - 1;
+        let tlb = off::tlb_offset(self.mmu_idx);
         dynasm!(self.ops ; .arch x64
             ; mov rdi, rsi
             ; shr rdi, 12
@@ -484,9 +496,9 @@ impl Emitter {
             ; shl edi, entry_off::SIZE_SHIFT as i8
             ; lea r8, [rsi + (w as i32 - 1)]
             ; and r8, -4096
-            ; cmp r8, [r14 + rdi + off::TLB + tag]
+            ; cmp r8, [r14 + rdi + tlb + tag]
             ; jne =>miss
-            ; add rsi, [r14 + rdi + off::TLB + entry_off::ADDEND]
+            ; add rsi, [r14 + rdi + tlb + entry_off::ADDEND]
         );
     }
 

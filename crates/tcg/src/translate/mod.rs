@@ -47,6 +47,9 @@ pub struct BlockMode {
     /// steps over the instruction in an STI or MOV SS interrupt shadow this way, so a
     /// waiting interrupt is taken right after it, as on the CPU.
     pub single: bool,
+    /// The MMU index of the block's memory accesses (`CpuState::mmu_index`; the CPL is
+    /// in the block's key): which TLB and jump-cache arrays its code probes.
+    pub mmu_idx: usize,
 }
 
 /// A translated block, ready to copy into the code buffer.
@@ -340,6 +343,7 @@ pub fn translate_block(
 
     let uses = flag_uses(&insns, start_rip);
     let mut em = Emitter::new(base, stubs);
+    em.set_mmu_index(mode.mmu_idx);
     em.map_registers(&hot_registers(&insns));
     if !mode.single {
         em.loop_head(start_rip);
