@@ -13,7 +13,6 @@
 //! unchain every jump into them.
 
 use std::cell::UnsafeCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +24,7 @@ use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
 use crate::codebuf::CodeBuffer;
 use crate::cpu::{CodeWatch, Cpu};
+use crate::fxhash::FxHashMap;
 use crate::interrupt::{self, Source};
 use crate::mmu::{MMU_MODES, PAGE_MASK};
 use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, JMP_CACHE_SIZE, SS};
@@ -68,11 +68,11 @@ struct CodeCache {
     dead: Vec<(u64, usize)>,
     stubs: Stubs,
     blocks: Vec<Block>,
-    map: HashMap<Key, usize>,
+    map: FxHashMap<Key, usize>,
     /// Physical page number → blocks with code from it.
-    pages: HashMap<u64, Vec<usize>>,
+    pages: FxHashMap<u64, Vec<usize>>,
     /// Chainable jump address → (its block, its stub).
-    sites: HashMap<usize, (usize, usize)>,
+    sites: FxHashMap<usize, (usize, usize)>,
 }
 
 type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
@@ -97,9 +97,9 @@ impl CodeCache {
             dead: Vec::new(),
             stubs: Stubs::default(),
             blocks: Vec::new(),
-            map: HashMap::new(),
-            pages: HashMap::new(),
-            sites: HashMap::new(),
+            map: FxHashMap::default(),
+            pages: FxHashMap::default(),
+            sites: FxHashMap::default(),
         };
         c.emit_trampoline();
         Ok(c)
