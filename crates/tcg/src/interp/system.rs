@@ -13,6 +13,20 @@ use crate::segment;
 use crate::state::{CS, DS, ES, FS, GS, SS};
 use crate::translate::seg_index;
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    match ins.mnemonic() {
+        Mov => is_sreg(ins, 0) || is_sreg(ins, 1) || is_cr(ins, 0) || is_cr(ins, 1) || is_dr(ins, 0) || is_dr(ins, 1),
+        Push | Pop => is_sreg(ins, 0),
+        In | Out | Hlt | Cli | Sti | Jmp | Call | Retf | Iret | Iretd | Iretq | Int | Int3 | Into | Int1 | Lds
+        | Les | Lfs | Lgs | Lss | Lgdt | Lidt | Sgdt | Sidt | Lldt | Ltr | Sldt | Str | Lmsw | Smsw | Clts | Invlpg
+        | Wbinvd | Invd | Cpuid | Verr | Verw | Lar | Lsl | Syscall | Sysretq | Sysret | Swapgs | Rdtsc | Rdmsr
+        | Wrmsr | Ud0 | Ud1 | Ud2 | INVALID => true,
+        _ => false,
+    }
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
