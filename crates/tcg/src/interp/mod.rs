@@ -238,8 +238,11 @@ pub fn set_cc(cpu: &mut Cpu, kind: CcKind, w: Width, dst: u64, src: u64, src2: u
 /// family, `Ok(None)` if it does not (having done nothing).
 pub type Handler = fn(&mut Cpu, &Instruction) -> Result<Option<Step>>;
 
+/// A family's membership test: whether its entry point takes an instruction.
+type Member = fn(&Instruction) -> bool;
+
 /// The families in the order [`exec`] tries them, each with its membership test.
-const FAMILIES: [(fn(&Instruction) -> bool, Handler); 10] = [
+const FAMILIES: [(Member, Handler); 10] = [
     (system::handles, system::exec),
     (misc::handles, misc::exec),
     (rotate::handles, rotate::exec),
