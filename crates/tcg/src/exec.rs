@@ -81,10 +81,14 @@ type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
 /// into the next page (at most 15 bytes long).
 const PAGE_MASK_CROSS: u64 = 0x1000 - 15;
 
-/// Whether a block at linear `lin` may have code on linear page `page`.
+/// Whether a block at CS base + RIP = `lin` may have code on linear page `page`
+/// (outside long mode the linear address wraps at 4 GiB: either way counts).
 fn on_page(lin: u64, page: u64) -> bool {
-    let own = lin & PAGE_MASK;
-    own == page || (own.wrapping_add(0x1000) == page && lin & !PAGE_MASK >= PAGE_MASK_CROSS)
+    let on = |lin: u64| {
+        let own = lin & PAGE_MASK;
+        own == page || (own.wrapping_add(0x1000) == page && lin & !PAGE_MASK >= PAGE_MASK_CROSS)
+    };
+    on(lin) || on(lin & 0xffff_ffff)
 }
 
 impl CodeCache {
@@ -273,6 +277,8 @@ struct JmpSync {
     all: u64,
     non_global: u64,
     cache_gen: u64,
+    /// Arrays emptied whole so far (as the profile's counter, for this vCPU).
+    flushes: u64,
 }
 
 fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
@@ -296,7 +302,13 @@ impl TcgVcpu {
                 flags: crate::helpers::helper_flags as *const () as usize,
                 interp: crate::interp::helper_interp as *const () as usize,
             },
-            jmp_sync: JmpSync { ctx: [(u32::MAX, 0); MMU_MODES], all: u64::MAX, non_global: 0, cache_gen: 0 },
+            jmp_sync: JmpSync {
+                ctx: [(u32::MAX, 0); MMU_MODES],
+                all: u64::MAX,
+                non_global: 0,
+                cache_gen: 0,
+                flushes: 0,
+            },
         };
         v.reset()?;
         if crate::profile::enabled() {
@@ -435,6 +447,7 @@ impl TcgVcpu {
         let log = &mut s.tlb.log;
         if log.all != js.all || cache_gen != js.cache_gen {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+            js.flushes += 1;
             for a in &mut s.jmp_cache {
                 a.fill(empty);
             }
@@ -445,7 +458,7 @@ impl TcgVcpu {
                 js.non_global = log.non_global;
                 for (i, a) in s.jmp_cache.iter_mut().enumerate() {
                     let (table, cs_base) = (&s.tlb.tables[i], js.ctx[i].1);
-                    for e in a.iter_mut().filter(|e| e.rip != u64::MAX) {
+                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
                         let lin = cs_base.wrapping_add(e.rip);
                         let keep = table.is_global_code(lin)
                             && (lin & !PAGE_MASK < PAGE_MASK_CROSS || table.is_global_code(lin.wrapping_add(0x1000)));
@@ -458,7 +471,7 @@ impl TcgVcpu {
             for page in log.pages.drain(..) {
                 for (i, a) in s.jmp_cache.iter_mut().enumerate() {
                     let cs_base = js.ctx[i].1;
-                    for e in a.iter_mut().filter(|e| e.rip != u64::MAX) {
+                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
                         if on_page(cs_base.wrapping_add(e.rip), page) {
                             *e = empty;
                         }
@@ -478,6 +491,7 @@ impl TcgVcpu {
         let ctx = (s.mode_key(), s.seg[CS].base);
         if js.ctx[i] != ctx {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+            js.flushes += 1;
             s.jmp_cache[i].fill(empty);
             js.ctx[i] = ctx;
         }
@@ -801,6 +815,96 @@ mod tests {
         let ops = Ports { irq: AtomicBool::new(true), ..Ports::default() };
         assert_eq!(vcpu.run(&ops).unwrap(), VcpuExit::Halted);
         mem.read_u16(0x600).unwrap()
+    }
+
+    /// A 64-bit guest whose user code calls a function and makes a system call, 100
+    /// times; the kernel writes CR3 on each (as a context switch would), calls a
+    /// function of its own and returns with SYSRET, then halts. Kernel code is on a
+    /// global page, user code is not.
+    #[test]
+    fn jump_caches_survive_privilege_changes_and_keep_global_pages() {
+        const P: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        const G: u64 = 1 << 8;
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        mem.write_u64(0x10000, 0x11000 | P | RW | US).unwrap();
+        mem.write_u64(0x11000, 0x12000 | P | RW | US).unwrap();
+        mem.write_u64(0x12000, 0x13000 | P | RW | US).unwrap();
+        for i in 0..256u64 {
+            let flags = if i == 1 { P | RW | G } else { P | RW | US };
+            mem.write_u64(0x13000 + 8 * i, i << 12 | flags).unwrap();
+        }
+        let put = |at: u64, f: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+            let mut a = CodeAssembler::new(64).unwrap();
+            f(&mut a).unwrap();
+            mem.write(at, &a.assemble(at).unwrap()).unwrap();
+        };
+        // Kernel: start (to user space), the SYSCALL entry, a function.
+        put(0x1000, &|a| {
+            a.mov(rcx, 0x2000u64)?;
+            a.mov(r11, 2u64)?;
+            a.sysretq()
+        });
+        put(0x1100, &|a| {
+            let mut done = a.create_label();
+            a.inc(r12)?;
+            a.mov(rax, cr3)?;
+            a.mov(cr3, rax)?;
+            a.mov(rax, 0x1200u64)?;
+            a.call(rax)?;
+            a.cmp(r12, 100)?;
+            a.je(done)?;
+            a.sysretq()?;
+            a.set_label(&mut done)?;
+            a.hlt()
+        });
+        put(0x1200, &|a| a.ret());
+        // User: call a function, make a system call, again.
+        put(0x2000, &|a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.mov(rax, 0x2100u64)?;
+            a.call(rax)?;
+            a.syscall()?;
+            a.jmp(top)
+        });
+        put(0x2100, &|a| a.ret());
+
+        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+        let (mut r, mut s) = regs::power_on_state();
+        s.cs = regs::Segment { selector: 8, type_: 0xb, s: true, present: true, l: true, ..s.cs };
+        s.cs.base = 0;
+        s.cs.limit = 0xffff_ffff;
+        s.cr0 = regs::ctrl::CR0_PE | regs::ctrl::CR0_PG | regs::ctrl::CR0_ET;
+        s.cr3 = 0x10000;
+        s.cr4 = regs::ctrl::CR4_PAE | 1 << 7;
+        s.efer = regs::ctrl::EFER_LME | regs::ctrl::EFER_LMA | regs::ctrl::EFER_SCE;
+        for seg in [&mut s.ds, &mut s.es, &mut s.ss] {
+            *seg = regs::Segment { selector: 0x10, type_: 3, s: true, present: true, db: true, ..*seg };
+            seg.base = 0;
+        }
+        r.rip = 0x1000;
+        r.rsp = 0x8000;
+        vcpu.set_sregs(&s).unwrap();
+        vcpu.set_regs(&r).unwrap();
+        let star = 0x10u64 << 48 | 0x08 << 32;
+        let msr = |index, data| MsrEntry { index, data };
+        vcpu.set_msrs(&[msr(regs::msr::STAR, star), msr(regs::msr::LSTAR, 0x1100)]).unwrap();
+        assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted);
+        let st = &vcpu.cpu().state;
+        assert_eq!(st.gpr[12], 100);
+        assert_eq!(st.cpl(), 0);
+        // Emptied whole: every array at the first look, then each index's array once,
+        // for its mode. 200 privilege changes and 100 CR3 writes flushed none.
+        assert_eq!(vcpu.jmp_sync.flushes, 3);
+        // The kernel's return address (after the CALL) stays cached across the CR3
+        // writes: its page is global. The user's went at the last CR3 write.
+        let stub = vcpu.cache.next_stub as u64;
+        let live = |idx: usize| st.jmp_cache[idx].iter().filter(|e| e.host != stub).map(|e| e.rip).collect::<Vec<_>>();
+        let kernel = live(crate::mmu::MMU_KERNEL);
+        assert!(kernel.iter().any(|&rip| (0x1100..0x1200).contains(&rip)), "{kernel:x?}");
+        assert_eq!(live(crate::mmu::MMU_USER), [], "user pages are not global");
     }
 
     /// An interrupt waiting at STI is taken after the one instruction in STI's shadow,
