@@ -500,8 +500,11 @@ impl TcgVcpu {
     /// Enters the block just found (at the current RIP, `host`) in the current MMU
     /// index's jump cache.
     fn remember_jump_target(&mut self, host: usize) {
-        // Finding the block may have invalidated or cleared blocks.
-        self.sync_jump_cache();
+        // Finding the block may have invalidated or cleared blocks (nothing else the
+        // sync looks at changes in between).
+        if self.cache.generation != self.jmp_sync.cache_gen || !self.cache.dead.is_empty() {
+            self.sync_jump_cache();
+        }
         let s = &mut self.cpu_mut().state;
         let (i, rip) = (s.mmu_index(), s.rip);
         s.jmp_cache[i][(rip as usize) & (JMP_CACHE_SIZE - 1)] = JmpEntry { rip, host: host as u64 };
