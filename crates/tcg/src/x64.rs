@@ -149,8 +149,10 @@ pub struct Emitter {
     /// With paging on, the block's linear page: a direct branch out of it cannot be
     /// chained (the target page's mapping may change) and goes through the jump cache.
     page: Option<u64>,
-    /// The block's MMU index: which TLB and jump-cache arrays it probes.
-    mmu_idx: usize,
+    /// The block's MMU index: which TLB and jump-cache arrays it probes. Unset is a
+    /// translator bug (a user block probing the kernel's TLB would bypass the page
+    /// protections), so it panics rather than defaults.
+    mmu_idx: Option<usize>,
 }
 
 /// Host registers that hold guest registers inside a block (callee-saved, so helper
@@ -185,7 +187,7 @@ impl Emitter {
             deferred_request: None,
             block_rip: 0,
             page: None,
-            mmu_idx: crate::mmu::MMU_KERNEL,
+            mmu_idx: None,
         }
     }
 
@@ -193,7 +195,11 @@ impl Emitter {
     /// holds the CPL, so it is the same whenever the block runs).
     pub fn set_mmu_index(&mut self, mmu_idx: usize) {
         assert!(mmu_idx < crate::mmu::MMU_MODES);
-        self.mmu_idx = mmu_idx;
+        self.mmu_idx = Some(mmu_idx);
+    }
+
+    fn mmu_index(&self) -> usize {
+        self.mmu_idx.expect("Emitter::set_mmu_index before memory accesses and indirect exits")
     }
 
     /// Offset of the next byte from the block's start.
@@ -303,7 +309,7 @@ impl Emitter {
         use crate::state::JMP_CACHE_BITS;
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
         let r = t.reg();
-        let cache = off::jmp_cache_offset(self.mmu_idx);
+        let cache = off::jmp_cache_offset(self.mmu_index());
         self.sync_out();
         dynasm!(self.ops ; .arch x64
             ; mov rdi, Rq(r)
@@ -488,7 +494,7 @@ impl Emitter {
     /// a hit leaves the host address in rsi and falls through, on a miss jumps to `miss`.
     fn tlb_probe(&mut self, w: Width, tag: i32, miss: DynamicLabel) {
         let mask = (1i32 << TLB_BITS) - 1;
-        let tlb = off::tlb_offset(self.mmu_idx);
+        let tlb = off::tlb_offset(self.mmu_index());
         dynasm!(self.ops ; .arch x64
             ; mov rdi, rsi
             ; shr rdi, 12
