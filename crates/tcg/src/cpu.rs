@@ -188,33 +188,39 @@ impl Cpu {
         })
     }
 
-    /// Linear → physical for one access, filling the TLB when the page is memory.
-    pub fn translate(&mut self, linear: u64, access: Access) -> Result<u64> {
+    /// The MMU index of the accesses made now: the kernel's for the CPU's own accesses
+    /// to system structures ([`Self::system_access`]), else the CPL's.
+    pub fn mmu_index(&self) -> usize {
         if self.system_access {
-            // Privileged accesses at CPL 3 neither use nor fill the TLB, which does not
-            // record the user/supervisor distinction.
-            return paging::translate(self, linear, access);
+            crate::mmu::MMU_KERNEL
+        } else {
+            self.state.mmu_index()
         }
+    }
+
+    /// Linear → physical for one access, filling the TLB of the current MMU index when
+    /// the page is memory.
+    pub fn translate(&mut self, linear: u64, access: Access) -> Result<u64> {
+        let idx = self.mmu_index();
         // A TLB hit saves the walk (the tags only ever hold pages whose walk, for that
-        // kind of access, succeeded at the current privilege).
-        let tlb = &self.state.tlb;
-        let idx = crate::mmu::Tlb::index(linear);
-        let e = &tlb.entries[idx];
-        let page = linear & PAGE_MASK;
-        let tag = match access {
-            Access::Read => e.read,
-            Access::Write => e.write,
-            Access::Fetch => e.code,
-        };
-        if tag == page {
-            return Ok(tlb.phys[idx] | (linear & !PAGE_MASK));
+        // kind of access, succeeded with this index's rules).
+        if let Some(phys) = self.state.tlb.tables[idx].lookup(linear, access) {
+            return Ok(phys);
         }
-        let phys = paging::translate(self, linear, access)?;
-        let page = phys >> 12;
-        let code_free = !self.watch_is_code(page);
+        let w = paging::walk(self, linear, access)?;
+        let code_free = !self.watch_is_code(w.phys >> 12);
         // Only a write fills the write tag: its walk has set the page's dirty bit.
-        mmu::fill(&mut self.state.tlb, &self.mem, linear, phys, access, code_free);
-        Ok(phys)
+        mmu::fill(&mut self.state.tlb.tables[idx], &self.mem, linear, w.phys, access, code_free, w.global);
+        Ok(w.phys)
+    }
+
+    /// The host address of `len` bytes at linear `lin` when the current MMU index's TLB
+    /// holds their page for `access` (the probe generated code makes).
+    fn tlb_host(&self, lin: u64, len: usize, access: Access) -> Option<*mut u8> {
+        if len == 0 {
+            return None;
+        }
+        self.state.tlb.tables[self.mmu_index()].host(lin, len, access)
     }
 
     /// Catches up with guest memory view switches (the PC's PAM registers remapping
@@ -248,6 +254,14 @@ impl Cpu {
 
     /// Reads `buf.len()` bytes (at most 8 for MMIO) at linear `addr`.
     pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let lin = self.wrap_linear(addr);
+        if let Some(host) = self.tlb_host(lin, buf.len(), Access::Read) {
+            // SAFETY: a TLB hit: the bytes lie in one page of a RAM or ROM region, which
+            // `host` points into (the region lives as long as `self.mem`; a memory-map
+            // switch flushes the TLB first).
+            unsafe { std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), buf.len()) };
+            return Ok(());
+        }
         self.access(addr, buf.len(), Access::Read, |cpu, phys, range| {
             let chunk = &mut buf[range];
             match mmu::phys_target(&cpu.mem, phys) {
@@ -266,6 +280,13 @@ impl Cpu {
 
     /// Writes `buf` at linear `addr`, invalidating translations it overwrites.
     pub fn write(&mut self, addr: u64, buf: &[u8]) -> Result<()> {
+        let lin = self.wrap_linear(addr);
+        if let Some(host) = self.tlb_host(lin, buf.len(), Access::Write) {
+            // SAFETY: as in `read`; a write tag is only ever set on RAM without
+            // translated code, so nothing needs invalidating.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), host, buf.len()) };
+            return Ok(());
+        }
         // Translate every page first, so a fault leaves memory untouched.
         self.access(addr, buf.len(), Access::Write, |_, _, _| {})?;
         self.access(addr, buf.len(), Access::Write, |cpu, phys, range| {
@@ -382,5 +403,236 @@ impl Cpu {
     /// Writes the low `width` bytes of `v`.
     pub fn write_n(&mut self, a: u64, v: u64, width: u8) -> Result<()> {
         self.write(a, &v.to_le_bytes()[..width as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quern_core::regs::ctrl;
+
+    use super::*;
+    use crate::interp::testutil::{self, run, Ports};
+    use crate::mmu::{MMU_KERNEL, MMU_USER};
+    use crate::state::CS;
+
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    const US: u64 = 4;
+    const G: u64 = 1 << 8;
+    /// Supervisor-only, writable.
+    const KERNEL_PAGE: u64 = 0x20000;
+    /// User, read-only.
+    const USER_RO: u64 = 0x21000;
+    /// User, writable, global.
+    const GLOBAL: u64 = 0x22000;
+    /// User, writable.
+    const PLAIN: u64 = 0x5000;
+
+    /// A 64-bit CPU with 4-level paging identity-mapping the first 2 MiB with 4 KiB
+    /// pages (user, writable) but for the pages above; CR4.PGE on; at CPL 0.
+    fn paged() -> Box<Cpu> {
+        let mut cpu = testutil::cpu(64);
+        let m = cpu.mem.clone();
+        m.write_u64(0x10000, 0x11000 | P | RW | US).unwrap();
+        m.write_u64(0x11000, 0x12000 | P | RW | US).unwrap();
+        m.write_u64(0x12000, 0x13000 | P | RW | US).unwrap();
+        for i in 0..512u64 {
+            let a = i << 12;
+            let flags = match a {
+                KERNEL_PAGE => P | RW,
+                USER_RO => P | US,
+                GLOBAL => P | RW | US | G,
+                _ => P | RW | US,
+            };
+            m.write_u64(0x13000 + 8 * i, a | flags).unwrap();
+        }
+        let s = &mut cpu.state;
+        s.cr3 = 0x10000;
+        s.cr4 |= ctrl::CR4_PAE | 1 << 7;
+        s.cr0 |= ctrl::CR0_PG;
+        s.efer |= ctrl::EFER_SCE;
+        // SYSCALL to selector 8 at LSTAR; SYSRET to selector 0x23 (base 0x10).
+        s.msr.star = 0x10 << 48 | 0x08 << 32;
+        s.msr.lstar = 0x1000;
+        cpu
+    }
+
+    fn set_cpl(cpu: &mut Cpu, cpl: u16) {
+        let a = &mut cpu.state.seg[CS].attr;
+        *a = (*a & !(3 << 5)) | cpl << 5;
+        assert_eq!(cpu.state.cpl(), cpl as u8);
+    }
+
+    fn cached(cpu: &Cpu, idx: usize, a: u64, access: Access) -> bool {
+        cpu.state.tlb.tables[idx].lookup(a, access).is_some()
+    }
+
+    fn pf_code(r: Result<()>) -> u32 {
+        let e = r.expect_err("a page fault");
+        assert_eq!(e.vector, vector::PF);
+        e.error_code.unwrap()
+    }
+
+    #[test]
+    fn user_and_kernel_entries_are_apart() {
+        let mut cpu = paged();
+        let mut b = [0u8; 4];
+        // A kernel entry for a supervisor page does not let CPL 3 in.
+        cpu.read(KERNEL_PAGE, &mut b).unwrap();
+        assert!(cached(&cpu, MMU_KERNEL, KERNEL_PAGE, Access::Read));
+        set_cpl(&mut cpu, 3);
+        assert_eq!(pf_code(cpu.read(KERNEL_PAGE, &mut b)), 0b101, "present, user, read");
+        assert!(!cached(&cpu, MMU_USER, KERNEL_PAGE, Access::Read));
+        // The kernel may write a read-only page while CR0.WP is clear; its write tag
+        // does not let CPL 3 write.
+        set_cpl(&mut cpu, 0);
+        cpu.write(USER_RO, &[1]).unwrap();
+        assert!(cached(&cpu, MMU_KERNEL, USER_RO, Access::Write));
+        set_cpl(&mut cpu, 3);
+        assert_eq!(pf_code(cpu.write(USER_RO, &[2])), 0b111, "present, write, user");
+        cpu.read(USER_RO, &mut b[..1]).unwrap();
+        assert_eq!(b[0], 1);
+        assert!(cached(&cpu, MMU_USER, USER_RO, Access::Read));
+        assert!(!cached(&cpu, MMU_USER, USER_RO, Access::Write));
+        // And the other way: a user entry is not the kernel's.
+        cpu.write(PLAIN, &[3]).unwrap();
+        assert!(cached(&cpu, MMU_USER, PLAIN, Access::Write));
+        assert!(!cached(&cpu, MMU_KERNEL, PLAIN, Access::Read));
+        // The CPU's own supervisor accesses at CPL 3 use (and fill) the kernel's.
+        cpu.read_system(KERNEL_PAGE + 8, &mut b).unwrap();
+        // With CR0.WP (a flush), the kernel write to a read-only page faults too.
+        set_cpl(&mut cpu, 0);
+        cpu.state.gpr[0] = cpu.state.cr0 | ctrl::CR0_WP;
+        run(&mut cpu, &[0x0f, 0x22, 0xc0]).unwrap(); // mov cr0, rax
+        assert!(!cached(&cpu, MMU_KERNEL, USER_RO, Access::Write));
+        assert_eq!(pf_code(cpu.write(USER_RO, &[4])), 0b011, "present, write, supervisor");
+    }
+
+    #[test]
+    fn privilege_changes_keep_the_tlb() {
+        let mut cpu = paged();
+        let mut b = [0u8; 8];
+        cpu.read(KERNEL_PAGE, &mut b).unwrap();
+        cpu.write(PLAIN, &[1]).unwrap();
+        cpu.state.rip = 0x1000;
+        cpu.state.gpr[1] = 0x3000; // RCX: SYSRET's target
+        assert_eq!(run(&mut cpu, &[0x48, 0x0f, 0x07]).unwrap(), crate::interp::Step::Jump); // sysretq
+        assert_eq!(cpu.state.cpl(), 3);
+        assert!(cached(&cpu, MMU_KERNEL, KERNEL_PAGE, Access::Read));
+        assert!(cached(&cpu, MMU_KERNEL, PLAIN, Access::Write));
+        cpu.write(PLAIN, &[2]).unwrap();
+        assert!(cached(&cpu, MMU_USER, PLAIN, Access::Write));
+        assert_eq!(run(&mut cpu, &[0x0f, 0x05]).unwrap(), crate::interp::Step::Jump); // syscall
+        assert_eq!(cpu.state.cpl(), 0);
+        assert!(cached(&cpu, MMU_USER, PLAIN, Access::Write));
+        assert!(cached(&cpu, MMU_KERNEL, KERNEL_PAGE, Access::Read));
+        assert_eq!(cpu.state.tlb.log.all + cpu.state.tlb.log.non_global, 0, "no flush");
+    }
+
+    /// Fills read entries for GLOBAL and PLAIN in both MMU indexes; returns at CPL 0.
+    fn fill_both(cpu: &mut Cpu) {
+        let mut b = [0u8; 1];
+        for cpl in [3, 0] {
+            set_cpl(cpu, cpl);
+            cpu.read(GLOBAL, &mut b).unwrap();
+            cpu.read(PLAIN, &mut b).unwrap();
+        }
+        for idx in [MMU_KERNEL, MMU_USER] {
+            assert!(cached(cpu, idx, GLOBAL, Access::Read) && cached(cpu, idx, PLAIN, Access::Read));
+        }
+    }
+
+    #[test]
+    fn cr3_write_flushes_all_but_global_pages() {
+        let mut cpu = paged();
+        fill_both(&mut cpu);
+        cpu.state.gpr[0] = cpu.state.cr3;
+        run(&mut cpu, &[0x0f, 0x22, 0xd8]).unwrap(); // mov cr3, rax
+        for idx in [MMU_KERNEL, MMU_USER] {
+            assert!(cached(&cpu, idx, GLOBAL, Access::Read), "global pages stay");
+            assert!(!cached(&cpu, idx, PLAIN, Access::Read));
+        }
+        // Clearing CR4.PGE drops the global pages too; other CR4 bits keep entries.
+        fill_both(&mut cpu);
+        cpu.state.gpr[0] = cpu.state.cr4 | ctrl::CR4_OSFXSR;
+        run(&mut cpu, &[0x0f, 0x22, 0xe0]).unwrap(); // mov cr4, rax
+        assert!(cached(&cpu, MMU_KERNEL, PLAIN, Access::Read));
+        cpu.state.gpr[0] = cpu.state.cr4 & !(1 << 7);
+        run(&mut cpu, &[0x0f, 0x22, 0xe0]).unwrap();
+        for idx in [MMU_KERNEL, MMU_USER] {
+            assert!(!cached(&cpu, idx, GLOBAL, Access::Read) && !cached(&cpu, idx, PLAIN, Access::Read));
+        }
+        // Without PGE, nothing is global.
+        fill_both(&mut cpu);
+        cpu.state.gpr[0] = cpu.state.cr3;
+        run(&mut cpu, &[0x0f, 0x22, 0xd8]).unwrap();
+        assert!(!cached(&cpu, MMU_KERNEL, GLOBAL, Access::Read));
+    }
+
+    #[test]
+    fn invlpg_drops_the_page_in_every_index() {
+        let mut cpu = paged();
+        fill_both(&mut cpu);
+        cpu.state.gpr[0] = GLOBAL + 0x123;
+        run(&mut cpu, &[0x0f, 0x01, 0x38]).unwrap(); // invlpg [rax]
+        for idx in [MMU_KERNEL, MMU_USER] {
+            assert!(!cached(&cpu, idx, GLOBAL, Access::Read), "global or not");
+            assert!(cached(&cpu, idx, PLAIN, Access::Read), "other pages stay");
+        }
+        assert_eq!(cpu.state.tlb.log.pages, [GLOBAL]);
+    }
+
+    /// Code pages as a set; invalidations recorded.
+    #[derive(Default)]
+    struct Watch {
+        code: Vec<u64>,
+        invalidated: Vec<u64>,
+    }
+
+    impl CodeWatch for Watch {
+        fn is_code_page(&self, page: u64) -> bool {
+            self.code.contains(&page)
+        }
+        fn invalidate_page(&mut self, page: u64) -> bool {
+            self.invalidated.push(page);
+            true
+        }
+    }
+
+    /// The interpreter's accesses use TLB hits directly, and a write to a page with
+    /// translated code still takes the way that invalidates it.
+    #[test]
+    fn interpreter_writes_to_code_pages_still_invalidate() {
+        let mut cpu = paged();
+        let ops = Ports::default();
+        let mut watch = Watch { code: vec![0x30], ..Default::default() };
+        // SAFETY: `ops` and `watch` outlive the attachment (detached below).
+        unsafe { cpu.attach(&ops, &mut watch as *mut dyn CodeWatch) };
+        let mut b = [0u8; 4];
+        cpu.read(0x30000, &mut b).unwrap(); // a read entry, no write tag
+        cpu.write(0x30000, &[1, 2]).unwrap();
+        cpu.write(0x30002, &[3, 4]).unwrap();
+        assert!(!cached(&cpu, MMU_KERNEL, 0x30000, Access::Write));
+        // A page without code gets a write tag, and later writes hit it.
+        cpu.write(0x31000, &[5; 4]).unwrap();
+        assert!(cached(&cpu, MMU_KERNEL, 0x31000, Access::Write));
+        cpu.write(0x31ffe, &[6, 7]).unwrap();
+        cpu.read(0x31ffe, &mut b[..2]).unwrap();
+        assert_eq!(b[..2], [6, 7]);
+        // Crossing into the next page takes the slow way, and still works.
+        cpu.write(0x31fff, &[8, 9]).unwrap();
+        assert_eq!(cpu.mem.read_u16(0x31fff).unwrap(), 0x0908);
+        // The page gets code: the run loop drops write tags to it.
+        let host = cpu.mem.host_ptr(0x31000, 1).unwrap() as u64;
+        cpu.state.tlb.protect_host_page(host);
+        cpu.detach();
+        watch.code.push(0x31);
+        // SAFETY: as above.
+        unsafe { cpu.attach(&ops, &mut watch as *mut dyn CodeWatch) };
+        cpu.write(0x31000, &[0xaa]).unwrap();
+        cpu.detach();
+        assert_eq!(watch.invalidated, [0x30, 0x30, 0x31]);
+        assert_eq!(cpu.mem.read_u32(0x30000).unwrap(), 0x0403_0201);
+        assert_eq!(cpu.mem.read_u8(0x31000).unwrap(), 0xaa);
     }
 }

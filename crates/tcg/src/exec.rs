@@ -13,11 +13,9 @@
 //! unchain every jump into them.
 
 use std::cell::UnsafeCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use iced_x86::Instruction;
 use quern_core::cpu::CpuEvent;
 use quern_core::regs::{self, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
@@ -25,9 +23,10 @@ use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 use crate::backend::{exit, Backend, Helpers, Host};
 use crate::codebuf::CodeBuffer;
 use crate::cpu::{CodeWatch, Cpu};
+use crate::fxhash::FxHashMap;
 use crate::interrupt::{self, Source};
-use crate::mmu::PAGE_MASK;
-use crate::state::{Seg, CS, DS, ES, FS, GS, SS};
+use crate::mmu::{MMU_MODES, PAGE_MASK};
+use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, JMP_CACHE_SIZE, SS};
 use crate::translate::{self, BlockMode};
 
 /// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
@@ -52,7 +51,7 @@ struct Block {
     vpage: u64,
     valid: bool,
     /// The decoded instructions the interpreter helper is handed (kept alive here).
-    _insns: Box<[Instruction]>,
+    _insns: Box<[crate::interp::Resolved]>,
 }
 
 /// Translated code and what is known about it.
@@ -62,19 +61,36 @@ struct CodeCache {
     /// A stub that returns to the run loop asking for the next block (the jump cache's
     /// "no entry").
     next_stub: usize,
-    /// Bumped whenever blocks go away, so the jump cache is flushed.
+    /// Bumped when every block goes away, so the jump caches are flushed.
     generation: u64,
     /// Where blocks return to the run loop through.
     epilogue: usize,
+    /// (RIP, host code) of blocks invalidated since the run loop last looked: their
+    /// jump-cache entries must go.
+    dead: Vec<(u64, usize)>,
     blocks: Vec<Block>,
-    map: HashMap<Key, usize>,
+    map: FxHashMap<Key, usize>,
     /// Physical page number → blocks with code from it.
-    pages: HashMap<u64, Vec<usize>>,
+    pages: FxHashMap<u64, Vec<usize>>,
     /// Chainable jump address → (its block, its stub).
-    sites: HashMap<usize, (usize, usize)>,
+    sites: FxHashMap<usize, (usize, usize)>,
 }
 
 type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
+
+/// A block whose RIP's page offset is past this may have its first instruction cross
+/// into the next page (at most 15 bytes long).
+const PAGE_MASK_CROSS: u64 = 0x1000 - 15;
+
+/// Whether a block at CS base + RIP = `lin` may have code on linear page `page`
+/// (outside long mode the linear address wraps at 4 GiB: either way counts).
+fn on_page(lin: u64, page: u64) -> bool {
+    let on = |lin: u64| {
+        let own = lin & PAGE_MASK;
+        own == page || (own.wrapping_add(0x1000) == page && lin & !PAGE_MASK >= PAGE_MASK_CROSS)
+    };
+    on(lin) || on(lin & 0xffff_ffff)
+}
 
 impl CodeCache {
     fn new() -> std::io::Result<Self> {
@@ -84,10 +100,11 @@ impl CodeCache {
             next_stub: 0,
             generation: 0,
             epilogue: 0,
+            dead: Vec::new(),
             blocks: Vec::new(),
-            map: HashMap::new(),
-            pages: HashMap::new(),
-            sites: HashMap::new(),
+            map: FxHashMap::default(),
+            pages: FxHashMap::default(),
+            sites: FxHashMap::default(),
         };
         c.emit_trampoline();
         Ok(c)
@@ -106,6 +123,7 @@ impl CodeCache {
     /// Forgets every block (the buffer is full, or the machine reset).
     fn clear(&mut self) {
         self.generation += 1;
+        self.dead.clear();
         self.blocks.clear();
         self.map.clear();
         self.pages.clear();
@@ -127,13 +145,13 @@ impl CodeWatch for CodeCache {
     fn invalidate_page(&mut self, page: u64) -> bool {
         let Some(ids) = self.pages.remove(&page) else { return false };
         crate::profile::count(&crate::profile::INVALIDATIONS);
-        self.generation += 1;
         for id in ids {
             if !self.blocks[id].valid {
                 continue;
             }
             self.blocks[id].valid = false;
             let key = self.blocks[id].key;
+            self.dead.push((key.rip, self.blocks[id].host));
             if self.map.get(&key) == Some(&id) {
                 self.map.remove(&key);
             }
@@ -206,9 +224,43 @@ pub struct TcgVcpu {
     shared: Arc<Shared>,
     cache: CodeCache,
     helpers: Helpers,
-    /// (mode key, CS base, TLB generation, cache generation) when the jump cache was
-    /// last valid: any change and it is flushed.
-    jmp_context: (u32, u64, u64, u64),
+    /// What the jump caches hold entries for (see [`TcgVcpu::sync_jump_cache`]).
+    jmp_sync: JmpSync,
+}
+
+/// What the jump-cache arrays were filled under, as of the run loop's last look.
+///
+/// An entry maps a guest *virtual* RIP to the block found for it, and a block holds for
+/// one (physical page, RIP, CS base, mode key). So an entry stays right while the mode
+/// and CS base its array was filled under hold, and while the mapping of the RIP's page
+/// does. Hence, per MMU index array:
+/// - the mode key and CS base it was filled under: entering a block of that index under
+///   another flushes the array. The CPL is in the mode key but selects the array too,
+///   so system calls and interrupts flush nothing (the kernel and user arrays each
+///   keep their mode);
+/// - a flush of all TLB entries (CR0.PG/WP, CR4 paging bits, EFER, memory-map switch)
+///   or a cleared code buffer flushes every array;
+/// - a CR3 write keeps the entries whose page (and the next one, for a block whose
+///   first instruction may cross into it) is still cached as a *global* code page of
+///   that index: global mappings survive CR3 writes, as in the TLB, so the kernel's
+///   entries outlive context switches. It is done before any fetch refills the TLB;
+/// - INVLPG drops the entries on its page (and those that may cross into it);
+/// - an invalidated block drops its own entry.
+///
+/// Every change of these goes back to the run loop before another block runs (the
+/// instructions that make them end their block; invalidation sets `exit_request`), and
+/// the run loop syncs before entering any block, so generated code only ever sees
+/// entries valid now. (QEMU's tb_jmp_cache, also indexed by virtual PC, is flushed on
+/// every tlb_flush and per page on tlb_flush_page.)
+struct JmpSync {
+    /// Per MMU index: (mode key, CS base) of its array's entries.
+    ctx: [(u32, u64); MMU_MODES],
+    /// `FlushLog` counters and the cache generation last seen.
+    all: u64,
+    non_global: u64,
+    cache_gen: u64,
+    /// Arrays emptied whole so far (as the profile's counter, for this vCPU).
+    flushes: u64,
 }
 
 fn host_err(op: &'static str, source: std::io::Error) -> CpuError {
@@ -230,11 +282,17 @@ impl TcgVcpu {
                 load: crate::helpers::helper_load as *const () as usize,
                 store: crate::helpers::helper_store as *const () as usize,
                 flags: crate::helpers::helper_flags as *const () as usize,
-                interp: crate::interp::helper_interp as *const () as usize,
+                interp: crate::interp::helper_interp_resolved as *const () as usize,
                 vload: crate::helpers::helper_vload as *const () as usize,
                 vstore: crate::helpers::helper_vstore as *const () as usize,
             },
-            jmp_context: (u32::MAX, 0, 0, 0),
+            jmp_sync: JmpSync {
+                ctx: [(u32::MAX, 0); MMU_MODES],
+                all: u64::MAX,
+                non_global: 0,
+                cache_gen: 0,
+                flushes: 0,
+            },
         };
         v.reset()?;
         if crate::profile::enabled() {
@@ -248,7 +306,6 @@ impl TcgVcpu {
     #[cfg(test)]
     pub(crate) fn test_cpu(&mut self) -> &mut Cpu {
         self.cache.clear();
-        self.jmp_context = (u32::MAX, 0, 0, 0);
         self.cpu_mut()
     }
 
@@ -287,6 +344,7 @@ impl TcgVcpu {
             single,
             sse: s.sse_enabled(),
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
+            mmu_idx: s.mmu_index(),
         }
     }
 
@@ -301,7 +359,7 @@ impl TcgVcpu {
         let cs_base = cpu.state.seg[CS].base;
         let rip = cpu.state.rip;
         let linear = cpu.wrap_linear(cs_base.wrapping_add(rip));
-        let phys = match cpu.state.tlb.lookup_code(linear) {
+        let phys = match cpu.state.tlb.tables[cpu.mmu_index()].lookup_code(linear) {
             Some(p) => p,
             None => cpu.translate(linear, crate::mmu::Access::Fetch)?,
         };
@@ -374,21 +432,81 @@ impl TcgVcpu {
         self.cache.blocks[to].incoming.push((site, stub));
     }
 
-    /// Enters the block just found in the jump cache, first flushing the cache if
-    /// anything it depends on changed since it was filled.
-    fn remember_jump_target(&mut self, host: usize) {
-        let stub = self.cache.next_stub as u64;
+    /// Brings the jump caches up to date with what changed since the last look (see
+    /// [`JmpSync`]); then the current MMU index's array holds entries for the current
+    /// mode only.
+    fn sync_jump_cache(&mut self) {
+        let empty = JmpEntry { rip: u64::MAX, host: self.cache.next_stub as u64 };
         let cache_gen = self.cache.generation;
-        let old = self.jmp_context;
-        let s = &mut self.cpu_mut().state;
-        let ctx = (s.mode_key(), s.seg[CS].base, s.tlb.generation, cache_gen);
-        if ctx != old {
-            s.jmp_cache.fill(crate::state::JmpEntry { rip: u64::MAX, host: stub });
+        let dead = std::mem::take(&mut self.cache.dead);
+        let js = &mut self.jmp_sync;
+        // SAFETY: as in `cpu_mut`; the cache and `jmp_sync` are separate fields.
+        let cpu: &mut Cpu = unsafe { &mut *self.shared.cpu.get() };
+        let s = &mut cpu.state;
+        let log = &mut s.tlb.log;
+        if log.all != js.all || cache_gen != js.cache_gen {
+            crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+            js.flushes += 1;
+            for a in &mut s.jmp_cache {
+                a.fill(empty);
+            }
+            (js.all, js.non_global, js.cache_gen) = (log.all, log.non_global, cache_gen);
+            log.pages.clear();
+        } else {
+            if log.non_global != js.non_global {
+                js.non_global = log.non_global;
+                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
+                    let (table, cs_base) = (&s.tlb.tables[i], js.ctx[i].1);
+                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
+                        let lin = cs_base.wrapping_add(e.rip);
+                        let keep = table.is_global_code(lin)
+                            && (lin & !PAGE_MASK < PAGE_MASK_CROSS || table.is_global_code(lin.wrapping_add(0x1000)));
+                        if !keep {
+                            *e = empty;
+                        }
+                    }
+                }
+            }
+            for page in log.pages.drain(..) {
+                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
+                    let cs_base = js.ctx[i].1;
+                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
+                        if on_page(cs_base.wrapping_add(e.rip), page) {
+                            *e = empty;
+                        }
+                    }
+                }
+            }
+            for (rip, host) in dead {
+                for a in &mut s.jmp_cache {
+                    let e = &mut a[(rip as usize) & (JMP_CACHE_SIZE - 1)];
+                    if e.rip == rip && e.host == host as u64 {
+                        *e = empty;
+                    }
+                }
+            }
         }
-        let rip = s.rip;
-        s.jmp_cache[(rip as usize) & (crate::state::JMP_CACHE_SIZE - 1)] =
-            crate::state::JmpEntry { rip, host: host as u64 };
-        self.jmp_context = ctx;
+        let i = s.mmu_index();
+        let ctx = (s.mode_key(), s.seg[CS].base);
+        if js.ctx[i] != ctx {
+            crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+            js.flushes += 1;
+            s.jmp_cache[i].fill(empty);
+            js.ctx[i] = ctx;
+        }
+    }
+
+    /// Enters the block just found (at the current RIP, `host`) in the current MMU
+    /// index's jump cache.
+    fn remember_jump_target(&mut self, host: usize) {
+        // Finding the block may have invalidated or cleared blocks (nothing else the
+        // sync looks at changes in between).
+        if self.cache.generation != self.jmp_sync.cache_gen || !self.cache.dead.is_empty() {
+            self.sync_jump_cache();
+        }
+        let s = &mut self.cpu_mut().state;
+        let (i, rip) = (s.mmu_index(), s.rip);
+        s.jmp_cache[i][(rip as usize) & (JMP_CACHE_SIZE - 1)] = JmpEntry { rip, host: host as u64 };
     }
 
     fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {
@@ -470,6 +588,8 @@ impl TcgVcpu {
             if self.cpu().state.halted != 0 {
                 return Ok(VcpuExit::Halted);
             }
+            // Before the fetch below refills the TLB (see JmpSync).
+            self.sync_jump_cache();
             let block = match self.find_block(single) {
                 Ok(b) => b,
                 Err(e) => {
@@ -700,6 +820,96 @@ mod tests {
         let ops = Ports { irq: AtomicBool::new(true), ..Ports::default() };
         assert_eq!(vcpu.run(&ops).unwrap(), VcpuExit::Halted);
         mem.read_u16(0x600).unwrap()
+    }
+
+    /// A 64-bit guest whose user code calls a function and makes a system call, 100
+    /// times; the kernel writes CR3 on each (as a context switch would), calls a
+    /// function of its own and returns with SYSRET, then halts. Kernel code is on a
+    /// global page, user code is not.
+    #[test]
+    fn jump_caches_survive_privilege_changes_and_keep_global_pages() {
+        const P: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        const G: u64 = 1 << 8;
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        mem.write_u64(0x10000, 0x11000 | P | RW | US).unwrap();
+        mem.write_u64(0x11000, 0x12000 | P | RW | US).unwrap();
+        mem.write_u64(0x12000, 0x13000 | P | RW | US).unwrap();
+        for i in 0..256u64 {
+            let flags = if i == 1 { P | RW | G } else { P | RW | US };
+            mem.write_u64(0x13000 + 8 * i, i << 12 | flags).unwrap();
+        }
+        let put = |at: u64, f: &dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>| {
+            let mut a = CodeAssembler::new(64).unwrap();
+            f(&mut a).unwrap();
+            mem.write(at, &a.assemble(at).unwrap()).unwrap();
+        };
+        // Kernel: start (to user space), the SYSCALL entry, a function.
+        put(0x1000, &|a| {
+            a.mov(rcx, 0x2000u64)?;
+            a.mov(r11, 2u64)?;
+            a.sysretq()
+        });
+        put(0x1100, &|a| {
+            let mut done = a.create_label();
+            a.inc(r12)?;
+            a.mov(rax, cr3)?;
+            a.mov(cr3, rax)?;
+            a.mov(rax, 0x1200u64)?;
+            a.call(rax)?;
+            a.cmp(r12, 100)?;
+            a.je(done)?;
+            a.sysretq()?;
+            a.set_label(&mut done)?;
+            a.hlt()
+        });
+        put(0x1200, &|a| a.ret());
+        // User: call a function, make a system call, again.
+        put(0x2000, &|a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.mov(rax, 0x2100u64)?;
+            a.call(rax)?;
+            a.syscall()?;
+            a.jmp(top)
+        });
+        put(0x2100, &|a| a.ret());
+
+        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+        let (mut r, mut s) = regs::power_on_state();
+        s.cs = regs::Segment { selector: 8, type_: 0xb, s: true, present: true, l: true, ..s.cs };
+        s.cs.base = 0;
+        s.cs.limit = 0xffff_ffff;
+        s.cr0 = regs::ctrl::CR0_PE | regs::ctrl::CR0_PG | regs::ctrl::CR0_ET;
+        s.cr3 = 0x10000;
+        s.cr4 = regs::ctrl::CR4_PAE | 1 << 7;
+        s.efer = regs::ctrl::EFER_LME | regs::ctrl::EFER_LMA | regs::ctrl::EFER_SCE;
+        for seg in [&mut s.ds, &mut s.es, &mut s.ss] {
+            *seg = regs::Segment { selector: 0x10, type_: 3, s: true, present: true, db: true, ..*seg };
+            seg.base = 0;
+        }
+        r.rip = 0x1000;
+        r.rsp = 0x8000;
+        vcpu.set_sregs(&s).unwrap();
+        vcpu.set_regs(&r).unwrap();
+        let star = 0x10u64 << 48 | 0x08 << 32;
+        let msr = |index, data| MsrEntry { index, data };
+        vcpu.set_msrs(&[msr(regs::msr::STAR, star), msr(regs::msr::LSTAR, 0x1100)]).unwrap();
+        assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted);
+        let st = &vcpu.cpu().state;
+        assert_eq!(st.gpr[12], 100);
+        assert_eq!(st.cpl(), 0);
+        // Emptied whole: every array at the first look, then each index's array once,
+        // for its mode. 200 privilege changes and 100 CR3 writes flushed none.
+        assert_eq!(vcpu.jmp_sync.flushes, 3);
+        // The kernel's return address (after the CALL) stays cached across the CR3
+        // writes: its page is global. The user's went at the last CR3 write.
+        let stub = vcpu.cache.next_stub as u64;
+        let live = |idx: usize| st.jmp_cache[idx].iter().filter(|e| e.host != stub).map(|e| e.rip).collect::<Vec<_>>();
+        let kernel = live(crate::mmu::MMU_KERNEL);
+        assert!(kernel.iter().any(|&rip| (0x1100..0x1200).contains(&rip)), "{kernel:x?}");
+        assert_eq!(live(crate::mmu::MMU_USER), [], "user pages are not global");
     }
 
     /// An interrupt waiting at STI is taken after the one instruction in STI's shadow,

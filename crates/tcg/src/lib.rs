@@ -18,6 +18,7 @@ pub mod codebuf;
 pub mod cpu;
 pub mod exec;
 pub mod flags;
+pub mod fxhash;
 pub mod helpers;
 pub mod interp;
 pub mod interrupt;

@@ -1,7 +1,10 @@
 //! The soft-MMU: a direct-mapped TLB that generated code probes inline, and the Rust
 //! slow path that fills it.
 //!
-//! Each entry caches one 4 KiB linear page with three tags (read, write, execute) and
+//! There is one array per MMU index ([`MMU_KERNEL`], [`MMU_USER`]): an entry holds
+//! what a walk with that index's permission rules allowed, so privilege changes keep
+//! every entry. CR3 writes drop all but the global pages' entries, INVLPG one page in
+//! every array. Each entry caches one 4 KiB linear page with three tags (read, write, execute) and
 //! an addend: host address = linear address + addend. Generated code computes the tag
 //! of the access's *last* byte's page and compares it with the entry indexed by the
 //! *first* byte's page, so an access crossing a page boundary misses and takes the
@@ -18,6 +21,33 @@ pub const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// A tag no page-aligned address equals.
 pub const INVALID: u64 = u64::MAX;
 
+/// MMU indexes, as QEMU's: one TLB array per set of permission rules, so that a change
+/// of privilege (a system call, an interrupt, its return) needs no flush. Each block is
+/// translated for one index (the CPL is in its mode key) and probes that array at a
+/// constant offset ([`crate::state::off::tlb_offset`]).
+///
+/// - [`MMU_KERNEL`]: CPL 0-2, and the CPU's own accesses to system structures (GDT,
+///   LDT, IDT, TSS) at any CPL: supervisor rights, writes to read-only pages allowed
+///   unless CR0.WP.
+/// - [`MMU_USER`]: CPL 3 (and virtual-8086 mode): user pages only, read-only enforced.
+///
+/// SMAP and SMEP are not implemented (nor advertised). When they are, a kernel access
+/// with CR4.SMAP set and EFLAGS.AC clear follows other rules than one with AC set, so
+/// the kernel index splits in two as QEMU's does (MMU_KSMAP_IDX / MMU_KNOSMAP_IDX), and
+/// STAC/CLAC/POPF must end their block for the block's index to stay fixed.
+pub const MMU_KERNEL: usize = 0;
+pub const MMU_USER: usize = 1;
+pub const MMU_MODES: usize = 2;
+
+/// The MMU index of ordinary accesses at privilege `cpl`.
+pub const fn mmu_index(cpl: u8) -> usize {
+    if cpl == 3 {
+        MMU_USER
+    } else {
+        MMU_KERNEL
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct TlbEntry {
@@ -29,7 +59,18 @@ pub struct TlbEntry {
 
 impl TlbEntry {
     pub const EMPTY: TlbEntry = TlbEntry { read: INVALID, write: INVALID, code: INVALID, addend: 0 };
+
+    /// The tag an access of `access` compares with.
+    pub fn tag(&self, access: Access) -> u64 {
+        match access {
+            Access::Read => self.read,
+            Access::Write => self.write,
+            Access::Fetch => self.code,
+        }
+    }
 }
+
+const _: () = assert!(std::mem::size_of::<TlbEntry>() == 1 << entry_off::SIZE_SHIFT);
 
 /// Offsets inside an entry, for generated code.
 pub mod entry_off {
@@ -40,13 +81,76 @@ pub mod entry_off {
     pub const SIZE_SHIFT: u32 = 5;
 }
 
+/// The TLB of one MMU index: what generated code probes (`entries`) and what only Rust
+/// reads.
 #[repr(C)]
-pub struct Tlb {
+pub struct TlbTable {
     pub entries: [TlbEntry; TLB_ENTRIES],
     /// Guest-physical page address of each entry (for the run loop's block lookup).
     pub phys: [u64; TLB_ENTRIES],
-    /// Bumped by every flush, so the run loop can tell mappings may have changed.
-    pub generation: u64,
+    /// The entry maps a global page (PTE.G under CR4.PGE): a CR3 write keeps it.
+    pub global: [bool; TLB_ENTRIES],
+}
+
+impl TlbTable {
+    fn new() -> Self {
+        TlbTable { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES], global: [false; TLB_ENTRIES] }
+    }
+
+    fn clear(&mut self) {
+        self.entries.fill(TlbEntry::EMPTY);
+        self.global.fill(false);
+    }
+
+    /// The physical address of `linear` if its page is cached for `access`.
+    pub fn lookup(&self, linear: u64, access: Access) -> Option<u64> {
+        let idx = Tlb::index(linear);
+        (self.entries[idx].tag(access) == linear & PAGE_MASK).then(|| self.phys[idx] | (linear & !PAGE_MASK))
+    }
+
+    /// The physical address `linear` maps to, if its page is cached for execution.
+    pub fn lookup_code(&self, linear: u64) -> Option<u64> {
+        self.lookup(linear, Access::Fetch)
+    }
+
+    /// The host address of `len` (at least 1) bytes at `linear` when they lie in one
+    /// page cached for `access`, by the test generated code makes: the last byte's
+    /// page against the tag of the first byte's entry. A write hit is never a page with
+    /// translated code (see the module's note), so a store through it needs no
+    /// invalidation.
+    pub fn host(&self, linear: u64, len: usize, access: Access) -> Option<*mut u8> {
+        let e = &self.entries[Tlb::index(linear)];
+        let last_page = linear.wrapping_add(len as u64 - 1) & PAGE_MASK;
+        (e.tag(access) == last_page).then(|| linear.wrapping_add(e.addend) as *mut u8)
+    }
+
+    /// Whether `linear`'s page is cached for execution from a global page.
+    pub fn is_global_code(&self, linear: u64) -> bool {
+        let idx = Tlb::index(linear);
+        self.entries[idx].code == linear & PAGE_MASK && self.global[idx]
+    }
+}
+
+/// Flushes since the run loop last looked, for its jump caches (which map guest
+/// virtual RIPs, so a changed mapping may make an entry stale).
+#[derive(Debug, Default)]
+pub struct FlushLog {
+    /// Bumped by every flush of all entries, global ones included.
+    pub all: u64,
+    /// Bumped by every flush of the non-global entries (a CR3 write).
+    pub non_global: u64,
+    /// Linear pages dropped one at a time (INVLPG), not yet seen by the run loop.
+    pub pages: Vec<u64>,
+}
+
+/// More single-page flushes than this between two looks count as a flush of all.
+const FLUSH_LOG_PAGES: usize = 32;
+
+/// The soft TLB: one [`TlbTable`] per MMU index.
+#[repr(C)]
+pub struct Tlb {
+    pub tables: [TlbTable; MMU_MODES],
+    pub log: FlushLog,
 }
 
 impl Default for Tlb {
@@ -57,39 +161,64 @@ impl Default for Tlb {
 
 impl Tlb {
     pub fn new() -> Self {
-        Tlb { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES], generation: 0 }
+        Tlb { tables: std::array::from_fn(|_| TlbTable::new()), log: FlushLog::default() }
     }
 
     pub fn index(linear: u64) -> usize {
         ((linear >> 12) as usize) & (TLB_ENTRIES - 1)
     }
 
+    /// Drops every entry of every MMU index, global ones included (CR0.PG/WP, CR4
+    /// paging bits, EFER, a memory-map switch, register loads from outside).
     pub fn flush(&mut self) {
-        self.generation += 1;
-        self.entries.fill(TlbEntry::EMPTY);
-    }
-
-    /// Drops any entry for `linear`'s page (INVLPG; a page that just got code).
-    pub fn flush_page(&mut self, linear: u64) {
-        self.generation += 1;
-        let e = &mut self.entries[Self::index(linear)];
-        if [e.read, e.write, e.code].contains(&(linear & PAGE_MASK)) {
-            *e = TlbEntry::EMPTY;
+        crate::profile::count(&crate::profile::TLB_FLUSHES);
+        self.log.all += 1;
+        self.log.pages.clear();
+        for t in &mut self.tables {
+            t.clear();
         }
     }
 
-    /// The physical address `linear` maps to, if its page is cached for execution.
-    pub fn lookup_code(&self, linear: u64) -> Option<u64> {
-        let idx = Self::index(linear);
-        (self.entries[idx].code == linear & PAGE_MASK).then(|| self.phys[idx] | (linear & !PAGE_MASK))
+    /// Drops every entry but those of global pages, in every MMU index (a CR3 write).
+    pub fn flush_non_global(&mut self) {
+        crate::profile::count(&crate::profile::TLB_FLUSHES);
+        self.log.non_global += 1;
+        for t in &mut self.tables {
+            for (e, &g) in t.entries.iter_mut().zip(&t.global) {
+                if !g {
+                    *e = TlbEntry::EMPTY;
+                }
+            }
+        }
     }
 
-    /// Drops write permission for every entry that maps host page `host` (a page that
-    /// just got translated code, seen through any linear alias).
+    /// Drops any entry for `linear`'s page, global or not, in every MMU index (INVLPG).
+    pub fn flush_page(&mut self, linear: u64) {
+        let page = linear & PAGE_MASK;
+        let idx = Self::index(linear);
+        for t in &mut self.tables {
+            let e = &mut t.entries[idx];
+            if [e.read, e.write, e.code].contains(&page) {
+                *e = TlbEntry::EMPTY;
+                t.global[idx] = false;
+            }
+        }
+        if self.log.pages.len() < FLUSH_LOG_PAGES {
+            self.log.pages.push(page);
+        } else {
+            self.log.pages.clear();
+            self.log.all += 1;
+        }
+    }
+
+    /// Drops write permission for every entry, of any MMU index, that maps host page
+    /// `host` (a page that just got translated code, seen through any linear alias).
     pub fn protect_host_page(&mut self, host_page: u64) {
-        for e in self.entries.iter_mut() {
-            if e.write != INVALID && e.write.wrapping_add(e.addend) == host_page {
-                e.write = INVALID;
+        for t in &mut self.tables {
+            for e in t.entries.iter_mut() {
+                if e.write != INVALID && e.write.wrapping_add(e.addend) == host_page {
+                    e.write = INVALID;
+                }
             }
         }
     }
@@ -123,11 +252,20 @@ pub fn phys_target(mem: &GuestMemory, phys: u64) -> Target {
     }
 }
 
-/// Fills the entry for `linear`, just translated to `phys` for `access`, when the page
-/// is RAM or ROM. Each tag is set only by a walk that checked that kind of access: the
-/// read tag by any (x86 pages are always readable), the write tag by a write to a page
-/// without translated code (`code_free`), the code tag by a fetch (NX).
-pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, access: Access, code_free: bool) {
+/// Fills the entry for `linear`, just translated to `phys` for `access` by a walk with
+/// the rules of `tlb`'s MMU index, when the page is RAM or ROM. Each tag is set only by
+/// a walk that checked that kind of access: the read tag by any (x86 pages are always
+/// readable), the write tag by a write to a page without translated code
+/// (`code_free`), the code tag by a fetch (NX). `global`: the walk's leaf is global.
+pub fn fill(
+    tlb: &mut TlbTable,
+    mem: &GuestMemory,
+    linear: u64,
+    phys: u64,
+    access: Access,
+    code_free: bool,
+    global: bool,
+) {
     let page = linear & PAGE_MASK;
     let Target::Memory { host, rom } = phys_target(mem, phys & PAGE_MASK) else { return };
     // The page must be wholly inside one region for the addend to be valid.
@@ -137,12 +275,13 @@ pub fn fill(tlb: &mut Tlb, mem: &GuestMemory, linear: u64, phys: u64, access: Ac
     let idx = Tlb::index(linear);
     let e = &mut tlb.entries[idx];
     let addend = (host as u64).wrapping_sub(page);
-    if e.addend != addend || e.read != page {
+    if e.addend != addend || e.read != page || tlb.global[idx] != global {
         *e = TlbEntry::EMPTY;
     }
     e.addend = addend;
     e.read = page;
     tlb.phys[idx] = phys & PAGE_MASK;
+    tlb.global[idx] = global;
     match access {
         Access::Fetch => e.code = page,
         Access::Write if !rom && code_free => e.write = page,
@@ -158,17 +297,50 @@ mod tests {
     fn fill_and_flush() {
         let mem = GuestMemory::flat(1 << 20).unwrap();
         let mut tlb = Tlb::new();
-        fill(&mut tlb, &mem, 0x5123, 0x5123, Access::Write, true);
-        fill(&mut tlb, &mem, 0x5123, 0x5123, Access::Fetch, true);
-        let e = tlb.entries[Tlb::index(0x5000)];
+        let k = MMU_KERNEL;
+        fill(&mut tlb.tables[k], &mem, 0x5123, 0x5123, Access::Write, true, false);
+        fill(&mut tlb.tables[k], &mem, 0x5123, 0x5123, Access::Fetch, true, false);
+        fill(&mut tlb.tables[MMU_USER], &mem, 0x5123, 0x5123, Access::Write, true, false);
+        let e = tlb.tables[k].entries[Tlb::index(0x5000)];
         assert_eq!((e.read, e.write, e.code), (0x5000, 0x5000, 0x5000));
         assert_eq!(e.addend.wrapping_add(0x5000), mem.host_ptr(0x5000, 1).unwrap() as u64);
-        tlb.protect_host_page(mem.host_ptr(0x5000, 1).unwrap() as u64);
-        assert_eq!(tlb.entries[Tlb::index(0x5000)].write, INVALID);
+        let host = mem.host_ptr(0x5000, 1).unwrap();
+        assert_eq!(tlb.tables[k].host(0x5ff8, 8, Access::Write), Some(host.wrapping_add(0xff8)));
+        // The last byte's page decides: an access crossing the page misses.
+        assert_eq!(tlb.tables[k].host(0x5ff9, 8, Access::Write), None);
+        assert_eq!(tlb.tables[MMU_USER].host(0x5000, 1, Access::Fetch), None, "no fetch filled it");
+        tlb.protect_host_page(host as u64);
+        for t in &tlb.tables {
+            assert_eq!(t.entries[Tlb::index(0x5000)].write, INVALID, "every index loses the write tag");
+        }
         tlb.flush_page(0x5fff);
-        assert_eq!(tlb.entries[Tlb::index(0x5000)], TlbEntry::EMPTY);
+        for t in &tlb.tables {
+            assert_eq!(t.entries[Tlb::index(0x5000)], TlbEntry::EMPTY);
+        }
+        assert_eq!(tlb.log.pages, [0x5000]);
         // Device space is never entered.
-        fill(&mut tlb, &mem, 0x20_0000, 0x20_0000, Access::Write, true);
-        assert_eq!(tlb.entries[Tlb::index(0x20_0000)], TlbEntry::EMPTY);
+        fill(&mut tlb.tables[k], &mem, 0x20_0000, 0x20_0000, Access::Write, true, false);
+        assert_eq!(tlb.tables[k].entries[Tlb::index(0x20_0000)], TlbEntry::EMPTY);
+    }
+
+    #[test]
+    fn cr3_flush_keeps_global_pages() {
+        let mem = GuestMemory::flat(1 << 20).unwrap();
+        let mut tlb = Tlb::new();
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, 0x5000, Access::Fetch, true, true);
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x6000, 0x6000, Access::Fetch, true, false);
+        fill(&mut tlb.tables[MMU_USER], &mem, 0x7000, 0x7000, Access::Read, true, false);
+        tlb.flush_non_global();
+        assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), Some(0x5010));
+        assert!(tlb.tables[MMU_KERNEL].is_global_code(0x5010));
+        assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x6010), None);
+        assert_eq!(tlb.tables[MMU_USER].lookup(0x7010, Access::Read), None);
+        // INVLPG and a full flush drop global pages too.
+        tlb.flush_page(0x5000);
+        assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, 0x5000, Access::Fetch, true, true);
+        tlb.flush();
+        assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
+        assert!(!tlb.tables[MMU_KERNEL].global[Tlb::index(0x5000)]);
     }
 }

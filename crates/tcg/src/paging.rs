@@ -13,19 +13,37 @@ const US: u64 = 1 << 2;
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
+const G: u64 = 1 << 8;
 const NX: u64 = 1 << 63;
 const CR4_PSE: u64 = 1 << 4;
+const CR4_PGE: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// What a successful walk found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    pub phys: u64,
+    /// The leaf maps a global page (G set, CR4.PGE on): CR3 writes keep it cached.
+    pub global: bool,
+}
 
 /// Translates `linear` for `access` at the CPU's current privilege.
 pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
+    walk(cpu, linear, access).map(|w| w.phys)
+}
+
+/// Walks the page tables for `access` to `linear` with the rules of the CPU's current
+/// MMU index ([`Cpu::mmu_index`]).
+pub fn walk(cpu: &mut Cpu, linear: u64, access: Access) -> Result<Walk> {
     crate::profile::count(&crate::profile::PAGE_WALKS);
+    // Descriptor tables and the TSS are read with supervisor rights at any CPL (the
+    // kernel index).
+    let user = cpu.mmu_index() == crate::mmu::MMU_USER;
     let s = &cpu.state;
     if s.cr0 & CR0_PG == 0 {
-        return Ok(if s.long_mode() { linear } else { linear & 0xffff_ffff });
+        let phys = if s.long_mode() { linear } else { linear & 0xffff_ffff };
+        return Ok(Walk { phys, global: false });
     }
-    // Descriptor tables and the TSS are read with supervisor rights at any CPL.
-    let user = s.cpl() == 3 && !cpu.system_access;
     let (levels, mut table, entry_size): (u32, u64, u64) = if s.long_mode() {
         (4, s.cr3 & ADDR_MASK, 8)
     } else if s.cr4 & CR4_PAE != 0 {
@@ -77,7 +95,8 @@ pub fn translate(cpu: &mut Cpu, linear: u64, access: Access) -> Result<u64> {
             };
             check(cpu, linear, access, user, allow_write, allow_user, no_exec, wp)?;
             set_bits(cpu, &entries[..=walked], access == Access::Write, entry_size);
-            return Ok(base | (linear & page_mask));
+            let global = e & G != 0 && cpu.state.cr4 & CR4_PGE != 0;
+            return Ok(Walk { phys: base | (linear & page_mask), global });
         }
         table = e & ADDR_MASK;
     }

@@ -73,6 +73,10 @@ pub static EXITS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 /// Host code bytes emitted, and how often the full code buffer was emptied.
 pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static BUFFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Whole-TLB flushes (every MMU index's entries, or all but the global ones).
+pub static TLB_FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Whole jump-cache flushes (one MMU index's array, or all).
+pub static JMP_CACHE_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one event.
 pub fn count(c: &AtomicU64) {
@@ -134,7 +138,7 @@ pub fn report() {
     eprintln!(
         "quern tcg counters: {translations} translations in {secs:.3} s ({:.0} per second of translating), \
          {} bytes of host code a block, {} code buffer flushes, \
-         {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations",
+         {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations, {} TLB flushes, {} jump-cache flushes",
         translations as f64 / secs.max(1e-9),
         n(&CODE_BYTES) / translations.max(1),
         n(&BUFFER_FLUSHES),
@@ -142,7 +146,9 @@ pub fn report() {
         n(&INTERP_CALLS),
         n(&SLOW_ACCESSES),
         n(&PAGE_WALKS),
-        n(&INVALIDATIONS)
+        n(&INVALIDATIONS),
+        n(&TLB_FLUSHES),
+        n(&JMP_CACHE_FLUSHES)
     );
     eprintln!(
         "quern tcg exits: {} to look up the next block, {} to chain, {} faults, {} requests, {} halts",

@@ -104,11 +104,8 @@ pub fn load_cs(cpu: &mut Cpu, sel: u16) -> Result<()> {
     set_accessed(cpu, sel, d)?;
     // The new CPL is the descriptor's DPL (conforming segments keep the CPL: treated
     // alike here); the selector's RPL follows it.
+    // A privilege change needs no TLB flush: each MMU index has its own entries.
     let dpl = s.dpl();
-    if dpl != cpu.state.cpl() {
-        // TLB entries carry the old privilege's permission checks.
-        cpu.state.tlb.flush();
-    }
     cpu.state.seg[CS] = Seg { selector: (sel & !3) | u16::from(dpl), attr: s.attr | 1, ..s };
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::mem::offset_of;
 use quern_core::regs::{self, DescriptorTable, Segment};
 
 use crate::flags::{self, CcOp};
-use crate::mmu::Tlb;
+use crate::mmu::{Tlb, TlbTable, MMU_MODES};
 
 /// Segment register numbers, in the order of the ModRM/SReg encoding.
 pub const ES: usize = 0;
@@ -103,13 +103,16 @@ pub struct Msrs {
     pub misc_enable: u64,
 }
 
-/// One entry of the indirect-jump cache: guest RIP → host code of its block.
+/// One entry of the indirect-jump cache: guest RIP → host code of its block. 16 bytes
+/// (generated code indexes with `rip & mask << 4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct JmpEntry {
     pub rip: u64,
     pub host: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<JmpEntry>() == 16);
 
 pub const JMP_CACHE_BITS: u32 = 10;
 pub const JMP_CACHE_SIZE: usize = 1 << JMP_CACHE_BITS;
@@ -168,8 +171,11 @@ pub struct CpuState {
     pub chain_site: u64,
     /// Indirect branches (RET, JMP/CALL through a register or memory) look their target
     /// up here inline before returning to the run loop. Entries that miss point at a
-    /// stub that returns to the run loop, so a stale or empty entry is harmless.
-    pub jmp_cache: [JmpEntry; JMP_CACHE_SIZE],
+    /// stub that returns to the run loop, so an empty entry is harmless. One array per
+    /// MMU index, as the TLB: a block uses its own index's array (a constant offset,
+    /// [`off::jmp_cache_offset`]), and the run loop keeps each array valid for the mode
+    /// that index was last entered in (see `exec`), so a privilege change flushes none.
+    pub jmp_cache: [[JmpEntry; JMP_CACHE_SIZE]; MMU_MODES],
     pub tlb: Tlb,
     /// Scratch vectors of translated code ([`crate::ir::VReg::Tmp`]): dead between
     /// guest instructions.
@@ -208,7 +214,7 @@ impl CpuState {
             halted: 0,
             inhibit_irq: 0,
             chain_site: 0,
-            jmp_cache: [JmpEntry { rip: u64::MAX, host: 0 }; JMP_CACHE_SIZE],
+            jmp_cache: [[JmpEntry { rip: u64::MAX, host: 0 }; JMP_CACHE_SIZE]; MMU_MODES],
             tlb: Tlb::new(),
             vtmp: [[0; 16]; 4],
             host_mxcsr: 0x1f80,
@@ -257,6 +263,12 @@ impl CpuState {
         }
     }
 
+    /// The MMU index of the current privilege's ordinary accesses (which TLB and jump
+    /// cache array a block translated now uses).
+    pub fn mmu_index(&self) -> usize {
+        crate::mmu::mmu_index(self.cpl())
+    }
+
     /// The decoder's bitness: 64 in a long-mode code segment, else 32 or 16 by CS.D.
     pub fn code_bits(&self) -> u32 {
         if self.long_mode() && self.seg[CS].long() {
@@ -269,7 +281,8 @@ impl CpuState {
     }
 
     /// The bits of state a translation depends on, besides the code bytes: a block
-    /// translated under one value is only valid under the same value.
+    /// translated under one value is only valid under the same value. It holds the CPL,
+    /// so a block's MMU index ([`Self::mmu_index`]) is fixed at translation.
     pub fn mode_key(&self) -> u32 {
         let bits = match self.code_bits() {
             64 => 2,
@@ -320,8 +333,6 @@ pub mod off {
         (offset_of!(CpuState, seg) + s * std::mem::size_of::<Seg>() + offset_of!(Seg, base)) as i32
     }
     pub const CHAIN_SITE: i32 = offset_of!(CpuState, chain_site) as i32;
-    pub const JMP_CACHE: i32 = offset_of!(CpuState, jmp_cache) as i32;
-    pub const TLB: i32 = offset_of!(CpuState, tlb) as i32;
     pub const fn xmm(r: usize) -> i32 {
         (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, xmm) + 16 * r) as i32
     }
@@ -330,6 +341,17 @@ pub mod off {
     }
     pub const MXCSR: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, mxcsr)) as i32;
     pub const HOST_MXCSR: i32 = offset_of!(CpuState, host_mxcsr) as i32;
+    /// The jump-cache array of MMU index `mmu_idx`.
+    pub const fn jmp_cache_offset(mmu_idx: usize) -> i32 {
+        (offset_of!(CpuState, jmp_cache) + mmu_idx * std::mem::size_of::<[JmpEntry; JMP_CACHE_SIZE]>()) as i32
+    }
+    /// The TLB entries of MMU index `mmu_idx` (`TlbEntry`s, indexed by linear page).
+    pub const fn tlb_offset(mmu_idx: usize) -> i32 {
+        (offset_of!(CpuState, tlb)
+            + offset_of!(Tlb, tables)
+            + mmu_idx * std::mem::size_of::<TlbTable>()
+            + offset_of!(TlbTable, entries)) as i32
+    }
     pub const FAULT_VECTOR: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, vector)) as i32;
     pub const FAULT_HAS_ERROR_CODE: i32 = (offset_of!(CpuState, fault) + offset_of!(Fault, has_error_code)) as i32;
 }

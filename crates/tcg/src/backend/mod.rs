@@ -52,6 +52,9 @@ pub struct Env {
     pub block_rip: u64,
     /// A single-instruction block has no exit-request check at its head.
     pub single: bool,
+    /// The MMU index of the block's accesses: which TLB and jump-cache arrays its code
+    /// probes.
+    pub mmu_idx: usize,
 }
 
 /// Addresses of the Rust functions generated code calls.

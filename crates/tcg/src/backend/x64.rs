@@ -780,13 +780,15 @@ impl<'a> Emit<'a> {
     fn jump_cache(&mut self, r: u8) {
         use crate::state::JMP_CACHE_BITS;
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
+        // The array of the block's MMU index (see exec.rs's JmpSync).
+        let jc = off::jmp_cache_offset(self.env.mmu_idx);
         dynasm!(self.ops ; .arch x64
             ; mov r8, Rq(r)
             ; and r8d, mask
             ; shl r8d, 4
-            ; cmp Rq(r), [r14 + r8 + off::JMP_CACHE]
+            ; cmp Rq(r), [r14 + r8 + jc]
             ; jne >miss
-            ; jmp QWORD [r14 + r8 + off::JMP_CACHE + 8]
+            ; jmp QWORD [r14 + r8 + jc + 8]
             ; miss:
         );
         self.exit_raw(exit::NEXT);
@@ -1531,6 +1533,8 @@ impl<'a> Emit<'a> {
     /// miss jumps to `miss`.
     fn probe(&mut self, addr: u8, w: Width, tag: i32, miss: DynamicLabel) {
         let mask = (1i32 << TLB_BITS) - 1;
+        // The TLB of the block's MMU index: a user block never sees kernel entries.
+        let tlb = off::tlb_offset(self.env.mmu_idx);
         dynasm!(self.ops ; .arch x64
             ; mov rdi, Rq(addr)
             ; shr rdi, 12
@@ -1538,9 +1542,9 @@ impl<'a> Emit<'a> {
             ; shl edi, entry_off::SIZE_SHIFT as i8
             ; lea r8, [Rq(addr) + (w as i32 - 1)]
             ; and r8, -4096
-            ; cmp r8, [r14 + rdi + off::TLB + tag]
+            ; cmp r8, [r14 + rdi + tlb + tag]
             ; jne =>miss
-            ; mov r8, [r14 + rdi + off::TLB + entry_off::ADDEND]
+            ; mov r8, [r14 + rdi + tlb + entry_off::ADDEND]
         );
     }
 

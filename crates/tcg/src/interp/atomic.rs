@@ -12,6 +12,12 @@ use super::{read_reg, set_cc, write_reg, Operands, Step};
 use crate::cpu::{Cpu, Exception, Result};
 use crate::flags::CcKind;
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Xchg | Xadd | Cmpxchg | Cmpxchg8b | Cmpxchg16b)
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;

@@ -11,10 +11,16 @@ use super::{set_cc, Step};
 use crate::cpu::{vector, Cpu, Exception, Result};
 use crate::flags::{compute, CcKind, CcOp};
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Daa | Das | Aaa | Aas | Aam | Aad | Salc)
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
-    if !matches!(ins.mnemonic(), Daa | Das | Aaa | Aas | Aam | Aad | Salc) {
+    if !handles(ins) {
         return Ok(None);
     }
     if cpu.state.code_bits() == 64 {

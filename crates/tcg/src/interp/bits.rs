@@ -10,6 +10,12 @@ use crate::cpu::{Cpu, Result};
 use crate::flags::{mask, Width};
 use crate::translate::{address_bits, seg_index};
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Bt | Bts | Btr | Btc | Bsf | Bsr | Tzcnt | Lzcnt | Popcnt | Bswap)
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;

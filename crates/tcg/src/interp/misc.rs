@@ -16,6 +16,59 @@ const AC: u64 = 1 << 18;
 const ID: u64 = 1 << 21;
 const IOPL: u64 = 3 << 12;
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(
+        ins.mnemonic(),
+        Clc | Stc
+            | Cmc
+            | Cld
+            | Std
+            | Lahf
+            | Sahf
+            | Pushf
+            | Pushfd
+            | Pushfq
+            | Popf
+            | Popfd
+            | Popfq
+            | Cbw
+            | Cwde
+            | Cdqe
+            | Cwd
+            | Cdq
+            | Cqo
+            | Leave
+            | Enter
+            | Pusha
+            | Pushad
+            | Popa
+            | Popad
+            | Xlatb
+            | Loope
+            | Loopne
+            | Bound
+            | Arpl
+            | Pause
+            | Lfence
+            | Mfence
+            | Sfence
+            | Prefetchnta
+            | Prefetcht0
+            | Prefetcht1
+            | Prefetcht2
+            | Prefetchw
+            | Endbr32
+            | Endbr64
+            | Nop
+            | Clflush
+            | Clflushopt
+            | Wait
+    )
+}
+
+/// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
     let s = &mut cpu.state;

@@ -240,40 +240,78 @@ pub fn set_cc(cpu: &mut Cpu, kind: CcKind, w: Width, dst: u64, src: u64, src2: u
     cpu.state.cc_src2 = src2;
 }
 
-/// Executes one instruction.
-pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
-    if let Some(step) = system::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = misc::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = rotate::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = string::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = muldiv::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = bits::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = atomic::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = bcd::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = x87::exec(cpu, ins)? {
-        return Ok(step);
-    }
-    if let Some(step) = sse::exec(cpu, ins)? {
-        return Ok(step);
-    }
+/// An interpreter family's entry point: runs the instruction if it belongs to the
+/// family, `Ok(None)` if it does not (having done nothing).
+pub type Handler = fn(&mut Cpu, &Instruction) -> Result<Option<Step>>;
+
+/// A family's membership test: whether its entry point takes an instruction.
+type Member = fn(&Instruction) -> bool;
+
+/// The families in the order [`exec`] tries them, each with its membership test.
+const FAMILIES: [(Member, Handler); 10] = [
+    (system::handles, system::exec),
+    (misc::handles, misc::exec),
+    (rotate::handles, rotate::exec),
+    (string::handles, string::exec),
+    (muldiv::handles, muldiv::exec),
+    (bits::handles, bits::exec),
+    (atomic::handles, atomic::exec),
+    (bcd::handles, bcd::exec),
+    (x87::handles, x87::exec),
+    (sse::handles, sse::exec),
+];
+
+/// The handler of `ins`, found once (at translation) rather than at every execution:
+/// the family [`exec`] would reach by trying each in turn, or one that raises #UD
+/// when none implements it. Run it with [`exec_resolved`] or keep it in a
+/// [`Resolved`] for [`helper_interp_resolved`].
+pub fn resolve(ins: &Instruction) -> Handler {
+    FAMILIES.iter().find(|f| (f.0)(ins)).map_or(undefined as Handler, |f| f.1)
+}
+
+fn undefined(_cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     log::debug!("tcg: #UD for unimplemented {:?} at {:#x}", ins.code(), ins.ip());
     Err(Exception::ud())
+}
+
+/// Executes one instruction, trying the families in turn.
+pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
+    for (_, run) in FAMILIES {
+        if let Some(step) = run(cpu, ins)? {
+            return Ok(step);
+        }
+    }
+    undefined(cpu, ins).map(|_| Step::Next)
+}
+
+/// Executes one instruction with the handler [`resolve`] gave for it.
+pub fn exec_resolved(cpu: &mut Cpu, ins: &Instruction, handler: Handler) -> Result<Step> {
+    match handler(cpu, ins)? {
+        Some(step) => Ok(step),
+        // Only if a membership test claimed more than its family runs (the tests
+        // check they do not): the search in order stays right.
+        None => exec(cpu, ins),
+    }
+}
+
+/// A decoded instruction with its handler, as a block's instruction table holds it
+/// for [`helper_interp_resolved`].
+#[derive(Clone, Copy)]
+pub struct Resolved {
+    pub ins: Instruction,
+    pub handler: Handler,
+}
+
+impl Resolved {
+    pub fn new(ins: Instruction) -> Self {
+        Resolved { handler: resolve(&ins), ins }
+    }
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved").field("ins", &self.ins).finish_non_exhaustive()
+    }
 }
 
 /// Called from generated code: runs `*ins`. Returns 0 to continue the block, 1 to
@@ -288,6 +326,26 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
     crate::profile::count(&crate::profile::INTERP_CALLS);
     let _phase = crate::profile::Interpreting::start();
     let r = exec(cpu, ins);
+    helper_result(cpu, ins, r)
+}
+
+/// [`helper_interp`] for an instruction resolved at translation: goes straight to its
+/// family. Same results.
+/// # Safety
+/// Called only by generated code, with the `Cpu` it runs with (valid, not aliased) and
+/// a pointer into the block's table of [`Resolved`] instructions.
+pub unsafe extern "sysv64" fn helper_interp_resolved(cpu: *mut Cpu, r: *const Resolved) -> u32 {
+    // SAFETY: as in helper_interp; the table lives as long as the block.
+    let (cpu, r) = unsafe { (&mut *cpu, &*r) };
+    cpu.code_modified = false;
+    crate::profile::count(&crate::profile::INTERP_CALLS);
+    let _phase = crate::profile::Interpreting::start();
+    let res = exec_resolved(cpu, &r.ins, r.handler);
+    helper_result(cpu, &r.ins, res)
+}
+
+/// The interpreter helpers' common tail: memory-map catch-up and the return code.
+fn helper_result(cpu: &mut Cpu, ins: &Instruction, r: Result<Step>) -> u32 {
     // Port and MMIO writes run here; one may have switched a memory view.
     cpu.sync_memory_map();
     match r {
@@ -307,3 +365,107 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
 
 /// The segment registers in encoding order, for tables.
 pub const SEGS: [usize; 6] = [ES, CS, SS, DS, FS, GS];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use iced_x86::{Decoder, DecoderOptions};
+
+    use super::*;
+
+    /// What the families' membership can depend on besides the code: the kinds of
+    /// operands and the classes of their registers.
+    fn shape(bits: u32, ins: &Instruction) -> (u32, iced_x86::Code, Vec<(u32, u8)>) {
+        let class = |r: Register| match r {
+            _ if r.is_segment_register() => 1,
+            _ if r.is_cr() => 2,
+            _ if r.is_dr() => 3,
+            _ if r.is_mm() => 4,
+            _ if r.is_xmm() => 5,
+            _ if r.is_gpr() => 6,
+            _ => 7,
+        };
+        let ops = (0..ins.op_count())
+            .map(|i| {
+                let k = ins.op_kind(i);
+                (k as u32, if k == OpKind::Register { class(ins.op_register(i)) } else { 0 })
+            })
+            .collect();
+        (bits, ins.code(), ops)
+    }
+
+    /// Over a corpus of every opcode of the one-, two- and three-byte maps with the
+    /// mandatory prefixes, REX.W and VEX, with ModRM forms covering every /reg and
+    /// every x87 register form, in each mode: the family `resolve` names is the first
+    /// one whose `exec` does not decline the instruction (run on a scratch CPU; a
+    /// panic counts as taking it). So the membership tests hold exactly where it
+    /// matters: none of the families before says yes, the one `exec` reaches does.
+    #[test]
+    fn resolve_finds_the_family_exec_reaches() {
+        let mut seen = HashSet::new();
+        let mut wrong = Vec::new();
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        for bits in [16u32, 32, 64] {
+            let mut prefixes: Vec<&[u8]> = vec![&[], &[0x66], &[0xf2], &[0xf3]];
+            if bits == 64 {
+                prefixes.extend([&[0x48][..], &[0x66, 0x48], &[0xf3, 0x48]]);
+            }
+            if bits != 16 {
+                prefixes.push(&[0xc5, 0xf8]);
+            }
+            for prefix in prefixes {
+                for map in [&[][..], &[0x0f], &[0x0f, 0x38], &[0x0f, 0x3a]] {
+                    for op in 0..=255u8 {
+                        let modrms: Vec<u8> = if map.is_empty() && (0xd8..=0xdf).contains(&op) {
+                            (0..=255).collect()
+                        } else {
+                            (0..8).flat_map(|r| [0xc0 | r << 3, r << 3, 0xc1 | r << 3]).collect()
+                        };
+                        for modrm in modrms {
+                            let mut bytes = prefix.to_vec();
+                            bytes.extend_from_slice(map);
+                            bytes.extend([op, modrm]);
+                            bytes.extend([0u8; 12]);
+                            let ins = Decoder::with_ip(bits, &bytes, 0x1000, DecoderOptions::NONE).decode();
+                            if !seen.insert(shape(bits, &ins)) {
+                                continue;
+                            }
+                            let mut cpu = testutil::cpu(bits);
+                            let reached = FAMILIES.iter().position(|f| {
+                                !matches!(catch_unwind(AssertUnwindSafe(|| (f.1)(&mut cpu, &ins))), Ok(Ok(None)))
+                            });
+                            let resolved = FAMILIES.iter().position(|f| (f.0)(&ins));
+                            if reached != resolved {
+                                wrong.push(format!(
+                                    "{bits}-bit {:?} {bytes:02x?}: exec {reached:?}, resolve {resolved:?}",
+                                    ins.code()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        std::panic::set_hook(hook);
+        assert!(seen.len() > 3000, "a corpus of {} shapes", seen.len());
+        assert!(wrong.is_empty(), "{} mismatches:\n{}", wrong.len(), wrong.join("\n"));
+    }
+
+    #[test]
+    fn resolved_helper_runs_the_instruction() {
+        let mut cpu = testutil::cpu(64);
+        cpu.state.gpr[0] = 0x1234_5678;
+        let bytes = testutil::asm(64, |a| a.bswap(iced_x86::code_asm::eax));
+        let r = Resolved::new(testutil::decode(&cpu, &bytes));
+        // SAFETY: a valid Cpu and instruction, as generated code passes them.
+        assert_eq!(unsafe { helper_interp_resolved(&mut *cpu, &r) }, 0);
+        assert_eq!(cpu.state.gpr[0], 0x7856_3412);
+        // An instruction no family implements raises #UD either way.
+        let bytes = [0x0f, 0x0b]; // ud2
+        let r = Resolved::new(testutil::decode(&cpu, &bytes));
+        assert_eq!(exec_resolved(&mut cpu, &r.ins, r.handler), Err(Exception::ud()));
+    }
+}

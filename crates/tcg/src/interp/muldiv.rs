@@ -12,6 +12,12 @@ use super::{read_reg, set_cc, write_reg, Operands, Step};
 use crate::cpu::{vector, Cpu, Exception, Result};
 use crate::flags::{mask, CcKind, Width};
 
+/// Whether `ins` is a multiply or divide (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Mul | Imul | Div | Idiv)
+}
+
 /// Runs `ins` if it is a multiply or divide.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;

@@ -7,10 +7,17 @@ use super::{Operands, Step};
 use crate::cpu::{Cpu, Result};
 use crate::flags::{mask, CcKind};
 
+/// Whether `ins` is a rotate or double shift (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Rol | Ror | Rcl | Rcr | Shld | Shrd)
+}
+
+/// Runs `ins` if it is a rotate or double shift.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
     let m = ins.mnemonic();
-    if !matches!(m, Rol | Ror | Rcl | Rcr | Shld | Shrd) {
+    if !handles(ins) {
         return Ok(None);
     }
     let mut o = Operands { cpu, ins };

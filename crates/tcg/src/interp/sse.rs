@@ -205,6 +205,13 @@ fn enter_mmx(cpu: &mut Cpu) {
     f.ftw = 0xff;
 }
 
+/// Whether `ins` is an SSE/SSE2 or MMX instruction (`exec` returns `Some` or an error
+/// for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(ins.mnemonic(), Movnti | Ldmxcsr | Stmxcsr) || kind(ins).is_some()
+}
+
 /// Runs `ins` if it is an SSE/SSE2 instruction (or an MMX form of one).
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;

@@ -253,6 +253,11 @@ impl Str<'_> {
     }
 }
 
+/// Whether `ins` is a string instruction (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    classify(ins.code()).is_some()
+}
+
 /// Runs `ins` if it is a string instruction.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     let Some((op, w)) = classify(ins.code()) else { return Ok(None) };

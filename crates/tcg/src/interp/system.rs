@@ -13,6 +13,20 @@ use crate::segment;
 use crate::state::{CS, DS, ES, FS, GS, SS};
 use crate::translate::seg_index;
 
+/// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
+pub fn handles(ins: &Instruction) -> bool {
+    use Mnemonic::*;
+    match ins.mnemonic() {
+        Mov => is_sreg(ins, 0) || is_sreg(ins, 1) || is_cr(ins, 0) || is_cr(ins, 1) || is_dr(ins, 0) || is_dr(ins, 1),
+        Push | Pop => is_sreg(ins, 0),
+        In | Out | Hlt | Cli | Sti | Jmp | Call | Retf | Iret | Iretd | Iretq | Int | Int3 | Into | Int1 | Lds
+        | Les | Lfs | Lgs | Lss | Lgdt | Lidt | Sgdt | Sidt | Lldt | Ltr | Sldt | Str | Lmsw | Smsw | Clts | Invlpg
+        | Wbinvd | Invd | Cpuid | Verr | Verw | Lar | Lsl | Syscall | Sysretq | Sysret | Swapgs | Rdtsc | Rdmsr
+        | Wrmsr | Ud0 | Ud1 | Ud2 | INVALID => true,
+        _ => false,
+    }
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
@@ -354,7 +368,6 @@ fn syscall(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
     s.seg[SS] = fast_segment(sel.wrapping_add(8), false, true, 0);
     s.rip = if from64 { s.msr.lstar } else { s.msr.cstar & 0xffff_ffff };
     s.set_flags(flags & !s.msr.sfmask & !(1 << 16));
-    s.tlb.flush();
     Ok(Step::Jump)
 }
 
@@ -380,7 +393,6 @@ fn sysret(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
     s.seg[SS].attr = (s.seg[SS].attr & !(3 << 5)) | (3 << 5);
     let f = (s.gpr[11] & 0x3c_7fd7) | 2;
     s.set_flags(f);
-    s.tlb.flush();
     Ok(Step::Jump)
 }
 
@@ -477,11 +489,17 @@ fn mov_cr(cpu: &mut Cpu, ins: &Instruction) -> Result<Step> {
             Register::CR2 => cpu.state.cr2 = v,
             Register::CR3 => {
                 cpu.state.cr3 = v;
-                cpu.state.tlb.flush();
+                // Global pages stay cached (CR4.PGE); CR4 writes that clear PGE drop them.
+                cpu.state.tlb.flush_non_global();
             }
             Register::CR4 => {
+                // As QEMU: only the bits that change translation or its cached
+                // permissions flush (PSE, PAE, PGE, PCIDE, SMEP, SMAP).
+                const PAGING: u64 = 1 << 4 | 1 << 5 | 1 << 7 | 1 << 17 | 1 << 20 | 1 << 21;
+                if (cpu.state.cr4 ^ v) & PAGING != 0 {
+                    cpu.state.tlb.flush();
+                }
                 cpu.state.cr4 = v;
-                cpu.state.tlb.flush();
             }
             Register::CR8 => {
                 if v & !0xf != 0 {
@@ -526,8 +544,11 @@ fn set_cr0(cpu: &mut Cpu, v: u64) -> Result<()> {
     if v & ctrl::CR0_PG == 0 {
         s.efer &= !ctrl::EFER_LMA;
     }
+    // Entries cache what PE, PG and WP decided; other bits (TS, MP, ...) keep them.
+    if (s.cr0 ^ v) & (ctrl::CR0_PE | ctrl::CR0_PG | ctrl::CR0_WP) != 0 {
+        s.tlb.flush();
+    }
     s.cr0 = v;
-    s.tlb.flush();
     Ok(())
 }
 
@@ -575,8 +596,11 @@ pub(crate) fn write_msr(cpu: &mut Cpu, index: u32, v: u64) -> Result<()> {
             if v & !cpu.model.efer_writable() != 0 {
                 return Err(Exception::gp0());
             }
-            s.efer = (v & !ctrl::EFER_LMA) | (s.efer & ctrl::EFER_LMA);
-            s.tlb.flush();
+            let efer = (v & !ctrl::EFER_LMA) | (s.efer & ctrl::EFER_LMA);
+            if efer != s.efer {
+                s.tlb.flush();
+            }
+            s.efer = efer;
         }
         msr::STAR => s.msr.star = v,
         msr::LSTAR => s.msr.lstar = v,

@@ -431,24 +431,14 @@ const fn k(se: u16, m: u64) -> F80 {
     F80 { se, m }
 }
 
-/// Runs `ins` if it is an x87 instruction (or EMMS).
-pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
+/// x87 instructions: `Some(true)` for the control ones (no pending-exception check),
+/// `Some(false)` for the others, `None` for anything else.
+fn class(m: Mnemonic) -> Option<bool> {
     use Mnemonic::*;
-    let m = ins.mnemonic();
-    let control = match m {
+    Some(match m {
         Fninit | Finit | Fnclex | Fclex | Fnstsw | Fstsw | Fnstcw | Fstcw | Fldcw | Fxsave | Fxsave64 | Fxrstor
         | Fxrstor64 | Fnsave | Fsave | Frstor | Fnstenv | Fstenv | Fldenv | Fneni | Fndisi | Fnsetpm | Feni | Fdisi
         | Fsetpm => true,
-        Emms => {
-            if cpu.state.cr0 & CR0_EM != 0 {
-                return Err(Exception::ud());
-            }
-            if cpu.state.cr0 & CR0_TS != 0 {
-                return Err(Exception::new(vector::NM));
-            }
-            cpu.state.fpu.ftw = 0;
-            return Ok(Some(Step::Next));
-        }
         Fld | Fst | Fstp | Fild | Fist | Fistp | Fisttp | Fld1 | Fldz | Fldpi | Fldl2e | Fldl2t | Fldlg2 | Fldln2
         | Fxch | Fadd | Faddp | Fiadd | Fsub | Fsubp | Fisub | Fsubr | Fsubrp | Fisubr | Fmul | Fmulp | Fimul
         | Fdiv | Fdivp | Fidiv | Fdivr | Fdivrp | Fidivr | Fchs | Fabs | Fsqrt | Frndint | Fscale | Fxtract | Fprem
@@ -457,8 +447,31 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         | Ffreep | Fincstp | Fdecstp | Fcmovb | Fcmove | Fcmovbe | Fcmovu | Fcmovnb | Fcmovne | Fcmovnbe | Fcmovnu => {
             false
         }
-        _ => return Ok(None),
-    };
+        _ => return None,
+    })
+}
+
+/// Whether `ins` is an x87 instruction or EMMS (`exec` returns `Some` or an error for
+/// it).
+pub fn handles(ins: &Instruction) -> bool {
+    ins.mnemonic() == Mnemonic::Emms || class(ins.mnemonic()).is_some()
+}
+
+/// Runs `ins` if it is an x87 instruction (or EMMS).
+pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
+    use Mnemonic::*;
+    let m = ins.mnemonic();
+    if m == Emms {
+        if cpu.state.cr0 & CR0_EM != 0 {
+            return Err(Exception::ud());
+        }
+        if cpu.state.cr0 & CR0_TS != 0 {
+            return Err(Exception::new(vector::NM));
+        }
+        cpu.state.fpu.ftw = 0;
+        return Ok(Some(Step::Next));
+    }
+    let Some(control) = class(m) else { return Ok(None) };
     if cpu.state.cr0 & (CR0_EM | CR0_TS) != 0 {
         return Err(Exception::new(vector::NM));
     }

@@ -26,6 +26,8 @@ mod sse;
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
+use crate::interp::Resolved;
+
 use crate::flags::Width;
 use crate::ir::{Bin, Block, Global, Op, Un, Val};
 use crate::state::{DS, ES, FS, GS, SS};
@@ -41,7 +43,8 @@ pub struct Lower<'a> {
     /// RIP of the block's first instruction (a branch there is a loop).
     pub block_rip: u64,
     pub ins: &'a Instruction,
-    /// Address of `ins` in the block's instruction table (for the interpreter).
+    /// Address of `ins`'s entry ([`Resolved`]) in the block's table (for the
+    /// interpreter).
     pub ins_addr: usize,
     pub ip: u64,
     pub next: u64,
@@ -57,24 +60,25 @@ pub enum Flow {
     End,
 }
 
-/// Lowers the decoded block `insns` (which must stay where they are: the interpreter
-/// is called with their addresses).
-pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> Block {
-    let start = insns.first().map_or(0, |i| i.ip());
+/// Lowers the decoded block `table` (which must stay where it is: the interpreter is
+/// called with its entries' addresses, each instruction with its handler resolved).
+pub fn lower_block(table: &[Resolved], mode: BlockMode) -> Block {
+    let start = table.first().map_or(0, |r| r.ins.ip());
     let mut l = Lower {
         b: Block::new(),
         mode,
         flags: Flags::default(),
         block_rip: if mode.single { u64::MAX } else { start },
-        ins: &insns[0],
+        ins: &table[0].ins,
         ins_addr: 0,
         ip: 0,
         next: 0,
         stored: false,
     };
-    for ins in insns {
+    for r in table {
+        let ins = &r.ins;
         l.ins = ins;
-        l.ins_addr = ins as *const Instruction as usize;
+        l.ins_addr = r as *const Resolved as usize;
         l.ip = ins.ip();
         l.next = ins.next_ip();
         l.b.insn(l.ip, l.next);
@@ -87,7 +91,7 @@ pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> Block {
             l.flags.sync(&mut l.b);
         }
     }
-    let next = insns.last().map_or(start, |i| i.next_ip());
+    let next = table.last().map_or(start, |r| r.ins.next_ip());
     l.exit(Op::Exit { rip: next });
     l.b
 }

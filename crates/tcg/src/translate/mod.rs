@@ -36,6 +36,9 @@ pub struct BlockMode {
     pub sse: bool,
     /// MXCSR masks every exception: floating-point SSE instructions cannot fault.
     pub mx_masked: bool,
+    /// The MMU index of the block's memory accesses (`CpuState::mmu_index`; the CPL is
+    /// in the block's key): which TLB and jump-cache arrays its code probes.
+    pub mmu_idx: usize,
 }
 
 /// A translated block, ready to copy into the code buffer.
@@ -44,7 +47,7 @@ pub struct Translated {
     /// (jump offset, stub offset) of each chainable exit.
     pub chain_sites: Vec<(usize, usize)>,
     /// The decoded instructions the interpreter helper is called with.
-    pub insns: Box<[Instruction]>,
+    pub insns: Box<[crate::interp::Resolved]>,
     /// Guest-physical pages the block's bytes came from.
     pub pages: Vec<u64>,
 }
@@ -179,7 +182,9 @@ pub fn translate_block(
     }
 
     let paged = cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0;
-    let mut block = crate::lower::lower_block(&insns, mode);
+    // Each instruction's interpreter handler is found once, here.
+    let table: Box<[crate::interp::Resolved]> = insns.iter().map(|i| crate::interp::Resolved::new(*i)).collect();
+    let mut block = crate::lower::lower_block(&table, mode);
     crate::ir::opt::optimize(&mut block);
     if log::log_enabled!(target: "quern_tcg::op", log::Level::Trace) {
         log::trace!(target: "quern_tcg::op", "OP: {start_rip:#x}\n{block}");
@@ -191,12 +196,13 @@ pub fn translate_block(
         page: paged.then_some(linear & PAGE_MASK),
         block_rip: start_rip,
         single: mode.single,
+        mmu_idx: mode.mmu_idx,
     };
     let code = Host::emit(&block, &env);
     if log::log_enabled!(target: "quern_tcg::out_asm", log::Level::Trace) {
         log_host(&code.bytes, base);
     }
-    Ok(Translated { code: code.bytes, chain_sites: code.chain_sites, insns, pages })
+    Ok(Translated { code: code.bytes, chain_sites: code.chain_sites, insns: table, pages })
 }
 
 /// `-d out_asm`: the host code of each new block.
