@@ -26,7 +26,7 @@ use crate::cpu::{CodeWatch, Cpu};
 use crate::fxhash::FxHashMap;
 use crate::interrupt::{self, Source};
 use crate::mmu::{MMU_MODES, PAGE_MASK};
-use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, JMP_CACHE_SIZE, SS};
+use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, SS};
 use crate::translate::{self, BlockMode};
 
 /// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
@@ -479,7 +479,7 @@ impl TcgVcpu {
             }
             for (rip, host) in dead {
                 for a in &mut s.jmp_cache {
-                    let e = &mut a[(rip as usize) & (JMP_CACHE_SIZE - 1)];
+                    let e = &mut a[crate::state::jmp_index(rip)];
                     if e.rip == rip && e.host == host as u64 {
                         *e = empty;
                     }
@@ -506,7 +506,7 @@ impl TcgVcpu {
         }
         let s = &mut self.cpu_mut().state;
         let (i, rip) = (s.mmu_index(), s.rip);
-        s.jmp_cache[i][(rip as usize) & (JMP_CACHE_SIZE - 1)] = JmpEntry { rip, host: host as u64 };
+        s.jmp_cache[i][crate::state::jmp_index(rip)] = JmpEntry { rip, host: host as u64 };
     }
 
     fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {
@@ -621,7 +621,7 @@ impl TcgVcpu {
                 crate::profile::count(c);
             }
             match code {
-                exit::NEXT | exit::REQUEST => {}
+                exit::NEXT | exit::REQUEST | exit::MISS | exit::INTERP | exit::MODE => {}
                 exit::CHAIN => {
                     let site = self.cpu().state.chain_site as usize;
                     if let Ok(to) = self.find_block(false) {

@@ -67,9 +67,8 @@ pub static INTERP_CALLS: AtomicU64 = AtomicU64::new(0);
 pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
 pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
 pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
-/// Returns to the run loop by exit code (`backend::exit`: next, chain, fault,
-/// request, halt).
-pub static EXITS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// Returns to the run loop by exit code (`backend::exit`).
+pub static EXITS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 /// Host code bytes emitted, and how often the full code buffer was emptied.
 pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static BUFFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
@@ -151,8 +150,12 @@ pub fn report() {
         n(&JMP_CACHE_FLUSHES)
     );
     eprintln!(
-        "quern tcg exits: {} to look up the next block, {} to chain, {} faults, {} requests, {} halts",
-        n(&EXITS[0]),
+        "quern tcg exits: {} to look up the next block ({} jump-cache misses, {} after the interpreter, \
+         {} mode changes), {} to chain, {} faults, {} requests, {} halts",
+        n(&EXITS[0]) + n(&EXITS[5]) + n(&EXITS[6]) + n(&EXITS[7]),
+        n(&EXITS[5]),
+        n(&EXITS[6]),
+        n(&EXITS[7]),
         n(&EXITS[1]),
         n(&EXITS[2]),
         n(&EXITS[3]),

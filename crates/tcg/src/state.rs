@@ -114,8 +114,15 @@ pub struct JmpEntry {
 
 const _: () = assert!(std::mem::size_of::<JmpEntry>() == 16);
 
-pub const JMP_CACHE_BITS: u32 = 10;
+pub const JMP_CACHE_BITS: u32 = 12;
 pub const JMP_CACHE_SIZE: usize = 1 << JMP_CACHE_BITS;
+
+/// The jump-cache slot of a RIP: its low bits mixed with its page number, so that
+/// aligned function entries and the same offset in different pages spread out
+/// (generated code computes the same).
+pub fn jmp_index(rip: u64) -> usize {
+    ((rip ^ (rip >> JMP_CACHE_BITS)) as usize) & (JMP_CACHE_SIZE - 1)
+}
 
 /// A pending guest exception raised by a helper or a slow path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -24,6 +24,12 @@ pub mod exit {
     pub const REQUEST: u32 = 3;
     /// HLT; RIP is after it.
     pub const HALT: u32 = 4;
+    /// As NEXT, told apart for the profile: an indirect branch's target was not in
+    /// the jump cache; an interpreted instruction changed control flow; an
+    /// instruction changed what translation depends on.
+    pub const MISS: u32 = 5;
+    pub const INTERP: u32 = 6;
+    pub const MODE: u32 = 7;
 }
 
 /// The run loop's way into and out of generated code.

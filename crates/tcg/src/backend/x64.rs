@@ -782,8 +782,11 @@ impl<'a> Emit<'a> {
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
         // The array of the block's MMU index (see exec.rs's JmpSync).
         let jc = off::jmp_cache_offset(self.env.mmu_idx);
+        // r8 = state::jmp_index(target) * 16.
         dynasm!(self.ops ; .arch x64
             ; mov r8, Rq(r)
+            ; shr r8, JMP_CACHE_BITS as i8
+            ; xor r8, Rq(r)
             ; and r8d, mask
             ; shl r8d, 4
             ; cmp Rq(r), [r14 + r8 + jc]
@@ -791,7 +794,7 @@ impl<'a> Emit<'a> {
             ; jmp QWORD [r14 + r8 + jc + 8]
             ; miss:
         );
-        self.exit_raw(exit::NEXT);
+        self.exit_raw(exit::MISS);
     }
 
     // ---- operations ----
@@ -964,7 +967,7 @@ impl<'a> Emit<'a> {
                 // Replaying after a store onto code: the block may be stale, leave.
                 self.sync_all();
                 self.store_rip(self.env.block_rip);
-                self.exit_raw(exit::NEXT);
+                self.exit_raw(exit::INTERP);
             }
             Op::Loop { t } => {
                 // The head finds cc_op in the state.
@@ -998,7 +1001,7 @@ impl<'a> Emit<'a> {
             Op::ExitToLoop { rip } => {
                 self.sync_all();
                 self.store_rip(rip);
-                self.exit_raw(exit::NEXT);
+                self.exit_raw(exit::MODE);
             }
         }
         self.free_dead(i, &op);
