@@ -44,13 +44,20 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             }
             if ins.mnemonic() == Cli {
                 cpu.state.eflags &= !flags::IF;
-            } else {
-                if cpu.state.eflags & flags::IF == 0 {
-                    cpu.state.inhibit_irq = 1;
-                }
-                cpu.state.eflags |= flags::IF;
+                return Ok(Some(Step::Next));
             }
-            Step::Next
+            if cpu.state.eflags & flags::IF == 0 {
+                cpu.state.inhibit_irq = 1;
+            }
+            cpu.state.eflags |= flags::IF;
+            // Leave for the run loop only if an interrupt is waiting to be taken after
+            // the shadow (the kernel's CLI/STI pairs otherwise stay in their block).
+            if cpu.state.irq_pending != 0 {
+                cpu.state.rip = ins.next_ip();
+                Step::Jump
+            } else {
+                Step::Next
+            }
         }
         Jmp | Call => far_transfer(cpu, ins)?,
         Retf => {
