@@ -66,8 +66,8 @@ pub(crate) fn ends_block(ins: &Instruction) -> bool {
         Mov => special_reg(0) || special_reg(1),
         Pop => special_reg(0),
         Lds | Les | Lfs | Lgs | Lss | Lgdt | Lidt | Lldt | Ltr | Lmsw | Clts | Invlpg | Wrmsr | Popf | Popfd
-        | Popfq | Out | Outsb | Outsw | Outsd | In | Insb | Insw | Insd | Sysret | Sysexit | Swapgs
-        | Wbinvd | Invd | Xsetbv | Rsm | Hlt => true,
+        | Popfq | Out | Outsb | Outsw | Outsd | In | Insb | Insw | Insd | Sysret | Sysexit | Swapgs | Wbinvd | Invd
+        | Xsetbv | Rsm | Hlt => true,
         // MXCSR's exception masks are part of the block mode.
         Ldmxcsr | Fxrstor | Fxrstor64 | Xrstor | Xrstor64 | Xrstors | Xrstors64 => true,
         _ => false,
