@@ -568,15 +568,12 @@ impl TcgVcpu {
             // Interrupts, between blocks.
             let cpu = self.cpu_mut();
             let mut single = false;
-            // What STI needs to know to stay in its block: an interrupt waits for IF.
-            let if_clear = cpu.state.eflags & regs::flags::IF == 0;
-            cpu.state.irq_pending = u32::from(if_clear && ops.interrupt_pending());
             if cpu.state.inhibit_irq != 0 {
                 cpu.state.inhibit_irq = 0;
                 // The shadow covers one instruction: with an interrupt waiting, run
                 // just that one (`sti; nop; cli` must take it before the CLI).
                 single = cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending();
-            } else if !if_clear && ops.interrupt_pending() {
+            } else if cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending() {
                 if let Some(v) = ops.acknowledge_interrupt() {
                     if interrupt::deliver(cpu, v, None, Source::Hardware).is_err() {
                         // A fault while delivering an external interrupt: as for faults.

@@ -151,9 +151,6 @@ pub struct CpuState {
     /// Nonzero asks generated code to return to the run loop at the next block entry
     /// (a kick from another thread, an interrupt to deliver). Written atomically.
     pub exit_request: u32,
-    /// Nonzero when, at the run loop's last look, an interrupt was waiting for IF:
-    /// STI leaves its block only then (see `interp::system`).
-    pub irq_pending: u32,
     pub cc_dst: u64,
     pub cc_src: u64,
     pub cc_src2: u64,
@@ -202,7 +199,6 @@ impl CpuState {
             eflags: regs::flags::FIXED1,
             cc_op: CcOp::EFLAGS.0,
             exit_request: 0,
-            irq_pending: 0,
             cc_dst: 0,
             cc_src: 0,
             cc_src2: 0,

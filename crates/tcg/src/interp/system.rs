@@ -52,7 +52,7 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             cpu.state.eflags |= flags::IF;
             // Leave for the run loop only if an interrupt is waiting to be taken after
             // the shadow (the kernel's CLI/STI pairs otherwise stay in their block).
-            if cpu.state.irq_pending != 0 {
+            if cpu.ops().is_some_and(|o| o.interrupt_pending()) {
                 cpu.state.rip = ins.next_ip();
                 Step::Jump
             } else {
