@@ -345,6 +345,7 @@ impl TcgVcpu {
             sse: s.sse_enabled(),
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
             mmu_idx: s.mmu_index(),
+            cpl: s.cpl(),
         }
     }
 

@@ -86,6 +86,18 @@ pub fn lower(l: &mut Lower) -> Flow {
             let v = pop(l, w);
             l.write(0, v, None);
         }
+        Mnemonic::Pushf | Mnemonic::Pushfd | Mnemonic::Pushfq => {
+            // The status flags from the lazy record, the others as they are; VM and RF
+            // read as 0 in the pushed image.
+            use quern_core::regs::flags::STATUS;
+            let w = encoded_width(l);
+            let status = l.flags.all(&mut l.b);
+            let status = l.b.bin_k(Bin::And, 8, status, STATUS);
+            let e = l.b.get(Global::Eflags);
+            let rest = l.b.bin_k(Bin::And, 8, e, !(STATUS | 1 << 16 | 1 << 17));
+            let f = l.b.bin(Bin::Or, 8, rest, status);
+            push(l, f, w);
+        }
         Mnemonic::Leave => {
             // RSP = RBP (at the stack width), then POP rBP; RSP only once the load
             // succeeded.

@@ -117,6 +117,19 @@ impl Lower<'_> {
             Imul if ins.op_count() >= 2 => int::lower(self),
             Mul | Imul | Div | Idiv => muldiv::lower(self),
             Bt | Bts | Btr | Btc | Bsf | Bsr | Tzcnt | Lzcnt | Popcnt => bits::lower(self),
+            // With one vCPU, fences and prefetches have nothing to order or fetch.
+            Pause | Lfence | Sfence | Mfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw => {
+                Flow::Continue
+            }
+            // CLI at CPL 0 cannot fault (IOPL only matters above it).
+            Cli if self.mode.cpl == 0 => {
+                let e = self.b.get(Global::Eflags);
+                let e = self.b.bin_k(Bin::And, 8, e, !quern_core::regs::flags::IF);
+                self.b.set(Global::Eflags, e);
+                Flow::Continue
+            }
+            // PUSHF faults only in virtual-8086 mode (CPL 3 outside long mode).
+            Pushf | Pushfd | Pushfq if self.mode.long || self.mode.cpl < 3 => flow::lower(self),
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz | Leave => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),

@@ -39,6 +39,8 @@ pub struct BlockMode {
     /// The MMU index of the block's memory accesses (`CpuState::mmu_index`; the CPL is
     /// in the block's key): which TLB and jump-cache arrays its code probes.
     pub mmu_idx: usize,
+    /// The privilege level (part of the block's key): CLI at CPL 0 cannot fault.
+    pub cpl: u8,
 }
 
 /// A translated block, ready to copy into the code buffer.
