@@ -45,22 +45,12 @@ if all_present; then
     exit 0
 fi
 
-need_tool() { # command package
-    command -v "$1" >/dev/null && return
-    if [[ $(id -u) -ne 0 ]]; then
-        say "missing $1: install the Debian package $2"
-        exit 1
-    fi
-    say "installing $2 (for $1)"
-    apt-get install -y --no-install-recommends "$2" >&2 || { apt-get update >&2 && apt-get install -y --no-install-recommends "$2" >&2; }
-}
+# need_tool, apt_update and unpack.
+# shellcheck source=scripts/debian-packages.sh
+source "$root/scripts/debian-packages.sh"
 need_tool python3 python3
 need_tool dpkg-deb dpkg
 need_tool apt-get apt
-
-# apt_update and unpack.
-# shellcheck source=scripts/debian-packages.sh
-source "$root/scripts/debian-packages.sh"
 
 kernel_package() {
     local pkg

@@ -581,22 +581,9 @@ impl<'a> Emit<'a> {
                 return r;
             }
         }
-        let src = self.a.loc[a.0 as usize];
         let d = self.alloc(lock);
         if copy {
-            match src {
-                Loc::Const(k) => self.mov_imm(d, k),
-                Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(r)),
-                Loc::Global(g) => {
-                    let h = self.gmap[g as usize].expect("mapped");
-                    dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(h))
-                }
-                Loc::Slot(s) => {
-                    let o = (s as usize * 8) as i32;
-                    dynasm!(self.ops ; .arch x64 ; mov Rq(d), [rsp + o])
-                }
-                Loc::None => panic!("tcg backend: {a} used before its definition"),
-            }
+            self.mov_loc(d, a);
         }
         d
     }
@@ -622,19 +609,7 @@ impl<'a> Emit<'a> {
         l2.push(h);
         self.evict_aliases(g as usize, &l2);
         if !in_place {
-            match self.a.loc[a.0 as usize] {
-                Loc::Const(k) => self.mov_imm(h, k),
-                Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
-                Loc::Global(g2) => {
-                    let h2 = self.gmap[g2 as usize].expect("mapped");
-                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(h2))
-                }
-                Loc::Slot(sl) => {
-                    let o = (sl as usize * 8) as i32;
-                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
-                }
-                Loc::None => panic!("tcg backend: {a} used before its definition"),
-            }
+            self.mov_loc(h, a);
         }
         h
     }
@@ -647,6 +622,23 @@ impl<'a> Emit<'a> {
             self.a.dirty |= 1 << g;
         } else {
             self.define(d, r);
+        }
+    }
+
+    /// Host register `h` = value `v`, wherever `v` is.
+    fn mov_loc(&mut self, h: u8, v: Val) {
+        match self.a.loc[v.0 as usize] {
+            Loc::Const(k) => self.mov_imm(h, k),
+            Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
+            Loc::Global(g) => {
+                let hg = self.gmap[g as usize].expect("mapped");
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(hg))
+            }
+            Loc::Slot(sl) => {
+                let o = (sl as usize * 8) as i32;
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
+            }
+            Loc::None => panic!("tcg backend: {v} used before its definition"),
         }
     }
 
@@ -1171,19 +1163,7 @@ impl<'a> Emit<'a> {
                     return; // Set g = Get g, or a result computed in place
                 }
                 self.evict_aliases(g.index(), &[h]);
-                match self.a.loc[s.0 as usize] {
-                    Loc::Const(k) => self.mov_imm(h, k),
-                    Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
-                    Loc::Global(g2) => {
-                        let h2 = self.gmap[g2 as usize].expect("mapped");
-                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(h2))
-                    }
-                    Loc::Slot(sl) => {
-                        let o = (sl as usize * 8) as i32;
-                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
-                    }
-                    Loc::None => panic!("tcg backend: {s} used before its definition"),
-                }
+                self.mov_loc(h, s);
                 self.a.dirty |= 1 << g.index();
             }
             None => {
