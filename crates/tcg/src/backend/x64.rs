@@ -1115,16 +1115,32 @@ impl<'a> Emit<'a> {
             _ => dynasm!(self.ops ; .arch x64 ; mov cl, [r14 + os] ; mov [Rq(ra) + r8], cl),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
+        self.defer_store(i, op, miss, resume, StoreSrc::Vec(os, align), w, ra);
+    }
+
+    /// The slow path of store op `i` (emitted at the block's end): what the state must
+    /// hold, and what the rest of the instruction starts from if the store hit code.
+    #[allow(clippy::too_many_arguments)]
+    fn defer_store(
+        &mut self,
+        i: usize,
+        op: &Op,
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        src: StoreSrc,
+        w: Width,
+        addr: u8,
+    ) {
         let sync = self.sync_now();
         self.free_dead(i, op);
         let tail = i + 1..self.insn_end;
         let after = self.snapshot(tail.clone());
         self.deferred.push(Deferred::Store {
-            at: miss,
+            at,
             resume,
-            src: StoreSrc::Vec(os, align),
+            src,
             w,
-            addr: ra,
+            addr,
             rip: self.rip,
             next: self.next,
             sync,
@@ -1573,22 +1589,7 @@ impl<'a> Emit<'a> {
             (_, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], k),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        let sync = self.sync_now();
-        self.free_dead(i, op);
-        let tail = i + 1..self.insn_end;
-        let after = self.snapshot(tail.clone());
-        self.deferred.push(Deferred::Store {
-            at: miss,
-            resume,
-            src: StoreSrc::Val(src),
-            w,
-            addr: ra,
-            rip: self.rip,
-            next: self.next,
-            sync,
-            after,
-            tail,
-        });
+        self.defer_store(i, op, miss, resume, StoreSrc::Val(src), w, ra);
     }
 
     fn finish(mut self) -> Code {

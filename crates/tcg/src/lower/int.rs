@@ -318,12 +318,12 @@ fn zero_count(l: &mut Lower, c: &Count) -> bool {
     }
 }
 
-/// SHL/SAL, SHR, SAR.
-fn shift(l: &mut Lower) -> Flow {
-    let w = l.width(0);
+/// A shift's or rotate's count, destination address (memory) and operand; None when
+/// the count is a constant 0 (the instruction then did all it does).
+fn shift_operands(l: &mut Lower) -> Option<(Val, Option<Val>, Val)> {
     let c = count(l);
     if zero_count(l, &c) {
-        return Flow::Continue;
+        return None;
     }
     let n = match c {
         Count::Imm(k) => l.b.konst(k),
@@ -331,6 +331,13 @@ fn shift(l: &mut Lower) -> Flow {
     };
     let addr = mem_addr(l, 0);
     let a = read_at(l, 0, addr);
+    Some((n, addr, a))
+}
+
+/// SHL/SAL, SHR, SAR.
+fn shift(l: &mut Lower) -> Flow {
+    let w = l.width(0);
+    let Some((n, addr, a)) = shift_operands(l) else { return Flow::Continue };
     let (op, kind) = match l.ins.mnemonic() {
         Mnemonic::Shl | Mnemonic::Sal => (Bin::Shl, CcKind::Shl),
         Mnemonic::Shr => (Bin::Shr, CcKind::Shr),
@@ -368,16 +375,7 @@ fn shift(l: &mut Lower) -> Flow {
 /// ROL, ROR: only CF and OF change.
 fn rotate(l: &mut Lower) -> Flow {
     let w = l.width(0);
-    let c = count(l);
-    if zero_count(l, &c) {
-        return Flow::Continue;
-    }
-    let n = match c {
-        Count::Imm(k) => l.b.konst(k),
-        Count::Cl(v) => v,
-    };
-    let addr = mem_addr(l, 0);
-    let a = read_at(l, 0, addr);
+    let Some((n, addr, a)) = shift_operands(l) else { return Flow::Continue };
     let rol = l.ins.mnemonic() == Mnemonic::Rol;
     let r = l.b.bin(if rol { Bin::Rol } else { Bin::Ror }, w, a, n);
     let bits = 8 * w as u64;
