@@ -14,9 +14,11 @@
 //!
 //! The IR front end ([`crate::lower`]) lowers many of these instructions itself (ROL/
 //! ROR, LOOPE/LOOPNE, BSWAP, CBW..CQO, LEAVE, CLC..STD, LAHF/SAHF, BT*, BSF..POPCNT,
-//! SHLD/SHRD, MUL/IMUL, DIV/IDIV, XCHG, XADD, CMPXCHG); their versions here serve only
-//! the direct emitter (`QUERN_TCG=direct`), which sends everything outside its few
-//! families here, and go when it does.
+//! SHLD/SHRD, MUL/IMUL, DIV/IDIV, XCHG, XADD, CMPXCHG, most SSE/SSE2). Their versions
+//! here are reached only by the forms the front end still hands over (16-bit BSWAP, SSE
+//! with an exception unmasked or SSE disabled, CLI above CPL 0, PUSHF in virtual-8086
+//! mode) and by tests; they are to go as the front end takes those forms too, so that
+//! each instruction's semantics live in one place.
 //!
 //! Operand access goes through [`Operands`]: registers in the state, memory through the
 //! CPU's linear access path (page walk, TLB fill, MMIO), immediates from the decoder.
