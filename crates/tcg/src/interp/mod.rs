@@ -15,7 +15,7 @@
 //! The IR front end ([`crate::lower`]) lowers many of these instructions itself (ROL/
 //! ROR, LOOPE/LOOPNE, BSWAP, CBW..CQO, LEAVE, CLC..STD, LAHF/SAHF, BT*, BSF..POPCNT,
 //! SHLD/SHRD, MUL/IMUL, DIV/IDIV, XCHG, XADD, CMPXCHG, most SSE/SSE2). Their versions
-//! here are reached only by the forms the front end still hands over (16-bit BSWAP, SSE
+//! here are reached only by the forms the front end still hands over (e.g. 16-bit BSWAP, SSE
 //! with an exception unmasked or SSE disabled, CLI above CPL 0, PUSHF in virtual-8086
 //! mode) and by tests; they are to go as the front end takes those forms too, so that
 //! each instruction's semantics live in one place.
