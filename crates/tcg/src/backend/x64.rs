@@ -368,7 +368,10 @@ fn cc_of(c: Cond) -> u8 {
 
 impl<'a> Emit<'a> {
     fn new(block: &'a Block, env: &'a Env) -> Self {
-        let mut ops = VecAssembler::new(env.base);
+        // Sized from the block: about 20 bytes of host code and two labels per op, so
+        // the assembler does not keep growing (and copying) while it emits.
+        let n_ops = block.ops.len();
+        let mut ops = VecAssembler::new_with_capacity(env.base, 20 * n_ops + 512, 16, 1, 2 * n_ops + 8, 16, 2 * n_ops + 8);
         let fault_exit = ops.new_dynamic_label();
         let head = ops.new_dynamic_label();
         let n = block.val_count();
@@ -408,7 +411,7 @@ impl<'a> Emit<'a> {
                 cc: CcState::Stored,
                 aliases: Default::default(),
             },
-            deferred: Vec::new(),
+            deferred: Vec::with_capacity(n_ops / 4 + 4),
             fault_exit,
             head,
             chain_sites: Vec::new(),
