@@ -371,7 +371,8 @@ impl<'a> Emit<'a> {
         // Sized from the block: about 20 bytes of host code and two labels per op, so
         // the assembler does not keep growing (and copying) while it emits.
         let n_ops = block.ops.len();
-        let mut ops = VecAssembler::new_with_capacity(env.base, 20 * n_ops + 512, 16, 1, 2 * n_ops + 8, 16, 2 * n_ops + 8);
+        let mut ops =
+            VecAssembler::new_with_capacity(env.base, 20 * n_ops + 512, 16, 1, 2 * n_ops + 8, 16, 2 * n_ops + 8);
         let fault_exit = ops.new_dynamic_label();
         let head = ops.new_dynamic_label();
         let n = block.val_count();
