@@ -349,6 +349,8 @@ struct Emit<'a> {
     /// every mapped global and save the caller-saved registers; restore them.
     state_out: Option<DynamicLabel>,
     regs_back: Option<DynamicLabel>,
+    /// Reloads every mapped global from the state (after the interpreter).
+    regs_in: Option<DynamicLabel>,
 }
 
 fn cc_of(c: Cond) -> u8 {
@@ -422,6 +424,7 @@ impl<'a> Emit<'a> {
             replay: false,
             state_out: None,
             regs_back: None,
+            regs_in: None,
         }
     }
 
@@ -708,30 +711,6 @@ impl<'a> Emit<'a> {
         }
     }
 
-    /// Caller-saved registers holding live values or mapped globals.
-    fn live_caller_saved(&self, except: Option<u8>) -> Vec<u8> {
-        let mut v: Vec<u8> = (0..16u8)
-            .filter(|&r| caller_saved(r) && Some(r) != except)
-            .filter(|&r| self.a.reg_val[r as usize].is_some() || self.gmap.contains(&Some(r)))
-            .collect();
-        v.dedup();
-        v
-    }
-
-    fn save(&mut self, regs: &[u8]) {
-        for &r in regs {
-            let o = ((SPILL_SLOTS + r as usize) * 8) as i32;
-            dynasm!(self.ops ; .arch x64 ; mov [rsp + o], Rq(r));
-        }
-    }
-
-    fn restore(&mut self, regs: &[u8]) {
-        for &r in regs {
-            let o = ((SPILL_SLOTS + r as usize) * 8) as i32;
-            dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
-        }
-    }
-
     fn call_abs(&mut self, f: usize) {
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD f as i64 ; call rax);
     }
@@ -911,14 +890,11 @@ impl<'a> Emit<'a> {
             Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
             Op::Call { helper: Helper::Flags, d } => {
                 self.free_dead(i, &op);
-                self.evict_all_aliases();
-                let saves = self.live_caller_saved(None);
-                self.sync_all();
-                self.save(&saves);
+                self.state_out_for_call();
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
                 self.call_abs(self.env.helpers.flags);
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
-                self.restore(&saves);
+                self.slow_path_back();
                 let r = self.alloc(&[]);
                 dynasm!(self.ops ; .arch x64 ; mov Rq(r), rdi);
                 self.define(d, r);
@@ -926,31 +902,23 @@ impl<'a> Emit<'a> {
             }
             Op::Interp { ins } => {
                 self.free_dead(i, &op);
-                self.evict_all_aliases();
-                let saves: Vec<u8> =
-                    (0..16u8).filter(|&r| caller_saved(r) && self.a.reg_val[r as usize].is_some()).collect();
-                self.sync_all();
+                self.state_out_for_call();
                 self.store_rip(self.rip);
-                self.save(&saves);
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov rsi, QWORD ins as i64);
                 self.call_abs(self.env.helpers.interp);
                 dynasm!(self.ops ; .arch x64 ; mov edi, eax);
-                self.restore(&saves);
+                self.slow_path_back();
                 let fe = self.fault_exit;
                 dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
                 // 0: go on; 2: HLT; 1: leave, the state authoritative.
                 dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz >go_on ; cmp edi, 2 ; jne >leave);
                 self.exit_raw(exit::HALT);
                 dynasm!(self.ops ; .arch x64 ; leave:);
-                self.exit_raw(exit::NEXT);
+                self.exit_raw(exit::INTERP);
                 dynasm!(self.ops ; .arch x64 ; go_on:);
                 // The helper may have changed any guest register.
-                for g in 0..Global::COUNT {
-                    if let Some(h) = self.gmap[g] {
-                        let o = Global::from_index(g).offset();
-                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
-                    }
-                }
+                let l = *self.regs_in.get_or_insert_with(|| self.ops.new_dynamic_label());
+                dynasm!(self.ops ; .arch x64 ; call =>l);
                 return;
             }
             Op::ExitIf { t, rip } => {
@@ -963,7 +931,7 @@ impl<'a> Emit<'a> {
                 // Replaying after a store onto code: the block may be stale, leave.
                 self.sync_all();
                 self.store_rip(self.env.block_rip);
-                self.exit_raw(exit::INTERP);
+                self.exit_raw(exit::NEXT);
             }
             Op::Loop { t } => {
                 // The head finds cc_op in the state.
@@ -1719,6 +1687,16 @@ impl<'a> Emit<'a> {
             }
             dynasm!(self.ops ; .arch x64 ; ret);
         }
+        if let Some(l) = self.regs_in {
+            dynasm!(self.ops ; .arch x64 ; =>l);
+            for g in 0..Global::COUNT {
+                if let Some(h) = self.gmap[g] {
+                    let o = Global::from_index(g).offset();
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o]);
+                }
+            }
+            dynasm!(self.ops ; .arch x64 ; ret);
+        }
         if let Some(l) = self.regs_back {
             dynasm!(self.ops ; .arch x64 ; =>l);
             for r in POOL.iter().copied().filter(|&r| caller_saved(r)) {
@@ -1743,6 +1721,16 @@ impl<'a> Emit<'a> {
         if let CcState::Pending(k) = sync.cc {
             dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
         }
+    }
+
+    /// Before a helper on the main path (one every execution takes): values out of
+    /// the guest registers' host registers, the state complete (and marked so).
+    fn state_out_for_call(&mut self) {
+        self.evict_all_aliases();
+        let s = self.sync_now();
+        self.slow_path_out(s);
+        self.a.dirty = 0;
+        self.a.cc = CcState::Stored;
     }
 
     /// Back from Rust: the caller-saved registers as they were.

@@ -12,7 +12,7 @@
 
 use quern_core::regs::flags::{CF, OF};
 
-use crate::flags::{mask, CcKind, CcOp, Width};
+use crate::flags::{CcKind, CcOp, Width};
 use crate::ir::{Bin, Block, CcOpSrc, Cond, Global, Helper, Op, Test, Un, Val};
 
 /// A flag record: the operation and the values it was computed from.
@@ -397,9 +397,4 @@ fn first_operand(b: &mut Block, rec: &Rec) -> Val {
             b.bin(Bin::Add, w, t, rec.src2)
         }
     }
-}
-
-/// The mask of a width, as a constant value.
-pub fn width_mask(b: &mut Block, w: Width) -> Val {
-    b.konst(mask(w))
 }
