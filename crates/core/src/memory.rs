@@ -331,6 +331,13 @@ impl GuestMemory {
         }
     }
 
+    /// Whether the page at `addr` was written by the host since the last `take_dirty`.
+    pub fn is_dirty(&self, addr: u64) -> bool {
+        let Some(i) = self.region_index(addr) else { return false };
+        let page = (addr - self.regions[i].guest_base) / PAGE_SIZE;
+        self.dirty[i][(page / 64) as usize].load(Ordering::Relaxed) & (1u64 << (page % 64)) != 0
+    }
+
     /// Returns whether the page holding `addr` was written by the host since the last
     /// call for that page, and clears the mark.
     pub fn take_dirty(&self, addr: u64) -> bool {

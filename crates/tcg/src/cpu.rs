@@ -69,6 +69,22 @@ pub trait CodeWatch {
     fn is_code_page(&self, page: u64) -> bool;
     /// Drops every translation on `page`; returns whether there was any.
     fn invalidate_page(&mut self, page: u64) -> bool;
+    /// The host code of the valid block for `key`, if one is translated and nothing
+    /// awaits the run loop (the jump cache's refill from generated code).
+    fn lookup(&self, _key: &BlockKey) -> Option<usize> {
+        None
+    }
+}
+
+/// Lookup key of a translated block: everything its host code depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub phys: u64,
+    pub rip: u64,
+    pub cs_base: u64,
+    /// [`CpuState::mode_key`](crate::state::CpuState::mode_key), bit 31 for the
+    /// one-instruction blocks of an interrupt shadow.
+    pub mode: u32,
 }
 
 /// The software CPU.
@@ -108,22 +124,27 @@ impl Cpu {
     }
 
     pub fn with_model(mem: Arc<GuestMemory>, model: Arc<crate::model::TcgCpuModel>) -> Box<Self> {
-        let state = *CpuState::new();
-        Box::new(Cpu {
-            state,
-            mem,
-            ops: None,
-            watch: None,
-            code_modified: false,
-            start: std::time::Instant::now(),
-            system_access: false,
-            model,
-            model_msrs: Default::default(),
-            nmi_blocked: false,
-            nmi_pending: false,
-            wait_for_sipi: false,
-            mem_generation: 0,
-        })
+        // Built in place (the state is too big for the stack), field by field.
+        let mut cpu = Box::<Cpu>::new_uninit();
+        let p = cpu.as_mut_ptr();
+        // SAFETY: `p` is valid for writes, and every field is written before
+        // `assume_init`.
+        unsafe {
+            CpuState::init(&raw mut (*p).state);
+            (&raw mut (*p).mem).write(mem);
+            (&raw mut (*p).ops).write(None);
+            (&raw mut (*p).watch).write(None);
+            (&raw mut (*p).code_modified).write(false);
+            (&raw mut (*p).start).write(std::time::Instant::now());
+            (&raw mut (*p).system_access).write(false);
+            (&raw mut (*p).model).write(model);
+            (&raw mut (*p).model_msrs).write(Default::default());
+            (&raw mut (*p).nmi_blocked).write(false);
+            (&raw mut (*p).nmi_pending).write(false);
+            (&raw mut (*p).wait_for_sipi).write(false);
+            (&raw mut (*p).mem_generation).write(0);
+            cpu.assume_init()
+        }
     }
 
     /// Connects the machine for the duration of a run.
@@ -136,6 +157,12 @@ impl Cpu {
         let ops: &'static dyn VmOps = unsafe { std::mem::transmute::<&dyn VmOps, &'static dyn VmOps>(ops) };
         self.ops = Some(ops as *const dyn VmOps);
         self.watch = Some(watch);
+    }
+
+    /// The code cache, during a run.
+    pub fn watch(&self) -> Option<&dyn CodeWatch> {
+        // SAFETY: `watch` is valid while attached (attach's contract).
+        self.watch.map(|w| unsafe { &*w })
     }
 
     pub fn detach(&mut self) {

@@ -22,6 +22,7 @@ use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
 use crate::backend::{exit, Backend, Helpers, Host};
 use crate::codebuf::CodeBuffer;
+use crate::cpu::BlockKey as Key;
 use crate::cpu::{CodeWatch, Cpu};
 use crate::fxhash::FxHashMap;
 use crate::interrupt::{self, Source};
@@ -32,15 +33,6 @@ use crate::translate::{self, BlockMode};
 /// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
 /// written takes memory.
 const CODE_BUFFER_SIZE: usize = 256 << 20;
-
-/// Lookup key of a block: everything its host code depends on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    phys: u64,
-    rip: u64,
-    cs_base: u64,
-    mode: u32,
-}
 
 struct Block {
     key: Key,
@@ -65,6 +57,8 @@ struct CodeCache {
     generation: u64,
     /// Where blocks return to the run loop through.
     epilogue: usize,
+    /// The jump cache's refill stub ([`helper_lookup`]).
+    lookup: usize,
     /// (RIP, host code) of blocks invalidated since the run loop last looked: their
     /// jump-cache entries must go.
     dead: Vec<(u64, usize)>,
@@ -82,22 +76,13 @@ type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
 /// into the next page (at most 15 bytes long).
 const PAGE_MASK_CROSS: u64 = 0x1000 - 15;
 
-/// Whether a block at CS base + RIP = `lin` may have code on linear page `page`
-/// (outside long mode the linear address wraps at 4 GiB: either way counts).
-fn on_page(lin: u64, page: u64) -> bool {
-    let on = |lin: u64| {
-        let own = lin & PAGE_MASK;
-        own == page || (own.wrapping_add(0x1000) == page && lin & !PAGE_MASK >= PAGE_MASK_CROSS)
-    };
-    on(lin) || on(lin & 0xffff_ffff)
-}
-
 impl CodeCache {
     fn new() -> std::io::Result<Self> {
         let mut c = CodeCache {
             buf: CodeBuffer::new(CODE_BUFFER_SIZE)?,
             enter: 0,
             next_stub: 0,
+            lookup: 0,
             generation: 0,
             epilogue: 0,
             dead: Vec::new(),
@@ -113,11 +98,12 @@ impl CodeCache {
     /// The entry/exit trampoline, at the start of the (empty) buffer.
     fn emit_trampoline(&mut self) {
         let base = self.buf.cursor();
-        let t = Host::trampoline(base);
+        let t = Host::trampoline(base, &helpers());
         let at = self.buf.append(&t.code).expect("code buffer holds the trampoline");
         self.enter = at + t.enter;
         self.epilogue = at + t.epilogue;
         self.next_stub = at + t.next_stub;
+        self.lookup = at + t.lookup;
     }
 
     /// Forgets every block (the buffer is full, or the machine reset).
@@ -160,6 +146,75 @@ impl CodeWatch for CodeCache {
             }
         }
         true
+    }
+
+    fn lookup(&self, key: &Key) -> Option<usize> {
+        if !self.dead.is_empty() {
+            return None;
+        }
+        self.map.get(key).map(|&id| self.blocks[id].host)
+    }
+}
+
+/// Refills the jump cache from generated code when its inline probe missed: the
+/// block for the RIP just stored, when it is translated and the jump caches are in
+/// sync (see [`JmpSync`]), entered in the jump cache; else 0, and the block returns to
+/// the run loop. Saves the exit for an indirect branch whose target's slot held
+/// another RIP (QEMU's `lookup_tb_ptr`).
+pub(crate) extern "sysv64" fn helper_lookup(cpu: &mut Cpu) -> usize {
+    crate::profile::count(&crate::profile::LOOKUPS);
+    // SAFETY: see TcgKicker::kick.
+    let request = unsafe { AtomicU32::from_ptr(&raw mut cpu.state.exit_request) }.load(Ordering::Acquire);
+    if request != 0 || cpu.state.tlb.log.unseen {
+        return 0;
+    }
+    let s = &cpu.state;
+    let (rip, cs_base) = (s.rip, s.seg[CS].base);
+    let linear = cpu.wrap_linear(cs_base.wrapping_add(rip));
+    let Some(phys) = s.tlb.tables[s.mmu_index()].lookup_code(linear) else { return 0 };
+    // A host write (DMA) to the page: the run loop invalidates.
+    if cpu.mem.is_dirty(phys) {
+        return 0;
+    }
+    let key = Key { phys, rip, cs_base, mode: s.mode_key() };
+    let Some(host) = cpu.watch().and_then(|w| w.lookup(&key)) else { return 0 };
+    crate::profile::count(&crate::profile::LOOKUP_HITS);
+    jmp_insert(&mut cpu.state, linear, host);
+    host
+}
+
+/// Enters the block at `host` for the current RIP (at `linear`) in the current MMU
+/// index's jump cache, noting its slot for the next CR3 write unless its code pages
+/// are global.
+fn jmp_insert(s: &mut crate::state::CpuState, linear: u64, host: usize) {
+    let (i, rip) = (s.mmu_index(), s.rip);
+    let slot = crate::state::jmp_index(rip);
+    s.jmp_cache[i][slot] = JmpEntry { rip, host: host as u64 };
+    let t = &s.tlb.tables[i];
+    let global = t.is_global_code(linear)
+        && (linear & !PAGE_MASK < PAGE_MASK_CROSS || t.is_global_code(linear.wrapping_add(0x1000)));
+    let local = &mut s.jmp_local[i];
+    if !global && local.len() < JMP_LOCAL_MAX {
+        local.push(slot as u32);
+    } else if !global {
+        s.jmp_local_overflow[i] = true;
+    }
+}
+
+/// Slots of non-global entries remembered per array; past this, a CR3 write empties
+/// the whole array.
+const JMP_LOCAL_MAX: usize = crate::state::JMP_CACHE_SIZE / 4;
+
+/// Addresses of the Rust functions generated code calls.
+fn helpers() -> Helpers {
+    Helpers {
+        load: crate::helpers::helper_load as *const () as usize,
+        store: crate::helpers::helper_store as *const () as usize,
+        flags: crate::helpers::helper_flags as *const () as usize,
+        interp: crate::interp::helper_interp_resolved as *const () as usize,
+        vload: crate::helpers::helper_vload as *const () as usize,
+        vstore: crate::helpers::helper_vstore as *const () as usize,
+        lookup: helper_lookup as *const () as usize,
     }
 }
 
@@ -278,14 +333,7 @@ impl TcgVcpu {
         let mut v = TcgVcpu {
             shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) }),
             cache,
-            helpers: Helpers {
-                load: crate::helpers::helper_load as *const () as usize,
-                store: crate::helpers::helper_store as *const () as usize,
-                flags: crate::helpers::helper_flags as *const () as usize,
-                interp: crate::interp::helper_interp_resolved as *const () as usize,
-                vload: crate::helpers::helper_vload as *const () as usize,
-                vstore: crate::helpers::helper_vstore as *const () as usize,
-            },
+            helpers: helpers(),
             jmp_sync: JmpSync {
                 ctx: [(u32::MAX, 0); MMU_MODES],
                 all: u64::MAX,
@@ -381,7 +429,7 @@ impl TcgVcpu {
         let base = self.cache.buf.cursor();
         let t = {
             let _timing = crate::profile::Translating::start();
-            translate::translate_block(cpu, mode, base, self.cache.epilogue, &helpers)?
+            translate::translate_block(cpu, mode, base, (self.cache.epilogue, self.cache.lookup), &helpers)?
         };
         crate::profile::count(&crate::profile::TRANSLATIONS);
         crate::profile::CODE_BYTES.fetch_add(t.code.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -445,6 +493,7 @@ impl TcgVcpu {
         let cpu: &mut Cpu = unsafe { &mut *self.shared.cpu.get() };
         let s = &mut cpu.state;
         let log = &mut s.tlb.log;
+        log.unseen = false;
         if log.all != js.all || cache_gen != js.cache_gen {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
             js.flushes += 1;
@@ -453,27 +502,38 @@ impl TcgVcpu {
             }
             (js.all, js.non_global, js.cache_gen) = (log.all, log.non_global, cache_gen);
             log.pages.clear();
+            s.jmp_local.iter_mut().for_each(Vec::clear);
+            s.jmp_local_overflow = [false; MMU_MODES];
         } else {
             if log.non_global != js.non_global {
                 js.non_global = log.non_global;
+                // The entries noted as not global (jmp_insert) go.
                 for (i, a) in s.jmp_cache.iter_mut().enumerate() {
-                    let (table, cs_base) = (&s.tlb.tables[i], js.ctx[i].1);
-                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
-                        let lin = cs_base.wrapping_add(e.rip);
-                        let keep = table.is_global_code(lin)
-                            && (lin & !PAGE_MASK < PAGE_MASK_CROSS || table.is_global_code(lin.wrapping_add(0x1000)));
-                        if !keep {
-                            *e = empty;
+                    if std::mem::take(&mut s.jmp_local_overflow[i]) {
+                        crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
+                        js.flushes += 1;
+                        a.fill(empty);
+                    } else {
+                        for &slot in &s.jmp_local[i] {
+                            a[slot as usize] = empty;
                         }
                     }
+                    s.jmp_local[i].clear();
                 }
             }
             for page in log.pages.drain(..) {
                 for (i, a) in s.jmp_cache.iter_mut().enumerate() {
-                    let cs_base = js.ctx[i].1;
-                    for e in a.iter_mut().filter(|e| e.host != empty.host) {
-                        if on_page(cs_base.wrapping_add(e.rip), page) {
-                            *e = empty;
+                    // The RIPs whose block may have code on the page: those on it and
+                    // the last few before it (a first instruction crossing into it),
+                    // with linear addresses wrapping at 4 GiB outside long mode.
+                    let first = page.wrapping_sub(js.ctx[i].1);
+                    let wrapped = first & 0xffff_ffff;
+                    for start in std::iter::once(first).chain((wrapped != first).then_some(wrapped)) {
+                        for rip in (0..0x1000 + 15).map(|k| start.wrapping_sub(15).wrapping_add(k)) {
+                            let e = &mut a[crate::state::jmp_index(rip)];
+                            if e.rip == rip {
+                                *e = empty;
+                            }
                         }
                     }
                 }
@@ -493,6 +553,8 @@ impl TcgVcpu {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
             js.flushes += 1;
             s.jmp_cache[i].fill(empty);
+            s.jmp_local[i].clear();
+            s.jmp_local_overflow[i] = false;
             js.ctx[i] = ctx;
         }
     }
@@ -505,9 +567,9 @@ impl TcgVcpu {
         if self.cache.generation != self.jmp_sync.cache_gen || !self.cache.dead.is_empty() {
             self.sync_jump_cache();
         }
-        let s = &mut self.cpu_mut().state;
-        let (i, rip) = (s.mmu_index(), s.rip);
-        s.jmp_cache[i][crate::state::jmp_index(rip)] = JmpEntry { rip, host: host as u64 };
+        let cpu = self.cpu_mut();
+        let linear = cpu.wrap_linear(cpu.state.seg[CS].base.wrapping_add(cpu.state.rip));
+        jmp_insert(&mut cpu.state, linear, host);
     }
 
     fn deliver(&mut self, e: crate::cpu::Exception) -> Option<VcpuExit> {

@@ -15,7 +15,7 @@
 use quern_core::memory::{RegionKind, PAGE_SIZE};
 use quern_core::GuestMemory;
 
-pub const TLB_BITS: u32 = 10;
+pub const TLB_BITS: u32 = 12;
 pub const TLB_ENTRIES: usize = 1 << TLB_BITS;
 pub const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// A tag no page-aligned address equals.
@@ -90,16 +90,27 @@ pub struct TlbTable {
     pub phys: [u64; TLB_ENTRIES],
     /// The entry maps a global page (PTE.G under CR4.PGE): a CR3 write keeps it.
     pub global: [bool; TLB_ENTRIES],
+    /// Entries filled for non-global pages since the last flush of them (a CR3 write
+    /// empties just these); at [`TLB_LOCAL_MAX`], it walks the whole table instead.
+    local: Vec<u16>,
 }
+
+const TLB_LOCAL_MAX: usize = TLB_ENTRIES / 4;
 
 impl TlbTable {
     fn new() -> Self {
-        TlbTable { entries: [TlbEntry::EMPTY; TLB_ENTRIES], phys: [0; TLB_ENTRIES], global: [false; TLB_ENTRIES] }
+        TlbTable {
+            entries: [TlbEntry::EMPTY; TLB_ENTRIES],
+            phys: [0; TLB_ENTRIES],
+            global: [false; TLB_ENTRIES],
+            local: Vec::new(),
+        }
     }
 
     fn clear(&mut self) {
         self.entries.fill(TlbEntry::EMPTY);
         self.global.fill(false);
+        self.local.clear();
     }
 
     /// The physical address of `linear` if its page is cached for `access`.
@@ -141,6 +152,9 @@ pub struct FlushLog {
     pub non_global: u64,
     /// Linear pages dropped one at a time (INVLPG), not yet seen by the run loop.
     pub pages: Vec<u64>,
+    /// Any flush since the run loop's last look (the jump cache is refilled only
+    /// when in sync).
+    pub unseen: bool,
 }
 
 /// More single-page flushes than this between two looks count as a flush of all.
@@ -164,6 +178,22 @@ impl Tlb {
         Tlb { tables: std::array::from_fn(|_| TlbTable::new()), log: FlushLog::default() }
     }
 
+    /// Makes the all-zero bytes at `p` an empty TLB in place (see `CpuState::init`).
+    ///
+    /// # Safety
+    /// `p` must be valid for writes and hold zeros.
+    pub unsafe fn init(p: *mut Tlb) {
+        // SAFETY: as the caller promised; zeros are valid but for the vectors.
+        let tlb = unsafe {
+            (&raw mut (*p).log.pages).write(Vec::new());
+            for i in 0..MMU_MODES {
+                (&raw mut (*p).tables[i].local).write(Vec::new());
+            }
+            &mut *p
+        };
+        tlb.tables.iter_mut().for_each(TlbTable::clear);
+    }
+
     pub fn index(linear: u64) -> usize {
         ((linear >> 12) as usize) & (TLB_ENTRIES - 1)
     }
@@ -173,6 +203,7 @@ impl Tlb {
     pub fn flush(&mut self) {
         crate::profile::count(&crate::profile::TLB_FLUSHES);
         self.log.all += 1;
+        self.log.unseen = true;
         self.log.pages.clear();
         for t in &mut self.tables {
             t.clear();
@@ -183,12 +214,22 @@ impl Tlb {
     pub fn flush_non_global(&mut self) {
         crate::profile::count(&crate::profile::TLB_FLUSHES);
         self.log.non_global += 1;
+        self.log.unseen = true;
         for t in &mut self.tables {
-            for (e, &g) in t.entries.iter_mut().zip(&t.global) {
-                if !g {
-                    *e = TlbEntry::EMPTY;
+            if t.local.len() < TLB_LOCAL_MAX {
+                for &i in &t.local {
+                    if !t.global[i as usize] {
+                        t.entries[i as usize] = TlbEntry::EMPTY;
+                    }
+                }
+            } else {
+                for (e, &g) in t.entries.iter_mut().zip(&t.global) {
+                    if !g {
+                        *e = TlbEntry::EMPTY;
+                    }
                 }
             }
+            t.local.clear();
         }
     }
 
@@ -203,6 +244,7 @@ impl Tlb {
                 t.global[idx] = false;
             }
         }
+        self.log.unseen = true;
         if self.log.pages.len() < FLUSH_LOG_PAGES {
             self.log.pages.push(page);
         } else {
@@ -282,6 +324,9 @@ pub fn fill(
     e.read = page;
     tlb.phys[idx] = phys & PAGE_MASK;
     tlb.global[idx] = global;
+    if !global && tlb.local.len() < TLB_LOCAL_MAX {
+        tlb.local.push(idx as u16);
+    }
     match access {
         Access::Fetch => e.code = page,
         Access::Write if !rom && code_free => e.write = page,

@@ -74,6 +74,9 @@ pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static BUFFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
 /// Whole-TLB flushes (every MMU index's entries, or all but the global ones).
 pub static TLB_FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Jump-cache refills from generated code, and those that found the block.
+pub static LOOKUPS: AtomicU64 = AtomicU64::new(0);
+pub static LOOKUP_HITS: AtomicU64 = AtomicU64::new(0);
 /// Whole jump-cache flushes (one MMU index's array, or all).
 pub static JMP_CACHE_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
@@ -151,7 +154,8 @@ pub fn report() {
     );
     eprintln!(
         "quern tcg exits: {} to look up the next block ({} jump-cache misses, {} after the interpreter, \
-         {} mode changes), {} to chain, {} faults, {} requests, {} halts",
+         {} mode changes), {} to chain, {} faults, {} requests, {} halts; \
+         {} jump-cache refills in generated code, {} of them found the block",
         n(&EXITS[0]) + n(&EXITS[5]) + n(&EXITS[6]) + n(&EXITS[7]),
         n(&EXITS[5]),
         n(&EXITS[6]),
@@ -159,6 +163,8 @@ pub fn report() {
         n(&EXITS[1]),
         n(&EXITS[2]),
         n(&EXITS[3]),
-        n(&EXITS[4])
+        n(&EXITS[4]),
+        n(&LOOKUPS),
+        n(&LOOKUP_HITS)
     );
 }

@@ -114,7 +114,7 @@ pub struct JmpEntry {
 
 const _: () = assert!(std::mem::size_of::<JmpEntry>() == 16);
 
-pub const JMP_CACHE_BITS: u32 = 12;
+pub const JMP_CACHE_BITS: u32 = 14;
 pub const JMP_CACHE_SIZE: usize = 1 << JMP_CACHE_BITS;
 
 /// The jump-cache slot of a RIP: its low bits mixed with its page number, so that
@@ -183,6 +183,10 @@ pub struct CpuState {
     /// [`off::jmp_cache_offset`]), and the run loop keeps each array valid for the mode
     /// that index was last entered in (see `exec`), so a privilege change flushes none.
     pub jmp_cache: [[JmpEntry; JMP_CACHE_SIZE]; MMU_MODES],
+    /// Per array: the slots filled for code on non-global pages since the last CR3
+    /// write (which empties just those), and whether there were more than are noted.
+    pub jmp_local: [Vec<u32>; MMU_MODES],
+    pub jmp_local_overflow: [bool; MMU_MODES],
     pub tlb: Tlb,
     /// Scratch vectors of translated code ([`crate::ir::VReg::Tmp`]): dead between
     /// guest instructions.
@@ -192,44 +196,39 @@ pub struct CpuState {
 }
 
 impl CpuState {
-    pub fn new() -> Box<Self> {
-        let mut s = Box::new(CpuState {
-            gpr: [0; 16],
-            rip: 0,
-            eflags: regs::flags::FIXED1,
-            cc_op: CcOp::EFLAGS.0,
-            exit_request: 0,
-            cc_dst: 0,
-            cc_src: 0,
-            cc_src2: 0,
-            seg: [Seg::default(); 6],
-            ldtr: Seg::default(),
-            tr: Seg::default(),
-            gdt: DescriptorTable::default(),
-            idt: DescriptorTable::default(),
-            cr0: 0,
-            cr2: 0,
-            cr3: 0,
-            cr4: 0,
-            cr8: 0,
-            efer: 0,
-            apic_base: 0,
-            dr: [0; 8],
-            msr: Msrs::default(),
-            fpu: regs::FpuState::default(),
-            fault: Fault { vector: NO_FAULT, ..Default::default() },
-            halted: 0,
-            inhibit_irq: 0,
-            chain_site: 0,
-            jmp_cache: [[JmpEntry { rip: u64::MAX, host: 0 }; JMP_CACHE_SIZE]; MMU_MODES],
-            tlb: Tlb::new(),
-            vtmp: [[0; 16]; 4],
-            host_mxcsr: 0x1f80,
-        });
+    /// Writes the power-on state at `p` in place: the jump caches and TLBs make the
+    /// state too big to build on a thread's stack and move.
+    ///
+    /// # Safety
+    /// `p` must be valid for writes of a `CpuState`; whatever it held is overwritten
+    /// without being dropped.
+    pub unsafe fn init(p: *mut CpuState) {
+        // SAFETY: all-zero bytes are a valid value of every field (integers, arrays and
+        // plain structs of them) except the vectors, which are written before any
+        // reference to the state is made.
+        let s = unsafe {
+            std::ptr::write_bytes(p, 0, 1);
+            (&raw mut (*p).jmp_local).write(Default::default());
+            Tlb::init(&raw mut (*p).tlb);
+            &mut *p
+        };
+        s.eflags = regs::flags::FIXED1;
+        s.cc_op = CcOp::EFLAGS.0;
+        s.seg = [Seg::default(); 6];
+        s.ldtr = Seg::default();
+        s.tr = Seg::default();
+        s.gdt = DescriptorTable::default();
+        s.idt = DescriptorTable::default();
+        s.msr = Msrs::default();
+        s.fpu = regs::FpuState::default();
+        s.fault = Fault { vector: NO_FAULT, ..Default::default() };
+        for a in &mut s.jmp_cache {
+            a.fill(JmpEntry { rip: u64::MAX, host: 0 });
+        }
+        s.host_mxcsr = 0x1f80;
         s.msr.pat = 0x0007_0406_0007_0406;
         // Fast-string operations enabled, as firmware leaves them.
         s.msr.misc_enable = 1;
-        s
     }
 
     /// EFLAGS with the status flags computed from the lazy record.
@@ -296,7 +295,10 @@ impl CpuState {
             32 => 1,
             _ => 0,
         };
-        bits | u32::from(self.seg[SS].db()) << 2
+        // SS.B sizes the stack only outside 64-bit code (the kernel's SS flips between
+        // its data selector and null on every interrupt; that must not split blocks).
+        let ss32 = bits != 2 && self.seg[SS].db();
+        bits | u32::from(ss32) << 2
             | u32::from(self.protected()) << 3
             | u32::from(self.cpl()) << 4
             | u32::from(self.v86()) << 6

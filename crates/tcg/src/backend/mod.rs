@@ -24,9 +24,9 @@ pub mod exit {
     pub const REQUEST: u32 = 3;
     /// HLT; RIP is after it.
     pub const HALT: u32 = 4;
-    /// As NEXT, told apart for the profile: an indirect branch's target was not in
-    /// the jump cache; an interpreted instruction changed control flow; an
-    /// instruction changed what translation depends on.
+    /// As NEXT, told apart for the profile: an indirect branch's target was neither
+    /// in the jump cache nor found by the lookup helper; an interpreted instruction
+    /// changed control flow; an instruction changed what translation depends on.
     pub const MISS: u32 = 5;
     pub const INTERP: u32 = 6;
     pub const MODE: u32 = 7;
@@ -36,11 +36,14 @@ pub mod exit {
 pub struct Trampoline {
     pub code: Vec<u8>,
     /// Offsets in `code`: the entry (`fn(cpu, block) -> exit code`), the epilogue
-    /// blocks jump to with the exit code set, and a stub that returns `exit::NEXT`
-    /// (the jump cache's "no entry").
+    /// blocks jump to with the exit code set, a stub that returns `exit::NEXT`
+    /// (the jump cache's "no entry"), and the jump cache's refill: blocks jump there
+    /// with the state stored when the inline probe misses; it calls
+    /// [`Helpers::lookup`] and goes on to the block found, or returns `exit::MISS`.
     pub enter: usize,
     pub epilogue: usize,
     pub next_stub: usize,
+    pub lookup: usize,
 }
 
 /// Where a block's code will live and what it may call.
@@ -50,6 +53,8 @@ pub struct Env {
     pub base: usize,
     /// The run loop's exit stub (returns the exit code to the run loop).
     pub epilogue: usize,
+    /// The jump cache's refill stub ([`Trampoline::lookup`]).
+    pub lookup: usize,
     pub helpers: Helpers,
     /// With paging on, the block's linear page: a direct branch out of it cannot be
     /// chained (the target page's mapping may change) and goes through the jump cache.
@@ -73,6 +78,8 @@ pub struct Helpers {
     /// Vector load/store slow paths (see [`crate::helpers::helper_vload`]).
     pub vload: usize,
     pub vstore: usize,
+    /// The block for the stored RIP, or 0 (`exec::helper_lookup`).
+    pub lookup: usize,
 }
 
 /// A block's host code.
@@ -87,7 +94,7 @@ pub trait Backend {
     /// Emits `block` (already optimized) for `env`.
     fn emit(block: &Block, env: &Env) -> Code;
     /// The entry/exit trampoline, to live at `base`.
-    fn trampoline(base: usize) -> Trampoline;
+    fn trampoline(base: usize, helpers: &Helpers) -> Trampoline;
     /// The bytes that turn the chainable jump at `site` into a jump to `target`.
     fn jump(site: usize, target: usize) -> Vec<u8>;
 }

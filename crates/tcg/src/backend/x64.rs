@@ -21,7 +21,7 @@
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
-use super::{exit, Backend, Code, Env, Trampoline};
+use super::{exit, Backend, Code, Env, Helpers, Trampoline};
 use crate::flags::Width;
 use crate::ir::{Bin, Block, CcOpSrc, Cond, FOp, FShape, Global, Helper, Op, Test, Un, VBin, VRead, VReg, VWrite, Val};
 use crate::mmu::{entry_off, TLB_BITS};
@@ -53,7 +53,7 @@ impl Backend for X64 {
 
     /// Saves the callee-saved registers, reserves the frame's slots, pins the Cpu in
     /// r14 and jumps to the block; the epilogue returns the exit code in eax.
-    fn trampoline(base: usize) -> Trampoline {
+    fn trampoline(base: usize, helpers: &Helpers) -> Trampoline {
         // Alignment padding plus the slots generated code spills to.
         const FRAME: i32 = 8 + FRAME_SLOTS as i32 * 8;
         let mut ops: VecAssembler<X64Relocation> = VecAssembler::new(base);
@@ -72,8 +72,21 @@ impl Backend for X64 {
         );
         let next_stub = ops.offset().0;
         dynasm!(ops ; .arch x64 ; mov eax, exit::NEXT as i32 ; jmp ->epi);
+        // Entered by a jump from a block (the frame as in the block, the state stored).
+        let lookup = ops.offset().0;
+        dynasm!(ops ; .arch x64
+            ; mov rdi, r14
+            ; mov rax, QWORD helpers.lookup as i64
+            ; call rax
+            ; test rax, rax
+            ; jz >miss
+            ; jmp rax
+            ; miss:
+            ; mov eax, exit::MISS as i32
+            ; jmp ->epi
+        );
         let code = ops.finalize().expect("assembling the trampoline");
-        Trampoline { code, enter: 0, epilogue, next_stub }
+        Trampoline { code, enter: 0, epilogue, next_stub, lookup }
     }
 
     fn jump(site: usize, target: usize) -> Vec<u8> {
@@ -717,9 +730,14 @@ impl<'a> Emit<'a> {
 
     fn exit_raw(&mut self, code: u32) {
         dynasm!(self.ops ; .arch x64 ; mov eax, code as i32);
+        self.jmp_abs(self.env.epilogue);
+    }
+
+    /// JMP rel32 to a trampoline stub (the code buffer is far smaller than 2 GiB).
+    fn jmp_abs(&mut self, target: usize) {
         let here = self.env.base + self.ops.offset().0 + 5;
-        let rel = self.env.epilogue as i64 - here as i64;
-        assert!(i32::try_from(rel).is_ok(), "code buffer and epilogue out of rel32 reach");
+        let rel = target as i64 - here as i64;
+        assert!(i32::try_from(rel).is_ok(), "code buffer and trampoline out of rel32 reach");
         self.ops.push(0xe9);
         self.ops.push_i32(rel as i32);
     }
@@ -751,7 +769,8 @@ impl<'a> Emit<'a> {
     }
 
     /// Jumps to the block for the RIP in `r` (already stored) if the jump cache has
-    /// it, else returns to the run loop.
+    /// it, else to the shared refill stub (which returns to the run loop if it finds
+    /// nothing).
     fn jump_cache(&mut self, r: u8) {
         use crate::state::JMP_CACHE_BITS;
         let mask = (1i32 << JMP_CACHE_BITS) - 1;
@@ -769,7 +788,7 @@ impl<'a> Emit<'a> {
             ; jmp QWORD [r14 + r8 + jc + 8]
             ; miss:
         );
-        self.exit_raw(exit::MISS);
+        self.jmp_abs(self.env.lookup);
     }
 
     // ---- operations ----

@@ -127,7 +127,7 @@ pub fn translate_block(
     cpu: &mut Cpu,
     mode: BlockMode,
     base: usize,
-    epilogue: usize,
+    stubs: (usize, usize),
     helpers: &Helpers,
 ) -> Result<Translated, Exception> {
     let start_rip = cpu.state.rip;
@@ -193,7 +193,8 @@ pub fn translate_block(
     }
     let env = Env {
         base,
-        epilogue,
+        epilogue: stubs.0,
+        lookup: stubs.1,
         helpers: *helpers,
         page: paged.then_some(linear & PAGE_MASK),
         block_rip: start_rip,
