@@ -27,7 +27,7 @@ use crate::cpu::{CodeWatch, Cpu};
 use crate::fxhash::FxHashMap;
 use crate::interrupt::{self, Source};
 use crate::mmu::{MMU_MODES, PAGE_MASK};
-use crate::state::{JmpEntry, Seg, CS, DS, ES, FS, GS, SS};
+use crate::state::{JmpEntry, JmpTrack, Seg, CS, DS, ES, FS, GS, SS};
 use crate::translate::{self, BlockMode};
 
 /// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
@@ -63,7 +63,8 @@ struct CodeCache {
     /// jump-cache entries must go.
     dead: Vec<(u64, usize)>,
     blocks: Vec<Block>,
-    map: FxHashMap<Key, usize>,
+    /// Key → (block, its host code): the lookup needs no second cache miss.
+    map: FxHashMap<Key, (usize, usize)>,
     /// Physical page number → blocks with code from it.
     pages: FxHashMap<u64, Vec<usize>>,
     /// Chainable jump address → (its block, its stub).
@@ -138,7 +139,7 @@ impl CodeWatch for CodeCache {
             self.blocks[id].valid = false;
             let key = self.blocks[id].key;
             self.dead.push((key.rip, self.blocks[id].host));
-            if self.map.get(&key) == Some(&id) {
+            if self.map.get(&key).is_some_and(|&(b, _)| b == id) {
                 self.map.remove(&key);
             }
             for (site, stub) in std::mem::take(&mut self.blocks[id].incoming) {
@@ -152,7 +153,7 @@ impl CodeWatch for CodeCache {
         if !self.dead.is_empty() {
             return None;
         }
-        self.map.get(key).map(|&id| self.blocks[id].host)
+        self.map.get(key).map(|&(_, host)| host)
     }
 }
 
@@ -193,17 +194,8 @@ fn jmp_insert(s: &mut crate::state::CpuState, linear: u64, host: usize) {
     let t = &s.tlb.tables[i];
     let global = t.is_global_code(linear)
         && (linear & !PAGE_MASK < PAGE_MASK_CROSS || t.is_global_code(linear.wrapping_add(0x1000)));
-    let local = &mut s.jmp_local[i];
-    if !global && local.len() < JMP_LOCAL_MAX {
-        local.push(slot as u32);
-    } else if !global {
-        s.jmp_local_overflow[i] = true;
-    }
+    s.jmp_track[i].note(slot, linear, global);
 }
-
-/// Slots of non-global entries remembered per array; past this, a CR3 write empties
-/// the whole array.
-const JMP_LOCAL_MAX: usize = crate::state::JMP_CACHE_SIZE / 4;
 
 /// Addresses of the Rust functions generated code calls.
 fn helpers() -> Helpers {
@@ -211,6 +203,8 @@ fn helpers() -> Helpers {
         load: crate::helpers::helper_load as *const () as usize,
         store: crate::helpers::helper_store as *const () as usize,
         flags: crate::helpers::helper_flags as *const () as usize,
+        tsc: crate::helpers::helper_tsc as *const () as usize,
+        sti: crate::helpers::helper_sti as *const () as usize,
         interp: crate::interp::helper_interp_resolved as *const () as usize,
         vload: crate::helpers::helper_vload as *const () as usize,
         vstore: crate::helpers::helper_vstore as *const () as usize,
@@ -417,7 +411,7 @@ impl TcgVcpu {
             self.cache.invalidate_page(phys >> 12);
         }
         let key = Key { phys, rip, cs_base, mode: cpu.state.mode_key() | u32::from(single) << 31 };
-        if let Some(&id) = self.cache.map.get(&key) {
+        if let Some(&(id, _)) = self.cache.map.get(&key) {
             return Ok(id);
         }
         if self.cache.buf.remaining() < 64 << 10 {
@@ -458,7 +452,7 @@ impl TcgVcpu {
             valid: true,
             _insns: t.insns,
         });
-        self.cache.map.insert(key, id);
+        self.cache.map.insert(key, (id, host));
         log::trace!("tcg: translated block {id} at {rip:#x} (phys {phys:#x}), {} bytes", t.code.len());
         Ok(id)
     }
@@ -502,27 +496,20 @@ impl TcgVcpu {
             }
             (js.all, js.non_global, js.cache_gen) = (log.all, log.non_global, cache_gen);
             log.pages.clear();
-            s.jmp_local.iter_mut().for_each(Vec::clear);
-            s.jmp_local_overflow = [false; MMU_MODES];
+            s.jmp_track.iter_mut().for_each(JmpTrack::reset);
         } else {
             if log.non_global != js.non_global {
                 js.non_global = log.non_global;
                 // The entries noted as not global (jmp_insert) go.
-                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
-                    if std::mem::take(&mut s.jmp_local_overflow[i]) {
+                for (a, track) in s.jmp_cache.iter_mut().zip(&mut s.jmp_track) {
+                    if track.drop_local(a, empty) {
                         crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
                         js.flushes += 1;
-                        a.fill(empty);
-                    } else {
-                        for &slot in &s.jmp_local[i] {
-                            a[slot as usize] = empty;
-                        }
                     }
-                    s.jmp_local[i].clear();
                 }
             }
             for page in log.pages.drain(..) {
-                for (i, a) in s.jmp_cache.iter_mut().enumerate() {
+                for (i, a) in s.jmp_cache.iter_mut().enumerate().filter(|(i, _)| s.jmp_track[*i].may_hold(page)) {
                     // The RIPs whose block may have code on the page: those on it and
                     // the last few before it (a first instruction crossing into it),
                     // with linear addresses wrapping at 4 GiB outside long mode.
@@ -553,8 +540,7 @@ impl TcgVcpu {
             crate::profile::count(&crate::profile::JMP_CACHE_FLUSHES);
             js.flushes += 1;
             s.jmp_cache[i].fill(empty);
-            s.jmp_local[i].clear();
-            s.jmp_local_overflow[i] = false;
+            s.jmp_track[i].reset();
             js.ctx[i] = ctx;
         }
     }

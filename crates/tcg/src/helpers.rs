@@ -91,3 +91,22 @@ pub unsafe extern "sysv64" fn helper_flags(cpu: *mut Cpu) -> u64 {
     let cpu = unsafe { &*cpu };
     cpu.state.flags()
 }
+
+/// The time-stamp counter (RDTSC).
+/// # Safety
+/// As [`helper_flags`].
+pub unsafe extern "sysv64" fn helper_tsc(cpu: *mut Cpu) -> u64 {
+    // SAFETY: as in helper_load.
+    let cpu = unsafe { &*cpu };
+    cpu.tsc()
+}
+
+/// STI's effect outside EFLAGS (see [`crate::ir::Helper::Sti`]), with EFLAGS in the
+/// state still as before the instruction.
+/// # Safety
+/// As [`helper_flags`].
+pub unsafe extern "sysv64" fn helper_sti(cpu: *mut Cpu) -> u64 {
+    // SAFETY: as in helper_load.
+    let cpu = unsafe { &mut *cpu };
+    crate::interp::system::sti_shadow(cpu)
+}

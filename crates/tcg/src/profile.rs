@@ -8,7 +8,7 @@
 //! the devices. Off, it costs a relaxed store per phase change. The code buffer's
 //! range lives in statics: the profiler is process-wide by nature.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 static CODE_START: AtomicUsize = AtomicUsize::new(0);
@@ -85,6 +85,20 @@ pub fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Sampling is on (set by [`start`]): the costlier counters below count only then.
+static ON: AtomicBool = AtomicBool::new(false);
+/// Interpreted instructions by iced-x86 mnemonic.
+static INTERP_BY_MNEMONIC: [AtomicU64; 4096] = [const { AtomicU64::new(0) }; 4096];
+
+/// Counts one instruction run by the interpreter helper.
+pub fn count_interp(m: iced_x86::Mnemonic) {
+    if ON.load(Ordering::Relaxed) {
+        if let Some(c) = INTERP_BY_MNEMONIC.get(m as usize) {
+            count(c);
+        }
+    }
+}
+
 extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
     let rip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as usize;
@@ -105,6 +119,7 @@ pub fn enabled() -> bool {
 
 /// Starts sampling; `code` is the code buffer's address range.
 pub fn start(code: std::ops::Range<usize>) {
+    ON.store(true, Ordering::Relaxed);
     CODE_START.store(code.start, Ordering::Relaxed);
     CODE_END.store(code.end, Ordering::Relaxed);
     // SAFETY: installs a handler that only touches atomics, and a CPU-time timer.
@@ -167,4 +182,13 @@ pub fn report() {
         n(&LOOKUPS),
         n(&LOOKUP_HITS)
     );
+    let mut by: Vec<(u64, usize)> =
+        INTERP_BY_MNEMONIC.iter().enumerate().map(|(i, c)| (n(c), i)).filter(|&(c, _)| c > 0).collect();
+    by.sort_unstable_by(|a, b| b.cmp(a));
+    let names: Vec<String> = by
+        .iter()
+        .take(16)
+        .filter_map(|&(c, i)| Some(format!("{:?} {c}", iced_x86::Mnemonic::values().nth(i)?)))
+        .collect();
+    eprintln!("quern tcg interpreted, most often: {}", names.join(", "));
 }

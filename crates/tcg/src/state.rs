@@ -124,6 +124,83 @@ pub fn jmp_index(rip: u64) -> usize {
     ((rip ^ (rip >> JMP_CACHE_BITS)) as usize) & (JMP_CACHE_SIZE - 1)
 }
 
+/// What one jump-cache array holds, for dropping entries without a scan of it all.
+#[derive(Debug)]
+pub struct JmpTrack {
+    /// Slots filled for code on non-global pages since the last CR3 write (which
+    /// empties just those), up to [`JmpTrack::LOCAL_MAX`]; `overflow`: there were more.
+    local: Vec<u32>,
+    overflow: bool,
+    /// Bit (linear page number mod 4096): some entry may have code on such a page,
+    /// non-global or global. INVLPG of a page with neither bit set scans nothing.
+    local_pages: [u64; 64],
+    global_pages: [u64; 64],
+}
+
+impl Default for JmpTrack {
+    fn default() -> Self {
+        JmpTrack { local: Vec::new(), overflow: false, local_pages: [0; 64], global_pages: [0; 64] }
+    }
+}
+
+impl JmpTrack {
+    const LOCAL_MAX: usize = JMP_CACHE_SIZE / 4;
+
+    fn bit(page: u64) -> (usize, u64) {
+        let n = (page >> 12) as usize & 4095;
+        (n / 64, 1 << (n % 64))
+    }
+
+    /// Notes the entry just put in `slot` for code at `linear` (and up to 14 bytes on,
+    /// which may lie on the next page).
+    pub fn note(&mut self, slot: usize, linear: u64, global: bool) {
+        let pages = if global { &mut self.global_pages } else { &mut self.local_pages };
+        for page in [linear, linear.wrapping_add(14)] {
+            let (w, b) = Self::bit(page);
+            pages[w] |= b;
+        }
+        if global {
+            return;
+        }
+        if self.local.len() < Self::LOCAL_MAX {
+            self.local.push(slot as u32);
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    /// The array was emptied whole.
+    pub fn reset(&mut self) {
+        self.local.clear();
+        self.overflow = false;
+        self.local_pages = [0; 64];
+        self.global_pages = [0; 64];
+    }
+
+    /// Empties the non-global entries of `array` (a CR3 write). Returns whether that
+    /// took emptying the whole array (more of them than were noted).
+    pub fn drop_local(&mut self, array: &mut [JmpEntry], empty: JmpEntry) -> bool {
+        let whole = self.overflow;
+        if whole {
+            array.fill(empty);
+            self.reset();
+            return true;
+        }
+        for &slot in &self.local {
+            array[slot as usize] = empty;
+        }
+        self.local.clear();
+        self.local_pages = [0; 64];
+        false
+    }
+
+    /// Whether some entry may have code on linear page `page`.
+    pub fn may_hold(&self, page: u64) -> bool {
+        let (w, b) = Self::bit(page);
+        (self.local_pages[w] | self.global_pages[w]) & b != 0
+    }
+}
+
 /// A pending guest exception raised by a helper or a slow path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -183,10 +260,8 @@ pub struct CpuState {
     /// [`off::jmp_cache_offset`]), and the run loop keeps each array valid for the mode
     /// that index was last entered in (see `exec`), so a privilege change flushes none.
     pub jmp_cache: [[JmpEntry; JMP_CACHE_SIZE]; MMU_MODES],
-    /// Per array: the slots filled for code on non-global pages since the last CR3
-    /// write (which empties just those), and whether there were more than are noted.
-    pub jmp_local: [Vec<u32>; MMU_MODES],
-    pub jmp_local_overflow: [bool; MMU_MODES],
+    /// Per array: what it holds (see [`JmpTrack`]).
+    pub jmp_track: [JmpTrack; MMU_MODES],
     pub tlb: Tlb,
     /// Scratch vectors of translated code ([`crate::ir::VReg::Tmp`]): dead between
     /// guest instructions.
@@ -208,7 +283,7 @@ impl CpuState {
         // reference to the state is made.
         let s = unsafe {
             std::ptr::write_bytes(p, 0, 1);
-            (&raw mut (*p).jmp_local).write(Default::default());
+            (&raw mut (*p).jmp_track).write(Default::default());
             Tlb::init(&raw mut (*p).tlb);
             &mut *p
         };

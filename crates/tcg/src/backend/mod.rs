@@ -74,6 +74,8 @@ pub struct Helpers {
     pub load: usize,
     pub store: usize,
     pub flags: usize,
+    pub tsc: usize,
+    pub sti: usize,
     pub interp: usize,
     /// Vector load/store slow paths (see [`crate::helpers::helper_vload`]).
     pub vload: usize,

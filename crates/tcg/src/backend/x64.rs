@@ -907,11 +907,16 @@ impl<'a> Emit<'a> {
                 dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
             }
             Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
-            Op::Call { helper: Helper::Flags, d } => {
+            Op::Call { helper, d } => {
                 self.free_dead(i, &op);
                 self.state_out_for_call();
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
-                self.call_abs(self.env.helpers.flags);
+                let h = &self.env.helpers;
+                self.call_abs(match helper {
+                    Helper::Flags => h.flags,
+                    Helper::Tsc => h.tsc,
+                    Helper::Sti => h.sti,
+                });
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
                 self.slow_path_back();
                 let r = self.alloc(&[]);

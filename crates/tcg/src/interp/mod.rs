@@ -341,6 +341,7 @@ pub unsafe extern "sysv64" fn helper_interp_resolved(cpu: *mut Cpu, r: *const Re
     let (cpu, r) = unsafe { (&mut *cpu, &*r) };
     cpu.code_modified = false;
     crate::profile::count(&crate::profile::INTERP_CALLS);
+    crate::profile::count_interp(r.ins.mnemonic());
     let _phase = crate::profile::Interpreting::start();
     let res = exec_resolved(cpu, &r.ins, r.handler);
     helper_result(cpu, &r.ins, res)

@@ -27,6 +27,24 @@ pub fn handles(ins: &Instruction) -> bool {
     }
 }
 
+/// STI but for setting IF (generated code keeps EFLAGS in a register): opens the
+/// interrupt shadow if IF is clear, and returns 1 when an interrupt is waiting, also
+/// asking generated code to return to the run loop at its next block head, where the
+/// interrupt is taken after the shadow instruction. Otherwise the kernel's CLI/STI
+/// pairs stay in their block.
+pub fn sti_shadow(cpu: &mut Cpu) -> u64 {
+    if cpu.state.eflags & flags::IF == 0 {
+        cpu.state.inhibit_irq = 1;
+    }
+    if !cpu.ops().is_some_and(|o| o.interrupt_pending()) {
+        return 0;
+    }
+    // SAFETY: see TcgKicker::kick (the flag is only ever accessed atomically).
+    unsafe { std::sync::atomic::AtomicU32::from_ptr(&raw mut cpu.state.exit_request) }
+        .store(1, std::sync::atomic::Ordering::Release);
+    1
+}
+
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
@@ -46,13 +64,9 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
                 cpu.state.eflags &= !flags::IF;
                 return Ok(Some(Step::Next));
             }
-            if cpu.state.eflags & flags::IF == 0 {
-                cpu.state.inhibit_irq = 1;
-            }
+            let waiting = sti_shadow(cpu) != 0;
             cpu.state.eflags |= flags::IF;
-            // Leave for the run loop only if an interrupt is waiting to be taken after
-            // the shadow (the kernel's CLI/STI pairs otherwise stay in their block).
-            if cpu.ops().is_some_and(|o| o.interrupt_pending()) {
+            if waiting {
                 cpu.state.rip = ins.next_ip();
                 Step::Jump
             } else {

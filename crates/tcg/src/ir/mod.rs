@@ -440,6 +440,19 @@ pub enum CcOpSrc {
 pub enum Helper {
     /// `d` = the guest's status flags from the lazy record in the state.
     Flags,
+    /// `d` = the time-stamp counter.
+    Tsc,
+    /// STI's part outside the globals: opens the one-instruction interrupt shadow if
+    /// IF was clear, and when an interrupt is waiting asks for the run loop
+    /// (`exit_request`); `d` = whether one is waiting.
+    Sti,
+}
+
+impl Helper {
+    /// Whether the call only computes its value (dead code may drop it).
+    pub fn is_pure(self) -> bool {
+        !matches!(self, Helper::Sti)
+    }
 }
 
 /// One operation. Those with `d` define that value.
@@ -724,9 +737,9 @@ impl Op {
                 | Op::Select { .. }
                 | Op::MulOverflow { .. }
                 | Op::Div { .. }
-                | Op::Call { .. }
                 | Op::VGet { .. }
         ) && !matches!(self, Op::VRead { op, .. } if !op.is_float())
+            && !matches!(self, Op::Call { helper, .. } if helper.is_pure())
     }
 
     /// Whether the whole guest state must be current when the operation runs: it may

@@ -29,7 +29,7 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 use crate::interp::Resolved;
 
 use crate::flags::Width;
-use crate::ir::{Bin, Block, Global, Op, Un, Val};
+use crate::ir::{Bin, Block, Global, Helper, Op, Un, Val};
 use crate::state::{DS, ES, FS, GS, SS};
 use crate::translate::{address_bits, gpr, seg_index, BlockMode};
 
@@ -126,6 +126,27 @@ impl Lower<'_> {
                 let e = self.b.get(Global::Eflags);
                 let e = self.b.bin_k(Bin::And, 8, e, !quern_core::regs::flags::IF);
                 self.b.set(Global::Eflags, e);
+                Flow::Continue
+            }
+            // STI at CPL 0 cannot fault either.
+            Sti if self.mode.cpl == 0 => {
+                let waiting = self.b.call(Helper::Sti);
+                let e = self.b.get(Global::Eflags);
+                let e = self.b.bin_k(Bin::Or, 8, e, quern_core::regs::flags::IF);
+                self.b.set(Global::Eflags, e);
+                // With an interrupt waiting, on to the next block's head (which
+                // returns to the run loop: the helper asked for it).
+                let t = self.b.nonzero(8, waiting);
+                self.exit(Op::ExitIf { t, rip: self.next });
+                Flow::Continue
+            }
+            // CR4.TSD is not modelled: RDTSC never faults.
+            Rdtsc => {
+                let t = self.b.call(Helper::Tsc);
+                let lo = self.b.un(Un::Zext, 4, t);
+                let hi = self.b.bin_k(Bin::Shr, 8, t, 32);
+                self.b.set(Global::Gpr(0), lo);
+                self.b.set(Global::Gpr(2), hi);
                 Flow::Continue
             }
             // PUSHF faults only in virtual-8086 mode (CPL 3 outside long mode).
