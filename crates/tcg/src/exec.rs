@@ -42,8 +42,8 @@ struct Block {
     /// Virtual page of the block's start, for the same-page chaining rule.
     vpage: u64,
     valid: bool,
-    /// The decoded instructions the interpreter helper is handed (kept alive here).
-    _insns: Box<[crate::interp::Resolved]>,
+    /// The instructions left to the interpreter (its helper is handed their addresses).
+    _insns: Vec<Box<crate::interp::Resolved>>,
 }
 
 /// Translated code and what is known about it.

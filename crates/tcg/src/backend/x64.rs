@@ -98,6 +98,34 @@ impl Backend for X64 {
     }
 }
 
+/// A few host registers an allocation must not take, kept on the stack (the
+/// translator builds one for most operations).
+struct Lock {
+    regs: [u8; 8],
+    n: usize,
+}
+
+impl Lock {
+    fn of(regs: &[u8]) -> Self {
+        let mut l = Lock { regs: [0; 8], n: regs.len() };
+        l.regs[..regs.len()].copy_from_slice(regs);
+        l
+    }
+
+    fn and(mut self, r: u8) -> Self {
+        self.regs[self.n] = r;
+        self.n += 1;
+        self
+    }
+}
+
+impl std::ops::Deref for Lock {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.regs[..self.n]
+    }
+}
+
 /// Where a value is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {
@@ -579,13 +607,15 @@ impl<'a> Emit<'a> {
 
     /// Frees what values dying at op `i` occupy.
     fn free_dead(&mut self, i: usize, op: &Op) {
-        let mut dying = Vec::new();
+        let mut dying = [Val(0); 8];
+        let mut n = 0;
         op.for_each_use(|v| {
             if self.last_use[v.0 as usize] <= i {
-                dying.push(v);
+                dying[n] = v;
+                n += 1;
             }
         });
-        for v in dying {
+        for &v in &dying[..n] {
             self.free_dead_val(v);
         }
     }
@@ -625,8 +655,7 @@ impl<'a> Emit<'a> {
         if in_place {
             self.a.loc[a.0 as usize] = Loc::None;
         }
-        let mut l2 = lock.to_vec();
-        l2.push(h);
+        let l2 = Lock::of(lock).and(h);
         self.evict_aliases(g as usize, &l2);
         if !in_place {
             self.mov_loc(h, a);
@@ -1210,8 +1239,7 @@ impl<'a> Emit<'a> {
             }
             return;
         }
-        let mut l2 = lock.to_vec();
-        l2.push(ra);
+        let l2 = Lock::of(lock).and(ra);
         match self.operand(t.b, &l2) {
             Operand::Imm(k) => match t.w {
                 1 => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), k as i8),
@@ -1307,9 +1335,9 @@ impl<'a> Emit<'a> {
                     && self.is_dead_after(b, i);
                 let (a, b) = if swap { (b, a) } else { (a, b) };
                 let rb = if op == Bin::Mul { Operand::Reg(self.reg(b, &[])) } else { self.operand(b, &[]) };
-                let lock: Vec<u8> = match rb {
-                    Operand::Reg(r) => vec![r],
-                    _ => vec![],
+                let lock = match rb {
+                    Operand::Reg(r) => Lock::of(&[r]),
+                    _ => Lock::of(&[]),
                 };
                 let same = a == b;
                 let rd = self.dest(i, d, a, &lock, &[b]);

@@ -43,9 +43,9 @@ pub struct Lower<'a> {
     /// RIP of the block's first instruction (a branch there is a loop).
     pub block_rip: u64,
     pub ins: &'a Instruction,
-    /// Address of `ins`'s entry ([`Resolved`]) in the block's table (for the
-    /// interpreter).
-    pub ins_addr: usize,
+    /// The instructions left to the interpreter, each with its handler resolved; the
+    /// block's code holds their addresses (boxed: they stay put).
+    interpreted: Vec<Box<Resolved>>,
     pub ip: u64,
     pub next: u64,
     /// The current instruction stores to memory: a store onto translated code leaves
@@ -60,40 +60,38 @@ pub enum Flow {
     End,
 }
 
-/// Lowers the decoded block `table` (which must stay where it is: the interpreter is
-/// called with its entries' addresses, each instruction with its handler resolved).
-pub fn lower_block(table: &[Resolved], mode: BlockMode) -> Block {
-    let start = table.first().map_or(0, |r| r.ins.ip());
+/// Lowers the decoded block `insns`. Also returns the instructions it leaves to the
+/// interpreter, which must live as long as the block's code.
+pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> (Block, Vec<Box<Resolved>>) {
+    let start = insns.first().map_or(0, |i| i.ip());
     let mut l = Lower {
         b: Block::new(),
         mode,
         flags: Flags::default(),
         block_rip: if mode.single { u64::MAX } else { start },
-        ins: &table[0].ins,
-        ins_addr: 0,
+        ins: &insns[0],
+        interpreted: Vec::new(),
         ip: 0,
         next: 0,
         stored: false,
     };
-    for r in table {
-        let ins = &r.ins;
+    for ins in insns {
         l.ins = ins;
-        l.ins_addr = r as *const Resolved as usize;
         l.ip = ins.ip();
         l.next = ins.next_ip();
         l.b.insn(l.ip, l.next);
         l.stored = false;
         let flow = if ins.code() == Code::INVALID { l.interp() } else { l.one() };
         if flow == Flow::End {
-            return l.b;
+            return (l.b, l.interpreted);
         }
         if l.stored {
             l.flags.sync(&mut l.b);
         }
     }
-    let next = table.last().map_or(start, |r| r.ins.next_ip());
+    let next = insns.last().map_or(start, |i| i.next_ip());
     l.exit(Op::Exit { rip: next });
-    l.b
+    (l.b, l.interpreted)
 }
 
 impl Lower<'_> {
@@ -162,7 +160,9 @@ impl Lower<'_> {
     /// Runs the instruction in the interpreter; ends the block where it must.
     pub fn interp(&mut self) -> Flow {
         self.flags.sync(&mut self.b);
-        self.b.push(Op::Interp { ins: self.ins_addr });
+        let r = Box::new(Resolved::new(*self.ins));
+        self.b.push(Op::Interp { ins: &*r as *const Resolved as usize });
+        self.interpreted.push(r);
         self.flags.in_state();
         if crate::translate::ends_block(self.ins) {
             self.b.push(Op::ExitToLoop { rip: self.next });

@@ -48,8 +48,8 @@ pub struct Translated {
     pub code: Vec<u8>,
     /// (jump offset, stub offset) of each chainable exit.
     pub chain_sites: Vec<(usize, usize)>,
-    /// The decoded instructions the interpreter helper is called with.
-    pub insns: Box<[crate::interp::Resolved]>,
+    /// The instructions the interpreter helper is called with.
+    pub insns: Vec<Box<crate::interp::Resolved>>,
     /// Guest-physical pages the block's bytes came from.
     pub pages: Vec<u64>,
 }
@@ -184,9 +184,7 @@ pub fn translate_block(
     }
 
     let paged = cpu.state.cr0 & quern_core::regs::ctrl::CR0_PG != 0;
-    // Each instruction's interpreter handler is found once, here.
-    let table: Box<[crate::interp::Resolved]> = insns.iter().map(|i| crate::interp::Resolved::new(*i)).collect();
-    let mut block = crate::lower::lower_block(&table, mode);
+    let (mut block, table) = crate::lower::lower_block(&insns, mode);
     crate::ir::opt::optimize(&mut block);
     if log::log_enabled!(target: "quern_tcg::op", log::Level::Trace) {
         log::trace!(target: "quern_tcg::op", "OP: {start_rip:#x}\n{block}");
