@@ -43,6 +43,7 @@ struct Block {
     vpage: u64,
     valid: bool,
     /// The instructions left to the interpreter (its helper is handed their addresses).
+    #[allow(clippy::vec_box)] // boxed: generated code holds their addresses
     _insns: Vec<Box<crate::interp::Resolved>>,
 }
 

@@ -45,6 +45,7 @@ pub struct Lower<'a> {
     pub ins: &'a Instruction,
     /// The instructions left to the interpreter, each with its handler resolved; the
     /// block's code holds their addresses (boxed: they stay put).
+    #[allow(clippy::vec_box)]
     interpreted: Vec<Box<Resolved>>,
     pub ip: u64,
     pub next: u64,

@@ -49,6 +49,7 @@ pub struct Translated {
     /// (jump offset, stub offset) of each chainable exit.
     pub chain_sites: Vec<(usize, usize)>,
     /// The instructions the interpreter helper is called with.
+    #[allow(clippy::vec_box)] // boxed: generated code holds their addresses
     pub insns: Vec<Box<crate::interp::Resolved>>,
     /// Guest-physical pages the block's bytes came from.
     pub pages: Vec<u64>,
