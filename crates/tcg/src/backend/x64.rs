@@ -588,6 +588,14 @@ impl<'a> Emit<'a> {
         }
     }
 
+    /// `v`'s value when it is a constant.
+    fn konst(&self, v: Val) -> Option<u64> {
+        match self.a.loc[v.0 as usize] {
+            Loc::Const(k) => Some(k),
+            _ => None,
+        }
+    }
+
     /// `v` as an operand: a 32-bit immediate when it is such a constant.
     fn operand(&mut self, v: Val, lock: &[u8]) -> Operand {
         match self.a.loc[v.0 as usize] {
@@ -780,8 +788,7 @@ impl<'a> Emit<'a> {
                 self.exit_raw(exit::NEXT);
                 return;
             }
-            self.mov_imm(RDI, target);
-            self.jump_cache(RDI);
+            self.jump_cache_const(target);
             return;
         }
         let site = self.ops.offset().0;
@@ -815,6 +822,21 @@ impl<'a> Emit<'a> {
             ; cmp Rq(r), [r14 + r8 + jc]
             ; jne >miss
             ; jmp QWORD [r14 + r8 + jc + 8]
+            ; miss:
+        );
+        self.jmp_abs(self.env.lookup);
+    }
+
+    /// As [`Emit::jump_cache`] for a RIP known now (stored already): its slot is too.
+    fn jump_cache_const(&mut self, target: u64) {
+        let e = off::jmp_cache_offset(self.env.mmu_idx) + (crate::state::jmp_index(target) * 16) as i32;
+        match i32::try_from(target as i64) {
+            Ok(t) => dynasm!(self.ops ; .arch x64 ; cmp QWORD [r14 + e], t),
+            Err(_) => dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD target as i64 ; cmp [r14 + e], rdi),
+        }
+        dynasm!(self.ops ; .arch x64
+            ; jne >miss
+            ; jmp QWORD [r14 + e + 8]
             ; miss:
         );
         self.jmp_abs(self.env.lookup);
@@ -1101,6 +1123,7 @@ impl<'a> Emit<'a> {
 
     /// A vector load: the probe, then the vector from memory into the state.
     fn vload(&mut self, i: usize, w: Width, d: VReg, addr: Val, align: bool, op: &Op) {
+        let k = self.konst(addr);
         let ra = self.reg(addr, &[]);
         let sync = self.sync_now();
         self.free_dead(i, op);
@@ -1109,7 +1132,7 @@ impl<'a> Emit<'a> {
         if align && w == 16 {
             dynasm!(self.ops ; .arch x64 ; test Rb(ra), 15 ; jnz =>miss);
         }
-        self.probe(ra, w, entry_off::READ, miss);
+        self.probe(ra, k, w, entry_off::READ, miss);
         match w {
             16 => dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [Rq(ra) + r8]),
             8 => dynasm!(self.ops ; .arch x64 ; movq xmm0, QWORD [Rq(ra) + r8]),
@@ -1124,13 +1147,14 @@ impl<'a> Emit<'a> {
     }
 
     fn vstore(&mut self, i: usize, w: Width, addr: Val, s: VReg, align: bool, op: &Op) {
+        let k = self.konst(addr);
         let ra = self.reg(addr, &[]);
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
         if align && w == 16 {
             dynasm!(self.ops ; .arch x64 ; test Rb(ra), 15 ; jnz =>miss);
         }
-        self.probe(ra, w, entry_off::WRITE, miss);
+        self.probe(ra, k, w, entry_off::WRITE, miss);
         let os = s.offset();
         match w {
             16 => dynasm!(self.ops ; .arch x64 ; movdqu xmm0, [r14 + os] ; movdqu [Rq(ra) + r8], xmm0),
@@ -1554,15 +1578,28 @@ impl<'a> Emit<'a> {
     /// The inline TLB probe for an access of `w` bytes at linear address `addr`: on
     /// a hit r8 holds the addend (host = addr + r8) and execution falls through; a
     /// miss jumps to `miss`.
-    fn probe(&mut self, addr: u8, w: Width, tag: i32, miss: DynamicLabel) {
+    fn probe(&mut self, addr: u8, k: Option<u64>, w: Width, tag: i32, miss: DynamicLabel) {
         let mask = (1i32 << TLB_BITS) - 1;
         // The TLB of the block's MMU index: a user block never sees kernel entries.
         let tlb = off::tlb_offset(self.env.mmu_idx);
+        // A constant address (a global variable, RIP-relative) within one page: its
+        // entry and tag are known now.
+        if let Some(k) = k.filter(|&k| k & 0xfff <= 0x1000 - w as u64) {
+            if let Ok(page) = i32::try_from((k & !0xfff) as i64) {
+                let e = tlb + ((((k >> 12) as i32) & mask) << entry_off::SIZE_SHIFT);
+                dynasm!(self.ops ; .arch x64
+                    ; cmp QWORD [r14 + e + tag], page
+                    ; jne =>miss
+                    ; mov r8, [r14 + e + entry_off::ADDEND]
+                );
+                return;
+            }
+        }
+        // rdi = the entry's offset: (addr >> 12 & mask) << SIZE_SHIFT, in two steps.
         dynasm!(self.ops ; .arch x64
             ; mov rdi, Rq(addr)
-            ; shr rdi, 12
-            ; and edi, mask
-            ; shl edi, entry_off::SIZE_SHIFT as i8
+            ; shr rdi, (12 - entry_off::SIZE_SHIFT) as i8
+            ; and edi, mask << entry_off::SIZE_SHIFT
             ; lea r8, [Rq(addr) + (w as i32 - 1)]
             ; and r8, -4096
             ; cmp r8, [r14 + rdi + tlb + tag]
@@ -1572,6 +1609,7 @@ impl<'a> Emit<'a> {
     }
 
     fn load(&mut self, i: usize, w: Width, d: Val, addr: Val, op: &Op) {
+        let k = self.konst(addr);
         let ra = self.reg(addr, &[]);
         let sync = self.sync_now();
         self.free_dead(i, op);
@@ -1580,7 +1618,7 @@ impl<'a> Emit<'a> {
         let rd = self.alloc(&[ra]);
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
-        self.probe(ra, w, entry_off::READ, miss);
+        self.probe(ra, k, w, entry_off::READ, miss);
         match w {
             1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), BYTE [Rq(ra) + r8]),
             2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [Rq(ra) + r8]),
@@ -1594,6 +1632,7 @@ impl<'a> Emit<'a> {
     }
 
     fn store(&mut self, i: usize, w: Width, addr: Val, s: Val, op: &Op) {
+        let k = self.konst(addr);
         let ra = self.reg(addr, &[]);
         let src = match self.a.loc[s.0 as usize] {
             Loc::Const(k) if w < 8 || i32::try_from(k as i64).is_ok() => Operand::Imm(k as i32),
@@ -1601,7 +1640,7 @@ impl<'a> Emit<'a> {
         };
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
-        self.probe(ra, w, entry_off::WRITE, miss);
+        self.probe(ra, k, w, entry_off::WRITE, miss);
         match (w, src) {
             (1, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8], Rb(r)),
             (2, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8], Rw(r)),
