@@ -1288,11 +1288,21 @@ impl<'a> Emit<'a> {
         dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r));
     }
 
+    /// Jcc rel32 to `l` (the usual direction, not taken, falls through).
     fn jcc(&mut self, cc: u8, l: DynamicLabel) {
-        // The inverse short jump over a rel32 jump dynasm can resolve.
-        self.ops.push(0x70 | (cc ^ 1));
-        self.ops.push(5);
-        dynasm!(self.ops ; .arch x64 ; jmp =>l);
+        match cc {
+            0x2 => dynasm!(self.ops ; .arch x64 ; jb =>l),
+            0x3 => dynasm!(self.ops ; .arch x64 ; jae =>l),
+            0x4 => dynasm!(self.ops ; .arch x64 ; je =>l),
+            0x5 => dynasm!(self.ops ; .arch x64 ; jne =>l),
+            0x6 => dynasm!(self.ops ; .arch x64 ; jbe =>l),
+            0x7 => dynasm!(self.ops ; .arch x64 ; ja =>l),
+            0xc => dynasm!(self.ops ; .arch x64 ; jl =>l),
+            0xd => dynasm!(self.ops ; .arch x64 ; jge =>l),
+            0xe => dynasm!(self.ops ; .arch x64 ; jle =>l),
+            0xf => dynasm!(self.ops ; .arch x64 ; jg =>l),
+            _ => unreachable!("condition code {cc:#x} is not one cc_of makes"),
+        }
     }
 
     /// Zero-extends the low `w` bytes of r in place (after a 32-bit operation).
