@@ -154,6 +154,10 @@ struct Alloc {
     /// Mapped globals whose host register differs from the state.
     dirty: u32,
     cc: CcState,
+    /// The host MXCSR holds the guest's (loaded by the first floating-point op, put
+    /// back before anything else runs: a helper, an exit, the loop's head), so a
+    /// run of SSE arithmetic pays for one switch, not one per instruction.
+    mx: bool,
     /// Values that were `Loc::Global(g)` when pushed, per global (checked when used:
     /// one may have moved since).
     aliases: [Vec<Val>; Global::COUNT],
@@ -166,6 +170,7 @@ struct Snapshot {
     slot_val: [Option<Val>; SPILL_SLOTS],
     dirty: u32,
     cc: CcState,
+    mx: bool,
     locs: Vec<(Val, Loc)>,
 }
 
@@ -174,6 +179,8 @@ struct Snapshot {
 struct Sync {
     dirty: u32,
     cc: CcState,
+    /// The guest's MXCSR is loaded (see `Alloc::mx`).
+    mx: bool,
 }
 
 enum Deferred {
@@ -453,6 +460,7 @@ impl<'a> Emit<'a> {
                 slot_val: [None; SPILL_SLOTS],
                 dirty: 0,
                 cc: CcState::Stored,
+                mx: false,
                 aliases: Default::default(),
             },
             deferred: Vec::with_capacity(n_ops / 4 + 4),
@@ -505,7 +513,7 @@ impl<'a> Emit<'a> {
     }
 
     fn sync_now(&self) -> Sync {
-        Sync { dirty: self.a.dirty, cc: self.a.cc }
+        Sync { dirty: self.a.dirty, cc: self.a.cc, mx: self.a.mx }
     }
 
     fn emit_range(&mut self, range: std::ops::Range<usize>) {
@@ -743,6 +751,7 @@ impl<'a> Emit<'a> {
         if let CcState::Pending(k) = s.cc {
             dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
         }
+        self.host_mxcsr(s.mx);
     }
 
     /// Stores the state and marks it current (on a path every execution takes).
@@ -751,6 +760,7 @@ impl<'a> Emit<'a> {
         self.store_state(s);
         self.a.dirty = 0;
         self.a.cc = CcState::Stored;
+        self.a.mx = false;
     }
 
     fn store_rip(&mut self, rip: u64) {
@@ -954,7 +964,6 @@ impl<'a> Emit<'a> {
                 self.guest_mxcsr();
                 // CVTSI2SS/SD xmm0, r: F3/F2 [REX.W] 0F 2A /r.
                 self.sse_rr(if dbl { 0xf2 } else { 0xf3 }, w == 8, 0x2a, 0, r);
-                self.host_mxcsr();
                 dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
             }
             Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
@@ -1009,7 +1018,8 @@ impl<'a> Emit<'a> {
                 self.exit_raw(exit::NEXT);
             }
             Op::Loop { t } => {
-                // The head finds cc_op in the state.
+                // The head finds cc_op in the state, and the host's MXCSR.
+                self.leave_guest_mxcsr();
                 if let CcState::Pending(k) = self.a.cc {
                     dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
                     self.a.cc = CcState::Stored;
@@ -1057,15 +1067,34 @@ impl<'a> Emit<'a> {
         self.ops.extend([0x0f, opc, 0xc0 | ((reg & 7) << 3) | (rm & 7)]);
     }
 
-    /// Floating point follows the guest's MXCSR (which masks every exception, see the
-    /// block mode) until [`Self::host_mxcsr`].
+    /// Before a floating-point op: the guest's MXCSR (which masks every exception, see
+    /// the block mode) in the host's, if not there yet (see `Alloc::mx`).
     fn guest_mxcsr(&mut self) {
-        dynasm!(self.ops ; .arch x64 ; ldmxcsr [r14 + off::MXCSR]);
+        if !self.a.mx {
+            dynasm!(self.ops ; .arch x64 ; ldmxcsr [r14 + off::MXCSR]);
+            self.a.mx = true;
+        }
     }
 
-    /// Keeps the flags the guest's operations raised and restores the host's MXCSR.
-    fn host_mxcsr(&mut self) {
-        dynasm!(self.ops ; .arch x64 ; stmxcsr [r14 + off::MXCSR] ; ldmxcsr [r14 + off::HOST_MXCSR]);
+    /// Keeps the flags the guest's operations raised and restores the host's MXCSR,
+    /// where the guest's is loaded (`mx`: as of the code this leads away from).
+    fn host_mxcsr(&mut self, mx: bool) {
+        if mx {
+            dynasm!(self.ops ; .arch x64 ; stmxcsr [r14 + off::MXCSR] ; ldmxcsr [r14 + off::HOST_MXCSR]);
+        }
+    }
+
+    /// Back from a slow path's helper to code that had the guest's MXCSR loaded.
+    fn reload_guest_mxcsr(&mut self, mx: bool) {
+        if mx {
+            dynasm!(self.ops ; .arch x64 ; ldmxcsr [r14 + off::MXCSR]);
+        }
+    }
+
+    /// Puts the host's MXCSR back on the main path.
+    fn leave_guest_mxcsr(&mut self) {
+        self.host_mxcsr(self.a.mx);
+        self.a.mx = false;
     }
 
     fn vbin(&mut self, op: VBin, d: VReg, a: VReg, b: VReg, imm: u8) {
@@ -1089,9 +1118,7 @@ impl<'a> Emit<'a> {
         if has_imm {
             self.ops.push(imm);
         }
-        if op.is_float() {
-            self.host_mxcsr();
-        }
+        if op.is_float() {}
         dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
     }
 
@@ -1107,7 +1134,6 @@ impl<'a> Emit<'a> {
                 self.guest_mxcsr();
                 // CVT(T)SS2SI / CVT(T)SD2SI r, xmm0: F3/F2 [REX.W] 0F 2C/2D /r.
                 self.sse_rr(if dbl { 0xf2 } else { 0xf3 }, w == 8, if trunc { 0x2c } else { 0x2d }, r, 0);
-                self.host_mxcsr();
             }
             VRead::Comi { dbl, signal } => {
                 dynasm!(self.ops ; .arch x64 ; movdqu xmm1, [r14 + ob]);
@@ -1115,7 +1141,6 @@ impl<'a> Emit<'a> {
                 // (U)COMISS / (U)COMISD xmm0, xmm1: [66] 0F 2E/2F /r.
                 self.sse_rr(if dbl { 0x66 } else { 0 }, false, if signal { 0x2f } else { 0x2e }, 0, 1);
                 // Neither MXCSR access touches the host flags.
-                self.host_mxcsr();
                 dynasm!(self.ops ; .arch x64 ; pushfq ; pop Rq(r) ; and Rd(r), 0x45);
             }
         }
@@ -1209,6 +1234,7 @@ impl<'a> Emit<'a> {
             slot_val: self.a.slot_val,
             dirty: self.a.dirty,
             cc: self.a.cc,
+            mx: self.a.mx,
             locs,
         })
     }
@@ -1684,6 +1710,7 @@ impl<'a> Emit<'a> {
                 Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
                 Deferred::Load { at, resume, d, w, addr, rip, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
+                    let mx = sync.mx;
                     self.slow_path_out(sync);
                     self.store_rip(rip);
                     match d {
@@ -1693,10 +1720,9 @@ impl<'a> Emit<'a> {
                             dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
                             self.slow_path_back();
                             let fe = self.fault_exit;
-                            dynasm!(self.ops ; .arch x64
-                                ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
-                                ; mov Rq(d), rdi ; jmp =>resume
-                            );
+                            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                            self.reload_guest_mxcsr(mx);
+                            dynasm!(self.ops ; .arch x64 ; mov Rq(d), rdi ; jmp =>resume);
                         }
                         LoadDst::Vec(o, align) => {
                             let wa = w as i32 | i32::from(align) << 8;
@@ -1704,15 +1730,15 @@ impl<'a> Emit<'a> {
                             self.call_abs(self.env.helpers.vload);
                             self.slow_path_back();
                             let fe = self.fault_exit;
-                            dynasm!(self.ops ; .arch x64
-                                ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe
-                                ; jmp =>resume
-                            );
+                            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                            self.reload_guest_mxcsr(mx);
+                            dynasm!(self.ops ; .arch x64 ; jmp =>resume);
                         }
                     }
                 }
                 Deferred::Store { at, resume, src, w, addr, rip, next, sync, after, tail } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
+                    let mx = sync.mx;
                     self.slow_path_out(sync);
                     self.store_rip(rip);
                     match src {
@@ -1737,6 +1763,7 @@ impl<'a> Emit<'a> {
                     self.slow_path_back();
                     let fe = self.fault_exit;
                     dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                    self.reload_guest_mxcsr(mx);
                     // The store overwrote translated code, maybe this block's: finish
                     // the instruction out of line and leave.
                     dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz =>resume);
@@ -1745,6 +1772,7 @@ impl<'a> Emit<'a> {
                     self.a.slot_val = after.slot_val;
                     self.a.dirty = after.dirty;
                     self.a.cc = after.cc;
+                    self.a.mx = after.mx;
                     for &(v, loc) in &after.locs {
                         self.a.loc[v.0 as usize] = loc;
                         if let Loc::Global(g) = loc {
@@ -1822,6 +1850,7 @@ impl<'a> Emit<'a> {
         if let CcState::Pending(k) = sync.cc {
             dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
         }
+        self.host_mxcsr(sync.mx);
     }
 
     /// Before a helper on the main path (one every execution takes): values out of
@@ -1832,6 +1861,7 @@ impl<'a> Emit<'a> {
         self.slow_path_out(s);
         self.a.dirty = 0;
         self.a.cc = CcState::Stored;
+        self.a.mx = false;
     }
 
     /// Back from Rust: the caller-saved registers as they were.
