@@ -136,6 +136,10 @@ impl GuestMemory {
         for &size in backing_sizes {
             let map =
                 MmapOptions::new().len(size.max(1)).map_anon().map_err(|source| MemoryError::Map { size, source })?;
+            // Transparent huge pages where the host allows them (as QEMU asks for
+            // guest RAM): one fault per 2 MiB the guest touches instead of 512, and
+            // fewer host TLB misses behind the soft TLB. Refused is fine.
+            let _ = map.advise(memmap2::Advice::HugePage);
             backings.push(map);
         }
         let mut specs = specs.to_vec();

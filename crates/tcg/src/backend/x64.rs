@@ -1118,7 +1118,6 @@ impl<'a> Emit<'a> {
         if has_imm {
             self.ops.push(imm);
         }
-        if op.is_float() {}
         dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0);
     }
 
