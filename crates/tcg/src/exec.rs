@@ -56,10 +56,9 @@ struct CodeCache {
     next_stub: usize,
     /// Bumped when every block goes away, so the jump caches are flushed.
     generation: u64,
-    /// Where blocks return to the run loop through.
-    epilogue: usize,
-    /// The jump cache's refill stub ([`helper_lookup`]).
-    lookup: usize,
+    /// Where blocks return to the run loop through, the jump cache's refill stub
+    /// ([`helper_lookup`]) and the helpers' address table.
+    stubs: crate::backend::Stubs,
     /// (RIP, host code) of blocks invalidated since the run loop last looked: their
     /// jump-cache entries must go.
     dead: Vec<(u64, usize)>,
@@ -84,9 +83,8 @@ impl CodeCache {
             buf: CodeBuffer::new(CODE_BUFFER_SIZE)?,
             enter: 0,
             next_stub: 0,
-            lookup: 0,
             generation: 0,
-            epilogue: 0,
+            stubs: Default::default(),
             dead: Vec::new(),
             blocks: Vec::new(),
             map: FxHashMap::default(),
@@ -103,9 +101,12 @@ impl CodeCache {
         let t = Host::trampoline(base, &helpers());
         let at = self.buf.append(&t.code).expect("code buffer holds the trampoline");
         self.enter = at + t.enter;
-        self.epilogue = at + t.epilogue;
+        self.stubs = crate::backend::Stubs {
+            epilogue: at + t.epilogue,
+            lookup: at + t.lookup,
+            helper_table: at + t.helper_table,
+        };
         self.next_stub = at + t.next_stub;
-        self.lookup = at + t.lookup;
     }
 
     /// Forgets every block (the buffer is full, or the machine reset).
@@ -424,7 +425,7 @@ impl TcgVcpu {
         let base = self.cache.buf.cursor();
         let t = {
             let _timing = crate::profile::Translating::start();
-            translate::translate_block(cpu, mode, base, (self.cache.epilogue, self.cache.lookup), &helpers)?
+            translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?
         };
         crate::profile::count(&crate::profile::TRANSLATIONS);
         crate::profile::CODE_BYTES.fetch_add(t.code.len() as u64, std::sync::atomic::Ordering::Relaxed);

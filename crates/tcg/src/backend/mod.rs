@@ -44,6 +44,17 @@ pub struct Trampoline {
     pub epilogue: usize,
     pub next_stub: usize,
     pub lookup: usize,
+    /// The helpers' addresses ([`Helpers::all`]'s order), 8 bytes each: generated
+    /// code calls through them with a short RIP-relative form.
+    pub helper_table: usize,
+}
+
+/// Addresses in the code buffer's trampoline that blocks jump or call to.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stubs {
+    pub epilogue: usize,
+    pub lookup: usize,
+    pub helper_table: usize,
 }
 
 /// Where a block's code will live and what it may call.
@@ -55,6 +66,8 @@ pub struct Env {
     pub epilogue: usize,
     /// The jump cache's refill stub ([`Trampoline::lookup`]).
     pub lookup: usize,
+    /// [`Trampoline::helper_table`], as an address.
+    pub helper_table: usize,
     pub helpers: Helpers,
     /// With paging on, the block's linear page: a direct branch out of it cannot be
     /// chained (the target page's mapping may change) and goes through the jump cache.
@@ -82,6 +95,13 @@ pub struct Helpers {
     pub vstore: usize,
     /// The block for the stored RIP, or 0 (`exec::helper_lookup`).
     pub lookup: usize,
+}
+
+impl Helpers {
+    /// Every helper, in the trampoline's table order.
+    pub fn all(&self) -> [usize; 9] {
+        [self.load, self.store, self.flags, self.tsc, self.sti, self.interp, self.vload, self.vstore, self.lookup]
+    }
 }
 
 /// A block's host code.

@@ -85,8 +85,15 @@ impl Backend for X64 {
             ; mov eax, exit::MISS as i32
             ; jmp ->epi
         );
+        while ops.offset().0 % 8 != 0 {
+            ops.push(0xcc);
+        }
+        let helper_table = ops.offset().0;
+        for f in helpers.all() {
+            ops.extend((f as u64).to_le_bytes());
+        }
         let code = ops.finalize().expect("assembling the trampoline");
-        Trampoline { code, enter: 0, epilogue, next_stub, lookup }
+        Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
     }
 
     fn jump(site: usize, target: usize) -> Vec<u8> {
@@ -397,6 +404,7 @@ struct Emit<'a> {
     /// every mapped global and save the caller-saved registers; restore them.
     state_out: Option<DynamicLabel>,
     regs_back: Option<DynamicLabel>,
+    regs_back_checked: Option<DynamicLabel>,
     /// Reloads every mapped global from the state (after the interpreter).
     regs_in: Option<DynamicLabel>,
 }
@@ -473,6 +481,7 @@ impl<'a> Emit<'a> {
             replay: false,
             state_out: None,
             regs_back: None,
+            regs_back_checked: None,
             regs_in: None,
         }
     }
@@ -771,8 +780,18 @@ impl<'a> Emit<'a> {
         }
     }
 
+    /// Calls helper `f`: `call [rip + disp32]` through the trampoline's table (6
+    /// bytes), else through rax.
     fn call_abs(&mut self, f: usize) {
-        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD f as i64 ; call rax);
+        let here = self.env.base + self.ops.offset().0 + 6;
+        let slot = self.env.helpers.all().iter().position(|&h| h == f).map(|i| self.env.helper_table + 8 * i);
+        match slot.and_then(|s| i32::try_from(s as i64 - here as i64).ok()) {
+            Some(rel) => {
+                self.ops.extend([0xff, 0x15]);
+                self.ops.push_i32(rel);
+            }
+            None => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD f as i64 ; call rax),
+        }
     }
 
     fn exit_raw(&mut self, code: u32) {
@@ -991,9 +1010,7 @@ impl<'a> Emit<'a> {
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov rsi, QWORD ins as i64);
                 self.call_abs(self.env.helpers.interp);
                 dynasm!(self.ops ; .arch x64 ; mov edi, eax);
-                self.slow_path_back();
-                let fe = self.fault_exit;
-                dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                self.slow_path_back_checked();
                 // 0: go on; 2: HLT; 1: leave, the state authoritative.
                 dynasm!(self.ops ; .arch x64 ; test edi, edi ; jz >go_on ; cmp edi, 2 ; jne >leave);
                 self.exit_raw(exit::HALT);
@@ -1717,9 +1734,7 @@ impl<'a> Emit<'a> {
                             dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
                             self.call_abs(self.env.helpers.load);
                             dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
-                            self.slow_path_back();
-                            let fe = self.fault_exit;
-                            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                            self.slow_path_back_checked();
                             self.reload_guest_mxcsr(mx);
                             dynasm!(self.ops ; .arch x64 ; mov Rq(d), rdi ; jmp =>resume);
                         }
@@ -1727,9 +1742,7 @@ impl<'a> Emit<'a> {
                             let wa = w as i32 | i32::from(align) << 8;
                             dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
                             self.call_abs(self.env.helpers.vload);
-                            self.slow_path_back();
-                            let fe = self.fault_exit;
-                            dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                            self.slow_path_back_checked();
                             self.reload_guest_mxcsr(mx);
                             dynasm!(self.ops ; .arch x64 ; jmp =>resume);
                         }
@@ -1759,9 +1772,7 @@ impl<'a> Emit<'a> {
                         }
                     }
                     dynasm!(self.ops ; .arch x64 ; mov edi, eax);
-                    self.slow_path_back();
-                    let fe = self.fault_exit;
-                    dynasm!(self.ops ; .arch x64 ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne =>fe);
+                    self.slow_path_back_checked();
                     self.reload_guest_mxcsr(mx);
                     // The store overwrote translated code, maybe this block's: finish
                     // the instruction out of line and leave.
@@ -1825,15 +1836,25 @@ impl<'a> Emit<'a> {
             }
             dynasm!(self.ops ; .arch x64 ; ret);
         }
-        if let Some(l) = self.regs_back {
+        let fe = self.fault_exit;
+        for (l, checked) in [(self.regs_back, false), (self.regs_back_checked, true)] {
+            let Some(l) = l else { continue };
             dynasm!(self.ops ; .arch x64 ; =>l);
             for r in POOL.iter().copied().filter(|&r| caller_saved(r)) {
                 let o = 8 + ((SPILL_SLOTS + r as usize) * 8) as i32;
                 dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
             }
-            dynasm!(self.ops ; .arch x64 ; ret);
+            if checked {
+                // A fault leaves through the block's fault exit, dropping the return
+                // address.
+                dynasm!(self.ops ; .arch x64
+                    ; cmp DWORD [r14 + off::FAULT_VECTOR], -1 ; jne >fault ; ret
+                    ; fault: ; add rsp, 8 ; jmp =>fe
+                );
+            } else {
+                dynasm!(self.ops ; .arch x64 ; ret);
+            }
         }
-        let fe = self.fault_exit;
         dynasm!(self.ops ; .arch x64 ; =>fe);
         // Every path here stored the state before its helper ran.
         self.exit_raw(exit::FAULT);
@@ -1866,6 +1887,13 @@ impl<'a> Emit<'a> {
     /// Back from Rust: the caller-saved registers as they were.
     fn slow_path_back(&mut self) {
         let l = *self.regs_back.get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; call =>l);
+    }
+
+    /// As [`Emit::slow_path_back`], then on to the fault exit if the helper raised
+    /// a guest exception (one shared routine: the check costs a call site nothing).
+    fn slow_path_back_checked(&mut self) {
+        let l = *self.regs_back_checked.get_or_insert_with(|| self.ops.new_dynamic_label());
         dynasm!(self.ops ; .arch x64 ; call =>l);
     }
 

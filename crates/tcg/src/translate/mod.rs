@@ -128,7 +128,7 @@ pub fn translate_block(
     cpu: &mut Cpu,
     mode: BlockMode,
     base: usize,
-    stubs: (usize, usize),
+    stubs: crate::backend::Stubs,
     helpers: &Helpers,
 ) -> Result<Translated, Exception> {
     let start_rip = cpu.state.rip;
@@ -192,8 +192,9 @@ pub fn translate_block(
     }
     let env = Env {
         base,
-        epilogue: stubs.0,
-        lookup: stubs.1,
+        epilogue: stubs.epilogue,
+        lookup: stubs.lookup,
+        helper_table: stubs.helper_table,
         helpers: *helpers,
         page: paged.then_some(linear & PAGE_MASK),
         block_rip: start_rip,
