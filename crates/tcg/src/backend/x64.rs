@@ -85,7 +85,7 @@ impl Backend for X64 {
             ; mov eax, exit::MISS as i32
             ; jmp ->epi
         );
-        while ops.offset().0 % 8 != 0 {
+        while !ops.offset().0.is_multiple_of(8) {
             ops.push(0xcc);
         }
         let helper_table = ops.offset().0;
