@@ -1898,7 +1898,9 @@ fn extint_bios(exit_code: u8) -> Vec<u8> {
         a.sti()?;
         let mut irr = a.create_label();
         let mut seen = a.create_label();
-        a.mov(ecx, 10_000_000u32)?;
+        // Bounded so that a slow emulator still finishes in time (a port read costs
+        // QEMU's TCG microseconds under load; 10M of them once ran past the limit).
+        a.mov(ecx, 2_000_000u32)?;
         a.set_label(&mut irr)?;
         a.in_(al, 0x20u32)?;
         a.test(al, 1u32)?;
