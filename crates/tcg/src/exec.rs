@@ -979,6 +979,52 @@ mod tests {
         assert_eq!(cx_seen, 1, "taken after the shadow instruction");
     }
 
+    /// RDTSC in generated code (a helper call, not the interpreter): EDX:EAX split
+    /// right, the counter moving forward, within what the CPU reads before and after.
+    #[test]
+    fn rdtsc_splits_the_counter_and_moves_forward() {
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        let mut a = CodeAssembler::new(32).unwrap();
+        a.rdtsc().unwrap();
+        a.mov(dword_ptr(0x600), eax).unwrap();
+        a.mov(dword_ptr(0x604), edx).unwrap();
+        a.mov(ecx, 1000u32).unwrap();
+        let mut spin = a.create_label();
+        a.set_label(&mut spin).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(spin).unwrap();
+        a.rdtsc().unwrap();
+        a.mov(dword_ptr(0x608), eax).unwrap();
+        a.mov(dword_ptr(0x60c), edx).unwrap();
+        a.hlt().unwrap();
+        mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+        // 32-bit flat protected mode, so the stores take 32-bit registers.
+        let (mut r, mut s) = regs::power_on_state();
+        s.cr0 |= regs::ctrl::CR0_PE;
+        s.cs = regs::Segment { selector: 8, type_: 0xb, s: true, present: true, db: true, ..s.cs };
+        s.cs.base = 0;
+        s.cs.limit = 0xffff_ffff;
+        for seg in [&mut s.ds, &mut s.es, &mut s.ss] {
+            *seg = regs::Segment { selector: 0x10, type_: 3, s: true, present: true, db: true, ..*seg };
+            seg.base = 0;
+            seg.limit = 0xffff_ffff;
+        }
+        r.rip = 0x1000;
+        r.rsp = 0x8000;
+        vcpu.set_sregs(&s).unwrap();
+        vcpu.set_regs(&r).unwrap();
+        // A TSC in the billions, so the high half is not zero.
+        vcpu.cpu_mut().state.msr.tsc_offset = 5 << 32;
+        let before = vcpu.cpu().tsc();
+        assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted);
+        let after = vcpu.cpu().tsc();
+        let first = mem.read_u64(0x600).unwrap();
+        let second = mem.read_u64(0x608).unwrap();
+        assert!(before <= first && first < second && second <= after, "{before} {first} {second} {after}");
+        assert_eq!(first >> 32, 5, "EDX holds the high half");
+    }
+
     /// STI immediately followed by CLI lets no interrupt in.
     #[test]
     fn sti_cli_takes_no_interrupt() {
