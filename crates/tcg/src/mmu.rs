@@ -91,11 +91,44 @@ pub struct TlbTable {
     /// The entry maps a global page (PTE.G under CR4.PGE): a CR3 write keeps it.
     pub global: [bool; TLB_ENTRIES],
     /// Entries filled for non-global pages since the last flush of them (a CR3 write
-    /// empties just these); at [`TLB_LOCAL_MAX`], it walks the whole table instead.
-    local: Vec<u16>,
+    /// empties just these, or walks the whole table after more than it notes).
+    local: SlotLog<{ TLB_ENTRIES / 4 }>,
 }
 
-const TLB_LOCAL_MAX: usize = TLB_ENTRIES / 4;
+/// The slots of a direct-mapped table (the TLB, a jump-cache array) filled since its
+/// last selective flush, so that the flush empties just those; after more than `CAP`
+/// of them it says so, and the flush empties the whole table instead.
+#[derive(Debug, Default)]
+pub struct SlotLog<const CAP: usize> {
+    slots: Vec<u32>,
+    overflow: bool,
+}
+
+impl<const CAP: usize> SlotLog<CAP> {
+    pub fn note(&mut self, slot: usize) {
+        if self.slots.len() < CAP {
+            self.slots.push(slot as u32);
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    /// Hands each noted slot to `f` and forgets them; false (and nothing handed) when
+    /// there were more than it noted.
+    pub fn drain(&mut self, mut f: impl FnMut(usize)) -> bool {
+        let complete = !std::mem::take(&mut self.overflow);
+        if complete {
+            self.slots.iter().for_each(|&s| f(s as usize));
+        }
+        self.slots.clear();
+        complete
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.overflow = false;
+    }
+}
 
 impl TlbTable {
     fn new() -> Self {
@@ -103,7 +136,7 @@ impl TlbTable {
             entries: [TlbEntry::EMPTY; TLB_ENTRIES],
             phys: [0; TLB_ENTRIES],
             global: [false; TLB_ENTRIES],
-            local: Vec::new(),
+            local: SlotLog::default(),
         }
     }
 
@@ -187,7 +220,7 @@ impl Tlb {
         let tlb = unsafe {
             (&raw mut (*p).log.pages).write(Vec::new());
             for i in 0..MMU_MODES {
-                (&raw mut (*p).tables[i].local).write(Vec::new());
+                (&raw mut (*p).tables[i].local).write(SlotLog::default());
             }
             &mut *p
         };
@@ -216,20 +249,19 @@ impl Tlb {
         self.log.non_global += 1;
         self.log.unseen = true;
         for t in &mut self.tables {
-            if t.local.len() < TLB_LOCAL_MAX {
-                for &i in &t.local {
-                    if !t.global[i as usize] {
-                        t.entries[i as usize] = TlbEntry::EMPTY;
-                    }
+            let (entries, global) = (&mut t.entries, &t.global);
+            let noted = t.local.drain(|i| {
+                if !global[i] {
+                    entries[i] = TlbEntry::EMPTY;
                 }
-            } else {
-                for (e, &g) in t.entries.iter_mut().zip(&t.global) {
+            });
+            if !noted {
+                for (e, &g) in entries.iter_mut().zip(global) {
                     if !g {
                         *e = TlbEntry::EMPTY;
                     }
                 }
             }
-            t.local.clear();
         }
     }
 
@@ -324,8 +356,8 @@ pub fn fill(
     e.read = page;
     tlb.phys[idx] = phys & PAGE_MASK;
     tlb.global[idx] = global;
-    if !global && tlb.local.len() < TLB_LOCAL_MAX {
-        tlb.local.push(idx as u16);
+    if !global {
+        tlb.local.note(idx);
     }
     match access {
         Access::Fetch => e.code = page,

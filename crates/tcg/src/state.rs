@@ -11,7 +11,7 @@ use std::mem::offset_of;
 use quern_core::regs::{self, DescriptorTable, Segment};
 
 use crate::flags::{self, CcOp};
-use crate::mmu::{Tlb, TlbTable, MMU_MODES};
+use crate::mmu::{SlotLog, Tlb, TlbTable, MMU_MODES};
 
 /// Segment register numbers, in the order of the ModRM/SReg encoding.
 pub const ES: usize = 0;
@@ -128,9 +128,8 @@ pub fn jmp_index(rip: u64) -> usize {
 #[derive(Debug)]
 pub struct JmpTrack {
     /// Slots filled for code on non-global pages since the last CR3 write (which
-    /// empties just those), up to [`JmpTrack::LOCAL_MAX`]; `overflow`: there were more.
-    local: Vec<u32>,
-    overflow: bool,
+    /// empties just those).
+    local: SlotLog<{ JMP_CACHE_SIZE / 4 }>,
     /// Bit (linear page number mod 4096): some entry may have code on such a page,
     /// non-global or global. INVLPG of a page with neither bit set scans nothing.
     local_pages: [u64; 64],
@@ -139,13 +138,11 @@ pub struct JmpTrack {
 
 impl Default for JmpTrack {
     fn default() -> Self {
-        JmpTrack { local: Vec::new(), overflow: false, local_pages: [0; 64], global_pages: [0; 64] }
+        JmpTrack { local: SlotLog::default(), local_pages: [0; 64], global_pages: [0; 64] }
     }
 }
 
 impl JmpTrack {
-    const LOCAL_MAX: usize = JMP_CACHE_SIZE / 4;
-
     fn bit(page: u64) -> (usize, u64) {
         let n = (page >> 12) as usize & 4095;
         (n / 64, 1 << (n % 64))
@@ -159,20 +156,14 @@ impl JmpTrack {
             let (w, b) = Self::bit(page);
             pages[w] |= b;
         }
-        if global {
-            return;
-        }
-        if self.local.len() < Self::LOCAL_MAX {
-            self.local.push(slot as u32);
-        } else {
-            self.overflow = true;
+        if !global {
+            self.local.note(slot);
         }
     }
 
     /// The array was emptied whole.
     pub fn reset(&mut self) {
         self.local.clear();
-        self.overflow = false;
         self.local_pages = [0; 64];
         self.global_pages = [0; 64];
     }
@@ -180,16 +171,11 @@ impl JmpTrack {
     /// Empties the non-global entries of `array` (a CR3 write). Returns whether that
     /// took emptying the whole array (more of them than were noted).
     pub fn drop_local(&mut self, array: &mut [JmpEntry], empty: JmpEntry) -> bool {
-        let whole = self.overflow;
-        if whole {
+        if !self.local.drain(|slot| array[slot] = empty) {
             array.fill(empty);
             self.reset();
             return true;
         }
-        for &slot in &self.local {
-            array[slot as usize] = empty;
-        }
-        self.local.clear();
         self.local_pages = [0; 64];
         false
     }
