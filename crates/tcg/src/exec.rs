@@ -274,7 +274,6 @@ impl quern_core::Accelerator for TcgAccelerator {
 pub struct TcgVcpu {
     shared: Arc<Shared>,
     cache: CodeCache,
-    helpers: Helpers,
     /// What the jump caches hold entries for (see [`TcgVcpu::sync_jump_cache`]).
     jmp_sync: JmpSync,
 }
@@ -329,7 +328,6 @@ impl TcgVcpu {
         let mut v = TcgVcpu {
             shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) }),
             cache,
-            helpers: helpers(),
             jmp_sync: JmpSync {
                 ctx: [(u32::MAX, 0); MMU_MODES],
                 all: u64::MAX,
@@ -396,7 +394,6 @@ impl TcgVcpu {
     /// Finds or translates the block at the current RIP (`single`: the one-instruction
     /// block of [`BlockMode::single`], cached apart from the normal one).
     fn find_block(&mut self, single: bool) -> Result<usize, crate::cpu::Exception> {
-        let helpers = self.helpers;
         let cpu: &mut Cpu = {
             // SAFETY: as in `cpu_mut`; the cache is a separate field, borrowed apart.
             unsafe { &mut *self.shared.cpu.get() }
@@ -425,7 +422,7 @@ impl TcgVcpu {
         let base = self.cache.buf.cursor();
         let t = {
             let _timing = crate::profile::Translating::start();
-            translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers)?
+            translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers())?
         };
         crate::profile::count(&crate::profile::TRANSLATIONS);
         crate::profile::CODE_BYTES.fetch_add(t.code.len() as u64, std::sync::atomic::Ordering::Relaxed);

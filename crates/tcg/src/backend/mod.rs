@@ -52,8 +52,11 @@ pub struct Trampoline {
 /// Addresses in the code buffer's trampoline that blocks jump or call to.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stubs {
+    /// The run loop's exit stub (returns the exit code to the run loop).
     pub epilogue: usize,
+    /// The jump cache's refill stub ([`Trampoline::lookup`]).
     pub lookup: usize,
+    /// [`Trampoline::helper_table`], as an address.
     pub helper_table: usize,
 }
 
@@ -62,12 +65,7 @@ pub struct Stubs {
 pub struct Env {
     /// Host address the code will be copied to.
     pub base: usize,
-    /// The run loop's exit stub (returns the exit code to the run loop).
-    pub epilogue: usize,
-    /// The jump cache's refill stub ([`Trampoline::lookup`]).
-    pub lookup: usize,
-    /// [`Trampoline::helper_table`], as an address.
-    pub helper_table: usize,
+    pub stubs: Stubs,
     pub helpers: Helpers,
     /// With paging on, the block's linear page: a direct branch out of it cannot be
     /// chained (the target page's mapping may change) and goes through the jump cache.

@@ -784,7 +784,7 @@ impl<'a> Emit<'a> {
     /// bytes), else through rax.
     fn call_abs(&mut self, f: usize) {
         let here = self.env.base + self.ops.offset().0 + 6;
-        let slot = self.env.helpers.all().iter().position(|&h| h == f).map(|i| self.env.helper_table + 8 * i);
+        let slot = self.env.helpers.all().iter().position(|&h| h == f).map(|i| self.env.stubs.helper_table + 8 * i);
         match slot.and_then(|s| i32::try_from(s as i64 - here as i64).ok()) {
             Some(rel) => {
                 self.ops.extend([0xff, 0x15]);
@@ -796,7 +796,7 @@ impl<'a> Emit<'a> {
 
     fn exit_raw(&mut self, code: u32) {
         dynasm!(self.ops ; .arch x64 ; mov eax, code as i32);
-        self.jmp_abs(self.env.epilogue);
+        self.jmp_abs(self.env.stubs.epilogue);
     }
 
     /// JMP rel32 to a trampoline stub (the code buffer is far smaller than 2 GiB).
@@ -853,7 +853,7 @@ impl<'a> Emit<'a> {
             ; jmp QWORD [r14 + r8 + jc + 8]
             ; miss:
         );
-        self.jmp_abs(self.env.lookup);
+        self.jmp_abs(self.env.stubs.lookup);
     }
 
     /// As [`Emit::jump_cache`] for a RIP known now (stored already): its slot is too.
@@ -868,7 +868,7 @@ impl<'a> Emit<'a> {
             ; jmp QWORD [r14 + e + 8]
             ; miss:
         );
-        self.jmp_abs(self.env.lookup);
+        self.jmp_abs(self.env.stubs.lookup);
     }
 
     // ---- operations ----

@@ -192,9 +192,7 @@ pub fn translate_block(
     }
     let env = Env {
         base,
-        epilogue: stubs.epilogue,
-        lookup: stubs.lookup,
-        helper_table: stubs.helper_table,
+        stubs,
         helpers: *helpers,
         page: paged.then_some(linear & PAGE_MASK),
         block_rip: start_rip,
