@@ -35,6 +35,8 @@ pub struct Rotated {
     pub base: Option<Rec>,
     pub cf: Val,
     pub of: Val,
+    /// The state's record already says the same.
+    pub stored: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,18 +99,32 @@ impl Flags {
         if base.is_none() {
             self.sync(b);
         }
-        self.state = State::Rotated(Rotated { base, cf, of });
+        self.state = State::Rotated(Rotated { base, cf, of, stored: false });
     }
 
     /// Makes the state's record describe the current flags.
     pub fn sync(&mut self, b: &mut Block) {
         match self.state {
-            State::Current | State::Rec { stored: true, .. } => {}
+            State::Current | State::Rec { stored: true, .. } | State::Rotated(Rotated { stored: true, .. }) => {}
             State::Rec { rec, stored: false } => {
                 store_rec(b, &rec);
                 self.state = State::Rec { rec, stored: true };
             }
             State::Rotated(r) => {
+                if let Some(rec) = r.base.filter(|rec| rec.op.kind() != CcKind::Flags) {
+                    // The older record with the rotate's CF and OF beside it (see
+                    // `CcOp::ROTATED`): no flags computed now.
+                    b.set(Global::CcDst, rec.dst);
+                    b.set(Global::CcSrc, rec.src);
+                    b.set(Global::CcSrc2, rec.src2);
+                    let c = b.bin_k(Bin::Shl, 8, r.cf, CcOp::ROTATED_CF as u64);
+                    let o = b.bin_k(Bin::Shl, 8, r.of, CcOp::ROTATED_OF as u64);
+                    let co = b.bin(Bin::Or, 8, c, o);
+                    let op = b.bin_k(Bin::Or, 8, co, u64::from(rec.op.0 | CcOp::ROTATED));
+                    b.push(Op::SetCcOp(CcOpSrc::Val(op)));
+                    self.state = State::Rotated(Rotated { stored: true, ..r });
+                    return;
+                }
                 let all = self.all_from(b, r.base);
                 let keep = b.bin_k(Bin::And, 8, all, !(CF | OF));
                 let with_c = b.bin(Bin::Or, 8, keep, r.cf);
