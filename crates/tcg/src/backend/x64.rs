@@ -40,6 +40,13 @@ const POOL: [u8; 11] = [3, 5, 12, 13, 15, 0, 2, 6, 9, 10, 11];
 /// At most this many guest registers are mapped, so values always have registers.
 const MAX_MAPPED: usize = 7;
 
+/// The flag record's globals, in `Alloc::ccv` order.
+const CC_GLOBALS: [Global; 3] = [Global::CcDst, Global::CcSrc, Global::CcSrc2];
+
+fn cc_index(g: usize) -> Option<usize> {
+    CC_GLOBALS.iter().position(|c| c.index() == g)
+}
+
 fn caller_saved(r: u8) -> bool {
     matches!(r, 0 | 1 | 2 | 6 | 7 | 8 | 9 | 10 | 11)
 }
@@ -161,6 +168,11 @@ struct Alloc {
     /// Mapped globals whose host register differs from the state.
     dirty: u32,
     cc: CcState,
+    /// The flag record's values (`cc_dst`, `cc_src`, `cc_src2`) set since the state
+    /// last had them: they stay where they are and reach the state only on a way out
+    /// (a slow path, helper or exit), so a record that the next one replaces costs
+    /// nothing on the fast path.
+    ccv: [Option<Val>; 3],
     /// The host MXCSR holds the guest's (loaded by the first floating-point op, put
     /// back before anything else runs: a helper, an exit, the loop's head), so a
     /// run of SSE arithmetic pays for one switch, not one per instruction.
@@ -177,6 +189,7 @@ struct Snapshot {
     slot_val: [Option<Val>; SPILL_SLOTS],
     dirty: u32,
     cc: CcState,
+    ccv: [Option<Val>; 3],
     mx: bool,
     locs: Vec<(Val, Loc)>,
 }
@@ -186,6 +199,8 @@ struct Snapshot {
 struct Sync {
     dirty: u32,
     cc: CcState,
+    /// Where the pending flag-record values are (`Loc::None`: not pending).
+    ccv: [Loc; 3],
     /// The guest's MXCSR is loaded (see `Alloc::mx`).
     mx: bool,
 }
@@ -382,7 +397,11 @@ struct Emit<'a> {
     ops: VecAssembler<X64Relocation>,
     env: &'a Env,
     block: &'a Block,
+    /// Each value's last reader, or for a flag-record value the op that replaces it
+    /// if later (see `Alloc::ccv`).
     last_use: Vec<usize>,
+    /// Each value's last reader.
+    own_last_use: Vec<usize>,
     /// The mapped global a value is about to be written to with nothing in between
     /// that could see the register change early: computed in that register.
     target: Vec<Option<u8>>,
@@ -398,6 +417,8 @@ struct Emit<'a> {
     next: u64,
     /// Index of the op after the current instruction's last.
     insn_end: usize,
+    /// The op being emitted.
+    cur: usize,
     /// Inside out-of-line code replaying an instruction's tail: exits do not chain.
     replay: bool,
     /// The block's shared slow-path routines (emitted at the end when used): store
@@ -434,18 +455,33 @@ impl<'a> Emit<'a> {
         let fault_exit = ops.new_dynamic_label();
         let head = ops.new_dynamic_label();
         let n = block.val_count();
-        let mut last_use = vec![0usize; n];
+        let own_last_use = own_last_use(block);
+        let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
+        // A flag-record value lives on, pending, until the next record's replaces it.
+        let mut pending: [Option<Val>; 3] = [None; 3];
         for (i, op) in block.ops.iter().enumerate() {
-            op.for_each_use(|v| last_use[v.0 as usize] = i);
             match op {
-                Op::Get { g, .. } | Op::Set { g, .. } => uses[g.index()] += 1,
+                Op::Get { g, .. } => uses[g.index()] += 1,
+                Op::Set { g, s } => {
+                    uses[g.index()] += 1;
+                    if let Some(k) = cc_index(g.index()) {
+                        if let Some(old) = pending[k].replace(*s) {
+                            last_use[old.0 as usize] = last_use[old.0 as usize].max(i);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
+        for v in pending.into_iter().flatten() {
+            last_use[v.0 as usize] = n_ops;
+        }
         // Every global the block names is worth a register (a write-only one is then
         // stored once at the exit instead of at each write), the most used first.
-        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 1).collect();
+        // The flag record's globals are never mapped: they are written often and read
+        // only on the way out (see `Alloc::ccv`).
+        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 1 && cc_index(g).is_none()).collect();
         order.sort_by_key(|&g| std::cmp::Reverse(uses[g]));
         order.truncate(MAX_MAPPED);
         let mut gmap = [None; Global::COUNT];
@@ -459,6 +495,7 @@ impl<'a> Emit<'a> {
             env,
             block,
             last_use,
+            own_last_use,
             target,
             gmap,
             temps,
@@ -468,6 +505,7 @@ impl<'a> Emit<'a> {
                 slot_val: [None; SPILL_SLOTS],
                 dirty: 0,
                 cc: CcState::Stored,
+                ccv: [None; 3],
                 mx: false,
                 aliases: Default::default(),
             },
@@ -478,6 +516,7 @@ impl<'a> Emit<'a> {
             rip: 0,
             next: 0,
             insn_end: 0,
+            cur: 0,
             replay: false,
             state_out: None,
             regs_back: None,
@@ -522,7 +561,46 @@ impl<'a> Emit<'a> {
     }
 
     fn sync_now(&self) -> Sync {
-        Sync { dirty: self.a.dirty, cc: self.a.cc, mx: self.a.mx }
+        let ccv = self.a.ccv.map(|v| v.map_or(Loc::None, |v| self.a.loc[v.0 as usize]));
+        Sync { dirty: self.a.dirty, cc: self.a.cc, ccv, mx: self.a.mx }
+    }
+
+    /// The state has the flag record: values kept only for it are free.
+    fn clear_ccv(&mut self) {
+        for v in std::mem::take(&mut self.a.ccv).into_iter().flatten() {
+            let own = self.own_last_use[v.0 as usize];
+            if own <= self.cur {
+                // Read by the current op at most: free now, or when the op is done.
+                self.last_use[v.0 as usize] = own;
+                if own < self.cur {
+                    self.free_dead_val(v);
+                }
+            }
+        }
+    }
+
+    /// Stores the pending flag-record values at `locs` (through rdi when one is in a
+    /// spill slot or a wide constant).
+    fn store_ccv(&mut self, locs: [Loc; 3]) {
+        for (k, loc) in locs.into_iter().enumerate() {
+            let o = CC_GLOBALS[k].offset();
+            match loc {
+                Loc::None => {}
+                Loc::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(r)),
+                Loc::Global(g) => {
+                    let h = self.gmap[g as usize].expect("mapped");
+                    dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(h))
+                }
+                Loc::Const(c) if i32::try_from(c as i64).is_ok() => {
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], c as i32)
+                }
+                Loc::Const(c) => dynasm!(self.ops ; .arch x64 ; mov rdi, QWORD c as i64 ; mov [r14 + o], rdi),
+                Loc::Slot(sl) => {
+                    let so = (sl as usize * 8) as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, [rsp + so] ; mov [r14 + o], rdi)
+                }
+            }
+        }
     }
 
     fn emit_range(&mut self, range: std::ops::Range<usize>) {
@@ -536,6 +614,7 @@ impl<'a> Emit<'a> {
                     .unwrap_or(self.block.ops.len());
                 continue;
             }
+            self.cur = i;
             self.op(i, op);
             if let Some(d) = op.def() {
                 // A value nothing reads (a load kept for its fault) frees at once.
@@ -757,6 +836,7 @@ impl<'a> Emit<'a> {
                 dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(h));
             }
         }
+        self.store_ccv(s.ccv);
         if let CcState::Pending(k) = s.cc {
             dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
         }
@@ -769,6 +849,7 @@ impl<'a> Emit<'a> {
         self.store_state(s);
         self.a.dirty = 0;
         self.a.cc = CcState::Stored;
+        self.clear_ccv();
         self.a.mx = false;
     }
 
@@ -879,6 +960,12 @@ impl<'a> Emit<'a> {
             Op::Const { d, v } => self.a.loc[d.0 as usize] = Loc::Const(v),
             Op::Get { d, g } => match self.gmap[g.index()] {
                 Some(_) => self.alias(d, g.index()),
+                None if cc_index(g.index()).is_some_and(|k| self.a.ccv[k].is_some()) => {
+                    let v = self.a.ccv[cc_index(g.index()).unwrap()].unwrap();
+                    let r = self.alloc(&[]);
+                    self.mov_loc(r, v);
+                    self.define(d, r);
+                }
                 None => {
                     let r = self.alloc(&[]);
                     let o = g.offset();
@@ -1041,6 +1128,9 @@ impl<'a> Emit<'a> {
                     dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
                     self.a.cc = CcState::Stored;
                 }
+                let locs = self.sync_now().ccv;
+                self.store_ccv(locs);
+                self.clear_ccv();
                 let head = self.head;
                 match t {
                     Some(t) => {
@@ -1245,11 +1335,15 @@ impl<'a> Emit<'a> {
         for op in &self.block.ops[tail] {
             op.for_each_use(|v| locs.push((v, self.a.loc[v.0 as usize])));
         }
+        for v in self.a.ccv.into_iter().flatten() {
+            locs.push((v, self.a.loc[v.0 as usize]));
+        }
         Box::new(Snapshot {
             reg_val: self.a.reg_val,
             slot_val: self.a.slot_val,
             dirty: self.a.dirty,
             cc: self.a.cc,
+            ccv: self.a.ccv,
             mx: self.a.mx,
             locs,
         })
@@ -1264,6 +1358,14 @@ impl<'a> Emit<'a> {
     }
 
     fn set(&mut self, i: usize, g: Global, s: Val) {
+        if let Some(k) = cc_index(g.index()) {
+            if let Some(old) = self.a.ccv[k].replace(s) {
+                if old != s && self.is_dead_after(old, i) && !self.a.ccv.contains(&Some(old)) {
+                    self.free_dead_val(old);
+                }
+            }
+            return;
+        }
         match self.gmap[g.index()] {
             Some(h) => {
                 if self.a.loc[s.0 as usize] == Loc::Global(g.index() as u8) {
@@ -1782,6 +1884,7 @@ impl<'a> Emit<'a> {
                     self.a.slot_val = after.slot_val;
                     self.a.dirty = after.dirty;
                     self.a.cc = after.cc;
+                    self.a.ccv = after.ccv;
                     self.a.mx = after.mx;
                     for &(v, loc) in &after.locs {
                         self.a.loc[v.0 as usize] = loc;
@@ -1867,6 +1970,7 @@ impl<'a> Emit<'a> {
     fn slow_path_out(&mut self, sync: Sync) {
         let l = *self.state_out.get_or_insert_with(|| self.ops.new_dynamic_label());
         dynasm!(self.ops ; .arch x64 ; call =>l);
+        self.store_ccv(sync.ccv);
         if let CcState::Pending(k) = sync.cc {
             dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
         }
@@ -1881,6 +1985,7 @@ impl<'a> Emit<'a> {
         self.slow_path_out(s);
         self.a.dirty = 0;
         self.a.cc = CcState::Stored;
+        self.clear_ccv();
         self.a.mx = false;
     }
 
@@ -1928,6 +2033,15 @@ impl<'a> Emit<'a> {
 /// For each value, the mapped global it is computed for: the value is written to
 /// that global later in the same stretch with nothing in between that reads the
 /// global or could expose the state (a memory access, helper or exit).
+/// Each value's last reader (not counting the flag record's hold on it).
+fn own_last_use(block: &Block) -> Vec<usize> {
+    let mut last = vec![0usize; block.val_count()];
+    for (i, op) in block.ops.iter().enumerate() {
+        op.for_each_use(|v| last[v.0 as usize] = i);
+    }
+    last
+}
+
 fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>> {
     let mut t = vec![None; block.val_count()];
     // Walking backwards: the (value, global) writes reachable from here with nothing
