@@ -71,6 +71,8 @@ pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 pub static EXITS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 /// Host code bytes emitted, and how often the full code buffer was emptied.
 pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Blocks the backend emitted again with fewer guest registers mapped.
+pub static REEMITS: AtomicU64 = AtomicU64::new(0);
 pub static BUFFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
 /// Whole-TLB flushes (every MMU index's entries, or all but the global ones).
 pub static TLB_FLUSHES: AtomicU64 = AtomicU64::new(0);
@@ -154,10 +156,11 @@ pub fn report() {
     let secs = n(&TRANSLATE_NS) as f64 / 1e9;
     eprintln!(
         "quern tcg counters: {translations} translations in {secs:.3} s ({:.0} per second of translating), \
-         {} bytes of host code a block, {} code buffer flushes, \
+         {} bytes of host code a block ({} blocks emitted again with fewer mapped registers), {} code buffer flushes, \
          {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations, {} TLB flushes, {} jump-cache flushes",
         translations as f64 / secs.max(1e-9),
         n(&CODE_BYTES) / translations.max(1),
+        n(&REEMITS),
         n(&BUFFER_FLUSHES),
         n(&DISPATCHES),
         n(&INTERP_CALLS),

@@ -37,8 +37,9 @@ const RDI: u8 = 7;
 /// Allocatable host registers: callee-saved first (rbx, rbp, r12, r13, r15), then
 /// caller-saved (rax, rdx, rsi, r9, r10, r11).
 const POOL: [u8; 11] = [3, 5, 12, 13, 15, 0, 2, 6, 9, 10, 11];
-/// At most this many guest registers are mapped, so values always have registers.
-const MAX_MAPPED: usize = 7;
+/// At most this many guest registers are mapped (fewer when a block's ops would run
+/// short of value registers).
+const MAX_MAPPED: usize = 8;
 
 /// The flag record's globals, in `Alloc::ccv` order.
 const CC_GLOBALS: [Global; 3] = [Global::CcDst, Global::CcSrc, Global::CcSrc2];
@@ -55,7 +56,18 @@ pub struct X64;
 
 impl Backend for X64 {
     fn emit(block: &Block, env: &Env) -> Code {
-        Emit::new(block, env).run()
+        // As many guest registers mapped as leave every op the value registers it
+        // needs at once; a block whose ops run short is emitted again with one fewer.
+        let mut mapped = MAX_MAPPED;
+        loop {
+            let (code, starved) = Emit::new(block, env, mapped).run();
+            if !starved || mapped == 0 {
+                assert!(!starved, "tcg backend: an op needs more value registers than the host has");
+                return code;
+            }
+            mapped -= 1;
+            crate::profile::count(&crate::profile::REEMITS);
+        }
     }
 
     /// Saves the callee-saved registers, reserves the frame's slots, pins the Cpu in
@@ -419,6 +431,9 @@ struct Emit<'a> {
     insn_end: usize,
     /// The op being emitted.
     cur: usize,
+    /// An op found no value register free: the code is wrong, emit with fewer
+    /// mapped guest registers.
+    starved: bool,
     /// Inside out-of-line code replaying an instruction's tail: exits do not chain.
     replay: bool,
     /// The block's shared slow-path routines (emitted at the end when used): store
@@ -446,7 +461,7 @@ fn cc_of(c: Cond) -> u8 {
 }
 
 impl<'a> Emit<'a> {
-    fn new(block: &'a Block, env: &'a Env) -> Self {
+    fn new(block: &'a Block, env: &'a Env, max_mapped: usize) -> Self {
         // Sized from the block: about 20 bytes of host code and two labels per op, so
         // the assembler does not keep growing (and copying) while it emits.
         let n_ops = block.ops.len();
@@ -483,7 +498,7 @@ impl<'a> Emit<'a> {
         // only on the way out (see `Alloc::ccv`).
         let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 1 && cc_index(g).is_none()).collect();
         order.sort_by_key(|&g| std::cmp::Reverse(uses[g]));
-        order.truncate(MAX_MAPPED);
+        order.truncate(max_mapped);
         let mut gmap = [None; Global::COUNT];
         for (k, &g) in order.iter().enumerate() {
             gmap[g] = Some(POOL[k]);
@@ -517,6 +532,7 @@ impl<'a> Emit<'a> {
             next: 0,
             insn_end: 0,
             cur: 0,
+            starved: false,
             replay: false,
             state_out: None,
             regs_back: None,
@@ -525,7 +541,7 @@ impl<'a> Emit<'a> {
         }
     }
 
-    fn run(mut self) -> Code {
+    fn run(mut self) -> (Code, bool) {
         let has_loop = self.block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
         // Every mapped global is loaded: the slow paths store them all back (a
         // compact shared routine), so none may hold garbage.
@@ -645,10 +661,14 @@ impl<'a> Emit<'a> {
             .iter()
             .copied()
             .filter(|r| !lock.contains(r))
-            .max_by_key(|&r| self.a.reg_val[r as usize].map_or(0, |v| self.last_use[v.0 as usize]))
-            .expect("a value register to spill");
+            .max_by_key(|&r| self.a.reg_val[r as usize].map_or(0, |v| self.last_use[v.0 as usize]));
+        let slot = self.a.slot_val.iter().position(|s| s.is_none());
+        let (Some(victim), Some(slot)) = (victim, slot) else {
+            // Out of registers or slots: the code is thrown away (see `X64::emit`).
+            self.starved = true;
+            return RDI;
+        };
         let v = self.a.reg_val[victim as usize].take().expect("occupied");
-        let slot = self.a.slot_val.iter().position(|s| s.is_none()).expect("a spill slot");
         self.a.slot_val[slot] = Some(v);
         self.a.loc[v.0 as usize] = Loc::Slot(slot as u8);
         let o = (slot * 8) as i32;
@@ -1809,7 +1829,7 @@ impl<'a> Emit<'a> {
         self.defer_store(i, op, miss, resume, StoreSrc::Val(src), w, ra);
     }
 
-    fn finish(mut self) -> Code {
+    fn finish(mut self) -> (Code, bool) {
         let mut code_written: Option<DynamicLabel> = None;
         let deferred = std::mem::take(&mut self.deferred);
         for d in deferred {
@@ -1962,7 +1982,7 @@ impl<'a> Emit<'a> {
         // Every path here stored the state before its helper ran.
         self.exit_raw(exit::FAULT);
         let bytes = self.ops.finalize().expect("assembling a block");
-        Code { bytes, chain_sites: self.chain_sites }
+        (Code { bytes, chain_sites: self.chain_sites }, self.starved)
     }
 
     /// A slow path's way out to Rust: every mapped global to the state and the
