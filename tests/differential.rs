@@ -1,6 +1,6 @@
 //! The JIT against the host CPU, instruction by instruction (and KVM, where it runs).
 //!
-//! Every case is a short sequence of user-mode 64-bit integer instructions (see
+//! Every case is a short sequence of user-mode 64-bit integer, SSE/SSE2 and x87 instructions (see
 //! `diff/gen.rs`) with random registers, flags, data buffer and stack. It runs natively
 //! in a forked child at the guest's addresses, under the JIT in long mode, and under
 //! KVM; general registers, the defined status flags, DF, the data buffer and the stack

@@ -16,6 +16,7 @@ pub struct State {
     /// XMM0..XMM15.
     pub xmm: Vec<[u8; 16]>,
     pub mxcsr: u32,
+    pub x87: super::gen::X87,
 }
 
 /// How a case ended.
@@ -176,6 +177,7 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
                     a.mxcsr, b.mxcsr, case.mxcsr
                 ));
             }
+            x87_diff(&a.x87, &b.x87, &case.x87, &mut out);
             mem_diff("data", super::layout::DATA_BASE, &a.data, &b.data, &mut out);
             mem_diff("stack", super::layout::STACK_BASE, &a.stack, &b.stack, &mut out);
             if let Some(rip) = b.rip {
@@ -192,6 +194,31 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
         }
         (Outcome::Signal(s), Outcome::Exception(v)) if signal_matches(*s, *v) => Ok(()),
         _ => Err(format!("  expected: {}\n  got:      {}", want.short(), got.short())),
+    }
+}
+
+/// The x87 registers' differences: control, status and tag words, and every register's
+/// 80 bits (empty ones too: pops leave their contents).
+fn x87_diff(a: &super::gen::X87, b: &super::gen::X87, init: &super::gen::X87, out: &mut Vec<String>) {
+    for (name, x, y, i) in [
+        ("fcw", a.fcw, b.fcw, init.fcw),
+        ("fsw", a.fsw, b.fsw, init.fsw),
+        ("ftw", u16::from(a.ftw), u16::from(b.ftw), u16::from(init.ftw)),
+    ] {
+        if x != y {
+            out.push(format!("  {name} expected {x:#06x} got {y:#06x} (initial {i:#06x})"));
+        }
+    }
+    let hex = |v: &[u8; 10]| v.iter().rev().map(|b| format!("{b:02x}")).collect::<String>();
+    for i in 0..8 {
+        if a.st[i] != b.st[i] {
+            out.push(format!(
+                "  st{i} expected {} got {} (initial {})",
+                hex(&a.st[i]),
+                hex(&b.st[i]),
+                hex(&init.st[i])
+            ));
+        }
     }
 }
 

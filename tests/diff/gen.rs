@@ -44,6 +44,17 @@ pub struct Case {
     /// XMM0..XMM15 and MXCSR (every exception masked; any rounding mode, DAZ, FTZ).
     pub xmm: [[u8; 16]; 16],
     pub mxcsr: u32,
+    pub x87: X87,
+}
+
+/// The x87 registers a case starts or ends with, as FXSAVE lays them out: `st[i]` is
+/// ST(i) (relative to TOP), `ftw` the abridged tag word by physical register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X87 {
+    pub fcw: u16,
+    pub fsw: u16,
+    pub ftw: u8,
+    pub st: [[u8; 10]; 8],
 }
 
 impl Case {
@@ -108,6 +119,24 @@ const MNEMONICS: &[Mnemonic] = {
     ]
 };
 
+/// The x87 instructions quern computes exactly (FPREM, FSCALE out of range and the
+/// transcendentals go through f64; FLDCW could unmask exceptions, and quern does not
+/// deliver #MF).
+const X87_MNEMONICS: &[Mnemonic] = {
+    use Mnemonic::*;
+    &[
+        Fld, Fst, Fstp, Fild, Fist, Fistp, Fisttp, Fadd, Faddp, Fiadd, Fsub, Fsubp, Fisub, Fsubr, Fsubrp, Fisubr, Fmul,
+        Fmulp, Fimul, Fdiv, Fdivp, Fidiv, Fdivr, Fdivrp, Fidivr, Fxch, Fchs, Fabs, Fsqrt, Fcom, Fcomp, Fcompp, Fucom,
+        Fucomp, Fucompp, Fcomi, Fcomip, Fucomi, Fucomip, Ficom, Ficomp, Ftst, Fxam, Fld1, Fldz, Fldpi, Fldl2e, Fldl2t,
+        Fldlg2, Fldln2, Fcmovb, Fcmove, Fcmovbe, Fcmovu, Fcmovnb, Fcmovne, Fcmovnbe, Fcmovnu, Frndint, Fnstsw, Fnstcw,
+        Fincstp, Fdecstp, Ffree, Fnop, Fnclex, Fxtract,
+    ]
+};
+
+pub fn is_x87_form(code: Code) -> bool {
+    X87_MNEMONICS.contains(&code.mnemonic())
+}
+
 fn kind_supported(k: K) -> bool {
     use K::*;
     matches!(
@@ -143,6 +172,8 @@ fn kind_supported(k: K) -> bool {
             | xmm_reg
             | xmm_rm
             | xmm_or_mem
+            | st0
+            | sti_opcode
     )
 }
 
@@ -171,6 +202,66 @@ fn is_sse_form(code: Code) -> bool {
                 | Fxrstor64
         )
 }
+
+/// 80-bit values worth testing (sign and exponent, significand): zeros, ones,
+/// infinities, NaNs (quiet, signalling, the indefinite), denormals and a
+/// pseudo-denormal, the extremes, values near 1 and an unnormal.
+const F80_EDGES: [(u16, u64); 18] = [
+    (0x0000, 0),
+    (0x8000, 0),
+    (0x3fff, 0x8000_0000_0000_0000),
+    (0xbfff, 0x8000_0000_0000_0000),
+    (0x7fff, 0x8000_0000_0000_0000),
+    (0xffff, 0x8000_0000_0000_0000),
+    (0x7fff, 0xc000_0000_0000_0001),
+    (0xffff, 0xc000_0000_0000_0000),
+    (0x7fff, 0x8000_0000_0000_1234),
+    (0x0000, 0x0000_0000_0000_0001),
+    (0x8000, 0x7fff_ffff_ffff_ffff),
+    (0x0000, 0x8000_0000_0000_0000),
+    (0x0001, 0x8000_0000_0000_0000),
+    (0x7ffe, 0xffff_ffff_ffff_ffff),
+    (0x3ffe, 0xffff_ffff_ffff_ffff),
+    (0x3fff, 0x8000_0000_0000_0001),
+    (0x403e, 0xffff_ffff_ffff_fffe),
+    (0x4000, 0x4000_0000_0000_0000),
+];
+
+/// A random x87 state: any TOP, most registers valid, edge and ordinary values, every
+/// exception masked (an unmasked one would end the native run in SIGFPE, and quern
+/// does not deliver #MF), any rounding mode and precision control, sticky flags and
+/// condition codes now and then.
+fn random_x87(rng: &mut Rng) -> X87 {
+    let mut st = [[0u8; 10]; 8];
+    for r in st.iter_mut() {
+        let (se, m) = match rng.below(4) {
+            0 => rng.pick(&F80_EDGES),
+            // Ordinary values of moderate size, some of them integers.
+            1 => ((0x3fc0 + rng.below(0x80) as u16) | ((rng.below(2) as u16) << 15), rng.next() | 1 << 63),
+            2 => (0x3fff + rng.below(40) as u16, (rng.next() | 1 << 63) & !((1 << rng.below(63)) - 1)),
+            _ => ((rng.next() as u16 % 0x7ffe + 1) | (rng.next() as u16 & 0x8000), rng.next() | 1 << 63),
+        };
+        r[..8].copy_from_slice(&m.to_le_bytes());
+        r[8..].copy_from_slice(&se.to_le_bytes());
+    }
+    let ftw =
+        if rng.chance(1, 4) { rng.next() as u8 } else { !((1u8 << rng.below(3)) - 1).rotate_left(rng.below(8) as u32) };
+    let pc = [0u16, 2, 3][rng.below(3) as usize];
+    let fcw = 0x3f | pc << 8 | (rng.below(4) as u16) << 10 | 0x40;
+    let mut fsw = (rng.below(8) as u16) << 11;
+    if rng.chance(1, 3) {
+        fsw |= rng.next() as u16 & 0x4700;
+    }
+    if rng.chance(1, 4) {
+        fsw |= rng.next() as u16 & 0x3f;
+    }
+    X87 { fcw, fsw, ftw, st }
+}
+
+const ST: [Register; 8] = {
+    use Register::*;
+    [ST0, ST1, ST2, ST3, ST4, ST5, ST6, ST7]
+};
 
 const XMM: [Register; 16] = {
     use Register::*;
@@ -267,7 +358,7 @@ impl Catalog {
                 }
                 continue;
             }
-            if !(MNEMONICS.contains(&m) || CC_MNEMONICS.contains(&m) || is_sse_form(code)) {
+            if !(MNEMONICS.contains(&m) || CC_MNEMONICS.contains(&m) || is_sse_form(code) || is_x87_form(code)) {
                 continue;
             }
             if !oc.op_kinds().iter().all(|&k| kind_supported(k)) {
@@ -401,6 +492,7 @@ pub struct Gen<'a> {
     data: Vec<u8>,
     xmm: [[u8; 16]; 16],
     mxcsr: u32,
+    x87: X87,
     info: InstructionInfoFactory,
     /// Edge values for operands (structured cases).
     edges: bool,
@@ -456,9 +548,11 @@ impl<'a> Gen<'a> {
         if rng.chance(1, 4) {
             mxcsr |= rng.below(64) as u32;
         }
+        let x87 = random_x87(&mut rng);
         Gen {
             xmm,
             mxcsr,
+            x87,
             rng,
             cat,
             items: Vec::new(),
@@ -608,6 +702,10 @@ impl<'a> Gen<'a> {
         for (i, &k) in oc.op_kinds().iter().enumerate() {
             let op = match k {
                 K::xmm_reg | K::xmm_rm => Op::R(self.rng.pick(&XMM)),
+                K::st0 => Op::R(Register::ST0),
+                K::sti_opcode => Op::R(self.rng.pick(&ST)),
+                // x87 memory operands: up to 10 bytes (m80, FNSTSW/FNSTCW's m16 too).
+                K::mem if is_x87_form(code) => Op::M(self.mem(16, 1, true, pre)),
                 K::xmm_or_mem => {
                     if self.rng.chance(1, 2) {
                         Op::R(self.rng.pick(&XMM))
@@ -1189,6 +1287,7 @@ impl<'a> Gen<'a> {
             mnemonics: body.iter().map(|i| i.mnemonic()).collect(),
             xmm: self.xmm,
             mxcsr: self.mxcsr,
+            x87: self.x87,
         }
     }
 }

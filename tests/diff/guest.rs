@@ -179,7 +179,19 @@ pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
 
 /// The x87/SSE state a case starts with.
 pub fn fpu_of(case: &Case) -> quern_core::regs::FpuState {
-    quern_core::regs::FpuState { xmm: case.xmm, mxcsr: case.mxcsr, ..Default::default() }
+    let mut st = [[0u8; 16]; 8];
+    for (d, s) in st.iter_mut().zip(&case.x87.st) {
+        d[..10].copy_from_slice(s);
+    }
+    quern_core::regs::FpuState {
+        xmm: case.xmm,
+        mxcsr: case.mxcsr,
+        st,
+        fcw: case.x87.fcw,
+        fsw: case.x87.fsw,
+        ftw: case.x87.ftw,
+        ..Default::default()
+    }
 }
 
 /// Exception handlers: `mov byte [FAULT_SLOT], vector; hlt`, 16 bytes apart.
@@ -292,5 +304,11 @@ pub fn run_case(
         rip: Some(r.rip),
         xmm: fpu.xmm.to_vec(),
         mxcsr: fpu.mxcsr,
+        x87: super::gen::X87 {
+            fcw: fpu.fcw,
+            fsw: fpu.fsw,
+            ftw: fpu.ftw,
+            st: std::array::from_fn(|i| fpu.st[i][..10].try_into().unwrap()),
+        },
     })
 }

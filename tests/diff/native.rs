@@ -14,7 +14,7 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
 
 use super::compare::{Outcome, State};
-use super::gen::Case;
+use super::gen::{Case, X87};
 use super::layout::{CODE_BASE, CODE_SIZE, CTX_BASE, DATA_BASE, DATA_SIZE, STACK_BASE, STACK_SIZE, STUB_BASE};
 
 const CTX_FLAGS: u64 = 16 * 8;
@@ -23,6 +23,10 @@ const CTX_HOST_RSP: u64 = 17 * 8;
 const CTX_MXCSR: u64 = 18 * 8;
 const CTX_HOST_MXCSR: u64 = 18 * 8 + 4;
 const CTX_XMM: u64 = 20 * 8;
+/// The host's FCW (saved by the prologue).
+const CTX_HOST_FCW: u64 = 19 * 8;
+/// An FXSAVE image: the case's x87 registers in, the result's out.
+const CTX_FX: u64 = 1024;
 
 const XMMS: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
@@ -38,6 +42,10 @@ pub fn stub() -> (Vec<u8>, u64) {
         a.mov(r15, CTX_BASE)?;
         a.mov(qword_ptr(r15 + CTX_HOST_RSP), rsp)?;
         a.stmxcsr(dword_ptr(r15 + CTX_HOST_MXCSR))?;
+        a.fnstcw(word_ptr(r15 + CTX_HOST_FCW))?;
+        // The x87 registers (the image's SSE part is then loaded over by the lines
+        // below).
+        a.fxrstor64(zmmword_ptr(r15 + CTX_FX))?;
         a.ldmxcsr(dword_ptr(r15 + CTX_MXCSR))?;
         for (i, &x) in XMMS.iter().enumerate() {
             a.movdqu(x, xmmword_ptr(r15 + CTX_XMM + 16 * i as u64))?;
@@ -65,6 +73,10 @@ pub fn stub() -> (Vec<u8>, u64) {
             a.mov(qword_ptr(rax + 8 * i as u64), reg)?;
         }
         a.stmxcsr(dword_ptr(rax + CTX_MXCSR))?;
+        a.fxsave64(zmmword_ptr(rax + CTX_FX))?;
+        // Rust expects an empty x87 stack and its own control word.
+        a.fninit()?;
+        a.fldcw(word_ptr(rax + CTX_HOST_FCW))?;
         a.ldmxcsr(dword_ptr(rax + CTX_HOST_MXCSR))?;
         for (i, &x) in XMMS.iter().enumerate() {
             a.movdqu(xmmword_ptr(rax + CTX_XMM + 16 * i as u64), x)?;
@@ -85,6 +97,47 @@ pub fn stub() -> (Vec<u8>, u64) {
     r().expect("assembling the native stub")
 }
 
+/// Writes the case's x87 registers (and a valid MXCSR) into the context's FXSAVE
+/// image. Allocates nothing.
+///
+/// # Safety
+/// `ctx` is the mapped context block.
+unsafe fn write_fx(ctx: *mut u8, c: &Case) {
+    // SAFETY: the image lies inside the context block (the caller's contract).
+    unsafe {
+        let fx = ctx.add(CTX_FX as usize);
+        std::ptr::write_bytes(fx, 0, 512);
+        (fx as *mut u16).write_volatile(c.x87.fcw);
+        (fx.add(2) as *mut u16).write_volatile(c.x87.fsw);
+        fx.add(4).write_volatile(c.x87.ftw);
+        (fx.add(24) as *mut u32).write_volatile(c.mxcsr);
+        for (i, r) in c.x87.st.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(r.as_ptr(), fx.add(32 + 16 * i), 10);
+        }
+    }
+}
+
+/// The x87 registers from the context's FXSAVE image.
+///
+/// # Safety
+/// As [`write_fx`].
+unsafe fn read_fx(ctx: *const u8) -> X87 {
+    // SAFETY: as in write_fx.
+    unsafe {
+        let fx = ctx.add(CTX_FX as usize);
+        let mut st = [[0u8; 10]; 8];
+        for (i, r) in st.iter_mut().enumerate() {
+            std::ptr::copy_nonoverlapping(fx.add(32 + 16 * i), r.as_mut_ptr(), 10);
+        }
+        X87 {
+            fcw: (fx as *const u16).read_volatile(),
+            fsw: (fx.add(2) as *const u16).read_volatile(),
+            ftw: fx.add(4).read_volatile(),
+            st,
+        }
+    }
+}
+
 #[repr(C)]
 struct Result_ {
     /// 0 not run, 1 ran to the epilogue, 2 killed by `signal`.
@@ -94,6 +147,7 @@ struct Result_ {
     rflags: u64,
     xmm: [[u8; 16]; 16],
     mxcsr: u32,
+    x87: X87,
     data: [u8; DATA_SIZE],
     stack: [u8; STACK_SIZE],
 }
@@ -209,6 +263,7 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
             ctx.add(16).write_volatile(c.rflags);
             (ctx.add(18) as *mut u32).write_volatile(c.mxcsr);
             std::ptr::copy_nonoverlapping(c.xmm.as_ptr().cast::<u8>(), ctx.add(20).cast::<u8>(), 256);
+            write_fx(CTX_BASE as *mut u8, c);
             std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
             enter();
             std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
@@ -219,6 +274,7 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
             (*res).rflags = ctx.add(16).read_volatile();
             (*res).mxcsr = (ctx.add(18) as *const u32).read_volatile();
             std::ptr::copy_nonoverlapping(ctx.add(20).cast::<u8>(), (*res).xmm.as_mut_ptr().cast::<u8>(), 256);
+            (*res).x87 = read_fx(CTX_BASE as *const u8);
             std::ptr::copy_nonoverlapping(DATA_BASE as *const u8, (*res).data.as_mut_ptr(), DATA_SIZE);
             std::ptr::copy_nonoverlapping(STACK_BASE as *const u8, (*res).stack.as_mut_ptr(), STACK_SIZE);
             std::ptr::write_volatile(&raw mut (*res).status, 1);
@@ -285,6 +341,7 @@ pub fn run(cases: &[Case]) -> Vec<Outcome> {
                     rip: None,
                     xmm: r.xmm.to_vec(),
                     mxcsr: r.mxcsr,
+                    x87: r.x87,
                 }),
                 2 => Outcome::Signal(r.signal as i32),
                 _ => Outcome::Error("native runner never ran this case".into()),

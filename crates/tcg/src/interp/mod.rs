@@ -26,6 +26,7 @@
 pub mod atomic;
 pub mod bcd;
 pub mod bits;
+pub mod f80;
 pub mod misc;
 pub mod muldiv;
 pub mod rotate;

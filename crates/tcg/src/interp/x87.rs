@@ -11,19 +11,17 @@
 //!
 //! Precision: loads and stores (m32, m64, m80, integers), FXCH, FCHS, FABS, FRNDINT,
 //! FSCALE (in range), FXTRACT and all comparisons are exact on the 80-bit values; stores
-//! to m32/m64 round once with FCW.RC. Arithmetic (FADD..FDIVR, FSQRT, FPREM, the
-//! transcendentals) converts its operands to f64 (round to nearest), computes in f64
-//! and widens the result exactly: results have double precision and the double
-//! exponent range, not the 64-bit significand and 15-bit exponent (sums and products
-//! beyond ±1.8e308 overflow, below 2.2e-308 lose bits), and precision control is
-//! ignored. FADD..FDIVR and FSQRT honour FCW.RC exactly (error-free transformations);
-//! the transcendentals round to nearest. PE is not raised by the f64 arithmetic, nor
-//! C1 (round-up). Exceptions set their sticky FSW flags (and ES when unmasked) but #MF
+//! to m32/m64 round once with FCW.RC. FADD..FDIVR and FSQRT are exact software
+//! arithmetic on the 80-bit values ([`super::f80`]): FCW's rounding and precision
+//! control, the exception flags and C1 (round-up) as the hardware sets them. FPREM and
+//! the transcendentals convert their operands to f64 (round to nearest), compute in
+//! f64 and widen the result exactly (double precision and range; PE and C1 not
+//! raised). Exceptions set their sticky FSW flags (and ES when unmasked) but #MF
 //! is never delivered.
 
 use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 
-use super::{write_reg, Operands, Step};
+use super::{f80, write_reg, Operands, Step};
 use crate::cpu::{vector, Cpu, Exception, Result};
 
 pub(crate) const CR0_EM: u64 = 1 << 2;
@@ -37,7 +35,6 @@ const IE: u16 = 1 << 0;
 const DE: u16 = 1 << 1;
 const ZE: u16 = 1 << 2;
 const PE: u16 = 1 << 5;
-const OE: u16 = 1 << 3;
 const SF: u16 = 1 << 6;
 const ES: u16 = 1 << 7;
 const C0: u16 = 1 << 8;
@@ -89,6 +86,18 @@ pub(crate) fn round_bin(sign: bool, m: u64, e: i32, p: u32, ebits: u32, rc: u32)
     };
     if tiny {
         d += emin - e;
+    } else if e + bias >= (1 << ebits) - 1 {
+        // Far beyond the format (an 80-bit value narrowed): overflow, whatever the
+        // rounding (the exponent field must not be computed, it would not fit).
+        let max_exp = (1u64 << ebits) - 1;
+        let inf = max_exp << (p - 1);
+        let to_inf = match rc {
+            RC_NEAR => true,
+            RC_DOWN => sign,
+            RC_UP => !sign,
+            _ => false,
+        };
+        return (sbit | if to_inf { inf } else { inf - 1 }, F_OE | F_PE);
     }
     let (q, rem, half) = if d >= 65 {
         (0u64, 1u128, 2u128) // everything below half of the last place: sticky only
@@ -279,6 +288,11 @@ impl F80 {
     }
     pub fn is_denormal(self) -> bool {
         self.exp() == 0 && self.m != 0
+    }
+    /// An encoding the 387 and later reject as an operand (IE): unnormals,
+    /// pseudo-infinities and pseudo-NaNs (integer bit clear, exponent not zero).
+    pub fn is_unsupported(self) -> bool {
+        self.exp() != 0 && self.m >> 63 == 0
     }
     pub fn quiet(self) -> F80 {
         F80 { se: self.se, m: self.m | 0xc000_0000_0000_0000 }
@@ -534,6 +548,21 @@ fn st(cpu: &mut Cpu, i: usize) -> F80 {
     raw(cpu, i)
 }
 
+/// The masked response to a stack underflow: IE and SF, C1 clear, and (`dst`) the
+/// indefinite in the destination instead of the operation's result.
+fn underflow(cpu: &mut Cpu, dst: Option<usize>) {
+    cpu.state.fpu.fsw &= !C1;
+    raise(cpu, IE | SF);
+    if let Some(d) = dst {
+        set_st(cpu, d, F80::INDEFINITE);
+    }
+}
+
+/// A push would find its register full (stack overflow).
+fn push_overflows(cpu: &Cpu) -> bool {
+    cpu.state.fpu.ftw & (1 << ((top(cpu) + 7) & 7)) != 0
+}
+
 fn set_st(cpu: &mut Cpu, i: usize, v: F80) {
     let p = phys(cpu, i);
     let f = &mut cpu.state.fpu;
@@ -571,8 +600,19 @@ fn rc(cpu: &Cpu) -> u32 {
     u32::from(cpu.state.fpu.fcw >> 10) & 3
 }
 
-/// Reads a memory operand as an 80-bit value (float or integer formats).
+/// Reads a memory operand as an 80-bit value (float or integer formats), raising DE
+/// for a denormal m32/m64 (FLD).
 fn load_mem(cpu: &mut Cpu, ins: &Instruction) -> Result<F80> {
+    let (v, denormal) = load_mem_quiet(cpu, ins)?;
+    if denormal {
+        raise(cpu, DE);
+    }
+    Ok(v)
+}
+
+/// As [`load_mem`], but telling rather than raising a denormal m32/m64 source: an
+/// operation that meets a NaN or an invalid operand does not report it.
+fn load_mem_quiet(cpu: &mut Cpu, ins: &Instruction) -> Result<(F80, bool)> {
     let o = Operands { cpu, ins };
     let a = o.linear();
     let v = match ins.memory_size() {
@@ -581,24 +621,18 @@ fn load_mem(cpu: &mut Cpu, ins: &Instruction) -> Result<F80> {
             let v = F80::from_bin(u64::from(bits), 24, 8);
             if v.is_snan() {
                 raise(cpu, IE);
-                return Ok(v.quiet());
+                return Ok((v.quiet(), false));
             }
-            if bits & 0x7f80_0000 == 0 && bits << 1 != 0 {
-                raise(cpu, DE);
-            }
-            v
+            return Ok((v, bits & 0x7f80_0000 == 0 && bits << 1 != 0));
         }
         MemorySize::Float64 => {
             let bits = cpu.read_u64(a)?;
             let v = F80::from_bin(bits, 53, 11);
             if v.is_snan() {
                 raise(cpu, IE);
-                return Ok(v.quiet());
+                return Ok((v.quiet(), false));
             }
-            if bits & 0x7ff0_0000_0000_0000 == 0 && bits << 1 != 0 {
-                raise(cpu, DE);
-            }
-            v
+            return Ok((v, bits & 0x7ff0_0000_0000_0000 == 0 && bits << 1 != 0));
         }
         MemorySize::Float80 => {
             let mut b = [0; 10];
@@ -613,13 +647,21 @@ fn load_mem(cpu: &mut Cpu, ins: &Instruction) -> Result<F80> {
             return Err(Exception::ud());
         }
     };
-    Ok(v)
+    Ok((v, false))
 }
 
 /// The source value of a one-memory-operand or (ST0, ST(i)) instruction's operand `i`.
 fn operand(cpu: &mut Cpu, ins: &Instruction, i: u32) -> Result<F80> {
     match ins.op_kind(i) {
-        OpKind::Memory => load_mem(cpu, ins),
+        OpKind::Memory => {
+            let (v, denormal) = load_mem_quiet(cpu, ins)?;
+            let a = raw(cpu, 0);
+            // Reported only when the operation goes on (see `load_mem_quiet`).
+            if denormal && !is_empty(cpu, 0) && !a.is_nan() && !a.is_unsupported() {
+                raise(cpu, DE);
+            }
+            Ok(v)
+        }
         _ => Ok(st(cpu, sti(ins.op_register(i)))),
     }
 }
@@ -846,8 +888,14 @@ enum Arith {
     Div,
 }
 
-/// `a op b` through f64, with x87 NaN and exception rules.
+/// `a op b` with x87 NaN and exception rules, rounded as FCW says (see [`super::f80`]);
+/// sets C1 to the round-up indication.
 fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
+    cpu.state.fpu.fsw &= !C1;
+    if a.is_unsupported() || b.is_unsupported() {
+        raise(cpu, IE);
+        return F80::INDEFINITE;
+    }
     if a.is_nan() || b.is_nan() {
         if a.is_snan() || b.is_snan() {
             raise(cpu, IE);
@@ -869,23 +917,23 @@ fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
     if a.is_denormal() || b.is_denormal() {
         raise(cpu, DE);
     }
-    let (x, y) = (a.to_f64(), b.to_f64());
-    let op = match op {
-        Arith::Add => FOp::Add,
-        Arith::Sub => FOp::Sub,
-        Arith::Mul => FOp::Mul,
-        Arith::Div => {
-            if y == 0.0 && x != 0.0 && x.is_finite() {
-                raise(cpu, ZE);
-            }
-            FOp::Div
-        }
+    let (p, rc) = (f80::precision(cpu.state.fpu.fcw), rc(cpu));
+    let r = match op {
+        Arith::Add => f80::add(a, b, false, p, rc),
+        Arith::Sub => f80::add(a, b, true, p, rc),
+        Arith::Mul => f80::mul(a, b, p, rc),
+        Arith::Div => f80::div(a, b, p, rc),
     };
-    let (r, _, overflow) = op_f64(op, x, y, rc(cpu));
-    if overflow {
-        raise(cpu, OE | PE);
+    rounded(cpu, r)
+}
+
+/// Takes a rounded result's flags and C1.
+fn rounded(cpu: &mut Cpu, r: f80::Rounded) -> F80 {
+    raise(cpu, r.flags);
+    if r.up {
+        cpu.state.fpu.fsw |= C1;
     }
-    finish(cpu, r)
+    r.v
 }
 
 /// Widens an f64 result: NaN from non-NaN operands is an invalid operation.
@@ -904,11 +952,16 @@ fn set_cc(cpu: &mut Cpu, c: u16) {
 
 /// FCOM-style condition codes (C3 C2 C0) of a comparison; `quiet`: only SNaNs raise IE.
 fn compare(cpu: &mut Cpu, a: F80, b: F80, quiet: bool) -> Option<std::cmp::Ordering> {
+    if a.is_unsupported() || b.is_unsupported() {
+        raise(cpu, IE);
+        return None;
+    }
     let r = a.compare(b);
     if r.is_none() && (!quiet || a.is_snan() || b.is_snan()) {
         raise(cpu, IE);
     }
-    if a.is_denormal() || b.is_denormal() {
+    // A NaN operand outranks a denormal one.
+    if r.is_some() && (a.is_denormal() || b.is_denormal()) {
         raise(cpu, DE);
     }
     r
@@ -937,6 +990,21 @@ fn eflags_cc(cpu: &mut Cpu, r: Option<std::cmp::Ordering>) {
     cpu.state.set_flags(f | bits);
 }
 
+/// `v` narrowed for a store, its flags raised and C1 set when the rounding increased
+/// the magnitude.
+fn to_bin_c1(cpu: &mut Cpu, v: F80, p: u32, ebits: u32, rc: u32) -> u64 {
+    let (bits, fl) = v.to_bin(p, ebits, rc);
+    raise(cpu, fl as u16);
+    if fl & F_PE != 0 && !v.is_nan() {
+        let (t, _) = v.to_bin(p, ebits, RC_ZERO);
+        let mag = !(1u64 << (p - 1 + ebits));
+        if bits & mag > t & mag {
+            cpu.state.fpu.fsw |= C1;
+        }
+    }
+    bits
+}
+
 /// Stores ST0 to memory in the operand's format.
 fn store(cpu: &mut Cpu, ins: &Instruction, truncate: bool) -> Result<()> {
     let v = st(cpu, 0);
@@ -944,10 +1012,13 @@ fn store(cpu: &mut Cpu, ins: &Instruction, truncate: bool) -> Result<()> {
     let rc = if truncate { RC_ZERO } else { rc(cpu) };
     let int = |cpu: &mut Cpu, bits: u32| -> u64 {
         let lim = 1u64 << (bits - 1);
-        match v.round_int(rc) {
+        match v.round_int(rc).filter(|_| !v.is_unsupported()) {
             Some((s, mag, inexact)) if (s && mag <= lim) || (!s && mag < lim) => {
                 if inexact {
                     raise(cpu, PE);
+                    if v.round_int(RC_ZERO).is_some_and(|(_, t, _)| mag > t) {
+                        cpu.state.fpu.fsw |= C1;
+                    }
                 }
                 if s {
                     mag.wrapping_neg()
@@ -961,15 +1032,19 @@ fn store(cpu: &mut Cpu, ins: &Instruction, truncate: bool) -> Result<()> {
             }
         }
     };
+    let v = if v.is_unsupported() && ins.memory_size() != MemorySize::Float80 {
+        raise(cpu, IE);
+        F80::INDEFINITE
+    } else {
+        v
+    };
     match ins.memory_size() {
         MemorySize::Float32 => {
-            let (bits, fl) = v.to_bin(24, 8, rc);
-            raise(cpu, fl as u16);
+            let bits = to_bin_c1(cpu, v, 24, 8, rc);
             cpu.write_n(a, bits, 4)
         }
         MemorySize::Float64 => {
-            let (bits, fl) = v.to_bin(53, 11, rc);
-            raise(cpu, fl as u16);
+            let bits = to_bin_c1(cpu, v, 53, 11, rc);
             cpu.write_n(a, bits, 8)
         }
         MemorySize::Float80 => cpu.write(a, &v.to_bytes()),
@@ -1016,9 +1091,23 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
     // instructions clear (round-up indication, not tracked).
     match m {
         Fld | Fild => {
-            let v =
-                if ins.op0_kind() == OpKind::Memory { load_mem(cpu, ins)? } else { st(cpu, sti(ins.op0_register())) };
             cpu.state.fpu.fsw &= !C1;
+            if ins.op0_kind() != OpKind::Memory && is_empty(cpu, sti(ins.op0_register())) {
+                // Underflow outranks a full stack: C1 stays clear.
+                underflow(cpu, None);
+                let t = (top(cpu) + 7) & 7;
+                cpu.state.fpu.ftw &= !(1 << t);
+                push(cpu, F80::INDEFINITE);
+                return Ok(());
+            }
+            // A full stack takes the indefinite without the operand's own flags.
+            let v = if push_overflows(cpu) {
+                F80::INDEFINITE
+            } else if ins.op0_kind() == OpKind::Memory {
+                load_mem(cpu, ins)?
+            } else {
+                st(cpu, sti(ins.op0_register()))
+            };
             push(cpu, v);
         }
         Fld1 | Fldz | Fldpi | Fldl2e | Fldl2t | Fldlg2 | Fldln2 => {
@@ -1039,6 +1128,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             push(cpu, v);
         }
         Fst | Fstp => {
+            cpu.state.fpu.fsw &= !C1;
             if ins.op0_kind() == OpKind::Memory {
                 store(cpu, ins, false)?;
             } else {
@@ -1050,6 +1140,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             }
         }
         Fist | Fistp | Fisttp => {
+            cpu.state.fpu.fsw &= !C1;
             store(cpu, ins, m == Fisttp)?;
             if m != Fist {
                 pop(cpu);
@@ -1063,21 +1154,44 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             cpu.state.fpu.fsw &= !C1;
         }
         Fcmovb | Fcmove | Fcmovbe | Fcmovu | Fcmovnb | Fcmovne | Fcmovnbe | Fcmovnu => {
-            let v = st(cpu, sti(ins.op1_register()));
+            let i = sti(ins.op1_register());
+            if is_empty(cpu, 0) || is_empty(cpu, i) {
+                // Whether or not the condition holds.
+                underflow(cpu, Some(0));
+                return Ok(());
+            }
+            let v = raw(cpu, i);
             if fcmov_taken(cpu, m) {
                 set_st(cpu, 0, v);
             }
         }
         Fadd | Faddp | Fiadd | Fsub | Fsubp | Fisub | Fsubr | Fsubrp | Fisubr | Fmul | Fmulp | Fimul | Fdiv | Fdivp
         | Fidiv | Fdivr | Fdivrp | Fidivr => {
-            let (dst, a, b) = if ins.op_count() == 2 {
-                let d = sti(ins.op0_register());
-                (d, st(cpu, d), st(cpu, sti(ins.op1_register())))
-            } else if ins.op_count() == 1 {
-                (0, st(cpu, 0), load_mem(cpu, ins)?)
-            } else {
-                // FADDP etc. without operands: ST(1) op ST(0).
-                (1, st(cpu, 1), st(cpu, 0))
+            let pops = matches!(m, Faddp | Fsubp | Fsubrp | Fmulp | Fdivp | Fdivrp);
+            // (destination, source register): FADDP etc. without operands are
+            // ST(1) op ST(0); a memory operand's destination is ST(0).
+            let (dst, src) = match ins.op_count() {
+                2 => (sti(ins.op0_register()), Some(sti(ins.op1_register()))),
+                1 => (0, None),
+                _ => (1, Some(0)),
+            };
+            if is_empty(cpu, dst) || src.is_some_and(|s| is_empty(cpu, s)) {
+                underflow(cpu, Some(dst));
+                if pops {
+                    pop(cpu);
+                }
+                return Ok(());
+            }
+            let a = raw(cpu, dst);
+            let b = match src {
+                Some(s) => raw(cpu, s),
+                None => {
+                    let (b, denormal) = load_mem_quiet(cpu, ins)?;
+                    if denormal && !a.is_nan() && !a.is_unsupported() {
+                        raise(cpu, DE);
+                    }
+                    b
+                }
             };
             let (op, rev) = match m {
                 Fadd | Faddp | Fiadd => (Arith::Add, false),
@@ -1088,39 +1202,58 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
                 _ => (Arith::Div, true),
             };
             let r = if rev { arith(cpu, op, b, a) } else { arith(cpu, op, a, b) };
-            cpu.state.fpu.fsw &= !C1;
             set_st(cpu, dst, r);
-            if matches!(m, Faddp | Fsubp | Fsubrp | Fmulp | Fdivp | Fdivrp) {
+            if pops {
                 pop(cpu);
             }
         }
         Fchs | Fabs => {
-            let v = st(cpu, 0);
+            if is_empty(cpu, 0) {
+                underflow(cpu, Some(0));
+                return Ok(());
+            }
+            let v = raw(cpu, 0);
             set_st(cpu, 0, if m == Fchs { v.negate() } else { v.abs() });
             cpu.state.fpu.fsw &= !C1;
         }
         Fsqrt => {
             let v = st(cpu, 0);
-            let r = if v.is_nan() {
+            cpu.state.fpu.fsw &= !C1;
+            let r = if v.is_unsupported() {
+                raise(cpu, IE);
+                F80::INDEFINITE
+            } else if v.is_nan() {
                 if v.is_snan() {
                     raise(cpu, IE);
                 }
                 v.quiet()
-            } else if v.is_zero() {
-                v
             } else {
-                let rc = rc(cpu);
-                finish(cpu, op_f64(FOp::Sqrt, 0.0, v.to_f64(), rc).0)
+                if v.is_denormal() {
+                    raise(cpu, DE);
+                }
+                let r = f80::sqrt(v, f80::precision(cpu.state.fpu.fcw), rc(cpu));
+                rounded(cpu, r)
             };
             set_st(cpu, 0, r);
         }
         Frndint => {
             let v = st(cpu, 0);
+            cpu.state.fpu.fsw &= !C1;
             let r = match v.round_int(rc(cpu)) {
+                _ if v.is_unsupported() => {
+                    raise(cpu, IE);
+                    F80::INDEFINITE
+                }
                 _ if v.exp() >= 16383 + 63 => v.quiet_if_nan(cpu),
                 Some((s, mag, inexact)) => {
+                    if v.is_denormal() {
+                        raise(cpu, DE);
+                    }
                     if inexact {
                         raise(cpu, PE);
+                        if v.round_int(RC_ZERO).is_some_and(|(_, t, _)| mag > t) {
+                            cpu.state.fpu.fsw |= C1;
+                        }
                     }
                     F80::from_mag(s, mag)
                 }
@@ -1166,7 +1299,29 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             set_st(cpu, 0, r);
         }
         Fxtract => {
+            let empty = is_empty(cpu, 0);
+            if empty || push_overflows(cpu) || raw(cpu, 0).is_unsupported() {
+                // Both halves are the indefinite; C1 tells an overflow from the rest.
+                let overflow = !empty && push_overflows(cpu);
+                if empty || overflow {
+                    underflow(cpu, Some(0));
+                } else {
+                    raise(cpu, IE);
+                    set_st(cpu, 0, F80::INDEFINITE);
+                }
+                let t = (top(cpu) + 7) & 7;
+                cpu.state.fpu.ftw &= !(1 << t);
+                push(cpu, F80::INDEFINITE);
+                if overflow {
+                    cpu.state.fpu.fsw |= C1;
+                }
+                return Ok(());
+            }
+            cpu.state.fpu.fsw &= !C1;
             let v = st(cpu, 0);
+            if v.is_denormal() {
+                raise(cpu, DE);
+            }
             if v.is_zero() {
                 raise(cpu, ZE);
                 set_st(cpu, 0, F80 { se: 0xffff, m: 1 << 63 });
@@ -1293,7 +1448,6 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             let (a, b) = (st(cpu, 0), st(cpu, sti(ins.op1_register())));
             let r = compare(cpu, a, b, matches!(m, Fucomi | Fucomip));
             eflags_cc(cpu, r);
-            cpu.state.fpu.fsw &= !C1;
             if matches!(m, Fcomip | Fucomip) {
                 pop(cpu);
             }
@@ -1325,6 +1479,8 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         Ffree | Ffreep => {
             let p = phys(cpu, sti(ins.op0_register()));
             cpu.state.fpu.ftw &= !(1 << p);
+            // C1 is undefined; the hardware clears it.
+            cpu.state.fpu.fsw &= !C1;
             if m == Ffreep {
                 pop(cpu);
             }
