@@ -1,11 +1,15 @@
 //! The JIT against the host CPU, instruction by instruction (and KVM, where it runs).
 //!
-//! Every case is a short sequence of user-mode 64-bit integer, SSE/SSE2 and x87 instructions (see
-//! `diff/gen.rs`) with random registers, flags, data buffer and stack. It runs natively
-//! in a forked child at the guest's addresses, under the JIT in long mode, and under
-//! KVM; general registers, the defined status flags, DF, the data buffer and the stack
-//! page must match the host CPU's, and a case that faults natively must raise the
-//! matching exception in the guest.
+//! Every case is a short sequence of user-mode integer, SSE/SSE2 and x87 instructions
+//! (see `diff/gen.rs`) with random registers, flags, MXCSR (every rounding mode, DAZ,
+//! FTZ), x87 stack and control word (every rounding and precision mode), data buffer
+//! and stack, in 64-bit code or in 32-bit code (natively in compatibility mode, in the
+//! guest in 32-bit protected mode). It runs natively in a forked child at the guest's
+//! addresses, under the JIT, and under KVM; general registers (the low halves of the
+//! eight for 32-bit code), the defined status flags, DF, XMM registers, MXCSR, the x87
+//! registers, status, control and tag words, the data buffer and the stack page must
+//! match the host CPU's, and a case that faults natively must raise the matching
+//! exception in the guest.
 //!
 //! Environment:
 //! - `QUERN_DIFF_SEED=N`: the run's seed (default fixed, so CI is deterministic).
@@ -39,24 +43,35 @@ fn env_u64(name: &str) -> Option<u64> {
     Some(r.unwrap_or_else(|_| panic!("{name}={v}: not a number")))
 }
 
-/// Every case of a run, in index order; `only` keeps one.
-fn recipes(cat: &Catalog, random: usize) -> Vec<Recipe> {
+/// Every case of a run, in index order, with its code size: the 64-bit forms, then
+/// the 32-bit ones (a third as many random cases).
+fn recipes(cat64: &Catalog, cat32: &Catalog, random: usize) -> Vec<(u32, Recipe)> {
     let mut r = Vec::new();
-    for code in structured_forms(cat) {
-        for _ in 0..STRUCTURED_PER_FORM {
-            r.push(Recipe::Structured { code });
+    for (cat, random) in [(cat64, random), (cat32, random / 3)] {
+        for code in structured_forms(cat) {
+            for _ in 0..STRUCTURED_PER_FORM {
+                r.push((cat.bits, Recipe::Structured { code }));
+            }
         }
-    }
-    for &code in &cat.strings {
-        for _ in 0..STRING_PER_FORM {
-            r.push(Recipe::String { code });
+        for &code in &cat.strings {
+            for _ in 0..STRING_PER_FORM {
+                r.push((cat.bits, Recipe::String { code }));
+            }
         }
-    }
-    let mut len_rng = Rng::new(0x1e57);
-    for _ in 0..random {
-        r.push(Recipe::Random { len: 1 + len_rng.below(24) as usize });
+        let mut len_rng = Rng::new(0x1e57 ^ u64::from(cat.bits));
+        for _ in 0..random {
+            r.push((cat.bits, Recipe::Random { len: 1 + len_rng.below(24) as usize }));
+        }
     }
     r
+}
+
+fn mode_of(case: &Case) -> Mode {
+    if case.bits == 32 {
+        Mode::Protected32
+    } else {
+        Mode::Long
+    }
 }
 
 #[derive(Default)]
@@ -133,17 +148,18 @@ fn jit_matches_the_host_cpu() {
     let seed = env_u64("QUERN_DIFF_SEED").unwrap_or(DEFAULT_SEED);
     let only = env_u64("QUERN_DIFF_CASE").map(|c| c as usize);
     let random = env_u64("QUERN_DIFF_CASES").map_or(DEFAULT_RANDOM_CASES, |n| n as usize);
-    let cat = Catalog::new(Features::host());
-    let (_, epilogue) = diff::native::stub();
-    let recipes = recipes(&cat, random);
-    let n_structured = recipes.iter().filter(|r| !matches!(r, Recipe::Random { .. })).count();
+    let cat64 = Catalog::new(Features::host(), 64);
+    let cat32 = Catalog::new(Features::host(), 32);
+    let (_, epilogues) = diff::native::stub();
+    let recipes = recipes(&cat64, &cat32, random);
     let cases: Vec<Case> = recipes
         .iter()
         .enumerate()
         .filter(|(i, _)| only.is_none_or(|o| o == *i))
-        .map(|(i, &r)| {
+        .map(|(i, &(bits, r))| {
             let s = Rng::derive(seed, i as u64);
-            Gen::new(s, &cat).generate(r, epilogue, i, s)
+            let cat = if bits == 32 { &cat32 } else { &cat64 };
+            Gen::new(s, cat).generate(r, epilogues.for_bits(bits), i, s)
         })
         .collect();
     assert!(!cases.is_empty(), "no case {only:?}: the run has {} cases", recipes.len());
@@ -165,7 +181,7 @@ fn jit_matches_the_host_cpu() {
     let t0 = Instant::now();
     for (case, want) in cases.iter().zip(&native) {
         let mem = guest::memory();
-        let sregs = guest::setup(&mem, Mode::Long, true);
+        let sregs = guest::setup(&mem, mode_of(case), true);
         let regs = guest::load_case(&mem, case);
         let mut vcpu = quern_tcg::TcgVcpu::new(mem.clone()).expect("tcg vcpu");
         vcpu.set_sregs(&sregs).unwrap();
@@ -187,7 +203,7 @@ fn jit_matches_the_host_cpu() {
             .expect("KVM accelerator");
         let mut vcpu = quern_core::Accelerator::create_vcpu(&accel, 0).expect("KVM vCPU");
         for (case, want) in cases.iter().zip(&native) {
-            let sregs = guest::setup(&mem, Mode::Long, true);
+            let sregs = guest::setup(&mem, mode_of(case), true);
             let regs = guest::load_case(&mem, case);
             vcpu.set_sregs(&sregs).unwrap();
             vcpu.set_regs(&regs).unwrap();
@@ -207,12 +223,14 @@ fn jit_matches_the_host_cpu() {
     }
     let insns: usize = by_mnemonic.values().sum();
     common::report(&format!(
-        "differential: seed {seed:#x}, {} cases ({} structured, {} random; {insns} instructions, {} mnemonics); \
+        "differential: seed {seed:#x}, {} cases ({} structured, {} random; {} of them 32-bit code; {insns} \
+         instructions, {} mnemonics); \
          native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults), {} mismatches; \
          kvm: {}; time: gen {:.1}s native {:.1}s tcg {:.1}s kvm {:.1}s",
         cases.len(),
-        cases.iter().filter(|c| c.index < n_structured).count(),
-        cases.iter().filter(|c| c.index >= n_structured).count(),
+        cases.iter().filter(|c| !matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
+        cases.iter().filter(|c| matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
+        cases.iter().filter(|c| c.bits == 32).count(),
         by_mnemonic.len(),
         cases.len() - native_faults,
         tcg.passed,

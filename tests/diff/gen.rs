@@ -27,6 +27,9 @@ pub struct Case {
     pub index: usize,
     pub seed: u64,
     pub kind: &'static str,
+    /// The code's default operand and address size: 64 (long mode) or 32 (a 32-bit
+    /// code segment: compatibility mode natively, protected mode in the guest).
+    pub bits: u32,
     /// Body + `hlt`.
     pub guest_code: Vec<u8>,
     /// Body + `jmp epilogue`.
@@ -61,7 +64,8 @@ impl Case {
     /// The body's disassembly, one instruction a line with address and bytes.
     pub fn disassembly(&self) -> String {
         let mut out = String::new();
-        let mut dec = iced_x86::Decoder::with_ip(64, &self.guest_code, CODE_BASE, iced_x86::DecoderOptions::NONE);
+        let mut dec =
+            iced_x86::Decoder::with_ip(self.bits, &self.guest_code, CODE_BASE, iced_x86::DecoderOptions::NONE);
         let mut fmt = IntelFormatter::new();
         fmt.options_mut().set_hex_prefix("0x");
         fmt.options_mut().set_hex_suffix("");
@@ -310,19 +314,22 @@ const F64_EDGES: [u64; 16] = [
 /// The instruction forms to draw from, by mnemonic.
 #[derive(Clone, Debug)]
 pub struct Catalog {
+    /// 64 or 32: the forms are those of that code size.
+    pub bits: u32,
     pub by_mnemonic: BTreeMap<Mnemonic, Vec<Code>>,
     pub forms: Vec<Code>,
     pub strings: Vec<Code>,
 }
 
 impl Catalog {
-    pub fn new(f: Features) -> Self {
+    pub fn new(f: Features, bits: u32) -> Self {
         let mut by_mnemonic: BTreeMap<Mnemonic, Vec<Code>> = BTreeMap::new();
         let mut strings = Vec::new();
         for code in Code::values() {
             let oc = code.op_code();
             let m = code.mnemonic();
-            if !oc.mode64() || oc.decoder_option() != 0 || oc.encoding() != iced_x86::EncodingKind::Legacy {
+            let in_mode = if bits == 64 { oc.mode64() } else { oc.mode32() };
+            if !in_mode || oc.decoder_option() != 0 || oc.encoding() != iced_x86::EncodingKind::Legacy {
                 continue;
             }
             if matches!(code, Code::Bswap_r16) {
@@ -378,7 +385,7 @@ impl Catalog {
         }
         by_mnemonic.retain(|_, v| !v.is_empty());
         let all_codes = by_mnemonic.values().flatten().copied().collect();
-        Catalog { by_mnemonic, forms: all_codes, strings }
+        Catalog { bits, by_mnemonic, forms: all_codes, strings }
     }
 }
 
@@ -427,6 +434,28 @@ const JCC: [Code; 16] = {
         Jge_rel32_64,
         Jle_rel32_64,
         Jg_rel32_64,
+    ]
+};
+
+const JCC32: [Code; 16] = {
+    use Code::*;
+    [
+        Jo_rel32_32,
+        Jno_rel32_32,
+        Jb_rel32_32,
+        Jae_rel32_32,
+        Je_rel32_32,
+        Jne_rel32_32,
+        Jbe_rel32_32,
+        Ja_rel32_32,
+        Js_rel32_32,
+        Jns_rel32_32,
+        Jp_rel32_32,
+        Jnp_rel32_32,
+        Jl_rel32_32,
+        Jge_rel32_32,
+        Jle_rel32_32,
+        Jg_rel32_32,
     ]
 };
 
@@ -573,15 +602,52 @@ impl<'a> Gen<'a> {
     /// later if written).
     fn reg(&mut self, w: u32) -> Register {
         match w {
+            1 if self.b32() => self.rng.pick(&GPR8[..8]),
             1 => self.rng.pick(&GPR8),
-            _ => reg_of_width(self.rng.below(16) as usize, w),
+            _ => reg_of_width(self.rng.below(self.nregs()) as usize, w),
         }
+    }
+
+    /// 32-bit code: eight registers, no REX.
+    fn b32(&self) -> bool {
+        self.cat.bits == 32
+    }
+
+    fn nregs(&self) -> u64 {
+        if self.b32() {
+            8
+        } else {
+            16
+        }
+    }
+
+    /// General register `n` at the code's address size.
+    fn gpr(&self, n: usize) -> Register {
+        if self.b32() {
+            GPR32[n]
+        } else {
+            GPR64[n]
+        }
+    }
+
+    /// The address size's displacement size (the encoder's 8 means 64-bit).
+    fn dsz(&self) -> u32 {
+        if self.b32() {
+            4
+        } else {
+            8
+        }
+    }
+
+    fn xmm_reg(&mut self) -> Register {
+        let n = if self.b32() { 8 } else { 16 };
+        self.rng.pick(&XMM[..n])
     }
 
     /// A register that may hold an index or count: not RSP/RBX.
     fn scratch_reg(&mut self) -> usize {
         loop {
-            let n = self.rng.below(16) as usize;
+            let n = self.rng.below(self.nregs()) as usize;
             if n != super::RSP && n != super::RBX {
                 return n;
             }
@@ -594,7 +660,8 @@ impl<'a> Gen<'a> {
         if align == 1 && self.rng.chance(1, 10) {
             // The stack, around RSP.
             let d = self.rng.range(-0x60, 0x60);
-            return MemoryOperand::with_base_displ_size(Register::RSP, d, if (-128..128).contains(&d) { 1 } else { 8 });
+            let dsz = if (-128..128).contains(&d) { 1 } else { self.dsz() };
+            return MemoryOperand::with_base_displ_size(self.gpr(super::RSP), d, dsz);
         }
         let span = 0x300i64;
         let mut d = self.rng.range(-span, span - i64::from(size));
@@ -608,8 +675,18 @@ impl<'a> Gen<'a> {
             let scale = self.rng.pick(&[1u32, 2, 4, 8]);
             let v = self.rng.below(16) as i64;
             pre.push(Instruction::with2(Code::Mov_r32_imm32, GPR32[idx], v as u32).unwrap());
-            let dsz = if (-128..128).contains(&d) && self.rng.chance(1, 2) { 1 } else { 8 };
-            return MemoryOperand::with_base_index_scale_displ_size(Register::RBX, GPR64[idx], scale, d, dsz);
+            let dsz = if (-128..128).contains(&d) && self.rng.chance(1, 2) { 1 } else { self.dsz() };
+            return MemoryOperand::with_base_index_scale_displ_size(self.gpr(super::RBX), self.gpr(idx), scale, d, dsz);
+        }
+        if self.b32() {
+            return match self.rng.below(8) {
+                // An absolute address.
+                0 => MemoryOperand::with_base_displ_size(Register::None, (RBX_INIT as i64) + d, 4),
+                _ => {
+                    let dsz = if (-128..128).contains(&d) && self.rng.chance(1, 2) { 1 } else { 4 };
+                    MemoryOperand::with_base_displ_size(Register::EBX, d, dsz)
+                }
+            };
         }
         match self.rng.below(8) {
             // RIP-relative: the encoder takes the absolute target.
@@ -630,8 +707,14 @@ impl<'a> Gen<'a> {
     /// A memory operand for LEA: any base, index, scale and displacement (LEA touches
     /// no memory), in 64- or 32-bit address size, or RIP-relative.
     fn lea_mem(&mut self) -> MemoryOperand {
-        let addr32 = self.rng.chance(1, 4);
-        let table = if addr32 { &GPR32 } else { &GPR64 };
+        let addr32 = self.b32() || self.rng.chance(1, 4);
+        let table = if self.b32() {
+            &GPR32[..8]
+        } else if addr32 {
+            &GPR32[..]
+        } else {
+            &GPR64[..]
+        };
         if !addr32 && self.rng.chance(1, 8) {
             let target = CODE_BASE.wrapping_add(self.rng.range(-0x1000, 0x1000) as u64);
             return MemoryOperand::with_base_displ_size(Register::RIP, target as i64, 8);
@@ -701,14 +784,14 @@ impl<'a> Gen<'a> {
         let sse_align = if self.rng.chance(1, 16) { 1 } else { 16 };
         for (i, &k) in oc.op_kinds().iter().enumerate() {
             let op = match k {
-                K::xmm_reg | K::xmm_rm => Op::R(self.rng.pick(&XMM)),
+                K::xmm_reg | K::xmm_rm => Op::R(self.xmm_reg()),
                 K::st0 => Op::R(Register::ST0),
                 K::sti_opcode => Op::R(self.rng.pick(&ST)),
                 // x87 memory operands: up to 10 bytes (m80, FNSTSW/FNSTCW's m16 too).
                 K::mem if is_x87_form(code) => Op::M(self.mem(16, 1, true, pre)),
                 K::xmm_or_mem => {
                     if self.rng.chance(1, 2) {
-                        Op::R(self.rng.pick(&XMM))
+                        Op::R(self.xmm_reg())
                     } else {
                         Op::M(self.mem(16, sse_align, false, pre))
                     }
@@ -749,7 +832,7 @@ impl<'a> Gen<'a> {
                 }
                 K::mem_offs => {
                     let off = self.rng.range(-0x300, 0x2f8);
-                    Op::M(MemoryOperand::with_base_displ_size(Register::None, (RBX_INIT as i64) + off, 8))
+                    Op::M(MemoryOperand::with_base_displ_size(Register::None, (RBX_INIT as i64) + off, self.dsz()))
                 }
                 K::imm8_const_1 => Op::I(1),
                 _ if i > 0 || matches!(k, K::imm64) || oc.op_count() == 1 => self.imm(k, opsize),
@@ -771,8 +854,8 @@ impl<'a> Gen<'a> {
         }) || (stack_op && ins.op_count() == 1 && ins.op0_register().full_register() == Register::RSP)
     }
 
-    fn encodable(ins: &Instruction) -> bool {
-        let mut e = Encoder::new(64);
+    fn encodable(&self, ins: &Instruction) -> bool {
+        let mut e = Encoder::new(self.cat.bits);
         e.encode(ins, CODE_BASE).is_ok()
     }
 
@@ -831,7 +914,13 @@ impl<'a> Gen<'a> {
         let m = code.mnemonic();
         let oc = code.op_code();
         // Stack discipline: POP only what was pushed, at the same width.
-        let stack_w = if oc.operand_size() == 16 { 2 } else { 8 };
+        let stack_w = if oc.operand_size() == 16 {
+            2
+        } else if self.b32() {
+            4
+        } else {
+            8
+        };
         if m == Mnemonic::Pop && self.pushed.last() != Some(&stack_w) {
             return false;
         }
@@ -845,14 +934,14 @@ impl<'a> Gen<'a> {
         {
             ins.set_has_lock_prefix(true);
         }
-        if !Self::encodable(&ins) || self.writes_reserved(&ins) {
+        if !self.encodable(&ins) || self.writes_reserved(&ins) {
             return false;
         }
         if !self.count_rules(&ins, &mut pre) {
             return false;
         }
         self.setup(&ins, &mut pre);
-        if pre.iter().any(|p| !Self::encodable(p)) {
+        if pre.iter().any(|p| !self.encodable(p)) {
             return false;
         }
         if pre.clone().iter().any(|p| self.writes_reserved(p)) {
@@ -925,7 +1014,12 @@ impl<'a> Gen<'a> {
             // The bit offset is a signed register value: keep it within ±128 bytes.
             let full = ins.op1_register().full_register();
             let v = self.rng.range(-1024, 1023);
-            pre.push(Instruction::with2(Code::Mov_rm64_imm32, full, v).unwrap());
+            let mov = if self.b32() {
+                Instruction::with2(Code::Mov_r32_imm32, GPR32[full.number()], v as u32)
+            } else {
+                Instruction::with2(Code::Mov_rm64_imm32, full, v)
+            };
+            pre.push(mov.unwrap());
         }
         if self.edges {
             // Edge values in the registers the instruction reads (structured cases).
@@ -980,7 +1074,7 @@ impl<'a> Gen<'a> {
                     self.gprs[n] = (self.gprs[n] & !mask) | (v << shift);
                 }
             }
-            if ins.op0_kind() == OpKind::Memory && ins.memory_base() == Register::RBX {
+            if ins.op0_kind() == OpKind::Memory && ins.memory_base().full_register() == Register::RBX {
                 let size = ins.memory_size().size();
                 if size > 0 && size <= 16 && ins.memory_index() == Register::None {
                     let off = (RBX_INIT as i64 + ins.memory_displacement64() as i64 - super::layout::DATA_BASE as i64)
@@ -1001,11 +1095,18 @@ impl<'a> Gen<'a> {
                 // A frame to leave: PUSH rBP; MOV rBP, rSP (LEAVE pops rBP back).
                 let (push, bp) = if ins.code() == Code::Leavew {
                     (Code::Push_r16, Register::BP)
+                } else if self.b32() {
+                    (Code::Push_r32, Register::EBP)
                 } else {
                     (Code::Push_r64, Register::RBP)
                 };
                 pre.push(Instruction::with1(push, bp).unwrap());
-                pre.push(Instruction::with2(Code::Mov_r64_rm64, Register::RBP, Register::RSP).unwrap());
+                let mov = if self.b32() {
+                    Instruction::with2(Code::Mov_r32_rm32, Register::EBP, Register::ESP)
+                } else {
+                    Instruction::with2(Code::Mov_r64_rm64, Register::RBP, Register::RSP)
+                };
+                pre.push(mov.unwrap());
             }
             Mnemonic::Div | Mnemonic::Idiv if self.rng.chance(6, 7) => {
                 let w = match ins.op0_kind() {
@@ -1073,7 +1174,7 @@ impl<'a> Gen<'a> {
     /// A string instruction with RSI/RDI in the buffer and a small count.
     fn string_op(&mut self, code: Code) {
         let m = code.mnemonic();
-        let addr32 = self.rng.chance(1, 4);
+        let addr32 = self.b32() || self.rng.chance(1, 4);
         let (rsi, rdi, rcx, lea) = if addr32 {
             (Register::ESI, Register::EDI, Register::ECX, Code::Lea_r32_m)
         } else {
@@ -1083,8 +1184,10 @@ impl<'a> Gen<'a> {
         let (ds, dd) = (disp(), disp());
         let n = self.rng.pick(&[0u32, 1, 2, 3, 5, 8]);
         let mut seq = vec![
-            Instruction::with2(lea, rsi, MemoryOperand::with_base_displ_size(Register::RBX, ds, 8)).unwrap(),
-            Instruction::with2(lea, rdi, MemoryOperand::with_base_displ_size(Register::RBX, dd, 8)).unwrap(),
+            Instruction::with2(lea, rsi, MemoryOperand::with_base_displ_size(self.gpr(super::RBX), ds, self.dsz()))
+                .unwrap(),
+            Instruction::with2(lea, rdi, MemoryOperand::with_base_displ_size(self.gpr(super::RBX), dd, self.dsz()))
+                .unwrap(),
             Instruction::with2(Code::Mov_r32_imm32, rcx, n).unwrap(),
         ];
         if self.std_seen {
@@ -1142,20 +1245,30 @@ impl<'a> Gen<'a> {
 
     /// A forward branch over the next 0..4 instructions (resolved when encoding).
     fn branch(&mut self) {
+        let b32 = self.b32();
+        let jcxz = if b32 { Code::Jecxz_rel8_32 } else { Code::Jrcxz_rel8_64 };
         let code = match self.rng.below(10) {
+            0 if b32 => Code::Jmp_rel32_32,
             0 => Code::Jmp_rel32_64,
+            1 if b32 => self.rng.pick(&[
+                Code::Loop_rel8_32_ECX,
+                Code::Loope_rel8_32_ECX,
+                Code::Loopne_rel8_32_ECX,
+                Code::Jecxz_rel8_32,
+            ]),
             1 => self.rng.pick(&[
                 Code::Loop_rel8_64_RCX,
                 Code::Loope_rel8_64_RCX,
                 Code::Loopne_rel8_64_RCX,
                 Code::Jrcxz_rel8_64,
             ]),
+            _ if b32 => self.rng.pick(&JCC32),
             _ => self.rng.pick(&JCC),
         };
         let skip = self.rng.below(5) as usize;
         let mut ins = Instruction::with_branch(code, 0).unwrap();
         if self.reads_undefined(&[ins]) {
-            ins = Instruction::with_branch(Code::Jrcxz_rel8_64, 0).unwrap();
+            ins = Instruction::with_branch(jcxz, 0).unwrap();
         }
         self.push_one(ins, true, Some(skip));
     }
@@ -1195,7 +1308,11 @@ impl<'a> Gen<'a> {
             Recipe::Structured { code } => {
                 self.edges = true;
                 if code.mnemonic() == Mnemonic::Pop {
-                    let push = if code.op_code().operand_size() == 16 { Code::Push_r16 } else { Code::Push_r64 };
+                    let push = match code.op_code().operand_size() {
+                        16 => Code::Push_r16,
+                        _ if self.b32() => Code::Push_r32,
+                        _ => Code::Push_r64,
+                    };
                     while !self.try_form(push) {}
                 }
                 let mut tries = 0;
@@ -1224,7 +1341,11 @@ impl<'a> Gen<'a> {
             loop {
                 let n = self.scratch_reg();
                 let r = reg_of_width(n, w);
-                let code = if w == 2 { Code::Pop_r16 } else { Code::Pop_r64 };
+                let code = match w {
+                    2 => Code::Pop_r16,
+                    4 => Code::Pop_r32,
+                    _ => Code::Pop_r64,
+                };
                 let ins = Instruction::with1(code, r).unwrap();
                 if !self.writes_reserved(&ins) {
                     self.push_item(ins);
@@ -1238,7 +1359,8 @@ impl<'a> Gen<'a> {
     fn finish(self, rflags: u64, stack: Vec<u8>, epilogue: u64, index: usize, seed: u64, kind: &'static str) -> Case {
         let n = self.items.len();
         // Fake IPs identify branch targets for the block encoder.
-        let fake = |i: usize| 0x1_0000_0000u64 + i as u64 * 0x20;
+        let fake_base = if self.cat.bits == 32 { 0x4000_0000u64 } else { 0x1_0000_0000 };
+        let fake = |i: usize| fake_base + i as u64 * 0x20;
         let mut body: Vec<Instruction> = Vec::with_capacity(n + 1);
         let mut targets = vec![None; n];
         let group_starts: Vec<usize> = (0..n).filter(|&i| self.items[i].group_start).collect();
@@ -1258,7 +1380,7 @@ impl<'a> Gen<'a> {
             t.set_ip(fake(n));
             all.push(t);
             let r = BlockEncoder::encode(
-                64,
+                self.cat.bits,
                 InstructionBlock::new(&all, CODE_BASE),
                 BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
             )
@@ -1267,7 +1389,8 @@ impl<'a> Gen<'a> {
             (r.code_buffer, tail_off)
         };
         let (guest_code, body_len) = encode(Instruction::with(Code::Hlt));
-        let (native_code, nbody) = encode(Instruction::with_branch(Code::Jmp_rel32_64, epilogue).unwrap());
+        let jmp = if self.cat.bits == 32 { Code::Jmp_rel32_32 } else { Code::Jmp_rel32_64 };
+        let (native_code, nbody) = encode(Instruction::with_branch(jmp, epilogue).unwrap());
         assert_eq!(body_len, nbody, "native and guest bodies differ in length");
         assert_eq!(guest_code[..body_len], native_code[..body_len], "native and guest bodies differ");
         assert!((native_code.len() as u64) < CODE_SIZE, "case too long");
@@ -1276,6 +1399,7 @@ impl<'a> Gen<'a> {
             index,
             seed,
             kind,
+            bits: self.cat.bits,
             guest_code,
             native_code,
             body_len,

@@ -31,9 +31,37 @@ const CTX_FX: u64 = 1024;
 const XMMS: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
-/// The prologue/epilogue stub (at [`STUB_BASE`]) and its epilogue's address.
-pub fn stub() -> (Vec<u8>, u64) {
-    let r = || -> Result<(Vec<u8>, u64), iced_x86::IcedError> {
+/// Where a case's code jumps to end: the 64-bit epilogue, or (32-bit cases) a far
+/// jump back to it from compatibility mode.
+#[derive(Clone, Copy)]
+pub struct Epilogues {
+    pub long: u64,
+    pub compat: u64,
+}
+
+impl Epilogues {
+    pub fn for_bits(self, bits: u32) -> u64 {
+        if bits == 32 {
+            self.compat
+        } else {
+            self.long
+        }
+    }
+}
+
+/// Linux's user code segments: 64-bit, and 32-bit (compatibility mode).
+const USER_CS64: u16 = 0x33;
+const USER_CS32: u16 = 0x23;
+/// Linux's user data segment, for DS/ES in compatibility mode (null there faults).
+const USER_DS: u16 = 0x2b;
+/// The far pointer (offset, selector) the prologue jumps through.
+const CTX_FAR: u64 = 1000;
+/// The 32-bit way back: `jmp far USER_CS64:epilogue` at this offset of the stub page.
+const COMPAT_EXIT: u64 = 0x800;
+
+/// The prologue/epilogue stub (at [`STUB_BASE`]) and its epilogues.
+pub fn stub() -> (Vec<u8>, Epilogues) {
+    let r = || -> Result<(Vec<u8>, Epilogues), iced_x86::IcedError> {
         let mut a = CodeAssembler::new(64)?;
         let mut epilogue = a.create_label();
         for reg in [rbx, rbp, r12, r13, r14, r15] {
@@ -41,6 +69,10 @@ pub fn stub() -> (Vec<u8>, u64) {
         }
         a.mov(r15, CTX_BASE)?;
         a.mov(qword_ptr(r15 + CTX_HOST_RSP), rsp)?;
+        // DS/ES usable in compatibility mode too (harmless in 64-bit mode).
+        a.mov(eax, u32::from(USER_DS))?;
+        a.mov(ds, ax)?;
+        a.mov(es, ax)?;
         a.stmxcsr(dword_ptr(r15 + CTX_HOST_MXCSR))?;
         a.fnstcw(word_ptr(r15 + CTX_HOST_FCW))?;
         // The x87 registers (the image's SSE part is then loaded over by the lines
@@ -60,7 +92,11 @@ pub fn stub() -> (Vec<u8>, u64) {
         }
         a.mov(rsp, qword_ptr(r15 + 32u64))?;
         a.mov(r15, qword_ptr(r15 + 120u64))?;
-        a.jmp(CODE_BASE)?;
+        // Into the case through the context's far pointer: 64-bit or 32-bit code.
+        a.add_instruction(Instruction::with1(
+            Code::Jmp_m1632,
+            MemoryOperand::with_base_displ_size(Register::None, (CTX_BASE + CTX_FAR) as i64, 4),
+        )?)?;
         a.set_label(&mut epilogue)?;
         // RAX first, through its absolute-address form: no other register is free.
         a.add_instruction(Instruction::with2(
@@ -92,7 +128,14 @@ pub fn stub() -> (Vec<u8>, u64) {
         a.ret()?;
         let res = a.assemble_options(STUB_BASE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
         let epi = res.label_ip(&epilogue)?;
-        Ok((res.inner.code_buffer, epi))
+        let mut code = res.inner.code_buffer;
+        assert!(code.len() as u64 <= COMPAT_EXIT, "native stub too long");
+        code.resize(COMPAT_EXIT as usize, 0xcc);
+        // JMP ptr16:32 (EA cd cw), encoded for 32-bit code.
+        code.push(0xea);
+        code.extend((epi as u32).to_le_bytes());
+        code.extend(USER_CS64.to_le_bytes());
+        Ok((code, Epilogues { long: epi, compat: STUB_BASE + COMPAT_EXIT }))
     };
     r().expect("assembling the native stub")
 }
@@ -261,6 +304,9 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
                 ctx.add(r).write_volatile(*v);
             }
             ctx.add(16).write_volatile(c.rflags);
+            let far = ctx.cast::<u8>().add(CTX_FAR as usize);
+            (far as *mut u32).write_volatile(super::layout::CODE_BASE as u32);
+            (far.add(4) as *mut u16).write_volatile(if c.bits == 32 { USER_CS32 } else { USER_CS64 });
             (ctx.add(18) as *mut u32).write_volatile(c.mxcsr);
             std::ptr::copy_nonoverlapping(c.xmm.as_ptr().cast::<u8>(), ctx.add(20).cast::<u8>(), 256);
             write_fx(CTX_BASE as *mut u8, c);

@@ -602,16 +602,22 @@ fn rc(cpu: &Cpu) -> u32 {
 
 /// Reads a memory operand as an 80-bit value (float or integer formats), raising DE
 /// for a denormal m32/m64 (FLD).
+/// and IE (quieting it) for a signalling NaN.
 fn load_mem(cpu: &mut Cpu, ins: &Instruction) -> Result<F80> {
     let (v, denormal) = load_mem_quiet(cpu, ins)?;
     if denormal {
         raise(cpu, DE);
     }
+    if v.is_snan() && ins.memory_size() != MemorySize::Float80 {
+        raise(cpu, IE);
+        return Ok(v.quiet());
+    }
     Ok(v)
 }
 
-/// As [`load_mem`], but telling rather than raising a denormal m32/m64 source: an
-/// operation that meets a NaN or an invalid operand does not report it.
+/// As [`load_mem`], but telling rather than raising a denormal m32/m64 source (an
+/// operation that meets a NaN or an invalid operand does not report it), and leaving
+/// a signalling NaN as it is for the operation's own NaN rules.
 fn load_mem_quiet(cpu: &mut Cpu, ins: &Instruction) -> Result<(F80, bool)> {
     let o = Operands { cpu, ins };
     let a = o.linear();
@@ -619,19 +625,11 @@ fn load_mem_quiet(cpu: &mut Cpu, ins: &Instruction) -> Result<(F80, bool)> {
         MemorySize::Float32 => {
             let bits = cpu.read_u32(a)?;
             let v = F80::from_bin(u64::from(bits), 24, 8);
-            if v.is_snan() {
-                raise(cpu, IE);
-                return Ok((v.quiet(), false));
-            }
             return Ok((v, bits & 0x7f80_0000 == 0 && bits << 1 != 0));
         }
         MemorySize::Float64 => {
             let bits = cpu.read_u64(a)?;
             let v = F80::from_bin(bits, 53, 11);
-            if v.is_snan() {
-                raise(cpu, IE);
-                return Ok((v.quiet(), false));
-            }
             return Ok((v, bits & 0x7ff0_0000_0000_0000 == 0 && bits << 1 != 0));
         }
         MemorySize::Float80 => {
@@ -901,9 +899,16 @@ fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
             raise(cpu, IE);
         }
         let r = match (a.is_nan(), b.is_nan()) {
-            // Both NaNs: the one with the larger significand.
+            // Both NaNs: the one with the larger significand, the positive one of
+            // two alike.
             (true, true) => {
-                if (a.m << 1) >= (b.m << 1) {
+                // A QNaN wins over an SNaN.
+                let (ma, mb) = (a.m << 1, b.m << 1);
+                if b.is_snan() && !a.is_snan() {
+                    a
+                } else if a.is_snan() && !b.is_snan() {
+                    b
+                } else if ma > mb || (ma == mb && !a.sign()) {
                     a
                 } else {
                     b
@@ -1228,7 +1233,8 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
                 }
                 v.quiet()
             } else {
-                if v.is_denormal() {
+                // A negative operand is invalid, which outranks denormal.
+                if v.is_denormal() && !v.sign() {
                     raise(cpu, DE);
                 }
                 let r = f80::sqrt(v, f80::precision(cpu.state.fpu.fcw), rc(cpu));
