@@ -429,6 +429,9 @@ struct Emit<'a> {
     next: u64,
     /// Index of the op after the current instruction's last.
     insn_end: usize,
+    /// The flag record's values stay pending instead of going to their globals (see
+    /// `Alloc::ccv`): blocks without a loop.
+    pending_cc: bool,
     /// The op being emitted.
     cur: usize,
     /// An op found no value register free: the code is wrong, emit with fewer
@@ -473,14 +476,17 @@ impl<'a> Emit<'a> {
         let own_last_use = own_last_use(block);
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
-        // A flag-record value lives on, pending, until the next record's replaces it.
+        // In a block with a loop the record lives across the back edge: its globals
+        // are mapped like the guest registers. Elsewhere a flag-record value lives on,
+        // pending, until the next record's replaces it (see `Alloc::ccv`).
+        let pending_cc = !block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
         let mut pending: [Option<Val>; 3] = [None; 3];
         for (i, op) in block.ops.iter().enumerate() {
             match op {
                 Op::Get { g, .. } => uses[g.index()] += 1,
                 Op::Set { g, s } => {
                     uses[g.index()] += 1;
-                    if let Some(k) = cc_index(g.index()) {
+                    if let Some(k) = cc_index(g.index()).filter(|_| pending_cc) {
                         if let Some(old) = pending[k].replace(*s) {
                             last_use[old.0 as usize] = last_use[old.0 as usize].max(i);
                         }
@@ -494,9 +500,8 @@ impl<'a> Emit<'a> {
         }
         // Every global the block names is worth a register (a write-only one is then
         // stored once at the exit instead of at each write), the most used first.
-        // The flag record's globals are never mapped: they are written often and read
-        // only on the way out (see `Alloc::ccv`).
-        let mut order: Vec<usize> = (0..Global::COUNT).filter(|&g| uses[g] >= 1 && cc_index(g).is_none()).collect();
+        let mut order: Vec<usize> =
+            (0..Global::COUNT).filter(|&g| uses[g] >= 1 && !(pending_cc && cc_index(g).is_some())).collect();
         order.sort_by_key(|&g| std::cmp::Reverse(uses[g]));
         order.truncate(max_mapped);
         let mut gmap = [None; Global::COUNT];
@@ -531,6 +536,7 @@ impl<'a> Emit<'a> {
             rip: 0,
             next: 0,
             insn_end: 0,
+            pending_cc,
             cur: 0,
             starved: false,
             replay: false,
@@ -1378,7 +1384,7 @@ impl<'a> Emit<'a> {
     }
 
     fn set(&mut self, i: usize, g: Global, s: Val) {
-        if let Some(k) = cc_index(g.index()) {
+        if let Some(k) = cc_index(g.index()).filter(|_| self.pending_cc) {
             if let Some(old) = self.a.ccv[k].replace(s) {
                 if old != s && self.is_dead_after(old, i) && !self.a.ccv.contains(&Some(old)) {
                     self.free_dead_val(old);
