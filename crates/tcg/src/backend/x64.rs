@@ -41,6 +41,9 @@ const POOL: [u8; 11] = [3, 5, 12, 13, 15, 0, 2, 6, 9, 10, 11];
 /// short of value registers).
 const MAX_MAPPED: usize = 8;
 
+/// Loops of fewer guest instructions keep the flag record in mapped registers.
+const SHORT_LOOP: usize = 16;
+
 /// The flag record's globals, in `Alloc::ccv` order.
 const CC_GLOBALS: [Global; 3] = [Global::CcDst, Global::CcSrc, Global::CcSrc2];
 
@@ -476,10 +479,13 @@ impl<'a> Emit<'a> {
         let own_last_use = own_last_use(block);
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
-        // In a block with a loop the record lives across the back edge: its globals
-        // are mapped like the guest registers. Elsewhere a flag-record value lives on,
-        // pending, until the next record's replaces it (see `Alloc::ccv`).
-        let pending_cc = !block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
+        // A flag-record value lives on, pending, until the next record's replaces it
+        // (see `Alloc::ccv`); it reaches the state at a loop's back edge too, which a
+        // short loop would pay for at every turn: there the record's globals are
+        // mapped like the guest registers instead.
+        let has_loop = block.ops.iter().any(|o| matches!(o, Op::Loop { .. }));
+        let insns = block.ops.iter().filter(|o| matches!(o, Op::Insn { .. })).count();
+        let pending_cc = !has_loop || insns >= SHORT_LOOP;
         let mut pending: [Option<Val>; 3] = [None; 3];
         for (i, op) in block.ops.iter().enumerate() {
             match op {
