@@ -9,7 +9,9 @@
 //! eight for 32-bit code), the defined status flags, DF, XMM registers, MXCSR, the x87
 //! registers, status, control and tag words, the data buffer and the stack page must
 //! match the host CPU's, and a case that faults natively must raise the matching
-//! exception in the guest.
+//! exception in the guest with the same state at the fault: general registers (RSP
+//! aside), the status flags defined there and the data buffer (natively from the
+//! signal's context, in the guest from the handler's registers and exception frame).
 //!
 //! Environment:
 //! - `QUERN_DIFF_SEED=N`: the run's seed (default fixed, so CI is deterministic).
@@ -79,6 +81,9 @@ struct Tally {
     ran: usize,
     passed: usize,
     faulted: usize,
+    /// Of the matching faults: those whose registers, flags and data at the fault
+    /// were compared too.
+    fault_states: usize,
     host_limits: usize,
     host_limit_examples: Vec<String>,
     /// Of the host limits: cases the backend ran but got differently from the host CPU.
@@ -106,6 +111,9 @@ fn check(name: &str, case: &Case, native: &Outcome, got: &Outcome, seed: u64, em
             t.passed += 1;
             if !matches!(got, Outcome::Ok(_)) {
                 t.faulted += 1;
+            }
+            if matches!((native, got), (Outcome::Signal(_, Some(_)), Outcome::Exception(_, Some(_)))) {
+                t.fault_states += 1;
             }
         }
         Err(d) if emulated => {
@@ -167,7 +175,7 @@ fn jit_matches_the_host_cpu() {
 
     let native = diff::native::run(&cases);
     let native_time = started.elapsed() - generated;
-    let native_faults = native.iter().filter(|o| matches!(o, Outcome::Signal(_))).count();
+    let native_faults = native.iter().filter(|o| matches!(o, Outcome::Signal(..))).count();
     for (c, o) in cases.iter().zip(&native) {
         if let Outcome::Error(e) = o {
             panic!("case {}: {e}", c.index);
@@ -225,7 +233,7 @@ fn jit_matches_the_host_cpu() {
     common::report(&format!(
         "differential: seed {seed:#x}, {} cases ({} structured, {} random; {} of them 32-bit code; {insns} \
          instructions, {} mnemonics); \
-         native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults), {} mismatches; \
+         native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults, {} with the state at the fault), {} mismatches; \
          kvm: {}; time: gen {:.1}s native {:.1}s tcg {:.1}s kvm {:.1}s",
         cases.len(),
         cases.iter().filter(|c| !matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
@@ -236,6 +244,7 @@ fn jit_matches_the_host_cpu() {
         tcg.passed,
         tcg.ran,
         tcg.faulted,
+        tcg.fault_states,
         tcg.mismatches.len(),
         if kvm_ran {
             format!(

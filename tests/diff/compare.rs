@@ -19,16 +19,25 @@ pub struct State {
     pub x87: super::gen::X87,
 }
 
+/// The state where a case faulted: the general registers (RSP aside: the guest's
+/// exception frame and the host's signal frame differ), RFLAGS and the data buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub gprs: [u64; 16],
+    pub rflags: u64,
+    pub data: Vec<u8>,
+}
+
 /// How a case ended.
 // One short-lived value per case: boxing the state would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Outcome {
     Ok(State),
-    /// Native: the child died of this signal.
-    Signal(i32),
-    /// Guest: exception `vector` reached its IDT handler.
-    Exception(u8),
+    /// Native: the child died of this signal (with the state its handler saw).
+    Signal(i32, Option<Box<Fault>>),
+    /// Guest: exception `vector` reached its IDT handler (with the state it found).
+    Exception(u8, Option<Box<Fault>>),
     /// Guest: triple fault (no IDT).
     Shutdown,
     /// The accelerator could not run the case (KVM's instruction emulator on kvm_pvm,
@@ -41,8 +50,8 @@ impl Outcome {
     pub fn short(&self) -> String {
         match self {
             Outcome::Ok(_) => "ran to the end".into(),
-            Outcome::Signal(s) => format!("native fault (signal {s}: {})", signal_name(*s)),
-            Outcome::Exception(v) => format!("guest exception {}", vector_name(*v)),
+            Outcome::Signal(s, _) => format!("native fault (signal {s}: {})", signal_name(*s)),
+            Outcome::Exception(v, _) => format!("guest exception {}", vector_name(*v)),
             Outcome::Shutdown => "guest triple fault (shutdown)".into(),
             Outcome::HostLimit(r) => format!("host limit: {r}"),
             Outcome::Error(e) => format!("error: {e}"),
@@ -195,7 +204,10 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
                 Err(out.join("\n"))
             }
         }
-        (Outcome::Signal(s), Outcome::Exception(v)) if signal_matches(*s, *v) => Ok(()),
+        (Outcome::Signal(s, a), Outcome::Exception(v, b)) if signal_matches(*s, *v) => match (a, b) {
+            (Some(a), Some(b)) => fault_diff(case, a, b),
+            _ => Ok(()),
+        },
         _ => Err(format!("  expected: {}\n  got:      {}", want.short(), got.short())),
     }
 }
@@ -222,6 +234,37 @@ fn x87_diff(a: &super::gen::X87, b: &super::gen::X87, init: &super::gen::X87, ou
                 hex(&init.st[i])
             ));
         }
+    }
+}
+
+/// The precise state at a fault: registers (RSP aside) and the status flags defined
+/// wherever the fault happened, and the data buffer (the stores before it done, the
+/// faulting one not).
+fn fault_diff(case: &Case, a: &Fault, b: &Fault) -> Result<(), String> {
+    let mut out = Vec::new();
+    let (n, m) = if case.bits == 32 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
+    for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
+        if i != super::RSP && (a.gprs[i] ^ b.gprs[i]) & m != 0 {
+            out.push(format!(
+                "  at the fault: {name:<4} expected {:#018x} got {:#018x} (initial {:#018x})",
+                a.gprs[i], b.gprs[i], case.gprs[i]
+            ));
+        }
+    }
+    let mask = (STATUS & !case.undefined_at_faults) | DF;
+    if (a.rflags ^ b.rflags) & mask != 0 {
+        out.push(format!(
+            "  at the fault: flags expected [{}] got [{}] (compared: {})",
+            flag_names(a.rflags & mask),
+            flag_names(b.rflags & mask),
+            flag_names(mask)
+        ));
+    }
+    mem_diff("data at the fault", super::layout::DATA_BASE, &a.data, &b.data, &mut out);
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(out.join("\n"))
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Case {
     pub stack: Vec<u8>,
     /// EFLAGS bits (of the six status flags) some path leaves undefined at the end.
     pub undefined_flags: u64,
+    /// Status flags undefined where some instruction starts (a fault's state).
+    pub undefined_at_faults: u64,
     /// Mnemonics in the body, for the per-mnemonic summary.
     pub mnemonics: Vec<Mnemonic>,
     /// XMM0..XMM15 and MXCSR (every exception masked; any rounding mode, DAZ, FTZ).
@@ -1394,7 +1396,7 @@ impl<'a> Gen<'a> {
         assert_eq!(body_len, nbody, "native and guest bodies differ in length");
         assert_eq!(guest_code[..body_len], native_code[..body_len], "native and guest bodies differ");
         assert!((native_code.len() as u64) < CODE_SIZE, "case too long");
-        let undefined_flags = undefined_at_end(&body, &targets);
+        let (undefined_flags, undefined_at_faults) = undefined_at_end(&body, &targets);
         Case {
             index,
             seed,
@@ -1408,6 +1410,7 @@ impl<'a> Gen<'a> {
             data: self.data,
             stack,
             undefined_flags,
+            undefined_at_faults,
             mnemonics: body.iter().map(|i| i.mnemonic()).collect(),
             xmm: self.xmm,
             mxcsr: self.mxcsr,
@@ -1490,7 +1493,9 @@ pub fn flag_step(ins: &Instruction, state: u64) -> u64 {
 
 /// The status flags left undefined at the end on some path through the body
 /// (branches only go forward; `targets[i]` is branch i's target index, n = the end).
-pub fn undefined_at_end(body: &[Instruction], targets: &[Option<usize>]) -> u64 {
+/// The status flags some path leaves undefined at the end, and those undefined at
+/// some instruction's start (where a fault would find them).
+pub fn undefined_at_end(body: &[Instruction], targets: &[Option<usize>]) -> (u64, u64) {
     let n = body.len();
     let mut incoming = vec![0u64; n + 1];
     let mut reachable = vec![false; n + 1];
@@ -1511,7 +1516,8 @@ pub fn undefined_at_end(body: &[Instruction], targets: &[Option<usize>]) -> u64 
             reachable[t] = true;
         }
     }
-    incoming[n]
+    let anywhere = (0..=n).filter(|&i| reachable[i]).fold(0, |a, i| a | incoming[i]);
+    (incoming[n], anywhere)
 }
 
 /// Every catalogued form, for the structured cases.

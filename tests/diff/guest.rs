@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quern_core::regs::{ctrl, flags, DescriptorTable, Regs, Segment, SpecialRegs};
 use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
-use super::compare::{Outcome, State};
+use super::compare::{Fault, Outcome, State};
 use super::gen::Case;
 use super::layout::*;
 
@@ -256,6 +256,25 @@ pub fn load_case(mem: &GuestMemory, case: &Case) -> Regs {
     r
 }
 
+/// The state an exception found: the handler changes no general register, and
+/// RFLAGS is in the frame it was given (after the error code, if any, RIP and CS).
+fn fault_state(vcpu: &mut dyn Vcpu, mem: &GuestMemory) -> Option<Fault> {
+    let r = vcpu.regs().ok()?;
+    let s = vcpu.sregs().ok()?;
+    let mut slot = [0u8];
+    mem.read(FAULT_SLOT, &mut slot).ok()?;
+    let err = matches!(slot[0], 8 | 10..=14 | 17);
+    let long = s.efer & ctrl::EFER_LMA != 0;
+    let w = if long { 8 } else { 4 };
+    let sp = if long { r.rsp } else { r.rsp & 0xffff_ffff };
+    let at = sp + w * (2 + u64::from(err));
+    let mut f = [0u8; 8];
+    mem.read(at, &mut f[..w as usize]).ok()?;
+    let mut data = vec![0u8; DATA_SIZE];
+    mem.read(DATA_BASE, &mut data).ok()?;
+    Some(Fault { gprs: r.gprs(), rflags: u64::from_le_bytes(f), data })
+}
+
 /// Runs a loaded case to its end: the state at `hlt`, or the exception that ended it.
 pub fn run_case(
     vcpu: &mut dyn Vcpu,
@@ -282,7 +301,7 @@ pub fn run_case(
     let mut slot = [0u8];
     mem.read(FAULT_SLOT, &mut slot).unwrap();
     if slot[0] != 0xff {
-        return Outcome::Exception(slot[0]);
+        return Outcome::Exception(slot[0], fault_state(vcpu, mem).map(Box::new));
     }
     let r = match vcpu.regs() {
         Ok(r) => r,

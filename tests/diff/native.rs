@@ -13,7 +13,7 @@
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
 
-use super::compare::{Outcome, State};
+use super::compare::{Fault, Outcome, State};
 use super::gen::{Case, X87};
 use super::layout::{CODE_BASE, CODE_SIZE, CTX_BASE, DATA_BASE, DATA_SIZE, STACK_BASE, STACK_SIZE, STUB_BASE};
 
@@ -192,6 +192,11 @@ struct Result_ {
     mxcsr: u32,
     x87: X87,
     data: [u8; DATA_SIZE],
+    /// Set by the signal handler: the registers and data where the case faulted.
+    faulted: u32,
+    fault_gprs: [u64; 16],
+    fault_rflags: u64,
+    fault_data: [u8; DATA_SIZE],
     stack: [u8; STACK_SIZE],
 }
 
@@ -273,6 +278,58 @@ unsafe fn map_fixed(h: *mut Header, addr: u64, len: usize, prot: i32) {
 ///
 /// # Safety
 /// Only in the forked child.
+/// The shared result area, for the fault handler.
+static SHARED_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const ALT_STACK: usize = 256 * 1024;
+
+fn rw_prot() -> i32 {
+    libc::PROT_READ | libc::PROT_WRITE
+}
+
+/// A case faulted: its registers (from the signal's context) and data buffer go to
+/// its result, then the signal, now at its default action, kills the child.
+extern "C" fn on_fault(sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: async-signal-safe work only: plain loads and stores into the shared
+    // mapping, whose result slot `current` names, and raise().
+    unsafe {
+        let base = SHARED_BASE.load(std::sync::atomic::Ordering::Relaxed) as *mut u8;
+        let current = if base.is_null() {
+            u64::MAX
+        } else {
+            std::ptr::read_volatile(&raw const (*base.cast::<Header>()).current)
+        };
+        if current != u64::MAX && !uc.is_null() {
+            let res = base.add(HEADER_SIZE + current as usize * std::mem::size_of::<Result_>()).cast::<Result_>();
+            let g = &(*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+            let order = [
+                libc::REG_RAX,
+                libc::REG_RCX,
+                libc::REG_RDX,
+                libc::REG_RBX,
+                libc::REG_RSP,
+                libc::REG_RBP,
+                libc::REG_RSI,
+                libc::REG_RDI,
+                libc::REG_R8,
+                libc::REG_R9,
+                libc::REG_R10,
+                libc::REG_R11,
+                libc::REG_R12,
+                libc::REG_R13,
+                libc::REG_R14,
+                libc::REG_R15,
+            ];
+            for (i, &r) in order.iter().enumerate() {
+                (*res).fault_gprs[i] = g[r as usize] as u64;
+            }
+            (*res).fault_rflags = g[libc::REG_EFL as usize] as u64;
+            std::ptr::copy_nonoverlapping(DATA_BASE as *const u8, (*res).fault_data.as_mut_ptr(), DATA_SIZE);
+            std::ptr::write_volatile(&raw mut (*res).faulted, 1);
+        }
+        libc::raise(sig);
+    }
+}
+
 unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> ! {
     let h = shared.header();
     // SAFETY: plain libc calls in a single-threaded child; pointers are into our
@@ -280,8 +337,21 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
     unsafe {
         let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        // A fault's handler notes the state, then the signal kills the child as
+        // before (reset to the default action, delivered again at once). It runs on
+        // its own stack: the case's is one page.
+        SHARED_BASE.store(shared.base as usize, std::sync::atomic::Ordering::Relaxed);
+        let alt =
+            libc::mmap(std::ptr::null_mut(), ALT_STACK, rw_prot(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if alt != libc::MAP_FAILED {
+            let alt_ss = libc::stack_t { ss_sp: alt, ss_flags: 0, ss_size: ALT_STACK };
+            libc::sigaltstack(&alt_ss, std::ptr::null_mut());
+        }
         for s in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP] {
-            libc::signal(s, libc::SIG_DFL);
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fault as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER | libc::SA_ONSTACK;
+            libc::sigaction(s, &sa, std::ptr::null_mut());
         }
         // No case loops: a stuck child is killed and reported.
         libc::alarm(60);
@@ -389,7 +459,12 @@ pub fn run(cases: &[Case]) -> Vec<Outcome> {
                     mxcsr: r.mxcsr,
                     x87: r.x87,
                 }),
-                2 => Outcome::Signal(r.signal as i32),
+                2 => Outcome::Signal(
+                    r.signal as i32,
+                    (r.faulted == 1).then(|| {
+                        Box::new(Fault { gprs: r.fault_gprs, rflags: r.fault_rflags, data: r.fault_data.to_vec() })
+                    }),
+                ),
                 _ => Outcome::Error("native runner never ran this case".into()),
             }
         })
