@@ -3,8 +3,9 @@
 //! Every case is a short sequence of user-mode integer, SSE/SSE2 and x87 instructions
 //! (see `diff/gen.rs`) with random registers, flags, MXCSR (every rounding mode, DAZ,
 //! FTZ), x87 stack and control word (every rounding and precision mode), data buffer
-//! and stack, in 64-bit code or in 32-bit code (natively in compatibility mode, in the
-//! guest in 32-bit protected mode). It runs natively in a forked child at the guest's
+//! and stack, in 64-bit, 32-bit or 16-bit code (32-bit: natively in compatibility mode,
+//! in the guest in protected mode; 16-bit: natively in LDT code and data segments
+//! based at the case's pages, in the guest in real mode with the same bases). It runs natively in a forked child at the guest's
 //! addresses, under the JIT, and under KVM; general registers (the low halves of the
 //! eight for 32-bit code), the defined status flags, DF, XMM registers, MXCSR, the x87
 //! registers, status, control and tag words, the data buffer and the stack page must
@@ -47,9 +48,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Every case of a run, in index order, with its code size: the 64-bit forms, then
 /// the 32-bit ones (a third as many random cases).
-fn recipes(cat64: &Catalog, cat32: &Catalog, random: usize) -> Vec<(u32, Recipe)> {
+fn recipes(cats: &[&Catalog], random: usize) -> Vec<(u32, Recipe)> {
     let mut r = Vec::new();
-    for (cat, random) in [(cat64, random), (cat32, random / 3)] {
+    for cat in cats {
+        let random = if cat.bits == 64 { random } else { random / 3 };
         for code in structured_forms(cat) {
             for _ in 0..STRUCTURED_PER_FORM {
                 r.push((cat.bits, Recipe::Structured { code }));
@@ -69,11 +71,20 @@ fn recipes(cat64: &Catalog, cat32: &Catalog, random: usize) -> Vec<(u32, Recipe)
 }
 
 fn mode_of(case: &Case) -> Mode {
-    if case.bits == 32 {
-        Mode::Protected32
-    } else {
-        Mode::Long
+    match case.bits {
+        16 => Mode::Real,
+        32 => Mode::Protected32,
+        _ => Mode::Long,
     }
+}
+
+/// The special registers case `case` starts with.
+fn sregs_of(mem: &quern_core::GuestMemory, case: &Case) -> quern_core::regs::SpecialRegs {
+    let mut s = guest::setup(mem, mode_of(case), true);
+    if case.bits == 16 {
+        guest::base_16bit_segments(&mut s);
+    }
+    s
 }
 
 #[derive(Default)]
@@ -158,15 +169,29 @@ fn jit_matches_the_host_cpu() {
     let random = env_u64("QUERN_DIFF_CASES").map_or(DEFAULT_RANDOM_CASES, |n| n as usize);
     let cat64 = Catalog::new(Features::host(), 64);
     let cat32 = Catalog::new(Features::host(), 32);
+    let cat16 = Catalog::new(Features::host(), 16);
+    let mut cats = vec![&cat64, &cat32];
+    if diff::native::can_run_16bit() {
+        cats.push(&cat16);
+    } else {
+        common::report(
+            "NOT RUN: differential: 16-bit code (this kernel refuses modify_ldt, so the host cannot run 16-bit code \
+             segments to compare with)",
+        );
+    }
     let (_, epilogues) = diff::native::stub();
-    let recipes = recipes(&cat64, &cat32, random);
+    let recipes = recipes(&cats, random);
     let cases: Vec<Case> = recipes
         .iter()
         .enumerate()
         .filter(|(i, _)| only.is_none_or(|o| o == *i))
         .map(|(i, &(bits, r))| {
             let s = Rng::derive(seed, i as u64);
-            let cat = if bits == 32 { &cat32 } else { &cat64 };
+            let cat = match bits {
+                16 => &cat16,
+                32 => &cat32,
+                _ => &cat64,
+            };
             Gen::new(s, cat).generate(r, epilogues.for_bits(bits), i, s)
         })
         .collect();
@@ -189,7 +214,7 @@ fn jit_matches_the_host_cpu() {
     let t0 = Instant::now();
     for (case, want) in cases.iter().zip(&native) {
         let mem = guest::memory();
-        let sregs = guest::setup(&mem, mode_of(case), true);
+        let sregs = sregs_of(&mem, case);
         let regs = guest::load_case(&mem, case);
         let mut vcpu = quern_tcg::TcgVcpu::new(mem.clone()).expect("tcg vcpu");
         vcpu.set_sregs(&sregs).unwrap();
@@ -211,7 +236,7 @@ fn jit_matches_the_host_cpu() {
             .expect("KVM accelerator");
         let mut vcpu = quern_core::Accelerator::create_vcpu(&accel, 0).expect("KVM vCPU");
         for (case, want) in cases.iter().zip(&native) {
-            let sregs = guest::setup(&mem, mode_of(case), true);
+            let sregs = sregs_of(&mem, case);
             let regs = guest::load_case(&mem, case);
             vcpu.set_sregs(&sregs).unwrap();
             vcpu.set_regs(&regs).unwrap();
@@ -231,7 +256,7 @@ fn jit_matches_the_host_cpu() {
     }
     let insns: usize = by_mnemonic.values().sum();
     common::report(&format!(
-        "differential: seed {seed:#x}, {} cases ({} structured, {} random; {} of them 32-bit code; {insns} \
+        "differential: seed {seed:#x}, {} cases ({} structured, {} random; {} of them 32-bit and {} 16-bit code; {insns} \
          instructions, {} mnemonics); \
          native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults, {} with the state at the fault), {} mismatches; \
          kvm: {}; time: gen {:.1}s native {:.1}s tcg {:.1}s kvm {:.1}s",
@@ -239,6 +264,7 @@ fn jit_matches_the_host_cpu() {
         cases.iter().filter(|c| !matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
         cases.iter().filter(|c| matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
         cases.iter().filter(|c| c.bits == 32).count(),
+        cases.iter().filter(|c| c.bits == 16).count(),
         by_mnemonic.len(),
         cases.len() - native_faults,
         tcg.passed,

@@ -149,9 +149,9 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
     match (want, got) {
         (Outcome::Ok(a), Outcome::Ok(b)) => {
             let mut out = Vec::new();
-            // 32-bit code: the eight registers it can name, their low halves (the
+            // 32- and 16-bit code: the eight registers it can name, their low halves (the
             // upper ones are undefined after compatibility mode).
-            let (n, m) = if case.bits == 32 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
+            let (n, m) = if case.bits != 64 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
             for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
                 if (a.gprs[i] ^ b.gprs[i]) & m != 0 {
                     out.push(format!(
@@ -193,7 +193,7 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
             mem_diff("data", super::layout::DATA_BASE, &a.data, &b.data, &mut out);
             mem_diff("stack", super::layout::STACK_BASE, &a.stack, &b.stack, &mut out);
             if let Some(rip) = b.rip {
-                let end = super::layout::CODE_BASE + case.body_len as u64 + 1;
+                let end = super::gen::code_ip(case.bits) + case.body_len as u64 + 1;
                 if rip != end {
                     out.push(format!("  halted at rip {rip:#x}, not after the case's hlt at {:#x}", end - 1));
                 }
@@ -242,7 +242,7 @@ fn x87_diff(a: &super::gen::X87, b: &super::gen::X87, init: &super::gen::X87, ou
 /// faulting one not).
 fn fault_diff(case: &Case, a: &Fault, b: &Fault) -> Result<(), String> {
     let mut out = Vec::new();
-    let (n, m) = if case.bits == 32 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
+    let (n, m) = if case.bits != 64 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
     for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
         if i != super::RSP && (a.gprs[i] ^ b.gprs[i]) & m != 0 {
             out.push(format!(

@@ -27,8 +27,10 @@ pub struct Case {
     pub index: usize,
     pub seed: u64,
     pub kind: &'static str,
-    /// The code's default operand and address size: 64 (long mode) or 32 (a 32-bit
-    /// code segment: compatibility mode natively, protected mode in the guest).
+    /// The code's default operand and address size: 64 (long mode), 32 (a 32-bit code
+    /// segment: compatibility mode natively, protected mode in the guest) or 16 (a
+    /// 16-bit code segment based at the code page: natively from the LDT, in the guest
+    /// in real mode).
     pub bits: u32,
     /// Body + `hlt`.
     pub guest_code: Vec<u8>,
@@ -67,7 +69,7 @@ impl Case {
     pub fn disassembly(&self) -> String {
         let mut out = String::new();
         let mut dec =
-            iced_x86::Decoder::with_ip(self.bits, &self.guest_code, CODE_BASE, iced_x86::DecoderOptions::NONE);
+            iced_x86::Decoder::with_ip(self.bits, &self.guest_code, code_ip(self.bits), iced_x86::DecoderOptions::NONE);
         let mut fmt = IntelFormatter::new();
         fmt.options_mut().set_hex_prefix("0x");
         fmt.options_mut().set_hex_suffix("");
@@ -76,11 +78,21 @@ impl Case {
             let ins = dec.decode();
             text.clear();
             fmt.format(&ins, &mut text);
-            let start = (ins.ip() - CODE_BASE) as usize;
+            let start = (ins.ip() - code_ip(self.bits)) as usize;
             let bytes: String = self.guest_code[start..start + ins.len()].iter().map(|b| format!("{b:02x}")).collect();
             out += &format!("  {:#08x}  {:<24} {}\n", ins.ip(), bytes, text);
         }
         out
+    }
+}
+
+/// The IP of a case's first instruction: 16-bit code runs with CS's base at
+/// [`CODE_BASE`], the others with a flat CS.
+pub fn code_ip(bits: u32) -> u64 {
+    if bits == 16 {
+        0
+    } else {
+        CODE_BASE
     }
 }
 
@@ -330,7 +342,11 @@ impl Catalog {
         for code in Code::values() {
             let oc = code.op_code();
             let m = code.mnemonic();
-            let in_mode = if bits == 64 { oc.mode64() } else { oc.mode32() };
+            let in_mode = match bits {
+                16 => oc.mode16(),
+                32 => oc.mode32(),
+                _ => oc.mode64(),
+            };
             if !in_mode || oc.decoder_option() != 0 || oc.encoding() != iced_x86::EncodingKind::Legacy {
                 continue;
             }
@@ -461,6 +477,14 @@ const JCC32: [Code; 16] = {
     ]
 };
 
+const JCC16: [Code; 16] = {
+    use Code::*;
+    [
+        Jo_rel16, Jno_rel16, Jb_rel16, Jae_rel16, Je_rel16, Jne_rel16, Jbe_rel16, Ja_rel16, Js_rel16, Jns_rel16,
+        Jp_rel16, Jnp_rel16, Jl_rel16, Jge_rel16, Jle_rel16, Jg_rel16,
+    ]
+};
+
 /// One generated operand.
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -547,6 +571,11 @@ impl<'a> Gen<'a> {
         }
         gprs[super::RBX] = RBX_INIT;
         gprs[super::RSP] = RSP_INIT;
+        if cat.bits == 16 {
+            // Offsets in DS and SS, whose bases are the buffer's and the stack's pages.
+            gprs[super::RBX] = RBX_INIT - super::layout::DATA_BASE;
+            gprs[super::RSP] = RSP_INIT - super::layout::STACK_BASE;
+        }
         let mut data = vec![0u8; DATA_SIZE];
         rng.fill(&mut data);
         let mut xmm = [[0u8; 16]; 16];
@@ -612,7 +641,11 @@ impl<'a> Gen<'a> {
 
     /// 32-bit code: eight registers, no REX.
     fn b32(&self) -> bool {
-        self.cat.bits == 32
+        self.cat.bits != 64
+    }
+
+    fn b16(&self) -> bool {
+        self.cat.bits == 16
     }
 
     fn nregs(&self) -> u64 {
@@ -625,20 +658,16 @@ impl<'a> Gen<'a> {
 
     /// General register `n` at the code's address size.
     fn gpr(&self, n: usize) -> Register {
-        if self.b32() {
-            GPR32[n]
-        } else {
-            GPR64[n]
+        match self.cat.bits {
+            16 => GPR16[n],
+            32 => GPR32[n],
+            _ => GPR64[n],
         }
     }
 
     /// The address size's displacement size (the encoder's 8 means 64-bit).
     fn dsz(&self) -> u32 {
-        if self.b32() {
-            4
-        } else {
-            8
-        }
+        self.cat.bits / 8
     }
 
     fn xmm_reg(&mut self) -> Register {
@@ -659,6 +688,9 @@ impl<'a> Gen<'a> {
     /// A memory operand in the data buffer (or now and then the stack page), aligned
     /// to `align`; may need `pre` instructions to load its index register.
     fn mem(&mut self, size: u32, align: u32, allow_index: bool, pre: &mut Vec<Instruction>) -> MemoryOperand {
+        if self.b16() {
+            return self.mem16(size, align, allow_index, pre);
+        }
         if align == 1 && self.rng.chance(1, 10) {
             // The stack, around RSP.
             let d = self.rng.range(-0x60, 0x60);
@@ -706,9 +738,38 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// 16-bit addressing: BX (the buffer's offset in DS) with SI or DI as index, or an
+    /// absolute offset.
+    fn mem16(&mut self, size: u32, align: u32, allow_index: bool, pre: &mut Vec<Instruction>) -> MemoryOperand {
+        let mut d = self.rng.range(-0x300, 0x300 - i64::from(size));
+        d -= d.rem_euclid(i64::from(align));
+        let bx_off = (RBX_INIT - super::layout::DATA_BASE) as i64;
+        if allow_index && align == 1 && self.rng.chance(1, 3) {
+            let idx = self.rng.pick(&[Register::SI, Register::DI]);
+            let v = self.rng.below(16) as u32;
+            pre.push(Instruction::with2(Code::Mov_r32_imm32, GPR32[idx.number()], v).unwrap());
+            let dsz = if (-128..128).contains(&d) && self.rng.chance(1, 2) { 1 } else { 2 };
+            return MemoryOperand::with_base_index_scale_displ_size(Register::BX, idx, 1, d, dsz);
+        }
+        match self.rng.below(8) {
+            0 => MemoryOperand::with_base_displ_size(Register::None, bx_off + d, 2),
+            _ => {
+                let dsz = if (-128..128).contains(&d) && self.rng.chance(1, 2) { 1 } else { 2 };
+                MemoryOperand::with_base_displ_size(Register::BX, d, dsz)
+            }
+        }
+    }
+
     /// A memory operand for LEA: any base, index, scale and displacement (LEA touches
     /// no memory), in 64- or 32-bit address size, or RIP-relative.
     fn lea_mem(&mut self) -> MemoryOperand {
+        if self.b16() {
+            // The 16-bit forms: BX or BP, SI or DI, either or both.
+            let base = self.rng.pick(&[Register::None, Register::BX, Register::BP]);
+            let index = self.rng.pick(&[Register::None, Register::SI, Register::DI]);
+            let d = self.rng.range(-0x8000, 0x7fff);
+            return MemoryOperand::with_base_index_scale_displ_size(base, index, 1, d, 2);
+        }
         let addr32 = self.b32() || self.rng.chance(1, 4);
         let table = if self.b32() {
             &GPR32[..8]
@@ -834,7 +895,8 @@ impl<'a> Gen<'a> {
                 }
                 K::mem_offs => {
                     let off = self.rng.range(-0x300, 0x2f8);
-                    Op::M(MemoryOperand::with_base_displ_size(Register::None, (RBX_INIT as i64) + off, self.dsz()))
+                    let base = if self.b16() { (RBX_INIT - super::layout::DATA_BASE) as i64 } else { RBX_INIT as i64 };
+                    Op::M(MemoryOperand::with_base_displ_size(Register::None, base + off, self.dsz()))
                 }
                 K::imm8_const_1 => Op::I(1),
                 _ if i > 0 || matches!(k, K::imm64) || oc.op_count() == 1 => self.imm(k, opsize),
@@ -1095,20 +1157,19 @@ impl<'a> Gen<'a> {
         match m {
             Mnemonic::Leave => {
                 // A frame to leave: PUSH rBP; MOV rBP, rSP (LEAVE pops rBP back).
-                let (push, bp) = if ins.code() == Code::Leavew {
-                    (Code::Push_r16, Register::BP)
-                } else if self.b32() {
-                    (Code::Push_r32, Register::EBP)
-                } else {
-                    (Code::Push_r64, Register::RBP)
+                // The push by LEAVE's operand size, the move by the stack's size.
+                let (push, bp) = match ins.code() {
+                    Code::Leavew => (Code::Push_r16, Register::BP),
+                    Code::Leaved => (Code::Push_r32, Register::EBP),
+                    _ => (Code::Push_r64, Register::RBP),
+                };
+                let (mov, fp, sp) = match self.cat.bits {
+                    16 => (Code::Mov_r16_rm16, Register::BP, Register::SP),
+                    32 => (Code::Mov_r32_rm32, Register::EBP, Register::ESP),
+                    _ => (Code::Mov_r64_rm64, Register::RBP, Register::RSP),
                 };
                 pre.push(Instruction::with1(push, bp).unwrap());
-                let mov = if self.b32() {
-                    Instruction::with2(Code::Mov_r32_rm32, Register::EBP, Register::ESP)
-                } else {
-                    Instruction::with2(Code::Mov_r64_rm64, Register::RBP, Register::RSP)
-                };
-                pre.push(mov.unwrap());
+                pre.push(Instruction::with2(mov, fp, sp).unwrap());
             }
             Mnemonic::Div | Mnemonic::Idiv if self.rng.chance(6, 7) => {
                 let w = match ins.op0_kind() {
@@ -1158,7 +1219,11 @@ impl<'a> Gen<'a> {
             Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b if self.rng.chance(1, 3) => {
                 let wide = m == Mnemonic::Cmpxchg16b;
                 let mo = memory_operand_of(ins);
-                let dsz = if mo.base.size() == 4 { 4 } else { 8 };
+                let dsz = match mo.base.size() {
+                    2 => 2,
+                    4 => 4,
+                    _ => 8,
+                };
                 let hi =
                     MemoryOperand { displacement: mo.displacement + if wide { 8 } else { 4 }, displ_size: dsz, ..mo };
                 let (code, a, d) = if wide {
@@ -1177,7 +1242,9 @@ impl<'a> Gen<'a> {
     fn string_op(&mut self, code: Code) {
         let m = code.mnemonic();
         let addr32 = self.b32() || self.rng.chance(1, 4);
-        let (rsi, rdi, rcx, lea) = if addr32 {
+        let (rsi, rdi, rcx, lea) = if self.b16() {
+            (Register::SI, Register::DI, Register::ECX, Code::Lea_r16_m)
+        } else if addr32 {
             (Register::ESI, Register::EDI, Register::ECX, Code::Lea_r32_m)
         } else {
             (Register::RSI, Register::RDI, Register::ECX, Code::Lea_r64_m)
@@ -1213,7 +1280,13 @@ impl<'a> Gen<'a> {
             _ if is_cmp => RepPrefixKind::Repne,
             _ => RepPrefixKind::Repe,
         };
-        let asz = if addr32 { 32 } else { 64 };
+        let asz = if self.b16() {
+            16
+        } else if addr32 {
+            32
+        } else {
+            64
+        };
         let seg = Register::None;
         use Mnemonic::*;
         let ins = match m {
@@ -1247,9 +1320,21 @@ impl<'a> Gen<'a> {
 
     /// A forward branch over the next 0..4 instructions (resolved when encoding).
     fn branch(&mut self) {
-        let b32 = self.b32();
-        let jcxz = if b32 { Code::Jecxz_rel8_32 } else { Code::Jrcxz_rel8_64 };
+        let (b16, b32) = (self.b16(), self.b32());
+        let jcxz = match self.cat.bits {
+            16 => Code::Jcxz_rel8_16,
+            32 => Code::Jecxz_rel8_32,
+            _ => Code::Jrcxz_rel8_64,
+        };
         let code = match self.rng.below(10) {
+            0 if b16 => Code::Jmp_rel16,
+            1 if b16 => self.rng.pick(&[
+                Code::Loop_rel8_16_CX,
+                Code::Loope_rel8_16_CX,
+                Code::Loopne_rel8_16_CX,
+                Code::Jcxz_rel8_16,
+            ]),
+            _ if b16 => self.rng.pick(&JCC16),
             0 if b32 => Code::Jmp_rel32_32,
             0 => Code::Jmp_rel32_64,
             1 if b32 => self.rng.pick(&[
@@ -1361,7 +1446,12 @@ impl<'a> Gen<'a> {
     fn finish(self, rflags: u64, stack: Vec<u8>, epilogue: u64, index: usize, seed: u64, kind: &'static str) -> Case {
         let n = self.items.len();
         // Fake IPs identify branch targets for the block encoder.
-        let fake_base = if self.cat.bits == 32 { 0x4000_0000u64 } else { 0x1_0000_0000 };
+        let fake_base = match self.cat.bits {
+            16 => 0x4000u64,
+            32 => 0x4000_0000,
+            _ => 0x1_0000_0000,
+        };
+        let ip = code_ip(self.cat.bits);
         let fake = |i: usize| fake_base + i as u64 * 0x20;
         let mut body: Vec<Instruction> = Vec::with_capacity(n + 1);
         let mut targets = vec![None; n];
@@ -1383,7 +1473,7 @@ impl<'a> Gen<'a> {
             all.push(t);
             let r = BlockEncoder::encode(
                 self.cat.bits,
-                InstructionBlock::new(&all, CODE_BASE),
+                InstructionBlock::new(&all, ip),
                 BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
             )
             .expect("block-encoding a case");
@@ -1391,7 +1481,11 @@ impl<'a> Gen<'a> {
             (r.code_buffer, tail_off)
         };
         let (guest_code, body_len) = encode(Instruction::with(Code::Hlt));
-        let jmp = if self.cat.bits == 32 { Code::Jmp_rel32_32 } else { Code::Jmp_rel32_64 };
+        let jmp = match self.cat.bits {
+            16 => Code::Jmp_rel16,
+            32 => Code::Jmp_rel32_32,
+            _ => Code::Jmp_rel32_64,
+        };
         let (native_code, nbody) = encode(Instruction::with_branch(jmp, epilogue).unwrap());
         assert_eq!(body_len, nbody, "native and guest bodies differ in length");
         assert_eq!(guest_code[..body_len], native_code[..body_len], "native and guest bodies differ");

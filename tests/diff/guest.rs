@@ -177,6 +177,16 @@ pub fn setup(mem: &GuestMemory, mode: Mode, idt: bool) -> SpecialRegs {
     s
 }
 
+/// 16-bit cases: real mode with CS, DS/ES and SS based at the code, buffer and stack
+/// pages (as the native run's LDT segments are), 64 KiB each.
+pub fn base_16bit_segments(s: &mut SpecialRegs) {
+    for (seg, base) in [(&mut s.cs, CODE_BASE), (&mut s.ds, DATA_BASE), (&mut s.es, DATA_BASE), (&mut s.ss, STACK_BASE)]
+    {
+        seg.base = base;
+        seg.selector = (base >> 4) as u16;
+    }
+}
+
 /// The x87/SSE state a case starts with.
 pub fn fpu_of(case: &Case) -> quern_core::regs::FpuState {
     let mut st = [[0u8; 16]; 8];
@@ -212,8 +222,9 @@ fn write_idt(mem: &GuestMemory, mode: Mode) -> DescriptorTable {
                 c.extend_from_slice(&[v as u8, 0xf4]);
                 c
             }
+            // With a CS override: 16-bit cases run with DS based elsewhere.
             Mode::Real => {
-                let mut c = vec![0xc6, 0x06];
+                let mut c = vec![0x2e, 0xc6, 0x06];
                 c.extend_from_slice(&(FAULT_SLOT as u16).to_le_bytes());
                 c.extend_from_slice(&[v as u8, 0xf4]);
                 c
@@ -251,7 +262,7 @@ pub fn load_case(mem: &GuestMemory, case: &Case) -> Regs {
     mem.write(DATA_BASE, &case.data).unwrap();
     mem.write(STACK_BASE, &case.stack).unwrap();
     mem.write(FAULT_SLOT, &[0xff]).unwrap();
-    let mut r = Regs { rip: CODE_BASE, rflags: case.rflags | flags::FIXED1, ..Default::default() };
+    let mut r = Regs { rip: super::gen::code_ip(case.bits), rflags: case.rflags | flags::FIXED1, ..Default::default() };
     r.set_gprs(case.gprs);
     r
 }
@@ -263,10 +274,23 @@ fn fault_state(vcpu: &mut dyn Vcpu, mem: &GuestMemory) -> Option<Fault> {
     let s = vcpu.sregs().ok()?;
     let mut slot = [0u8];
     mem.read(FAULT_SLOT, &mut slot).ok()?;
-    let err = matches!(slot[0], 8 | 10..=14 | 17);
+    let real = s.cr0 & ctrl::CR0_PE == 0;
+    let err = !real && matches!(slot[0], 8 | 10..=14 | 17);
     let long = s.efer & ctrl::EFER_LMA != 0;
-    let w = if long { 8 } else { 4 };
-    let sp = if long { r.rsp } else { r.rsp & 0xffff_ffff };
+    let w = if long {
+        8
+    } else if real {
+        2
+    } else {
+        4
+    };
+    let sp = if long {
+        r.rsp
+    } else if real {
+        s.ss.base + (r.rsp & 0xffff)
+    } else {
+        r.rsp & 0xffff_ffff
+    };
     let at = sp + w * (2 + u64::from(err));
     let mut f = [0u8; 8];
     mem.read(at, &mut f[..w as usize]).ok()?;

@@ -37,15 +37,79 @@ const XMMS: [AsmRegisterXmm; 16] =
 pub struct Epilogues {
     pub long: u64,
     pub compat: u64,
+    /// 16-bit code: an offset in its code segment (see [`EXIT16`]).
+    pub code16: u64,
 }
 
 impl Epilogues {
     pub fn for_bits(self, bits: u32) -> u64 {
-        if bits == 32 {
-            self.compat
-        } else {
-            self.long
+        match bits {
+            16 => self.code16,
+            32 => self.compat,
+            _ => self.long,
         }
+    }
+}
+
+/// 16-bit code's way back, at this offset of the code page (inside its segment):
+/// `jmp far USER_CS64:epilogue` (with an operand-size prefix for the 32-bit offset).
+pub const EXIT16: u64 = 0xff00;
+/// The LDT's 16-bit segments (entries 0, 1, 2; TI set, RPL 3): code based at the
+/// code page, data at the buffer's, stack at the stack's, each 64 KiB.
+const SEL_CODE16: u16 = 0x07;
+const SEL_DATA16: u16 = 0x0f;
+const SEL_STACK16: u16 = 0x17;
+/// The data and stack selectors the prologue loads (DS/ES, SS).
+const CTX_DS: u64 = 1008;
+const CTX_SS: u64 = 1010;
+
+/// Linux's `struct user_desc` for modify_ldt.
+#[repr(C)]
+struct UserDesc {
+    entry_number: u32,
+    base_addr: u32,
+    limit: u32,
+    /// seg_32bit:1, contents:2, read_exec_only:1, limit_in_pages:1,
+    /// seg_not_present:1, useable:1.
+    flags: u32,
+}
+
+/// Installs the 16-bit segments; false where the kernel refuses modify_ldt.
+///
+/// # Safety
+/// A plain system call; only in a child or a probe.
+unsafe fn install_ldt() -> bool {
+    for (entry, base, code) in [(0u32, CODE_BASE, true), (1, DATA_BASE, false), (2, STACK_BASE, false)] {
+        let d = UserDesc {
+            entry_number: entry,
+            base_addr: base as u32,
+            limit: 0xffff,
+            flags: (if code { 2 << 1 } else { 0 }) | 1 << 6,
+        };
+        // SAFETY: modify_ldt(1, desc, size) reads `d` only.
+        let r =
+            unsafe { libc::syscall(libc::SYS_modify_ldt, 1, &d as *const UserDesc, std::mem::size_of::<UserDesc>()) };
+        if r != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether this host runs 16-bit code segments for a process (modify_ldt).
+pub fn can_run_16bit() -> bool {
+    // SAFETY: the child only makes the system call and exits.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::_exit(if install_ldt() { 0 } else { 1 });
+        }
+        if pid < 0 {
+            return false;
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
     }
 }
 
@@ -69,8 +133,9 @@ pub fn stub() -> (Vec<u8>, Epilogues) {
         }
         a.mov(r15, CTX_BASE)?;
         a.mov(qword_ptr(r15 + CTX_HOST_RSP), rsp)?;
-        // DS/ES usable in compatibility mode too (harmless in 64-bit mode).
-        a.mov(eax, u32::from(USER_DS))?;
+        // DS/ES usable in compatibility mode too (harmless in 64-bit mode), or the
+        // 16-bit ones.
+        a.mov(ax, word_ptr(r15 + CTX_DS))?;
         a.mov(ds, ax)?;
         a.mov(es, ax)?;
         a.stmxcsr(dword_ptr(r15 + CTX_HOST_MXCSR))?;
@@ -92,7 +157,13 @@ pub fn stub() -> (Vec<u8>, Epilogues) {
         }
         a.mov(rsp, qword_ptr(r15 + 32u64))?;
         a.mov(r15, qword_ptr(r15 + 120u64))?;
-        // Into the case through the context's far pointer: 64-bit or 32-bit code.
+        // SS last (64-bit code ignores it), then into the case through the context's far
+        // pointer: 64-bit, 32-bit or 16-bit code.
+        a.add_instruction(Instruction::with2(
+            Code::Mov_Sreg_rm16,
+            Register::SS,
+            MemoryOperand::with_base_displ_size(Register::None, (CTX_BASE + CTX_SS) as i64, 4),
+        )?)?;
         a.add_instruction(Instruction::with1(
             Code::Jmp_m1632,
             MemoryOperand::with_base_displ_size(Register::None, (CTX_BASE + CTX_FAR) as i64, 4),
@@ -108,6 +179,11 @@ pub fn stub() -> (Vec<u8>, Epilogues) {
         for (i, &reg) in gprs.iter().enumerate().skip(1) {
             a.mov(qword_ptr(rax + 8 * i as u64), reg)?;
         }
+        // The process's own data segments back (after 16-bit code).
+        a.mov(ecx, u32::from(USER_DS))?;
+        a.mov(ss, cx)?;
+        a.mov(ds, cx)?;
+        a.mov(es, cx)?;
         a.stmxcsr(dword_ptr(rax + CTX_MXCSR))?;
         a.fxsave64(zmmword_ptr(rax + CTX_FX))?;
         // Rust expects an empty x87 stack and its own control word.
@@ -135,7 +211,7 @@ pub fn stub() -> (Vec<u8>, Epilogues) {
         code.push(0xea);
         code.extend((epi as u32).to_le_bytes());
         code.extend(USER_CS64.to_le_bytes());
-        Ok((code, Epilogues { long: epi, compat: STUB_BASE + COMPAT_EXIT }))
+        Ok((code, Epilogues { long: epi, compat: STUB_BASE + COMPAT_EXIT, code16: EXIT16 }))
     };
     r().expect("assembling the native stub")
 }
@@ -363,6 +439,20 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
         map_fixed(h, CTX_BASE, 4096, rw);
         map_fixed(h, STUB_BASE, 4096, rwx);
         std::ptr::copy_nonoverlapping(stub.as_ptr(), STUB_BASE as *mut u8, stub.len());
+        // 16-bit code's segments, and its way back (JMP ptr16:32 under an operand-size
+        // prefix) at the end of its code segment. Without modify_ldt there are no
+        // 16-bit cases (see `can_run_16bit`).
+        install_ldt();
+        let exit16 = (CODE_BASE + EXIT16) as *mut u8;
+        // The epilogue's address, from the 32-bit way back's far pointer.
+        let epi = u32::from_le_bytes(stub[COMPAT_EXIT as usize + 1..][..4].try_into().unwrap());
+        let far_jump: [u8; 8] = {
+            let mut b = [0x66, 0xea, 0, 0, 0, 0, 0, 0];
+            b[2..6].copy_from_slice(&epi.to_le_bytes());
+            b[6..8].copy_from_slice(&USER_CS64.to_le_bytes());
+            b
+        };
+        std::ptr::copy_nonoverlapping(far_jump.as_ptr(), exit16, far_jump.len());
         let ctx = CTX_BASE as *mut u64;
         let enter: extern "sysv64" fn() = std::mem::transmute::<usize, extern "sysv64" fn()>(STUB_BASE as usize);
         for (i, c) in cases.iter().enumerate().skip(start) {
@@ -375,8 +465,15 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
             }
             ctx.add(16).write_volatile(c.rflags);
             let far = ctx.cast::<u8>().add(CTX_FAR as usize);
-            (far as *mut u32).write_volatile(super::layout::CODE_BASE as u32);
-            (far.add(4) as *mut u16).write_volatile(if c.bits == 32 { USER_CS32 } else { USER_CS64 });
+            let (ip, code_sel, ds_sel, ss_sel) = match c.bits {
+                16 => (0u32, SEL_CODE16, SEL_DATA16, SEL_STACK16),
+                32 => (CODE_BASE as u32, USER_CS32, USER_DS, USER_DS),
+                _ => (CODE_BASE as u32, USER_CS64, USER_DS, USER_DS),
+            };
+            (far as *mut u32).write_volatile(ip);
+            (far.add(4) as *mut u16).write_volatile(code_sel);
+            (ctx.cast::<u8>().add(CTX_DS as usize) as *mut u16).write_volatile(ds_sel);
+            (ctx.cast::<u8>().add(CTX_SS as usize) as *mut u16).write_volatile(ss_sel);
             (ctx.add(18) as *mut u32).write_volatile(c.mxcsr);
             std::ptr::copy_nonoverlapping(c.xmm.as_ptr().cast::<u8>(), ctx.add(20).cast::<u8>(), 256);
             write_fx(CTX_BASE as *mut u8, c);
