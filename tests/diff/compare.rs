@@ -149,17 +149,7 @@ pub fn compare(case: &Case, want: &Outcome, got: &Outcome) -> Result<(), String>
     match (want, got) {
         (Outcome::Ok(a), Outcome::Ok(b)) => {
             let mut out = Vec::new();
-            // 32- and 16-bit code: the eight registers it can name, their low halves (the
-            // upper ones are undefined after compatibility mode).
-            let (n, m) = if case.bits != 64 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
-            for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
-                if (a.gprs[i] ^ b.gprs[i]) & m != 0 {
-                    out.push(format!(
-                        "  {name:<4} expected {:#018x} got {:#018x} (initial {:#018x})",
-                        a.gprs[i], b.gprs[i], case.gprs[i]
-                    ));
-                }
-            }
+            gpr_diff(case, &a.gprs, &b.gprs, false, &mut out);
             let mask = (STATUS & !case.undefined_flags) | DF;
             if (a.rflags ^ b.rflags) & mask != 0 {
                 out.push(format!(
@@ -237,20 +227,28 @@ fn x87_diff(a: &super::gen::X87, b: &super::gen::X87, init: &super::gen::X87, ou
     }
 }
 
+/// The general registers' differences: for 32- and 16-bit code the eight registers it
+/// can name and their low halves (the upper ones are undefined after compatibility
+/// mode); `at_fault`: RSP aside (exception and signal frames differ).
+fn gpr_diff(case: &Case, a: &[u64; 16], b: &[u64; 16], at_fault: bool, out: &mut Vec<String>) {
+    let (n, m) = if case.bits != 64 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
+    let at = if at_fault { "at the fault: " } else { "" };
+    for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
+        if !(at_fault && i == super::RSP) && (a[i] ^ b[i]) & m != 0 {
+            out.push(format!(
+                "  {at}{name:<4} expected {:#018x} got {:#018x} (initial {:#018x})",
+                a[i], b[i], case.gprs[i]
+            ));
+        }
+    }
+}
+
 /// The precise state at a fault: registers (RSP aside) and the status flags defined
 /// wherever the fault happened, and the data buffer (the stores before it done, the
 /// faulting one not).
 fn fault_diff(case: &Case, a: &Fault, b: &Fault) -> Result<(), String> {
     let mut out = Vec::new();
-    let (n, m) = if case.bits != 64 { (8, u64::from(u32::MAX)) } else { (16, u64::MAX) };
-    for (i, name) in GPR_NAMES.iter().enumerate().take(n) {
-        if i != super::RSP && (a.gprs[i] ^ b.gprs[i]) & m != 0 {
-            out.push(format!(
-                "  at the fault: {name:<4} expected {:#018x} got {:#018x} (initial {:#018x})",
-                a.gprs[i], b.gprs[i], case.gprs[i]
-            ));
-        }
-    }
+    gpr_diff(case, &a.gprs, &b.gprs, true, &mut out);
     let mask = (STATUS & !case.undefined_at_faults) | DF;
     if (a.rflags ^ b.rflags) & mask != 0 {
         out.push(format!(

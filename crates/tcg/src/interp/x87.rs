@@ -89,15 +89,7 @@ pub(crate) fn round_bin(sign: bool, m: u64, e: i32, p: u32, ebits: u32, rc: u32)
     } else if e + bias >= (1 << ebits) - 1 {
         // Far beyond the format (an 80-bit value narrowed): overflow, whatever the
         // rounding (the exponent field must not be computed, it would not fit).
-        let max_exp = (1u64 << ebits) - 1;
-        let inf = max_exp << (p - 1);
-        let to_inf = match rc {
-            RC_NEAR => true,
-            RC_DOWN => sign,
-            RC_UP => !sign,
-            _ => false,
-        };
-        return (sbit | if to_inf { inf } else { inf - 1 }, F_OE | F_PE);
+        return overflowed(sign, p, ebits, rc);
     }
     let (q, rem, half) = if d >= 65 {
         (0u64, 1u128, 2u128) // everything below half of the last place: sticky only
@@ -124,19 +116,24 @@ pub(crate) fn round_bin(sign: bool, m: u64, e: i32, p: u32, ebits: u32, rc: u32)
     }
     let field = if tiny { 0 } else { ((e + bias - 1) as u64) << (p - 1) };
     let bits = field + q;
-    let max_exp = (1u64 << ebits) - 1;
-    if bits >> (p - 1) >= max_exp {
-        // Overflow: infinity or the largest finite value, by mode and sign.
-        let inf = max_exp << (p - 1);
-        let to_inf = match rc {
-            RC_NEAR => true,
-            RC_DOWN => sign,
-            RC_UP => !sign,
-            _ => false,
-        };
-        return (sbit | if to_inf { inf } else { inf - 1 }, F_OE | F_PE);
+    if bits >> (p - 1) >= (1u64 << ebits) - 1 {
+        return overflowed(sign, p, ebits, rc);
     }
     (sbit | bits, flags)
+}
+
+/// An overflow's result in a binary format: infinity or the largest finite value, by
+/// rounding mode and sign, with OE and PE.
+fn overflowed(sign: bool, p: u32, ebits: u32, rc: u32) -> (u64, u32) {
+    let sbit = u64::from(sign) << (p - 1 + ebits);
+    let inf = ((1u64 << ebits) - 1) << (p - 1);
+    let to_inf = match rc {
+        RC_NEAR => true,
+        RC_DOWN => sign,
+        RC_UP => !sign,
+        _ => false,
+    };
+    (sbit | if to_inf { inf } else { inf - 1 }, F_OE | F_PE)
 }
 
 /// The basic IEEE operations shared by the x87 and SSE code.
