@@ -885,7 +885,9 @@ enum Arith {
 
 /// `a op b` with x87 NaN and exception rules, rounded as FCW says (see [`super::f80`]);
 /// sets C1 to the round-up indication.
-fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
+/// `denormal_source`: an operand was a denormal m32/m64 (normal once widened), which
+/// counts as a denormal operand.
+fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80, denormal_source: bool) -> F80 {
     cpu.state.fpu.fsw &= !C1;
     if a.is_unsupported() || b.is_unsupported() {
         raise(cpu, IE);
@@ -916,7 +918,9 @@ fn arith(cpu: &mut Cpu, op: Arith, a: F80, b: F80) -> F80 {
         };
         return r.quiet();
     }
-    if a.is_denormal() || b.is_denormal() {
+    // A division of a finite number by zero reports ZE alone.
+    let zero_divide = op == Arith::Div && b.is_zero() && !a.is_zero() && !a.is_inf();
+    if !zero_divide && (denormal_source || a.is_denormal() || b.is_denormal()) {
         raise(cpu, DE);
     }
     let (p, rc) = (f80::precision(cpu.state.fpu.fcw), rc(cpu));
@@ -1185,15 +1189,9 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
                 return Ok(());
             }
             let a = raw(cpu, dst);
-            let b = match src {
-                Some(s) => raw(cpu, s),
-                None => {
-                    let (b, denormal) = load_mem_quiet(cpu, ins)?;
-                    if denormal && !a.is_nan() && !a.is_unsupported() {
-                        raise(cpu, DE);
-                    }
-                    b
-                }
+            let (b, denormal) = match src {
+                Some(s) => (raw(cpu, s), false),
+                None => load_mem_quiet(cpu, ins)?,
             };
             let (op, rev) = match m {
                 Fadd | Faddp | Fiadd => (Arith::Add, false),
@@ -1203,7 +1201,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
                 Fdiv | Fdivp | Fidiv => (Arith::Div, false),
                 _ => (Arith::Div, true),
             };
-            let r = if rev { arith(cpu, op, b, a) } else { arith(cpu, op, a, b) };
+            let r = if rev { arith(cpu, op, b, a, denormal) } else { arith(cpu, op, a, b, denormal) };
             set_st(cpu, dst, r);
             if pops {
                 pop(cpu);
@@ -1267,7 +1265,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         Fscale => {
             let (a, b) = (st(cpu, 0), st(cpu, 1));
             let r = if a.is_nan() || b.is_nan() {
-                arith(cpu, Arith::Add, a, b)
+                arith(cpu, Arith::Add, a, b, false)
             } else if a.is_zero() || a.is_inf() || b.is_inf() {
                 // Infinite scales: 0 × 2^+inf and inf × 2^-inf are invalid.
                 if b.is_inf() && ((a.is_zero() && !b.sign()) || (a.is_inf() && b.sign())) {
@@ -1305,6 +1303,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             let empty = is_empty(cpu, 0);
             if empty || push_overflows(cpu) || raw(cpu, 0).is_unsupported() {
                 // Both halves are the indefinite; C1 tells an overflow from the rest.
+                cpu.state.fpu.fsw &= !C1;
                 let overflow = !empty && push_overflows(cpu);
                 if empty || overflow {
                     underflow(cpu, Some(0));
@@ -1342,7 +1341,8 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         Fprem | Fprem1 => {
             let (a, b) = (st(cpu, 0), st(cpu, 1));
             if a.is_nan() || b.is_nan() || a.is_inf() || b.is_zero() {
-                let r = if a.is_nan() || b.is_nan() { arith(cpu, Arith::Add, a, b) } else { finish(cpu, f64::NAN) };
+                let r =
+                    if a.is_nan() || b.is_nan() { arith(cpu, Arith::Add, a, b, false) } else { finish(cpu, f64::NAN) };
                 set_st(cpu, 0, r);
                 set_cc(cpu, 0);
             } else {
@@ -1410,7 +1410,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         Fpatan | Fyl2x | Fyl2xp1 => {
             let (a, b) = (st(cpu, 0), st(cpu, 1));
             let r = if a.is_nan() || b.is_nan() {
-                arith(cpu, Arith::Add, a, b)
+                arith(cpu, Arith::Add, a, b, false)
             } else {
                 let (x, y) = (a.to_f64(), b.to_f64());
                 match m {
