@@ -269,13 +269,11 @@ pub fn load_case(mem: &GuestMemory, case: &Case) -> Regs {
 
 /// The state an exception found: the handler changes no general register, and
 /// RFLAGS is in the frame it was given (after the error code, if any, RIP and CS).
-fn fault_state(vcpu: &mut dyn Vcpu, mem: &GuestMemory) -> Option<Fault> {
+fn fault_state(vcpu: &mut dyn Vcpu, mem: &GuestMemory, vector: u8) -> Option<Fault> {
     let r = vcpu.regs().ok()?;
     let s = vcpu.sregs().ok()?;
-    let mut slot = [0u8];
-    mem.read(FAULT_SLOT, &mut slot).ok()?;
     let real = s.cr0 & ctrl::CR0_PE == 0;
-    let err = !real && matches!(slot[0], 8 | 10..=14 | 17);
+    let err = !real && matches!(vector, 8 | 10..=14 | 17);
     let long = s.efer & ctrl::EFER_LMA != 0;
     let w = if long {
         8
@@ -325,7 +323,7 @@ pub fn run_case(
     let mut slot = [0u8];
     mem.read(FAULT_SLOT, &mut slot).unwrap();
     if slot[0] != 0xff {
-        return Outcome::Exception(slot[0], fault_state(vcpu, mem).map(Box::new));
+        return Outcome::Exception(slot[0], fault_state(vcpu, mem, slot[0]).map(Box::new));
     }
     let r = match vcpu.regs() {
         Ok(r) => r,

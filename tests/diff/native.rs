@@ -406,7 +406,7 @@ extern "C" fn on_fault(sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_v
     }
 }
 
-unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> ! {
+unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8], epilogue: u64) -> ! {
     let h = shared.header();
     // SAFETY: plain libc calls in a single-threaded child; pointers are into our
     // own fixed mappings (checked by map_fixed) and the shared area.
@@ -444,8 +444,7 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
         // 16-bit cases (see `can_run_16bit`).
         install_ldt();
         let exit16 = (CODE_BASE + EXIT16) as *mut u8;
-        // The epilogue's address, from the 32-bit way back's far pointer.
-        let epi = u32::from_le_bytes(stub[COMPAT_EXIT as usize + 1..][..4].try_into().unwrap());
+        let epi = epilogue as u32;
         let far_jump: [u8; 8] = {
             let mut b = [0x66, 0xea, 0, 0, 0, 0, 0, 0];
             b[2..6].copy_from_slice(&epi.to_le_bytes());
@@ -498,7 +497,7 @@ unsafe fn child(cases: &[Case], start: usize, shared: &Shared, stub: &[u8]) -> !
 
 /// Runs every case natively; one outcome per case.
 pub fn run(cases: &[Case]) -> Vec<Outcome> {
-    let (stub, _) = stub();
+    let (stub, epilogues) = stub();
     let shared = Shared::new(cases.len().max(1));
     let mut start = 0;
     while start < cases.len() {
@@ -510,7 +509,7 @@ pub fn run(cases: &[Case]) -> Vec<Outcome> {
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
             // SAFETY: we are the child.
-            unsafe { child(cases, start, &shared, &stub) };
+            unsafe { child(cases, start, &shared, &stub, epilogues.long) };
         }
         let mut status = 0;
         // SAFETY: waiting for our own child.

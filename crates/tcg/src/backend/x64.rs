@@ -433,7 +433,7 @@ struct Emit<'a> {
     /// Index of the op after the current instruction's last.
     insn_end: usize,
     /// The flag record's values stay pending instead of going to their globals (see
-    /// `Alloc::ccv`): blocks without a loop.
+    /// `Alloc::ccv`): blocks without a loop shorter than `SHORT_LOOP`.
     pending_cc: bool,
     /// The op being emitted.
     cur: usize,
@@ -990,15 +990,15 @@ impl<'a> Emit<'a> {
         match op {
             Op::Insn { .. } => {}
             Op::Const { d, v } => self.a.loc[d.0 as usize] = Loc::Const(v),
-            Op::Get { d, g } => match self.gmap[g.index()] {
-                Some(_) => self.alias(d, g.index()),
-                None if cc_index(g.index()).is_some_and(|k| self.a.ccv[k].is_some()) => {
-                    let v = self.a.ccv[cc_index(g.index()).unwrap()].unwrap();
+            Op::Get { d, g } => match (self.gmap[g.index()], cc_index(g.index()).and_then(|k| self.a.ccv[k])) {
+                (Some(_), _) => self.alias(d, g.index()),
+                // A pending flag-record value: the state does not have it yet.
+                (None, Some(v)) => {
                     let r = self.alloc(&[]);
                     self.mov_loc(r, v);
                     self.define(d, r);
                 }
-                None => {
+                (None, None) => {
                     let r = self.alloc(&[]);
                     let o = g.offset();
                     dynasm!(self.ops ; .arch x64 ; mov Rq(r), [r14 + o]);

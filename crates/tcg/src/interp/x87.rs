@@ -569,17 +569,21 @@ fn set_st(cpu: &mut Cpu, i: usize, v: F80) {
 }
 
 fn push(cpu: &mut Cpu, v: F80) {
-    let t = (top(cpu) + 7) & 7;
-    let overflow = cpu.state.fpu.ftw & (1 << t) != 0;
-    set_top(cpu, t);
-    cpu.state.fpu.st.rotate_right(1);
-    if overflow {
+    if push_overflows(cpu) {
         cpu.state.fpu.fsw |= C1;
         raise(cpu, IE | SF);
-        set_st(cpu, 0, F80::INDEFINITE);
+        push_raw(cpu, F80::INDEFINITE);
     } else {
-        set_st(cpu, 0, v);
+        push_raw(cpu, v);
     }
+}
+
+/// Pushes `v` whether or not the register is full: a fault's masked response that
+/// the caller has reported.
+fn push_raw(cpu: &mut Cpu, v: F80) {
+    set_top(cpu, (top(cpu) + 7) & 7);
+    cpu.state.fpu.st.rotate_right(1);
+    set_st(cpu, 0, v);
 }
 
 fn pop(cpu: &mut Cpu) {
@@ -1101,9 +1105,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             if ins.op0_kind() != OpKind::Memory && is_empty(cpu, sti(ins.op0_register())) {
                 // Underflow outranks a full stack: C1 stays clear.
                 underflow(cpu, None);
-                let t = (top(cpu) + 7) & 7;
-                cpu.state.fpu.ftw &= !(1 << t);
-                push(cpu, F80::INDEFINITE);
+                push_raw(cpu, F80::INDEFINITE);
                 return Ok(());
             }
             // A full stack takes the indefinite without the operand's own flags.
@@ -1311,9 +1313,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
                     raise(cpu, IE);
                     set_st(cpu, 0, F80::INDEFINITE);
                 }
-                let t = (top(cpu) + 7) & 7;
-                cpu.state.fpu.ftw &= !(1 << t);
-                push(cpu, F80::INDEFINITE);
+                push_raw(cpu, F80::INDEFINITE);
                 if overflow {
                     cpu.state.fpu.fsw |= C1;
                 }
