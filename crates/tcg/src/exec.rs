@@ -960,6 +960,71 @@ mod tests {
         assert_eq!(live(crate::mmu::MMU_USER), [], "user pages are not global");
     }
 
+    /// Real-mode `main` (at 0000:1000) run to its HLT; returns the words it stored
+    /// at 0x600...
+    fn real_mode_words(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, n: usize) -> Vec<u16> {
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        let mut a = CodeAssembler::new(16).unwrap();
+        main(&mut a).unwrap();
+        mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+        let (mut r, mut s) = regs::power_on_state();
+        s.cs = regs::Segment::real_mode(0, true);
+        r.rip = 0x1000;
+        r.rsp = 0x8000;
+        vcpu.set_sregs(&s).unwrap();
+        vcpu.set_regs(&r).unwrap();
+        assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted);
+        (0..n).map(|i| mem.read_u16(0x600 + 2 * i as u64).unwrap()).collect()
+    }
+
+    /// CF (and OF) set over a flag record only the state holds (after an interpreted
+    /// OUT, the flags are the state's): BT and CLC keep OF and ZF, a rotate replaces
+    /// OF, each reaching the state as the older operation with the new bits beside.
+    #[test]
+    fn carry_over_a_record_in_the_state_keeps_the_other_flags() {
+        const CF: u16 = 1;
+        const ZF: u16 = 1 << 6;
+        const OF: u16 = 1 << 11;
+        let w = real_mode_words(
+            |a| {
+                a.mov(ax, 0x8000u32)?;
+                a.add(ax, ax)?; // CF, OF, ZF (and PF)
+                a.out(0x80, al)?;
+                a.xor(bx, bx)?; // (flags; the record then stays the state's: a fresh block)
+                a.out(0x80, al)?;
+                a.mov(bx, 1u32)?;
+                a.add(ax, ax)?; // CF=0 OF=0 ZF=1
+                a.out(0x80, al)?;
+                a.bt(bx, 0u32)?; // CF=1, OF and ZF kept
+                a.out(0x80, al)?;
+                a.pushf()?;
+                a.pop(word_ptr(0x600))?;
+                a.mov(dx, 0x1000u32)?;
+                a.add(dx, dx)?; // OF=0, CF=0, ZF=0
+                a.out(0x80, al)?;
+                a.rol(bx, 15u32)?; // bx = 0x8000: CF=0 (and OF undefined for counts > 1)
+                a.rol(bx, 1u32)?; // bx = 1: CF=1, OF = msb ^ CF = 1
+                a.out(0x80, al)?;
+                a.clc()?; // CF=0, OF kept from the rotate
+                a.out(0x80, al)?;
+                a.pushf()?;
+                a.pop(word_ptr(0x602))?;
+                a.stc()?;
+                a.cmc()?;
+                a.cmc()?;
+                a.pushf()?;
+                a.pop(word_ptr(0x604))?;
+                a.hlt()
+            },
+            3,
+        );
+        let st = |f: u16| f & (CF | ZF | OF);
+        assert_eq!(st(w[0]), CF | ZF, "bt after an add in the state: {:#x}", w[0]);
+        assert_eq!(st(w[1]), OF, "clc after a rotate in the state: {:#x}", w[1]);
+        assert_eq!(st(w[2]), CF | OF, "stc; cmc; cmc: {:#x}", w[2]);
+    }
+
     /// An interrupt waiting at STI is taken after the one instruction in STI's shadow,
     /// before anything else in the block (here the CLI that closes the window).
     #[test]

@@ -53,14 +53,17 @@ pub struct CcOp(pub u32);
 
 impl CcOp {
     pub const EFLAGS: CcOp = CcOp(0);
-    /// Set on a record whose CF and OF a later rotate replaced: CF is then bit
-    /// [`CcOp::ROTATED_CF`] of the operation and OF bit [`CcOp::ROTATED_OF`], and
-    /// the low byte names the record the other flags come from. It lets a rotate's
-    /// flags reach the state without computing the older record's (a rotate followed
-    /// by a memory access that may fault, as in MD5 and SHA rounds).
+    /// Set on a record whose CF (and OF) a later instruction replaced: CF is then bit
+    /// [`CcOp::ROTATED_CF`] of the operation, OF bit [`CcOp::ROTATED_OF`] when bit
+    /// [`CcOp::ROTATED_HAS_OF`] is set (a rotate) and the record's own otherwise (CLC,
+    /// BT..), and the low byte names the record the other flags come from. It lets
+    /// such flags reach the state without computing the older record's (a rotate
+    /// followed by a memory access that may fault, as in MD5 and SHA rounds; a BT at
+    /// a block's start, whose older record is only in the state).
     pub const ROTATED: u32 = 1 << 8;
     pub const ROTATED_CF: u32 = 9;
     pub const ROTATED_OF: u32 = 10;
+    pub const ROTATED_HAS_OF: u32 = 11;
 
     pub fn new(kind: CcKind, width: Width) -> Self {
         CcOp((kind as u32) << 2 | width.trailing_zeros())
@@ -119,10 +122,14 @@ fn zsp(res: u64, width: Width) -> u64 {
 /// record is [`CcKind::Eflags`].
 pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
     if op.0 & CcOp::ROTATED != 0 {
-        let rest = compute(CcOp(op.0 & 0xff), dst, src, src2, eflags) & !(CF | OF);
+        let has_of = op.0 >> CcOp::ROTATED_HAS_OF & 1 != 0;
+        let base = compute(CcOp(op.0 & 0xff), dst, src, src2, eflags);
         let cf = u64::from(op.0 >> CcOp::ROTATED_CF & 1) * CF;
+        if !has_of {
+            return base & !CF | cf;
+        }
         let of = u64::from(op.0 >> CcOp::ROTATED_OF & 1) * OF;
-        return rest | cf | of;
+        return base & !(CF | OF) | cf | of;
     }
     let w = op.width();
     let m = mask(w);
@@ -267,7 +274,8 @@ mod tests {
                     CcOp::new(CcKind::Add, 4).0
                         | CcOp::ROTATED
                         | (cf as u32) << CcOp::ROTATED_CF
-                        | (of as u32) << CcOp::ROTATED_OF,
+                        | (of as u32) << CcOp::ROTATED_OF
+                        | 1 << CcOp::ROTATED_HAS_OF,
                 );
                 assert_eq!(op.kind(), CcKind::Add);
                 let got = compute(op, sum, b, 0, 0);

@@ -1059,6 +1059,14 @@ impl<'a> Emit<'a> {
                 dynasm!(self.ops ; .arch x64 ; mov [r14 + off::CC_OP], Rd(r));
                 self.a.cc = CcState::Stored;
             }
+            Op::GetCcOp { d } => match self.a.cc {
+                CcState::Pending(k) => self.a.loc[d.0 as usize] = Loc::Const(u64::from(k)),
+                CcState::Stored => {
+                    let r = self.alloc(&[]);
+                    dynasm!(self.ops ; .arch x64 ; mov Rd(r), [r14 + off::CC_OP]);
+                    self.define(d, r);
+                }
+            },
             Op::Load { w, d, addr } => return self.load(i, w, d, addr, &op),
             Op::VLoad { w, d, addr, align } => return self.vload(i, w, d, addr, align, &op),
             Op::VStore { w, addr, s, align } => return self.vstore(i, w, addr, s, align, &op),
@@ -1538,11 +1546,18 @@ impl<'a> Emit<'a> {
                 self.define_at(d, rd);
             }
             _ => {
-                // Commutative operations take the dying register as the destination.
-                let swap = matches!(op, Bin::Add | Bin::And | Bin::Or | Bin::Xor | Bin::Mul)
-                    && !matches!(self.a.loc[a.0 as usize], Loc::Reg(_))
-                    && matches!(self.a.loc[b.0 as usize], Loc::Reg(_))
-                    && self.is_dead_after(b, i);
+                // Commutative operations take as the destination the operand already
+                // in the register the result is headed for, else the dying register.
+                let commutes = matches!(op, Bin::Add | Bin::And | Bin::Or | Bin::Xor | Bin::Mul);
+                let headed = self.target[d.0 as usize].map(Loc::Global);
+                let swap = commutes
+                    && if headed.is_some_and(|t| self.a.loc[a.0 as usize] == t || self.a.loc[b.0 as usize] == t) {
+                        self.a.loc[b.0 as usize] == headed.unwrap()
+                    } else {
+                        !matches!(self.a.loc[a.0 as usize], Loc::Reg(_))
+                            && matches!(self.a.loc[b.0 as usize], Loc::Reg(_))
+                            && self.is_dead_after(b, i)
+                    };
                 let (a, b) = if swap { (b, a) } else { (a, b) };
                 let rb = if op == Bin::Mul { Operand::Reg(self.reg(b, &[])) } else { self.operand(b, &[]) };
                 let lock = match rb {
@@ -1797,11 +1812,19 @@ impl<'a> Emit<'a> {
     fn load(&mut self, i: usize, w: Width, d: Val, addr: Val, op: &Op) {
         let k = self.konst(addr);
         let ra = self.reg(addr, &[]);
+        // A global's register the value is headed for is the destination when free of
+        // other values (moved out before the state is captured): the load writes it
+        // last, and the slow path stores the old value before.
+        let headed = self.target[d.0 as usize].map(|g| {
+            let h = self.gmap[g as usize].expect("targets are mapped");
+            self.evict_aliases(g as usize, &[ra, h]);
+            h
+        });
         let sync = self.sync_now();
         self.free_dead(i, op);
-        // Allocated before the probe (a spill must not sit on the fast path only), and
-        // apart from the address: the slow path reads both.
-        let rd = self.alloc(&[ra]);
+        // Otherwise allocated before the probe (a spill must not sit on the fast path
+        // only), and apart from the address: the slow path reads both.
+        let rd = headed.unwrap_or_else(|| self.alloc(&[ra]));
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
         self.probe(ra, k, w, entry_off::READ, miss);
@@ -1814,7 +1837,7 @@ impl<'a> Emit<'a> {
         dynasm!(self.ops ; .arch x64 ; =>resume);
         let dst = LoadDst::Reg(rd);
         self.deferred.push(Deferred::Load { at: miss, resume, d: dst, w, addr: ra, rip: self.rip, sync });
-        self.define(d, rd);
+        self.define_at(d, rd);
     }
 
     fn store(&mut self, i: usize, w: Width, addr: Val, s: Val, op: &Op) {

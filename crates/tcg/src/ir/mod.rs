@@ -522,6 +522,10 @@ pub enum Op {
         div: Val,
     },
     SetCcOp(CcOpSrc),
+    /// d = the state's `cc_op` (as last set: a pending [`Op::SetCcOp`] included).
+    GetCcOp {
+        d: Val,
+    },
     /// d = guest memory at linear address `addr`, `w` bytes, zero-extended.
     Load {
         w: Width,
@@ -636,6 +640,7 @@ impl Op {
         match *self {
             Op::Const { d, .. }
             | Op::Get { d, .. }
+            | Op::GetCcOp { d }
             | Op::Bin { d, .. }
             | Op::Un { d, .. }
             | Op::Setcond { d, .. }
@@ -731,6 +736,7 @@ impl Op {
             self,
             Op::Const { .. }
                 | Op::Get { .. }
+                | Op::GetCcOp { .. }
                 | Op::Bin { .. }
                 | Op::Un { .. }
                 | Op::Setcond { .. }
@@ -802,6 +808,12 @@ impl Block {
     pub fn konst(&mut self, v: u64) -> Val {
         let d = self.fresh();
         self.push(Op::Const { d, v });
+        d
+    }
+
+    pub fn get_cc_op(&mut self) -> Val {
+        let d = self.fresh();
+        self.push(Op::GetCcOp { d });
         d
     }
 
@@ -929,6 +941,7 @@ impl fmt::Display for Block {
                 Op::TrapIf { t, vector } => writeln!(f, "trap_if {t} -> #{vector}")?,
                 Op::SetCcOp(CcOpSrc::Const(c)) => writeln!(f, "cc_op = {:?}.{}", c.kind(), c.width())?,
                 Op::SetCcOp(CcOpSrc::Val(v)) => writeln!(f, "cc_op = {v}")?,
+                Op::GetCcOp { d } => writeln!(f, "{d} = cc_op")?,
                 Op::Load { w, d, addr } => writeln!(f, "{d} = load.{w} [{addr}]")?,
                 Op::Store { w, addr, s } => writeln!(f, "store.{w} [{addr}], {s}")?,
                 Op::Call { helper, d } => writeln!(f, "{d} = call {helper:?}")?,

@@ -344,6 +344,13 @@ fn dead_code(b: &mut Block) {
                 }
                 needed
             }
+            Op::GetCcOp { d } => {
+                let needed = live[d.0 as usize];
+                if needed {
+                    cc_op_overwritten = false;
+                }
+                needed
+            }
             _ => op.has_effect() || op.def().is_some_and(|d| live[d.0 as usize]),
         };
         if !needed {

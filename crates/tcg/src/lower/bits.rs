@@ -28,8 +28,6 @@ fn bit_test(l: &mut Lower) {
     let ins = l.ins;
     let w = l.width(0);
     let bits = 8 * w as u64;
-    // OF is kept: read it before the memory access.
-    let of = l.flags.overflow(&mut l.b);
     let off = l.read(1);
     let addr = match (ins.op0_kind(), ins.op1_kind()) {
         (OpKind::Memory, OpKind::Register) => {
@@ -66,7 +64,7 @@ fn bit_test(l: &mut Lower) {
             None => l.write(0, new, None),
         }
     }
-    l.flags.set_cf_of(&mut l.b, cf, of);
+    l.flags.set_cf(cf);
 }
 
 /// BSF, BSR (ZF = source is 0, the destination then unchanged), TZCNT, LZCNT (CF =

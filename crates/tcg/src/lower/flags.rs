@@ -29,12 +29,15 @@ pub struct Rec {
     pub a: Option<Val>,
 }
 
-/// CF and OF set by a rotate over an older record that supplies the other flags.
+/// CF (and OF) set by a rotate, CLC, BT.. over an older record that supplies the
+/// other flags.
 #[derive(Clone, Copy, Debug)]
 pub struct Rotated {
+    /// None: the older record is the state's.
     pub base: Option<Rec>,
     pub cf: Val,
-    pub of: Val,
+    /// None: the older record's OF.
+    pub of: Option<Val>,
     /// The state's record already says the same.
     pub stored: bool,
 }
@@ -89,17 +92,26 @@ impl Flags {
     }
 
     /// A rotate set CF and OF; the other flags stay as they were.
-    pub fn set_cf_of(&mut self, b: &mut Block, cf: Val, of: Val) {
-        let base = match self.state {
+    pub fn set_cf_of(&mut self, cf: Val, of: Val) {
+        self.state = State::Rotated(Rotated { base: self.base(), cf, of: Some(of), stored: false });
+    }
+
+    /// CF changed, the other flags kept (CLC, STC, CMC, BT..).
+    pub fn set_cf(&mut self, cf: Val) {
+        let of = match self.state {
+            State::Rotated(r) => r.of,
+            _ => None,
+        };
+        self.state = State::Rotated(Rotated { base: self.base(), cf, of, stored: false });
+    }
+
+    /// The record the flags other than CF and OF come from (None: the state's).
+    fn base(&self) -> Option<Rec> {
+        match self.state {
             State::Current => None,
             State::Rec { rec, .. } => Some(rec),
             State::Rotated(r) => r.base,
-        };
-        // The base must stay readable from the state if it was there.
-        if base.is_none() {
-            self.sync(b);
         }
-        self.state = State::Rotated(Rotated { base, cf, of, stored: false });
     }
 
     /// Makes the state's record describe the current flags.
@@ -111,25 +123,45 @@ impl Flags {
                 self.state = State::Rec { rec, stored: true };
             }
             State::Rotated(r) => {
-                if let Some(rec) = r.base.filter(|rec| rec.op.kind() != CcKind::Flags) {
-                    // The older record with the rotate's CF and OF beside it (see
+                if r.base.is_none_or(|rec| rec.op.kind() != CcKind::Flags) {
+                    // The older record with the new CF (and OF) beside it (see
                     // `CcOp::ROTATED`): no flags computed now.
-                    b.set(Global::CcDst, rec.dst);
-                    b.set(Global::CcSrc, rec.src);
-                    b.set(Global::CcSrc2, rec.src2);
+                    let (base_op, clear) = match r.base {
+                        Some(rec) => {
+                            b.set(Global::CcDst, rec.dst);
+                            b.set(Global::CcSrc, rec.src);
+                            b.set(Global::CcSrc2, rec.src2);
+                            (b.konst(u64::from(rec.op.0)), 0)
+                        }
+                        // The state's own, perhaps itself with a CF (and OF) beside
+                        // it: those bits replaced, an OF kept when none is new.
+                        None if r.of.is_some() => (b.get_cc_op(), 7 << CcOp::ROTATED_CF),
+                        None => (b.get_cc_op(), 1 << CcOp::ROTATED_CF),
+                    };
+                    let base_op = b.bin_k(Bin::And, 8, base_op, !clear);
                     let c = b.bin_k(Bin::Shl, 8, r.cf, CcOp::ROTATED_CF as u64);
-                    let o = b.bin_k(Bin::Shl, 8, r.of, CcOp::ROTATED_OF as u64);
-                    let co = b.bin(Bin::Or, 8, c, o);
-                    let op = b.bin_k(Bin::Or, 8, co, u64::from(rec.op.0 | CcOp::ROTATED));
+                    let mut op = b.bin(Bin::Or, 8, base_op, c);
+                    if let Some(of) = r.of {
+                        let o = b.bin_k(Bin::Shl, 8, of, CcOp::ROTATED_OF as u64);
+                        op = b.bin(Bin::Or, 8, op, o);
+                    }
+                    let has_of = if r.of.is_some() { 1 << CcOp::ROTATED_HAS_OF } else { 0 };
+                    let op = b.bin_k(Bin::Or, 8, op, u64::from(CcOp::ROTATED | has_of));
                     b.push(Op::SetCcOp(CcOpSrc::Val(op)));
                     self.state = State::Rotated(Rotated { stored: true, ..r });
                     return;
                 }
                 let all = self.all_from(b, r.base);
-                let keep = b.bin_k(Bin::And, 8, all, !(CF | OF));
-                let with_c = b.bin(Bin::Or, 8, keep, r.cf);
-                let o = b.bin_k(Bin::Shl, 8, r.of, 11);
-                let merged = b.bin(Bin::Or, 8, with_c, o);
+                let (cleared, new_of) = match r.of {
+                    Some(of) => (CF | OF, Some(of)),
+                    None => (CF, None),
+                };
+                let keep = b.bin_k(Bin::And, 8, all, !cleared);
+                let mut merged = b.bin(Bin::Or, 8, keep, r.cf);
+                if let Some(of) = new_of {
+                    let o = b.bin_k(Bin::Shl, 8, of, 11);
+                    merged = b.bin(Bin::Or, 8, merged, o);
+                }
                 let zero = b.konst(0);
                 let rec = Rec { op: CcOp::new(CcKind::Flags, 8), dst: zero, src: merged, src2: zero, a: None };
                 store_rec(b, &rec);
@@ -175,13 +207,6 @@ impl Flags {
         self.bit(b, Bit::O)
     }
 
-    /// CF changed, the other flags kept (CLC, STC, CMC, BT..): read OF before any
-    /// memory access of the instruction, then [`Flags::set_cf_of`] with it.
-    pub fn set_cf(&mut self, b: &mut Block, cf: Val) {
-        let of = self.overflow(b);
-        self.set_cf_of(b, cf, of);
-    }
-
     /// All six status flags (with AF) as one value in EFLAGS' layout.
     pub fn all(&mut self, b: &mut Block) -> Val {
         if let State::Rec { rec, .. } = self.state {
@@ -207,9 +232,9 @@ impl Flags {
     fn bit(&mut self, b: &mut Block, bit: Bit) -> Val {
         let rec = match self.rec(b) {
             Ok(rec) => rec,
-            Err(r) => match bit {
-                Bit::C => return r.cf,
-                Bit::O => return r.of,
+            Err(r) => match (bit, r.of) {
+                (Bit::C, _) => return r.cf,
+                (Bit::O, Some(of)) => return of,
                 _ => match r.base {
                     Some(rec) => rec,
                     None => {

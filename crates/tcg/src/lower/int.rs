@@ -89,12 +89,12 @@ pub fn lower(l: &mut Lower) -> Flow {
         }
         Clc | Stc => {
             let cf = l.b.konst(u64::from(ins.mnemonic() == Stc));
-            l.flags.set_cf(&mut l.b, cf);
+            l.flags.set_cf(cf);
         }
         Cmc => {
             let c = l.flags.carry(&mut l.b);
             let cf = l.b.bin_k(Bin::Xor, 8, c, 1);
-            l.flags.set_cf(&mut l.b, cf);
+            l.flags.set_cf(cf);
         }
         Cld | Std => {
             let e = l.b.get(Global::Eflags);
@@ -394,7 +394,7 @@ fn rotate(l: &mut Lower) -> Flow {
         (msb, of)
     };
     l.write(0, r, addr);
-    l.flags.set_cf_of(&mut l.b, cf, of);
+    l.flags.set_cf_of(cf, of);
     Flow::Continue
 }
 
