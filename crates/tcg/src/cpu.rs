@@ -305,6 +305,40 @@ impl Cpu {
         })
     }
 
+    /// The host address of `len` bytes at linear `lin` within one page of RAM (or ROM,
+    /// for a read), translated for `access`; None for MMIO and ROM writes. A write
+    /// invalidates the translations on the page first, as [`Self::write`] does.
+    pub fn host_span(&mut self, lin: u64, len: usize, access: Access) -> Result<Option<*mut u8>> {
+        let lin = self.wrap_linear(lin);
+        debug_assert!(len > 0 && (lin & !PAGE_MASK) as usize + len <= PAGE_SIZE as usize);
+        if let Some(host) = self.tlb_host(lin, len, access) {
+            return Ok(Some(host));
+        }
+        let phys = self.translate(lin, access)?;
+        match mmu::phys_target(&self.mem, phys) {
+            Target::Memory { rom, host } if !(rom && access == Access::Write) => {
+                if access == Access::Write {
+                    self.code_written(phys >> 12);
+                }
+                Ok(Some(host))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Guest RAM page `page` is being written: its translations go.
+    fn code_written(&mut self, page: u64) {
+        if self.watch_is_code(page) {
+            if let Some(w) = self.watch {
+                // SAFETY: `watch` is valid while attached.
+                self.code_modified |= unsafe { (*w).invalidate_page(page) };
+                // A block looping on itself (never unchained) must come back to the
+                // run loop to see the new code.
+                self.request_exit();
+            }
+        }
+    }
+
     /// Writes `buf` at linear `addr`, invalidating translations it overwrites.
     pub fn write(&mut self, addr: u64, buf: &[u8]) -> Result<()> {
         let lin = self.wrap_linear(addr);
@@ -320,16 +354,7 @@ impl Cpu {
             let chunk = &buf[range];
             match mmu::phys_target(&cpu.mem, phys) {
                 Target::Memory { rom: false, host } => {
-                    let page = phys >> 12;
-                    if cpu.watch_is_code(page) {
-                        if let Some(w) = cpu.watch {
-                            // SAFETY: `watch` is valid while attached.
-                            cpu.code_modified |= unsafe { (*w).invalidate_page(page) };
-                            // A block looping on itself (never unchained) must come back
-                            // to the run loop to see the new code.
-                            cpu.request_exit();
-                        }
-                    }
+                    cpu.code_written(phys >> 12);
                     // SAFETY: phys_target found the whole page in one region and the
                     // chunk does not cross the page; `host` points at `phys`.
                     unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), host, chunk.len()) };

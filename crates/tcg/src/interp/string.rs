@@ -14,7 +14,7 @@ use quern_core::regs::flags::DF;
 use super::{addr_mask, address_size_of, read_reg, set_cc, write_reg, Operands, Step};
 use crate::cpu::{Cpu, Exception, Result};
 use crate::flags::{CcKind, Width};
-use crate::mmu::{phys_target, Access, Target, PAGE_MASK};
+use crate::mmu::{Access, PAGE_MASK};
 use crate::state::ES;
 use crate::translate::seg_index;
 
@@ -223,28 +223,35 @@ impl Str<'_> {
         }
         // Translate in the order the element loop accesses memory (source first), so
         // a fault is the one that loop would raise.
-        if self.op == Op::Movs {
-            let ps = cpu.translate(src, Access::Read)?;
-            if !matches!(phys_target(&cpu.mem, ps), Target::Memory { .. }) {
-                return Ok(0);
-            }
-        }
-        let pd = cpu.translate(dst, Access::Write)?;
-        if !matches!(phys_target(&cpu.mem, pd), Target::Memory { rom: false, .. }) {
-            return Ok(0);
-        }
         let len = (n * w) as usize;
-        let mut buf = [0u8; 4096];
-        let buf = &mut buf[..len];
-        if self.op == Op::Movs {
-            cpu.read(src, buf)?;
-        } else {
-            let v = cpu.state.gpr[0].to_le_bytes();
-            for e in buf.chunks_exact_mut(w as usize) {
-                e.copy_from_slice(&v[..w as usize]);
+        let from = match self.op {
+            Op::Movs => match cpu.host_span(src, len, Access::Read)? {
+                Some(p) => Some(p),
+                None => return Ok(0),
+            },
+            _ => None,
+        };
+        let Some(to) = cpu.host_span(dst, len, Access::Write)? else { return Ok(0) };
+        // SAFETY: `host_span` found each side's `len` bytes inside one page of a RAM
+        // (or, for the source, ROM) region, which lives as long as `cpu.mem`. The sides
+        // may overlap only with the destination below the source (the case above
+        // stops short of the other), where a memmove copies as the elements would.
+        unsafe {
+            match from {
+                Some(from) => std::ptr::copy(from, to, len),
+                None if w == 1 => std::ptr::write_bytes(to, cpu.state.gpr[0] as u8, len),
+                None => {
+                    let v = cpu.state.gpr[0];
+                    for i in 0..n as usize {
+                        match w {
+                            2 => to.cast::<u16>().add(i).write_unaligned(v as u16),
+                            4 => to.cast::<u32>().add(i).write_unaligned(v as u32),
+                            _ => to.cast::<u64>().add(i).write_unaligned(v),
+                        }
+                    }
+                }
             }
         }
-        cpu.write(dst, buf)?;
         if self.op == Op::Movs {
             self.advance(cpu, RSI, n);
         }
