@@ -778,25 +778,37 @@ impl<'a> Emit<'a> {
     /// register of the global `d` is headed for when that is safe (see `target`),
     /// else as [`Self::result_from_excl`]. `others`: the op's other inputs.
     fn dest(&mut self, i: usize, d: Val, a: Val, lock: &[u8], others: &[Val]) -> u8 {
-        let Some(g) = self.target[d.0 as usize] else {
-            return self.result_from_excl(i, a, lock, true, others);
-        };
-        let h = self.gmap[g as usize].expect("targets are mapped");
-        if lock.contains(&h) || others.iter().any(|&o| self.a.loc[o.0 as usize] == Loc::Global(g)) {
-            return self.result_from_excl(i, a, lock, true, others);
+        let (rd, holds_a) = self.dest_or_fresh(i, d, a, lock, others);
+        if !holds_a {
+            self.mov_loc(rd, a);
         }
+        rd
+    }
+
+    /// As [`Self::dest`] without the copy: the register, and whether it holds `a`.
+    fn dest_or_fresh(&mut self, i: usize, d: Val, a: Val, lock: &[u8], others: &[Val]) -> (u8, bool) {
+        let headed = self.target[d.0 as usize].map(|g| (g, self.gmap[g as usize].expect("targets are mapped")));
+        let Some((g, h)) = headed.filter(|&(g, h)| {
+            !lock.contains(&h) && !others.iter().any(|&o| self.a.loc[o.0 as usize] == Loc::Global(g))
+        }) else {
+            if let Loc::Reg(r) = self.a.loc[a.0 as usize] {
+                if self.is_dead_after(a, i) && !lock.contains(&r) && !others.contains(&a) {
+                    self.a.reg_val[r as usize] = None;
+                    self.a.loc[a.0 as usize] = Loc::None;
+                    return (r, true);
+                }
+            }
+            return (self.alloc(lock), false);
+        };
         // Whatever still needs the global's old value moves out first, `a` too unless
-        // this op is its last use.
-        let in_place = self.a.loc[a.0 as usize] == Loc::Global(g) && self.is_dead_after(a, i) && !others.contains(&a);
-        if in_place {
+        // this op is its last use; the register still holds it then.
+        let holds_a = self.a.loc[a.0 as usize] == Loc::Global(g);
+        if holds_a && self.is_dead_after(a, i) && !others.contains(&a) {
             self.a.loc[a.0 as usize] = Loc::None;
         }
         let l2 = Lock::of(lock).and(h);
         self.evict_aliases(g as usize, &l2);
-        if !in_place {
-            self.mov_loc(h, a);
-        }
-        h
+        (h, holds_a)
     }
 
     /// Records `d` in `r`: a value register, or a global's register (which then holds
@@ -1565,6 +1577,33 @@ impl<'a> Emit<'a> {
                     _ => Lock::of(&[]),
                 };
                 let same = a == b;
+                // An addition of a constant into another register is one LEA.
+                let lea = match (op, rb) {
+                    (Bin::Add, Operand::Imm(k)) if w >= 4 && !same => Some(k),
+                    (Bin::Sub, Operand::Imm(k)) if w >= 4 && !same && k != i32::MIN => Some(-k),
+                    _ => None,
+                };
+                if let Some(k) = lea {
+                    let (rd, holds_a) = self.dest_or_fresh(i, d, a, &lock, &[b]);
+                    if holds_a {
+                        match (full, op) {
+                            (true, Bin::Add) => dynasm!(self.ops ; .arch x64 ; add Rq(rd), k),
+                            (false, Bin::Add) => dynasm!(self.ops ; .arch x64 ; add Rd(rd), k),
+                            (true, _) => dynasm!(self.ops ; .arch x64 ; sub Rq(rd), -k),
+                            (false, _) => dynasm!(self.ops ; .arch x64 ; sub Rd(rd), -k),
+                        }
+                    } else {
+                        let ra = self.reg(a, &[rd]);
+                        if full {
+                            dynasm!(self.ops ; .arch x64 ; lea Rq(rd), [Rq(ra) + k]);
+                        } else {
+                            dynasm!(self.ops ; .arch x64 ; lea Rd(rd), [Rq(ra) + k]);
+                        }
+                    }
+                    self.free_dead(i, &Op::Bin { op, w, d, a, b });
+                    self.define_at(d, rd);
+                    return;
+                }
                 let rd = self.dest(i, d, a, &lock, &[b]);
                 let rb = if same { Operand::Reg(rd) } else { rb };
                 macro_rules! alu {
@@ -1801,7 +1840,13 @@ impl<'a> Emit<'a> {
             ; mov rdi, Rq(addr)
             ; shr rdi, (12 - entry_off::SIZE_SHIFT) as i8
             ; and edi, mask << entry_off::SIZE_SHIFT
-            ; lea r8, [Rq(addr) + (w as i32 - 1)]
+        );
+        if w == 1 {
+            dynasm!(self.ops ; .arch x64 ; mov r8, Rq(addr));
+        } else {
+            dynasm!(self.ops ; .arch x64 ; lea r8, [Rq(addr) + (w as i32 - 1)]);
+        }
+        dynasm!(self.ops ; .arch x64
             ; and r8, -4096
             ; cmp r8, [r14 + rdi + tlb + tag]
             ; jne =>miss
