@@ -228,7 +228,9 @@ enum Deferred {
         /// whether the access must be aligned.
         d: LoadDst,
         w: Width,
+        /// The address: register `addr` + `disp`.
         addr: u8,
+        disp: i32,
         rip: u64,
         sync: Sync,
     },
@@ -238,6 +240,7 @@ enum Deferred {
         src: StoreSrc,
         w: Width,
         addr: u8,
+        disp: i32,
         rip: u64,
         next: u64,
         sync: Sync,
@@ -417,6 +420,9 @@ struct Emit<'a> {
     last_use: Vec<usize>,
     /// Each value's last reader.
     own_last_use: Vec<usize>,
+    /// An address `base + disp` only loads and stores read: not computed, the
+    /// accesses address `[base + disp]` themselves.
+    fused: Vec<Option<(Val, i32)>>,
     /// The mapped global a value is about to be written to with nothing in between
     /// that could see the register change early: computed in that register.
     target: Vec<Option<u8>>,
@@ -476,7 +482,8 @@ impl<'a> Emit<'a> {
         let fault_exit = ops.new_dynamic_label();
         let head = ops.new_dynamic_label();
         let n = block.val_count();
-        let own_last_use = own_last_use(block);
+        let mut own_last_use = own_last_use(block);
+        let fused = fuse_addresses(block, &mut own_last_use);
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
         // A flag-record value lives on, pending, until the next record's replaces it
@@ -522,6 +529,7 @@ impl<'a> Emit<'a> {
             block,
             last_use,
             own_last_use,
+            fused,
             target,
             gmap,
             temps,
@@ -743,12 +751,15 @@ impl<'a> Emit<'a> {
 
     /// Frees what values dying at op `i` occupy.
     fn free_dead(&mut self, i: usize, op: &Op) {
-        let mut dying = [Val(0); 8];
+        let mut dying = [Val(0); 16];
         let mut n = 0;
         op.for_each_use(|v| {
-            if self.last_use[v.0 as usize] <= i {
-                dying[n] = v;
-                n += 1;
+            let base = self.fused[v.0 as usize].map(|f| f.0);
+            for v in std::iter::once(v).chain(base) {
+                if self.last_use[v.0 as usize] <= i {
+                    dying[n] = v;
+                    n += 1;
+                }
             }
         });
         for &v in &dying[..n] {
@@ -1018,6 +1029,8 @@ impl<'a> Emit<'a> {
                 }
             },
             Op::Set { g, s } => self.set(i, g, s),
+            // A fused address: its accesses compute it (see `fused`).
+            Op::Bin { d, .. } if self.fused[d.0 as usize].is_some() => {}
             Op::Bin { op: b, w, d, a, b: y } => self.bin(i, b, w, d, a, y),
             Op::Un { op: u, w, d, a } => self.un(i, u, w, d, a),
             Op::Setcond { t, d } => {
@@ -1326,7 +1339,7 @@ impl<'a> Emit<'a> {
         let od = d.offset();
         dynasm!(self.ops ; .arch x64 ; movdqu [r14 + od], xmm0 ; =>resume);
         let d = LoadDst::Vec(od, align);
-        self.deferred.push(Deferred::Load { at: miss, resume, d, w, addr: ra, rip: self.rip, sync });
+        self.deferred.push(Deferred::Load { at: miss, resume, d, w, addr: ra, disp: 0, rip: self.rip, sync });
     }
 
     fn vstore(&mut self, i: usize, w: Width, addr: Val, s: VReg, align: bool, op: &Op) {
@@ -1347,7 +1360,7 @@ impl<'a> Emit<'a> {
             _ => dynasm!(self.ops ; .arch x64 ; mov cl, [r14 + os] ; mov [Rq(ra) + r8], cl),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        self.defer_store(i, op, miss, resume, StoreSrc::Vec(os, align), w, ra);
+        self.defer_store(i, op, miss, resume, StoreSrc::Vec(os, align), w, (ra, 0));
     }
 
     /// The slow path of store op `i` (emitted at the block's end): what the state must
@@ -1361,7 +1374,7 @@ impl<'a> Emit<'a> {
         resume: DynamicLabel,
         src: StoreSrc,
         w: Width,
-        addr: u8,
+        (addr, disp): (u8, i32),
     ) {
         let sync = self.sync_now();
         self.free_dead(i, op);
@@ -1373,6 +1386,7 @@ impl<'a> Emit<'a> {
             src,
             w,
             addr,
+            disp,
             rip: self.rip,
             next: self.next,
             sync,
@@ -1385,7 +1399,12 @@ impl<'a> Emit<'a> {
     fn snapshot(&self, tail: std::ops::Range<usize>) -> Box<Snapshot> {
         let mut locs = Vec::new();
         for op in &self.block.ops[tail] {
-            op.for_each_use(|v| locs.push((v, self.a.loc[v.0 as usize])));
+            op.for_each_use(|v| {
+                locs.push((v, self.a.loc[v.0 as usize]));
+                if let Some((base, _)) = self.fused[v.0 as usize] {
+                    locs.push((base, self.a.loc[base.0 as usize]));
+                }
+            });
         }
         for v in self.a.ccv.into_iter().flatten() {
             locs.push((v, self.a.loc[v.0 as usize]));
@@ -1819,6 +1838,11 @@ impl<'a> Emit<'a> {
     /// a hit r8 holds the addend (host = addr + r8) and execution falls through; a
     /// miss jumps to `miss`.
     fn probe(&mut self, addr: u8, k: Option<u64>, w: Width, tag: i32, miss: DynamicLabel) {
+        self.probe_at(addr, 0, k, w, tag, miss)
+    }
+
+    /// As [`Self::probe`] for the address `addr + disp`.
+    fn probe_at(&mut self, addr: u8, disp: i32, k: Option<u64>, w: Width, tag: i32, miss: DynamicLabel) {
         let mask = (1i32 << TLB_BITS) - 1;
         // The TLB of the block's MMU index: a user block never sees kernel entries.
         let tlb = off::tlb_offset(self.env.mmu_idx);
@@ -1836,15 +1860,19 @@ impl<'a> Emit<'a> {
             }
         }
         // rdi = the entry's offset: (addr >> 12 & mask) << SIZE_SHIFT, in two steps.
+        if disp == 0 {
+            dynasm!(self.ops ; .arch x64 ; mov rdi, Rq(addr));
+        } else {
+            dynasm!(self.ops ; .arch x64 ; lea rdi, [Rq(addr) + disp]);
+        }
         dynasm!(self.ops ; .arch x64
-            ; mov rdi, Rq(addr)
             ; shr rdi, (12 - entry_off::SIZE_SHIFT) as i8
             ; and edi, mask << entry_off::SIZE_SHIFT
         );
-        if w == 1 {
+        if w == 1 && disp == 0 {
             dynasm!(self.ops ; .arch x64 ; mov r8, Rq(addr));
         } else {
-            dynasm!(self.ops ; .arch x64 ; lea r8, [Rq(addr) + (w as i32 - 1)]);
+            dynasm!(self.ops ; .arch x64 ; lea r8, [Rq(addr) + disp + (w as i32 - 1)]);
         }
         dynasm!(self.ops ; .arch x64
             ; and r8, -4096
@@ -1854,9 +1882,20 @@ impl<'a> Emit<'a> {
         );
     }
 
+    /// A scalar access's address: a register and a displacement (see `fused`), and
+    /// the address when it is a constant.
+    fn address(&mut self, addr: Val) -> (u8, i32, Option<u64>) {
+        match self.fused[addr.0 as usize] {
+            Some((base, disp)) => (self.reg(base, &[]), disp, None),
+            None => {
+                let k = self.konst(addr);
+                (self.reg(addr, &[]), 0, k)
+            }
+        }
+    }
+
     fn load(&mut self, i: usize, w: Width, d: Val, addr: Val, op: &Op) {
-        let k = self.konst(addr);
-        let ra = self.reg(addr, &[]);
+        let (ra, disp, k) = self.address(addr);
         // A global's register the value is headed for is the destination when free of
         // other values (moved out before the state is captured): the load writes it
         // last, and the slow path stores the old value before.
@@ -1872,41 +1911,40 @@ impl<'a> Emit<'a> {
         let rd = headed.unwrap_or_else(|| self.alloc(&[ra]));
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
-        self.probe(ra, k, w, entry_off::READ, miss);
+        self.probe_at(ra, disp, k, w, entry_off::READ, miss);
         match w {
-            1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), BYTE [Rq(ra) + r8]),
-            2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [Rq(ra) + r8]),
-            4 => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), DWORD [Rq(ra) + r8]),
-            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [Rq(ra) + r8]),
+            1 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), BYTE [Rq(ra) + r8 + disp]),
+            2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [Rq(ra) + r8 + disp]),
+            4 => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), DWORD [Rq(ra) + r8 + disp]),
+            _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [Rq(ra) + r8 + disp]),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
         let dst = LoadDst::Reg(rd);
-        self.deferred.push(Deferred::Load { at: miss, resume, d: dst, w, addr: ra, rip: self.rip, sync });
+        self.deferred.push(Deferred::Load { at: miss, resume, d: dst, w, addr: ra, disp, rip: self.rip, sync });
         self.define_at(d, rd);
     }
 
     fn store(&mut self, i: usize, w: Width, addr: Val, s: Val, op: &Op) {
-        let k = self.konst(addr);
-        let ra = self.reg(addr, &[]);
+        let (ra, disp, k) = self.address(addr);
         let src = match self.a.loc[s.0 as usize] {
             Loc::Const(k) if w < 8 || i32::try_from(k as i64).is_ok() => Operand::Imm(k as i32),
             _ => Operand::Reg(self.reg(s, &[ra])),
         };
         let miss = self.ops.new_dynamic_label();
         let resume = self.ops.new_dynamic_label();
-        self.probe(ra, k, w, entry_off::WRITE, miss);
+        self.probe_at(ra, disp, k, w, entry_off::WRITE, miss);
         match (w, src) {
-            (1, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8], Rb(r)),
-            (2, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8], Rw(r)),
-            (4, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8], Rd(r)),
-            (_, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], Rq(r)),
-            (1, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8], k as i8),
-            (2, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8], k as i16),
-            (4, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8], k),
-            (_, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8], k),
+            (1, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8 + disp], Rb(r)),
+            (2, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8 + disp], Rw(r)),
+            (4, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8 + disp], Rd(r)),
+            (_, Operand::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8 + disp], Rq(r)),
+            (1, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(ra) + r8 + disp], k as i8),
+            (2, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(ra) + r8 + disp], k as i16),
+            (4, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(ra) + r8 + disp], k),
+            (_, Operand::Imm(k)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(ra) + r8 + disp], k),
         }
         dynasm!(self.ops ; .arch x64 ; =>resume);
-        self.defer_store(i, op, miss, resume, StoreSrc::Val(src), w, ra);
+        self.defer_store(i, op, miss, resume, StoreSrc::Val(src), w, (ra, disp));
     }
 
     fn finish(mut self) -> (Code, bool) {
@@ -1926,14 +1964,14 @@ impl<'a> Emit<'a> {
                     self.chain_to(rip);
                 }
                 Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
-                Deferred::Load { at, resume, d, w, addr, rip, sync } => {
+                Deferred::Load { at, resume, d, w, addr, disp, rip, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     let mx = sync.mx;
                     self.slow_path_out(sync);
                     self.store_rip(rip);
                     match d {
                         LoadDst::Reg(d) => {
-                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, w as i32 ; mov rdi, r14);
+                            dynasm!(self.ops ; .arch x64 ; lea rsi, [Rq(addr) + disp] ; mov edx, w as i32 ; mov rdi, r14);
                             self.call_abs(self.env.helpers.load);
                             dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
                             self.slow_path_back_checked();
@@ -1942,7 +1980,7 @@ impl<'a> Emit<'a> {
                         }
                         LoadDst::Vec(o, align) => {
                             let wa = w as i32 | i32::from(align) << 8;
-                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
+                            dynasm!(self.ops ; .arch x64 ; lea rsi, [Rq(addr) + disp] ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
                             self.call_abs(self.env.helpers.vload);
                             self.slow_path_back_checked();
                             self.reload_guest_mxcsr(mx);
@@ -1950,7 +1988,7 @@ impl<'a> Emit<'a> {
                         }
                     }
                 }
-                Deferred::Store { at, resume, src, w, addr, rip, next, sync, after, tail } => {
+                Deferred::Store { at, resume, src, w, addr, disp, rip, next, sync, after, tail } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     let mx = sync.mx;
                     self.slow_path_out(sync);
@@ -1963,13 +2001,13 @@ impl<'a> Emit<'a> {
                                 Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov r8, k),
                             }
                             dynasm!(self.ops ; .arch x64
-                                ; mov rsi, Rq(addr) ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14
+                                ; lea rsi, [Rq(addr) + disp] ; mov rdx, r8 ; mov ecx, w as i32 ; mov rdi, r14
                             );
                             self.call_abs(self.env.helpers.store);
                         }
                         StoreSrc::Vec(o, align) => {
                             let wa = w as i32 | i32::from(align) << 8;
-                            dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr) ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
+                            dynasm!(self.ops ; .arch x64 ; lea rsi, [Rq(addr) + disp] ; mov edx, wa ; mov ecx, o ; mov rdi, r14);
                             self.call_abs(self.env.helpers.vstore);
                         }
                     }
@@ -2134,6 +2172,37 @@ impl<'a> Emit<'a> {
 /// that global later in the same stretch with nothing in between that reads the
 /// global or could expose the state (a memory access, helper or exit).
 /// Each value's last reader (not counting the flag record's hold on it).
+/// The addresses worth fusing into their accesses (see `Emit::fused`): 64-bit sums
+/// of a value and a constant that only scalar loads and stores read. The base then
+/// lives until the last of them (`last_use` is extended).
+fn fuse_addresses(block: &Block, last_use: &mut [usize]) -> Vec<Option<(Val, i32)>> {
+    let n = block.val_count();
+    let mut fused = vec![None; n];
+    let mut konst = vec![None; n];
+    let mut uses = vec![0u32; n];
+    let mut mem_uses = vec![0u32; n];
+    for op in &block.ops {
+        op.for_each_use(|v| uses[v.0 as usize] += 1);
+        match *op {
+            Op::Const { d, v } => konst[d.0 as usize] = Some(v),
+            Op::Load { addr, .. } | Op::Store { addr, .. } => mem_uses[addr.0 as usize] += 1,
+            _ => {}
+        }
+    }
+    for op in &block.ops {
+        if let Op::Bin { op: Bin::Add, w: 8, d, a, b } = *op {
+            let (di, ai) = (d.0 as usize, a.0 as usize);
+            let disp =
+                konst[b.0 as usize].and_then(|k| i32::try_from(k as i64).ok()).filter(|k| k.checked_add(8).is_some());
+            if let Some(disp) = disp.filter(|_| uses[di] > 0 && uses[di] == mem_uses[di] && konst[ai].is_none()) {
+                fused[di] = Some((a, disp));
+                last_use[ai] = last_use[ai].max(last_use[di]);
+            }
+        }
+    }
+    fused
+}
+
 fn own_last_use(block: &Block) -> Vec<usize> {
     let mut last = vec![0usize; block.val_count()];
     for (i, op) in block.ops.iter().enumerate() {
