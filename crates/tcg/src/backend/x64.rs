@@ -423,6 +423,9 @@ struct Emit<'a> {
     /// An address `base + disp` only loads and stores read: not computed, the
     /// accesses address `[base + disp]` themselves.
     fused: Vec<Option<(Val, i32)>>,
+    /// A shift left by 1..3 that one addition reads: not computed, the addition is a
+    /// LEA with the scaled index `(value, scale)`.
+    scaled: Vec<Option<(Val, u8)>>,
     /// The mapped global a value is about to be written to with nothing in between
     /// that could see the register change early: computed in that register.
     target: Vec<Option<u8>>,
@@ -483,7 +486,8 @@ impl<'a> Emit<'a> {
         let head = ops.new_dynamic_label();
         let n = block.val_count();
         let mut own_last_use = own_last_use(block);
-        let fused = fuse_addresses(block, &mut own_last_use);
+        let scaled = scale_indexes(block, &mut own_last_use);
+        let fused = fuse_addresses(block, &scaled, &mut own_last_use);
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
         // A flag-record value lives on, pending, until the next record's replaces it
@@ -530,6 +534,7 @@ impl<'a> Emit<'a> {
             last_use,
             own_last_use,
             fused,
+            scaled,
             target,
             gmap,
             temps,
@@ -755,7 +760,8 @@ impl<'a> Emit<'a> {
         let mut n = 0;
         op.for_each_use(|v| {
             let base = self.fused[v.0 as usize].map(|f| f.0);
-            for v in std::iter::once(v).chain(base) {
+            let index = self.scaled[v.0 as usize].map(|f| f.0);
+            for v in std::iter::once(v).chain(base).chain(index) {
                 if self.last_use[v.0 as usize] <= i {
                     dying[n] = v;
                     n += 1;
@@ -1030,7 +1036,7 @@ impl<'a> Emit<'a> {
             },
             Op::Set { g, s } => self.set(i, g, s),
             // A fused address: its accesses compute it (see `fused`).
-            Op::Bin { d, .. } if self.fused[d.0 as usize].is_some() => {}
+            Op::Bin { d, .. } if self.fused[d.0 as usize].is_some() || self.scaled[d.0 as usize].is_some() => {}
             Op::Bin { op: b, w, d, a, b: y } => self.bin(i, b, w, d, a, y),
             Op::Un { op: u, w, d, a } => self.un(i, u, w, d, a),
             Op::Setcond { t, d } => {
@@ -1401,8 +1407,10 @@ impl<'a> Emit<'a> {
         for op in &self.block.ops[tail] {
             op.for_each_use(|v| {
                 locs.push((v, self.a.loc[v.0 as usize]));
-                if let Some((base, _)) = self.fused[v.0 as usize] {
-                    locs.push((base, self.a.loc[base.0 as usize]));
+                let base = self.fused[v.0 as usize].map(|f| f.0);
+                let index = self.scaled[v.0 as usize].map(|f| f.0);
+                for b in base.into_iter().chain(index) {
+                    locs.push((b, self.a.loc[b.0 as usize]));
                 }
             });
         }
@@ -1455,6 +1463,36 @@ impl<'a> Emit<'a> {
             }
         }
         let _ = i;
+    }
+
+    /// `lea dst, [base + index * scale + disp]` (no base: `[index * scale + disp32]`),
+    /// encoded here: dynasm takes no register operand as a scaled index.
+    fn lea_scaled(&mut self, w64: bool, dst: u8, base: Option<u8>, index: u8, scale: u8, disp: i32) {
+        debug_assert!(index != 4, "RSP cannot be an index");
+        let ss = scale.trailing_zeros() as u8;
+        let b = base.unwrap_or(5);
+        let rex =
+            0x40 | u8::from(w64) << 3 | (dst >> 3) << 2 | (index >> 3) << 1 | (u8::from(base.is_some()) * (b >> 3));
+        if rex != 0x40 {
+            self.ops.push(rex);
+        }
+        self.ops.push(0x8d);
+        let sib = ss << 6 | (index & 7) << 3 | (b & 7);
+        match base {
+            None => {
+                self.ops.extend([(dst & 7) << 3 | 4, sib]);
+                self.ops.push_i32(disp);
+            }
+            // RBP and R13 as a base need a displacement byte.
+            Some(_) if disp == 0 && b & 7 != 5 => self.ops.extend([(dst & 7) << 3 | 4, sib]),
+            Some(_) => match i8::try_from(disp) {
+                Ok(d8) => self.ops.extend([0x40 | (dst & 7) << 3 | 4, sib, d8 as u8]),
+                Err(_) => {
+                    self.ops.extend([0x80 | (dst & 7) << 3 | 4, sib]);
+                    self.ops.push_i32(disp);
+                }
+            },
+        }
     }
 
     /// REX prefix for a register-register instruction (reg field `r`, rm field `b`).
@@ -1576,6 +1614,9 @@ impl<'a> Emit<'a> {
                 self.free_dead(i, &Op::Bin { op, w, d, a, b });
                 self.define_at(d, rd);
             }
+            Bin::Add if self.scaled[a.0 as usize].is_some() || self.scaled[b.0 as usize].is_some() => {
+                self.add_scaled(i, w, d, a, b)
+            }
             _ => {
                 // Commutative operations take as the destination the operand already
                 // in the register the result is headed for, else the dying register.
@@ -1654,6 +1695,29 @@ impl<'a> Emit<'a> {
                 self.define_at(d, rd);
             }
         }
+    }
+
+    /// d = a + b where one is a shifted index (see `scaled`): one LEA.
+    fn add_scaled(&mut self, i: usize, w: Width, d: Val, a: Val, b: Val) {
+        let (s, other) = if self.scaled[a.0 as usize].is_some() { (a, b) } else { (b, a) };
+        let (x, scale) = self.scaled[s.0 as usize].expect("a scaled operand");
+        let rx = self.reg(x, &[]);
+        let imm = match self.a.loc[other.0 as usize] {
+            Loc::Const(k) => i32::try_from(k as i64).ok(),
+            _ => None,
+        };
+        let ro = match imm {
+            Some(_) => None,
+            None => Some(self.reg(other, &[rx])),
+        };
+        let lock: Vec<u8> = std::iter::once(rx).chain(ro).collect();
+        let (rd, _) = self.dest_or_fresh(i, d, other, &lock, &[x]);
+        // The index and the other operand may have moved out of the destination.
+        let rx = self.reg(x, &[rd]);
+        let ro = ro.map(|_| self.reg(other, &[rd, rx]));
+        self.lea_scaled(w == 8, rd, ro, rx, scale, imm.unwrap_or(0));
+        self.free_dead(i, &Op::Bin { op: Bin::Add, w, d, a, b });
+        self.define_at(d, rd);
     }
 
     fn un(&mut self, i: usize, op: Un, w: Width, d: Val, a: Val) {
@@ -2175,7 +2239,7 @@ impl<'a> Emit<'a> {
 /// The addresses worth fusing into their accesses (see `Emit::fused`): 64-bit sums
 /// of a value and a constant that only scalar loads and stores read. The base then
 /// lives until the last of them (`last_use` is extended).
-fn fuse_addresses(block: &Block, last_use: &mut [usize]) -> Vec<Option<(Val, i32)>> {
+fn fuse_addresses(block: &Block, scaled: &[Option<(Val, u8)>], last_use: &mut [usize]) -> Vec<Option<(Val, i32)>> {
     let n = block.val_count();
     let mut fused = vec![None; n];
     let mut konst = vec![None; n];
@@ -2194,13 +2258,55 @@ fn fuse_addresses(block: &Block, last_use: &mut [usize]) -> Vec<Option<(Val, i32
             let (di, ai) = (d.0 as usize, a.0 as usize);
             let disp =
                 konst[b.0 as usize].and_then(|k| i32::try_from(k as i64).ok()).filter(|k| k.checked_add(8).is_some());
-            if let Some(disp) = disp.filter(|_| uses[di] > 0 && uses[di] == mem_uses[di] && konst[ai].is_none()) {
+            let plain = konst[ai].is_none() && scaled[ai].is_none();
+            if let Some(disp) = disp.filter(|_| plain && uses[di] > 0 && uses[di] == mem_uses[di]) {
                 fused[di] = Some((a, disp));
                 last_use[ai] = last_use[ai].max(last_use[di]);
             }
         }
     }
     fused
+}
+
+/// The shifts worth folding into a LEA (see `Emit::scaled`): a value shifted left
+/// by 1..3 that only one addition at most as wide reads. The shifted value then lives
+/// until the addition (`last_use` is extended).
+fn scale_indexes(block: &Block, last_use: &mut [usize]) -> Vec<Option<(Val, u8)>> {
+    let n = block.val_count();
+    let mut scaled = vec![None; n];
+    let mut konst = vec![None; n];
+    let mut uses = vec![0u32; n];
+    for op in &block.ops {
+        op.for_each_use(|v| uses[v.0 as usize] += 1);
+        if let Op::Const { d, v } = *op {
+            konst[d.0 as usize] = Some(v);
+        }
+    }
+    // shl[v]: v = x << k, k in 1..=3, at width w.
+    let mut shl: Vec<Option<(Val, u8, Width)>> = vec![None; n];
+    for (i, op) in block.ops.iter().enumerate() {
+        match *op {
+            Op::Bin { op: Bin::Shl, w, d, a, b } if w >= 4 => {
+                if let Some(k @ 1..=3) = konst[b.0 as usize] {
+                    if uses[d.0 as usize] == 1 && konst[a.0 as usize].is_none() {
+                        shl[d.0 as usize] = Some((a, 1 << k, w));
+                    }
+                }
+            }
+            Op::Bin { op: Bin::Add, w, a, b, .. } if w >= 4 && a != b => {
+                for v in [a, b] {
+                    if let Some((x, scale, sw)) = shl[v.0 as usize].filter(|s| s.2 >= w) {
+                        let _ = sw;
+                        scaled[v.0 as usize] = Some((x, scale));
+                        last_use[x.0 as usize] = last_use[x.0 as usize].max(i);
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    scaled
 }
 
 fn own_last_use(block: &Block) -> Vec<usize> {
@@ -2235,4 +2341,67 @@ fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>>
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    /// The hand-encoded LEA decodes as the instruction meant, for every register
+    /// pairing (R12/R13 and RBP need their own ModRM and SIB forms).
+    #[test]
+    fn scaled_lea_encodes_every_register_pairing() {
+        let block = Block::new();
+        let helpers =
+            Helpers { load: 0, store: 0, flags: 0, tsc: 0, sti: 0, interp: 0, vload: 0, vstore: 0, lookup: 0 };
+        let env = Env {
+            base: 0x1000,
+            stubs: crate::backend::Stubs::default(),
+            helpers,
+            page: None,
+            block_rip: 0,
+            single: false,
+            mmu_idx: 0,
+        };
+        use iced_x86::Register as R;
+        let regs = [
+            R::RAX,
+            R::RCX,
+            R::RDX,
+            R::RBX,
+            R::RSP,
+            R::RBP,
+            R::RSI,
+            R::RDI,
+            R::R8,
+            R::R9,
+            R::R10,
+            R::R11,
+            R::R12,
+            R::R13,
+            R::R14,
+            R::R15,
+        ];
+        for dst in POOL {
+            for index in POOL {
+                for base in std::iter::once(None).chain(POOL.iter().copied().map(Some)) {
+                    for (scale, disp) in [(2u8, 0i32), (4, 8), (8, -0x1000), (4, 0x20_0000)] {
+                        let mut e = Emit::new(&block, &env, 0);
+                        e.lea_scaled(true, dst, base, index, scale, disp);
+                        let bytes = e.ops.finalize().unwrap();
+                        let ins = Decoder::with_ip(64, &bytes, 0, DecoderOptions::NONE).decode();
+                        let what = format!("dst {dst} base {base:?} index {index} *{scale} {disp:#x}: {bytes:02x?}");
+                        assert_eq!(ins.len(), bytes.len(), "{what}");
+                        assert_eq!(ins.mnemonic(), Mnemonic::Lea, "{what}");
+                        assert_eq!(ins.op0_register(), regs[dst as usize], "{what}");
+                        assert_eq!(ins.memory_base(), base.map_or(R::None, |b| regs[b as usize]), "{what}");
+                        assert_eq!(ins.memory_index(), regs[index as usize], "{what}");
+                        assert_eq!(ins.memory_index_scale(), u32::from(scale), "{what}");
+                        assert_eq!(ins.memory_displacement64(), disp as i64 as u64, "{what}");
+                    }
+                }
+            }
+        }
+    }
 }
