@@ -165,6 +165,9 @@ enum Loc {
     /// In the host register of a mapped guest register (a `Get` not yet overwritten).
     Global(u8),
     Slot(u8),
+    /// In the state's slot of global `g`, not mapped to a register (see
+    /// `Alloc::in_state`): loaded when used, dropped rather than spilled.
+    State(u8),
 }
 
 /// Whether the state's `cc_op` is what the block last set.
@@ -195,11 +198,17 @@ struct Alloc {
     /// Values that were `Loc::Global(g)` when pushed, per global (checked when used:
     /// one may have moved since).
     aliases: [Vec<Val>; Global::COUNT],
+    /// The value the state's slot of each unmapped global (not a flag-record one)
+    /// is known to hold: a `Get` not loaded yet, or a `Set` done. A value there needs
+    /// no spill slot; an op that may write guest registers (a helper, the
+    /// interpreter) forgets them all.
+    in_state: [Option<Val>; Global::COUNT],
 }
 
 /// The allocation state the rest of an instruction starts from, for replaying it out
 /// of line: registers, and where the values it reads are.
 struct Snapshot {
+    in_state: [Option<Val>; Global::COUNT],
     reg_val: [Option<Val>; 16],
     slot_val: [Option<Val>; SPILL_SLOTS],
     dirty: u32,
@@ -547,6 +556,7 @@ impl<'a> Emit<'a> {
                 ccv: [None; 3],
                 mx: false,
                 aliases: Default::default(),
+                in_state: [None; Global::COUNT],
             },
             deferred: Vec::with_capacity(n_ops / 4 + 4),
             fault_exit,
@@ -620,6 +630,18 @@ impl<'a> Emit<'a> {
         }
     }
 
+    /// Before an op that may write guest registers in the state: values only there
+    /// and still needed after op `i` move to registers, and the slots are unknown.
+    fn forget_state_values(&mut self, i: usize) {
+        for g in 0..Global::COUNT {
+            if let Some(v) = self.a.in_state[g].take() {
+                if self.a.loc[v.0 as usize] == Loc::State(g as u8) && !self.is_dead_after(v, i) {
+                    self.reg(v, &[]);
+                }
+            }
+        }
+    }
+
     /// Stores the pending flag-record values at `locs` (through rdi when one is in a
     /// spill slot or a wide constant).
     fn store_ccv(&mut self, locs: [Loc; 3]) {
@@ -639,6 +661,10 @@ impl<'a> Emit<'a> {
                 Loc::Slot(sl) => {
                     let so = (sl as usize * 8) as i32;
                     dynasm!(self.ops ; .arch x64 ; mov rdi, [rsp + so] ; mov [r14 + o], rdi)
+                }
+                Loc::State(g) => {
+                    let go = Global::from_index(g as usize).offset();
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, [r14 + go] ; mov [r14 + o], rdi)
                 }
             }
         }
@@ -679,6 +705,23 @@ impl<'a> Emit<'a> {
     /// none is free.
     fn alloc(&mut self, lock: &[u8]) -> u8 {
         if let Some(&r) = self.temps.iter().find(|&&r| self.a.reg_val[r as usize].is_none() && !lock.contains(&r)) {
+            return r;
+        }
+        // A value the state also holds goes back to it for nothing (the furthest used).
+        let in_state = self
+            .temps
+            .iter()
+            .copied()
+            .filter(|r| !lock.contains(r))
+            .filter_map(|r| {
+                let v = self.a.reg_val[r as usize]?;
+                let g = self.a.in_state.iter().position(|&s| s == Some(v))?;
+                Some((r, v, g))
+            })
+            .max_by_key(|&(_, v, _)| self.last_use[v.0 as usize]);
+        if let Some((r, v, g)) = in_state {
+            self.a.reg_val[r as usize] = None;
+            self.a.loc[v.0 as usize] = Loc::State(g as u8);
             return r;
         }
         let victim = self
@@ -722,6 +765,13 @@ impl<'a> Emit<'a> {
                 let o = (s as usize * 8) as i32;
                 dynasm!(self.ops ; .arch x64 ; mov Rq(r), [rsp + o]);
                 self.a.slot_val[s as usize] = None;
+                self.define(v, r);
+                r
+            }
+            Loc::State(g) => {
+                let r = self.alloc(lock);
+                let o = Global::from_index(g as usize).offset();
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), [r14 + o]);
                 self.define(v, r);
                 r
             }
@@ -851,6 +901,10 @@ impl<'a> Emit<'a> {
             Loc::Slot(sl) => {
                 let o = (sl as usize * 8) as i32;
                 dynasm!(self.ops ; .arch x64 ; mov Rq(h), [rsp + o])
+            }
+            Loc::State(g) => {
+                let o = Global::from_index(g as usize).offset();
+                dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r14 + o])
             }
             Loc::None => panic!("tcg backend: {v} used before its definition"),
         }
@@ -1027,6 +1081,12 @@ impl<'a> Emit<'a> {
                     self.mov_loc(r, v);
                     self.define(d, r);
                 }
+                // Loaded when first used, from a state slot that holds no other
+                // value being tracked.
+                (None, None) if cc_index(g.index()).is_none() && self.a.in_state[g.index()].is_none() => {
+                    self.a.in_state[g.index()] = Some(d);
+                    self.a.loc[d.0 as usize] = Loc::State(g.index() as u8);
+                }
                 (None, None) => {
                     let r = self.alloc(&[]);
                     let o = g.offset();
@@ -1146,6 +1206,7 @@ impl<'a> Emit<'a> {
             Op::Store { w, addr, s } => return self.store(i, w, addr, s, &op),
             Op::Call { helper, d } => {
                 self.free_dead(i, &op);
+                self.forget_state_values(i);
                 self.state_out_for_call();
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
                 let h = &self.env.helpers;
@@ -1163,6 +1224,7 @@ impl<'a> Emit<'a> {
             }
             Op::Interp { ins } => {
                 self.free_dead(i, &op);
+                self.forget_state_values(i);
                 self.state_out_for_call();
                 self.store_rip(self.rip);
                 dynasm!(self.ops ; .arch x64 ; mov rdi, r14 ; mov rsi, QWORD ins as i64);
@@ -1424,6 +1486,7 @@ impl<'a> Emit<'a> {
             cc: self.a.cc,
             ccv: self.a.ccv,
             mx: self.a.mx,
+            in_state: self.a.in_state,
             locs,
         })
     }
@@ -1455,10 +1518,23 @@ impl<'a> Emit<'a> {
                 self.a.dirty |= 1 << g.index();
             }
             None => {
+                let gi = g.index();
+                if self.a.loc[s.0 as usize] == Loc::State(gi as u8) {
+                    return; // Set g = Get g
+                }
+                // The value the slot held moves to a register if still needed.
+                if let Some(old) = self.a.in_state[gi].take() {
+                    if self.a.loc[old.0 as usize] == Loc::State(gi as u8) && !self.is_dead_after(old, i) {
+                        self.reg(old, &[]);
+                    }
+                }
                 let o = g.offset();
                 match self.operand(s, &[]) {
                     Operand::Imm(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [r14 + o], k),
                     Operand::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov [r14 + o], Rq(r)),
+                }
+                if cc_index(gi).is_none() {
+                    self.a.in_state[gi] = Some(s);
                 }
             }
         }
@@ -2088,6 +2164,7 @@ impl<'a> Emit<'a> {
                     self.a.cc = after.cc;
                     self.a.ccv = after.ccv;
                     self.a.mx = after.mx;
+                    self.a.in_state = after.in_state;
                     for &(v, loc) in &after.locs {
                         self.a.loc[v.0 as usize] = loc;
                         if let Loc::Global(g) = loc {
