@@ -1592,6 +1592,16 @@ impl<'a> Emit<'a> {
             }
             return;
         }
+        if let Loc::State(g) = self.a.loc[t.b.0 as usize] {
+            let o = Global::from_index(g as usize).offset();
+            match t.w {
+                1 => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), BYTE [r14 + o]),
+                2 => dynasm!(self.ops ; .arch x64 ; cmp Rw(ra), WORD [r14 + o]),
+                4 => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), DWORD [r14 + o]),
+                _ => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), QWORD [r14 + o]),
+            }
+            return;
+        }
         let l2 = Lock::of(lock).and(ra);
         match self.operand(t.b, &l2) {
             Operand::Imm(k) => match t.w {
@@ -1702,11 +1712,41 @@ impl<'a> Emit<'a> {
                     && if headed.is_some_and(|t| self.a.loc[a.0 as usize] == t || self.a.loc[b.0 as usize] == t) {
                         self.a.loc[b.0 as usize] == headed.unwrap()
                     } else {
-                        !matches!(self.a.loc[a.0 as usize], Loc::Reg(_))
-                            && matches!(self.a.loc[b.0 as usize], Loc::Reg(_))
-                            && self.is_dead_after(b, i)
+                        let (la, lb) = (self.a.loc[a.0 as usize], self.a.loc[b.0 as usize]);
+                        (!matches!(la, Loc::Reg(_)) && matches!(lb, Loc::Reg(_)) && self.is_dead_after(b, i))
+                            // The state's slot as the memory operand.
+                            || (matches!(la, Loc::State(_)) && !matches!(lb, Loc::State(_) | Loc::Const(_)))
                     };
                 let (a, b) = if swap { (b, a) } else { (a, b) };
+                // An operand only in the state's slot is read from there.
+                if let Loc::State(g) = self.a.loc[b.0 as usize] {
+                    if op != Bin::Mul && a != b {
+                        let o = Global::from_index(g as usize).offset();
+                        let rd = self.dest(i, d, a, &[], &[b]);
+                        macro_rules! alu_mem {
+                            ($ins:ident) => {
+                                if full {
+                                    dynasm!(self.ops ; .arch x64 ; $ins Rq(rd), QWORD [r14 + o])
+                                } else {
+                                    dynasm!(self.ops ; .arch x64 ; $ins Rd(rd), DWORD [r14 + o])
+                                }
+                            };
+                        }
+                        match op {
+                            Bin::Add => alu_mem!(add),
+                            Bin::Sub => alu_mem!(sub),
+                            Bin::And => alu_mem!(and),
+                            Bin::Or => alu_mem!(or),
+                            _ => alu_mem!(xor),
+                        }
+                        if !full {
+                            self.narrow(rd, w);
+                        }
+                        self.free_dead(i, &Op::Bin { op, w, d, a, b });
+                        self.define_at(d, rd);
+                        return;
+                    }
+                }
                 let rb = if op == Bin::Mul { Operand::Reg(self.reg(b, &[])) } else { self.operand(b, &[]) };
                 let lock = match rb {
                     Operand::Reg(r) => Lock::of(&[r]),
