@@ -494,9 +494,9 @@ impl<'a> Emit<'a> {
         let fault_exit = ops.new_dynamic_label();
         let head = ops.new_dynamic_label();
         let n = block.val_count();
-        let mut own_last_use = own_last_use(block);
-        let scaled = scale_indexes(block, &mut own_last_use);
-        let fused = fuse_addresses(block, &scaled, &mut own_last_use);
+        let mut u = uses(block);
+        let (scaled, fused) = fold_addressing(block, &mut u);
+        let own_last_use = u.last;
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
         // A flag-record value lives on, pending, until the next record's replaces it
@@ -2353,85 +2353,78 @@ impl<'a> Emit<'a> {
 /// that global later in the same stretch with nothing in between that reads the
 /// global or could expose the state (a memory access, helper or exit).
 /// Each value's last reader (not counting the flag record's hold on it).
-/// The addresses worth fusing into their accesses (see `Emit::fused`): 64-bit sums
-/// of a value and a constant that only scalar loads and stores read. The base then
-/// lives until the last of them (`last_use` is extended).
-fn fuse_addresses(block: &Block, scaled: &[Option<(Val, u8)>], last_use: &mut [usize]) -> Vec<Option<(Val, i32)>> {
+/// Per value: its last reader, how many ops read it (and as a scalar access's
+/// address), its constant: one walk over the block.
+struct Uses {
+    last: Vec<usize>,
+    count: Vec<u32>,
+    as_addr: Vec<u32>,
+    konst: Vec<Option<u64>>,
+}
+
+fn uses(block: &Block) -> Uses {
     let n = block.val_count();
-    let mut fused = vec![None; n];
-    let mut konst = vec![None; n];
-    let mut uses = vec![0u32; n];
-    let mut mem_uses = vec![0u32; n];
-    for op in &block.ops {
-        op.for_each_use(|v| uses[v.0 as usize] += 1);
+    let mut u = Uses { last: vec![0; n], count: vec![0; n], as_addr: vec![0; n], konst: vec![None; n] };
+    for (i, op) in block.ops.iter().enumerate() {
+        op.for_each_use(|v| {
+            u.last[v.0 as usize] = i;
+            u.count[v.0 as usize] += 1;
+        });
         match *op {
-            Op::Const { d, v } => konst[d.0 as usize] = Some(v),
-            Op::Load { addr, .. } | Op::Store { addr, .. } => mem_uses[addr.0 as usize] += 1,
+            Op::Const { d, v } => u.konst[d.0 as usize] = Some(v),
+            Op::Load { addr, .. } | Op::Store { addr, .. } => u.as_addr[addr.0 as usize] += 1,
             _ => {}
         }
     }
-    for op in &block.ops {
-        if let Op::Bin { op: Bin::Add, w: 8, d, a, b } = *op {
-            let (di, ai) = (d.0 as usize, a.0 as usize);
-            let disp =
-                konst[b.0 as usize].and_then(|k| i32::try_from(k as i64).ok()).filter(|k| k.checked_add(8).is_some());
-            let plain = konst[ai].is_none() && scaled[ai].is_none();
-            if let Some(disp) = disp.filter(|_| plain && uses[di] > 0 && uses[di] == mem_uses[di]) {
-                fused[di] = Some((a, disp));
-                last_use[ai] = last_use[ai].max(last_use[di]);
-            }
-        }
-    }
-    fused
+    u
 }
 
-/// The shifts worth folding into a LEA (see `Emit::scaled`): a value shifted left
-/// by 1..3 that only one addition at most as wide reads. The shifted value then lives
-/// until the addition (`last_use` is extended).
-fn scale_indexes(block: &Block, last_use: &mut [usize]) -> Vec<Option<(Val, u8)>> {
+/// Address arithmetic folded into the host's addressing modes, one walk:
+/// - `scaled` (see `Emit::scaled`): a value shifted left by 1..3 that only one
+///   addition at most as wide reads; the shifted value then lives until the addition;
+/// - `fused` (see `Emit::fused`): a 64-bit sum of a value and a constant that only
+///   scalar loads and stores read; the base then lives until the last of them.
+///
+/// `u.last` is extended for both.
+#[allow(clippy::type_complexity)]
+fn fold_addressing(block: &Block, u: &mut Uses) -> (Vec<Option<(Val, u8)>>, Vec<Option<(Val, i32)>>) {
     let n = block.val_count();
     let mut scaled = vec![None; n];
-    let mut konst = vec![None; n];
-    let mut uses = vec![0u32; n];
-    for op in &block.ops {
-        op.for_each_use(|v| uses[v.0 as usize] += 1);
-        if let Op::Const { d, v } = *op {
-            konst[d.0 as usize] = Some(v);
-        }
-    }
-    // shl[v]: v = x << k, k in 1..=3, at width w.
+    let mut fused = vec![None; n];
+    // shl[v]: v = x << k (k in 1..=3) at width w, read once.
     let mut shl: Vec<Option<(Val, u8, Width)>> = vec![None; n];
     for (i, op) in block.ops.iter().enumerate() {
         match *op {
             Op::Bin { op: Bin::Shl, w, d, a, b } if w >= 4 => {
-                if let Some(k @ 1..=3) = konst[b.0 as usize] {
-                    if uses[d.0 as usize] == 1 && konst[a.0 as usize].is_none() {
+                if let Some(k @ 1..=3) = u.konst[b.0 as usize] {
+                    if u.count[d.0 as usize] == 1 && u.konst[a.0 as usize].is_none() {
                         shl[d.0 as usize] = Some((a, 1 << k, w));
                     }
                 }
             }
-            Op::Bin { op: Bin::Add, w, a, b, .. } if w >= 4 && a != b => {
-                for v in [a, b] {
-                    if let Some((x, scale, sw)) = shl[v.0 as usize].filter(|s| s.2 >= w) {
-                        let _ = sw;
+            Op::Bin { op: Bin::Add, w, d, a, b } if w >= 4 => {
+                if a != b {
+                    if let Some(v) = [a, b].into_iter().find(|v| shl[v.0 as usize].is_some_and(|s| s.2 >= w)) {
+                        let (x, scale, _) = shl[v.0 as usize].expect("found");
                         scaled[v.0 as usize] = Some((x, scale));
-                        last_use[x.0 as usize] = last_use[x.0 as usize].max(i);
-                        break;
+                        u.last[x.0 as usize] = u.last[x.0 as usize].max(i);
                     }
+                }
+                let (di, ai) = (d.0 as usize, a.0 as usize);
+                let disp = u.konst[b.0 as usize]
+                    .and_then(|k| i32::try_from(k as i64).ok())
+                    .filter(|k| k.checked_add(8).is_some());
+                let plain = w == 8 && u.konst[ai].is_none() && scaled[ai].is_none();
+                let only_addr = u.count[di] > 0 && u.count[di] == u.as_addr[di];
+                if let Some(disp) = disp.filter(|_| plain && only_addr) {
+                    fused[di] = Some((a, disp));
+                    u.last[ai] = u.last[ai].max(u.last[di]);
                 }
             }
             _ => {}
         }
     }
-    scaled
-}
-
-fn own_last_use(block: &Block) -> Vec<usize> {
-    let mut last = vec![0usize; block.val_count()];
-    for (i, op) in block.ops.iter().enumerate() {
-        op.for_each_use(|v| last[v.0 as usize] = i);
-    }
-    last
+    (scaled, fused)
 }
 
 fn targets(block: &Block, gmap: &[Option<u8>; Global::COUNT]) -> Vec<Option<u8>> {
