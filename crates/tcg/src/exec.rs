@@ -1025,6 +1025,95 @@ mod tests {
         assert_eq!(st(w[2]), CF | OF, "stc; cmc; cmc: {:#x}", w[2]);
     }
 
+    /// INC's kept CF at a block's start (after an interpreted OUT the record is only
+    /// in the state), for the records read inline (CMP/SUB and ADD at 8, 32 and 64
+    /// bits, logic, INC/DEC) and one left to the helper (a shift): as the host has it.
+    #[test]
+    fn carry_of_the_state_record_matches_the_host() {
+        let samples: [u64; 6] = [0, 1, 0x7f, 0x80, 0xffff_ffff, 0x8000_0000_0000_0001];
+        type Op = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+        let ops: [(&str, Op); 8] = [
+            ("cmp r32", |a| a.cmp(eax, ebx)),
+            ("sub r64", |a| a.sub(rax, rbx)),
+            ("cmp r8", |a| a.cmp(al, bl)),
+            ("add r32", |a| a.add(eax, ebx)),
+            ("add r64", |a| a.add(rax, rbx)),
+            ("and r32", |a| a.and(eax, ebx)),
+            ("dec after stc", |a| {
+                a.stc()?;
+                a.dec(ebx)
+            }),
+            ("shl", |a| a.shl(eax, 1u32)),
+        ];
+        for (name, op) in ops {
+            for &x in &samples {
+                for &y in &samples {
+                    let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+                    let mut a = CodeAssembler::new(64).unwrap();
+                    a.mov(rax, x).unwrap();
+                    a.mov(rbx, y).unwrap();
+                    op(&mut a).unwrap();
+                    a.out(0x80, al).unwrap();
+                    a.inc(rcx).unwrap();
+                    a.pushfq().unwrap();
+                    a.pop(rdx).unwrap();
+                    a.hlt().unwrap();
+                    mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+                    let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
+                    let (mut r, mut s) = regs::power_on_state();
+                    s.cs = regs::Segment { selector: 8, type_: 0xb, s: true, present: true, l: true, ..s.cs };
+                    s.cs.base = 0;
+                    s.cr0 = regs::ctrl::CR0_PE | regs::ctrl::CR0_ET;
+                    s.efer = regs::ctrl::EFER_LME | regs::ctrl::EFER_LMA;
+                    s.ss = regs::Segment { selector: 0x10, type_: 3, s: true, present: true, db: true, ..s.ss };
+                    s.ss.base = 0;
+                    r.rip = 0x1000;
+                    r.rsp = 0x8000;
+                    vcpu.set_sregs(&s).unwrap();
+                    vcpu.set_regs(&r).unwrap();
+                    assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted, "{name}");
+                    let got = vcpu.cpu().state.gpr[2] & 1;
+                    let want = host_cf(name, x, y);
+                    assert_eq!(got, want, "{name} {x:#x}, {y:#x}: CF after INC");
+                }
+            }
+        }
+    }
+
+    /// CF as the host's instruction leaves it.
+    fn host_cf(name: &str, x: u64, y: u64) -> u64 {
+        let f: u64;
+        // SAFETY: register-only instructions; the flags are read with PUSHF/POP.
+        unsafe {
+            match name {
+                "cmp r32" => {
+                    std::arch::asm!("cmp {x:e}, {y:e}", "pushfq", "pop {f}", x = in(reg) x, y = in(reg) y, f = out(reg) f)
+                }
+                "sub r64" => {
+                    std::arch::asm!("sub {x}, {y}", "pushfq", "pop {f}", x = inout(reg) x => _, y = in(reg) y, f = out(reg) f)
+                }
+                "cmp r8" => {
+                    std::arch::asm!("cmp {x:l}, {y:l}", "pushfq", "pop {f}", x = in(reg_abcd) x, y = in(reg_abcd) y, f = out(reg) f)
+                }
+                "add r32" => {
+                    std::arch::asm!("add {x:e}, {y:e}", "pushfq", "pop {f}", x = inout(reg) x => _, y = in(reg) y, f = out(reg) f)
+                }
+                "add r64" => {
+                    std::arch::asm!("add {x}, {y}", "pushfq", "pop {f}", x = inout(reg) x => _, y = in(reg) y, f = out(reg) f)
+                }
+                "and r32" => {
+                    std::arch::asm!("and {x:e}, {y:e}", "pushfq", "pop {f}", x = inout(reg) x => _, y = in(reg) y, f = out(reg) f)
+                }
+                "dec after stc" => {
+                    std::arch::asm!("stc", "dec {y:e}", "pushfq", "pop {f}", y = inout(reg) y => _, f = out(reg) f)
+                }
+                _ => std::arch::asm!("shl {x:e}, 1", "pushfq", "pop {f}", x = inout(reg) x => _, f = out(reg) f),
+            }
+        }
+        let _ = (x, y);
+        f & 1
+    }
+
     /// An interrupt waiting at STI is taken after the one instruction in STI's shadow,
     /// before anything else in the block (here the CLI that closes the window).
     #[test]

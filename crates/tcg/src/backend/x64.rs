@@ -22,7 +22,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
 use super::{exit, Backend, Code, Env, Helpers, Trampoline};
-use crate::flags::Width;
+use crate::flags::{CcKind, CcOp, Width};
 use crate::ir::{Bin, Block, CcOpSrc, Cond, FOp, FShape, Global, Helper, Op, Test, Un, VBin, VRead, VReg, VWrite, Val};
 use crate::mmu::{entry_off, TLB_BITS};
 use crate::state::off;
@@ -271,6 +271,13 @@ enum Deferred {
         at: DynamicLabel,
         rip: u64,
         vector: u8,
+        sync: Sync,
+    },
+    /// CF of an uncommon record in the state: the flags helper, bit 0 into `r`.
+    Carry {
+        at: DynamicLabel,
+        resume: DynamicLabel,
+        r: u8,
         sync: Sync,
     },
 }
@@ -1150,6 +1157,7 @@ impl<'a> Emit<'a> {
                 dynasm!(self.ops ; .arch x64 ; mov [r14 + off::CC_OP], Rd(r));
                 self.a.cc = CcState::Stored;
             }
+            Op::StateCarry { d } => self.state_carry(d),
             Op::GetCcOp { d } => match self.a.cc {
                 CcState::Pending(k) => self.a.loc[d.0 as usize] = Loc::Const(u64::from(k)),
                 CcState::Stored => {
@@ -2144,6 +2152,7 @@ impl<'a> Emit<'a> {
                     self.chain_to(rip);
                 }
                 Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
+                Deferred::Carry { at, resume, r, sync } => self.emit_carry_slow(at, resume, r, sync),
                 Deferred::Load { at, resume, d, w, addr, disp, rip, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     let mx = sync.mx;
@@ -2332,8 +2341,71 @@ impl<'a> Emit<'a> {
                 self.exit_raw(exit::NEXT);
             }
             Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
+            Deferred::Carry { at, resume, r, sync } => self.emit_carry_slow(at, resume, r, sync),
             _ => panic!("tcg backend: memory access in an instruction's tail after a store"),
         }
+    }
+
+    /// d = CF of the state's flag record: inline for logic operations, INC/DEC and
+    /// 8/32/64-bit ADD/SUB/CMP (the records blocks most often start with), else the
+    /// flags helper out of line.
+    fn state_carry(&mut self, d: Val) {
+        // The state must hold the record (it does at a block's start and after a
+        // helper; anything pending goes there first).
+        let s = self.sync_now();
+        self.store_ccv(s.ccv);
+        self.clear_ccv();
+        if let CcState::Pending(k) = self.a.cc {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [r14 + off::CC_OP], k as i32);
+            self.a.cc = CcState::Stored;
+        }
+        let r = self.alloc(&[]);
+        let slow = self.ops.new_dynamic_label();
+        let resume = self.ops.new_dynamic_label();
+        let (op, dst, src, src2) = (off::CC_OP, off::CC_DST, off::CC_SRC, off::CC_SRC2);
+        let sub = |w: u8| CcOp::new(CcKind::Sub, w).0 as i32;
+        let add = |w: u8| CcOp::new(CcKind::Add, w).0 as i32;
+        let logic = CcOp::new(CcKind::Logic, 1).0 as i32;
+        let inc = CcOp::new(CcKind::Inc, 1).0 as i32;
+        // SUB/CMP: CF = the operand above the first one, dst + src; ADD: CF = the sum
+        // below the operand.
+        dynasm!(self.ops ; .arch x64
+            ; mov edi, [r14 + op]
+            ; cmp edi, sub(4) ; jne >n1
+            ; mov r8, [r14 + dst] ; add r8d, DWORD [r14 + src] ; cmp r8d, DWORD [r14 + src] ; jmp >cf
+            ; n1: ; cmp edi, sub(8) ; jne >n2
+            ; mov r8, [r14 + dst] ; add r8, QWORD [r14 + src] ; cmp r8, QWORD [r14 + src] ; jmp >cf
+            ; n2: ; cmp edi, sub(1) ; jne >n3
+            ; mov r8, [r14 + dst] ; add r8b, BYTE [r14 + src] ; cmp r8b, BYTE [r14 + src] ; jmp >cf
+            ; n3: ; cmp edi, add(4) ; jne >n4
+            ; mov r8, [r14 + dst] ; cmp r8d, DWORD [r14 + src] ; jmp >cf
+            ; n4: ; cmp edi, add(8) ; jne >n5
+            ; mov r8, [r14 + dst] ; cmp r8, QWORD [r14 + src] ; jmp >cf
+            ; n5: ; lea r8d, [rdi - logic] ; cmp r8d, 3 ; jbe >zero
+            ; lea r8d, [rdi - inc] ; cmp r8d, 7 ; ja =>slow
+            // INC/DEC keep the CF they found in src2.
+            ; mov r8, [r14 + src2] ; bt r8d, 0 ; jmp >cf
+            ; zero: ; clc
+            ; cf:
+        );
+        // CF to r (SETB, without touching the flags before it).
+        self.setcc(0x2, r);
+        dynasm!(self.ops ; .arch x64 ; =>resume);
+        let sync = self.sync_now();
+        self.deferred.push(Deferred::Carry { at: slow, resume, r, sync });
+        self.define(d, r);
+    }
+
+    fn emit_carry_slow(&mut self, at: DynamicLabel, resume: DynamicLabel, r: u8, sync: Sync) {
+        dynasm!(self.ops ; .arch x64 ; =>at);
+        let mx = sync.mx;
+        self.slow_path_out(sync);
+        dynasm!(self.ops ; .arch x64 ; mov rdi, r14);
+        self.call_abs(self.env.helpers.flags);
+        dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+        self.slow_path_back();
+        self.reload_guest_mxcsr(mx);
+        dynasm!(self.ops ; .arch x64 ; and edi, 1 ; mov Rq(r), rdi ; jmp =>resume);
     }
 
     /// The way out raising guest exception `vector` at `rip`.

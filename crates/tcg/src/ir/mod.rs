@@ -526,6 +526,11 @@ pub enum Op {
     GetCcOp {
         d: Val,
     },
+    /// d = CF (0 or 1) of the flag record in the state (a block's start, after a
+    /// helper): computed inline for the common records, else by the flags helper.
+    StateCarry {
+        d: Val,
+    },
     /// d = guest memory at linear address `addr`, `w` bytes, zero-extended.
     Load {
         w: Width,
@@ -641,6 +646,7 @@ impl Op {
             Op::Const { d, .. }
             | Op::Get { d, .. }
             | Op::GetCcOp { d }
+            | Op::StateCarry { d }
             | Op::Bin { d, .. }
             | Op::Un { d, .. }
             | Op::Setcond { d, .. }
@@ -737,6 +743,7 @@ impl Op {
             Op::Const { .. }
                 | Op::Get { .. }
                 | Op::GetCcOp { .. }
+                | Op::StateCarry { .. }
                 | Op::Bin { .. }
                 | Op::Un { .. }
                 | Op::Setcond { .. }
@@ -754,6 +761,7 @@ impl Op {
         matches!(
             self,
             Op::Load { .. }
+                | Op::StateCarry { .. }
                 | Op::Store { .. }
                 | Op::VLoad { .. }
                 | Op::VStore { .. }
@@ -808,6 +816,12 @@ impl Block {
     pub fn konst(&mut self, v: u64) -> Val {
         let d = self.fresh();
         self.push(Op::Const { d, v });
+        d
+    }
+
+    pub fn state_carry(&mut self) -> Val {
+        let d = self.fresh();
+        self.push(Op::StateCarry { d });
         d
     }
 
@@ -942,6 +956,7 @@ impl fmt::Display for Block {
                 Op::SetCcOp(CcOpSrc::Const(c)) => writeln!(f, "cc_op = {:?}.{}", c.kind(), c.width())?,
                 Op::SetCcOp(CcOpSrc::Val(v)) => writeln!(f, "cc_op = {v}")?,
                 Op::GetCcOp { d } => writeln!(f, "{d} = cc_op")?,
+                Op::StateCarry { d } => writeln!(f, "{d} = carry of the state's record")?,
                 Op::Load { w, d, addr } => writeln!(f, "{d} = load.{w} [{addr}]")?,
                 Op::Store { w, addr, s } => writeln!(f, "store.{w} [{addr}], {s}")?,
                 Op::Call { helper, d } => writeln!(f, "{d} = call {helper:?}")?,

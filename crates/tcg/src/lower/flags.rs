@@ -230,6 +230,11 @@ impl Flags {
     }
 
     fn bit(&mut self, b: &mut Block, bit: Bit) -> Val {
+        // INC/DEC and ADC at a block's start: CF alone, without the flags helper when
+        // the state's record is a common one.
+        if let (State::Current, Bit::C) = (self.state, bit) {
+            return b.state_carry();
+        }
         let rec = match self.rec(b) {
             Ok(rec) => rec,
             Err(r) => match (bit, r.of) {
