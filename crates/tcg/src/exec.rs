@@ -858,13 +858,7 @@ mod tests {
         mem.write_u32(0x20 * 4, 0x2000).unwrap();
         mem.write_u16(0x600, 0xffff).unwrap();
 
-        let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
-        let (mut r, mut s) = regs::power_on_state();
-        s.cs = regs::Segment::real_mode(0, true);
-        r.rip = 0x1000;
-        r.rsp = 0x8000;
-        vcpu.set_sregs(&s).unwrap();
-        vcpu.set_regs(&r).unwrap();
+        let mut vcpu = real_mode_vcpu(&mem);
         let ops = Ports { irq: AtomicBool::new(true), ..Ports::default() };
         assert_eq!(vcpu.run(&ops).unwrap(), VcpuExit::Halted);
         mem.read_u16(0x600).unwrap()
@@ -960,13 +954,8 @@ mod tests {
         assert_eq!(live(crate::mmu::MMU_USER), [], "user pages are not global");
     }
 
-    /// Real-mode `main` (at 0000:1000) run to its HLT; returns the words it stored
-    /// at 0x600...
-    fn real_mode_words(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, n: usize) -> Vec<u16> {
-        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
-        let mut a = CodeAssembler::new(16).unwrap();
-        main(&mut a).unwrap();
-        mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+    /// A vCPU in real mode at 0000:1000, the stack at 0000:8000.
+    fn real_mode_vcpu(mem: &Arc<GuestMemory>) -> TcgVcpu {
         let mut vcpu = TcgVcpu::new(mem.clone()).unwrap();
         let (mut r, mut s) = regs::power_on_state();
         s.cs = regs::Segment::real_mode(0, true);
@@ -974,6 +963,17 @@ mod tests {
         r.rsp = 0x8000;
         vcpu.set_sregs(&s).unwrap();
         vcpu.set_regs(&r).unwrap();
+        vcpu
+    }
+
+    /// Real-mode `main` (at 0000:1000) run to its HLT; returns the words it stored
+    /// at 0x600...
+    fn real_mode_words(main: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>, n: usize) -> Vec<u16> {
+        let mem = Arc::new(GuestMemory::flat(1 << 20).unwrap());
+        let mut a = CodeAssembler::new(16).unwrap();
+        main(&mut a).unwrap();
+        mem.write(0x1000, &a.assemble(0x1000).unwrap()).unwrap();
+        let mut vcpu = real_mode_vcpu(&mem);
         assert_eq!(vcpu.run(&Ports::default()).unwrap(), VcpuExit::Halted);
         (0..n).map(|i| mem.read_u16(0x600 + 2 * i as u64).unwrap()).collect()
     }
