@@ -1855,6 +1855,44 @@ impl<'a> Emit<'a> {
                 self.define(d, r);
                 return;
             }
+            // An extension reads its source where it is: one instruction.
+            Un::Zext | Un::Sext if matches!(self.a.loc[a.0 as usize], Loc::Reg(_) | Loc::Global(_) | Loc::State(_)) => {
+                let src = self.a.loc[a.0 as usize];
+                let (rd, holds_a) = self.dest_or_fresh(i, d, a, &[], &[]);
+                let ra = match src {
+                    _ if holds_a => Some(rd),
+                    Loc::State(_) => None,
+                    _ => Some(self.reg(a, &[rd])),
+                };
+                let o = match src {
+                    Loc::State(g) => Global::from_index(g as usize).offset(),
+                    _ => 0,
+                };
+                match (op, w, ra) {
+                    (Un::Zext, 1, Some(r)) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rb(r)),
+                    (Un::Zext, 2, Some(r)) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), Rw(r)),
+                    (Un::Zext, 4, Some(r)) => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), Rd(r)),
+                    (Un::Sext, 1, Some(r)) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), Rb(r)),
+                    (Un::Sext, 2, Some(r)) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), Rw(r)),
+                    (Un::Sext, 4, Some(r)) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(rd), Rd(r)),
+                    (Un::Zext, 1, None) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), BYTE [r14 + o]),
+                    (Un::Zext, 2, None) => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [r14 + o]),
+                    (Un::Zext, 4, None) => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), DWORD [r14 + o]),
+                    (Un::Sext, 1, None) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), BYTE [r14 + o]),
+                    (Un::Sext, 2, None) => dynasm!(self.ops ; .arch x64 ; movsx Rq(rd), WORD [r14 + o]),
+                    (Un::Sext, 4, None) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(rd), DWORD [r14 + o]),
+                    // Eight bytes: the value as it is.
+                    (_, _, Some(r)) => {
+                        if r != rd {
+                            dynasm!(self.ops ; .arch x64 ; mov Rq(rd), Rq(r))
+                        }
+                    }
+                    (_, _, None) => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [r14 + o]),
+                }
+                self.free_dead(i, &Op::Un { op, w, d, a });
+                self.define_at(d, rd);
+                return;
+            }
             _ => self.dest(i, d, a, &[], &[]),
         };
         match (op, w) {
