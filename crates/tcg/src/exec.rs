@@ -760,12 +760,18 @@ impl Vcpu for TcgVcpu {
         Ok(())
     }
 
+    /// The state keeps the x87 registers by physical register; the interface (as
+    /// FXSAVE) gives them as ST(0)..ST(7).
     fn fpu(&self) -> Result<FpuState, CpuError> {
-        Ok(self.cpu().state.fpu)
+        let mut f = self.cpu().state.fpu;
+        f.st.rotate_left(usize::from(f.fsw >> 11) & 7);
+        Ok(f)
     }
 
     fn set_fpu(&mut self, fpu: &FpuState) -> Result<(), CpuError> {
-        self.cpu_mut().state.fpu = *fpu;
+        let mut f = *fpu;
+        f.st.rotate_right(usize::from(f.fsw >> 11) & 7);
+        self.cpu_mut().state.fpu = f;
         Ok(())
     }
 

@@ -231,6 +231,8 @@ pub struct CpuState {
     pub apic_base: u64,
     pub dr: [u64; 8],
     pub msr: Msrs,
+    /// FPU and SSE state; `fpu.st[p]` is physical register R`p` (not ST(p), as in the
+    /// FXSAVE layout elsewhere), so a push or pop only moves TOP.
     pub fpu: regs::FpuState,
     pub fault: Fault,
     /// HLT executed; cleared by an interrupt.

@@ -196,11 +196,10 @@ fn kind(ins: &Instruction) -> Option<Kind> {
     k
 }
 
-/// MMX instructions move TOP to 0 and tag every register valid: ST(i) becomes MMi.
+/// MMX instructions move TOP to 0 and tag every register valid (MMi is physical
+/// register Ri, where the state keeps it).
 fn enter_mmx(cpu: &mut Cpu) {
     let f = &mut cpu.state.fpu;
-    let top = usize::from(f.fsw >> 11) & 7;
-    f.st.rotate_right(top);
     f.fsw &= !(7 << 11);
     f.ftw = 0xff;
 }

@@ -5,9 +5,11 @@
 //! FPREM/FPREM1, the transcendentals) and comparisons (FCOM*, FUCOM*, FICOM*, FCOMI*,
 //! FTST, FXAM).
 //!
-//! The registers stay in the FXSAVE layout of [`quern_core::regs::FpuState`]: `st[i]`
-//! is ST(i) (relative to TOP), `ftw` is the abridged tag word by physical register.
-//! Pushes and pops rotate `st` and move TOP.
+//! The registers are kept by physical register, as the hardware keeps them: in the
+//! CPU state `fpu.st[p]` is R`p` (and MM`p`), ST(i) is R((TOP + i) & 7), `ftw` is the
+//! abridged tag word. Pushes and pops move TOP only, so generated code can do them
+//! too; FXSAVE, FNSAVE and [`crate::exec`]'s register access convert to the
+//! architectural ST(i) order.
 //!
 //! Precision: loads and stores (m32, m64, m80, integers), FXCH, FCHS, FABS, FRNDINT,
 //! FSCALE (in range), FXTRACT and all comparisons are exact on the 80-bit values; stores
@@ -521,7 +523,7 @@ fn is_empty(cpu: &Cpu, i: usize) -> bool {
 }
 
 fn raw(cpu: &Cpu, i: usize) -> F80 {
-    F80::from_bytes(&cpu.state.fpu.st[i])
+    F80::from_bytes(&cpu.state.fpu.st[phys(cpu, i)])
 }
 
 /// Sets the FSW exception flags in `flags` (FSW bit order) and ES/B when one is
@@ -563,8 +565,8 @@ fn push_overflows(cpu: &Cpu) -> bool {
 fn set_st(cpu: &mut Cpu, i: usize, v: F80) {
     let p = phys(cpu, i);
     let f = &mut cpu.state.fpu;
-    f.st[i] = [0; 16];
-    f.st[i][..10].copy_from_slice(&v.to_bytes());
+    f.st[p] = [0; 16];
+    f.st[p][..10].copy_from_slice(&v.to_bytes());
     f.ftw |= 1 << p;
 }
 
@@ -582,14 +584,12 @@ fn push(cpu: &mut Cpu, v: F80) {
 /// the caller has reported.
 fn push_raw(cpu: &mut Cpu, v: F80) {
     set_top(cpu, (top(cpu) + 7) & 7);
-    cpu.state.fpu.st.rotate_right(1);
     set_st(cpu, 0, v);
 }
 
 fn pop(cpu: &mut Cpu) {
     let p = phys(cpu, 0);
     cpu.state.fpu.ftw &= !(1 << p);
-    cpu.state.fpu.st.rotate_left(1);
     set_top(cpu, (top(cpu) + 1) & 7);
 }
 
@@ -776,7 +776,7 @@ fn control_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             let mut b = env_image(cpu, long);
             if save {
                 for i in 0..8 {
-                    b.extend_from_slice(&cpu.state.fpu.st[i][..10]);
+                    b.extend_from_slice(&cpu.state.fpu.st[phys(cpu, i)][..10]);
                 }
             }
             let a = Operands { cpu, ins }.linear();
@@ -797,7 +797,8 @@ fn control_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             load_env(cpu, &b, long);
             if rstor {
                 for i in 0..8 {
-                    let st = &mut cpu.state.fpu.st[i];
+                    let p = phys(cpu, i);
+                    let st = &mut cpu.state.fpu.st[p];
                     *st = [0; 16];
                     st[..10].copy_from_slice(&b[n + i * 10..n + i * 10 + 10]);
                 }
@@ -816,6 +817,7 @@ fn fxsave(cpu: &mut Cpu, ins: &Instruction, rexw: bool) -> Result<()> {
     }
     let nx = if cpu.state.code_bits() == 64 { 16 } else { 8 };
     let f = &cpu.state.fpu;
+    let top = top(cpu);
     let mut b = [0u8; 512];
     b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
     b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
@@ -831,7 +833,7 @@ fn fxsave(cpu: &mut Cpu, ins: &Instruction, rexw: bool) -> Result<()> {
     b[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
     b[28..32].copy_from_slice(&MXCSR_MASK.to_le_bytes());
     for i in 0..8 {
-        b[32 + 16 * i..32 + 16 * i + 10].copy_from_slice(&f.st[i][..10]);
+        b[32 + 16 * i..32 + 16 * i + 10].copy_from_slice(&f.st[(top + i) & 7][..10]);
     }
     for i in 0..nx {
         b[160 + 16 * i..176 + 16 * i].copy_from_slice(&f.xmm[i]);
@@ -867,9 +869,11 @@ fn fxrstor(cpu: &mut Cpu, ins: &Instruction, rexw: bool) -> Result<()> {
         f.fdp = u64::from(u32_at(16));
     }
     f.mxcsr = mxcsr;
+    let top = usize::from(f.fsw >> 11) & 7;
     for i in 0..8 {
-        f.st[i] = [0; 16];
-        f.st[i][..10].copy_from_slice(&b[32 + 16 * i..42 + 16 * i]);
+        let p = (top + i) & 7;
+        f.st[p] = [0; 16];
+        f.st[p][..10].copy_from_slice(&b[32 + 16 * i..42 + 16 * i]);
     }
     for i in 0..nx {
         f.xmm[i].copy_from_slice(&b[160 + 16 * i..176 + 16 * i]);
@@ -1490,12 +1494,10 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         }
         Fincstp => {
             set_top(cpu, top(cpu) + 1);
-            cpu.state.fpu.st.rotate_left(1);
             cpu.state.fpu.fsw &= !C1;
         }
         Fdecstp => {
             set_top(cpu, top(cpu) + 7);
-            cpu.state.fpu.st.rotate_right(1);
             cpu.state.fpu.fsw &= !C1;
         }
         _ => {} // FNOP
@@ -1943,7 +1945,9 @@ mod tests {
         assert_eq!(d.u32(24), 0x1fa0);
         assert_eq!(d.u32(28), MXCSR_MASK);
         assert_eq!(d.u64(0x200 + 8), 0x5566_7788, "32-bit FIP and a zero FCS");
-        assert_eq!(&d.0[32..42], &[1; 10]);
+        // TOP is 6: ST(0) is R6, ST(2) is R0.
+        assert_eq!(&d.0[32..42], &[7; 10]);
+        assert_eq!(&d.0[64..74], &[1; 10]);
         assert_eq!(&d.0[160 + 15 * 16..160 + 16 * 16], &[0x1f; 16]);
 
         // Misalignment and reserved MXCSR bits are #GP(0).
