@@ -388,6 +388,8 @@ impl TcgVcpu {
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
             mmu_idx: s.mmu_index(),
             cpl: s.cpl(),
+            x87: (!single && s.sse_enabled() && s.fpu.fcw == crate::lower::x87::FCW)
+                .then_some(((s.fpu.fsw >> 11) as u8 & 7, s.fpu.ftw)),
         }
     }
 
@@ -606,6 +608,9 @@ impl TcgVcpu {
     }
 
     fn run_loop(&mut self, ops: &dyn VmOps) -> Result<VcpuExit, CpuError> {
+        crate::backend::prepare_host_thread();
+        // A guard failed: the next block is the one-instruction one.
+        let mut step = false;
         loop {
             if self.take_exit_request() && ops.stop_requested() {
                 return Ok(VcpuExit::Kicked);
@@ -621,6 +626,8 @@ impl TcgVcpu {
                 // The shadow covers one instruction: with an interrupt waiting, run
                 // just that one (`sti; nop; cli` must take it before the CLI).
                 single = cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending();
+            } else if step {
+                single = true;
             } else if cpu.state.eflags & regs::flags::IF != 0 && ops.interrupt_pending() {
                 if let Some(v) = ops.acknowledge_interrupt() {
                     if interrupt::deliver(cpu, v, None, Source::Hardware).is_err() {
@@ -633,6 +640,7 @@ impl TcgVcpu {
                     }
                 }
             }
+            step = false;
             if self.cpu().state.halted != 0 {
                 return Ok(VcpuExit::Halted);
             }
@@ -684,6 +692,7 @@ impl TcgVcpu {
                     }
                 }
                 exit::HALT => self.cpu_mut().state.halted = 1,
+                exit::STEP => step = true,
                 other => {
                     return Err(CpuError::Guest { accel: "tcg", reason: format!("bad exit code {other} from a block") })
                 }

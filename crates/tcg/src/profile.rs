@@ -68,7 +68,7 @@ pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
 pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
 pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 /// Returns to the run loop by exit code (`backend::exit`).
-pub static EXITS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+pub static EXITS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
 /// Host code bytes emitted, and how often the full code buffer was emptied.
 pub static CODE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Blocks the backend emitted again with fewer guest registers mapped.
@@ -172,7 +172,7 @@ pub fn report() {
     );
     eprintln!(
         "quern tcg exits: {} to look up the next block ({} jump-cache misses, {} after the interpreter, \
-         {} mode changes), {} to chain, {} faults, {} requests, {} halts; \
+         {} mode changes), {} to chain, {} faults, {} requests, {} halts, {} x87 guards failed; \
          {} jump-cache refills in generated code, {} of them found the block",
         n(&EXITS[0]) + n(&EXITS[5]) + n(&EXITS[6]) + n(&EXITS[7]),
         n(&EXITS[5]),
@@ -182,6 +182,7 @@ pub fn report() {
         n(&EXITS[2]),
         n(&EXITS[3]),
         n(&EXITS[4]),
+        n(&EXITS[8]),
         n(&LOOKUPS),
         n(&LOOKUP_HITS)
     );

@@ -234,6 +234,12 @@ pub struct CpuState {
     /// FPU and SSE state; `fpu.st[p]` is physical register R`p` (not ST(p), as in the
     /// FXSAVE layout elsewhere), so a push or pop only moves TOP.
     pub fpu: regs::FpuState,
+    /// Scratch of translated x87 code, dead between guest instructions: the register
+    /// [`crate::ir::X87_TMP`], a value on its way between a host register and the host
+    /// FPU, and the host FPU's status word.
+    pub x87_tmp: [u8; 16],
+    pub x87_io: u64,
+    pub x87_sw: u16,
     pub fault: Fault,
     /// HLT executed; cleared by an interrupt.
     pub halted: u32,
@@ -412,6 +418,19 @@ pub mod off {
         (offset_of!(CpuState, vtmp) + 16 * t) as i32
     }
     pub const MXCSR: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, mxcsr)) as i32;
+    /// x87 register `r`: physical R0..R7, or 8 for the scratch one.
+    pub const fn x87(r: u8) -> i32 {
+        if r < 8 {
+            (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, st) + 16 * r as usize) as i32
+        } else {
+            offset_of!(CpuState, x87_tmp) as i32
+        }
+    }
+    pub const FCW: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, fcw)) as i32;
+    pub const FSW: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, fsw)) as i32;
+    pub const FTW: i32 = (offset_of!(CpuState, fpu) + offset_of!(regs::FpuState, ftw)) as i32;
+    pub const X87_IO: i32 = offset_of!(CpuState, x87_io) as i32;
+    pub const X87_SW: i32 = offset_of!(CpuState, x87_sw) as i32;
     pub const HOST_MXCSR: i32 = offset_of!(CpuState, host_mxcsr) as i32;
     /// The jump-cache array of MMU index `mmu_idx`.
     pub const fn jmp_cache_offset(mmu_idx: usize) -> i32 {

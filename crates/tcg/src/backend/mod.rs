@@ -30,6 +30,9 @@ pub mod exit {
     pub const MISS: u32 = 5;
     pub const INTERP: u32 = 6;
     pub const MODE: u32 = 7;
+    /// A guard found the state other than its block was translated for: RIP is the
+    /// instruction to run alone, in the interpreter, before blocks go on.
+    pub const STEP: u32 = 8;
 }
 
 /// The run loop's way into and out of generated code.
@@ -122,3 +125,9 @@ pub trait Backend {
 /// The backend of the host this build runs on.
 #[cfg(target_arch = "x86_64")]
 pub type Host = x64::X64;
+
+/// Puts the calling thread's FPU in the state generated code assumes (see
+/// [`x64::prepare_host_thread`]).
+pub fn prepare_host_thread() {
+    x64::prepare_host_thread()
+}

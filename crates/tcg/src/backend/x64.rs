@@ -23,7 +23,9 @@ use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 
 use super::{exit, Backend, Code, Env, Helpers, Trampoline};
 use crate::flags::{CcKind, CcOp, Width};
-use crate::ir::{Bin, Block, CcOpSrc, Cond, FOp, FShape, Global, Helper, Op, Test, Un, VBin, VRead, VReg, VWrite, Val};
+use crate::ir::{
+    Bin, Block, CcOpSrc, Cond, FOp, FShape, Global, Helper, Op, Test, Un, VBin, VRead, VReg, VWrite, Val, X87Fmt, X87Un,
+};
 use crate::mmu::{entry_off, TLB_BITS};
 use crate::state::off;
 
@@ -56,6 +58,16 @@ fn caller_saved(r: u8) -> bool {
 }
 
 pub struct X64;
+
+/// Loads the default x87 control word (every exception masked, round to nearest,
+/// 64-bit precision) into the host FPU: translated x87 code computes on it for guests
+/// whose control word is the same ([`crate::ir::Op::X87Guard`]).
+pub fn prepare_host_thread() {
+    let cw: u16 = crate::lower::x87::FCW;
+    // SAFETY: FLDCW reads the two bytes of `cw`; nothing else in the process relies on
+    // another x87 control word.
+    unsafe { std::arch::asm!("fldcw [{}]", in(reg) &cw, options(nostack, readonly, preserves_flags)) };
+}
 
 impl Backend for X64 {
     fn emit(block: &Block, env: &Env) -> Code {
@@ -259,6 +271,12 @@ enum Deferred {
         tail: std::ops::Range<usize>,
     },
     SideExit {
+        at: DynamicLabel,
+        rip: u64,
+        sync: Sync,
+    },
+    /// A failed guard: leave for the run loop to step over `rip` alone.
+    Step {
         at: DynamicLabel,
         rip: u64,
         sync: Sync,
@@ -1300,8 +1318,199 @@ impl<'a> Emit<'a> {
                 self.store_rip(rip);
                 self.exit_raw(exit::MODE);
             }
+            Op::X87Guard { fcw, top, ftw, rip } => {
+                let at = self.ops.new_dynamic_label();
+                dynasm!(self.ops ; .arch x64
+                    ; cmp WORD [r14 + off::FCW], fcw as i16
+                    ; jne =>at
+                    ; cmp BYTE [r14 + off::FTW], ftw as i8
+                    ; jne =>at
+                    ; movzx edi, WORD [r14 + off::FSW]
+                    ; and edi, 0x3800
+                    ; cmp edi, i32::from(top) << 11
+                    ; jne =>at
+                );
+                // The exception flags the operations after it raise, from none.
+                self.ops.extend([0xdb, 0xe2]); // FNCLEX
+                self.deferred.push(Deferred::Step { at, rip, sync: self.sync_now() });
+            }
+            Op::X87In { f, r, s } => {
+                let rs = self.reg(s, &[]);
+                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::X87_IO], Rq(rs));
+                let (opc, digit) = match f {
+                    X87Fmt::F32 => (0xd9, 0),
+                    X87Fmt::F64 => (0xdd, 0),
+                    X87Fmt::I16 => (0xdf, 0),
+                    X87Fmt::I32 => (0xdb, 0),
+                    X87Fmt::I64 => (0xdf, 5),
+                };
+                self.x87_mem(opc, digit, off::X87_IO);
+                self.x87_status();
+                self.x87_mem(0xdb, 7, off::x87(r)); // FSTP m80
+                self.x87_merge();
+            }
+            Op::X87Out { f, trunc, d, r } => {
+                self.x87_mem(0xdb, 5, off::x87(r)); // FLD m80
+                let (opc, digit) = match (f, trunc) {
+                    (X87Fmt::F32, _) => (0xd9, 3),
+                    (X87Fmt::F64, _) => (0xdd, 3),
+                    (X87Fmt::I16, false) => (0xdf, 3),
+                    (X87Fmt::I32, false) => (0xdb, 3),
+                    (X87Fmt::I64, false) => (0xdf, 7),
+                    (X87Fmt::I16, true) => (0xdf, 1),
+                    (X87Fmt::I32, true) => (0xdb, 1),
+                    (X87Fmt::I64, true) => (0xdd, 1),
+                };
+                self.x87_mem(opc, digit, off::X87_IO);
+                self.x87_status();
+                self.x87_merge();
+                let rd = self.alloc(&[]);
+                match f.bytes() {
+                    2 => dynasm!(self.ops ; .arch x64 ; movzx Rd(rd), WORD [r14 + off::X87_IO]),
+                    4 => dynasm!(self.ops ; .arch x64 ; mov Rd(rd), DWORD [r14 + off::X87_IO]),
+                    _ => dynasm!(self.ops ; .arch x64 ; mov Rq(rd), QWORD [r14 + off::X87_IO]),
+                }
+                self.define(d, rd);
+                return;
+            }
+            Op::X87SetRaw { r, lo, hi } => {
+                let rl = self.reg(lo, &[]);
+                let rh = self.reg(hi, &[rl]);
+                let o = off::x87(r);
+                dynasm!(self.ops ; .arch x64
+                    ; mov [r14 + o], Rq(rl)
+                    ; mov [r14 + o + 8], Rw(rh)
+                    ; mov DWORD [r14 + o + 10], 0
+                    ; mov WORD [r14 + o + 14], 0
+                );
+            }
+            Op::X87Bin { op, r, a, b } => {
+                // ST(0) = a, ST(1) = b; then FADD/FMUL/FSUB/FDIV ST(0), ST(1).
+                self.x87_mem(0xdb, 5, off::x87(b));
+                self.x87_mem(0xdb, 5, off::x87(a));
+                let modrm = match op {
+                    FOp::Add => 0xc1,
+                    FOp::Mul => 0xc9,
+                    FOp::Sub => 0xe1,
+                    _ => 0xf1,
+                };
+                self.ops.extend([0xd8, modrm]);
+                self.x87_status();
+                self.x87_mem(0xdb, 7, off::x87(r));
+                self.ops.extend([0xdd, 0xd8]); // FSTP ST(0): b off the host stack
+                self.x87_merge();
+            }
+            Op::X87BinMem { op, rev, f, r, a, s } => {
+                let rs = self.reg(s, &[]);
+                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::X87_IO], Rq(rs));
+                self.x87_mem(0xdb, 5, off::x87(a));
+                let opc = match f {
+                    X87Fmt::F32 => 0xd8,
+                    X87Fmt::F64 => 0xdc,
+                    X87Fmt::I32 => 0xda,
+                    _ => 0xde,
+                };
+                let digit = match (op, rev) {
+                    (FOp::Add, _) => 0,
+                    (FOp::Mul, _) => 1,
+                    (FOp::Sub, false) => 4,
+                    (FOp::Sub, true) => 5,
+                    (_, false) => 6,
+                    (_, true) => 7,
+                };
+                self.x87_mem(opc, digit, off::X87_IO);
+                self.x87_status();
+                self.x87_mem(0xdb, 7, off::x87(r));
+                self.x87_merge();
+            }
+            Op::X87Un { op, r, a } => {
+                let (oa, or) = (off::x87(a), off::x87(r));
+                match op {
+                    X87Un::Mov => dynasm!(self.ops ; .arch x64
+                        ; mov rdi, [r14 + oa]
+                        ; mov [r14 + or], rdi
+                        ; mov rdi, [r14 + oa + 8]
+                        ; mov [r14 + or + 8], rdi
+                    ),
+                    X87Un::Chs | X87Un::Abs => {
+                        debug_assert_eq!(r, a);
+                        if op == X87Un::Chs {
+                            dynasm!(self.ops ; .arch x64 ; xor BYTE [r14 + or + 9], 0x80u8 as i8);
+                        } else {
+                            dynasm!(self.ops ; .arch x64 ; and BYTE [r14 + or + 9], 0x7f);
+                        }
+                    }
+                    X87Un::Sqrt => {
+                        self.x87_mem(0xdb, 5, oa);
+                        self.ops.extend([0xd9, 0xfa]); // FSQRT
+                        self.x87_status();
+                        self.x87_mem(0xdb, 7, or);
+                        self.x87_merge();
+                    }
+                }
+            }
+            Op::X87Cmp { d, a, b, signal } => {
+                self.x87_mem(0xdb, 5, off::x87(b));
+                self.x87_mem(0xdb, 5, off::x87(a));
+                // FCOMI / FUCOMI ST(0), ST(1).
+                self.ops.extend([0xdb, if signal { 0xf1 } else { 0xe9 }]);
+                let rd = self.alloc(&[]);
+                // Nothing after the compare and before this touches the host flags.
+                dynasm!(self.ops ; .arch x64 ; pushfq ; pop Rq(rd) ; and Rd(rd), 0x45);
+                self.x87_status();
+                self.ops.extend([0xdd, 0xd8, 0xdd, 0xd8]); // FSTP ST(0), twice
+                                                           // The CPUs this was checked on leave C1 alone.
+                self.x87_merge_flags();
+                self.define(d, rd);
+                return;
+            }
+            Op::X87Stack { top, ftw, clear_c1 } => {
+                let keep = !(0x3800u16 | if clear_c1 { 0x200 } else { 0 });
+                dynasm!(self.ops ; .arch x64
+                    ; and WORD [r14 + off::FSW], keep as i16
+                    ; mov BYTE [r14 + off::FTW], ftw as i8
+                );
+                if top != 0 {
+                    dynasm!(self.ops ; .arch x64 ; or WORD [r14 + off::FSW], (u16::from(top) << 11) as i16);
+                }
+            }
         }
         self.free_dead(i, &op);
+    }
+
+    // ---- x87 (on the host FPU, which holds nothing between operations) ----
+
+    /// An x87 instruction with the memory operand `[r14 + o]`: `opc /digit`.
+    fn x87_mem(&mut self, opc: u8, digit: u8, o: i32) {
+        // REX.B (r14), ModRM mod 10 (disp32), rm 110 (r14 & 7).
+        self.ops.extend([0x41, opc, 0x80 | (digit << 3) | 6]);
+        self.ops.push_i32(o);
+    }
+
+    /// FNSTSW into the state's scratch: the host's exception flags since the guard, and
+    /// C1 of the operation just done.
+    fn x87_status(&mut self) {
+        self.x87_mem(0xdd, 7, off::X87_SW);
+    }
+
+    /// ORs the exception flags [`Emit::x87_status`] saved into the guest's FSW and sets
+    /// its C1 to the host's.
+    fn x87_merge(&mut self) {
+        dynasm!(self.ops ; .arch x64
+            ; movzx edi, WORD [r14 + off::X87_SW]
+            ; and edi, 0x23f
+            ; and WORD [r14 + off::FSW], !0x200u16 as i16
+            ; or WORD [r14 + off::FSW], di
+        );
+    }
+
+    /// As [`Emit::x87_merge`], C1 left as it was.
+    fn x87_merge_flags(&mut self) {
+        dynasm!(self.ops ; .arch x64
+            ; movzx edi, WORD [r14 + off::X87_SW]
+            ; and edi, 0x3f
+            ; or WORD [r14 + off::FSW], di
+        );
     }
 
     // ---- vectors (on host xmm0 and xmm1, from and to the state) ----
@@ -2189,6 +2398,7 @@ impl<'a> Emit<'a> {
                     self.store_state(sync);
                     self.chain_to(rip);
                 }
+                Deferred::Step { at, rip, sync } => self.emit_step(at, rip, sync),
                 Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
                 Deferred::Carry { at, resume, r, sync } => self.emit_carry_slow(at, resume, r, sync),
                 Deferred::Load { at, resume, d, w, addr, disp, rip, sync } => {
@@ -2378,10 +2588,18 @@ impl<'a> Emit<'a> {
                 self.store_rip(rip);
                 self.exit_raw(exit::NEXT);
             }
+            Deferred::Step { at, rip, sync } => self.emit_step(at, rip, sync),
             Deferred::Trap { at, rip, vector, sync } => self.emit_trap(at, rip, vector, sync),
             Deferred::Carry { at, resume, r, sync } => self.emit_carry_slow(at, resume, r, sync),
             _ => panic!("tcg backend: memory access in an instruction's tail after a store"),
         }
+    }
+
+    fn emit_step(&mut self, at: DynamicLabel, rip: u64, sync: Sync) {
+        dynasm!(self.ops ; .arch x64 ; =>at);
+        self.store_state(sync);
+        self.store_rip(rip);
+        self.exit_raw(exit::STEP);
     }
 
     /// d = CF of the state's flag record: inline for logic operations, INC/DEC and

@@ -1583,6 +1583,8 @@ pub(crate) mod harness {
             a.sub(rsp, 24)?;
             a.fnstcw(word_ptr(rsp))?;
             a.stmxcsr(dword_ptr(rsp + 4))?;
+            // The state the emulators start in (JIT code leaves sticky flags behind).
+            a.fninit()?;
             a.xor(r8d, r8d)?;
             a.push(r8)?;
             a.popfq()?;

@@ -32,6 +32,11 @@
 //!   and compares, [`VWrite`]) round as the guest's MXCSR says (RC, DAZ, FTZ) and OR
 //!   the exceptions they raise into its sticky flags. The front end emits them only
 //!   when the guest masks every exception (a block-mode bit), so they never fault.
+//! - x87 operations ([`Op::X87Bin`], ...) name physical registers (R0..R7 in the
+//!   state, and a scratch one): the front end tracks TOP and the tags from the
+//!   values a guard ([`Op::X87Guard`]) checks, which include a control word that
+//!   masks every exception, rounds to nearest with 64-bit precision. They read and
+//!   write the state in program order and OR their exception flags into FSW.
 
 pub mod opt;
 
@@ -147,6 +152,42 @@ pub enum FOp {
     /// LT, LE, UNORD, NEQ, NLT, NLE, ORD).
     Cmp,
 }
+
+/// The formats an x87 register converts from and to ([`Op::X87In`], [`Op::X87Out`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum X87Fmt {
+    F32,
+    F64,
+    I16,
+    I32,
+    I64,
+}
+
+impl X87Fmt {
+    pub fn bytes(self) -> Width {
+        match self {
+            X87Fmt::I16 => 2,
+            X87Fmt::F32 | X87Fmt::I32 => 4,
+            X87Fmt::F64 | X87Fmt::I64 => 8,
+        }
+    }
+}
+
+/// One-register x87 operations ([`Op::X87Un`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum X87Un {
+    /// A copy of all 80 bits.
+    Mov,
+    /// The sign bit flipped (FCHS) or cleared (FABS).
+    Chs,
+    Abs,
+    /// The square root, as FSQRT rounds it and raises its exceptions.
+    Sqrt,
+}
+
+/// The x87 scratch register (beside the physical R0..R7) that [`Op::X87Un`] and
+/// friends may name: FXCH swaps through it.
+pub const X87_TMP: u8 = 8;
 
 /// Conversions between vector formats (the scalar forms merge into the low lane of
 /// `a`; the packed ones read `b`; a narrowing packed form zeroes the upper half).
@@ -637,6 +678,80 @@ pub enum Op {
     ExitToLoop {
         rip: u64,
     },
+    /// Unless the x87 control word is `fcw`, TOP is `top` and the abridged tag word
+    /// `ftw`, leaves to the run loop, which runs the instruction at `rip` alone (in
+    /// the interpreter). The x87 operations after it were translated for that stack:
+    /// they name physical registers and need no checks for empty or full ones. Also
+    /// starts collecting the exception flags of the operations after it.
+    X87Guard {
+        fcw: u16,
+        top: u8,
+        ftw: u8,
+        rip: u64,
+    },
+    /// x87 register `r` (R0..R7, or [`X87_TMP`]) = the low bytes of `s` read as `f`,
+    /// converted exactly (an SNaN or denormal raises IE or DE, as FLD does).
+    X87In {
+        f: X87Fmt,
+        r: u8,
+        s: Val,
+    },
+    /// d = x87 register `r` converted to `f` (zero-extended): rounded as FCW says, or
+    /// towards zero when `trunc` (FISTTP); raises what FST/FIST raise and sets C1.
+    X87Out {
+        f: X87Fmt,
+        trunc: bool,
+        d: Val,
+        r: u8,
+    },
+    /// x87 register `r` = the 80-bit value with significand `lo` and sign and
+    /// exponent the low 16 bits of `hi` (FLD m80: nothing raised).
+    X87SetRaw {
+        r: u8,
+        lo: Val,
+        hi: Val,
+    },
+    /// x87 register `r` = `a op b` (Add, Sub, Mul or Div) with FCW's precision and
+    /// rounding, the exception flags and C1 as the hardware sets them.
+    X87Bin {
+        op: FOp,
+        r: u8,
+        a: u8,
+        b: u8,
+    },
+    /// x87 register `r` = `a op s`, `s` read from the low bytes of a value as `f`
+    /// (F32, F64, I16 or I32: FADD m32fp .. FIDIVR m32int), or `s op a` when `rev`.
+    X87BinMem {
+        op: FOp,
+        rev: bool,
+        f: X87Fmt,
+        r: u8,
+        a: u8,
+        s: Val,
+    },
+    /// x87 register `r` = `op` of register `a` (only [`X87Un::Sqrt`] raises anything).
+    X87Un {
+        op: X87Un,
+        r: u8,
+        a: u8,
+    },
+    /// d = the comparison of x87 registers `a` and `b` as FCOMI sets the flags (ZF, PF
+    /// and CF in their EFLAGS positions, as [`VRead::Comi`]); `signal`: a quiet NaN
+    /// raises IE too (FCOMI), not only a signalling one (FUCOMI). C1 stays (as on the
+    /// CPUs checked, although the manuals say it is cleared).
+    X87Cmp {
+        d: Val,
+        a: u8,
+        b: u8,
+        signal: bool,
+    },
+    /// FSW's TOP = `top`, the abridged tag word = `ftw`, and C1 cleared when
+    /// `clear_c1` (an instruction whose C1 no host operation set).
+    X87Stack {
+        top: u8,
+        ftw: u8,
+        clear_c1: bool,
+    },
 }
 
 impl Op {
@@ -656,7 +771,9 @@ impl Op {
             | Op::Load { d, .. }
             | Op::Call { d, .. }
             | Op::VGet { d, .. }
-            | Op::VRead { d, .. } => Some(d),
+            | Op::VRead { d, .. }
+            | Op::X87Out { d, .. }
+            | Op::X87Cmp { d, .. } => Some(d),
             _ => None,
         }
     }
@@ -694,6 +811,11 @@ impl Op {
             Op::VSet { s, .. } | Op::VWrite { s, .. } => f(*s),
             Op::ExitIf { t, .. } | Op::TrapIf { t, .. } | Op::Loop { t: Some(t) } => test(t, &mut f),
             Op::ExitJump { rip } => f(*rip),
+            Op::X87In { s, .. } | Op::X87BinMem { s, .. } => f(*s),
+            Op::X87SetRaw { lo, hi, .. } => {
+                f(*lo);
+                f(*hi)
+            }
             _ => {}
         }
     }
@@ -731,6 +853,11 @@ impl Op {
             Op::VSet { s, .. } | Op::VWrite { s, .. } => *s = f(*s),
             Op::ExitIf { t: x, .. } | Op::TrapIf { t: x, .. } | Op::Loop { t: Some(x) } => t(x, &mut f),
             Op::ExitJump { rip } => *rip = f(*rip),
+            Op::X87In { s, .. } | Op::X87BinMem { s, .. } => *s = f(*s),
+            Op::X87SetRaw { lo, hi, .. } => {
+                *lo = f(*lo);
+                *hi = f(*hi)
+            }
             _ => {}
         }
     }
@@ -773,6 +900,7 @@ impl Op {
                 | Op::Exit { .. }
                 | Op::ExitJump { .. }
                 | Op::ExitToLoop { .. }
+                | Op::X87Guard { .. }
         )
     }
 
@@ -916,6 +1044,18 @@ impl Block {
         d
     }
 
+    pub fn x87_out(&mut self, f: X87Fmt, trunc: bool, r: u8) -> Val {
+        let d = self.fresh();
+        self.push(Op::X87Out { f, trunc, d, r });
+        d
+    }
+
+    pub fn x87_cmp(&mut self, a: u8, b: u8, signal: bool) -> Val {
+        let d = self.fresh();
+        self.push(Op::X87Cmp { d, a, b, signal });
+        d
+    }
+
     /// A test that `a` (at width `w`) is nonzero.
     pub fn nonzero(&mut self, w: Width, a: Val) -> Test {
         let z = self.konst(0);
@@ -980,6 +1120,25 @@ impl fmt::Display for Block {
                 Op::Exit { rip } => writeln!(f, "exit -> {rip:#x}")?,
                 Op::ExitJump { rip } => writeln!(f, "exit_jump -> {rip}")?,
                 Op::ExitToLoop { rip } => writeln!(f, "exit_to_loop {rip:#x}")?,
+                Op::X87Guard { fcw, top, ftw, rip } => {
+                    writeln!(f, "x87_guard fcw {fcw:#x} top {top} ftw {ftw:#04x} else step {rip:#x}")?
+                }
+                Op::X87In { f: fmt, r, s } => writeln!(f, "r{r} = x87_in.{fmt:?} {s}")?,
+                Op::X87Out { f: fmt, trunc, d, r } => {
+                    writeln!(f, "{d} = x87_out.{fmt:?}{} r{r}", if *trunc { "t" } else { "" })?
+                }
+                Op::X87SetRaw { r, lo, hi } => writeln!(f, "r{r} = x87_raw {hi}:{lo}")?,
+                Op::X87Bin { op, r, a, b } => writeln!(f, "r{r} = x87 {op:?} r{a}, r{b}")?,
+                Op::X87Un { op, r, a } => writeln!(f, "r{r} = x87 {op:?} r{a}")?,
+                Op::X87BinMem { op, rev, f: fmt, r, a, s } => {
+                    writeln!(f, "r{r} = x87 {op:?}{} r{a}, {s}.{fmt:?}", if *rev { "R" } else { "" })?
+                }
+                Op::X87Cmp { d, a, b, signal } => {
+                    writeln!(f, "{d} = x87_{}comi r{a}, r{b}", if *signal { "" } else { "u" })?
+                }
+                Op::X87Stack { top, ftw, clear_c1 } => {
+                    writeln!(f, "x87 top {top} ftw {ftw:#04x}{}", if *clear_c1 { " c1=0" } else { "" })?
+                }
             }
         }
         Ok(())

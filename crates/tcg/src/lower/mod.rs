@@ -12,6 +12,7 @@
 //! | [`bits`] | BT, BTS, BTR, BTC, BSF, BSR, TZCNT, LZCNT, POPCNT |
 //! | [`flow`] | PUSH, POP, LEAVE, CALL, RET, JMP, Jcc, LOOP, JrCXZ, SETcc, CMOVcc |
 //! | [`sse`] | SSE/SSE2 on XMM registers: moves, logic, integer arithmetic, compares, shifts, shuffles, packs, unpacks; floating-point arithmetic, compares, COMIS/UCOMIS, conversions |
+//! | [`x87`] | FLD, FST(P), FILD, FIST(P), FISTTP, FLDZ, FLD1, FXCH, FCHS, FABS, FSQRT, FADD..FDIVR (and P, I forms), FCOMI, FUCOMI (and P) |
 //!
 //! Operand values read with [`Lower::read`] may carry garbage above their width (a
 //! register's upper bits): IR operations of a width ignore it; code that needs the
@@ -23,6 +24,7 @@ mod flow;
 mod int;
 mod muldiv;
 mod sse;
+pub mod x87;
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
@@ -52,6 +54,9 @@ pub struct Lower<'a> {
     /// The current instruction stores to memory: a store onto translated code leaves
     /// the block after it, so its flags must then be in the state.
     stored: bool,
+    /// The x87 stack as translation knows it ([`x87`]); None: x87 instructions run in
+    /// the interpreter.
+    pub x87: Option<x87::Stack>,
 }
 
 /// Whether the block goes on after an instruction.
@@ -75,6 +80,7 @@ pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> (Block, Vec<Box<Re
         ip: 0,
         next: 0,
         stored: false,
+        x87: mode.x87.map(|(top, ftw)| x87::Stack::new(top, ftw)),
     };
     for ins in insns {
         l.ins = ins;
@@ -154,6 +160,7 @@ impl Lower<'_> {
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
             _ if sse::is_sse(ins) => sse::lower(self),
+            m if x87::is_x87(m) => x87::lower(self),
             _ => self.interp(),
         }
     }
@@ -165,6 +172,8 @@ impl Lower<'_> {
         self.b.push(Op::Interp { ins: &*r as *const Resolved as usize });
         self.interpreted.push(r);
         self.flags.in_state();
+        // What the interpreter did to the x87 stack, as far as the lowering can tell.
+        self.x87 = self.x87.and_then(|s| x87::after_interp(self.ins, s));
         if crate::translate::ends_block(self.ins) {
             self.b.push(Op::ExitToLoop { rip: self.next });
             return Flow::End;
