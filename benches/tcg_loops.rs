@@ -40,6 +40,7 @@ const MC_REPS: u32 = 3000;
 const FIB_N: u32 = 35;
 const SORT_N: u32 = 2048;
 const SORT_REPS: u32 = 40;
+const X87_N: u32 = 30_000_000;
 
 fn fib_calls(n: u32) -> u64 {
     // calls(n) = 1 + calls(n-1) + calls(n-2) for n >= 2, 1 otherwise.
@@ -103,7 +104,34 @@ fn workloads() -> Vec<Workload> {
         Workload { name: "memcpy (dwords)", body: memcpy, instructions: 6 * MC_DWORDS as u64 * MC_REPS as u64 },
         Workload { name: "fib(35) recursive", body: fib, instructions: 11 * fib_calls(FIB_N) },
         Workload { name: "insertion sort", body: sort, instructions: sort_instructions() },
+        Workload { name: "x87 y = y*a + b (8-insn body)", body: x87_affine, instructions: 8 * X87_N as u64 },
     ]
+}
+
+/// 32-bit compiled floating-point code's shape: x87 loads, arithmetic with memory
+/// operands, a store, a compare and register moves. ESI = the limit, 2, as an integer.
+fn x87_affine(a: &mut CodeAssembler, _wide: bool) -> Result<(), IcedError> {
+    a.mov(edi, BUF)?;
+    // a = 0.5, b = 1.0: y converges to 2.
+    a.mov(dword_ptr(edi), 0)?;
+    a.mov(dword_ptr(edi + 4), 0x3fe0_0000)?;
+    a.mov(dword_ptr(edi + 8), 0)?;
+    a.mov(dword_ptr(edi + 12), 0x3ff0_0000)?;
+    a.fninit()?;
+    a.fld1()?;
+    a.mov(ecx, X87_N)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.fld(st0)?;
+    a.fmul(qword_ptr(edi))?;
+    a.fadd(qword_ptr(edi + 8))?;
+    a.fst(qword_ptr(edi + 16))?;
+    a.fucomi(st0, st1)?;
+    a.fstp(st1)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.fistp(dword_ptr(edi + 24))?;
+    a.mov(esi, dword_ptr(edi + 24))
 }
 
 /// The xorshift loop with a rotate of the sum: a rotate's CF/OF meet the DEC's
@@ -382,7 +410,9 @@ fn main() {
         "| workload | guest insns | quern s | QEMU s | quern/QEMU time | native s | quern/native time | quern Minsn/s | in generated code |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for w in workloads() {
+    // QUERN_BENCH_ONLY=x87 runs the workloads whose names contain it.
+    let only = std::env::var("QUERN_BENCH_ONLY").unwrap_or_default();
+    for w in workloads().into_iter().filter(|w| w.name.contains(only.as_str())) {
         let k = kernel_file(w.name.split(' ').next().unwrap(), w.body);
         let q = best(reps, || time_run(quern, &["-accel", "tcg"], &k, &[("QUERN_TCG_PROFILE", "1")]));
         let qe = if have_qemu {

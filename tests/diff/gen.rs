@@ -265,7 +265,9 @@ fn random_x87(rng: &mut Rng) -> X87 {
     let ftw =
         if rng.chance(1, 4) { rng.next() as u8 } else { !((1u8 << rng.below(3)) - 1).rotate_left(rng.below(8) as u32) };
     let pc = [0u16, 2, 3][rng.below(3) as usize];
-    let fcw = 0x3f | pc << 8 | (rng.below(4) as u16) << 10 | 0x40;
+    // Half the cases run with FNINIT's control word, the one compiled code keeps and
+    // the JIT computes inline under; the rest with any precision and rounding.
+    let fcw = if rng.chance(1, 2) { 0x37f } else { 0x3f | pc << 8 | (rng.below(4) as u16) << 10 | 0x40 };
     let mut fsw = (rng.below(8) as u16) << 11;
     if rng.chance(1, 3) {
         fsw |= rng.next() as u16 & 0x4700;

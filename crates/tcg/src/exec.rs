@@ -388,7 +388,7 @@ impl TcgVcpu {
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
             mmu_idx: s.mmu_index(),
             cpl: s.cpl(),
-            x87: (!single && s.sse_enabled() && s.fpu.fcw == crate::lower::x87::FCW)
+            x87: (!single && s.fpu_enabled() && s.fpu.fcw == crate::lower::x87::FCW)
                 .then_some(((s.fpu.fsw >> 11) as u8 & 7, s.fpu.ftw)),
         }
     }

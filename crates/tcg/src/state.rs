@@ -375,6 +375,12 @@ impl CpuState {
             | u32::from(self.seg_flat()) << 8
             | u32::from(self.sse_enabled()) << 9
             | u32::from(self.fpu.mxcsr & MXCSR_ALL_MASKED == MXCSR_ALL_MASKED) << 10
+            | u32::from(self.fpu_enabled()) << 11
+    }
+
+    /// Whether x87 instructions run (CR0.EM and CR0.TS clear) rather than raise #NM.
+    pub fn fpu_enabled(&self) -> bool {
+        self.cr0 & (crate::interp::x87::CR0_EM | crate::interp::x87::CR0_TS) == 0
     }
 
     /// Whether SSE instructions run (CR0.EM and CR0.TS clear, CR4.OSFXSR set) rather
