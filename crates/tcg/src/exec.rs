@@ -388,8 +388,8 @@ impl TcgVcpu {
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
             mmu_idx: s.mmu_index(),
             cpl: s.cpl(),
-            x87: (!single && s.fpu_enabled() && s.fpu.fcw == crate::lower::x87::FCW)
-                .then_some(((s.fpu.fsw >> 11) as u8 & 7, s.fpu.ftw)),
+            x87: (!single && s.fpu_enabled() && crate::lower::x87::inline_under(s.fpu.fcw))
+                .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, (s.fpu.fsw >> 11) as u8 & 7, s.fpu.ftw)),
         }
     }
 
@@ -608,7 +608,6 @@ impl TcgVcpu {
     }
 
     fn run_loop(&mut self, ops: &dyn VmOps) -> Result<VcpuExit, CpuError> {
-        crate::backend::prepare_host_thread();
         // A guard failed: the next block is the one-instruction one.
         let mut step = false;
         loop {

@@ -125,9 +125,3 @@ pub trait Backend {
 /// The backend of the host this build runs on.
 #[cfg(target_arch = "x86_64")]
 pub type Host = x64::X64;
-
-/// Puts the calling thread's FPU in the state generated code assumes (see
-/// [`x64::prepare_host_thread`]).
-pub fn prepare_host_thread() {
-    x64::prepare_host_thread()
-}

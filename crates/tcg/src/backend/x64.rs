@@ -59,16 +59,6 @@ fn caller_saved(r: u8) -> bool {
 
 pub struct X64;
 
-/// Loads the default x87 control word (every exception masked, round to nearest,
-/// 64-bit precision) into the host FPU: translated x87 code computes on it for guests
-/// whose control word is the same ([`crate::ir::Op::X87Guard`]).
-pub fn prepare_host_thread() {
-    let cw: u16 = crate::lower::x87::FCW;
-    // SAFETY: FLDCW reads the two bytes of `cw`; nothing else in the process relies on
-    // another x87 control word.
-    unsafe { std::arch::asm!("fldcw [{}]", in(reg) &cw, options(nostack, readonly, preserves_flags)) };
-}
-
 impl Backend for X64 {
     fn emit(block: &Block, env: &Env) -> Code {
         // As many guest registers mapped as leave every op the value registers it
@@ -1330,7 +1320,11 @@ impl<'a> Emit<'a> {
                     ; cmp edi, i32::from(top) << 11
                     ; jne =>at
                 );
-                // The exception flags the operations after it raise, from none.
+                // The host FPU computes with the guest's precision and rounding (it
+                // masks every exception, as the guest does; nothing else on this
+                // thread uses the x87 FPU), and collects the exception flags the
+                // operations after the guard raise, from none.
+                self.x87_mem(0xd9, 5, off::FCW); // FLDCW
                 self.ops.extend([0xdb, 0xe2]); // FNCLEX
                 self.deferred.push(Deferred::Step { at, rip, sync: self.sync_now() });
             }

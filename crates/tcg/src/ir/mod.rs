@@ -35,8 +35,8 @@
 //! - x87 operations ([`Op::X87Bin`], ...) name physical registers (R0..R7 in the
 //!   state, and a scratch one): the front end tracks TOP and the tags from the
 //!   values a guard ([`Op::X87Guard`]) checks, which include a control word that
-//!   masks every exception, rounds to nearest with 64-bit precision. They read and
-//!   write the state in program order and OR their exception flags into FSW.
+//!   masks every exception. They round as that control word says, read and write
+//!   the state in program order and OR their exception flags into FSW.
 
 pub mod opt;
 

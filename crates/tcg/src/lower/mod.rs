@@ -80,7 +80,7 @@ pub fn lower_block(insns: &[Instruction], mode: BlockMode) -> (Block, Vec<Box<Re
         ip: 0,
         next: 0,
         stored: false,
-        x87: mode.x87.map(|(top, ftw)| x87::Stack::new(top, ftw)),
+        x87: mode.x87,
     };
     for ins in insns {
         l.ins = ins;

@@ -3,8 +3,9 @@
 //! integer forms, with their P forms), FCOMI, FUCOMI (and P).
 //!
 //! A block is translated for the x87 stack it started with when it was translated
-//! ([`BlockMode::x87`]): TOP and the tags, with the default control word (every
-//! exception masked, round to nearest, 64-bit precision). The first inline
+//! ([`BlockMode::x87`]): the control word (one that masks every exception: the host
+//! FPU then computes with the guest's precision and rounding), TOP and the tags. The
+//! first inline
 //! instruction checks that the stack is still so ([`Op::X87Guard`]); the lowering
 //! then knows TOP and the tags at every instruction after it, so ST(i) is a fixed
 //! physical register and an instruction that would find its register empty (or full,
@@ -25,12 +26,16 @@ use crate::ir::{Bin, FOp, Op, X87Fmt, X87Un, X87_TMP};
 #[cfg(doc)]
 use crate::translate::BlockMode;
 
-/// The control word inline x87 code runs under (FNINIT's).
-pub const FCW: u16 = 0x37f;
+/// Whether x87 code may run inline under control word `fcw`: it masks every
+/// exception (an unmasked one needs the interpreter's response).
+pub fn inline_under(fcw: u16) -> bool {
+    fcw & 0x3f == 0x3f
+}
 
 /// What the lowering knows of the x87 stack at the current instruction.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stack {
+    pub fcw: u16,
     pub top: u8,
     pub ftw: u8,
     /// A guard has checked `top` and `ftw` (and the control word) since the block's
@@ -39,8 +44,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn new(top: u8, ftw: u8) -> Self {
-        Stack { top, ftw, guarded: false }
+    pub fn new(fcw: u16, top: u8, ftw: u8) -> Self {
+        Stack { fcw, top, ftw, guarded: false }
     }
 
     /// The physical register of ST(i).
@@ -216,7 +221,7 @@ fn emit(l: &mut Lower, mut s: Stack) {
     let ins = l.ins;
     let m = ins.mnemonic();
     if !s.guarded {
-        l.exit(Op::X87Guard { fcw: FCW, top: s.top, ftw: s.ftw, rip: l.ip });
+        l.exit(Op::X87Guard { fcw: s.fcw, top: s.top, ftw: s.ftw, rip: l.ip });
         s.guarded = true;
     }
     let mem = mem_format(l);
@@ -352,7 +357,7 @@ mod tests {
             mx_masked: true,
             mmu_idx: 0,
             cpl: 0,
-            x87,
+            x87: x87.map(|(top, ftw)| super::Stack::new(0x37f, top, ftw)),
         };
         let code = asm(64, f);
         let insns: Vec<_> = Decoder::with_ip(64, &code, 0x1000, DecoderOptions::NONE).into_iter().collect();
@@ -392,7 +397,7 @@ mod tests {
 
     #[test]
     fn what_the_stack_forbids_runs_in_the_interpreter() {
-        // Without the default control word, all of it.
+        // Under a control word that unmasks an exception, all of it.
         let b = lowered(None, |a| a.fld1());
         assert_eq!(count(&b, |o| matches!(o, Op::X87Guard { .. })), 0, "{b}");
         assert_eq!(count(&b, |o| matches!(o, Op::Interp { .. })), 1, "{b}");

@@ -41,11 +41,11 @@ pub struct BlockMode {
     pub mmu_idx: usize,
     /// The privilege level (part of the block's key): CLI at CPL 0 cannot fault.
     pub cpl: u8,
-    /// TOP and the abridged tag word of the x87 stack as the block started when it was
-    /// translated, if the FPU runs and its control word is the default: x87
-    /// instructions are then translated for that stack behind a guard
+    /// The x87 control word, TOP and tags as the block started when it was translated,
+    /// if the FPU runs and the control word masks every exception: x87 instructions
+    /// are then translated for that stack behind a guard
     /// ([`crate::ir::Op::X87Guard`]); otherwise they run in the interpreter.
-    pub x87: Option<(u8, u8)>,
+    pub x87: Option<crate::lower::x87::Stack>,
 }
 
 /// A translated block, ready to copy into the code buffer.
