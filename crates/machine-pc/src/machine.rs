@@ -52,10 +52,23 @@ pub fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, MachineErro
     std::fs::read(path).map_err(|source| MachineError::Read { what, path: path.to_path_buf(), source })
 }
 
-/// What to run first: a BIOS at the reset vector, or a kernel loaded directly.
+/// Maps a file the user named read-only, with an error that names it. Kernels and
+/// initrds are mapped rather than read: a read would first fault in and zero as much
+/// fresh memory as the file is long (tens of MiB for an uncompressed kernel).
+pub fn map_file(what: &'static str, path: &Path) -> Result<memmap2::Mmap, MachineError> {
+    let err = |source| MachineError::Read { what, path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(err)?;
+    // SAFETY: the mapping is private and read-only, and lives only while the file is
+    // being loaded into guest memory (see `PcMachine::load`); a file truncated by
+    // another process in that window would fault, as it would for any mapped reader.
+    unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(err)
+}
+
+/// What to run first: a BIOS at the reset vector, or a kernel loaded directly (read
+/// again from its files at every reset, as the files are not kept in memory).
 enum Boot {
     Firmware,
-    Kernel { path: PathBuf, image: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: String },
+    Kernel { path: PathBuf, initrd: Option<PathBuf>, cmdline: String },
 }
 
 /// The memory map, guest memory and BIOS image (if any) [`prepare_memory`] returns.
@@ -122,12 +135,9 @@ impl PcMachine {
             )));
         }
         let boot = match (&cfg.kernel, &bios) {
-            (Some(path), None) => Boot::Kernel {
-                path: path.clone(),
-                image: read_file("kernel", path)?,
-                initrd: cfg.initrd.as_deref().map(|p| read_file("initrd", p)).transpose()?,
-                cmdline: cfg.append.clone(),
-            },
+            (Some(path), None) => {
+                Boot::Kernel { path: path.clone(), initrd: cfg.initrd.clone(), cmdline: cfg.append.clone() }
+            }
             (None, Some(_)) => {
                 if cfg.initrd.is_some() || !cfg.append.is_empty() {
                     return Err(MachineError::Config("-initrd and -append need -kernel".into()));
@@ -212,7 +222,9 @@ impl PcMachine {
                 let bios = self.bios.as_deref().unwrap_or_default();
                 self.mem.write(FOUR_GIB - bios.len() as u64, bios)?;
             }
-            Boot::Kernel { path, image, initrd, cmdline } => {
+            Boot::Kernel { path, initrd, cmdline } => {
+                let image = map_file("kernel", path)?;
+                let initrd = initrd.as_deref().map(|p| map_file("initrd", p)).transpose()?;
                 let rsdp = acpi::write_acpi_tables(
                     &self.mem,
                     &AcpiConfig {
@@ -222,8 +234,9 @@ impl PcMachine {
                         pci_mmio_base: self.layout.below_4g,
                     },
                 )?;
-                let setup = loader::load_kernel(&self.mem, &self.layout, image, initrd.as_deref(), cmdline, Some(rsdp))
-                    .map_err(|source| MachineError::Kernel { path: path.clone(), source })?;
+                let setup =
+                    loader::load_kernel(&self.mem, &self.layout, &image, initrd.as_deref(), cmdline, Some(rsdp))
+                        .map_err(|source| MachineError::Kernel { path: path.clone(), source })?;
                 if !reset {
                     log::info!("loaded {:?} kernel from {}", setup.kind, path.display());
                 }
