@@ -71,7 +71,9 @@ pub(crate) fn ends_block(ins: &Instruction) -> bool {
         }
     };
     match ins.mnemonic() {
-        Mov => special_reg(0) || special_reg(1),
+        // A write to a segment, control or debug register; reading one changes
+        // nothing (the kernel reads SS and CS on every exception).
+        Mov => special_reg(0),
         Pop => special_reg(0),
         Lds | Les | Lfs | Lgs | Lss | Lgdt | Lidt | Lldt | Ltr | Lmsw | Clts | Invlpg | Wrmsr | Popf | Popfd
         | Popfq | Out | Outsb | Outsw | Outsd | In | Insb | Insw | Insd | Sysret | Sysexit | Swapgs | Wbinvd | Invd
