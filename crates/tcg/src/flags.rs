@@ -28,11 +28,12 @@ pub enum CcKind {
     Inc,
     /// DEC: `cc_src2` holds the old CF.
     Dec,
-    /// SHL/SAL: `cc_src` is the last bit shifted out (0/1).
+    /// SHL/SAL: bit 0 of `cc_src` is the last bit shifted out (the bits above it are
+    /// whatever the shift left there).
     Shl,
-    /// SHR: `cc_src` the last bit out, `cc_src2` the original operand (for OF).
+    /// SHR: bit 0 of `cc_src` the last bit out, `cc_src2` the original operand (for OF).
     Shr,
-    /// SAR: `cc_src` the last bit out.
+    /// SAR: bit 0 of `cc_src` the last bit out.
     Sar,
     /// MUL/IMUL: `cc_src` nonzero when the result did not fit (CF = OF = 1).
     Mul,

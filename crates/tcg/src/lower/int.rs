@@ -344,25 +344,22 @@ fn shift(l: &mut Lower) -> Flow {
         _ => (Bin::Sar, CcKind::Sar),
     };
     let r = l.b.bin(op, w, a, n);
-    // CF is the last bit shifted out: shift by count-1 in 64 bits, then take the
-    // bit that goes next.
+    // CF is the last bit shifted out: shift by count-1 in 64 bits, and the bit that
+    // goes next is bit 0 of the record's `src` (every reader takes bit 0 alone).
     let n1 = l.b.bin_k(Bin::Sub, 8, n, 1);
     let cf = match op {
         Bin::Shl => {
             let za = l.b.un(Un::Zext, w, a);
             let t = l.b.bin(Bin::Shl, 8, za, n1);
-            let t = l.b.bin_k(Bin::Shr, 8, t, 8 * w as u64 - 1);
-            l.b.bin_k(Bin::And, 8, t, 1)
+            l.b.bin_k(Bin::Shr, 8, t, 8 * w as u64 - 1)
         }
         Bin::Shr => {
             let za = l.b.un(Un::Zext, w, a);
-            let t = l.b.bin(Bin::Shr, 8, za, n1);
-            l.b.bin_k(Bin::And, 8, t, 1)
+            l.b.bin(Bin::Shr, 8, za, n1)
         }
         _ => {
             let sa = l.b.un(Un::Sext, w, a);
-            let t = l.b.bin(Bin::Sar, 8, sa, n1);
-            l.b.bin_k(Bin::And, 8, t, 1)
+            l.b.bin(Bin::Sar, 8, sa, n1)
         }
     };
     l.write(0, r, addr);
