@@ -444,6 +444,9 @@ struct Emit<'a> {
     last_use: Vec<usize>,
     /// Each value's last reader.
     own_last_use: Vec<usize>,
+    /// The values `Op::Const` defines: one in a register goes back to being a
+    /// constant rather than to a spill slot when registers run out.
+    konsts: Vec<Option<u64>>,
     /// An address `base + disp` only loads and stores read: not computed, the
     /// accesses address `[base + disp]` themselves.
     fused: Vec<Option<(Val, i32)>>,
@@ -512,6 +515,7 @@ impl<'a> Emit<'a> {
         let mut u = uses(block);
         let (scaled, fused) = fold_addressing(block, &mut u);
         let own_last_use = u.last;
+        let konsts = u.konst;
         let mut last_use = own_last_use.clone();
         let mut uses = [0u32; Global::COUNT];
         // A flag-record value lives on, pending, until the next record's replaces it
@@ -557,6 +561,7 @@ impl<'a> Emit<'a> {
             block,
             last_use,
             own_last_use,
+            konsts,
             fused,
             scaled,
             target,
@@ -720,6 +725,23 @@ impl<'a> Emit<'a> {
     /// none is free.
     fn alloc(&mut self, lock: &[u8]) -> u8 {
         if let Some(&r) = self.temps.iter().find(|&&r| self.a.reg_val[r as usize].is_none() && !lock.contains(&r)) {
+            return r;
+        }
+        // A constant costs an immediate move to bring back, nothing to put away (the
+        // furthest used first).
+        let konst = self
+            .temps
+            .iter()
+            .copied()
+            .filter(|r| !lock.contains(r))
+            .filter_map(|r| {
+                let v = self.a.reg_val[r as usize]?;
+                Some((r, v, self.konsts[v.0 as usize]?))
+            })
+            .max_by_key(|&(_, v, _)| self.last_use[v.0 as usize]);
+        if let Some((r, v, k)) = konst {
+            self.a.reg_val[r as usize] = None;
+            self.a.loc[v.0 as usize] = Loc::Const(k);
             return r;
         }
         // A value the state also holds goes back to it for nothing (the furthest used).
