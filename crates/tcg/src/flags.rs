@@ -28,12 +28,12 @@ pub enum CcKind {
     Inc,
     /// DEC: `cc_src2` holds the old CF.
     Dec,
-    /// SHL/SAL: bit 0 of `cc_src` is the last bit shifted out (the bits above it are
-    /// whatever the shift left there).
+    /// SHL/SAL: bit [`CcOp::cf_pos`] of `cc_src` is the last bit shifted out.
     Shl,
-    /// SHR: bit 0 of `cc_src` the last bit out, `cc_src2` the original operand (for OF).
+    /// SHR: bit [`CcOp::cf_pos`] of `cc_src` the last bit out, `cc_src2` the original
+    /// operand (for OF).
     Shr,
-    /// SAR: bit 0 of `cc_src` the last bit out.
+    /// SAR: bit [`CcOp::cf_pos`] of `cc_src` the last bit out.
     Sar,
     /// MUL/IMUL: `cc_src` nonzero when the result did not fit (CF = OF = 1).
     Mul,
@@ -65,6 +65,22 @@ impl CcOp {
     pub const ROTATED_CF: u32 = 9;
     pub const ROTATED_OF: u32 = 10;
     pub const ROTATED_HAS_OF: u32 = 11;
+    /// The ROTATED bits.
+    const ROTATED_ALL: u32 = Self::ROTATED | 7 << Self::ROTATED_CF;
+    /// Bits 12..17 of a shift's record: where CF is in `cc_src`. A shift by a constant
+    /// keeps its operand there and names the bit that went out last, so its fast path
+    /// computes nothing for CF; other shifts put CF in bit 0.
+    pub const CF_POS: u32 = 12;
+
+    /// A shift's record with CF at bit `pos` of `cc_src`.
+    pub fn with_cf_pos(self, pos: u32) -> Self {
+        debug_assert!(pos < 64);
+        CcOp(self.0 | pos << Self::CF_POS)
+    }
+
+    pub fn cf_pos(self) -> u32 {
+        (self.0 >> Self::CF_POS) & 63
+    }
 
     pub fn new(kind: CcKind, width: Width) -> Self {
         CcOp((kind as u32) << 2 | width.trailing_zeros())
@@ -124,7 +140,7 @@ fn zsp(res: u64, width: Width) -> u64 {
 pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
     if op.0 & CcOp::ROTATED != 0 {
         let has_of = op.0 >> CcOp::ROTATED_HAS_OF & 1 != 0;
-        let base = compute(CcOp(op.0 & 0xff), dst, src, src2, eflags);
+        let base = compute(CcOp(op.0 & !CcOp::ROTATED_ALL), dst, src, src2, eflags);
         let cf = u64::from(op.0 >> CcOp::ROTATED_CF & 1) * CF;
         if !has_of {
             return base & !CF | cf;
@@ -161,11 +177,11 @@ pub fn compute(op: CcOp, dst: u64, src: u64, src2: u64, eflags: u64) -> u64 {
         CcKind::Inc => flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0, AF) | flag(res == sb, OF) | zsp(res, w),
         CcKind::Dec => flag(src2 & 1 != 0, CF) | flag(res & 0xf == 0xf, AF) | flag(res == sb - 1, OF) | zsp(res, w),
         CcKind::Shl => {
-            let cf = src & 1 != 0;
+            let cf = src >> op.cf_pos() & 1 != 0;
             flag(cf, CF) | flag(cf != (res & sb != 0), OF) | zsp(res, w)
         }
-        CcKind::Shr => flag(src & 1 != 0, CF) | flag(src2 & sb != 0, OF) | zsp(res, w),
-        CcKind::Sar => flag(src & 1 != 0, CF) | zsp(res, w),
+        CcKind::Shr => flag(src >> op.cf_pos() & 1 != 0, CF) | flag(src2 & sb != 0, OF) | zsp(res, w),
+        CcKind::Sar => flag(src >> op.cf_pos() & 1 != 0, CF) | zsp(res, w),
         CcKind::Mul => {
             let o = src != 0;
             flag(o, CF) | flag(o, OF) | zsp(res, w)
@@ -209,6 +225,39 @@ mod tests {
 
     const SAMPLES: [u64; 10] =
         [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff_ffff_ffff, 0x8000_0000_0000_0000];
+
+    #[test]
+    fn a_shift_by_a_constant_finds_cf_in_its_operand() {
+        // SHL/SHR/SAR r32 by 1, 5 and 31: the record keeps the operand and CF's bit.
+        macro_rules! check {
+            ($insn:literal, $k:expr, $kind:expr) => {
+                for &a in &SAMPLES {
+                    let a = a ^ 0x1234_5678_9abc_def0;
+                    let (r, f) = host_flags!($insn, a, 0u64);
+                    let pos = if $kind == CcKind::Shl { 32 - $k } else { $k - 1 };
+                    let src2 = if $kind == CcKind::Shr { a } else { 0 };
+                    let op = CcOp::new($kind, 4).with_cf_pos(pos);
+                    let mut got = compute(op, r, a, src2, 0);
+                    let mut want = f;
+                    if $k != 1 {
+                        // OF is undefined after a shift by more than one; AF always is.
+                        got &= !OF;
+                        want &= !OF;
+                    }
+                    assert_eq!(got & !AF, want & !AF, "{} of {a:#x}", $insn);
+                }
+            };
+        }
+        check!("test {b:e}, {b:e}; shl {a:e}, 1", 1, CcKind::Shl);
+        check!("test {b:e}, {b:e}; shl {a:e}, 5", 5, CcKind::Shl);
+        check!("test {b:e}, {b:e}; shl {a:e}, 31", 31, CcKind::Shl);
+        check!("test {b:e}, {b:e}; shr {a:e}, 1", 1, CcKind::Shr);
+        check!("test {b:e}, {b:e}; shr {a:e}, 5", 5, CcKind::Shr);
+        check!("test {b:e}, {b:e}; shr {a:e}, 31", 31, CcKind::Shr);
+        check!("test {b:e}, {b:e}; sar {a:e}, 1", 1, CcKind::Sar);
+        check!("test {b:e}, {b:e}; sar {a:e}, 5", 5, CcKind::Sar);
+        check!("test {b:e}, {b:e}; sar {a:e}, 31", 31, CcKind::Sar);
+    }
 
     #[test]
     fn add_and_sub_match_the_host() {

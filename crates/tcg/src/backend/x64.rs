@@ -727,38 +727,26 @@ impl<'a> Emit<'a> {
         if let Some(&r) = self.temps.iter().find(|&&r| self.a.reg_val[r as usize].is_none() && !lock.contains(&r)) {
             return r;
         }
-        // A constant costs an immediate move to bring back, nothing to put away (the
-        // furthest used first).
-        let konst = self
+        // A value that costs nothing to put away goes back where it came from: a
+        // constant (an immediate move brings it back) before a value the state also
+        // holds; the furthest used first.
+        let droppable = self
             .temps
             .iter()
             .copied()
             .filter(|r| !lock.contains(r))
             .filter_map(|r| {
                 let v = self.a.reg_val[r as usize]?;
-                Some((r, v, self.konsts[v.0 as usize]?))
+                let home = match self.konsts[v.0 as usize] {
+                    Some(k) => (0, Loc::Const(k)),
+                    None => (1, Loc::State(self.a.in_state.iter().position(|&s| s == Some(v))? as u8)),
+                };
+                Some((r, v, home))
             })
-            .max_by_key(|&(_, v, _)| self.last_use[v.0 as usize]);
-        if let Some((r, v, k)) = konst {
+            .min_by_key(|&(_, v, (rank, _))| (rank, std::cmp::Reverse(self.last_use[v.0 as usize])));
+        if let Some((r, v, (_, home))) = droppable {
             self.a.reg_val[r as usize] = None;
-            self.a.loc[v.0 as usize] = Loc::Const(k);
-            return r;
-        }
-        // A value the state also holds goes back to it for nothing (the furthest used).
-        let in_state = self
-            .temps
-            .iter()
-            .copied()
-            .filter(|r| !lock.contains(r))
-            .filter_map(|r| {
-                let v = self.a.reg_val[r as usize]?;
-                let g = self.a.in_state.iter().position(|&s| s == Some(v))?;
-                Some((r, v, g))
-            })
-            .max_by_key(|&(_, v, _)| self.last_use[v.0 as usize]);
-        if let Some((r, v, g)) = in_state {
-            self.a.reg_val[r as usize] = None;
-            self.a.loc[v.0 as usize] = Loc::State(g as u8);
+            self.a.loc[v.0 as usize] = home;
             return r;
         }
         let victim = self

@@ -75,6 +75,13 @@ impl Default for Flags {
     }
 }
 
+/// CF of a shift's record: bit [`CcOp::cf_pos`] of its `src`.
+fn shift_cf(b: &mut Block, rec: &Rec) -> Val {
+    let pos = rec.op.cf_pos();
+    let s = if pos == 0 { rec.src } else { b.bin_k(Bin::Shr, 8, rec.src, u64::from(pos)) };
+    b.bin_k(Bin::And, 8, s, 1)
+}
+
 fn sign_bit_of(b: &mut Block, w: Width, v: Val) -> Val {
     let s = b.bin_k(Bin::Shr, 8, v, 8 * w as u64 - 1);
     b.bin_k(Bin::And, 8, s, 1)
@@ -377,7 +384,7 @@ fn rec_bit(b: &mut Block, rec: &Rec, bit: Bit) -> Val {
             }
             CcKind::Logic => b.konst(0),
             CcKind::Inc | CcKind::Dec => b.bin_k(Bin::And, 8, rec.src2, 1),
-            CcKind::Shl | CcKind::Shr | CcKind::Sar => b.bin_k(Bin::And, 8, rec.src, 1),
+            CcKind::Shl | CcKind::Shr | CcKind::Sar => shift_cf(b, rec),
             CcKind::Mul | CcKind::Neg => {
                 let z = b.konst(0);
                 b.setcond(Test { c: Cond::Ne, w, a: rec.src, b: z })
@@ -407,7 +414,7 @@ fn rec_bit(b: &mut Block, rec: &Rec, bit: Bit) -> Val {
             }
             CcKind::Shl => {
                 let s = sign_bit_of(b, w, rec.dst);
-                let c = b.bin_k(Bin::And, 8, rec.src, 1);
+                let c = shift_cf(b, rec);
                 b.bin(Bin::Xor, 8, s, c)
             }
             CcKind::Shr => sign_bit_of(b, w, rec.src2),

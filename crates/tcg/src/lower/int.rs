@@ -334,6 +334,13 @@ fn shift_operands(l: &mut Lower) -> Option<(Val, Option<Val>, Val)> {
     Some((n, addr, a))
 }
 
+/// The count of the current shift or rotate when it is a constant, masked as the CPU
+/// masks it.
+fn const_count(l: &Lower) -> Option<u64> {
+    let m: u64 = if l.width(0) == 8 { 0x3f } else { 0x1f };
+    (l.ins.op_kind(1) != OpKind::Register).then(|| l.ins.immediate(1) & m)
+}
+
 /// SHL/SAL, SHR, SAR.
 fn shift(l: &mut Lower) -> Flow {
     let w = l.width(0);
@@ -344,8 +351,21 @@ fn shift(l: &mut Lower) -> Flow {
         _ => (Bin::Sar, CcKind::Sar),
     };
     let r = l.b.bin(op, w, a, n);
-    // CF is the last bit shifted out: shift by count-1 in 64 bits, and the bit that
-    // goes next is bit 0 of the record's `src` (every reader takes bit 0 alone).
+    let bits = 8 * u64::from(w);
+    let zero = l.b.konst(0);
+    let src2 = if kind == CcKind::Shr { a } else { zero };
+    // A constant count within the width: the operand is the record's `src`, CF the bit
+    // that went out last (nothing computed unless a flag is read).
+    if let Some(k) = const_count(l) {
+        if (1..=bits).contains(&k) {
+            let pos = if op == Bin::Shl { bits - k } else { k - 1 };
+            l.write(0, r, addr);
+            l.flags.set(Rec { op: CcOp::new(kind, w).with_cf_pos(pos as u32), dst: r, src: a, src2, a: None });
+            return Flow::Continue;
+        }
+    }
+    // Otherwise CF is computed: shift by count-1 in 64 bits, and the bit that goes
+    // next is bit 0 of the record's `src` (every reader takes bit 0 alone).
     let n1 = l.b.bin_k(Bin::Sub, 8, n, 1);
     let cf = match op {
         Bin::Shl => {
@@ -363,8 +383,6 @@ fn shift(l: &mut Lower) -> Flow {
         }
     };
     l.write(0, r, addr);
-    let zero = l.b.konst(0);
-    let src2 = if kind == CcKind::Shr { a } else { zero };
     l.flags.set(Rec { op: CcOp::new(kind, w), dst: r, src: cf, src2, a: None });
     Flow::Continue
 }
