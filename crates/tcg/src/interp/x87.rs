@@ -1807,7 +1807,7 @@ pub(crate) mod harness {
 mod tests {
     use iced_x86::code_asm::*;
 
-    use super::harness::{check, check_fix, fault, on_emu_cpu, sse_cpu, Buf, DATA, RAX};
+    use super::harness::{check, check_fix, fault, on_emu_cpu, on_host, on_jit, sse_cpu, Buf, DATA, RAX};
 
     /// Clears PE and C1 in the status words stored at `offs`: the f64 arithmetic
     /// neither tracks the 80-bit result's inexactness nor its rounding direction.
@@ -1985,6 +1985,40 @@ mod tests {
         let ign = [0x10c..0x11c, 0x14c..0x15c];
         let h = check("fnsave", &code, &Buf::default(), &ign);
         assert_eq!(h.u64(0x1d0), 1f64.to_bits());
+    }
+
+    /// A block entered with another x87 stack than it was translated for: its guard
+    /// sends each such entry through the interpreter for one instruction, and the
+    /// results are the host's.
+    #[test]
+    fn a_block_entered_with_another_stack_steps_through_its_guard() {
+        let code = asm(64, |a| {
+            a.mov(ecx, 3)?;
+            a.fld(qword_ptr(rdi))?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            // One push more at every turn: the block at `top` sees TOP 7, 6, 5.
+            a.fld(qword_ptr(rdi + 8))?;
+            a.fmul_2(st0, st1)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.fnstsw(word_ptr(rdi + 0x100))?;
+            for off in [0x108, 0x110, 0x118, 0x120] {
+                a.fstp(qword_ptr(rdi + off))?;
+            }
+            a.fnstsw(word_ptr(rdi + 0x102))
+        });
+        // (The interpreter alone runs no loops: host against JIT.)
+        for &x in &VALUES {
+            for &y in &VALUES {
+                let (mut h, mut j) = (inputs(x, y), inputs(x, y));
+                on_host(&code, &mut h);
+                on_jit(&code, &mut j).unwrap();
+                for i in (0x100..0x128).step_by(8) {
+                    assert_eq!(j.u64(i), h.u64(i), "data at {i:#x} for {x}, {y}");
+                }
+            }
+        }
     }
 
     /// Binary x87 arithmetic on f64-exact operands, register and memory forms.
