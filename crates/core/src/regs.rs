@@ -201,6 +201,14 @@ pub struct FpuState {
     pub mxcsr: u32,
 }
 
+impl FpuState {
+    /// TOP, the x87 stack's top (FSW bits 11..13): ST(i) is physical register
+    /// (TOP + i) mod 8.
+    pub fn top(&self) -> usize {
+        usize::from(self.fsw >> 11) & 7
+    }
+}
+
 impl Default for FpuState {
     /// The state after FNINIT and reset of MXCSR.
     fn default() -> Self {

@@ -389,7 +389,7 @@ impl TcgVcpu {
             mmu_idx: s.mmu_index(),
             cpl: s.cpl(),
             x87: (!single && s.fpu_enabled() && crate::lower::x87::inline_under(s.fpu.fcw))
-                .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, (s.fpu.fsw >> 11) as u8 & 7, s.fpu.ftw)),
+                .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, s.fpu.top() as u8, s.fpu.ftw)),
         }
     }
 
@@ -772,13 +772,15 @@ impl Vcpu for TcgVcpu {
     /// FXSAVE) gives them as ST(0)..ST(7).
     fn fpu(&self) -> Result<FpuState, CpuError> {
         let mut f = self.cpu().state.fpu;
-        f.st.rotate_left(usize::from(f.fsw >> 11) & 7);
+        let top = f.top();
+        f.st.rotate_left(top);
         Ok(f)
     }
 
     fn set_fpu(&mut self, fpu: &FpuState) -> Result<(), CpuError> {
         let mut f = *fpu;
-        f.st.rotate_right(usize::from(f.fsw >> 11) & 7);
+        let top = f.top();
+        f.st.rotate_right(top);
         self.cpu_mut().state.fpu = f;
         Ok(())
     }

@@ -386,8 +386,7 @@ impl CpuState {
     /// Whether SSE instructions run (CR0.EM and CR0.TS clear, CR4.OSFXSR set) rather
     /// than raise #UD or #NM.
     pub fn sse_enabled(&self) -> bool {
-        self.cr0 & (crate::interp::x87::CR0_EM | crate::interp::x87::CR0_TS) == 0
-            && self.cr4 & regs::ctrl::CR4_OSFXSR != 0
+        self.fpu_enabled() && self.cr4 & regs::ctrl::CR4_OSFXSR != 0
     }
 
     /// Whether DS, ES and SS all have base 0: translations may then skip adding bases.

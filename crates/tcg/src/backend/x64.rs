@@ -1339,8 +1339,7 @@ impl<'a> Emit<'a> {
                 self.deferred.push(Deferred::Step { at, rip, sync: self.sync_now() });
             }
             Op::X87In { f, r, s } => {
-                let rs = self.reg(s, &[]);
-                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::X87_IO], Rq(rs));
+                self.x87_io_in(s);
                 let (opc, digit) = match f {
                     X87Fmt::F32 => (0xd9, 0),
                     X87Fmt::F64 => (0xdd, 0),
@@ -1350,11 +1349,11 @@ impl<'a> Emit<'a> {
                 };
                 self.x87_mem(opc, digit, off::X87_IO);
                 self.x87_status();
-                self.x87_mem(0xdb, 7, off::x87(r)); // FSTP m80
+                self.x87_store_pop(r);
                 self.x87_merge();
             }
             Op::X87Out { f, trunc, d, r } => {
-                self.x87_mem(0xdb, 5, off::x87(r)); // FLD m80
+                self.x87_load(r);
                 let (opc, digit) = match (f, trunc) {
                     (X87Fmt::F32, _) => (0xd9, 3),
                     (X87Fmt::F64, _) => (0xdd, 3),
@@ -1390,8 +1389,8 @@ impl<'a> Emit<'a> {
             }
             Op::X87Bin { op, r, a, b } => {
                 // ST(0) = a, ST(1) = b; then FADD/FMUL/FSUB/FDIV ST(0), ST(1).
-                self.x87_mem(0xdb, 5, off::x87(b));
-                self.x87_mem(0xdb, 5, off::x87(a));
+                self.x87_load(b);
+                self.x87_load(a);
                 let modrm = match op {
                     FOp::Add => 0xc1,
                     FOp::Mul => 0xc9,
@@ -1400,14 +1399,13 @@ impl<'a> Emit<'a> {
                 };
                 self.ops.extend([0xd8, modrm]);
                 self.x87_status();
-                self.x87_mem(0xdb, 7, off::x87(r));
+                self.x87_store_pop(r);
                 self.ops.extend([0xdd, 0xd8]); // FSTP ST(0): b off the host stack
                 self.x87_merge();
             }
             Op::X87BinMem { op, rev, f, r, a, s } => {
-                let rs = self.reg(s, &[]);
-                dynasm!(self.ops ; .arch x64 ; mov [r14 + off::X87_IO], Rq(rs));
-                self.x87_mem(0xdb, 5, off::x87(a));
+                self.x87_io_in(s);
+                self.x87_load(a);
                 let opc = match f {
                     X87Fmt::F32 => 0xd8,
                     X87Fmt::F64 => 0xdc,
@@ -1424,38 +1422,40 @@ impl<'a> Emit<'a> {
                 };
                 self.x87_mem(opc, digit, off::X87_IO);
                 self.x87_status();
-                self.x87_mem(0xdb, 7, off::x87(r));
+                self.x87_store_pop(r);
                 self.x87_merge();
             }
             Op::X87Un { op, r, a } => {
                 let (oa, or) = (off::x87(a), off::x87(r));
                 match op {
-                    X87Un::Mov => dynasm!(self.ops ; .arch x64
-                        ; mov rdi, [r14 + oa]
-                        ; mov [r14 + or], rdi
-                        ; mov rdi, [r14 + oa + 8]
-                        ; mov [r14 + or + 8], rdi
-                    ),
-                    X87Un::Chs | X87Un::Abs => {
-                        debug_assert_eq!(r, a);
-                        if op == X87Un::Chs {
-                            dynasm!(self.ops ; .arch x64 ; xor BYTE [r14 + or + 9], 0x80u8 as i8);
-                        } else {
-                            dynasm!(self.ops ; .arch x64 ; and BYTE [r14 + or + 9], 0x7f);
+                    X87Un::Mov | X87Un::Chs | X87Un::Abs => {
+                        if r != a {
+                            dynasm!(self.ops ; .arch x64
+                                ; mov rdi, [r14 + oa]
+                                ; mov [r14 + or], rdi
+                                ; mov rdi, [r14 + oa + 8]
+                                ; mov [r14 + or + 8], rdi
+                            );
+                        }
+                        // The sign is bit 7 of the tenth byte.
+                        match op {
+                            X87Un::Chs => dynasm!(self.ops ; .arch x64 ; xor BYTE [r14 + or + 9], 0x80u8 as i8),
+                            X87Un::Abs => dynasm!(self.ops ; .arch x64 ; and BYTE [r14 + or + 9], 0x7f),
+                            _ => {}
                         }
                     }
                     X87Un::Sqrt => {
-                        self.x87_mem(0xdb, 5, oa);
+                        self.x87_load(a);
                         self.ops.extend([0xd9, 0xfa]); // FSQRT
                         self.x87_status();
-                        self.x87_mem(0xdb, 7, or);
+                        self.x87_store_pop(r);
                         self.x87_merge();
                     }
                 }
             }
             Op::X87Cmp { d, a, b, signal } => {
-                self.x87_mem(0xdb, 5, off::x87(b));
-                self.x87_mem(0xdb, 5, off::x87(a));
+                self.x87_load(b);
+                self.x87_load(a);
                 // FCOMI / FUCOMI ST(0), ST(1).
                 self.ops.extend([0xdb, if signal { 0xf1 } else { 0xe9 }]);
                 let rd = self.alloc(&[]);
@@ -1489,6 +1489,22 @@ impl<'a> Emit<'a> {
         // REX.B (r14), ModRM mod 10 (disp32), rm 110 (r14 & 7).
         self.ops.extend([0x41, opc, 0x80 | (digit << 3) | 6]);
         self.ops.push_i32(o);
+    }
+
+    /// FLD of x87 register `r` (m80) onto the host's stack.
+    fn x87_load(&mut self, r: u8) {
+        self.x87_mem(0xdb, 5, off::x87(r));
+    }
+
+    /// FSTP of the host's ST(0) into x87 register `r` (m80).
+    fn x87_store_pop(&mut self, r: u8) {
+        self.x87_mem(0xdb, 7, off::x87(r));
+    }
+
+    /// Value `s` into the state's scratch, where the host FPU reads memory operands.
+    fn x87_io_in(&mut self, s: Val) {
+        let rs = self.reg(s, &[]);
+        dynasm!(self.ops ; .arch x64 ; mov [r14 + off::X87_IO], Rq(rs));
     }
 
     /// FNSTSW into the state's scratch: the host's exception flags since the guard, and

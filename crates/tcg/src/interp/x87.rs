@@ -506,7 +506,7 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
 // ---- Stack access ----
 
 fn top(cpu: &Cpu) -> usize {
-    usize::from(cpu.state.fpu.fsw >> 11) & 7
+    cpu.state.fpu.top()
 }
 
 fn set_top(cpu: &mut Cpu, t: usize) {
@@ -869,7 +869,7 @@ fn fxrstor(cpu: &mut Cpu, ins: &Instruction, rexw: bool) -> Result<()> {
         f.fdp = u64::from(u32_at(16));
     }
     f.mxcsr = mxcsr;
-    let top = usize::from(f.fsw >> 11) & 7;
+    let top = f.top();
     for i in 0..8 {
         let p = (top + i) & 7;
         f.st[p] = [0; 16];
@@ -884,11 +884,27 @@ fn fxrstor(cpu: &mut Cpu, ins: &Instruction, rexw: bool) -> Result<()> {
 // ---- Data and arithmetic ----
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Arith {
+pub(crate) enum Arith {
     Add,
     Sub,
     Mul,
     Div,
+}
+
+/// FADD..FDIVR and their P and I forms: the operation, whether its operands are
+/// reversed (`src op dst`, the R forms) and whether it pops. None for the others.
+pub(crate) fn arith_form(m: Mnemonic) -> Option<(Arith, bool, bool)> {
+    use Mnemonic::*;
+    let (op, rev) = match m {
+        Fadd | Faddp | Fiadd => (Arith::Add, false),
+        Fsub | Fsubp | Fisub => (Arith::Sub, false),
+        Fsubr | Fsubrp | Fisubr => (Arith::Sub, true),
+        Fmul | Fmulp | Fimul => (Arith::Mul, false),
+        Fdiv | Fdivp | Fidiv => (Arith::Div, false),
+        Fdivr | Fdivrp | Fidivr => (Arith::Div, true),
+        _ => return None,
+    };
+    Some((op, rev, matches!(m, Faddp | Fsubp | Fsubrp | Fmulp | Fdivp | Fdivrp)))
 }
 
 /// `a op b` with x87 NaN and exception rules, rounded as FCW says (see [`super::f80`]);
@@ -1179,7 +1195,7 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
         }
         Fadd | Faddp | Fiadd | Fsub | Fsubp | Fisub | Fsubr | Fsubrp | Fisubr | Fmul | Fmulp | Fimul | Fdiv | Fdivp
         | Fidiv | Fdivr | Fdivrp | Fidivr => {
-            let pops = matches!(m, Faddp | Fsubp | Fsubrp | Fmulp | Fdivp | Fdivrp);
+            let (op, rev, pops) = arith_form(m).expect("matched above");
             // (destination, source register): FADDP etc. without operands are
             // ST(1) op ST(0); a memory operand's destination is ST(0).
             let (dst, src) = match ins.op_count() {
@@ -1198,14 +1214,6 @@ fn data_op(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
             let (b, denormal) = match src {
                 Some(s) => (raw(cpu, s), false),
                 None => load_mem_quiet(cpu, ins)?,
-            };
-            let (op, rev) = match m {
-                Fadd | Faddp | Fiadd => (Arith::Add, false),
-                Fsub | Fsubp | Fisub => (Arith::Sub, false),
-                Fsubr | Fsubrp | Fisubr => (Arith::Sub, true),
-                Fmul | Fmulp | Fimul => (Arith::Mul, false),
-                Fdiv | Fdivp | Fidiv => (Arith::Div, false),
-                _ => (Arith::Div, true),
             };
             let r = if rev { arith(cpu, op, b, a, denormal) } else { arith(cpu, op, a, b, denormal) };
             set_st(cpu, dst, r);

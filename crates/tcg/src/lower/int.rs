@@ -318,33 +318,27 @@ fn zero_count(l: &mut Lower, c: &Count) -> bool {
     }
 }
 
-/// A shift's or rotate's count, destination address (memory) and operand; None when
-/// the count is a constant 0 (the instruction then did all it does).
-fn shift_operands(l: &mut Lower) -> Option<(Val, Option<Val>, Val)> {
+/// A shift's or rotate's count (and, when it is a constant, its value), destination
+/// address (memory) and operand; None when the count is a constant 0 (the instruction
+/// then did all it does).
+fn shift_operands(l: &mut Lower) -> Option<(Val, Option<u64>, Option<Val>, Val)> {
     let c = count(l);
     if zero_count(l, &c) {
         return None;
     }
-    let n = match c {
-        Count::Imm(k) => l.b.konst(k),
-        Count::Cl(v) => v,
+    let (n, k) = match c {
+        Count::Imm(k) => (l.b.konst(k), Some(k)),
+        Count::Cl(v) => (v, None),
     };
     let addr = mem_addr(l, 0);
     let a = read_at(l, 0, addr);
-    Some((n, addr, a))
-}
-
-/// The count of the current shift or rotate when it is a constant, masked as the CPU
-/// masks it.
-fn const_count(l: &Lower) -> Option<u64> {
-    let m: u64 = if l.width(0) == 8 { 0x3f } else { 0x1f };
-    (l.ins.op_kind(1) != OpKind::Register).then(|| l.ins.immediate(1) & m)
+    Some((n, k, addr, a))
 }
 
 /// SHL/SAL, SHR, SAR.
 fn shift(l: &mut Lower) -> Flow {
     let w = l.width(0);
-    let Some((n, addr, a)) = shift_operands(l) else { return Flow::Continue };
+    let Some((n, k, addr, a)) = shift_operands(l) else { return Flow::Continue };
     let (op, kind) = match l.ins.mnemonic() {
         Mnemonic::Shl | Mnemonic::Sal => (Bin::Shl, CcKind::Shl),
         Mnemonic::Shr => (Bin::Shr, CcKind::Shr),
@@ -356,7 +350,7 @@ fn shift(l: &mut Lower) -> Flow {
     let src2 = if kind == CcKind::Shr { a } else { zero };
     // A constant count within the width: the operand is the record's `src`, CF the bit
     // that went out last (nothing computed unless a flag is read).
-    if let Some(k) = const_count(l) {
+    if let Some(k) = k {
         if (1..=bits).contains(&k) {
             let pos = if op == Bin::Shl { bits - k } else { k - 1 };
             l.write(0, r, addr);
@@ -390,7 +384,7 @@ fn shift(l: &mut Lower) -> Flow {
 /// ROL, ROR: only CF and OF change.
 fn rotate(l: &mut Lower) -> Flow {
     let w = l.width(0);
-    let Some((n, addr, a)) = shift_operands(l) else { return Flow::Continue };
+    let Some((n, _, addr, a)) = shift_operands(l) else { return Flow::Continue };
     let rol = l.ins.mnemonic() == Mnemonic::Rol;
     let r = l.b.bin(if rol { Bin::Rol } else { Bin::Ror }, w, a, n);
     let bits = 8 * w as u64;

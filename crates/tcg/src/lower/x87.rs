@@ -22,6 +22,7 @@ use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 use super::flags::Rec;
 use super::{Flow, Lower};
 use crate::flags::{CcKind, CcOp, Width};
+use crate::interp::x87::{arith_form, Arith};
 use crate::ir::{Bin, FOp, Op, X87Fmt, X87Un, X87_TMP};
 #[cfg(doc)]
 use crate::translate::BlockMode;
@@ -55,6 +56,18 @@ impl Stack {
 
     fn valid(&self, i: u8) -> bool {
         self.ftw & (1 << self.phys(i)) != 0
+    }
+
+    /// TOP moves down; the new ST(0) holds a value.
+    fn push(&mut self) {
+        self.top = (self.top + 7) & 7;
+        self.ftw |= 1 << self.top;
+    }
+
+    /// ST(0) is emptied; TOP moves up.
+    fn pop(&mut self) {
+        self.ftw &= !(1 << self.top);
+        self.top = (self.top + 1) & 7;
     }
 }
 
@@ -131,16 +144,8 @@ pub fn after_interp(ins: &Instruction, s: Stack) -> Option<Stack> {
         };
     let mut s = Stack { guarded: false, ..s };
     match pops {
-        -1 => {
-            s.top = (s.top + 7) & 7;
-            s.ftw |= 1 << s.top;
-        }
-        n => {
-            for _ in 0..n {
-                s.ftw &= !(1 << s.top);
-                s.top = (s.top + 1) & 7;
-            }
-        }
+        -1 => s.push(),
+        n => (0..n).for_each(|_| s.pop()),
     }
     Some(s)
 }
@@ -167,10 +172,9 @@ fn inline(l: &Lower, s: &Stack) -> bool {
         Some(f) => {
             let ok = match m {
                 Fld | Fild => f != MemFmt::Bad,
-                // m80 is two stores, which one instruction may not have inline (a
+                // FSTP m80 is two stores, which one instruction may not have inline (a
                 // store onto code replays the rest of its instruction): interpreted.
-                Fstp => matches!(f, MemFmt::Conv(_)),
-                Fst | Fist | Fistp | Fisttp => matches!(f, MemFmt::Conv(_)),
+                Fst | Fstp | Fist | Fistp | Fisttp => matches!(f, MemFmt::Conv(_)),
                 // Arithmetic: m32fp, m64fp, m16int, m32int.
                 _ => matches!(f, MemFmt::Conv(X87Fmt::F32 | X87Fmt::F64 | X87Fmt::I16 | X87Fmt::I32)),
             };
@@ -256,8 +260,7 @@ fn emit(l: &mut Lower, mut s: Stack) {
                 }
                 Some(MemFmt::Bad) => unreachable!("checked by `inline`"),
             }
-            s.top = (s.top + 7) & 7;
-            s.ftw |= 1 << d;
+            s.push();
         }
         Fst | Fstp | Fist | Fistp | Fisttp => {
             pops = u8::from(matches!(m, Fstp | Fistp | Fisttp));
@@ -301,13 +304,12 @@ fn emit(l: &mut Lower, mut s: Stack) {
         }
         _ => {
             // FADD..FDIVR: `dst = dst op src`, or `src op dst` for the R forms.
-            let (op, rev) = match m {
-                Fadd | Faddp | Fiadd => (FOp::Add, false),
-                Fsub | Fsubp | Fisub => (FOp::Sub, false),
-                Fsubr | Fsubrp | Fisubr => (FOp::Sub, true),
-                Fmul | Fmulp | Fimul => (FOp::Mul, false),
-                Fdiv | Fdivp | Fidiv => (FOp::Div, false),
-                _ => (FOp::Div, true),
+            let (op, rev, pop) = arith_form(m).expect("`is_x87` takes no other");
+            let op = match op {
+                Arith::Add => FOp::Add,
+                Arith::Sub => FOp::Sub,
+                Arith::Mul => FOp::Mul,
+                Arith::Div => FOp::Div,
             };
             match mem {
                 Some(MemFmt::Conv(f)) => {
@@ -322,15 +324,12 @@ fn emit(l: &mut Lower, mut s: Stack) {
                     l.b.push(Op::X87Bin { op, r: d, a, b });
                 }
             }
-            pops = u8::from(matches!(m, Faddp | Fsubp | Fsubrp | Fmulp | Fdivp | Fdivrp));
+            pops = u8::from(pop);
             clear_c1 = false;
         }
     }
     let before = l.x87.map(|o| (o.top, o.ftw));
-    for _ in 0..pops {
-        s.ftw &= !(1 << s.phys(0));
-        s.top = (s.top + 1) & 7;
-    }
+    (0..pops).for_each(|_| s.pop());
     if before != Some((s.top, s.ftw)) || clear_c1 {
         l.b.push(Op::X87Stack { top: s.top, ftw: s.ftw, clear_c1 });
     }
