@@ -124,11 +124,12 @@ impl Cpu {
     }
 
     pub fn with_model(mem: Arc<GuestMemory>, model: Arc<crate::model::TcgCpuModel>) -> Box<Self> {
-        // Built in place (the state is too big for the stack), field by field.
-        let mut cpu = Box::<Cpu>::new_uninit();
+        // Built in place (the state is too big for the stack), field by field, in
+        // zeroed memory: the megabytes of TLB are then empty without being touched.
+        let mut cpu = Box::<Cpu>::new_zeroed();
         let p = cpu.as_mut_ptr();
-        // SAFETY: `p` is valid for writes, and every field is written before
-        // `assume_init`.
+        // SAFETY: `p` is valid for writes and zeroed, and every field is written
+        // before `assume_init`.
         unsafe {
             CpuState::init(&raw mut (*p).state);
             (&raw mut (*p).mem).write(mem);
@@ -236,8 +237,7 @@ impl Cpu {
         }
         let w = paging::walk(self, linear, access)?;
         let code_free = !self.watch_is_code(w.phys >> 12);
-        // Only a write fills the write tag: its walk has set the page's dirty bit.
-        mmu::fill(&mut self.state.tlb.tables[idx], &self.mem, linear, w.phys, access, code_free, w.global);
+        mmu::fill(&mut self.state.tlb.tables[idx], &self.mem, linear, w, access, code_free);
         Ok(w.phys)
     }
 

@@ -15,11 +15,26 @@
 use quern_core::memory::{RegionKind, PAGE_SIZE};
 use quern_core::GuestMemory;
 
-pub const TLB_BITS: u32 = 12;
+use crate::paging::Walk;
+
+/// Sets of an MMU index's table: 32 Ki, of two ways each (2 MiB). A large program's
+/// working set (perl, python: the heap, stacks, libraries, the kernel's pages) spans
+/// hundreds of pages; in a direct-mapped table of 4 Ki entries a few of them shared a
+/// slot and evicted each other on every turn of a loop, a page walk each time (QEMU
+/// grows its table with use, up to 4 Mi entries, behind an 8-entry victim TLB).
+pub const TLB_BITS: u32 = 15;
 pub const TLB_ENTRIES: usize = 1 << TLB_BITS;
+/// Slots of a table: set `i`'s ways are slots `i` and `i + TLB_ENTRIES`.
+pub const TLB_SLOTS: usize = 2 * TLB_ENTRIES;
 pub const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
-/// A tag no page-aligned address equals.
-pub const INVALID: u64 = u64::MAX;
+/// A page's tag is the address of its last byte, so that no page's tag is zero and an
+/// all-zero table is an empty one: a vCPU's megabytes of TLB cost nothing until used.
+pub const fn page_tag(addr: u64) -> u64 {
+    addr | !PAGE_MASK
+}
+
+/// The tag of no page.
+pub const INVALID: u64 = 0;
 
 /// MMU indexes, as QEMU's: one TLB array per set of permission rules, so that a change
 /// of privilege (a system call, an interrupt, its return) needs no flush. Each block is
@@ -79,20 +94,27 @@ pub mod entry_off {
     pub const CODE: i32 = 16;
     pub const ADDEND: i32 = 24;
     pub const SIZE_SHIFT: u32 = 5;
+    /// From a set's first way to its second.
+    pub const WAY1: i32 = (super::TLB_ENTRIES << SIZE_SHIFT) as i32;
 }
 
 /// The TLB of one MMU index: what generated code probes (`entries`) and what only Rust
-/// reads.
+/// reads. Two-way set-associative: generated code probes the first way inline and the
+/// second out of line; a fill puts the page in the first way and moves what was there
+/// to the second.
 #[repr(C)]
 pub struct TlbTable {
-    pub entries: [TlbEntry; TLB_ENTRIES],
+    pub entries: [TlbEntry; TLB_SLOTS],
     /// Guest-physical page address of each entry (for the run loop's block lookup).
-    pub phys: [u64; TLB_ENTRIES],
+    pub phys: [u64; TLB_SLOTS],
     /// The entry maps a global page (PTE.G under CR4.PGE): a CR3 write keeps it.
-    pub global: [bool; TLB_ENTRIES],
-    /// Entries filled for non-global pages since the last flush of them (a CR3 write
-    /// empties just these, or walks the whole table after more than it notes).
-    local: SlotLog<{ TLB_ENTRIES / 4 }>,
+    pub global: [bool; TLB_SLOTS],
+    /// The slots that took a non-global page since the last flush of them, and those
+    /// that took a global page since the last full flush: between them every slot in
+    /// use, so that flushes and write protection visit just those (the table is large,
+    /// for few conflicts, and mostly empty).
+    local: SlotLog<{ TLB_SLOTS / 8 }>,
+    globals: SlotLog<{ TLB_SLOTS / 8 }>,
 }
 
 /// The slots of a direct-mapped table (the TLB, a jump-cache array) filled since its
@@ -128,28 +150,52 @@ impl<const CAP: usize> SlotLog<CAP> {
         self.slots.clear();
         self.overflow = false;
     }
+
+    /// The noted slots, if they are all there are.
+    pub fn slots(&self) -> Option<&[u32]> {
+        (!self.overflow).then_some(&self.slots[..])
+    }
 }
 
 impl TlbTable {
-    fn new() -> Self {
-        TlbTable {
-            entries: [TlbEntry::EMPTY; TLB_ENTRIES],
-            phys: [0; TLB_ENTRIES],
-            global: [false; TLB_ENTRIES],
-            local: SlotLog::default(),
+    /// Empties every slot, the whole table when the logs do not know them all.
+    fn clear(&mut self) {
+        let (entries, global) = (&mut self.entries, &mut self.global);
+        let mut empty = |i: usize| {
+            entries[i] = TlbEntry::EMPTY;
+            global[i] = false;
+        };
+        let known = self.local.drain(&mut empty) & self.globals.drain(&mut empty);
+        if !known {
+            self.clear_all();
         }
     }
 
-    fn clear(&mut self) {
+    fn clear_all(&mut self) {
         self.entries.fill(TlbEntry::EMPTY);
         self.global.fill(false);
         self.local.clear();
+        self.globals.clear();
+    }
+
+    /// Calls `f` with every slot that may be in use: the logged ones, or all.
+    fn for_each_used(&mut self, mut f: impl FnMut(&mut TlbEntry)) {
+        match (self.local.slots(), self.globals.slots()) {
+            (Some(a), Some(b)) => a.iter().chain(b).for_each(|&i| f(&mut self.entries[i as usize])),
+            _ => self.entries.iter_mut().for_each(f),
+        }
+    }
+
+    /// The slot holding `linear`'s page with a tag for `access` (`len` bytes from
+    /// `linear`, all in that page).
+    fn find(&self, linear: u64, len: usize, access: Access) -> Option<usize> {
+        let last_page = page_tag(linear.wrapping_add(len as u64 - 1));
+        Tlb::ways(linear).into_iter().find(|&i| self.entries[i].tag(access) == last_page)
     }
 
     /// The physical address of `linear` if its page is cached for `access`.
     pub fn lookup(&self, linear: u64, access: Access) -> Option<u64> {
-        let idx = Tlb::index(linear);
-        (self.entries[idx].tag(access) == linear & PAGE_MASK).then(|| self.phys[idx] | (linear & !PAGE_MASK))
+        self.find(linear, 1, access).map(|i| self.phys[i] | (linear & !PAGE_MASK))
     }
 
     /// The physical address `linear` maps to, if its page is cached for execution.
@@ -159,19 +205,27 @@ impl TlbTable {
 
     /// The host address of `len` (at least 1) bytes at `linear` when they lie in one
     /// page cached for `access`, by the test generated code makes: the last byte's
-    /// page against the tag of the first byte's entry. A write hit is never a page with
+    /// page against the tags of the first byte's set. A write hit is never a page with
     /// translated code (see the module's note), so a store through it needs no
     /// invalidation.
     pub fn host(&self, linear: u64, len: usize, access: Access) -> Option<*mut u8> {
-        let e = &self.entries[Tlb::index(linear)];
-        let last_page = linear.wrapping_add(len as u64 - 1) & PAGE_MASK;
-        (e.tag(access) == last_page).then(|| linear.wrapping_add(e.addend) as *mut u8)
+        self.find(linear, len, access).map(|i| linear.wrapping_add(self.entries[i].addend) as *mut u8)
     }
 
     /// Whether `linear`'s page is cached for execution from a global page.
     pub fn is_global_code(&self, linear: u64) -> bool {
-        let idx = Tlb::index(linear);
-        self.entries[idx].code == linear & PAGE_MASK && self.global[idx]
+        self.find(linear, 1, Access::Fetch).is_some_and(|i| self.global[i])
+    }
+
+    /// Logs `slot` if it comes into use for its kind of page (see the logs' note).
+    fn note_use(&mut self, slot: usize, global: bool) {
+        if self.entries[slot].read == INVALID || self.global[slot] != global {
+            if global {
+                self.globals.note(slot);
+            } else {
+                self.local.note(slot);
+            }
+        }
     }
 }
 
@@ -200,35 +254,42 @@ pub struct Tlb {
     pub log: FlushLog,
 }
 
-impl Default for Tlb {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Tlb {
-    pub fn new() -> Self {
-        Tlb { tables: std::array::from_fn(|_| TlbTable::new()), log: FlushLog::default() }
+    /// An empty TLB on the heap (it is megabytes: never on a stack).
+    pub fn boxed() -> Box<Tlb> {
+        let layout = std::alloc::Layout::new::<Tlb>();
+        // SAFETY: the layout is not zero-sized; the zeroed allocation is made a valid
+        // TLB by init before Box owns it.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout) as *mut Tlb;
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Self::init(p);
+            Box::from_raw(p)
+        }
     }
 
-    /// Makes the all-zero bytes at `p` an empty TLB in place (see `CpuState::init`).
+    /// Makes the all-zero bytes at `p` an empty TLB in place (see `CpuState::init`):
+    /// zeros are empty tables already, only the logs' vectors need writing.
     ///
     /// # Safety
     /// `p` must be valid for writes and hold zeros.
     pub unsafe fn init(p: *mut Tlb) {
         // SAFETY: as the caller promised; zeros are valid but for the vectors.
-        let tlb = unsafe {
+        unsafe {
             (&raw mut (*p).log.pages).write(Vec::new());
             for i in 0..MMU_MODES {
                 (&raw mut (*p).tables[i].local).write(SlotLog::default());
+                (&raw mut (*p).tables[i].globals).write(SlotLog::default());
             }
-            &mut *p
-        };
-        tlb.tables.iter_mut().for_each(TlbTable::clear);
+        }
     }
 
-    pub fn index(linear: u64) -> usize {
-        ((linear >> 12) as usize) & (TLB_ENTRIES - 1)
+    /// The two slots `linear`'s page may occupy, first way first.
+    pub fn ways(linear: u64) -> [usize; 2] {
+        let set = ((linear >> 12) as usize) & (TLB_ENTRIES - 1);
+        [set, set + TLB_ENTRIES]
     }
 
     /// Drops every entry of every MMU index, global ones included (CR0.PG/WP, CR4
@@ -268,12 +329,13 @@ impl Tlb {
     /// Drops any entry for `linear`'s page, global or not, in every MMU index (INVLPG).
     pub fn flush_page(&mut self, linear: u64) {
         let page = linear & PAGE_MASK;
-        let idx = Self::index(linear);
         for t in &mut self.tables {
-            let e = &mut t.entries[idx];
-            if [e.read, e.write, e.code].contains(&page) {
-                *e = TlbEntry::EMPTY;
-                t.global[idx] = false;
+            for i in Self::ways(linear) {
+                let e = &mut t.entries[i];
+                if [e.read, e.write, e.code].contains(&page_tag(page)) {
+                    *e = TlbEntry::EMPTY;
+                    t.global[i] = false;
+                }
             }
         }
         self.log.unseen = true;
@@ -289,11 +351,11 @@ impl Tlb {
     /// `host` (a page that just got translated code, seen through any linear alias).
     pub fn protect_host_page(&mut self, host_page: u64) {
         for t in &mut self.tables {
-            for e in t.entries.iter_mut() {
-                if e.write != INVALID && e.write.wrapping_add(e.addend) == host_page {
+            t.for_each_used(|e| {
+                if e.write != INVALID && (e.write & PAGE_MASK).wrapping_add(e.addend) == host_page {
                     e.write = INVALID;
                 }
-            }
+            });
         }
     }
 }
@@ -326,43 +388,49 @@ pub fn phys_target(mem: &GuestMemory, phys: u64) -> Target {
     }
 }
 
-/// Fills the entry for `linear`, just translated to `phys` for `access` by a walk with
-/// the rules of `tlb`'s MMU index, when the page is RAM or ROM. Each tag is set only by
-/// a walk that checked that kind of access: the read tag by any (x86 pages are always
-/// readable), the write tag by a write to a page without translated code
-/// (`code_free`), the code tag by a fetch (NX). `global`: the walk's leaf is global.
-pub fn fill(
-    tlb: &mut TlbTable,
-    mem: &GuestMemory,
-    linear: u64,
-    phys: u64,
-    access: Access,
-    code_free: bool,
-    global: bool,
-) {
+/// Fills the entry for `linear`, just walked for `access` with the rules of `tlb`'s
+/// MMU index, when the page is RAM or ROM. Each tag is set only by a walk that checked
+/// that kind of access: the read tag by any (x86 pages are always readable), the write
+/// tag by one that found a write allowed with the dirty bit set (or set it) on a page
+/// without translated code (`code_free`), the code tag by a fetch (NX).
+pub fn fill(tlb: &mut TlbTable, mem: &GuestMemory, linear: u64, walk: Walk, access: Access, code_free: bool) {
+    let Walk { phys, global, writable } = walk;
     let page = linear & PAGE_MASK;
     let Target::Memory { host, rom } = phys_target(mem, phys & PAGE_MASK) else { return };
     // The page must be wholly inside one region for the addend to be valid.
     if mem.host_ptr(phys & PAGE_MASK, PAGE_SIZE as usize).is_none() {
         return;
     }
-    let idx = Tlb::index(linear);
-    let e = &mut tlb.entries[idx];
+    // The page's slot: where it is (a refill that adds a tag), else the first way,
+    // whose page moves to the second.
+    let [w0, w1] = Tlb::ways(linear);
+    let tag = page_tag(page);
+    let idx = if tlb.entries[w1].read == tag {
+        w1
+    } else {
+        if ![tag, INVALID].contains(&tlb.entries[w0].read) {
+            tlb.note_use(w1, tlb.global[w0]);
+            tlb.entries[w1] = tlb.entries[w0];
+            tlb.phys[w1] = tlb.phys[w0];
+            tlb.global[w1] = tlb.global[w0];
+        }
+        w0
+    };
+    tlb.note_use(idx, global);
     let addend = (host as u64).wrapping_sub(page);
-    if e.addend != addend || e.read != page || tlb.global[idx] != global {
+    let e = &mut tlb.entries[idx];
+    if e.addend != addend || e.read != tag || tlb.global[idx] != global {
         *e = TlbEntry::EMPTY;
     }
     e.addend = addend;
-    e.read = page;
+    e.read = tag;
     tlb.phys[idx] = phys & PAGE_MASK;
     tlb.global[idx] = global;
-    if !global {
-        tlb.local.note(idx);
+    if access == Access::Fetch {
+        e.code = tag;
     }
-    match access {
-        Access::Fetch => e.code = page,
-        Access::Write if !rom && code_free => e.write = page,
-        _ => {}
+    if writable && !rom && code_free {
+        e.write = tag;
     }
 }
 
@@ -373,13 +441,34 @@ mod tests {
     #[test]
     fn fill_and_flush() {
         let mem = GuestMemory::flat(1 << 20).unwrap();
-        let mut tlb = Tlb::new();
+        let mut tlb = Tlb::boxed();
         let k = MMU_KERNEL;
-        fill(&mut tlb.tables[k], &mem, 0x5123, 0x5123, Access::Write, true, false);
-        fill(&mut tlb.tables[k], &mem, 0x5123, 0x5123, Access::Fetch, true, false);
-        fill(&mut tlb.tables[MMU_USER], &mem, 0x5123, 0x5123, Access::Write, true, false);
-        let e = tlb.tables[k].entries[Tlb::index(0x5000)];
-        assert_eq!((e.read, e.write, e.code), (0x5000, 0x5000, 0x5000));
+        fill(
+            &mut tlb.tables[k],
+            &mem,
+            0x5123,
+            Walk { phys: 0x5123, global: false, writable: true },
+            Access::Write,
+            true,
+        );
+        fill(
+            &mut tlb.tables[k],
+            &mem,
+            0x5123,
+            Walk { phys: 0x5123, global: false, writable: false },
+            Access::Fetch,
+            true,
+        );
+        fill(
+            &mut tlb.tables[MMU_USER],
+            &mem,
+            0x5123,
+            Walk { phys: 0x5123, global: false, writable: true },
+            Access::Write,
+            true,
+        );
+        let e = tlb.tables[k].entries[Tlb::ways(0x5000)[0]];
+        assert_eq!((e.read, e.write, e.code), (0x5fff, 0x5fff, 0x5fff), "tags name the page's last byte");
         assert_eq!(e.addend.wrapping_add(0x5000), mem.host_ptr(0x5000, 1).unwrap() as u64);
         let host = mem.host_ptr(0x5000, 1).unwrap();
         assert_eq!(tlb.tables[k].host(0x5ff8, 8, Access::Write), Some(host.wrapping_add(0xff8)));
@@ -388,25 +477,53 @@ mod tests {
         assert_eq!(tlb.tables[MMU_USER].host(0x5000, 1, Access::Fetch), None, "no fetch filled it");
         tlb.protect_host_page(host as u64);
         for t in &tlb.tables {
-            assert_eq!(t.entries[Tlb::index(0x5000)].write, INVALID, "every index loses the write tag");
+            assert_eq!(t.entries[Tlb::ways(0x5000)[0]].write, INVALID, "every index loses the write tag");
         }
         tlb.flush_page(0x5fff);
         for t in &tlb.tables {
-            assert_eq!(t.entries[Tlb::index(0x5000)], TlbEntry::EMPTY);
+            assert_eq!(t.entries[Tlb::ways(0x5000)[0]], TlbEntry::EMPTY);
         }
         assert_eq!(tlb.log.pages, [0x5000]);
         // Device space is never entered.
-        fill(&mut tlb.tables[k], &mem, 0x20_0000, 0x20_0000, Access::Write, true, false);
-        assert_eq!(tlb.tables[k].entries[Tlb::index(0x20_0000)], TlbEntry::EMPTY);
+        fill(
+            &mut tlb.tables[k],
+            &mem,
+            0x20_0000,
+            Walk { phys: 0x20_0000, global: false, writable: true },
+            Access::Write,
+            true,
+        );
+        assert_eq!(tlb.tables[k].entries[Tlb::ways(0x20_0000)[0]], TlbEntry::EMPTY);
     }
 
     #[test]
     fn cr3_flush_keeps_global_pages() {
         let mem = GuestMemory::flat(1 << 20).unwrap();
-        let mut tlb = Tlb::new();
-        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, 0x5000, Access::Fetch, true, true);
-        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x6000, 0x6000, Access::Fetch, true, false);
-        fill(&mut tlb.tables[MMU_USER], &mem, 0x7000, 0x7000, Access::Read, true, false);
+        let mut tlb = Tlb::boxed();
+        fill(
+            &mut tlb.tables[MMU_KERNEL],
+            &mem,
+            0x5000,
+            Walk { phys: 0x5000, global: true, writable: false },
+            Access::Fetch,
+            true,
+        );
+        fill(
+            &mut tlb.tables[MMU_KERNEL],
+            &mem,
+            0x6000,
+            Walk { phys: 0x6000, global: false, writable: false },
+            Access::Fetch,
+            true,
+        );
+        fill(
+            &mut tlb.tables[MMU_USER],
+            &mem,
+            0x7000,
+            Walk { phys: 0x7000, global: false, writable: false },
+            Access::Read,
+            true,
+        );
         tlb.flush_non_global();
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), Some(0x5010));
         assert!(tlb.tables[MMU_KERNEL].is_global_code(0x5010));
@@ -415,9 +532,43 @@ mod tests {
         // INVLPG and a full flush drop global pages too.
         tlb.flush_page(0x5000);
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
-        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, 0x5000, Access::Fetch, true, true);
+        fill(
+            &mut tlb.tables[MMU_KERNEL],
+            &mem,
+            0x5000,
+            Walk { phys: 0x5000, global: true, writable: false },
+            Access::Fetch,
+            true,
+        );
         tlb.flush();
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
-        assert!(!tlb.tables[MMU_KERNEL].global[Tlb::index(0x5000)]);
+        assert!(!tlb.tables[MMU_KERNEL].global[Tlb::ways(0x5000)[0]]);
+    }
+
+    /// Pages one table apart share a set: the second way keeps the one a fill
+    /// displaces, a third page displaces the older, and flushes find both ways.
+    #[test]
+    fn a_set_holds_two_pages() {
+        let mem = GuestMemory::flat(1 << 20).unwrap();
+        let mut tlb = Tlb::boxed();
+        let t = &mut tlb.tables[MMU_USER];
+        let apart = (TLB_ENTRIES as u64) << 12;
+        let (a, b, c) = (0x7000, 0x7000 + apart, 0x7000 + 2 * apart);
+        let walk = |phys| Walk { phys, global: false, writable: false };
+        fill(t, &mem, a, walk(0x1000), Access::Read, true);
+        fill(t, &mem, b, walk(0x2000), Access::Read, true);
+        assert_eq!((t.lookup(a + 4, Access::Read), t.lookup(b + 4, Access::Read)), (Some(0x1004), Some(0x2004)));
+        fill(t, &mem, c, walk(0x3000), Access::Read, true);
+        assert_eq!(t.lookup(a, Access::Read), None, "the older page goes");
+        assert_eq!((t.lookup(b, Access::Read), t.lookup(c, Access::Read)), (Some(0x2000), Some(0x3000)));
+        // A read's walk that found the page dirty and writable enters it for writing.
+        fill(t, &mem, b, Walk { phys: 0x2000, global: false, writable: true }, Access::Read, true);
+        assert_eq!(t.lookup(b, Access::Write), Some(0x2000));
+        assert_eq!(t.lookup(c, Access::Write), None);
+        tlb.flush_page(b);
+        assert_eq!(tlb.tables[MMU_USER].lookup(b, Access::Read), None);
+        assert_eq!(tlb.tables[MMU_USER].lookup(c, Access::Read), Some(0x3000));
+        tlb.flush_non_global();
+        assert!(tlb.tables[MMU_USER].entries.iter().all(|e| *e == TlbEntry::EMPTY), "the logs knew every slot used");
     }
 }

@@ -25,6 +25,10 @@ pub struct Walk {
     pub phys: u64,
     /// The leaf maps a global page (G set, CR4.PGE on): CR3 writes keep it cached.
     pub global: bool,
+    /// A write to the page would pass this walk's checks and find the leaf's dirty
+    /// bit set, so it changes nothing in the tables: a read's fill may enter the page
+    /// for writing too (as QEMU's x86 walker does), saving the first write its walk.
+    pub writable: bool,
 }
 
 /// Translates `linear` for `access` at the CPU's current privilege.
@@ -42,7 +46,7 @@ pub fn walk(cpu: &mut Cpu, linear: u64, access: Access) -> Result<Walk> {
     let s = &cpu.state;
     if s.cr0 & CR0_PG == 0 {
         let phys = if s.long_mode() { linear } else { linear & 0xffff_ffff };
-        return Ok(Walk { phys, global: false });
+        return Ok(Walk { phys, global: false, writable: true });
     }
     let (levels, mut table, entry_size): (u32, u64, u64) = if s.long_mode() {
         (4, s.cr3 & ADDR_MASK, 8)
@@ -96,7 +100,8 @@ pub fn walk(cpu: &mut Cpu, linear: u64, access: Access) -> Result<Walk> {
             check(cpu, linear, access, user, allow_write, allow_user, no_exec, wp)?;
             set_bits(cpu, &entries[..=walked], access == Access::Write, entry_size);
             let global = e & G != 0 && cpu.state.cr4 & CR4_PGE != 0;
-            return Ok(Walk { phys: base | (linear & page_mask), global });
+            let writable = (access == Access::Write || e & D != 0) && write_allowed(user, allow_write, wp);
+            return Ok(Walk { phys: base | (linear & page_mask), global, writable });
         }
         table = e & ADDR_MASK;
     }
@@ -115,12 +120,18 @@ fn check(
     wp: bool,
 ) -> Result<()> {
     let denied = (user && !allow_user)
-        || (access == Access::Write && !allow_write && (user || wp))
+        || (access == Access::Write && !write_allowed(user, allow_write, wp))
         || (access == Access::Fetch && no_exec);
     if denied {
         return Err(page_fault(cpu, linear, access, user, true));
     }
     Ok(())
+}
+
+/// Whether a write passes the levels' R/W bits: a supervisor may write read-only
+/// pages unless CR0.WP.
+fn write_allowed(user: bool, allow_write: bool, wp: bool) -> bool {
+    allow_write || !(user || wp)
 }
 
 /// Sets accessed bits on the walk and the dirty bit on the leaf for writes.

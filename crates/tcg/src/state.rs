@@ -269,14 +269,13 @@ impl CpuState {
     /// state too big to build on a thread's stack and move.
     ///
     /// # Safety
-    /// `p` must be valid for writes of a `CpuState`; whatever it held is overwritten
-    /// without being dropped.
+    /// `p` must be valid for writes of a `CpuState` and hold zeros (a fresh zeroed
+    /// allocation, whose untouched pages cost nothing).
     pub unsafe fn init(p: *mut CpuState) {
         // SAFETY: all-zero bytes are a valid value of every field (integers, arrays and
         // plain structs of them) except the vectors, which are written before any
         // reference to the state is made.
         let s = unsafe {
-            std::ptr::write_bytes(p, 0, 1);
             (&raw mut (*p).jmp_track).write(Default::default());
             Tlb::init(&raw mut (*p).tlb);
             &mut *p

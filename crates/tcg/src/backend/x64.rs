@@ -231,7 +231,25 @@ struct Sync {
     mx: bool,
 }
 
+/// Where a TLB probe found its set's first entry: at a constant offset in the state
+/// (with the page's tag, a constant too), or at `rdi` + the table's offset with the
+/// tag in r8.
+#[derive(Clone, Copy)]
+enum Entry {
+    Const(i32, i32),
+    Indexed(i32),
+}
+
 enum Deferred {
+    /// A TLB probe that missed the set's first way tries the second, then the slow
+    /// path `miss`.
+    Way1 {
+        at: DynamicLabel,
+        hit: DynamicLabel,
+        miss: DynamicLabel,
+        entry: Entry,
+        tag: i32,
+    },
     Load {
         at: DynamicLabel,
         resume: DynamicLabel,
@@ -2303,14 +2321,18 @@ impl<'a> Emit<'a> {
         let tlb = off::tlb_offset(self.env.mmu_idx);
         // A constant address (a global variable, RIP-relative) within one page: its
         // entry and tag are known now.
+        let way1 = self.ops.new_dynamic_label();
+        let hit = self.ops.new_dynamic_label();
         if let Some(k) = k.filter(|&k| k & 0xfff <= 0x1000 - w as u64) {
-            if let Ok(page) = i32::try_from((k & !0xfff) as i64) {
+            if let Ok(page) = i32::try_from(crate::mmu::page_tag(k) as i64) {
                 let e = tlb + ((((k >> 12) as i32) & mask) << entry_off::SIZE_SHIFT);
                 dynasm!(self.ops ; .arch x64
                     ; cmp QWORD [r14 + e + tag], page
-                    ; jne =>miss
+                    ; jne =>way1
                     ; mov r8, [r14 + e + entry_off::ADDEND]
+                    ; =>hit
                 );
+                self.deferred.push(Deferred::Way1 { at: way1, hit, miss, entry: Entry::Const(e, page), tag });
                 return;
             }
         }
@@ -2330,11 +2352,13 @@ impl<'a> Emit<'a> {
             dynasm!(self.ops ; .arch x64 ; lea r8, [Rq(addr) + disp + (w as i32 - 1)]);
         }
         dynasm!(self.ops ; .arch x64
-            ; and r8, -4096
+            ; or r8, 0xfff
             ; cmp r8, [r14 + rdi + tlb + tag]
-            ; jne =>miss
+            ; jne =>way1
             ; mov r8, [r14 + rdi + tlb + entry_off::ADDEND]
+            ; =>hit
         );
+        self.deferred.push(Deferred::Way1 { at: way1, hit, miss, entry: Entry::Indexed(tlb), tag });
     }
 
     /// A scalar access's address: a register and a displacement (see `fused`), and
@@ -2407,6 +2431,25 @@ impl<'a> Emit<'a> {
         let deferred = std::mem::take(&mut self.deferred);
         for d in deferred {
             match d {
+                Deferred::Way1 { at, hit, miss, entry, tag } => {
+                    let w1 = entry_off::WAY1;
+                    match entry {
+                        Entry::Const(e, page) => dynasm!(self.ops ; .arch x64
+                            ; =>at
+                            ; cmp QWORD [r14 + e + w1 + tag], page
+                            ; jne =>miss
+                            ; mov r8, [r14 + e + w1 + entry_off::ADDEND]
+                            ; jmp =>hit
+                        ),
+                        Entry::Indexed(tlb) => dynasm!(self.ops ; .arch x64
+                            ; =>at
+                            ; cmp r8, [r14 + rdi + tlb + w1 + tag]
+                            ; jne =>miss
+                            ; mov r8, [r14 + rdi + tlb + w1 + entry_off::ADDEND]
+                            ; jmp =>hit
+                        ),
+                    }
+                }
                 Deferred::Request { at, sync } => {
                     dynasm!(self.ops ; .arch x64 ; =>at);
                     self.store_state(sync);

@@ -1673,10 +1673,32 @@ pub(crate) mod harness {
     }
 
     pub fn on_emu(code: &[u8], data: &mut Buf) -> Result<()> {
-        on_emu_cpu(&mut sse_cpu(), code, data)
+        EMU.with(|c| {
+            let mut c = c.borrow_mut();
+            let c = c.get_or_insert_with(sse_cpu);
+            reset(c);
+            on_emu_cpu(c, code, data)
+        })
+    }
+
+    /// Puts `c` back into [`sse_cpu`]'s state for a run: a reused CPU (the state is
+    /// megabytes, too many to make one a run).
+    fn reset(c: &mut crate::cpu::Cpu) {
+        TEMPLATE.with(|t| {
+            let (s, t) = (&mut c.state, &t.state);
+            (s.cr0, s.cr4, s.efer, s.seg, s.rip, s.gpr) = (t.cr0, t.cr4, t.efer, t.seg, t.rip, t.gpr);
+        });
+        let s = &mut c.state;
+        s.fpu = Default::default();
+        s.set_flags(0);
+        s.halted = 0;
+        s.fault.vector = crate::state::NO_FAULT;
+        s.tlb.flush();
     }
 
     thread_local! {
+        static TEMPLATE: Box<crate::cpu::Cpu> = sse_cpu();
+        static EMU: std::cell::RefCell<Option<Box<crate::cpu::Cpu>>> = const { std::cell::RefCell::new(None) };
         /// A JIT vCPU per test thread, reused (its translations dropped each run).
         static JIT: std::cell::RefCell<Option<crate::exec::TcgVcpu>> = const { std::cell::RefCell::new(None) };
     }
@@ -1700,15 +1722,8 @@ pub(crate) mod harness {
                 crate::exec::TcgVcpu::new(mem).unwrap()
             });
             let c = v.test_cpu();
-            let template = sse_cpu();
+            reset(c);
             let s = &mut c.state;
-            let t = &template.state;
-            (s.cr0, s.cr4, s.efer, s.seg, s.rip, s.gpr) = (t.cr0, t.cr4, t.efer, t.seg, t.rip, t.gpr);
-            s.fpu = Default::default();
-            s.set_flags(0);
-            s.halted = 0;
-            s.fault.vector = crate::state::NO_FAULT;
-            s.tlb.flush();
             // A 64-bit code segment (selector 8) and 32 interrupt gates to handlers that
             // put 0x100 | vector in R15 and halt.
             s.seg[crate::state::CS].selector = 8;
