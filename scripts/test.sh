@@ -27,3 +27,5 @@ command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) f
 scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check
 cargo test --workspace --release "$@"
+# The aarch64 host build, cross-compiled and run under qemu-user.
+scripts/test-aarch64.sh

@@ -198,6 +198,16 @@ fn try_accelerator(
     };
     let cpu_error = |e: String| format!("-cpu {}: {e}", cpu.spec());
     match choice.kind {
+        #[cfg(not(target_arch = "x86_64"))]
+        AccelKind::Kvm => {
+            let _ = (cpus, irqchip);
+            Err(format!(
+                "-accel kvm: KVM runs guests of the host's own architecture, and this host is {}, not x86-64: \
+                 use -accel tcg",
+                std::env::consts::ARCH
+            ))
+        }
+        #[cfg(target_arch = "x86_64")]
         AccelKind::Kvm => {
             use quern_accel_kvm::{is_pvm_host, CpuidMask, KvmAccelerator, KvmConfig, KvmError};
             let cpuid_mask = if is_pvm_host() { CpuidMask::pvm_workarounds() } else { CpuidMask::default() };

@@ -71,7 +71,7 @@ struct CodeCache {
     sites: FxHashMap<usize, (usize, usize)>,
 }
 
-type EnterFn = extern "sysv64" fn(*mut Cpu, usize) -> u32;
+type EnterFn = extern "C" fn(*mut Cpu, usize) -> u32;
 
 /// A block whose RIP's page offset is past this may have its first instruction cross
 /// into the next page (at most 15 bytes long).
@@ -164,7 +164,7 @@ impl CodeWatch for CodeCache {
 /// sync (see [`JmpSync`]), entered in the jump cache; else 0, and the block returns to
 /// the run loop. Saves the exit for an indirect branch whose target's slot held
 /// another RIP (QEMU's `lookup_tb_ptr`).
-pub(crate) extern "sysv64" fn helper_lookup(cpu: &mut Cpu) -> usize {
+pub(crate) extern "C" fn helper_lookup(cpu: &mut Cpu) -> usize {
     crate::profile::count(&crate::profile::LOOKUPS);
     // SAFETY: see TcgKicker::kick.
     let request = unsafe { AtomicU32::from_ptr(&raw mut cpu.state.exit_request) }.load(Ordering::Acquire);
@@ -253,6 +253,15 @@ impl TcgAccelerator {
 
     /// The JIT presenting `model` (`-cpu`); refuses `host` and features it cannot run.
     pub fn with_cpu_model(mem: Arc<GuestMemory>, model: &quern_core::CpuModel) -> Result<Self, CpuError> {
+        if !crate::backend::HOST_HAS_BACKEND {
+            return Err(CpuError::Unsupported {
+                accel: "tcg",
+                what: format!(
+                    "generating code for {} hosts (only the x86-64 backend is written so far)",
+                    std::env::consts::ARCH
+                ),
+            });
+        }
         let model = crate::model::TcgCpuModel::new(model).map_err(CpuError::CpuModel)?;
         Ok(TcgAccelerator { mem, model: Arc::new(model) })
     }

@@ -7,7 +7,7 @@ use crate::cpu::Cpu;
 /// A load that missed the TLB: returns the value (0 after a fault).
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
-pub unsafe extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64) -> u64 {
+pub unsafe extern "C" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64) -> u64 {
     // SAFETY: generated code passes the Cpu it runs with, valid and unaliased for the
     // duration of the call.
     let cpu = unsafe { &mut *cpu };
@@ -25,7 +25,7 @@ pub unsafe extern "sysv64" fn helper_load(cpu: *mut Cpu, linear: u64, width: u64
 /// block must end after this instruction).
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
-pub unsafe extern "sysv64" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, width: u64) -> u32 {
+pub unsafe extern "C" fn helper_store(cpu: *mut Cpu, linear: u64, value: u64, width: u64) -> u32 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
     crate::profile::count(&crate::profile::SLOW_ACCESSES);
@@ -52,7 +52,7 @@ fn vector_access(cpu: &mut Cpu, linear: u64, wa: u64) -> Option<usize> {
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased),
 /// and `off` the offset of a 16-byte vector inside its state.
-pub unsafe extern "sysv64" fn helper_vload(cpu: *mut Cpu, linear: u64, wa: u64, off: u64) {
+pub unsafe extern "C" fn helper_vload(cpu: *mut Cpu, linear: u64, wa: u64, off: u64) {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
     crate::profile::count(&crate::profile::SLOW_ACCESSES);
@@ -69,7 +69,7 @@ pub unsafe extern "sysv64" fn helper_vload(cpu: *mut Cpu, linear: u64, wa: u64, 
 /// `linear`. Returns nonzero when it overwrote translated code.
 /// # Safety
 /// As [`helper_vload`].
-pub unsafe extern "sysv64" fn helper_vstore(cpu: *mut Cpu, linear: u64, wa: u64, off: u64) -> u32 {
+pub unsafe extern "C" fn helper_vstore(cpu: *mut Cpu, linear: u64, wa: u64, off: u64) -> u32 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
     crate::profile::count(&crate::profile::SLOW_ACCESSES);
@@ -86,7 +86,7 @@ pub unsafe extern "sysv64" fn helper_vstore(cpu: *mut Cpu, linear: u64, wa: u64,
 /// EFLAGS with the status flags computed from the lazy record.
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
-pub unsafe extern "sysv64" fn helper_flags(cpu: *mut Cpu) -> u64 {
+pub unsafe extern "C" fn helper_flags(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &*cpu };
     cpu.state.flags()
@@ -95,7 +95,7 @@ pub unsafe extern "sysv64" fn helper_flags(cpu: *mut Cpu) -> u64 {
 /// The time-stamp counter (RDTSC).
 /// # Safety
 /// As [`helper_flags`].
-pub unsafe extern "sysv64" fn helper_tsc(cpu: *mut Cpu) -> u64 {
+pub unsafe extern "C" fn helper_tsc(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &*cpu };
     cpu.tsc()
@@ -105,7 +105,7 @@ pub unsafe extern "sysv64" fn helper_tsc(cpu: *mut Cpu) -> u64 {
 /// state still as before the instruction.
 /// # Safety
 /// As [`helper_flags`].
-pub unsafe extern "sysv64" fn helper_sti(cpu: *mut Cpu) -> u64 {
+pub unsafe extern "C" fn helper_sti(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in helper_load.
     let cpu = unsafe { &mut *cpu };
     crate::interp::system::sti_shadow(cpu)

@@ -101,9 +101,20 @@ pub fn count_interp(m: iced_x86::Mnemonic) {
     }
 }
 
+/// The host instruction pointer a signal interrupted.
+#[cfg(target_arch = "x86_64")]
+fn interrupted_pc(ctx: &libc::ucontext_t) -> usize {
+    ctx.uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+}
+
+#[cfg(target_arch = "aarch64")]
+fn interrupted_pc(ctx: &libc::ucontext_t) -> usize {
+    ctx.uc_mcontext.pc as usize
+}
+
 extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
-    let rip = unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as usize;
+    let rip = unsafe { interrupted_pc(&*(ctx as *const libc::ucontext_t)) };
     let inside = rip >= CODE_START.load(Ordering::Relaxed) && rip < CODE_END.load(Ordering::Relaxed);
     let bucket = match PHASE.load(Ordering::Relaxed) {
         _ if inside => &IN_CODE,

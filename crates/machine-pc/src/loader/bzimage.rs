@@ -1,14 +1,11 @@
 //! The Linux/x86 boot protocol (Documentation/arch/x86/boot.rst) for bzImage files.
 //!
-//! linux-loader supplies the struct layouts (`boot_params`, `setup_header`); its loader
-//! functions are not used because they write through vm-memory's GuestMemory, not
-//! quern's, so the header is parsed here from the byte slice.
+//! The struct layouts (`boot_params`, `setup_header`) are in [`super::abi`]; the header
+//! is parsed here from the byte slice.
 
-use linux_loader::loader::bootparam::{
-    boot_e820_entry, boot_params, setup_header, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, XLF_KERNEL_64,
-};
 use vm_memory::ByteValued;
 
+use super::abi::{boot_e820_entry, boot_params, setup_header, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, XLF_KERNEL_64};
 use super::{
     entry_regs, long_mode, protected_mode, Boot, BootSetup, KernelKind, LoaderError, Result, CMDLINE_ADDR,
     KERNEL_LOAD_ADDR, ZERO_PAGE_ADDR,
@@ -119,7 +116,7 @@ pub(crate) fn write_zero_page(boot: &Boot, mut hdr: setup_header, initrd: Option
     }
     let e820 = boot.layout.e820();
     for (i, e) in e820.iter().take(E820_MAX_ENTRIES_ZEROPAGE).enumerate() {
-        bp.e820_table[i] = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind as u32 };
+        bp.e820_table[i] = boot_e820_entry { addr: e.addr, size: e.size, kind: e.kind as u32 };
     }
     bp.e820_entries = e820.len().min(E820_MAX_ENTRIES_ZEROPAGE) as u8;
     bp.hdr = hdr;
@@ -259,7 +256,7 @@ mod tests {
         assert_eq!(read_cstr(&mem, u64::from(h.cmd_line_ptr)), "console=ttyS0 quiet");
         assert_eq!({ bp.acpi_rsdp_addr }, 0xe0000);
         let e820: Vec<_> =
-            (0..usize::from(bp.e820_entries)).map(|i| bp.e820_table[i]).map(|e| (e.addr, e.size, e.r#type)).collect();
+            (0..usize::from(bp.e820_entries)).map(|i| bp.e820_table[i]).map(|e| (e.addr, e.size, e.kind)).collect();
         let want: Vec<_> = layout.e820().iter().map(|e| (e.addr, e.size, e.kind as u32)).collect();
         assert_eq!(e820, want);
         assert!(want.contains(&(0xe0000, 0x20000, E820Type::Reserved as u32)));

@@ -2,12 +2,9 @@
 //! QEMU and Firecracker boot an uncompressed Linux, or any ELF64 entered in long mode.
 //! The parser works on the byte slice and returns errors, never panics, on bad input.
 
-use linux_loader::loader::bootparam::setup_header;
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
-};
 use vm_memory::ByteValued;
 
+use super::abi::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, setup_header, XEN_HVM_START_MAGIC_VALUE};
 use super::bzimage::{write_zero_page, HDR_MAGIC};
 use super::{
     entry_regs, le16, le32, le64, long_mode, protected_mode, Boot, BootSetup, KernelKind, LoaderError, Result,
@@ -195,7 +192,7 @@ fn load_pvh(boot: &Boot, elf: &Elf, entry: u64) -> Result<BootSetup> {
     let memmap: Vec<u8> = e820
         .iter()
         .flat_map(|e| {
-            let m = hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 };
+            let m = hvm_memmap_table_entry { addr: e.addr, size: e.size, kind: e.kind as u32, reserved: 0 };
             m.as_slice().to_vec()
         })
         .collect();
@@ -299,9 +296,9 @@ pub(crate) fn build_elf(is64: bool, entry: u64, segs: &[(u64, u64, &[u8], u64)],
 mod tests {
     use super::*;
     use crate::layout::MIB;
+    use crate::loader::abi::boot_params;
     use crate::loader::test_util::*;
     use crate::loader::{load_kernel, BOOT_AREA_END};
-    use linux_loader::loader::bootparam::boot_params;
     use quern_core::regs::ctrl;
     use quern_core::GuestMemory;
 
@@ -410,7 +407,7 @@ mod tests {
         for (i, e) in e820.iter().enumerate() {
             let mut m = hvm_memmap_table_entry::default();
             mem.read(si.memmap_paddr + 24 * i as u64, m.as_mut_slice()).unwrap();
-            assert_eq!((m.addr, m.size, m.type_), (e.addr, e.size, e.kind as u32));
+            assert_eq!((m.addr, m.size, m.kind), (e.addr, e.size, e.kind as u32));
         }
         assert_eq!(si.nr_modules, 1);
         let mut module = hvm_modlist_entry::default();

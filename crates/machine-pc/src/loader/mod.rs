@@ -30,6 +30,7 @@
 //! information, command line, GDT and TSS after the kernel's highest address, so a
 //! kernel may load anywhere in RAM, low memory included (OS self-tests load at 0x8000).
 
+pub mod abi;
 pub mod bzimage;
 pub mod elf;
 pub mod multiboot;

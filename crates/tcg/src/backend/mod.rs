@@ -7,6 +7,7 @@
 //! emits exits (chainable direct jumps, the jump-cache lookup for indirect ones), and
 //! says where chainable jumps are so the run loop can patch them.
 
+#[cfg(target_arch = "x86_64")]
 pub mod x64;
 
 use crate::ir::Block;
@@ -125,3 +126,27 @@ pub trait Backend {
 /// The backend of the host this build runs on.
 #[cfg(target_arch = "x86_64")]
 pub type Host = x64::X64;
+#[cfg(not(target_arch = "x86_64"))]
+pub type Host = Missing;
+
+/// Whether this build's host architecture has a backend. Without one the program
+/// still builds (devices, machine, firmware and disks are host-neutral), and the JIT
+/// accelerator refuses to start, naming the host.
+pub const HOST_HAS_BACKEND: bool = cfg!(target_arch = "x86_64");
+
+/// The stand-in [`Host`] of an architecture without a backend yet (aarch64's is
+/// the cross-architecture issue's work): never called, since the accelerator
+/// refuses such a host before anything is translated.
+pub struct Missing;
+
+impl Backend for Missing {
+    fn emit(_: &Block, _: &Env) -> Code {
+        unreachable!("no backend for this host: the accelerator refuses to start")
+    }
+    fn trampoline(_: usize, _: &Helpers) -> Trampoline {
+        unreachable!("no backend for this host: the accelerator refuses to start")
+    }
+    fn jump(_: usize, _: usize) -> Vec<u8> {
+        unreachable!("no backend for this host: the accelerator refuses to start")
+    }
+}

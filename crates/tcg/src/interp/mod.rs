@@ -321,7 +321,7 @@ impl std::fmt::Debug for Resolved {
 /// leave it (RIP set), 2 for HLT; a fault is left in the state.
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased).
-pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instruction) -> u32 {
+pub unsafe extern "C" fn helper_interp(cpu: *mut Cpu, ins: *const Instruction) -> u32 {
     // SAFETY: generated code passes its own Cpu (valid for the run) and a pointer into
     // the block's instruction table, which lives as long as the block.
     let (cpu, ins) = unsafe { (&mut *cpu, &*ins) };
@@ -337,7 +337,7 @@ pub unsafe extern "sysv64" fn helper_interp(cpu: *mut Cpu, ins: *const Instructi
 /// # Safety
 /// Called only by generated code, with the `Cpu` it runs with (valid, not aliased) and
 /// a pointer into the block's table of [`Resolved`] instructions.
-pub unsafe extern "sysv64" fn helper_interp_resolved(cpu: *mut Cpu, r: *const Resolved) -> u32 {
+pub unsafe extern "C" fn helper_interp_resolved(cpu: *mut Cpu, r: *const Resolved) -> u32 {
     // SAFETY: as in helper_interp; the table lives as long as the block.
     let (cpu, r) = unsafe { (&mut *cpu, &*r) };
     cpu.code_modified = false;

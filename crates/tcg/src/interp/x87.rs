@@ -1633,7 +1633,7 @@ pub(crate) mod harness {
             assert_ne!(p, libc::MAP_FAILED);
             std::ptr::copy_nonoverlapping(all.as_ptr(), p as *mut u8, all.len());
             assert_eq!(libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC), 0);
-            let f: extern "sysv64" fn(*mut u8) = std::mem::transmute(p);
+            let f: extern "C" fn(*mut u8) = std::mem::transmute(p);
             f(data.0.as_mut_ptr());
             libc::munmap(p, len);
         }
