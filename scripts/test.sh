@@ -27,5 +27,8 @@ command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) f
 scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check
 cargo test --workspace --release "$@"
+# The differential cases again with SSE and x87 in the interpreter: the path a backend
+# without vector and x87 code (a new host's first) takes.
+QUERN_TCG_INTERPRET=sse,x87 cargo test --release -p quern --test differential
 # The aarch64 host build, cross-compiled and run under qemu-user.
 scripts/test-aarch64.sh

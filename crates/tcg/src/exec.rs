@@ -397,8 +397,11 @@ impl TcgVcpu {
             mx_masked: s.fpu.mxcsr & crate::state::MXCSR_ALL_MASKED == crate::state::MXCSR_ALL_MASKED,
             mmu_idx: s.mmu_index(),
             cpl: s.cpl(),
-            x87: (!single && s.fpu_enabled() && crate::lower::x87::inline_under(s.fpu.fcw))
-                .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, s.fpu.top() as u8, s.fpu.ftw)),
+            x87: (!single
+                && crate::backend::caps().x87
+                && s.fpu_enabled()
+                && crate::lower::x87::inline_under(s.fpu.fcw))
+            .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, s.fpu.top() as u8, s.fpu.ftw)),
         }
     }
 

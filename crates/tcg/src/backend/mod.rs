@@ -115,6 +115,13 @@ pub struct Code {
 
 /// What every host backend provides.
 pub trait Backend {
+    /// Whether it emits the vector operations ([`crate::ir::Op::VBin`], ...) and the
+    /// x87 ones ([`crate::ir::Op::X87Bin`], ...). A backend without them still runs
+    /// every guest: the lowering then hands SSE and x87 instructions to the
+    /// interpreter, so a new host starts with the integer core alone.
+    const VECTOR: bool;
+    const X87: bool;
+
     /// Emits `block` (already optimized) for `env`.
     fn emit(block: &Block, env: &Env) -> Code;
     /// The entry/exit trampoline, to live at `base`.
@@ -129,6 +136,25 @@ pub type Host = x64::X64;
 #[cfg(not(target_arch = "x86_64"))]
 pub type Host = Missing;
 
+/// What the lowering may emit for this run: the host backend's capabilities, less
+/// those `QUERN_TCG_INTERPRET` names (`sse`, `x87`, comma-separated: a diagnostic, to
+/// tell an inline path's fault from the interpreter's, and how the tests run the
+/// path a backend without them takes).
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub vector: bool,
+    pub x87: bool,
+}
+
+pub fn caps() -> Caps {
+    static CAPS: std::sync::OnceLock<Caps> = std::sync::OnceLock::new();
+    *CAPS.get_or_init(|| {
+        let off = std::env::var("QUERN_TCG_INTERPRET").unwrap_or_default();
+        let off = |name: &str| off.split(',').any(|w| w.trim() == name);
+        Caps { vector: Host::VECTOR && !off("sse"), x87: Host::X87 && !off("x87") }
+    })
+}
+
 /// Whether this build's host architecture has a backend. Without one the program
 /// still builds (devices, machine, firmware and disks are host-neutral), and the JIT
 /// accelerator refuses to start, naming the host.
@@ -140,6 +166,8 @@ pub const HOST_HAS_BACKEND: bool = cfg!(target_arch = "x86_64");
 pub struct Missing;
 
 impl Backend for Missing {
+    const VECTOR: bool = false;
+    const X87: bool = false;
     fn emit(_: &Block, _: &Env) -> Code {
         unreachable!("no backend for this host: the accelerator refuses to start")
     }

@@ -60,6 +60,8 @@ fn caller_saved(r: u8) -> bool {
 pub struct X64;
 
 impl Backend for X64 {
+    const VECTOR: bool = true;
+    const X87: bool = true;
     fn emit(block: &Block, env: &Env) -> Code {
         // As many guest registers mapped as leave every op the value registers it
         // needs at once; a block whose ops run short is emitted again with one fewer.

@@ -212,6 +212,12 @@ pub(crate) fn op_f64(op: FOp, a: f64, b: f64, rc: u32) -> (f64, i8, bool) {
                 rem
             }
         }
+        // b − r² underflows for a tiny b (a denormal's root is normal, its square
+        // is not): scaled by 2^128 (the root by 2^64), both exactly.
+        FOp::Sqrt if b < 1e-280 => {
+            let (bs, rs) = (b * 2f64.powi(128), r * 2f64.powi(64));
+            (-rs).mul_add(rs, bs)
+        }
         FOp::Sqrt => (-r).mul_add(r, b),
     };
     let dir: i8 = if e > 0.0 {
@@ -1854,6 +1860,21 @@ mod tests {
         let mut d = Buf::default();
         d.put(0, &a.to_le_bytes()).put(8, &b.to_le_bytes());
         d
+    }
+
+    /// The root of a denormal is normal, its square is not: the rounding error's sign
+    /// must still come out (it decides PE and the directed roundings).
+    #[test]
+    fn the_root_of_a_denormal_is_inexact_and_rounds_by_mode() {
+        let b = f64::from_bits(2); // 2^-1073: an irrational root
+        let (near, dir, _) = op_f64(FOp::Sqrt, 0.0, b, RC_NEAR);
+        assert_ne!(dir, 0, "inexact");
+        let (down, _, _) = op_f64(FOp::Sqrt, 0.0, b, RC_DOWN);
+        let (up, _, _) = op_f64(FOp::Sqrt, 0.0, b, RC_UP);
+        assert_eq!(up.to_bits() - down.to_bits(), 1, "one ulp apart");
+        assert!(near == down || near == up);
+        // 2^-1074's root is 2^-537: exact.
+        assert_eq!(op_f64(FOp::Sqrt, 0.0, f64::from_bits(1), RC_UP), (2f64.powi(-537), 0, false));
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Lower<'_> {
             Push | Pop | Call | Ret | Jmp | Loop | Loope | Loopne | Jcxz | Jecxz | Jrcxz | Leave => flow::lower(self),
             _ if crate::translate::is_jcc(ins) => flow::lower(self),
             m if is_setcc(m) || is_cmovcc(m) => flow::lower(self),
-            _ if sse::is_sse(ins) => sse::lower(self),
+            _ if sse::is_sse(ins) && crate::backend::caps().vector => sse::lower(self),
             m if x87::is_x87(m) => x87::lower(self),
             _ => self.interp(),
         }
