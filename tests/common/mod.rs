@@ -31,6 +31,21 @@ pub fn quern_bin() -> &'static str {
     env!("CARGO_BIN_EXE_quern")
 }
 
+/// A command that runs the quern binary: through `QUERN_TEST_WRAP` when it is set
+/// (scripts/test-aarch64.sh sets it to QEMU's user-mode emulator, for an aarch64
+/// build tested on an x86-64 machine).
+pub fn quern_command() -> Command {
+    match std::env::var("QUERN_TEST_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let mut words = wrap.split_whitespace();
+            let mut c = Command::new(words.next().expect("a word"));
+            c.args(words).arg(quern_bin());
+            c
+        }
+        _ => Command::new(quern_bin()),
+    }
+}
+
 /// Runs quern with `args`, killing it after `limit`.
 pub fn run_quern(args: &[&str], limit: Duration) -> Run {
     run_quern_until(args, limit, None)
@@ -39,7 +54,7 @@ pub fn run_quern(args: &[&str], limit: Duration) -> Run {
 /// Runs quern with `args` until it exits, `limit` passes, or its output contains
 /// `stop_at` (then it is killed and `status` is `None`).
 pub fn run_quern_until(args: &[&str], limit: Duration, stop_at: Option<&str>) -> Run {
-    let mut child = Command::new(quern_bin())
+    let mut child = quern_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -134,6 +149,13 @@ pub fn report(line: &str) {
 /// fails, unless QUERN_NO_KVM=1 says the host has none: then it says so loudly and the
 /// caller returns without claiming a pass of what it could not run.
 pub fn kvm_usable(test: &str) -> bool {
+    if !cfg!(target_arch = "x86_64") {
+        report(&format!(
+            "NOT RUN: {test}: KVM runs x86 guests on x86-64 hosts only, and this build is for {}",
+            std::env::consts::ARCH
+        ));
+        return false;
+    }
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) if std::env::var("QUERN_NO_KVM").as_deref() == Ok("1") => {

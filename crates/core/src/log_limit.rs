@@ -215,7 +215,14 @@ mod tests {
         }
         assert_eq!(lines("burst"), ["fault 0"]);
         l.flush();
-        assert_eq!(lines("burst"), ["fault 0", "fault 0 (repeated 99999 more times in the last 0.0s)"]);
+        // The elapsed time is the machine's (slow under emulation): not compared.
+        let got = lines("burst");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], "fault 0");
+        assert!(
+            got[1].starts_with("fault 0 (repeated 99999 more times in the last ") && got[1].ends_with("s)"),
+            "{got:?}"
+        );
         l.flush();
         drop(l);
         assert_eq!(lines("burst").len(), 2, "nothing pending: nothing more to say");

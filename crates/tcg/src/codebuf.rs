@@ -99,6 +99,7 @@ impl CodeBuffer {
         }
         // SAFETY: [at, at+len) is inside the writable view.
         unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.write.add(at), code.len()) };
+        self.sync_icache(at, code.len());
         self.used += code.len();
         Some(self.exec as usize + at)
     }
@@ -125,6 +126,18 @@ impl CodeBuffer {
         let off = addr - self.exec as usize;
         // SAFETY: inside the writable view (checked above).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.write.add(off), bytes.len()) };
+        self.sync_icache(off, bytes.len());
+    }
+
+    /// Makes bytes just written at `off` visible to instruction fetch: nothing on
+    /// x86-64; on aarch64 the data cache cleaned and the instruction cache
+    /// invalidated for those lines, through the executable view (both views map the
+    /// same memory).
+    fn sync_icache(&self, off: usize, len: usize) {
+        // SAFETY: [off, off+len) is inside the buffer, whose executable view is
+        // mapped readable.
+        let code = unsafe { std::slice::from_raw_parts(self.exec.add(off), len) };
+        dynasmrt::cache_control::synchronize_icache(code);
     }
 
     /// Forgets every block.

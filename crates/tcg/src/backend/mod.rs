@@ -7,6 +7,7 @@
 //! emits exits (chainable direct jumps, the jump-cache lookup for indirect ones), and
 //! says where chainable jumps are so the run loop can patch them.
 
+pub mod a64;
 #[cfg(target_arch = "x86_64")]
 pub mod x64;
 
@@ -133,7 +134,9 @@ pub trait Backend {
 /// The backend of the host this build runs on.
 #[cfg(target_arch = "x86_64")]
 pub type Host = x64::X64;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+pub type Host = a64::A64;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub type Host = Missing;
 
 /// What the lowering may emit for this run: the host backend's capabilities, less
@@ -158,7 +161,7 @@ pub fn caps() -> Caps {
 /// Whether this build's host architecture has a backend. Without one the program
 /// still builds (devices, machine, firmware and disks are host-neutral), and the JIT
 /// accelerator refuses to start, naming the host.
-pub const HOST_HAS_BACKEND: bool = cfg!(target_arch = "x86_64");
+pub const HOST_HAS_BACKEND: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 /// The stand-in [`Host`] of an architecture without a backend yet (aarch64's is
 /// the cross-architecture issue's work): never called, since the accelerator

@@ -1,0 +1,810 @@
+//! The aarch64 backend, first version: correct and simple before fast.
+//!
+//! - The guest state stays in memory: `Get`/`Set` load and store it at once, so the
+//!   state is precise wherever a helper runs or a fault leaves, with nothing to sync.
+//! - Each value lives in a frame slot at `sp` (a slot is reused after the value's last
+//!   reader); an operation loads its inputs into scratch registers, computes and stores
+//!   its result. Constants are materialized where read.
+//! - Memory goes through the Rust helpers (`helper_load`/`helper_store`: the soft
+//!   TLB's lookup and the slow paths in one); no inline probe yet.
+//! - Every exit returns to the run loop with RIP stored: no chaining yet.
+//! - No vector or x87 code ([`Backend::VECTOR`], [`Backend::X87`] false): the lowering
+//!   hands those instructions to the interpreter.
+//!
+//! Registers: x19 holds the `Cpu` (its state at offset 0), x20 is nonzero once a store
+//! in this block overwrote translated code (the block leaves at the next instruction
+//! boundary), x9..x17 are scratch, x0..x3 carry helper arguments (C ABI).
+
+// dynasm's aarch64 dynamic registers (`X(r)`) expand to `r.into()`.
+#![allow(clippy::useless_conversion)]
+
+use dynasmrt::aarch64::Aarch64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+
+use super::{exit, Backend, Code, Env, Helpers, Trampoline};
+use crate::flags::Width;
+use crate::ir::{Bin, Block, CcOpSrc, Cond, Helper, Op, Test, Un, Val};
+use crate::state::off;
+
+/// 8-byte value slots the trampoline reserves below the saved registers.
+pub const FRAME_SLOTS: usize = 2048;
+/// The frame in 4 KiB units (SUB's immediate shifted by 12).
+const FRAME_PAGES: u32 = (FRAME_SLOTS * 8 / 4096) as u32;
+const _: () = assert!((FRAME_SLOTS * 8).is_multiple_of(4096));
+
+pub struct A64;
+
+type Asm = VecAssembler<Aarch64Relocation>;
+
+impl Backend for A64 {
+    const VECTOR: bool = false;
+    const X87: bool = false;
+
+    fn emit(block: &Block, env: &Env) -> Code {
+        Emit::new(block, env).run()
+    }
+
+    /// enter(cpu, block): saves x19, x20 and the frame and link registers, reserves
+    /// the value slots, pins the Cpu in x19 and branches to the block; the epilogue
+    /// returns the exit code the block left in w0.
+    fn trampoline(base: usize, helpers: &Helpers) -> Trampoline {
+        let mut ops = Asm::new(base);
+        dynasm!(ops ; .arch aarch64
+            ; stp x29, x30, [sp, #-32]!
+            ; stp x19, x20, [sp, #16]
+            ; mov x29, sp
+            ; sub sp, sp, #FRAME_PAGES, lsl #12
+            ; mov x19, x0
+            ; br x1
+        );
+        let epilogue = ops.offset().0;
+        dynasm!(ops ; .arch aarch64
+            ; ->epi:
+            ; add sp, sp, #FRAME_PAGES, lsl #12
+            ; ldp x19, x20, [sp, #16]
+            ; ldp x29, x30, [sp], #32
+            ; ret
+        );
+        let next_stub = ops.offset().0;
+        dynasm!(ops ; .arch aarch64 ; movz w0, exit::NEXT ; b ->epi);
+        // Entered by a branch from a block, the state stored.
+        let lookup = ops.offset().0;
+        dynasm!(ops ; .arch aarch64 ; mov x0, x19);
+        mov_imm(&mut ops, 16, helpers.lookup as u64);
+        dynasm!(ops ; .arch aarch64
+            ; blr x16
+            ; cbz x0, >miss
+            ; br x0
+            ; miss:
+            ; movz w0, exit::MISS
+            ; b ->epi
+        );
+        while !ops.offset().0.is_multiple_of(8) {
+            dynasm!(ops ; .arch aarch64 ; brk #0);
+        }
+        let helper_table = ops.offset().0;
+        for f in helpers.all() {
+            ops.extend((f as u64).to_le_bytes());
+        }
+        let code = ops.finalize().expect("assembling the trampoline");
+        Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
+    }
+
+    /// B imm26 (±128 MiB). This version makes no chainable exits; the form is here
+    /// for when it does.
+    fn jump(site: usize, target: usize) -> Vec<u8> {
+        let rel = (target as i64 - site as i64) >> 2;
+        assert!((-(1 << 25)..1 << 25).contains(&rel), "chained branch out of B's reach");
+        (0x1400_0000u32 | (rel as u32 & 0x03ff_ffff)).to_le_bytes().to_vec()
+    }
+}
+
+/// x = imm, in MOVZ/MOVK steps (the zero halfwords skipped).
+fn mov_imm(ops: &mut Asm, r: u8, k: u64) {
+    dynasm!(ops ; .arch aarch64 ; movz X(r), (k & 0xffff) as u32);
+    for shift in [16u32, 32, 48] {
+        let h = ((k >> shift) & 0xffff) as u32;
+        if h != 0 {
+            match shift {
+                16 => dynasm!(ops ; .arch aarch64 ; movk X(r), h, lsl #16),
+                32 => dynasm!(ops ; .arch aarch64 ; movk X(r), h, lsl #32),
+                _ => dynasm!(ops ; .arch aarch64 ; movk X(r), h, lsl #48),
+            }
+        }
+    }
+}
+
+/// The AArch64 condition an IR comparison branches on after `cmp a, b`.
+#[derive(Clone, Copy)]
+enum Cc {
+    Eq,
+    Ne,
+    Lo,
+    Hs,
+    Ls,
+    Hi,
+    Lt,
+    Ge,
+    Le,
+    Gt,
+}
+
+fn cc_of(c: Cond) -> Cc {
+    match c {
+        Cond::Eq => Cc::Eq,
+        Cond::Ne => Cc::Ne,
+        Cond::Ltu => Cc::Lo,
+        Cond::Geu => Cc::Hs,
+        Cond::Leu => Cc::Ls,
+        Cond::Gtu => Cc::Hi,
+        Cond::Lt => Cc::Lt,
+        Cond::Ge => Cc::Ge,
+        Cond::Le => Cc::Le,
+        Cond::Gt => Cc::Gt,
+    }
+}
+
+fn signed(c: Cond) -> bool {
+    matches!(c, Cond::Lt | Cond::Ge | Cond::Le | Cond::Gt)
+}
+
+/// Out-of-line code at a block's end.
+enum Deferred {
+    /// Leave for the run loop with RIP = `rip` and exit code `code`.
+    Leave { at: DynamicLabel, rip: u64, code: u32 },
+    /// Raise exception `vector` (no error code) at `rip`.
+    Trap { at: DynamicLabel, rip: u64, vector: u8 },
+}
+
+struct Emit<'a> {
+    block: &'a Block,
+    env: &'a Env,
+    ops: Asm,
+    /// Each value's slot while it lives, and its constant if it is one.
+    slot: Vec<Option<u16>>,
+    konst: Vec<Option<u64>>,
+    last_use: Vec<usize>,
+    free: Vec<u16>,
+    next_slot: u16,
+    /// The instruction being emitted, and whether one of this block's stores came
+    /// before it since the last check of x20.
+    rip: u64,
+    stored: bool,
+    head: DynamicLabel,
+    fault: DynamicLabel,
+    epilogue: DynamicLabel,
+    deferred: Vec<Deferred>,
+}
+
+impl<'a> Emit<'a> {
+    fn new(block: &'a Block, env: &'a Env) -> Self {
+        let n = block.val_count();
+        let mut last_use = vec![usize::MAX; n];
+        let mut konst = vec![None; n];
+        for (i, op) in block.ops.iter().enumerate() {
+            op.for_each_use(|v| last_use[v.0 as usize] = i);
+            if let Op::Const { d, v } = *op {
+                konst[d.0 as usize] = Some(v);
+            }
+        }
+        let mut ops = Asm::new(env.base);
+        let (head, fault, epilogue) = (ops.new_dynamic_label(), ops.new_dynamic_label(), ops.new_dynamic_label());
+        Emit {
+            block,
+            env,
+            ops,
+            slot: vec![None; n],
+            konst,
+            last_use,
+            free: Vec::new(),
+            next_slot: 0,
+            rip: env.block_rip,
+            stored: false,
+            head,
+            fault,
+            epilogue,
+            deferred: Vec::new(),
+        }
+    }
+
+    fn run(mut self) -> Code {
+        dynasm!(self.ops ; .arch aarch64 ; movz x20, 0 ; =>self.head);
+        if !self.env.single {
+            let at = self.ops.new_dynamic_label();
+            self.ld_state(9, off::EXIT_REQUEST, 4);
+            dynasm!(self.ops ; .arch aarch64 ; cbnz w9, =>at);
+            self.deferred.push(Deferred::Leave { at, rip: self.env.block_rip, code: exit::REQUEST });
+        }
+        for (i, &op) in self.block.ops.iter().enumerate() {
+            self.op(op);
+            self.free_dead(i, &op);
+        }
+        self.finish()
+    }
+
+    // ---- values ----
+
+    /// Loads value `v` into x`r`.
+    fn get(&mut self, r: u8, v: Val) {
+        if let Some(k) = self.konst[v.0 as usize] {
+            mov_imm(&mut self.ops, r, k);
+            return;
+        }
+        let s = self.slot[v.0 as usize].expect("a value is defined before it is read");
+        let o = u32::from(s) * 8;
+        dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [sp, o]);
+    }
+
+    /// Stores x`r` as value `d`.
+    fn put(&mut self, d: Val, r: u8) {
+        let s = self.free.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            assert!(usize::from(self.next_slot) <= FRAME_SLOTS, "a64 backend: more live values than frame slots");
+            self.next_slot - 1
+        });
+        self.slot[d.0 as usize] = Some(s);
+        let o = u32::from(s) * 8;
+        dynasm!(self.ops ; .arch aarch64 ; str X(r), [sp, o]);
+    }
+
+    /// Frees the slots of values op `i` read for the last time, and of a value it
+    /// defined that nothing reads.
+    fn free_dead(&mut self, i: usize, op: &Op) {
+        let mut dead = Vec::new();
+        op.for_each_use(|v| {
+            if self.last_use[v.0 as usize] == i {
+                dead.push(v);
+            }
+        });
+        if let Some(d) = op.def() {
+            if self.last_use[d.0 as usize] == usize::MAX {
+                dead.push(d);
+            }
+        }
+        for v in dead {
+            if let Some(s) = self.slot[v.0 as usize].take() {
+                self.free.push(s);
+            }
+        }
+    }
+
+    /// x`r` = its low `w` bytes, zero-extended.
+    fn zext(&mut self, r: u8, w: Width) {
+        match w {
+            1 => dynasm!(self.ops ; .arch aarch64 ; and XSP(r), X(r), #0xff),
+            2 => dynasm!(self.ops ; .arch aarch64 ; and XSP(r), X(r), #0xffff),
+            4 => dynasm!(self.ops ; .arch aarch64 ; mov W(r), W(r)),
+            _ => {}
+        }
+    }
+
+    /// x`r` = its low `w` bytes, sign-extended.
+    fn sext(&mut self, r: u8, w: Width) {
+        match w {
+            1 => dynasm!(self.ops ; .arch aarch64 ; sxtb X(r), W(r)),
+            2 => dynasm!(self.ops ; .arch aarch64 ; sxth X(r), W(r)),
+            4 => dynasm!(self.ops ; .arch aarch64 ; sxtw X(r), W(r)),
+            _ => {}
+        }
+    }
+
+    // ---- the state ----
+
+    /// The scaled immediate form's offset for a `size`-byte access to the state
+    /// field at `o`, or None after putting `o` in x17 (beyond that form's reach).
+    fn state_at(&mut self, o: i32, size: u32) -> Option<u32> {
+        let o = o as u32;
+        if o.is_multiple_of(size) && o / size < 4096 {
+            return Some(o);
+        }
+        mov_imm(&mut self.ops, 17, u64::from(o));
+        None
+    }
+
+    /// x`r` = the `size`-byte state field at `o` (zero-extended).
+    fn ld_state(&mut self, r: u8, o: i32, size: u32) {
+        match (self.state_at(o, size), size) {
+            (Some(o), 8) => dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [x19, o]),
+            (Some(o), 4) => dynasm!(self.ops ; .arch aarch64 ; ldr W(r), [x19, o]),
+            (Some(o), 2) => dynasm!(self.ops ; .arch aarch64 ; ldrh W(r), [x19, o]),
+            (Some(o), _) => dynasm!(self.ops ; .arch aarch64 ; ldrb W(r), [x19, o]),
+            (None, 8) => dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [x19, x17]),
+            (None, 4) => dynasm!(self.ops ; .arch aarch64 ; ldr W(r), [x19, x17]),
+            (None, 2) => dynasm!(self.ops ; .arch aarch64 ; ldrh W(r), [x19, x17]),
+            (None, _) => dynasm!(self.ops ; .arch aarch64 ; ldrb W(r), [x19, x17]),
+        }
+    }
+
+    /// The `size`-byte state field at `o` = x`r`'s low bytes.
+    fn st_state(&mut self, r: u8, o: i32, size: u32) {
+        match (self.state_at(o, size), size) {
+            (Some(o), 8) => dynasm!(self.ops ; .arch aarch64 ; str X(r), [x19, o]),
+            (Some(o), 4) => dynasm!(self.ops ; .arch aarch64 ; str W(r), [x19, o]),
+            (Some(o), 2) => dynasm!(self.ops ; .arch aarch64 ; strh W(r), [x19, o]),
+            (Some(o), _) => dynasm!(self.ops ; .arch aarch64 ; strb W(r), [x19, o]),
+            (None, 8) => dynasm!(self.ops ; .arch aarch64 ; str X(r), [x19, x17]),
+            (None, 4) => dynasm!(self.ops ; .arch aarch64 ; str W(r), [x19, x17]),
+            (None, 2) => dynasm!(self.ops ; .arch aarch64 ; strh W(r), [x19, x17]),
+            (None, _) => dynasm!(self.ops ; .arch aarch64 ; strb W(r), [x19, x17]),
+        }
+    }
+
+    fn store_rip(&mut self, rip: u64) {
+        mov_imm(&mut self.ops, 9, rip);
+        self.st_state(9, off::RIP, 8);
+    }
+
+    /// Calls Rust function `f` (arguments already in x0..).
+    fn call(&mut self, f: usize) {
+        mov_imm(&mut self.ops, 16, f as u64);
+        dynasm!(self.ops ; .arch aarch64 ; blr x16);
+    }
+
+    /// Leaves through the fault exit if the helper just called raised an exception.
+    fn check_fault(&mut self) {
+        self.ld_state(10, off::FAULT_VECTOR, 4);
+        let fault = self.fault;
+        dynasm!(self.ops ; .arch aarch64 ; cmn w10, #1 ; b.ne =>fault);
+    }
+
+    fn leave(&mut self, code: u32) {
+        let epi = self.epilogue;
+        dynasm!(self.ops ; .arch aarch64 ; movz w0, code ; b =>epi);
+    }
+
+    // ---- comparisons ----
+
+    /// Sets the host flags for `t` (x9, x10 clobbered) and returns the condition.
+    fn compare(&mut self, t: &Test) -> Cc {
+        self.get(9, t.a);
+        self.get(10, t.b);
+        if signed(t.c) {
+            self.sext(9, t.w);
+            self.sext(10, t.w);
+        } else {
+            self.zext(9, t.w);
+            self.zext(10, t.w);
+        }
+        dynasm!(self.ops ; .arch aarch64 ; cmp x9, x10);
+        cc_of(t.c)
+    }
+
+    fn branch(&mut self, cc: Cc, l: DynamicLabel) {
+        match cc {
+            Cc::Eq => dynasm!(self.ops ; .arch aarch64 ; b.eq =>l),
+            Cc::Ne => dynasm!(self.ops ; .arch aarch64 ; b.ne =>l),
+            Cc::Lo => dynasm!(self.ops ; .arch aarch64 ; b.lo =>l),
+            Cc::Hs => dynasm!(self.ops ; .arch aarch64 ; b.hs =>l),
+            Cc::Ls => dynasm!(self.ops ; .arch aarch64 ; b.ls =>l),
+            Cc::Hi => dynasm!(self.ops ; .arch aarch64 ; b.hi =>l),
+            Cc::Lt => dynasm!(self.ops ; .arch aarch64 ; b.lt =>l),
+            Cc::Ge => dynasm!(self.ops ; .arch aarch64 ; b.ge =>l),
+            Cc::Le => dynasm!(self.ops ; .arch aarch64 ; b.le =>l),
+            Cc::Gt => dynasm!(self.ops ; .arch aarch64 ; b.gt =>l),
+        }
+    }
+
+    /// x`r` = 1 if `cc` holds, else 0.
+    fn cset(&mut self, r: u8, cc: Cc) {
+        match cc {
+            Cc::Eq => dynasm!(self.ops ; .arch aarch64 ; cset X(r), eq),
+            Cc::Ne => dynasm!(self.ops ; .arch aarch64 ; cset X(r), ne),
+            Cc::Lo => dynasm!(self.ops ; .arch aarch64 ; cset X(r), lo),
+            Cc::Hs => dynasm!(self.ops ; .arch aarch64 ; cset X(r), hs),
+            Cc::Ls => dynasm!(self.ops ; .arch aarch64 ; cset X(r), ls),
+            Cc::Hi => dynasm!(self.ops ; .arch aarch64 ; cset X(r), hi),
+            Cc::Lt => dynasm!(self.ops ; .arch aarch64 ; cset X(r), lt),
+            Cc::Ge => dynasm!(self.ops ; .arch aarch64 ; cset X(r), ge),
+            Cc::Le => dynasm!(self.ops ; .arch aarch64 ; cset X(r), le),
+            Cc::Gt => dynasm!(self.ops ; .arch aarch64 ; cset X(r), gt),
+        }
+    }
+
+    /// x13 = `cc` ? x11 : x12.
+    fn csel(&mut self, cc: Cc) {
+        match cc {
+            Cc::Eq => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, eq),
+            Cc::Ne => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ne),
+            Cc::Lo => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, lo),
+            Cc::Hs => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, hs),
+            Cc::Ls => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ls),
+            Cc::Hi => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, hi),
+            Cc::Lt => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, lt),
+            Cc::Ge => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ge),
+            Cc::Le => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, le),
+            Cc::Gt => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, gt),
+        }
+    }
+
+    // ---- operations ----
+
+    fn op(&mut self, op: Op) {
+        match op {
+            Op::Insn { rip, .. } => {
+                // A store before this instruction overwrote translated code: the rest
+                // of the block may be stale.
+                if std::mem::take(&mut self.stored) {
+                    let at = self.ops.new_dynamic_label();
+                    dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
+                    self.deferred.push(Deferred::Leave { at, rip, code: exit::NEXT });
+                }
+                self.rip = rip;
+            }
+            Op::Const { .. } => {}
+            Op::Get { d, g } => {
+                self.ld_state(9, g.offset(), 8);
+                self.put(d, 9);
+            }
+            Op::Set { g, s } => {
+                self.get(9, s);
+                self.st_state(9, g.offset(), 8);
+            }
+            Op::Bin { op, w, d, a, b } => {
+                self.get(9, a);
+                self.get(10, b);
+                self.bin(op, w);
+                self.put(d, 11);
+            }
+            Op::Un { op, w, d, a } => {
+                self.get(9, a);
+                self.un(op, w);
+                self.put(d, 11);
+            }
+            Op::Setcond { t, d } => {
+                let cc = self.compare(&t);
+                self.cset(11, cc);
+                self.put(d, 11);
+            }
+            Op::Select { t, d, a, b } => {
+                self.get(11, a);
+                self.get(12, b);
+                let cc = self.compare(&t);
+                self.csel(cc);
+                self.put(d, 13);
+            }
+            Op::MulOverflow { w, d, a, b } => {
+                self.get(9, a);
+                self.get(10, b);
+                if w == 8 {
+                    dynasm!(self.ops ; .arch aarch64
+                        ; mul x11, x9, x10
+                        ; smulh x12, x9, x10
+                        ; cmp x12, x11, asr #63
+                    );
+                } else {
+                    self.sext(9, w);
+                    self.sext(10, w);
+                    dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10 ; mov x12, x11);
+                    self.sext(12, w);
+                    dynasm!(self.ops ; .arch aarch64 ; cmp x11, x12);
+                }
+                dynasm!(self.ops ; .arch aarch64 ; cset x11, ne);
+                self.put(d, 11);
+            }
+            Op::Div { rem, w, d, hi, lo, div } => {
+                if w == 8 {
+                    self.get(0, hi);
+                    self.get(1, lo);
+                    self.get(2, div);
+                    dynasm!(self.ops ; .arch aarch64 ; movz x3, u32::from(rem));
+                    self.call(helper_div128 as *const () as usize);
+                    self.put(d, 0);
+                } else {
+                    self.get(9, hi);
+                    self.get(10, lo);
+                    self.get(11, div);
+                    self.zext(9, w);
+                    self.zext(10, w);
+                    self.zext(11, w);
+                    let bits = 8 * w as u32;
+                    dynasm!(self.ops ; .arch aarch64
+                        ; movz x12, bits
+                        ; lsl x9, x9, x12
+                        ; orr x9, x9, x10
+                        ; udiv x12, x9, x11
+                    );
+                    if rem {
+                        dynasm!(self.ops ; .arch aarch64 ; msub x12, x12, x11, x9);
+                    }
+                    self.zext(12, w);
+                    self.put(d, 12);
+                }
+            }
+            Op::SetCcOp(CcOpSrc::Const(c)) => {
+                mov_imm(&mut self.ops, 9, u64::from(c.0));
+                self.st_state(9, off::CC_OP, 4);
+            }
+            Op::SetCcOp(CcOpSrc::Val(v)) => {
+                self.get(9, v);
+                self.st_state(9, off::CC_OP, 4);
+            }
+            Op::GetCcOp { d } => {
+                self.ld_state(9, off::CC_OP, 4);
+                self.put(d, 9);
+            }
+            Op::StateCarry { d } => {
+                dynasm!(self.ops ; .arch aarch64 ; mov x0, x19);
+                self.call(self.env.helpers.flags);
+                dynasm!(self.ops ; .arch aarch64 ; and x0, x0, #1);
+                self.put(d, 0);
+            }
+            Op::Load { w, d, addr } => {
+                self.store_rip(self.rip);
+                self.get(1, addr);
+                dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x2, w as u32);
+                self.call(self.env.helpers.load);
+                dynasm!(self.ops ; .arch aarch64 ; mov x11, x0);
+                self.check_fault();
+                self.put(d, 11);
+            }
+            Op::Store { w, addr, s } => {
+                self.store_rip(self.rip);
+                self.get(1, addr);
+                self.get(2, s);
+                dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x3, w as u32);
+                self.call(self.env.helpers.store);
+                dynasm!(self.ops ; .arch aarch64 ; orr x20, x20, x0);
+                self.check_fault();
+                self.stored = true;
+            }
+            Op::Call { helper, d } => {
+                dynasm!(self.ops ; .arch aarch64 ; mov x0, x19);
+                let h = &self.env.helpers;
+                self.call(match helper {
+                    Helper::Flags => h.flags,
+                    Helper::Tsc => h.tsc,
+                    Helper::Sti => h.sti,
+                });
+                self.put(d, 0);
+            }
+            Op::Interp { ins } => {
+                self.store_rip(self.rip);
+                dynasm!(self.ops ; .arch aarch64 ; mov x0, x19);
+                mov_imm(&mut self.ops, 1, ins as u64);
+                self.call(self.env.helpers.interp);
+                dynasm!(self.ops ; .arch aarch64 ; mov w11, w0);
+                self.check_fault();
+                // 0: go on; 2: HLT; 1: leave, the state authoritative.
+                dynasm!(self.ops ; .arch aarch64 ; cbz w11, >go_on ; cmp w11, #2 ; b.ne >leave);
+                self.leave(exit::HALT);
+                dynasm!(self.ops ; .arch aarch64 ; leave:);
+                self.leave(exit::INTERP);
+                dynasm!(self.ops ; .arch aarch64 ; go_on:);
+            }
+            Op::TrapIf { t, vector } => {
+                let cc = self.compare(&t);
+                let at = self.ops.new_dynamic_label();
+                self.branch(cc, at);
+                self.deferred.push(Deferred::Trap { at, rip: self.rip, vector });
+            }
+            Op::ExitIf { t, rip } => {
+                let cc = self.compare(&t);
+                let at = self.ops.new_dynamic_label();
+                self.branch(cc, at);
+                self.deferred.push(Deferred::Leave { at, rip, code: exit::NEXT });
+            }
+            Op::Loop { t } => {
+                // A store onto code in the last lap: leave, the block may be stale.
+                let at = self.ops.new_dynamic_label();
+                dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
+                self.deferred.push(Deferred::Leave { at, rip: self.env.block_rip, code: exit::NEXT });
+                let head = self.head;
+                match t {
+                    Some(t) => {
+                        let cc = self.compare(&t);
+                        self.branch(cc, head);
+                    }
+                    None => dynasm!(self.ops ; .arch aarch64 ; b =>head),
+                }
+            }
+            Op::Exit { rip } => {
+                self.store_rip(rip);
+                self.leave(exit::NEXT);
+            }
+            Op::ExitJump { rip } => {
+                self.get(9, rip);
+                self.st_state(9, off::RIP, 8);
+                self.leave(exit::NEXT);
+            }
+            Op::ExitToLoop { rip } => {
+                self.store_rip(rip);
+                self.leave(exit::MODE);
+            }
+            Op::VLoad { .. }
+            | Op::VStore { .. }
+            | Op::VBin { .. }
+            | Op::VGet { .. }
+            | Op::VSet { .. }
+            | Op::VRead { .. }
+            | Op::VWrite { .. }
+            | Op::X87Guard { .. }
+            | Op::X87In { .. }
+            | Op::X87Out { .. }
+            | Op::X87SetRaw { .. }
+            | Op::X87Bin { .. }
+            | Op::X87BinMem { .. }
+            | Op::X87Un { .. }
+            | Op::X87Cmp { .. }
+            | Op::X87Stack { .. } => {
+                unreachable!("a64 backend: {op:?} (the lowering interprets vector and x87 code for this backend)")
+            }
+        }
+    }
+
+    /// x11 = x9 `op` x10 at width `w` (x12, x13 clobbered).
+    fn bin(&mut self, op: Bin, w: Width) {
+        let bits = 8 * w as u32;
+        match op {
+            Bin::Add => dynasm!(self.ops ; .arch aarch64 ; add x11, x9, x10),
+            Bin::Sub => dynasm!(self.ops ; .arch aarch64 ; sub x11, x9, x10),
+            Bin::And => dynasm!(self.ops ; .arch aarch64 ; and x11, x9, x10),
+            Bin::Or => dynasm!(self.ops ; .arch aarch64 ; orr x11, x9, x10),
+            Bin::Xor => dynasm!(self.ops ; .arch aarch64 ; eor x11, x9, x10),
+            Bin::Mul => dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10),
+            Bin::MulHu | Bin::MulHs if w == 8 => {
+                if op == Bin::MulHu {
+                    dynasm!(self.ops ; .arch aarch64 ; umulh x11, x9, x10);
+                } else {
+                    dynasm!(self.ops ; .arch aarch64 ; smulh x11, x9, x10);
+                }
+            }
+            Bin::MulHu | Bin::MulHs => {
+                // The 2w-byte product fits in 64 bits.
+                if op == Bin::MulHu {
+                    self.zext(9, w);
+                    self.zext(10, w);
+                } else {
+                    self.sext(9, w);
+                    self.sext(10, w);
+                }
+                dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10 ; movz x12, bits ; asr x11, x11, x12);
+            }
+            Bin::Shl | Bin::Shr | Bin::Sar => {
+                // The count modulo 64 (w = 8) or 32; a count of the width or more
+                // leaves 0 (SAR: the sign), as 64-bit shifts of the extended value do.
+                if w == 8 {
+                    dynasm!(self.ops ; .arch aarch64 ; and x10, x10, #63);
+                } else {
+                    dynasm!(self.ops ; .arch aarch64 ; and x10, x10, #31);
+                }
+                match op {
+                    Bin::Shl => dynasm!(self.ops ; .arch aarch64 ; lsl x11, x9, x10),
+                    Bin::Shr => {
+                        self.zext(9, w);
+                        dynasm!(self.ops ; .arch aarch64 ; lsr x11, x9, x10);
+                    }
+                    _ => {
+                        self.sext(9, w);
+                        dynasm!(self.ops ; .arch aarch64 ; asr x11, x9, x10);
+                    }
+                }
+            }
+            Bin::Rol | Bin::Ror => {
+                match w {
+                    8 => {
+                        if op == Bin::Rol {
+                            dynasm!(self.ops ; .arch aarch64 ; neg x10, x10);
+                        }
+                        dynasm!(self.ops ; .arch aarch64 ; ror x11, x9, x10);
+                    }
+                    4 => {
+                        if op == Bin::Rol {
+                            dynasm!(self.ops ; .arch aarch64 ; neg w10, w10);
+                        }
+                        dynasm!(self.ops ; .arch aarch64 ; ror w11, w9, w10);
+                    }
+                    _ => {
+                        // Narrow rotates: c = count mod width, then the two shifts
+                        // (a shift by the width of the zero-extended value gives 0).
+                        self.zext(9, w);
+                        dynasm!(self.ops ; .arch aarch64
+                            ; movz x12, bits - 1
+                            ; and x10, x10, x12
+                            ; movz x13, bits
+                            ; sub x13, x13, x10
+                        );
+                        if op == Bin::Rol {
+                            dynasm!(self.ops ; .arch aarch64 ; lsl x11, x9, x10 ; lsr x12, x9, x13);
+                        } else {
+                            dynasm!(self.ops ; .arch aarch64 ; lsr x11, x9, x10 ; lsl x12, x9, x13);
+                        }
+                        dynasm!(self.ops ; .arch aarch64 ; orr x11, x11, x12);
+                    }
+                }
+            }
+        }
+        self.zext(11, w);
+    }
+
+    /// x11 = `op` x9 at width `w` (x12 clobbered).
+    fn un(&mut self, op: Un, w: Width) {
+        let bits = 8 * w as u32;
+        match op {
+            Un::Neg => dynasm!(self.ops ; .arch aarch64 ; neg x11, x9),
+            Un::Not => dynasm!(self.ops ; .arch aarch64 ; mvn x11, x9),
+            Un::Bswap if w == 8 => dynasm!(self.ops ; .arch aarch64 ; rev x11, x9),
+            Un::Bswap => dynasm!(self.ops ; .arch aarch64 ; rev w11, w9),
+            Un::Sext => {
+                dynasm!(self.ops ; .arch aarch64 ; mov x11, x9);
+                self.sext(11, w);
+                return;
+            }
+            Un::Zext => dynasm!(self.ops ; .arch aarch64 ; mov x11, x9),
+            Un::Parity => dynasm!(self.ops ; .arch aarch64
+                ; and x11, x9, #0xff
+                ; eor x11, x11, x11, lsr #4
+                ; eor x11, x11, x11, lsr #2
+                ; eor x11, x11, x11, lsr #1
+                ; and x11, x11, #1
+                ; eor x11, x11, #1
+            ),
+            Un::Ctz => {
+                // A bit at 8w stops the count at the width when the value is 0.
+                self.zext(9, w);
+                if w < 8 {
+                    dynasm!(self.ops ; .arch aarch64 ; movz x12, 1 ; movz x11, bits ; lsl x12, x12, x11 ; orr x9, x9, x12);
+                }
+                dynasm!(self.ops ; .arch aarch64 ; rbit x11, x9 ; clz x11, x11);
+            }
+            Un::Clz => {
+                self.zext(9, w);
+                dynasm!(self.ops ; .arch aarch64 ; clz x11, x9);
+                if w < 8 {
+                    dynasm!(self.ops ; .arch aarch64 ; sub x11, x11, 64 - bits);
+                }
+            }
+            Un::Popcnt => {
+                self.zext(9, w);
+                dynasm!(self.ops ; .arch aarch64
+                    ; fmov d0, x9
+                    ; cnt v0.b8, v0.b8
+                    ; addv b0, v0.b8
+                    ; fmov w11, s0
+                );
+            }
+        }
+        self.zext(11, w);
+    }
+
+    fn finish(mut self) -> Code {
+        for d in std::mem::take(&mut self.deferred) {
+            match d {
+                Deferred::Leave { at, rip, code } => {
+                    dynasm!(self.ops ; .arch aarch64 ; =>at);
+                    self.store_rip(rip);
+                    self.leave(code);
+                }
+                Deferred::Trap { at, rip, vector } => {
+                    dynasm!(self.ops ; .arch aarch64 ; =>at);
+                    self.store_rip(rip);
+                    mov_imm(&mut self.ops, 9, u64::from(vector));
+                    self.st_state(9, off::FAULT_VECTOR, 4);
+                    self.st_state(31, off::FAULT_HAS_ERROR_CODE, 4);
+                    self.leave(exit::FAULT);
+                }
+            }
+        }
+        let fault = self.fault;
+        dynasm!(self.ops ; .arch aarch64 ; =>fault);
+        self.leave(exit::FAULT);
+        // The trampoline's epilogue, through x16 (it may be beyond B's reach).
+        let epi = self.epilogue;
+        dynasm!(self.ops ; .arch aarch64 ; =>epi);
+        mov_imm(&mut self.ops, 16, self.env.stubs.epilogue as u64);
+        dynasm!(self.ops ; .arch aarch64 ; br x16);
+        let bytes = self.ops.finalize().expect("assembling a block");
+        Code { bytes, chain_sites: Vec::new() }
+    }
+}
+
+/// The 128-by-64-bit unsigned division AArch64 has no instruction for: `hi:lo / div`,
+/// the quotient or (`rem`) the remainder. The front end traps a quotient that does
+/// not fit first; anything else here gives 0 rather than a host fault.
+extern "C" fn helper_div128(hi: u64, lo: u64, div: u64, rem: u64) -> u64 {
+    let n = u128::from(hi) << 64 | u128::from(lo);
+    let d = u128::from(div);
+    if d == 0 {
+        return 0;
+    }
+    (if rem != 0 { n % d } else { n / d }) as u64
+}
