@@ -31,8 +31,12 @@ use crate::state::{JmpEntry, JmpTrack, Seg, CS, DS, ES, FS, GS, SS};
 use crate::translate::{self, BlockMode};
 
 /// Host code for every translated block (QEMU reserves up to 1 GiB); only what is
-/// written takes memory.
+/// written takes memory. On aarch64, 128 MiB: every chained branch (B, ±128 MiB) then
+/// reaches every block.
+#[cfg(not(target_arch = "aarch64"))]
 const CODE_BUFFER_SIZE: usize = 256 << 20;
+#[cfg(target_arch = "aarch64")]
+const CODE_BUFFER_SIZE: usize = 128 << 20;
 
 struct Block {
     key: Key,

@@ -5,15 +5,17 @@
 //! - Each value lives in a frame slot at `sp` (a slot is reused after the value's last
 //!   reader); an operation loads its inputs into scratch registers, computes and stores
 //!   its result. Constants are materialized where read.
-//! - Memory goes through the Rust helpers (`helper_load`/`helper_store`: the soft
-//!   TLB's lookup and the slow paths in one); no inline probe yet.
-//! - Every exit returns to the run loop with RIP stored: no chaining yet.
+//! - Memory: the soft TLB probed inline (both ways of the set), the Rust helpers
+//!   (`helper_load`/`helper_store`) on a miss.
+//! - A direct branch within the block's page is a patchable B (chained by the run
+//!   loop once the target exists); every other exit returns to the run loop.
 //! - No vector or x87 code ([`Backend::VECTOR`], [`Backend::X87`] false): the lowering
 //!   hands those instructions to the interpreter.
 //!
 //! Registers: x19 holds the `Cpu` (its state at offset 0), x20 is nonzero once a store
 //! in this block overwrote translated code (the block leaves at the next instruction
-//! boundary), x9..x17 are scratch, x0..x3 carry helper arguments (C ABI).
+//! boundary), x21 points at the block's MMU index's TLB entries, x9..x17 are scratch,
+//! x0..x3 carry helper arguments (C ABI).
 
 // dynasm's aarch64 dynamic registers (`X(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
@@ -24,7 +26,11 @@ use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use super::{exit, Backend, Code, Env, Helpers, Trampoline};
 use crate::flags::Width;
 use crate::ir::{Bin, Block, CcOpSrc, Cond, Helper, Op, Test, Un, Val};
-use crate::state::off;
+use crate::mmu::{entry_off, TLB_ENTRIES};
+use crate::state::{off, JMP_CACHE_BITS, JMP_CACHE_SIZE};
+
+/// (set index) * entry size, from an address shifted right by 12 - SIZE_SHIFT.
+const SET_MASK: u64 = ((TLB_ENTRIES as u64) - 1) << entry_off::SIZE_SHIFT;
 
 /// 8-byte value slots the trampoline reserves below the saved registers.
 pub const FRAME_SLOTS: usize = 2048;
@@ -44,14 +50,15 @@ impl Backend for A64 {
         Emit::new(block, env).run()
     }
 
-    /// enter(cpu, block): saves x19, x20 and the frame and link registers, reserves
+    /// enter(cpu, block): saves x19..x22 and the frame and link registers, reserves
     /// the value slots, pins the Cpu in x19 and branches to the block; the epilogue
     /// returns the exit code the block left in w0.
     fn trampoline(base: usize, helpers: &Helpers) -> Trampoline {
         let mut ops = Asm::new(base);
         dynasm!(ops ; .arch aarch64
-            ; stp x29, x30, [sp, #-32]!
+            ; stp x29, x30, [sp, #-48]!
             ; stp x19, x20, [sp, #16]
+            ; stp x21, x22, [sp, #32]
             ; mov x29, sp
             ; sub sp, sp, #FRAME_PAGES, lsl #12
             ; mov x19, x0
@@ -61,8 +68,9 @@ impl Backend for A64 {
         dynasm!(ops ; .arch aarch64
             ; ->epi:
             ; add sp, sp, #FRAME_PAGES, lsl #12
+            ; ldp x21, x22, [sp, #32]
             ; ldp x19, x20, [sp, #16]
-            ; ldp x29, x30, [sp], #32
+            ; ldp x29, x30, [sp], #48
             ; ret
         );
         let next_stub = ops.offset().0;
@@ -90,8 +98,7 @@ impl Backend for A64 {
         Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
     }
 
-    /// B imm26 (±128 MiB). This version makes no chainable exits; the form is here
-    /// for when it does.
+    /// B imm26 (±128 MiB: the code buffer is no bigger on aarch64).
     fn jump(site: usize, target: usize) -> Vec<u8> {
         let rel = (target as i64 - site as i64) >> 2;
         assert!((-(1 << 25)..1 << 25).contains(&rel), "chained branch out of B's reach");
@@ -150,10 +157,12 @@ fn signed(c: Cond) -> bool {
 
 /// Out-of-line code at a block's end.
 enum Deferred {
-    /// Leave for the run loop with RIP = `rip` and exit code `code`.
-    Leave { at: DynamicLabel, rip: u64, code: u32 },
+    /// Leave for the run loop with exit code `code` and RIP = `rip` (None: stored).
+    Leave { at: DynamicLabel, rip: Option<u64>, code: u32 },
     /// Raise exception `vector` (no error code) at `rip`.
     Trap { at: DynamicLabel, rip: u64, vector: u8 },
+    /// A side exit (taken conditional branch) to `rip`: chainable.
+    Side { at: DynamicLabel, rip: u64 },
 }
 
 struct Emit<'a> {
@@ -174,6 +183,7 @@ struct Emit<'a> {
     fault: DynamicLabel,
     epilogue: DynamicLabel,
     deferred: Vec<Deferred>,
+    chain_sites: Vec<(usize, usize)>,
 }
 
 impl<'a> Emit<'a> {
@@ -204,16 +214,19 @@ impl<'a> Emit<'a> {
             fault,
             epilogue,
             deferred: Vec::new(),
+            chain_sites: Vec::new(),
         }
     }
 
     fn run(mut self) -> Code {
-        dynasm!(self.ops ; .arch aarch64 ; movz x20, 0 ; =>self.head);
+        dynasm!(self.ops ; .arch aarch64 ; movz x20, 0);
+        mov_imm(&mut self.ops, 21, off::tlb_offset(self.env.mmu_idx) as u64);
+        dynasm!(self.ops ; .arch aarch64 ; add x21, x19, x21 ; =>self.head);
         if !self.env.single {
             let at = self.ops.new_dynamic_label();
             self.ld_state(9, off::EXIT_REQUEST, 4);
             dynasm!(self.ops ; .arch aarch64 ; cbnz w9, =>at);
-            self.deferred.push(Deferred::Leave { at, rip: self.env.block_rip, code: exit::REQUEST });
+            self.deferred.push(Deferred::Leave { at, rip: Some(self.env.block_rip), code: exit::REQUEST });
         }
         for (i, &op) in self.block.ops.iter().enumerate() {
             self.op(op);
@@ -352,6 +365,79 @@ impl<'a> Emit<'a> {
         dynasm!(self.ops ; .arch aarch64 ; movz w0, code ; b =>epi);
     }
 
+    /// Goes on to the block for the RIP in x9 (stored already) if the jump cache of
+    /// the block's MMU index has it, else to the trampoline's refill stub (which
+    /// returns to the run loop if it finds nothing).
+    fn jump_cache(&mut self) {
+        let mask = (JMP_CACHE_SIZE - 1) as u64;
+        dynasm!(self.ops ; .arch aarch64
+            ; lsr x10, x9, #JMP_CACHE_BITS
+            ; eor x10, x10, x9
+            ; and x10, x10, #mask
+        );
+        mov_imm(&mut self.ops, 11, off::jmp_cache_offset(self.env.mmu_idx) as u64);
+        dynasm!(self.ops ; .arch aarch64
+            ; add x11, x11, x19
+            ; add x10, x11, x10, lsl #4
+            ; ldr x11, [x10]
+            ; cmp x11, x9
+            ; b.ne >miss
+            ; ldr x12, [x10, #8]
+            ; br x12
+            ; miss:
+        );
+        mov_imm(&mut self.ops, 16, self.env.stubs.lookup as u64);
+        dynasm!(self.ops ; .arch aarch64 ; br x16);
+    }
+
+    /// Leaves for `target`: a B the run loop re-aims at the target's block once it
+    /// exists (a branch to the stub after it until then), or, for another page under
+    /// paging (its mapping may change), the run loop.
+    fn chain_to(&mut self, target: u64) {
+        if self.env.page.is_some_and(|p| p != target & !0xfff) {
+            self.store_rip(target);
+            self.leave(exit::NEXT);
+            return;
+        }
+        let site = self.ops.offset().0;
+        let stub = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch aarch64 ; b =>stub ; =>stub);
+        let stub_off = self.ops.offset().0;
+        self.store_rip(target);
+        mov_imm(&mut self.ops, 9, (self.env.base + site) as u64);
+        self.st_state(9, off::CHAIN_SITE, 8);
+        self.chain_sites.push((site, stub_off));
+        self.leave(exit::CHAIN);
+    }
+
+    /// The soft-TLB probe for a `w`-byte access at x1 against the tag at `tag` in
+    /// the entry: on a hit x12 holds the addend (host = x1 + x12); else to `miss`.
+    /// x9..x11 clobbered.
+    fn probe(&mut self, w: Width, tag: i32, miss: DynamicLabel) {
+        let (tag, last, shift) = (tag as u32, w as u32 - 1, 12 - entry_off::SIZE_SHIFT);
+        let hit = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch aarch64
+            ; lsr x9, x1, #shift
+            ; and x9, x9, #SET_MASK
+            ; add x9, x9, x21
+            // The tag of the access's last byte's page (mmu::page_tag).
+            ; add x10, x1, #last
+            ; orr x10, x10, #0xfff
+            ; ldr x11, [x9, tag]
+            ; cmp x11, x10
+            ; b.eq =>hit
+        );
+        mov_imm(&mut self.ops, 11, entry_off::WAY1 as u64);
+        dynasm!(self.ops ; .arch aarch64
+            ; add x9, x9, x11
+            ; ldr x11, [x9, tag]
+            ; cmp x11, x10
+            ; b.ne =>miss
+            ; =>hit
+            ; ldr x12, [x9, #entry_off::ADDEND as u32]
+        );
+    }
+
     // ---- comparisons ----
 
     /// Sets the host flags for `t` (x9, x10 clobbered) and returns the condition.
@@ -426,7 +512,7 @@ impl<'a> Emit<'a> {
                 if std::mem::take(&mut self.stored) {
                     let at = self.ops.new_dynamic_label();
                     dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
-                    self.deferred.push(Deferred::Leave { at, rip, code: exit::NEXT });
+                    self.deferred.push(Deferred::Leave { at, rip: Some(rip), code: exit::NEXT });
                 }
                 self.rip = rip;
             }
@@ -529,22 +615,43 @@ impl<'a> Emit<'a> {
                 self.put(d, 0);
             }
             Op::Load { w, d, addr } => {
-                self.store_rip(self.rip);
                 self.get(1, addr);
+                let (miss, done) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+                self.probe(w, entry_off::READ, miss);
+                match w {
+                    1 => dynasm!(self.ops ; .arch aarch64 ; ldrb w11, [x1, x12]),
+                    2 => dynasm!(self.ops ; .arch aarch64 ; ldrh w11, [x1, x12]),
+                    4 => dynasm!(self.ops ; .arch aarch64 ; ldr w11, [x1, x12]),
+                    _ => dynasm!(self.ops ; .arch aarch64 ; ldr x11, [x1, x12]),
+                }
+                dynasm!(self.ops ; .arch aarch64 ; b =>done ; =>miss);
+                self.store_rip(self.rip);
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x2, w as u32);
                 self.call(self.env.helpers.load);
                 dynasm!(self.ops ; .arch aarch64 ; mov x11, x0);
                 self.check_fault();
+                dynasm!(self.ops ; .arch aarch64 ; =>done);
                 self.put(d, 11);
             }
             Op::Store { w, addr, s } => {
-                self.store_rip(self.rip);
                 self.get(1, addr);
                 self.get(2, s);
+                let (miss, done) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+                // A write hit is never a page with translated code (mmu.rs).
+                self.probe(w, entry_off::WRITE, miss);
+                match w {
+                    1 => dynasm!(self.ops ; .arch aarch64 ; strb w2, [x1, x12]),
+                    2 => dynasm!(self.ops ; .arch aarch64 ; strh w2, [x1, x12]),
+                    4 => dynasm!(self.ops ; .arch aarch64 ; str w2, [x1, x12]),
+                    _ => dynasm!(self.ops ; .arch aarch64 ; str x2, [x1, x12]),
+                }
+                dynasm!(self.ops ; .arch aarch64 ; b =>done ; =>miss);
+                self.store_rip(self.rip);
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x3, w as u32);
                 self.call(self.env.helpers.store);
                 dynasm!(self.ops ; .arch aarch64 ; orr x20, x20, x0);
                 self.check_fault();
+                dynasm!(self.ops ; .arch aarch64 ; =>done);
                 self.stored = true;
             }
             Op::Call { helper, d } => {
@@ -581,13 +688,13 @@ impl<'a> Emit<'a> {
                 let cc = self.compare(&t);
                 let at = self.ops.new_dynamic_label();
                 self.branch(cc, at);
-                self.deferred.push(Deferred::Leave { at, rip, code: exit::NEXT });
+                self.deferred.push(Deferred::Side { at, rip });
             }
             Op::Loop { t } => {
                 // A store onto code in the last lap: leave, the block may be stale.
                 let at = self.ops.new_dynamic_label();
                 dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
-                self.deferred.push(Deferred::Leave { at, rip: self.env.block_rip, code: exit::NEXT });
+                self.deferred.push(Deferred::Leave { at, rip: Some(self.env.block_rip), code: exit::NEXT });
                 let head = self.head;
                 match t {
                     Some(t) => {
@@ -597,14 +704,15 @@ impl<'a> Emit<'a> {
                     None => dynasm!(self.ops ; .arch aarch64 ; b =>head),
                 }
             }
-            Op::Exit { rip } => {
-                self.store_rip(rip);
-                self.leave(exit::NEXT);
-            }
+            Op::Exit { rip } => self.chain_to(rip),
             Op::ExitJump { rip } => {
                 self.get(9, rip);
                 self.st_state(9, off::RIP, 8);
-                self.leave(exit::NEXT);
+                // After a store onto code the cached blocks may be stale: the run loop.
+                let at = self.ops.new_dynamic_label();
+                dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
+                self.deferred.push(Deferred::Leave { at, rip: None, code: exit::NEXT });
+                self.jump_cache();
             }
             Op::ExitToLoop { rip } => {
                 self.store_rip(rip);
@@ -771,8 +879,14 @@ impl<'a> Emit<'a> {
             match d {
                 Deferred::Leave { at, rip, code } => {
                     dynasm!(self.ops ; .arch aarch64 ; =>at);
-                    self.store_rip(rip);
+                    if let Some(rip) = rip {
+                        self.store_rip(rip);
+                    }
                     self.leave(code);
+                }
+                Deferred::Side { at, rip } => {
+                    dynasm!(self.ops ; .arch aarch64 ; =>at);
+                    self.chain_to(rip);
                 }
                 Deferred::Trap { at, rip, vector } => {
                     dynasm!(self.ops ; .arch aarch64 ; =>at);
@@ -793,7 +907,7 @@ impl<'a> Emit<'a> {
         mov_imm(&mut self.ops, 16, self.env.stubs.epilogue as u64);
         dynasm!(self.ops ; .arch aarch64 ; br x16);
         let bytes = self.ops.finalize().expect("assembling a block");
-        Code { bytes, chain_sites: Vec::new() }
+        Code { bytes, chain_sites: self.chain_sites }
     }
 }
 
