@@ -9,20 +9,9 @@ cd "$(dirname "$0")/.."
 # what the guest, disk and CD builders use.
 packages=(ca-certificates python3 xz-utils cpio file qemu-system-x86 qemu-utils acpica-tools
     fdisk dosfstools mtools syslinux syslinux-common isolinux xorriso)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "test.sh: missing Debian packages (tests that need them will fail or say NOT RUN): ${missing[*]}" >&2
-        echo "test.sh: install them with: sudo apt-get install ${missing[*]}" >&2
-    fi
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+need_packages test.sh "${packages[@]}" || echo "test.sh: tests that need them will fail or say NOT RUN" >&2
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check

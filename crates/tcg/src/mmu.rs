@@ -443,30 +443,10 @@ mod tests {
         let mem = GuestMemory::flat(1 << 20).unwrap();
         let mut tlb = Tlb::boxed();
         let k = MMU_KERNEL;
-        fill(
-            &mut tlb.tables[k],
-            &mem,
-            0x5123,
-            Walk { phys: 0x5123, global: false, writable: true },
-            Access::Write,
-            true,
-        );
-        fill(
-            &mut tlb.tables[k],
-            &mem,
-            0x5123,
-            Walk { phys: 0x5123, global: false, writable: false },
-            Access::Fetch,
-            true,
-        );
-        fill(
-            &mut tlb.tables[MMU_USER],
-            &mem,
-            0x5123,
-            Walk { phys: 0x5123, global: false, writable: true },
-            Access::Write,
-            true,
-        );
+        let walk = |phys, writable| Walk { phys, global: false, writable };
+        fill(&mut tlb.tables[k], &mem, 0x5123, walk(0x5123, true), Access::Write, true);
+        fill(&mut tlb.tables[k], &mem, 0x5123, walk(0x5123, false), Access::Fetch, true);
+        fill(&mut tlb.tables[MMU_USER], &mem, 0x5123, walk(0x5123, true), Access::Write, true);
         let e = tlb.tables[k].entries[Tlb::ways(0x5000)[0]];
         assert_eq!((e.read, e.write, e.code), (0x5fff, 0x5fff, 0x5fff), "tags name the page's last byte");
         assert_eq!(e.addend.wrapping_add(0x5000), mem.host_ptr(0x5000, 1).unwrap() as u64);
@@ -485,14 +465,7 @@ mod tests {
         }
         assert_eq!(tlb.log.pages, [0x5000]);
         // Device space is never entered.
-        fill(
-            &mut tlb.tables[k],
-            &mem,
-            0x20_0000,
-            Walk { phys: 0x20_0000, global: false, writable: true },
-            Access::Write,
-            true,
-        );
+        fill(&mut tlb.tables[k], &mem, 0x20_0000, walk(0x20_0000, true), Access::Write, true);
         assert_eq!(tlb.tables[k].entries[Tlb::ways(0x20_0000)[0]], TlbEntry::EMPTY);
     }
 
@@ -500,30 +473,10 @@ mod tests {
     fn cr3_flush_keeps_global_pages() {
         let mem = GuestMemory::flat(1 << 20).unwrap();
         let mut tlb = Tlb::boxed();
-        fill(
-            &mut tlb.tables[MMU_KERNEL],
-            &mem,
-            0x5000,
-            Walk { phys: 0x5000, global: true, writable: false },
-            Access::Fetch,
-            true,
-        );
-        fill(
-            &mut tlb.tables[MMU_KERNEL],
-            &mem,
-            0x6000,
-            Walk { phys: 0x6000, global: false, writable: false },
-            Access::Fetch,
-            true,
-        );
-        fill(
-            &mut tlb.tables[MMU_USER],
-            &mem,
-            0x7000,
-            Walk { phys: 0x7000, global: false, writable: false },
-            Access::Read,
-            true,
-        );
+        let walk = |phys, global| Walk { phys, global, writable: false };
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, walk(0x5000, true), Access::Fetch, true);
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x6000, walk(0x6000, false), Access::Fetch, true);
+        fill(&mut tlb.tables[MMU_USER], &mem, 0x7000, walk(0x7000, false), Access::Read, true);
         tlb.flush_non_global();
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), Some(0x5010));
         assert!(tlb.tables[MMU_KERNEL].is_global_code(0x5010));
@@ -532,14 +485,7 @@ mod tests {
         // INVLPG and a full flush drop global pages too.
         tlb.flush_page(0x5000);
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
-        fill(
-            &mut tlb.tables[MMU_KERNEL],
-            &mem,
-            0x5000,
-            Walk { phys: 0x5000, global: true, writable: false },
-            Access::Fetch,
-            true,
-        );
+        fill(&mut tlb.tables[MMU_KERNEL], &mem, 0x5000, walk(0x5000, true), Access::Fetch, true);
         tlb.flush();
         assert_eq!(tlb.tables[MMU_KERNEL].lookup_code(0x5010), None);
         assert!(!tlb.tables[MMU_KERNEL].global[Tlb::ways(0x5000)[0]]);
