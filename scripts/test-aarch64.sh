@@ -3,8 +3,9 @@
 # with Debian's aarch64 toolchain and run under QEMU's user-mode emulator
 # (.cargo/config.toml names both). Builds the whole program, runs the host-neutral
 # crates' tests (core, devices, block, machine-pc), the guest programs, Multiboot
-# kernels and the stock kernel's boot under the JIT's aarch64 backend (the same checks
-# as on x86-64, QEMU's results included), and checks what the aarch64 binary refuses.
+# kernels, random code and the stock kernel's boot under the JIT's aarch64 backend (the
+# same checks as on x86-64, QEMU's results included), and checks what the aarch64
+# binary refuses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
@@ -18,7 +19,7 @@ cargo build --target "$target" --release --workspace
 cargo test --target "$target" --release -p quern-core -p quern-devices -p quern-block -p quern-machine-pc
 # The tests start the quern binary: through the emulator too.
 export QUERN_TEST_WRAP="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-cargo test --target "$target" --release -p quern --test guest_programs --test multiboot_tcg
+cargo test --target "$target" --release -p quern --test guest_programs --test multiboot_tcg --test random_code
 # The stock kernel (its uncompressed vmlinux, entered through PVH) to the init marker
 # and power-off: about 100 s under the emulator here.
 start=$(date +%s)

@@ -106,6 +106,14 @@ pub struct Features {
 }
 
 impl Features {
+    /// What the host CPU runs (the cases are compared with it). Elsewhere than on
+    /// x86-64 (random code for the aarch64 build), the baseline without them.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn host() -> Self {
+        Features { popcnt: false, lzcnt: false, bmi1: false, cx16: false }
+    }
+
+    #[cfg(target_arch = "x86_64")]
     pub fn host() -> Self {
         Features {
             popcnt: std::arch::is_x86_feature_detected!("popcnt"),

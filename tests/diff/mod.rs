@@ -14,6 +14,8 @@
 pub mod compare;
 pub mod gen;
 pub mod guest;
+// Runs cases on the host CPU: x86-64 hosts only.
+#[cfg(target_arch = "x86_64")]
 pub mod native;
 pub mod rng;
 

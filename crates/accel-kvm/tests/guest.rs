@@ -2,6 +2,8 @@
 //!
 //! Without a usable /dev/kvm these tests fail, unless QUERN_NO_KVM=1 says the host has
 //! none, in which case each prints "NOT RUN" and returns.
+// KVM runs x86 guests on x86-64 hosts only (the crate is empty elsewhere).
+#![cfg(target_arch = "x86_64")]
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
