@@ -19,6 +19,9 @@ cargo build --target "$target" --release --workspace
 cargo test --target "$target" --release -p quern-core -p quern-devices -p quern-block -p quern-machine-pc
 # The tests start the quern binary: through the emulator too.
 export QUERN_TEST_WRAP="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+# Everything runs some 20 times slower under the emulator: the random-code runs' limit
+# on how long a kicked vCPU may take to stop grows as much.
+export QUERN_TEST_SLOWDOWN=20
 cargo test --target "$target" --release -p quern --test guest_programs --test multiboot_tcg --test random_code
 # The stock kernel (its uncompressed vmlinux, entered through PVH) to the init marker
 # and power-off: about 100 s under the emulator here.
@@ -26,7 +29,7 @@ start=$(date +%s)
 cargo test --target "$target" --release -p quern --test linux_boot -- --exact stock_vmlinux_pvh_on_tcg
 echo "test-aarch64.sh: the stock kernel (vmlinux, PVH) booted to the init marker and powered off in" \
     "$(($(date +%s) - start)) s under qemu-aarch64"
-unset QUERN_TEST_WRAP
+unset QUERN_TEST_WRAP QUERN_TEST_SLOWDOWN
 
 # The binary runs under qemu-aarch64 and refuses what this host cannot do, by name.
 bin="target/$target/release/quern"
