@@ -11,47 +11,30 @@
 //! - [`convert`]: `From` conversions between quern's register types and KVM's.
 //! - [`cpuid`]: the CPUID a vCPU shows and [`CpuidMask`], the features to hide.
 //! - [`kick`]: how another thread makes a vCPU leave KVM_RUN (signal + immediate_exit).
-
 //!
-//! KVM runs guests of the host's own architecture: all of this is built on x86-64
-//! hosts only (elsewhere the crate holds [`is_pvm_host`] alone, and `-accel kvm` is
-//! refused by the command line with a pointer to `-accel tcg`).
+//! KVM runs guests of the host's own architecture: the crate is empty on hosts other
+//! than x86-64 (`-accel kvm` is refused there by the command line, with a pointer to
+//! `-accel tcg`).
+#![cfg(target_arch = "x86_64")]
 
-#[cfg(target_arch = "x86_64")]
 pub mod accel;
-#[cfg(target_arch = "x86_64")]
 pub mod convert;
-#[cfg(target_arch = "x86_64")]
 pub mod cpuid;
-#[cfg(target_arch = "x86_64")]
 mod error;
-#[cfg(target_arch = "x86_64")]
 pub mod exit;
-#[cfg(target_arch = "x86_64")]
 mod irq_routing;
-#[cfg(target_arch = "x86_64")]
 pub mod kick;
-#[cfg(target_arch = "x86_64")]
 mod run_page;
-#[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 
-#[cfg(target_arch = "x86_64")]
 pub use accel::{KvmAccelerator, KvmConfig};
-#[cfg(target_arch = "x86_64")]
 pub use convert::KvmRepr;
-#[cfg(target_arch = "x86_64")]
 pub use cpuid::CpuidMask;
-#[cfg(target_arch = "x86_64")]
 pub use error::KvmError;
-#[cfg(target_arch = "x86_64")]
 pub use exit::{handle_exit, ExitAction, RunState};
-#[cfg(target_arch = "x86_64")]
 pub use quern_core::cpu::IrqChipMode;
-#[cfg(target_arch = "x86_64")]
 pub use vcpu::KvmVcpu;
 
-#[cfg(target_arch = "x86_64")]
 pub(crate) const ACCEL_NAME: &str = "kvm";
 
 /// Whether the host's KVM is kvm_pvm (pagetable-based, no hardware virtualization), whose

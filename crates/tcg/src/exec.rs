@@ -261,7 +261,7 @@ impl TcgAccelerator {
             return Err(CpuError::Unsupported {
                 accel: "tcg",
                 what: format!(
-                    "generating code for {} hosts (only the x86-64 backend is written so far)",
+                    "generating code for {} hosts (the JIT has x86-64 and aarch64 backends)",
                     std::env::consts::ARCH
                 ),
             });

@@ -87,13 +87,8 @@ impl Backend for A64 {
             ; movz w0, exit::MISS
             ; b ->epi
         );
-        while !ops.offset().0.is_multiple_of(8) {
-            dynasm!(ops ; .arch aarch64 ; brk #0);
-        }
-        let helper_table = ops.offset().0;
-        for f in helpers.all() {
-            ops.extend((f as u64).to_le_bytes());
-        }
+        // Zero words are UDF #0.
+        let helper_table = helpers.append_table(&mut ops, 0);
         let code = ops.finalize().expect("assembling the trampoline");
         Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
     }
@@ -263,21 +258,16 @@ impl<'a> Emit<'a> {
     /// Frees the slots of values op `i` read for the last time, and of a value it
     /// defined that nothing reads.
     fn free_dead(&mut self, i: usize, op: &Op) {
-        let mut dead = Vec::new();
+        let (last_use, slot, free) = (&self.last_use, &mut self.slot, &mut self.free);
+        // A value read twice by the op is freed once: its slot is taken.
+        let mut release = |v: Val| free.extend(slot[v.0 as usize].take());
         op.for_each_use(|v| {
-            if self.last_use[v.0 as usize] == i {
-                dead.push(v);
+            if last_use[v.0 as usize] == i {
+                release(v);
             }
         });
-        if let Some(d) = op.def() {
-            if self.last_use[d.0 as usize] == usize::MAX {
-                dead.push(d);
-            }
-        }
-        for v in dead {
-            if let Some(s) = self.slot[v.0 as usize].take() {
-                self.free.push(s);
-            }
+        if let Some(d) = op.def().filter(|d| last_use[d.0 as usize] == usize::MAX) {
+            release(d);
         }
     }
 

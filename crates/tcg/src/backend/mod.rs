@@ -105,6 +105,17 @@ impl Helpers {
     pub fn all(&self) -> [usize; 9] {
         [self.load, self.store, self.flags, self.tsc, self.sti, self.interp, self.vload, self.vstore, self.lookup]
     }
+
+    /// Appends the table of [`Helpers::all`] to a trampoline, 8-byte aligned (padded
+    /// with `fill`, after code that never falls through); returns its offset.
+    pub fn append_table(&self, ops: &mut impl dynasmrt::DynasmApi, fill: u8) -> usize {
+        ops.align(8, fill);
+        let at = ops.offset().0;
+        for f in self.all() {
+            ops.extend((f as u64).to_le_bytes());
+        }
+        at
+    }
 }
 
 /// A block's host code.
@@ -163,9 +174,9 @@ pub fn caps() -> Caps {
 /// accelerator refuses to start, naming the host.
 pub const HOST_HAS_BACKEND: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
-/// The stand-in [`Host`] of an architecture without a backend yet (aarch64's is
-/// the cross-architecture issue's work): never called, since the accelerator
-/// refuses such a host before anything is translated.
+/// The stand-in [`Host`] of an architecture without a backend (neither x86-64 nor
+/// aarch64): never called, since the accelerator refuses such a host before anything
+/// is translated.
 pub struct Missing;
 
 impl Backend for Missing {

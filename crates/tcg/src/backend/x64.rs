@@ -111,13 +111,7 @@ impl Backend for X64 {
             ; mov eax, exit::MISS as i32
             ; jmp ->epi
         );
-        while !ops.offset().0.is_multiple_of(8) {
-            ops.push(0xcc);
-        }
-        let helper_table = ops.offset().0;
-        for f in helpers.all() {
-            ops.extend((f as u64).to_le_bytes());
-        }
+        let helper_table = helpers.append_table(&mut ops, 0xcc);
         let code = ops.finalize().expect("assembling the trampoline");
         Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
     }
