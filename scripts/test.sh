@@ -15,7 +15,9 @@ need_packages test.sh "${packages[@]}" || echo "test.sh: tests that need them wi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check
-cargo test --workspace --release "$@"
+# The differential test also records the host CPU's outcomes, for the aarch64 build's
+# run of the same cases (scripts/test-aarch64.sh).
+QUERN_DIFF_RECORD="$PWD/target/diff-record/default.bin" cargo test --workspace --release "$@"
 # The differential cases again with SSE and x87 in the interpreter: the path a backend
 # without vector and x87 code (a new host's first) takes.
 QUERN_TCG_INTERPRET=sse,x87 cargo test --release -p quern --test differential

@@ -18,9 +18,10 @@
 //! - `QUERN_DIFF_SEED=N`: the run's seed (default fixed, so CI is deterministic).
 //! - `QUERN_DIFF_CASE=I`: run only case I (as printed with a mismatch).
 //! - `QUERN_DIFF_CASES=N`: number of random cases (default 3000).
-// The host CPU is the reference: x86-64 hosts only (an aarch64 build is compared
-// with results recorded on x86-64, still to come).
-#![cfg(target_arch = "x86_64")]
+//! - `QUERN_DIFF_RECORD=FILE` (x86-64): also write the host CPU's outcomes to FILE.
+//! - `QUERN_DIFF_RECORDED=FILE` (other hosts, where there is no x86 CPU to compare
+//!   with): compare with the outcomes recorded in FILE; the run's seed, case count and
+//!   CPU features are the record's.
 
 mod common;
 mod diff;
@@ -30,12 +31,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diff::compare::{compare, describe, Outcome};
-use diff::gen::{structured_forms, Case, Catalog, Features, Gen, Recipe};
+#[cfg(target_arch = "x86_64")]
+use diff::gen::Features;
+use diff::gen::{structured_forms, Case, Catalog, Gen, Recipe};
 use diff::guest::{self, MockOps, Mode, Watchdog};
+#[cfg(target_arch = "x86_64")]
+use diff::record;
+use diff::record::Header;
+#[cfg(not(target_arch = "x86_64"))]
+use diff::record::Record;
 use diff::rng::Rng;
 use quern_core::Vcpu;
 
+#[cfg(target_arch = "x86_64")]
 const DEFAULT_SEED: u64 = 0x0d1f_f5ee_d000_0001;
+#[cfg(target_arch = "x86_64")]
 const DEFAULT_RANDOM_CASES: usize = 3000;
 /// Variants of each instruction form with edge-valued operands.
 const STRUCTURED_PER_FORM: usize = 3;
@@ -167,23 +177,18 @@ fn check(name: &str, case: &Case, native: &Outcome, got: &Outcome, seed: u64, em
 #[test]
 fn jit_matches_the_host_cpu() {
     let started = Instant::now();
-    let seed = env_u64("QUERN_DIFF_SEED").unwrap_or(DEFAULT_SEED);
+    let Some(reference) = Reference::new() else { return };
+    let header = reference.header;
+    let seed = header.seed;
     let only = env_u64("QUERN_DIFF_CASE").map(|c| c as usize);
-    let random = env_u64("QUERN_DIFF_CASES").map_or(DEFAULT_RANDOM_CASES, |n| n as usize);
-    let cat64 = Catalog::new(Features::host(), 64);
-    let cat32 = Catalog::new(Features::host(), 32);
-    let cat16 = Catalog::new(Features::host(), 16);
+    let cat64 = Catalog::new(header.features, 64);
+    let cat32 = Catalog::new(header.features, 32);
+    let cat16 = Catalog::new(header.features, 16);
     let mut cats = vec![&cat64, &cat32];
-    if diff::native::can_run_16bit() {
+    if header.with_16bit {
         cats.push(&cat16);
-    } else {
-        common::report(
-            "NOT RUN: differential: 16-bit code (this kernel refuses modify_ldt, so the host cannot run 16-bit code \
-             segments to compare with)",
-        );
     }
-    let (_, epilogues) = diff::native::stub();
-    let recipes = recipes(&cats, random);
+    let recipes = recipes(&cats, header.random as usize);
     let cases: Vec<Case> = recipes
         .iter()
         .enumerate()
@@ -195,21 +200,15 @@ fn jit_matches_the_host_cpu() {
                 32 => &cat32,
                 _ => &cat64,
             };
-            Gen::new(s, cat).generate(r, epilogues.for_bits(bits), i, s)
+            Gen::new(s, cat).generate(r, header.epilogues.for_bits(bits), i, s)
         })
         .collect();
     assert!(!cases.is_empty(), "no case {only:?}: the run has {} cases", recipes.len());
     let generated = started.elapsed();
 
-    let native = diff::native::run(&cases);
+    let native = reference.outcomes(&cases, only.is_none());
     let native_time = started.elapsed() - generated;
     let native_faults = native.iter().filter(|o| matches!(o, Outcome::Signal(..))).count();
-    for (c, o) in cases.iter().zip(&native) {
-        if let Outcome::Error(e) = o {
-            panic!("case {}: {e}", c.index);
-        }
-    }
-
     // The JIT: a fresh vCPU and memory for every case.
     let dog = Watchdog::new();
     let ops = Arc::new(MockOps::default());
@@ -228,27 +227,7 @@ fn jit_matches_the_host_cpu() {
     }
     let tcg_time = t0.elapsed();
 
-    // KVM: one VM, reloaded for every case.
-    let mut kvm = Tally::default();
-    let t0 = Instant::now();
-    let kvm_ran = common::kvm_usable("jit_matches_the_host_cpu (KVM leg)");
-    let pvm = quern_accel_kvm::is_pvm_host();
-    if kvm_ran {
-        let mem = guest::memory();
-        let accel = quern_accel_kvm::KvmAccelerator::new(mem.clone(), quern_accel_kvm::KvmConfig::default())
-            .expect("KVM accelerator");
-        let mut vcpu = quern_core::Accelerator::create_vcpu(&accel, 0).expect("KVM vCPU");
-        for (case, want) in cases.iter().zip(&native) {
-            let sregs = sregs_of(&mem, case);
-            let regs = guest::load_case(&mem, case);
-            vcpu.set_sregs(&sregs).unwrap();
-            vcpu.set_regs(&regs).unwrap();
-            vcpu.set_fpu(&guest::fpu_of(case)).unwrap();
-            let got = guest::run_case(&mut *vcpu, &mem, &ops, &dog, RUN_LIMIT);
-            check("kvm", case, want, &got, seed, pvm, &mut kvm);
-        }
-    }
-    let kvm_time = t0.elapsed();
+    let (kvm, kvm_ran, kvm_time) = kvm_leg(&cases, &native, &ops, &dog, seed);
 
     // What ran, by mnemonic, for the record.
     let mut by_mnemonic: BTreeMap<String, usize> = BTreeMap::new();
@@ -261,7 +240,7 @@ fn jit_matches_the_host_cpu() {
     common::report(&format!(
         "differential: seed {seed:#x}, {} cases ({} structured, {} random; {} of them 32-bit and {} 16-bit code; {insns} \
          instructions, {} mnemonics); \
-         native: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults, {} with the state at the fault), {} mismatches; \
+         {}: {} ran, {native_faults} faulted; tcg: {}/{} passed ({} as matching faults, {} with the state at the fault), {} mismatches; \
          kvm: {}; time: gen {:.1}s native {:.1}s tcg {:.1}s kvm {:.1}s",
         cases.len(),
         cases.iter().filter(|c| !matches!(recipes[c.index].1, Recipe::Random { .. })).count(),
@@ -269,6 +248,7 @@ fn jit_matches_the_host_cpu() {
         cases.iter().filter(|c| c.bits == 32).count(),
         cases.iter().filter(|c| c.bits == 16).count(),
         by_mnemonic.len(),
+        reference.name,
         cases.len() - native_faults,
         tcg.passed,
         tcg.ran,
@@ -323,4 +303,127 @@ fn jit_matches_the_host_cpu() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Where the expected outcomes come from: the host CPU (x86-64), or a record of its
+/// outcomes made on x86-64 (elsewhere).
+struct Reference {
+    header: Header,
+    name: &'static str,
+    #[cfg(not(target_arch = "x86_64"))]
+    record: Record,
+}
+
+impl Reference {
+    #[cfg(target_arch = "x86_64")]
+    fn new() -> Option<Reference> {
+        let seed = env_u64("QUERN_DIFF_SEED").unwrap_or(DEFAULT_SEED);
+        let random = env_u64("QUERN_DIFF_CASES").unwrap_or(DEFAULT_RANDOM_CASES as u64);
+        let with_16bit = diff::native::can_run_16bit();
+        if !with_16bit {
+            common::report(
+                "NOT RUN: differential: 16-bit code (this kernel refuses modify_ldt, so the host cannot run 16-bit \
+                 code segments to compare with)",
+            );
+        }
+        let (_, epilogues) = diff::native::stub();
+        let header = Header { seed, random, features: Features::host(), with_16bit, epilogues };
+        Some(Reference { header, name: "native" })
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn new() -> Option<Reference> {
+        let Some(path) = std::env::var_os("QUERN_DIFF_RECORDED") else {
+            common::report(
+                "NOT RUN: differential: this host is not x86-64, so the cases need the outcomes recorded on one: \
+                 run the test on x86-64 with QUERN_DIFF_RECORD=FILE, then here with QUERN_DIFF_RECORDED=FILE \
+                 (scripts/test-aarch64.sh does both)",
+            );
+            return None;
+        };
+        let record = Record::read(std::path::Path::new(&path))
+            .unwrap_or_else(|e| panic!("QUERN_DIFF_RECORDED={}: {e}", path.to_string_lossy()));
+        let header = record.header;
+        for (name, ours, theirs) in [
+            ("QUERN_DIFF_SEED", env_u64("QUERN_DIFF_SEED"), header.seed),
+            ("QUERN_DIFF_CASES", env_u64("QUERN_DIFF_CASES"), header.random),
+        ] {
+            if let Some(v) = ours {
+                assert_eq!(v, theirs, "{name}={v}, but the record was made with {theirs}: record that run");
+            }
+        }
+        if !header.with_16bit {
+            common::report(
+                "NOT RUN: differential: 16-bit code (the x86-64 host that recorded the outcomes could not run it)",
+            );
+        }
+        Some(Reference { header, name: "recorded on x86-64", record })
+    }
+
+    /// The expected outcome of every case; `full`: all the run's cases (a record is
+    /// written only of those).
+    #[cfg(target_arch = "x86_64")]
+    fn outcomes(&self, cases: &[Case], full: bool) -> Vec<Outcome> {
+        let native = diff::native::run(cases);
+        for (c, o) in cases.iter().zip(&native) {
+            if let Outcome::Error(e) = o {
+                panic!("case {}: {e}", c.index);
+            }
+        }
+        if let Some(path) = std::env::var_os("QUERN_DIFF_RECORD") {
+            if !full {
+                common::report("differential: QUERN_DIFF_RECORD ignored: it records whole runs, not one case");
+                return native;
+            }
+            let path = std::path::Path::new(&path);
+            record::write(path, &self.header, cases, &native)
+                .unwrap_or_else(|e| panic!("QUERN_DIFF_RECORD={}: {e}", path.display()));
+            common::report(&format!("differential: the host CPU's outcomes recorded in {}", path.display()));
+        }
+        native
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn outcomes(&self, cases: &[Case], _full: bool) -> Vec<Outcome> {
+        cases.iter().map(|c| self.record.outcome(c).unwrap_or_else(|e| panic!("QUERN_DIFF_RECORDED: {e}"))).collect()
+    }
+}
+
+/// KVM: one VM, reloaded for every case. Returns the tally, whether KVM ran and the
+/// time.
+#[cfg(target_arch = "x86_64")]
+fn kvm_leg(
+    cases: &[Case],
+    native: &[Outcome],
+    ops: &Arc<MockOps>,
+    dog: &Watchdog,
+    seed: u64,
+) -> (Tally, bool, Duration) {
+    let mut kvm = Tally::default();
+    let t0 = Instant::now();
+    let kvm_ran = common::kvm_usable("jit_matches_the_host_cpu (KVM leg)");
+    let pvm = quern_accel_kvm::is_pvm_host();
+    if kvm_ran {
+        let mem = guest::memory();
+        let accel = quern_accel_kvm::KvmAccelerator::new(mem.clone(), quern_accel_kvm::KvmConfig::default())
+            .expect("KVM accelerator");
+        let mut vcpu = quern_core::Accelerator::create_vcpu(&accel, 0).expect("KVM vCPU");
+        for (case, want) in cases.iter().zip(native) {
+            let sregs = sregs_of(&mem, case);
+            let regs = guest::load_case(&mem, case);
+            vcpu.set_sregs(&sregs).unwrap();
+            vcpu.set_regs(&regs).unwrap();
+            vcpu.set_fpu(&guest::fpu_of(case)).unwrap();
+            let got = guest::run_case(&mut *vcpu, &mem, ops, dog, RUN_LIMIT);
+            check("kvm", case, want, &got, seed, pvm, &mut kvm);
+        }
+    }
+    (kvm, kvm_ran, t0.elapsed())
+}
+
+/// KVM runs guests of the host's own architecture only.
+#[cfg(not(target_arch = "x86_64"))]
+fn kvm_leg(_: &[Case], _: &[Outcome], _: &Arc<MockOps>, _: &Watchdog, _: u64) -> (Tally, bool, Duration) {
+    let ran = common::kvm_usable("jit_matches_the_host_cpu (KVM leg)");
+    (Tally::default(), ran, Duration::ZERO)
 }

@@ -17,6 +17,7 @@ pub mod guest;
 // Runs cases on the host CPU: x86-64 hosts only.
 #[cfg(target_arch = "x86_64")]
 pub mod native;
+pub mod record;
 pub mod rng;
 
 /// The fixed addresses every backend uses (guest-physical = guest-linear = host
@@ -48,3 +49,23 @@ pub mod layout {
 /// RSP and RBX in encoding order.
 pub const RBX: usize = 3;
 pub const RSP: usize = 4;
+
+/// Where a case's code jumps to end: the 64-bit epilogue, or (32-bit cases) a far
+/// jump back to it from compatibility mode.
+#[derive(Clone, Copy)]
+pub struct Epilogues {
+    pub long: u64,
+    pub compat: u64,
+    /// 16-bit code: an offset in its code segment (`native::EXIT16`).
+    pub code16: u64,
+}
+
+impl Epilogues {
+    pub fn for_bits(self, bits: u32) -> u64 {
+        match bits {
+            16 => self.code16,
+            32 => self.compat,
+            _ => self.long,
+        }
+    }
+}

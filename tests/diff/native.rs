@@ -16,6 +16,7 @@ use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
 use super::compare::{Fault, Outcome, State};
 use super::gen::{Case, X87};
 use super::layout::{CODE_BASE, CODE_SIZE, CTX_BASE, DATA_BASE, DATA_SIZE, STACK_BASE, STACK_SIZE, STUB_BASE};
+pub use super::Epilogues;
 
 const CTX_FLAGS: u64 = 16 * 8;
 const CTX_HOST_RSP: u64 = 17 * 8;
@@ -30,26 +31,6 @@ const CTX_FX: u64 = 1024;
 
 const XMMS: [AsmRegisterXmm; 16] =
     [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
-
-/// Where a case's code jumps to end: the 64-bit epilogue, or (32-bit cases) a far
-/// jump back to it from compatibility mode.
-#[derive(Clone, Copy)]
-pub struct Epilogues {
-    pub long: u64,
-    pub compat: u64,
-    /// 16-bit code: an offset in its code segment (see [`EXIT16`]).
-    pub code16: u64,
-}
-
-impl Epilogues {
-    pub fn for_bits(self, bits: u32) -> u64 {
-        match bits {
-            16 => self.code16,
-            32 => self.compat,
-            _ => self.long,
-        }
-    }
-}
 
 /// 16-bit code's way back, at this offset of the code page (inside its segment):
 /// `jmp far USER_CS64:epilogue` (with an operand-size prefix for the 32-bit offset).

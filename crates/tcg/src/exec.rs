@@ -1057,6 +1057,7 @@ mod tests {
         assert_eq!(st(w[2]), CF | OF, "stc; cmc; cmc: {:#x}", w[2]);
     }
 
+    #[cfg(target_arch = "x86_64")]
     /// INC's kept CF at a block's start (after an interpreted OUT the record is only
     /// in the state), for the records read inline (CMP/SUB and ADD at 8, 32 and 64
     /// bits, logic, INC/DEC) and one left to the helper (a shift): as the host has it.
@@ -1112,6 +1113,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     /// CF as the host's instruction leaves it.
     fn host_cf(name: &str, x: u64, y: u64) -> u64 {
         let f: u64;

@@ -276,10 +276,13 @@ fn isqrt(x: u128) -> u128 {
 }
 
 #[cfg(test)]
+// The comparisons with the host CPU run on x86-64 hosts only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports, dead_code))]
 mod tests {
     use super::*;
     use crate::interp::x87::RC_ZERO;
 
+    #[cfg(target_arch = "x86_64")]
     /// Runs `insn` on the host x87 with ST0 = a, ST1 = b and control word `fcw`
     /// (exceptions masked); returns the 80-bit ST0 and the status word.
     fn host(insn: &str, fcw: u16, a: F80, b: F80) -> (F80, u16) {
@@ -369,6 +372,7 @@ mod tests {
         v
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn arithmetic_matches_the_host_x87() {
         let vals = values();

@@ -134,14 +134,19 @@ fn divide(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
 }
 
 #[cfg(test)]
+// The comparisons with the host CPU run on x86-64 hosts only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports, dead_code))]
 mod tests {
     use iced_x86::code_asm::*;
     use quern_core::regs::flags::{CF, OF};
 
-    use crate::interp::testutil::{asm, emu, host, FLAG_INPUTS, SAMPLES};
+    #[cfg(target_arch = "x86_64")]
+    use crate::interp::testutil::host;
+    use crate::interp::testutil::{asm, emu, FLAG_INPUTS, SAMPLES};
 
     type HostFn = fn(u64, u64, u64, u64) -> [u64; 4];
 
+    #[cfg(target_arch = "x86_64")]
     /// Compares the software CPU with the host on every sample pair.
     /// `flag_mask`: the flags that are defined; `div`: skip inputs that fault.
     fn compare(name: &str, host: HostFn, code: Vec<u8>, flag_mask: u64, div: bool) -> usize {
@@ -176,6 +181,7 @@ mod tests {
         faults
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn mul_and_imul_match_the_host() {
         let fl = CF | OF;
@@ -208,6 +214,7 @@ mod tests {
         );
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn div_and_idiv_match_the_host_and_fault() {
         for (name, h, code) in [

@@ -1187,14 +1187,18 @@ mod tests {
     }
 
     fn run_pairs(name: &str, code: &[u8], vals: &[V], mxcsr: &[u32]) {
+        // Without an x86 CPU to compare with, the JIT is compared with the interpreter
+        // (which a backend without SSE code calls, see `check_fix`), and under an
+        // emulator at that: every fifth pair is enough there. The differential cases,
+        // recorded on x86-64, compare both with x86.
+        let stride = if cfg!(target_arch = "x86_64") { 1 } else { 5 };
+        let pairs = vals.iter().flat_map(|x| vals.iter().map(move |y| (x, y)));
         for &csr in mxcsr {
-            for x in vals {
-                for y in vals {
-                    let mut d = Buf::default();
-                    d.put(0, x).put(0x10, y).put(0x40, &csr.to_le_bytes());
-                    d.put(RAX, &q(x, 0).to_le_bytes()).put(RCX, &q(y, 1).to_le_bytes());
-                    check(&format!("{name} mxcsr={csr:#x}"), code, &d, &[]);
-                }
+            for (x, y) in pairs.clone().step_by(stride) {
+                let mut d = Buf::default();
+                d.put(0, x).put(0x10, y).put(0x40, &csr.to_le_bytes());
+                d.put(RAX, &q(x, 0).to_le_bytes()).put(RCX, &q(y, 1).to_le_bytes());
+                check(&format!("{name} mxcsr={csr:#x}"), code, &d, &[]);
             }
         }
     }

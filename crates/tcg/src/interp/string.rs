@@ -319,6 +319,8 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
 }
 
 #[cfg(test)]
+// The comparisons with the host CPU run on x86-64 hosts only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports, dead_code))]
 mod tests {
     use super::*;
     use crate::interp::testutil::{self, asm, cpu, peek, poke, run, run_all, Ports, STATUS};
@@ -437,6 +439,7 @@ mod tests {
         assert_eq!(c.state.gpr[RSI], 0x21);
     }
 
+    #[cfg(target_arch = "x86_64")]
     /// The host's REPE/REPNE CMPSB/SCASB over the same bytes as the guest.
     fn host_cmps(op: u8, a: &[u8], b: &[u8], al: u64, count: u64) -> (u64, u64, u64, u64) {
         let (mut si, mut di, mut cx) = (a.as_ptr() as u64, b.as_ptr() as u64, count);
@@ -457,6 +460,7 @@ mod tests {
         (si.wrapping_sub(a.as_ptr() as u64), di - b.as_ptr() as u64, cx, f & STATUS)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn cmps_and_scas_match_the_host() {
         let a: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(3)).collect();

@@ -101,6 +101,7 @@ pub fn set_status(cpu: &mut Cpu, f: u64) {
 
 /// Runs one host instruction (or a short sequence) with RAX, RCX and RDX given and the
 /// status flags set to `$f`; returns [rax, rcx, rdx, status flags].
+#[cfg(target_arch = "x86_64")]
 macro_rules! host {
     ($insn:literal) => {{
         fn f(a: u64, c: u64, d: u64, fl: u64) -> [u64; 4] {
@@ -119,6 +120,7 @@ macro_rules! host {
         f as fn(u64, u64, u64, u64) -> [u64; 4]
     }};
 }
+#[cfg(target_arch = "x86_64")]
 pub(crate) use host;
 
 /// Runs `bytes` on the software CPU in 64-bit mode with the same inputs as [`host!`].
