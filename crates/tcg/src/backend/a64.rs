@@ -2,20 +2,27 @@
 //!
 //! - The guest state stays in memory: `Get`/`Set` load and store it at once, so the
 //!   state is precise wherever a helper runs or a fault leaves, with nothing to sync.
-//! - Each value lives in a frame slot at `sp` (a slot is reused after the value's last
-//!   reader); an operation loads its inputs into scratch registers, computes and stores
-//!   its result. Constants are materialized where read.
+//! - Values live in the callee-saved registers x22..x28 (helpers preserve them), taken
+//!   in order of definition and given back after a value's last reader; when all are
+//!   taken, in frame slots at `sp`. Operations read their inputs where they are and
+//!   write their result to its register (through scratch registers for slots and
+//!   constants, which are materialized where read).
 //! - Memory: the soft TLB probed inline (both ways of the set), the Rust helpers
 //!   (`helper_load`/`helper_store`) on a miss.
-//! - A direct branch within the block's page is a patchable B (chained by the run
-//!   loop once the target exists); every other exit returns to the run loop.
+//! - A direct branch within the block's page jumps through an 8-byte literal at the
+//!   block's end (`ldr x16, lit; br x16`), which the run loop re-aims at the target's
+//!   block once it exists: chaining and unchaining write data, not instructions, so
+//!   they need no instruction-cache maintenance, an aligned 8-byte store is atomic
+//!   against a vCPU running the code, and emulators that miss code written through
+//!   another mapping (qemu-user 7.2, where CI runs this backend) see it too. A
+//!   branch to another page, and an indirect one, go through the jump cache.
 //! - No vector or x87 code ([`Backend::VECTOR`], [`Backend::X87`] false): the lowering
 //!   hands those instructions to the interpreter.
 //!
 //! Registers: x19 holds the `Cpu` (its state at offset 0), x20 is nonzero once a store
 //! in this block overwrote translated code (the block leaves at the next instruction
-//! boundary), x21 points at the block's MMU index's TLB entries, x9..x17 are scratch,
-//! x0..x3 carry helper arguments (C ABI).
+//! boundary), x21 points at the block's MMU index's TLB entries, x22..x28 hold values,
+//! x9..x17 are scratch, x0..x3 carry helper arguments (C ABI).
 
 // dynasm's aarch64 dynamic registers (`X(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
@@ -40,6 +47,16 @@ const _: () = assert!((FRAME_SLOTS * 8).is_multiple_of(4096));
 
 pub struct A64;
 
+/// The registers that hold values: callee-saved, so live across helper calls.
+const VALUE_REGS: [u8; 7] = [28, 27, 26, 25, 24, 23, 22];
+
+/// Where a value lives.
+#[derive(Clone, Copy, Debug)]
+enum Loc {
+    Reg(u8),
+    Slot(u16),
+}
+
 type Asm = VecAssembler<Aarch64Relocation>;
 
 impl Backend for A64 {
@@ -50,15 +67,18 @@ impl Backend for A64 {
         Emit::new(block, env).run()
     }
 
-    /// enter(cpu, block): saves x19..x22 and the frame and link registers, reserves
+    /// enter(cpu, block): saves x19..x28 and the frame and link registers, reserves
     /// the value slots, pins the Cpu in x19 and branches to the block; the epilogue
     /// returns the exit code the block left in w0.
     fn trampoline(base: usize, helpers: &Helpers) -> Trampoline {
         let mut ops = Asm::new(base);
         dynasm!(ops ; .arch aarch64
-            ; stp x29, x30, [sp, #-48]!
+            ; stp x29, x30, [sp, #-96]!
             ; stp x19, x20, [sp, #16]
             ; stp x21, x22, [sp, #32]
+            ; stp x23, x24, [sp, #48]
+            ; stp x25, x26, [sp, #64]
+            ; stp x27, x28, [sp, #80]
             ; mov x29, sp
             ; sub sp, sp, #FRAME_PAGES, lsl #12
             ; mov x19, x0
@@ -68,9 +88,12 @@ impl Backend for A64 {
         dynasm!(ops ; .arch aarch64
             ; ->epi:
             ; add sp, sp, #FRAME_PAGES, lsl #12
+            ; ldp x27, x28, [sp, #80]
+            ; ldp x25, x26, [sp, #64]
+            ; ldp x23, x24, [sp, #48]
             ; ldp x21, x22, [sp, #32]
             ; ldp x19, x20, [sp, #16]
-            ; ldp x29, x30, [sp], #48
+            ; ldp x29, x30, [sp], #96
             ; ret
         );
         let next_stub = ops.offset().0;
@@ -93,11 +116,9 @@ impl Backend for A64 {
         Trampoline { code, enter: 0, epilogue, next_stub, lookup, helper_table }
     }
 
-    /// B imm26 (±128 MiB: the code buffer is no bigger on aarch64).
-    fn jump(site: usize, target: usize) -> Vec<u8> {
-        let rel = (target as i64 - site as i64) >> 2;
-        assert!((-(1 << 25)..1 << 25).contains(&rel), "chained branch out of B's reach");
-        (0x1400_0000u32 | (rel as u32 & 0x03ff_ffff)).to_le_bytes().to_vec()
+    /// The chain site is the literal its `ldr x16, lit; br x16` loads: the target.
+    fn jump(_site: usize, target: usize) -> Vec<u8> {
+        (target as u64).to_le_bytes().to_vec()
     }
 }
 
@@ -164,11 +185,12 @@ struct Emit<'a> {
     block: &'a Block,
     env: &'a Env,
     ops: Asm,
-    /// Each value's slot while it lives, and its constant if it is one.
-    slot: Vec<Option<u16>>,
+    /// Each value's place while it lives, and its constant if it is one.
+    loc: Vec<Option<Loc>>,
     konst: Vec<Option<u64>>,
     last_use: Vec<usize>,
-    free: Vec<u16>,
+    free_regs: Vec<u8>,
+    free_slots: Vec<u16>,
     next_slot: u16,
     /// The instruction being emitted, and whether one of this block's stores came
     /// before it since the last check of x20.
@@ -178,7 +200,9 @@ struct Emit<'a> {
     fault: DynamicLabel,
     epilogue: DynamicLabel,
     deferred: Vec<Deferred>,
-    chain_sites: Vec<(usize, usize)>,
+    /// Each chainable exit's literal and the offset of its stub (the literals go
+    /// after the code, see [`Self::finish`]).
+    literals: Vec<(DynamicLabel, usize)>,
 }
 
 impl<'a> Emit<'a> {
@@ -198,10 +222,11 @@ impl<'a> Emit<'a> {
             block,
             env,
             ops,
-            slot: vec![None; n],
+            loc: vec![None; n],
             konst,
             last_use,
-            free: Vec::new(),
+            free_regs: VALUE_REGS.to_vec(),
+            free_slots: Vec::new(),
             next_slot: 0,
             rip: env.block_rip,
             stored: false,
@@ -209,7 +234,7 @@ impl<'a> Emit<'a> {
             fault,
             epilogue,
             deferred: Vec::new(),
-            chain_sites: Vec::new(),
+            literals: Vec::new(),
         }
     }
 
@@ -238,29 +263,77 @@ impl<'a> Emit<'a> {
             mov_imm(&mut self.ops, r, k);
             return;
         }
-        let s = self.slot[v.0 as usize].expect("a value is defined before it is read");
-        let o = u32::from(s) * 8;
-        dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [sp, o]);
+        match self.loc[v.0 as usize].expect("a value is defined before it is read") {
+            Loc::Reg(x) if x == r => {}
+            Loc::Reg(x) => dynasm!(self.ops ; .arch aarch64 ; mov X(r), X(x)),
+            Loc::Slot(s) => {
+                let o = u32::from(s) * 8;
+                dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [sp, o]);
+            }
+        }
+    }
+
+    /// The register that holds value `v`: its own, or `scratch` loaded with it.
+    fn src(&mut self, v: Val, scratch: u8) -> u8 {
+        match self.loc[v.0 as usize] {
+            Some(Loc::Reg(x)) if self.konst[v.0 as usize].is_none() => x,
+            _ => {
+                self.get(scratch, v);
+                scratch
+            }
+        }
+    }
+
+    /// Gives value `d` a place; returns the register to compute it in: its own, or
+    /// x11 for a slot (then [`Self::spill`] stores it).
+    fn dst(&mut self, d: Val) -> u8 {
+        let l = match self.free_regs.pop() {
+            Some(r) => Loc::Reg(r),
+            None => Loc::Slot(self.free_slots.pop().unwrap_or_else(|| {
+                self.next_slot += 1;
+                assert!(usize::from(self.next_slot) <= FRAME_SLOTS, "a64 backend: more live values than frame slots");
+                self.next_slot - 1
+            })),
+        };
+        self.loc[d.0 as usize] = Some(l);
+        match l {
+            Loc::Reg(r) => r,
+            Loc::Slot(_) => 11,
+        }
+    }
+
+    /// Stores value `d` (computed in the register [`Self::dst`] gave) if it lives in a slot.
+    fn spill(&mut self, d: Val) {
+        if let Some(Loc::Slot(s)) = self.loc[d.0 as usize] {
+            let o = u32::from(s) * 8;
+            dynasm!(self.ops ; .arch aarch64 ; str x11, [sp, o]);
+        }
     }
 
     /// Stores x`r` as value `d`.
     fn put(&mut self, d: Val, r: u8) {
-        let s = self.free.pop().unwrap_or_else(|| {
-            self.next_slot += 1;
-            assert!(usize::from(self.next_slot) <= FRAME_SLOTS, "a64 backend: more live values than frame slots");
-            self.next_slot - 1
-        });
-        self.slot[d.0 as usize] = Some(s);
-        let o = u32::from(s) * 8;
-        dynasm!(self.ops ; .arch aarch64 ; str X(r), [sp, o]);
+        match self.dst(d) {
+            11 if r == 11 => self.spill(d),
+            11 => {
+                dynasm!(self.ops ; .arch aarch64 ; mov x11, X(r));
+                self.spill(d);
+            }
+            x if x != r => dynasm!(self.ops ; .arch aarch64 ; mov X(x), X(r)),
+            _ => {}
+        }
     }
 
-    /// Frees the slots of values op `i` read for the last time, and of a value it
-    /// defined that nothing reads.
+    /// Gives back the places of values op `i` read for the last time, and of a value
+    /// it defined that nothing reads.
     fn free_dead(&mut self, i: usize, op: &Op) {
-        let (last_use, slot, free) = (&self.last_use, &mut self.slot, &mut self.free);
-        // A value read twice by the op is freed once: its slot is taken.
-        let mut release = |v: Val| free.extend(slot[v.0 as usize].take());
+        let (last_use, loc) = (&self.last_use, &mut self.loc);
+        let (regs, slots) = (&mut self.free_regs, &mut self.free_slots);
+        // A value read twice by the op is freed once: its place is taken.
+        let mut release = |v: Val| match loc[v.0 as usize].take() {
+            Some(Loc::Reg(r)) => regs.push(r),
+            Some(Loc::Slot(s)) => slots.push(s),
+            None => {}
+        };
         op.for_each_use(|v| {
             if last_use[v.0 as usize] == i {
                 release(v);
@@ -271,24 +344,23 @@ impl<'a> Emit<'a> {
         }
     }
 
-    /// x`r` = its low `w` bytes, zero-extended.
-    fn zext(&mut self, r: u8, w: Width) {
-        match w {
-            1 => dynasm!(self.ops ; .arch aarch64 ; and XSP(r), X(r), #0xff),
-            2 => dynasm!(self.ops ; .arch aarch64 ; and XSP(r), X(r), #0xffff),
-            4 => dynasm!(self.ops ; .arch aarch64 ; mov W(r), W(r)),
+    /// x`d` = x`s`'s low `w` bytes, zero- or (`signed`) sign-extended.
+    fn ext(&mut self, d: u8, s: u8, w: Width, signed: bool) {
+        match (w, signed) {
+            (1, false) => dynasm!(self.ops ; .arch aarch64 ; and XSP(d), X(s), #0xff),
+            (2, false) => dynasm!(self.ops ; .arch aarch64 ; and XSP(d), X(s), #0xffff),
+            (4, false) => dynasm!(self.ops ; .arch aarch64 ; mov W(d), W(s)),
+            (1, true) => dynasm!(self.ops ; .arch aarch64 ; sxtb X(d), W(s)),
+            (2, true) => dynasm!(self.ops ; .arch aarch64 ; sxth X(d), W(s)),
+            (4, true) => dynasm!(self.ops ; .arch aarch64 ; sxtw X(d), W(s)),
+            _ if d != s => dynasm!(self.ops ; .arch aarch64 ; mov X(d), X(s)),
             _ => {}
         }
     }
 
-    /// x`r` = its low `w` bytes, sign-extended.
-    fn sext(&mut self, r: u8, w: Width) {
-        match w {
-            1 => dynasm!(self.ops ; .arch aarch64 ; sxtb X(r), W(r)),
-            2 => dynasm!(self.ops ; .arch aarch64 ; sxth X(r), W(r)),
-            4 => dynasm!(self.ops ; .arch aarch64 ; sxtw X(r), W(r)),
-            _ => {}
-        }
+    /// x`r` = its low `w` bytes, zero-extended.
+    fn zext(&mut self, r: u8, w: Width) {
+        self.ext(r, r, w, false);
     }
 
     // ---- the state ----
@@ -355,6 +427,15 @@ impl<'a> Emit<'a> {
         dynasm!(self.ops ; .arch aarch64 ; movz w0, code ; b =>epi);
     }
 
+    /// [`Self::jump_cache`], unless a store of this block overwrote translated code:
+    /// then the cached blocks may be stale, and the run loop looks.
+    fn jump_cache_checked(&mut self) {
+        let at = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
+        self.deferred.push(Deferred::Leave { at, rip: None, code: exit::NEXT });
+        self.jump_cache();
+    }
+
     /// Goes on to the block for the RIP in x9 (stored already) if the jump cache of
     /// the block's MMU index has it, else to the trampoline's refill stub (which
     /// returns to the run loop if it finds nothing).
@@ -382,21 +463,21 @@ impl<'a> Emit<'a> {
 
     /// Leaves for `target`: a B the run loop re-aims at the target's block once it
     /// exists (a branch to the stub after it until then), or, for another page under
-    /// paging (its mapping may change), the run loop.
+    /// paging (its mapping may change), the jump cache.
     fn chain_to(&mut self, target: u64) {
         if self.env.page.is_some_and(|p| p != target & !0xfff) {
             self.store_rip(target);
-            self.leave(exit::NEXT);
+            self.jump_cache_checked();
             return;
         }
-        let site = self.ops.offset().0;
-        let stub = self.ops.new_dynamic_label();
-        dynasm!(self.ops ; .arch aarch64 ; b =>stub ; =>stub);
+        let lit = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch aarch64 ; ldr x16, =>lit ; br x16);
+        // The stub the literal holds until the run loop chains the exit.
         let stub_off = self.ops.offset().0;
         self.store_rip(target);
-        mov_imm(&mut self.ops, 9, (self.env.base + site) as u64);
+        dynasm!(self.ops ; .arch aarch64 ; adr x9, =>lit);
         self.st_state(9, off::CHAIN_SITE, 8);
-        self.chain_sites.push((site, stub_off));
+        self.literals.push((lit, stub_off));
         self.leave(exit::CHAIN);
     }
 
@@ -431,17 +512,31 @@ impl<'a> Emit<'a> {
     // ---- comparisons ----
 
     /// Sets the host flags for `t` (x9, x10 clobbered) and returns the condition.
+    /// 32- and 64-bit operands compare as they are (a 32-bit compare's flags are
+    /// those of the low halves, signed or not), narrower ones extended first.
     fn compare(&mut self, t: &Test) -> Cc {
-        self.get(9, t.a);
-        self.get(10, t.b);
-        if signed(t.c) {
-            self.sext(9, t.w);
-            self.sext(10, t.w);
+        let k = self.konst[t.b.0 as usize].map(|k| k & crate::flags::mask(t.w)).filter(|&k| k < 4096);
+        if t.w < 4 {
+            let a = self.src(t.a, 9);
+            self.ext(9, a, t.w, signed(t.c));
+            let b = self.src(t.b, 10);
+            self.ext(10, b, t.w, signed(t.c));
+            dynasm!(self.ops ; .arch aarch64 ; cmp x9, x10);
         } else {
-            self.zext(9, t.w);
-            self.zext(10, t.w);
+            let a = self.src(t.a, 9);
+            match (k, t.w) {
+                (Some(k), 4) => dynasm!(self.ops ; .arch aarch64 ; cmp WSP(a), k as u32),
+                (Some(k), _) => dynasm!(self.ops ; .arch aarch64 ; cmp XSP(a), k as u32),
+                (None, w) => {
+                    let b = self.src(t.b, 10);
+                    if w == 4 {
+                        dynasm!(self.ops ; .arch aarch64 ; cmp W(a), W(b));
+                    } else {
+                        dynasm!(self.ops ; .arch aarch64 ; cmp X(a), X(b));
+                    }
+                }
+            }
         }
-        dynasm!(self.ops ; .arch aarch64 ; cmp x9, x10);
         cc_of(t.c)
     }
 
@@ -476,19 +571,19 @@ impl<'a> Emit<'a> {
         }
     }
 
-    /// x13 = `cc` ? x11 : x12.
-    fn csel(&mut self, cc: Cc) {
+    /// x`d` = `cc` ? x`a` : x`b`.
+    fn csel(&mut self, cc: Cc, d: u8, a: u8, b: u8) {
         match cc {
-            Cc::Eq => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, eq),
-            Cc::Ne => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ne),
-            Cc::Lo => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, lo),
-            Cc::Hs => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, hs),
-            Cc::Ls => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ls),
-            Cc::Hi => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, hi),
-            Cc::Lt => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, lt),
-            Cc::Ge => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, ge),
-            Cc::Le => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, le),
-            Cc::Gt => dynasm!(self.ops ; .arch aarch64 ; csel x13, x11, x12, gt),
+            Cc::Eq => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), eq),
+            Cc::Ne => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), ne),
+            Cc::Lo => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), lo),
+            Cc::Hs => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), hs),
+            Cc::Ls => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), ls),
+            Cc::Hi => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), hi),
+            Cc::Lt => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), lt),
+            Cc::Ge => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), ge),
+            Cc::Le => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), le),
+            Cc::Gt => dynasm!(self.ops ; .arch aarch64 ; csel X(d), X(a), X(b), gt),
         }
     }
 
@@ -508,54 +603,58 @@ impl<'a> Emit<'a> {
             }
             Op::Const { .. } => {}
             Op::Get { d, g } => {
-                self.ld_state(9, g.offset(), 8);
-                self.put(d, 9);
+                let r = self.dst(d);
+                self.ld_state(r, g.offset(), 8);
+                self.spill(d);
             }
             Op::Set { g, s } => {
-                self.get(9, s);
-                self.st_state(9, g.offset(), 8);
+                let r = self.src(s, 9);
+                self.st_state(r, g.offset(), 8);
             }
             Op::Bin { op, w, d, a, b } => {
-                self.get(9, a);
-                self.get(10, b);
-                self.bin(op, w);
-                self.put(d, 11);
+                let (a, b) = (self.src(a, 9), self.src(b, 10));
+                let r = self.dst(d);
+                self.bin(op, w, r, a, b);
+                self.spill(d);
             }
             Op::Un { op, w, d, a } => {
-                self.get(9, a);
-                self.un(op, w);
-                self.put(d, 11);
+                let a = self.src(a, 9);
+                let r = self.dst(d);
+                self.un(op, w, r, a);
+                self.spill(d);
             }
             Op::Setcond { t, d } => {
                 let cc = self.compare(&t);
-                self.cset(11, cc);
-                self.put(d, 11);
+                let r = self.dst(d);
+                self.cset(r, cc);
+                self.spill(d);
             }
             Op::Select { t, d, a, b } => {
-                self.get(11, a);
-                self.get(12, b);
+                // Loads leave the flags alone.
                 let cc = self.compare(&t);
-                self.csel(cc);
-                self.put(d, 13);
+                let (a, b) = (self.src(a, 12), self.src(b, 13));
+                let r = self.dst(d);
+                self.csel(cc, r, a, b);
+                self.spill(d);
             }
             Op::MulOverflow { w, d, a, b } => {
-                self.get(9, a);
-                self.get(10, b);
+                let (a, b) = (self.src(a, 9), self.src(b, 10));
                 if w == 8 {
                     dynasm!(self.ops ; .arch aarch64
-                        ; mul x11, x9, x10
-                        ; smulh x12, x9, x10
-                        ; cmp x12, x11, asr #63
+                        ; mul x12, X(a), X(b)
+                        ; smulh x13, X(a), X(b)
+                        ; cmp x13, x12, asr #63
                     );
                 } else {
-                    self.sext(9, w);
-                    self.sext(10, w);
-                    dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10 ; mov x12, x11);
-                    self.sext(12, w);
-                    dynasm!(self.ops ; .arch aarch64 ; cmp x11, x12);
+                    self.ext(9, a, w, true);
+                    self.ext(10, b, w, true);
+                    dynasm!(self.ops ; .arch aarch64 ; mul x12, x9, x10);
+                    self.ext(13, 12, w, true);
+                    dynasm!(self.ops ; .arch aarch64 ; cmp x12, x13);
                 }
-                dynasm!(self.ops ; .arch aarch64 ; cset x11, ne);
-                self.put(d, 11);
+                let r = self.dst(d);
+                dynasm!(self.ops ; .arch aarch64 ; cset X(r), ne);
+                self.spill(d);
             }
             Op::Div { rem, w, d, hi, lo, div } => {
                 if w == 8 {
@@ -591,12 +690,13 @@ impl<'a> Emit<'a> {
                 self.st_state(9, off::CC_OP, 4);
             }
             Op::SetCcOp(CcOpSrc::Val(v)) => {
-                self.get(9, v);
-                self.st_state(9, off::CC_OP, 4);
+                let r = self.src(v, 9);
+                self.st_state(r, off::CC_OP, 4);
             }
             Op::GetCcOp { d } => {
-                self.ld_state(9, off::CC_OP, 4);
-                self.put(d, 9);
+                let r = self.dst(d);
+                self.ld_state(r, off::CC_OP, 4);
+                self.spill(d);
             }
             Op::StateCarry { d } => {
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19);
@@ -608,35 +708,39 @@ impl<'a> Emit<'a> {
                 self.get(1, addr);
                 let (miss, done) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
                 self.probe(w, entry_off::READ, miss);
+                let r = self.dst(d);
                 match w {
-                    1 => dynasm!(self.ops ; .arch aarch64 ; ldrb w11, [x1, x12]),
-                    2 => dynasm!(self.ops ; .arch aarch64 ; ldrh w11, [x1, x12]),
-                    4 => dynasm!(self.ops ; .arch aarch64 ; ldr w11, [x1, x12]),
-                    _ => dynasm!(self.ops ; .arch aarch64 ; ldr x11, [x1, x12]),
+                    1 => dynasm!(self.ops ; .arch aarch64 ; ldrb W(r), [x1, x12]),
+                    2 => dynasm!(self.ops ; .arch aarch64 ; ldrh W(r), [x1, x12]),
+                    4 => dynasm!(self.ops ; .arch aarch64 ; ldr W(r), [x1, x12]),
+                    _ => dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [x1, x12]),
                 }
                 dynasm!(self.ops ; .arch aarch64 ; b =>done ; =>miss);
                 self.store_rip(self.rip);
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x2, w as u32);
                 self.call(self.env.helpers.load);
-                dynasm!(self.ops ; .arch aarch64 ; mov x11, x0);
+                dynasm!(self.ops ; .arch aarch64 ; mov X(r), x0);
                 self.check_fault();
                 dynasm!(self.ops ; .arch aarch64 ; =>done);
-                self.put(d, 11);
+                self.spill(d);
             }
             Op::Store { w, addr, s } => {
                 self.get(1, addr);
-                self.get(2, s);
+                let v = self.src(s, 2);
                 let (miss, done) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
                 // A write hit is never a page with translated code (mmu.rs).
                 self.probe(w, entry_off::WRITE, miss);
                 match w {
-                    1 => dynasm!(self.ops ; .arch aarch64 ; strb w2, [x1, x12]),
-                    2 => dynasm!(self.ops ; .arch aarch64 ; strh w2, [x1, x12]),
-                    4 => dynasm!(self.ops ; .arch aarch64 ; str w2, [x1, x12]),
-                    _ => dynasm!(self.ops ; .arch aarch64 ; str x2, [x1, x12]),
+                    1 => dynasm!(self.ops ; .arch aarch64 ; strb W(v), [x1, x12]),
+                    2 => dynasm!(self.ops ; .arch aarch64 ; strh W(v), [x1, x12]),
+                    4 => dynasm!(self.ops ; .arch aarch64 ; str W(v), [x1, x12]),
+                    _ => dynasm!(self.ops ; .arch aarch64 ; str X(v), [x1, x12]),
                 }
                 dynasm!(self.ops ; .arch aarch64 ; b =>done ; =>miss);
                 self.store_rip(self.rip);
+                if v != 2 {
+                    dynasm!(self.ops ; .arch aarch64 ; mov x2, X(v));
+                }
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x3, w as u32);
                 self.call(self.env.helpers.store);
                 dynasm!(self.ops ; .arch aarch64 ; orr x20, x20, x0);
@@ -698,11 +802,7 @@ impl<'a> Emit<'a> {
             Op::ExitJump { rip } => {
                 self.get(9, rip);
                 self.st_state(9, off::RIP, 8);
-                // After a store onto code the cached blocks may be stale: the run loop.
-                let at = self.ops.new_dynamic_label();
-                dynasm!(self.ops ; .arch aarch64 ; cbnz x20, =>at);
-                self.deferred.push(Deferred::Leave { at, rip: None, code: exit::NEXT });
-                self.jump_cache();
+                self.jump_cache_checked();
             }
             Op::ExitToLoop { rip } => {
                 self.store_rip(rip);
@@ -729,143 +829,129 @@ impl<'a> Emit<'a> {
         }
     }
 
-    /// x11 = x9 `op` x10 at width `w` (x12, x13 clobbered).
-    fn bin(&mut self, op: Bin, w: Width) {
+    /// x`r` = x`a` `op` x`b` at width `w`, `r` apart from `a` and `b`, which stay
+    /// as they are (x9, x10, x12, x13 clobbered).
+    fn bin(&mut self, op: Bin, w: Width, r: u8, a: u8, b: u8) {
         let bits = 8 * w as u32;
         match op {
-            Bin::Add => dynasm!(self.ops ; .arch aarch64 ; add x11, x9, x10),
-            Bin::Sub => dynasm!(self.ops ; .arch aarch64 ; sub x11, x9, x10),
-            Bin::And => dynasm!(self.ops ; .arch aarch64 ; and x11, x9, x10),
-            Bin::Or => dynasm!(self.ops ; .arch aarch64 ; orr x11, x9, x10),
-            Bin::Xor => dynasm!(self.ops ; .arch aarch64 ; eor x11, x9, x10),
-            Bin::Mul => dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10),
-            Bin::MulHu | Bin::MulHs if w == 8 => {
-                if op == Bin::MulHu {
-                    dynasm!(self.ops ; .arch aarch64 ; umulh x11, x9, x10);
-                } else {
-                    dynasm!(self.ops ; .arch aarch64 ; smulh x11, x9, x10);
-                }
-            }
+            Bin::Add => dynasm!(self.ops ; .arch aarch64 ; add X(r), X(a), X(b)),
+            Bin::Sub => dynasm!(self.ops ; .arch aarch64 ; sub X(r), X(a), X(b)),
+            Bin::And => dynasm!(self.ops ; .arch aarch64 ; and X(r), X(a), X(b)),
+            Bin::Or => dynasm!(self.ops ; .arch aarch64 ; orr X(r), X(a), X(b)),
+            Bin::Xor => dynasm!(self.ops ; .arch aarch64 ; eor X(r), X(a), X(b)),
+            Bin::Mul => dynasm!(self.ops ; .arch aarch64 ; mul X(r), X(a), X(b)),
+            Bin::MulHu if w == 8 => dynasm!(self.ops ; .arch aarch64 ; umulh X(r), X(a), X(b)),
+            Bin::MulHs if w == 8 => dynasm!(self.ops ; .arch aarch64 ; smulh X(r), X(a), X(b)),
             Bin::MulHu | Bin::MulHs => {
                 // The 2w-byte product fits in 64 bits.
-                if op == Bin::MulHu {
-                    self.zext(9, w);
-                    self.zext(10, w);
-                } else {
-                    self.sext(9, w);
-                    self.sext(10, w);
-                }
-                dynasm!(self.ops ; .arch aarch64 ; mul x11, x9, x10 ; movz x12, bits ; asr x11, x11, x12);
+                let signed = op == Bin::MulHs;
+                self.ext(9, a, w, signed);
+                self.ext(10, b, w, signed);
+                dynasm!(self.ops ; .arch aarch64 ; mul X(r), x9, x10 ; movz x12, bits ; asr X(r), X(r), x12);
             }
             Bin::Shl | Bin::Shr | Bin::Sar => {
                 // The count modulo 64 (w = 8) or 32; a count of the width or more
                 // leaves 0 (SAR: the sign), as 64-bit shifts of the extended value do.
                 if w == 8 {
-                    dynasm!(self.ops ; .arch aarch64 ; and x10, x10, #63);
+                    dynasm!(self.ops ; .arch aarch64 ; and x10, X(b), #63);
                 } else {
-                    dynasm!(self.ops ; .arch aarch64 ; and x10, x10, #31);
+                    dynasm!(self.ops ; .arch aarch64 ; and x10, X(b), #31);
                 }
                 match op {
-                    Bin::Shl => dynasm!(self.ops ; .arch aarch64 ; lsl x11, x9, x10),
+                    Bin::Shl => dynasm!(self.ops ; .arch aarch64 ; lsl X(r), X(a), x10),
                     Bin::Shr => {
-                        self.zext(9, w);
-                        dynasm!(self.ops ; .arch aarch64 ; lsr x11, x9, x10);
+                        self.ext(9, a, w, false);
+                        dynasm!(self.ops ; .arch aarch64 ; lsr X(r), x9, x10);
                     }
                     _ => {
-                        self.sext(9, w);
-                        dynasm!(self.ops ; .arch aarch64 ; asr x11, x9, x10);
+                        self.ext(9, a, w, true);
+                        dynasm!(self.ops ; .arch aarch64 ; asr X(r), x9, x10);
                     }
                 }
             }
             Bin::Rol | Bin::Ror => {
                 match w {
-                    8 => {
-                        if op == Bin::Rol {
-                            dynasm!(self.ops ; .arch aarch64 ; neg x10, x10);
-                        }
-                        dynasm!(self.ops ; .arch aarch64 ; ror x11, x9, x10);
-                    }
-                    4 => {
-                        if op == Bin::Rol {
-                            dynasm!(self.ops ; .arch aarch64 ; neg w10, w10);
-                        }
-                        dynasm!(self.ops ; .arch aarch64 ; ror w11, w9, w10);
-                    }
+                    // RORV takes the count modulo the width.
+                    8 if op == Bin::Rol => dynasm!(self.ops ; .arch aarch64 ; neg x10, X(b) ; ror X(r), X(a), x10),
+                    8 => dynasm!(self.ops ; .arch aarch64 ; ror X(r), X(a), X(b)),
+                    4 if op == Bin::Rol => dynasm!(self.ops ; .arch aarch64 ; neg w10, W(b) ; ror W(r), W(a), w10),
+                    4 => dynasm!(self.ops ; .arch aarch64 ; ror W(r), W(a), W(b)),
                     _ => {
                         // Narrow rotates: c = count mod width, then the two shifts
                         // (a shift by the width of the zero-extended value gives 0).
-                        self.zext(9, w);
+                        self.ext(9, a, w, false);
                         dynasm!(self.ops ; .arch aarch64
                             ; movz x12, bits - 1
-                            ; and x10, x10, x12
+                            ; and x10, X(b), x12
                             ; movz x13, bits
                             ; sub x13, x13, x10
                         );
                         if op == Bin::Rol {
-                            dynasm!(self.ops ; .arch aarch64 ; lsl x11, x9, x10 ; lsr x12, x9, x13);
+                            dynasm!(self.ops ; .arch aarch64 ; lsl X(r), x9, x10 ; lsr x12, x9, x13);
                         } else {
-                            dynasm!(self.ops ; .arch aarch64 ; lsr x11, x9, x10 ; lsl x12, x9, x13);
+                            dynasm!(self.ops ; .arch aarch64 ; lsr X(r), x9, x10 ; lsl x12, x9, x13);
                         }
-                        dynasm!(self.ops ; .arch aarch64 ; orr x11, x11, x12);
+                        dynasm!(self.ops ; .arch aarch64 ; orr X(r), X(r), x12);
                     }
                 }
             }
         }
-        self.zext(11, w);
+        self.zext(r, w);
     }
 
-    /// x11 = `op` x9 at width `w` (x12 clobbered).
-    fn un(&mut self, op: Un, w: Width) {
+    /// x`r` = `op` x`a` at width `w`, `r` apart from `a`, which stays as it is (x9,
+    /// x12, x13 clobbered).
+    fn un(&mut self, op: Un, w: Width, r: u8, a: u8) {
         let bits = 8 * w as u32;
         match op {
-            Un::Neg => dynasm!(self.ops ; .arch aarch64 ; neg x11, x9),
-            Un::Not => dynasm!(self.ops ; .arch aarch64 ; mvn x11, x9),
-            Un::Bswap if w == 8 => dynasm!(self.ops ; .arch aarch64 ; rev x11, x9),
-            Un::Bswap => dynasm!(self.ops ; .arch aarch64 ; rev w11, w9),
+            Un::Neg => dynasm!(self.ops ; .arch aarch64 ; neg X(r), X(a)),
+            Un::Not => dynasm!(self.ops ; .arch aarch64 ; mvn X(r), X(a)),
+            Un::Bswap if w == 8 => dynasm!(self.ops ; .arch aarch64 ; rev X(r), X(a)),
+            Un::Bswap => dynasm!(self.ops ; .arch aarch64 ; rev W(r), W(a)),
             Un::Sext => {
-                dynasm!(self.ops ; .arch aarch64 ; mov x11, x9);
-                self.sext(11, w);
+                self.ext(r, a, w, true);
                 return;
             }
-            Un::Zext => dynasm!(self.ops ; .arch aarch64 ; mov x11, x9),
+            Un::Zext => dynasm!(self.ops ; .arch aarch64 ; mov X(r), X(a)),
             Un::Parity => dynasm!(self.ops ; .arch aarch64
-                ; and x11, x9, #0xff
-                ; eor x11, x11, x11, lsr #4
-                ; eor x11, x11, x11, lsr #2
-                ; eor x11, x11, x11, lsr #1
-                ; and x11, x11, #1
-                ; eor x11, x11, #1
+                ; and XSP(r), X(a), #0xff
+                ; eor X(r), X(r), X(r), lsr #4
+                ; eor X(r), X(r), X(r), lsr #2
+                ; eor X(r), X(r), X(r), lsr #1
+                ; and XSP(r), X(r), #1
+                ; eor XSP(r), X(r), #1
             ),
             Un::Ctz => {
                 // A bit at 8w stops the count at the width when the value is 0.
-                self.zext(9, w);
+                self.ext(9, a, w, false);
                 if w < 8 {
-                    dynasm!(self.ops ; .arch aarch64 ; movz x12, 1 ; movz x11, bits ; lsl x12, x12, x11 ; orr x9, x9, x12);
+                    dynasm!(self.ops ; .arch aarch64 ; movz x12, 1 ; movz x13, bits ; lsl x12, x12, x13 ; orr x9, x9, x12);
                 }
-                dynasm!(self.ops ; .arch aarch64 ; rbit x11, x9 ; clz x11, x11);
+                dynasm!(self.ops ; .arch aarch64 ; rbit X(r), x9 ; clz X(r), X(r));
             }
             Un::Clz => {
-                self.zext(9, w);
-                dynasm!(self.ops ; .arch aarch64 ; clz x11, x9);
+                self.ext(9, a, w, false);
+                dynasm!(self.ops ; .arch aarch64 ; clz X(r), x9);
                 if w < 8 {
-                    dynasm!(self.ops ; .arch aarch64 ; sub x11, x11, 64 - bits);
+                    dynasm!(self.ops ; .arch aarch64 ; sub XSP(r), XSP(r), 64 - bits);
                 }
             }
             Un::Popcnt => {
-                self.zext(9, w);
+                self.ext(9, a, w, false);
                 dynasm!(self.ops ; .arch aarch64
                     ; fmov d0, x9
                     ; cnt v0.b8, v0.b8
                     ; addv b0, v0.b8
-                    ; fmov w11, s0
+                    ; fmov W(r), s0
                 );
             }
         }
-        self.zext(11, w);
+        self.zext(r, w);
     }
 
     fn finish(mut self) -> Code {
-        for d in std::mem::take(&mut self.deferred) {
+        // A side exit's code may defer more (its jump-cache check).
+        while let Some(d) = self.deferred.pop() {
             match d {
                 Deferred::Leave { at, rip, code } => {
                     dynasm!(self.ops ; .arch aarch64 ; =>at);
@@ -896,8 +982,19 @@ impl<'a> Emit<'a> {
         dynasm!(self.ops ; .arch aarch64 ; =>epi);
         mov_imm(&mut self.ops, 16, self.env.stubs.epilogue as u64);
         dynasm!(self.ops ; .arch aarch64 ; br x16);
+        // The chain literals, 8-byte aligned in memory (an aligned store re-aims one
+        // atomically); the padding is a UDF word nothing reaches.
+        if !(self.env.base + self.ops.offset().0).is_multiple_of(8) {
+            self.ops.extend([0u8; 4]);
+        }
+        let mut chain_sites = Vec::new();
+        for (lit, stub_off) in std::mem::take(&mut self.literals) {
+            chain_sites.push((self.ops.offset().0, stub_off));
+            dynasm!(self.ops ; .arch aarch64 ; =>lit);
+            self.ops.extend(((self.env.base + stub_off) as u64).to_le_bytes());
+        }
         let bytes = self.ops.finalize().expect("assembling a block");
-        Code { bytes, chain_sites: self.chain_sites }
+        Code { bytes, chain_sites }
     }
 }
 

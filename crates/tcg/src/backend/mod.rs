@@ -1,5 +1,5 @@
 //! Host backends: IR blocks → host code. Each host architecture is one module that
-//! alone knows the host's instructions and registers; [`x64`] is the first.
+//! alone knows the host's instructions and registers: [`x64`] and [`a64`].
 //!
 //! A backend implements [`Backend`]: it allocates host registers for the block's
 //! values and for the guest registers it uses most, emits the soft-TLB probe inline
@@ -121,7 +121,8 @@ impl Helpers {
 /// A block's host code.
 pub struct Code {
     pub bytes: Vec<u8>,
-    /// (jump offset, stub offset) of each chainable exit.
+    /// (site offset, stub offset) of each chainable exit: the run loop writes
+    /// [`Backend::jump`]'s bytes at the site to chain it, and to unchain it again.
     pub chain_sites: Vec<(usize, usize)>,
 }
 
@@ -138,7 +139,8 @@ pub trait Backend {
     fn emit(block: &Block, env: &Env) -> Code;
     /// The entry/exit trampoline, to live at `base`.
     fn trampoline(base: usize, helpers: &Helpers) -> Trampoline;
-    /// The bytes that turn the chainable jump at `site` into a jump to `target`.
+    /// The bytes that, written at chain site `site`, send its exit to `target` (x86-64:
+    /// a JMP rel32; aarch64: the literal its indirect branch loads).
     fn jump(site: usize, target: usize) -> Vec<u8>;
 }
 
