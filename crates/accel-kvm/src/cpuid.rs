@@ -148,6 +148,8 @@ const fn bit(n: u32) -> u32 {
 }
 
 // Leaf 1.
+/// CPUID.1:EDX.HTT: EBX[23:16] counts the package's logical processors.
+const EDX1_HTT: u32 = bit(28);
 const ECX_FMA: u32 = bit(12);
 const ECX_CX16: u32 = bit(13);
 const ECX_PCID: u32 = bit(17);
@@ -302,6 +304,24 @@ pub fn apply_model(entries: &mut Vec<kvm_cpuid_entry2>, model: &CpuModel) -> Res
     }
     if let Some(bits) = o.phys_bits {
         set(0x8000_0008, &mut |e| e.eax = (e.eax & !0xff) | bits);
+    }
+    // The topology of -smp, as the JIT's model reports it (quern_core::topology).
+    let topo = model.topology;
+    let (count, htt) = topo.cpuid_1_count();
+    let amd = entries.iter().any(|e| e.function == 0 && e.ebx == u32::from_le_bytes(*b"Auth"));
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & !0x00ff_0000) | count;
+                // HTT set for several; one CPU keeps what the model says (as QEMU).
+                if htt {
+                    e.edx |= EDX1_HTT;
+                }
+            }
+            0xb if e.index < 2 => [e.eax, e.ebx, e.ecx] = topo.cpuid_0b(e.index),
+            0x8000_0008 if amd => e.ecx = topo.cpuid_amd_80000008_ecx(),
+            _ => {}
+        }
     }
 
     let mut hide = CpuidMask::empty();
@@ -537,6 +557,28 @@ mod tests {
         assert_eq!(get(&e, 1, 0).eax, 0xf61);
         assert_ne!(get(&e, 1, 0).ecx & (1 << 23), 0);
         assert!(e.iter().all(|x| x.function != 0x8000_0008 && !(0x4000_0000..0x4000_0100).contains(&x.function)));
+    }
+
+    #[test]
+    fn the_smp_topology_reaches_the_count_and_topology_leaves() {
+        let topo = quern_core::Topology { sockets: 2, dies: 1, modules: 1, cores: 2, threads: 2 };
+        for (spec, amd) in [("qemu64", false), ("qemu64,vendor=AuthenticAMD", true)] {
+            let mut e = host_table();
+            let mut m = model(spec);
+            m.topology = topo;
+            apply_model(&mut e, &m).unwrap();
+            let l1 = get(&e, 1, 0);
+            assert_eq!((l1.ebx >> 16 & 0xff, l1.edx & EDX1_HTT), (4, EDX1_HTT), "{spec}");
+            let b = get(&e, 0xb, 0);
+            assert_eq!((b.eax, b.ebx, b.ecx), (1, 2, 0x100), "{spec}");
+            let want = if amd { 2 << 12 | 3 } else { 0 };
+            assert_eq!(get(&e, 0x8000_0008, 0).ecx, want, "{spec}");
+        }
+        // One CPU: no count, whatever the host's table said.
+        let mut e = host_table();
+        e.iter_mut().filter(|x| x.function == 1).for_each(|x| x.ebx |= 8 << 16);
+        apply_model(&mut e, &model("qemu64")).unwrap();
+        assert_eq!(get(&e, 1, 0).ebx >> 16 & 0xff, 0);
     }
 
     #[test]

@@ -441,6 +441,8 @@ pub struct CpuModel {
     pub enforce: bool,
     /// `kvm=off`: hide KVM's paravirtual signature leaves.
     pub hide_kvm: bool,
+    /// The CPUs' arrangement (`-smp`), which CPUID's topology fields report.
+    pub topology: crate::Topology,
 }
 
 impl Default for CpuModel {
@@ -479,6 +481,7 @@ impl CpuModel {
             overrides: Overrides::default(),
             enforce: false,
             hide_kvm: false,
+            topology: crate::Topology::default(),
         }
     }
 

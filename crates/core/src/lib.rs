@@ -13,6 +13,8 @@
 //! - [`regs`]: neutral x86 register types, converted per backend.
 //! - [`cpu_model`]: CPU models for `-cpu` (vendor, family, CPUID features), shared by
 //!   both accelerators.
+//! - [`topology`]: the CPU topology of `-smp`, and the APIC IDs and CPUID fields it
+//!   gives.
 //! - [`cpu`]: the vCPU and accelerator traits, and [`cpu::VmOps`], the one callback
 //!   interface through which either accelerator reaches the machine.
 
@@ -25,6 +27,7 @@ pub mod irq;
 pub mod log_limit;
 pub mod memory;
 pub mod regs;
+pub mod topology;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use clock::{Clock, HostClock, TimerDevice};
@@ -33,3 +36,4 @@ pub use cpu_model::CpuModel;
 pub use events::{MachineControl, MachineEvent};
 pub use irq::{IrqLine, NullIrq, TestIrq};
 pub use memory::{GuestMemory, MemoryError, RegionKind};
+pub use topology::Topology;

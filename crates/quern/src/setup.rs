@@ -163,7 +163,8 @@ pub fn cpu_help() -> String {
 /// Creates the first accelerator that works, in the order the options give (QEMU's
 /// `accel=kvm:tcg` fallback); the errors of all that failed if none does.
 pub fn make_accelerator(o: &Options, cpus: u32, mem: Arc<GuestMemory>) -> Result<SharedAccelerator, String> {
-    let cpu = CpuModel::parse(&o.cpu).map_err(|e| format!("-cpu {}: {e}", o.cpu))?;
+    let mut cpu = CpuModel::parse(&o.cpu).map_err(|e| format!("-cpu {}: {e}", o.cpu))?;
+    cpu.topology = o.topology;
     let mut errors = Vec::new();
     for choice in &o.accels {
         match try_accelerator(o, choice, &cpu, cpus, mem.clone()) {

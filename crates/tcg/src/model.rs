@@ -56,6 +56,8 @@ pub fn supported() -> FeatureSet {
 pub const MCE_BANKS: usize = 10;
 const MCG_CTL_P: u64 = 1 << 8;
 const MCG_SER_P: u64 = 1 << 24;
+/// CPUID.1:EDX.HTT ("ht"): EBX[23:16] counts the package's logical processors.
+const CPUID_1_EDX_HTT: u32 = 1 << 28;
 
 /// Leaves whose output depends on the sub-leaf in ECX.
 fn has_subleaves(leaf: u32) -> bool {
@@ -154,20 +156,26 @@ impl TcgCpuModel {
         let (vb, vd, vc) = self.vendor.words();
         let mut put = |leaf: u32, sub: u32, regs: [u32; 4]| self.leaves.push(((leaf, sub), regs));
         put(0, 0, [self.level, vb, vc, vd]);
-        // EBX: CLFLUSH line size 64 bytes (in 8-byte units), one logical CPU, APIC ID 0.
-        let ebx1 = if f.contains(feature::CLFLUSH) { 8 << 8 } else { 0 };
-        put(1, 0, [self.signature, ebx1, w(FeatureWord::Leaf1Ecx), w(FeatureWord::Leaf1Edx)]);
+        // EBX: CLFLUSH line size 64 bytes (in 8-byte units), the logical processors of
+        // a package (with HTT set when there are several), APIC ID (the vCPU's own,
+        // put in when CPUID runs).
+        let topo = model.topology;
+        let (count, htt) = topo.cpuid_1_count();
+        let ebx1 = if f.contains(feature::CLFLUSH) { 8 << 8 } else { 0 } | count;
+        let edx1 = w(FeatureWord::Leaf1Edx) | if htt { CPUID_1_EDX_HTT } else { 0 };
+        put(1, 0, [self.signature, ebx1, w(FeatureWord::Leaf1Ecx), edx1]);
         // Leaf 2 as QEMU's legacy cache: L1d 32K, L1i 32K, L2 2M, L3 16M descriptors.
         put(2, 0, [1, 0, 0x4d, 0x002c_307d]);
         let (ebx7, ecx7, edx7, eax71) =
             (w(FeatureWord::Leaf7Ebx), w(FeatureWord::Leaf7Ecx), w(FeatureWord::Leaf7Edx), w(FeatureWord::Leaf7s1Eax));
         put(7, 0, [u32::from(eax71 != 0), ebx7, ecx7, edx7]);
         put(7, 1, [eax71, 0, 0, 0]);
-        // Extended topology (what x2APIC guests read): one thread of one core, x2APIC
-        // ID 0. Sub-leaf 0 is the SMT level, 1 the core level (shift 0, one logical
-        // CPU each); 2 and beyond read zeros, which ends the enumeration.
-        put(0xb, 0, [0, 1, 1 << 8, 0]);
-        put(0xb, 1, [0, 1, 2 << 8 | 1, 0]);
+        // Extended topology (what x2APIC guests read; sub-leaves past 1 read zeros).
+        // EDX, the x2APIC ID, is the vCPU's own.
+        for sub in 0..2 {
+            let [a, b, c] = topo.cpuid_0b(sub);
+            put(0xb, sub, [a, b, c, 0]);
+        }
         self.leaves.retain(|&((l, _), _)| l <= self.level);
 
         let mut ext = Vec::new();
@@ -194,7 +202,8 @@ impl TcgCpuModel {
         ext.push((0x8000_0006, [0, 0x4200_4200, 0x0200_8140, 0]));
         ext.push((0x8000_0007, [0, 0, 0, w(FeatureWord::Ext7Edx)]));
         let phys = model.overrides.phys_bits.unwrap_or(40);
-        ext.push((0x8000_0008, [phys | 48 << 8, w(FeatureWord::Ext8Ebx), 0, 0]));
+        let ecx8 = if self.vendor.is_amd() { topo.cpuid_amd_80000008_ecx() } else { 0 };
+        ext.push((0x8000_0008, [phys | 48 << 8, w(FeatureWord::Ext8Ebx), ecx8, 0]));
         for (leaf, regs) in ext {
             if leaf <= self.xlevel {
                 self.leaves.push(((leaf, 0), regs));
@@ -376,6 +385,24 @@ mod tests {
         assert_eq!(m.cpuid(0xb, 0), (0, 1, 0x100, 0));
         assert_eq!(m.cpuid(0xb, 1), (0, 1, 0x201, 0));
         assert_eq!(m.cpuid(0xb, 2).1, 0);
+    }
+
+    #[test]
+    fn topology_leaves_follow_smp() {
+        // -smp 8,sockets=2,cores=2,threads=2 on qemu64 (AMD): four logical processors
+        // a package; threads 1 bit, cores 1 bit, so packages start at APIC ID 4.
+        let mut cpu = CpuModel::default();
+        cpu.topology = quern_core::Topology { sockets: 2, dies: 1, modules: 1, cores: 2, threads: 2 };
+        let m = TcgCpuModel::new(&cpu).unwrap();
+        let (_, ebx, _, edx) = m.cpuid(1, 0);
+        assert_eq!((ebx >> 16 & 0xff, edx & CPUID_1_EDX_HTT), (4, CPUID_1_EDX_HTT));
+        assert_eq!(m.cpuid(0xb, 0), (1, 2, 0x100, 0));
+        assert_eq!(m.cpuid(0xb, 1), (2, 4, 0x201, 0));
+        assert_eq!(m.cpuid(0x8000_0008, 0).2, 2 << 12 | 3);
+        // One CPU: no HTT, no count.
+        let one = TcgCpuModel::new(&CpuModel::default()).unwrap();
+        assert_eq!((one.cpuid(1, 0).1 >> 16 & 0xff, one.cpuid(1, 0).3 & CPUID_1_EDX_HTT), (0, 0));
+        assert_eq!(one.cpuid(0x8000_0008, 0).2, 0);
     }
 
     #[test]

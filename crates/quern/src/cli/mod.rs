@@ -84,6 +84,8 @@ pub enum Device {
 pub struct Options {
     pub ram_bytes: u64,
     pub cpus: u32,
+    /// `-smp`'s sockets, dies, clusters, cores and threads (maxcpus is their product).
+    pub topology: quern_core::Topology,
     /// Accelerators in the order to try them (never empty).
     pub accels: Vec<AccelChoice>,
     /// `kernel-irqchip=` from `-machine`, for KVM.
@@ -175,7 +177,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action> {
 #[derive(Default)]
 struct Builder {
     ram_bytes: Option<u64>,
-    cpus: Option<u32>,
+    cpus: Option<(u32, quern_core::Topology)>,
     machine: Opts,
     accel: Vec<AccelChoice>,
     enable_kvm: bool,
@@ -407,7 +409,8 @@ impl Builder {
         let drives = self.drives.finish().map_err(CliError)?;
         Ok(Options {
             ram_bytes: self.ram_bytes.unwrap_or(128 << 20),
-            cpus: self.cpus.unwrap_or(1),
+            cpus: self.cpus.map_or(1, |c| c.0),
+            topology: self.cpus.map(|c| c.1).unwrap_or_default(),
             accels,
             machine_irqchip,
             cpu: self.cpu.unwrap_or_else(|| "qemu64".into()),
@@ -484,8 +487,9 @@ fn parse_memory(v: &str) -> std::result::Result<u64, String> {
 }
 
 /// `-smp [cpus=]N[,maxcpus=M][,sockets=S][,dies=D][,clusters=C][,cores=C][,threads=T]`:
-/// the number of CPUs at start, as QEMU derives it.
-fn parse_smp(v: &str) -> std::result::Result<u32, String> {
+/// the number of CPUs at start and the topology, as QEMU derives them (x86 calls
+/// clusters modules).
+fn parse_smp(v: &str) -> std::result::Result<(u32, quern_core::Topology), String> {
     let o = Opts::parse(v, Some("cpus"))?;
     const KEYS: [&str; 7] = ["cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads"];
     if let Some(k) = o.unknown_key(&KEYS) {
@@ -537,7 +541,7 @@ fn parse_smp(v: &str) -> std::result::Result<u32, String> {
     if maxcpus < cpus {
         return Err(format!("maxcpus ({maxcpus}) must be at least cpus ({cpus})"));
     }
-    Ok(cpus)
+    Ok((cpus, quern_core::Topology { sockets, dies, modules: clusters, cores, threads }))
 }
 
 /// `-boot` as given: each `None` where the option did not say.

@@ -167,6 +167,11 @@ fn smp_forms() {
     assert!(err(&["-smp", "4,maxcpus=2"]).contains("maxcpus"));
     assert!(err(&["-smp", "4,sockets=1,cores=2,threads=1"]).contains("topology"));
     assert_eq!(run(&["-smp", "4,sockets=1,cores=2"]).cpus, 4, "threads=2 derived, as QEMU does");
+    let t = run(&["-smp", "4,sockets=1,cores=2"]).topology;
+    assert_eq!((t.sockets, t.dies, t.modules, t.cores, t.threads), (1, 1, 1, 2, 2));
+    let t = run(&["-smp", "8,sockets=2,dies=2,clusters=2"]).topology;
+    assert_eq!((t.sockets, t.dies, t.modules, t.cores, t.threads), (2, 2, 2, 1, 1), "cores derived");
+    assert_eq!(run(&[]).topology, quern_core::Topology::default());
     assert_eq!(run(&["-smp", "1,sockets=1,cores=1,threads=1"]).cpus, 1);
     assert_eq!(run(&["-smp", "cores=2"]).cpus, 2);
 }
