@@ -83,6 +83,9 @@ const PCI_MMIO_END: u64 = IOAPIC_BASE - 1;
 #[derive(Clone, Copy, Debug)]
 pub struct AcpiConfig {
     pub cpus: u8,
+    /// The CPUs' arrangement: CPU n's MADT entry carries `topology.apic_id(n)` (the
+    /// default numbers them 0, 1, 2, ...).
+    pub topology: quern_core::Topology,
     /// Base port of the PM1a event (+0, 4 bytes), PM1a control (+4, 2) and PM timer
     /// (+8, 4) blocks.
     pub pm_base: u16,
@@ -97,6 +100,8 @@ pub struct AcpiConfig {
 pub enum AcpiError {
     #[error("ACPI tables: {0} CPUs do not fit the MADT; give 1 to 255")]
     Cpus(u8),
+    #[error("ACPI tables: this topology gives CPU {0} the APIC ID {1}, past the xAPIC's 254")]
+    ApicId(u8, u32),
     #[error("ACPI tables: the PCI MMIO window cannot start at {0:#x} (give 1 MiB to {PCI_MMIO_END:#x})")]
     PciWindow(u64),
     #[error("ACPI tables need RAM at {RSDP_ADDR:#x}, but the BIOS area is ROM there (firmware brings its own tables)")]
@@ -169,6 +174,10 @@ const LOADER_NAME_LEN: usize = 56;
 pub fn build_acpi_tables(cfg: &AcpiConfig) -> Result<AcpiBlob, AcpiError> {
     if cfg.cpus == 0 {
         return Err(AcpiError::Cpus(cfg.cpus));
+    }
+    let last = cfg.cpus - 1;
+    if cfg.topology.apic_id(u32::from(last)) > 254 {
+        return Err(AcpiError::ApicId(last, cfg.topology.apic_id(u32::from(last))));
     }
     if !(HIGH_MEMORY_START..PCI_MMIO_END).contains(&cfg.pci_mmio_base) {
         return Err(AcpiError::PciWindow(cfg.pci_mmio_base));
@@ -590,7 +599,8 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     t.append_slice(&(LAPIC_BASE as u32).to_le_bytes());
     t.append_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     for cpu in 0..cfg.cpus {
-        t.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled)));
+        let id = cfg.topology.apic_id(u32::from(cpu)) as u8;
+        t.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, id, EnabledStatus::Enabled)));
     }
     t.append_slice(&aml_bytes(&IoApic::new(IOAPIC_ID, IOAPIC_BASE as u32, 0)));
     // ISA IRQ0 (PIT) is wired to I/O APIC pin 2, with the ISA bus's edge/high.
@@ -639,7 +649,7 @@ mod tests {
     }
 
     fn config(cpus: u8) -> AcpiConfig {
-        AcpiConfig { cpus, pm_base: 0x600, sci_irq: 9, pci_mmio_base: 256 * MIB }
+        AcpiConfig { cpus, topology: Default::default(), pm_base: 0x600, sci_irq: 9, pci_mmio_base: 256 * MIB }
     }
 
     /// Writes the tables for `cfg` into a 256 MiB machine and returns the DSDT and MADT
@@ -1093,6 +1103,19 @@ mod tests {
         let with_bios = MemoryLayout::new(64 * MIB, 128 * 1024).unwrap();
         let mem = with_bios.build_memory().unwrap();
         assert!(matches!(write_acpi_tables(&mem, &config(1)), Err(AcpiError::NotRam)));
+    }
+
+    #[test]
+    fn madt_apic_ids_follow_the_topology() {
+        // Two sockets of three cores: the core field is two bits wide.
+        let topology = quern_core::Topology { sockets: 2, cores: 3, ..Default::default() };
+        let (_, madt) = dsdt_and_madt(&AcpiConfig { topology, ..config(6) });
+        let ids: Vec<(u8, u8)> = madt_structs(&madt).iter().filter(|s| s[0] == 0).map(|s| (s[2], s[3])).collect();
+        assert_eq!(ids, [(0, 0), (1, 1), (2, 2), (3, 4), (4, 5), (5, 6)], "(processor UID, APIC ID)");
+        // 128 sockets of three cores: CPU 254 (socket 84, core 2) would be APIC ID 338.
+        let topology = quern_core::Topology { sockets: 128, cores: 3, ..Default::default() };
+        let e = build_acpi_tables(&AcpiConfig { topology, ..config(255) }).unwrap_err();
+        assert!(matches!(e, AcpiError::ApicId(254, 338)), "{e}");
     }
 
     #[test]

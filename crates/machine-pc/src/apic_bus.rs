@@ -27,11 +27,17 @@ pub struct ApicBus {
 }
 
 impl ApicBus {
-    /// One local APIC per vCPU (APIC ID = index, vCPU 0 the bootstrap processor) and
-    /// the IOAPIC with ID `ioapic_id`.
-    pub fn new(cpus: u32, clock: Arc<dyn Clock>, wakers: Vec<Arc<CpuWaker>>, ioapic_id: u8) -> Arc<Self> {
-        let lapics =
-            (0..cpus).map(|id| Arc::new(Mutex::new(LocalApic::new(id, id == 0, clock.clone(), TSC_HZ)))).collect();
+    /// One local APIC per vCPU (APIC IDs from `topology`, vCPU 0 the bootstrap
+    /// processor) and the IOAPIC with ID `ioapic_id`.
+    pub fn new(
+        cpus: u32,
+        topology: quern_core::Topology,
+        clock: Arc<dyn Clock>,
+        wakers: Vec<Arc<CpuWaker>>,
+        ioapic_id: u8,
+    ) -> Arc<Self> {
+        let lapic = |i: u32| Arc::new(Mutex::new(LocalApic::new(topology.apic_id(i), i == 0, clock.clone(), TSC_HZ)));
+        let lapics = (0..cpus).map(lapic).collect();
         Arc::new(ApicBus { lapics, ioapic: Arc::new(Mutex::new(IoApic::new(ioapic_id))), wakers })
     }
 

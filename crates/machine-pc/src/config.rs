@@ -51,6 +51,8 @@ pub struct MachineConfig {
     pub ram_bytes: u64,
     /// Number of vCPUs (-smp).
     pub cpus: u32,
+    /// Their arrangement (-smp sockets=,cores=,...): the APIC IDs follow it.
+    pub topology: quern_core::Topology,
     /// Linux bzImage, vmlinux ELF or Multiboot kernel (-kernel).
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -86,6 +88,7 @@ impl Default for MachineConfig {
         MachineConfig {
             ram_bytes: 128 << 20,
             cpus: 1,
+            topology: quern_core::Topology::default(),
             kernel: None,
             initrd: None,
             append: String::new(),

@@ -171,6 +171,7 @@ pub fn install(
     let cpus = u8::try_from(cfg.cpus).map_err(|_| MachineError::Config(format!("-smp {}: too many CPUs", cfg.cpus)))?;
     let acpi = build_acpi_tables(&AcpiConfig {
         cpus,
+        topology: cfg.topology,
         pm_base: ACPI_PM_BASE,
         sci_irq: ACPI_SCI_IRQ,
         pci_mmio_base: layout.below_4g,
@@ -323,8 +324,14 @@ mod tests {
     fn fw_cfg_holds_what_seabios_reads() {
         let mem = machine_memory();
         let layout = MemoryLayout::new(64 * MIB, 256 * KIB).unwrap();
-        let acpi =
-            build_acpi_tables(&AcpiConfig { cpus: 2, pm_base: 0x600, sci_irq: 9, pci_mmio_base: 64 * MIB }).unwrap();
+        let acpi = build_acpi_tables(&AcpiConfig {
+            cpus: 2,
+            topology: Default::default(),
+            pm_base: 0x600,
+            sci_irq: 9,
+            pci_mmio_base: 64 * MIB,
+        })
+        .unwrap();
         let (vendor, version, date) = firmware_identity(b"xxSeaBIOS (version 1.16.2-debian-1.16.2-1)\0");
         assert_eq!((vendor.as_str(), version.as_str()), ("SeaBIOS", "1.16.2-debian-1.16.2-1"));
         // Debian's build prints the banner with a format; the version is stored apart.

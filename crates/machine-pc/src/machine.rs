@@ -110,6 +110,7 @@ pub struct PcMachine {
     no_reboot: bool,
     no_shutdown: bool,
     cpus: u32,
+    topology: quern_core::Topology,
     timers: Option<TimerThread>,
     rearm: Arc<TimerRearm>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
@@ -163,7 +164,7 @@ impl PcMachine {
         let clock = Arc::new(HostClock::new());
         // The APICs are ours when the PIC is: KVM's in-kernel irqchip brings its own.
         let apics = userspace_irqchip(&accel)
-            .then(|| ApicBus::new(cfg.cpus, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
+            .then(|| ApicBus::new(cfg.cpus, cfg.topology, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
         let mut chipset =
             Chipset::build(&mut cfg, &layout, &mem, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
         if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
@@ -194,6 +195,7 @@ impl PcMachine {
             no_reboot: cfg.no_reboot,
             no_shutdown: cfg.no_shutdown,
             cpus: cfg.cpus,
+            topology: cfg.topology,
             timers,
             rearm,
             triple_faults,
@@ -229,6 +231,7 @@ impl PcMachine {
                     &self.mem,
                     &AcpiConfig {
                         cpus: self.cpus as u8,
+                        topology: self.topology,
                         pm_base: ACPI_PM_BASE,
                         sci_irq: ACPI_SCI_IRQ,
                         pci_mmio_base: self.layout.below_4g,

@@ -125,6 +125,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
     let mut cfg = MachineConfig {
         ram_bytes: o.ram_bytes,
         cpus: o.cpus,
+        topology: o.topology,
         kernel: o.kernel.clone(),
         initrd: o.initrd.clone(),
         append: o.append.clone().unwrap_or_default(),
