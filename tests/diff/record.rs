@@ -99,8 +99,8 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// FNV-1a over the case's guest code and initial registers: what identifies a case
-/// across builds of the generator.
+/// FNV-1a over the case's guest code and its whole initial state: what identifies a
+/// case across builds of the generator.
 fn case_hash(case: &Case) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |b: &[u8]| {
@@ -112,11 +112,21 @@ fn case_hash(case: &Case) -> u64 {
     case.gprs.iter().for_each(|g| eat(&g.to_le_bytes()));
     eat(&case.rflags.to_le_bytes());
     eat(&case.data);
+    eat(&case.stack);
+    case.xmm.iter().for_each(|x| eat(x));
+    eat(&case.mxcsr.to_le_bytes());
+    let x = &case.x87;
+    eat(&[x.fcw.to_le_bytes(), x.fsw.to_le_bytes(), [x.ftw, 0]].concat());
+    x.st.iter().for_each(|r| eat(r));
     h
 }
 
 fn features_bits(f: &Features) -> u64 {
     u64::from(f.popcnt) | u64::from(f.lzcnt) << 1 | u64::from(f.bmi1) << 2 | u64::from(f.cx16) << 3
+}
+
+fn features_from_bits(f: u64) -> Features {
+    Features { popcnt: f & 1 != 0, lzcnt: f & 2 != 0, bmi1: f & 4 != 0, cx16: f & 8 != 0 }
 }
 
 /// Writes `header` and the native outcomes of `cases` to `path`.
@@ -187,8 +197,7 @@ impl Record {
         }
         let seed = r.u64()?;
         let random = r.u64()?;
-        let f = r.u64()?;
-        let features = Features { popcnt: f & 1 != 0, lzcnt: f & 2 != 0, bmi1: f & 4 != 0, cx16: f & 8 != 0 };
+        let features = features_from_bits(r.u64()?);
         let with_16bit = r.u64()? != 0;
         let epilogues = Epilogues { long: r.u64()?, compat: r.u64()?, code16: r.u64()? };
         let header = Header { seed, random, features, with_16bit, epilogues };

@@ -148,8 +148,6 @@ const fn bit(n: u32) -> u32 {
 }
 
 // Leaf 1.
-/// CPUID.1:EDX.HTT: EBX[23:16] counts the package's logical processors.
-const EDX1_HTT: u32 = bit(28);
 const ECX_FMA: u32 = bit(12);
 const ECX_CX16: u32 = bit(13);
 const ECX_PCID: u32 = bit(17);
@@ -314,9 +312,7 @@ pub fn apply_model(entries: &mut Vec<kvm_cpuid_entry2>, model: &CpuModel) -> Res
             1 => {
                 e.ebx = (e.ebx & !0x00ff_0000) | count;
                 // HTT set for several; one CPU keeps what the model says (as QEMU).
-                if htt {
-                    e.edx |= EDX1_HTT;
-                }
+                e.edx |= htt;
             }
             0xb if e.index < 2 => [e.eax, e.ebx, e.ecx] = topo.cpuid_0b(e.index),
             0x8000_0008 if amd => e.ecx = topo.cpuid_amd_80000008_ecx(),
@@ -568,7 +564,8 @@ mod tests {
             m.topology = topo;
             apply_model(&mut e, &m).unwrap();
             let l1 = get(&e, 1, 0);
-            assert_eq!((l1.ebx >> 16 & 0xff, l1.edx & EDX1_HTT), (4, EDX1_HTT), "{spec}");
+            let htt = quern_core::topology::CPUID_1_EDX_HTT;
+            assert_eq!((l1.ebx >> 16 & 0xff, l1.edx & htt), (4, htt), "{spec}");
             let b = get(&e, 0xb, 0);
             assert_eq!((b.eax, b.ebx, b.ecx), (1, 2, 0x100), "{spec}");
             let want = if amd { 2 << 12 | 3 } else { 0 };

@@ -8,6 +8,9 @@
 //! are not powers of two have gaps (three cores take IDs 0, 1, 2 and the next package
 //! starts at 4). CPUID's extended-topology leaves report the field offsets.
 
+/// CPUID.1:EDX.HTT ("ht"): EBX[23:16] counts the package's logical processors.
+pub const CPUID_1_EDX_HTT: u32 = 1 << 28;
+
 /// Counts at each level, each at least 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Topology {
@@ -72,14 +75,14 @@ impl Topology {
         s << self.package_offset() | d << self.die_offset() | m << self.module_offset() | c << self.core_offset() | t
     }
 
-    /// CPUID.1:EBX[23:16], the package's logical processors (0 for one), and whether
-    /// EDX.HTT says that field is valid.
-    pub fn cpuid_1_count(&self) -> (u32, bool) {
+    /// CPUID.1:EBX[23:16], the package's logical processors (0 for one), and the EDX
+    /// bits to set with it: HTT (that field is valid) when there are several.
+    pub fn cpuid_1_count(&self) -> (u32, u32) {
         let n = self.per_package().min(255);
         if n > 1 {
-            (n << 16, true)
+            (n << 16, CPUID_1_EDX_HTT)
         } else {
-            (0, false)
+            (0, 0)
         }
     }
 

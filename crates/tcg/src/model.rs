@@ -56,8 +56,6 @@ pub fn supported() -> FeatureSet {
 pub const MCE_BANKS: usize = 10;
 const MCG_CTL_P: u64 = 1 << 8;
 const MCG_SER_P: u64 = 1 << 24;
-/// CPUID.1:EDX.HTT ("ht"): EBX[23:16] counts the package's logical processors.
-const CPUID_1_EDX_HTT: u32 = 1 << 28;
 
 /// Leaves whose output depends on the sub-leaf in ECX.
 fn has_subleaves(leaf: u32) -> bool {
@@ -162,7 +160,7 @@ impl TcgCpuModel {
         let topo = model.topology;
         let (count, htt) = topo.cpuid_1_count();
         let ebx1 = if f.contains(feature::CLFLUSH) { 8 << 8 } else { 0 } | count;
-        let edx1 = w(FeatureWord::Leaf1Edx) | if htt { CPUID_1_EDX_HTT } else { 0 };
+        let edx1 = w(FeatureWord::Leaf1Edx) | htt;
         put(1, 0, [self.signature, ebx1, w(FeatureWord::Leaf1Ecx), edx1]);
         // Leaf 2 as QEMU's legacy cache: L1d 32K, L1i 32K, L2 2M, L3 16M descriptors.
         put(2, 0, [1, 0, 0x4d, 0x002c_307d]);
@@ -389,6 +387,7 @@ mod tests {
 
     #[test]
     fn topology_leaves_follow_smp() {
+        use quern_core::topology::CPUID_1_EDX_HTT;
         // -smp 8,sockets=2,cores=2,threads=2 on qemu64 (AMD): four logical processors
         // a package; threads 1 bit, cores 1 bit, so packages start at APIC ID 4.
         let mut cpu = CpuModel::default();

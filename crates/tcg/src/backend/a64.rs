@@ -275,8 +275,9 @@ impl<'a> Emit<'a> {
 
     /// The register that holds value `v`: its own, or `scratch` loaded with it.
     fn src(&mut self, v: Val, scratch: u8) -> u8 {
+        // (Constants have no place: they are materialized.)
         match self.loc[v.0 as usize] {
-            Some(Loc::Reg(x)) if self.konst[v.0 as usize].is_none() => x,
+            Some(Loc::Reg(x)) => x,
             _ => {
                 self.get(scratch, v);
                 scratch
@@ -312,15 +313,11 @@ impl<'a> Emit<'a> {
 
     /// Stores x`r` as value `d`.
     fn put(&mut self, d: Val, r: u8) {
-        match self.dst(d) {
-            11 if r == 11 => self.spill(d),
-            11 => {
-                dynasm!(self.ops ; .arch aarch64 ; mov x11, X(r));
-                self.spill(d);
-            }
-            x if x != r => dynasm!(self.ops ; .arch aarch64 ; mov X(x), X(r)),
-            _ => {}
+        let x = self.dst(d);
+        if x != r {
+            dynasm!(self.ops ; .arch aarch64 ; mov X(x), X(r));
         }
+        self.spill(d);
     }
 
     /// Gives back the places of values op `i` read for the last time, and of a value
