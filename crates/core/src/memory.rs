@@ -17,12 +17,13 @@
 //! may race with itself as real hardware allows, so access goes through raw pointers
 //! with copies, never through Rust references into guest RAM.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::{MmapMut, MmapOptions};
 use thiserror::Error;
 
-/// Size of the pages that dirty tracking and the soft-MMU work in.
+/// Size of the pages that code tracking and the soft-MMU work in.
 pub const PAGE_SIZE: u64 = 4096;
 
 #[derive(Debug, Error)]
@@ -117,10 +118,20 @@ pub struct GuestMemory {
     /// Bumped by every view switch.
     generation: AtomicU64,
     backings: Vec<MmapMut>,
-    /// One bit a page of each RAM region's backing, set by writes that did not come
-    /// from a vCPU (loaders, DMA). The JIT reads and clears it to find stale
-    /// translations.
-    dirty: Vec<Vec<AtomicU64>>,
+    /// One word a page of each region: bit `i` set while vCPU `i` of the JIT holds
+    /// translations of the page's bytes ([`GuestMemory::claim_code`]).
+    code: Vec<Vec<AtomicU64>>,
+    /// Told when the host (a loader, DMA) writes a page some vCPU holds code from.
+    observer: OnceLock<Arc<dyn CodeObserver>>,
+}
+
+/// What the JIT keeps of pages it translated code from, as host writes concern it.
+pub trait CodeObserver: Send + Sync {
+    /// The host wrote guest-physical page `page` (address >> 12), from which the vCPUs
+    /// in the bit mask `owners` hold translations.
+    fn host_wrote_code(&self, page: u64, owners: u64);
+    /// For the JIT to find its own type again behind the trait.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 impl std::fmt::Debug for GuestMemory {
@@ -164,9 +175,8 @@ impl GuestMemory {
                 current: AtomicUsize::new(0),
             });
         }
-        let dirty =
-            regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE * 64)).map(|_| AtomicU64::new(0)).collect()).collect();
-        Ok(GuestMemory { regions, generation: AtomicU64::new(0), backings, dirty })
+        let code = regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE)).map(|_| AtomicU64::new(0)).collect()).collect();
+        Ok(GuestMemory { regions, generation: AtomicU64::new(0), backings, code, observer: OnceLock::new() })
     }
 
     /// Gives the region that starts at `guest_base` another view (before the memory is
@@ -229,7 +239,7 @@ impl GuestMemory {
         }
         // SAFETY: [off, off+len) lies inside the view, which lies inside its backing.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), host.add(off as usize), buf.len()) };
-        self.mark_dirty(i, off, buf.len() as u64);
+        self.host_wrote(i, off, buf.len() as u64);
         Ok(())
     }
 
@@ -295,7 +305,7 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Copies `buf` to guest memory at `addr`, marking the pages dirty. Writes to ROM
+    /// Copies `buf` to guest memory at `addr` (telling the JIT of code it overwrote). Writes to ROM
     /// are allowed: this is the host's (loader's) view, not the guest's.
     pub fn write(&self, mut addr: u64, mut buf: &[u8]) -> Result<(), MemoryError> {
         let whole = (addr, buf.len());
@@ -306,7 +316,7 @@ impl GuestMemory {
             let n = buf.len().min(r.size as usize - off);
             // SAFETY: [off, off+n) lies in the region; buf is a distinct host buffer.
             unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), r.host_addr.add(off), n) };
-            self.mark_dirty(i, off as u64, n as u64);
+            self.host_wrote(i, off as u64, n as u64);
             addr += n as u64;
             buf = &buf[n..];
         }
@@ -325,30 +335,55 @@ impl GuestMemory {
         Ok(())
     }
 
-    fn mark_dirty(&self, region: usize, off: u64, len: u64) {
+    /// After a host write: pages some vCPU holds translations of go to the observer.
+    /// The fence pairs with the one in [`Self::claim_code`]: either the write is seen by
+    /// a translation made after the claim, or the claim is seen here.
+    fn host_wrote(&self, region: usize, off: u64, len: u64) {
         if len == 0 {
             return;
         }
-        let bits = &self.dirty[region];
+        fence(Ordering::SeqCst);
+        let words = &self.code[region];
         for page in off / PAGE_SIZE..=(off + len - 1) / PAGE_SIZE {
-            bits[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Relaxed);
+            let owners = words[page as usize].load(Ordering::Relaxed);
+            if owners != 0 {
+                if let Some(o) = self.observer.get() {
+                    o.host_wrote_code((self.regions[region].guest_base >> 12) + page, owners);
+                }
+            }
         }
     }
 
-    /// Whether the page at `addr` was written by the host since the last `take_dirty`.
-    pub fn is_dirty(&self, addr: u64) -> bool {
-        let Some(i) = self.region_index(addr) else { return false };
-        let page = (addr - self.regions[i].guest_base) / PAGE_SIZE;
-        self.dirty[i][(page / 64) as usize].load(Ordering::Relaxed) & (1u64 << (page % 64)) != 0
+    /// The code-owner word of the page holding `addr`, if it is RAM or ROM.
+    fn code_word(&self, addr: u64) -> Option<&AtomicU64> {
+        let i = self.region_index(addr)?;
+        self.code[i].get(((addr - self.regions[i].guest_base) / PAGE_SIZE) as usize)
     }
 
-    /// Returns whether the page holding `addr` was written by the host since the last
-    /// call for that page, and clears the mark.
-    pub fn take_dirty(&self, addr: u64) -> bool {
-        let Some(i) = self.region_index(addr) else { return false };
-        let page = (addr - self.regions[i].guest_base) / PAGE_SIZE;
-        let bit = 1u64 << (page % 64);
-        self.dirty[i][(page / 64) as usize].fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    /// The vCPUs (a bit each) holding translations of the page at `addr`.
+    pub fn code_owners(&self, addr: u64) -> u64 {
+        self.code_word(addr).map_or(0, |w| w.load(Ordering::SeqCst))
+    }
+
+    /// Marks the page at `addr` as holding code for the vCPUs in `bits`, before they
+    /// read it; returns the owners before.
+    pub fn claim_code(&self, addr: u64, bits: u64) -> u64 {
+        let prev = self.code_word(addr).map_or(0, |w| w.fetch_or(bits, Ordering::SeqCst));
+        fence(Ordering::SeqCst);
+        prev
+    }
+
+    /// The vCPUs in `bits` dropped their translations of the page at `addr`.
+    pub fn release_code(&self, addr: u64, bits: u64) {
+        if let Some(w) = self.code_word(addr) {
+            w.fetch_and(!bits, Ordering::SeqCst);
+        }
+    }
+
+    /// The observer of host writes to code, made by `init` on first use (the JIT's
+    /// vCPUs share it).
+    pub fn code_observer(&self, init: impl FnOnce() -> Arc<dyn CodeObserver>) -> Arc<dyn CodeObserver> {
+        self.observer.get_or_init(init).clone()
     }
 
     pub fn read_u8(&self, addr: u64) -> Result<u8, MemoryError> {
@@ -388,7 +423,7 @@ impl GuestMemory {
 // SAFETY: the mappings live as long as the GuestMemory and are only reached through
 // copies with bounds checked; concurrent guest-style access is the intended use.
 unsafe impl Send for GuestMemory {}
-// SAFETY: as above; dirty bits are atomics.
+// SAFETY: as above; the code-owner words are atomics.
 unsafe impl Sync for GuestMemory {}
 
 #[cfg(test)]
@@ -473,12 +508,28 @@ mod tests {
     }
 
     #[test]
-    fn host_writes_mark_pages_dirty() {
+    fn host_writes_to_code_reach_the_observer() {
+        use std::sync::Mutex;
+        struct Seen(Mutex<Vec<(u64, u64)>>);
+        impl CodeObserver for Seen {
+            fn host_wrote_code(&self, page: u64, owners: u64) {
+                self.0.lock().unwrap().push((page, owners));
+            }
+            fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+                self
+            }
+        }
         let m = GuestMemory::flat(1 << 16).unwrap();
-        assert!(!m.take_dirty(0x3000));
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        let s2 = seen.clone();
+        m.code_observer(|| s2);
+        assert_eq!(m.claim_code(0x3000, 0b10), 0);
+        assert_eq!(m.claim_code(0x3008, 0b01), 0b10);
+        assert_eq!(m.code_owners(0x3fff), 0b11);
         m.write(0x2ffe, &[1, 2, 3, 4]).unwrap();
-        assert!(m.take_dirty(0x2000));
-        assert!(m.take_dirty(0x3000));
-        assert!(!m.take_dirty(0x3000));
+        assert_eq!(*seen.0.lock().unwrap(), [(3, 0b11)], "only the code page is reported");
+        m.release_code(0x3000, 0b11);
+        m.write(0x3000, &[1]).unwrap();
+        assert_eq!(seen.0.lock().unwrap().len(), 1);
     }
 }

@@ -115,6 +115,12 @@ pub struct Cpu {
     pub wait_for_sipi: bool,
     /// The guest memory's view generation the TLB and translations were made under.
     mem_generation: u64,
+    /// The other vCPUs' caches, told of writes to their code (`None`: a CPU alone, as
+    /// in the interpreter's tests).
+    pub sync: Option<(Arc<crate::coherence::Coherence>, Arc<crate::coherence::Link>)>,
+    /// The page [`Cpu::host_span`] last gave for writing through the slow path, for
+    /// [`Cpu::span_written`].
+    span_page: Option<u64>,
 }
 
 impl Cpu {
@@ -144,6 +150,8 @@ impl Cpu {
             (&raw mut (*p).nmi_pending).write(false);
             (&raw mut (*p).wait_for_sipi).write(false);
             (&raw mut (*p).mem_generation).write(0);
+            (&raw mut (*p).sync).write(None);
+            (&raw mut (*p).span_page).write(None);
             cpu.assume_init()
         }
     }
@@ -236,8 +244,7 @@ impl Cpu {
             return Ok(phys);
         }
         let w = paging::walk(self, linear, access)?;
-        let code_free = !self.watch_is_code(w.phys >> 12);
-        mmu::fill(&mut self.state.tlb.tables[idx], &self.mem, linear, w, access, code_free);
+        self.state.tlb.fill(idx, &self.mem, linear, w, access);
         Ok(w.phys)
     }
 
@@ -319,10 +326,27 @@ impl Cpu {
             Target::Memory { rom, host } if !(rom && access == Access::Write) => {
                 if access == Access::Write {
                     self.code_written(phys >> 12);
+                    self.span_page = Some(phys >> 12);
                 }
                 Ok(Some(host))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// The bytes [`Self::host_span`] gave for writing are written: other vCPUs'
+    /// translations of them go.
+    pub fn span_written(&mut self) {
+        if let Some(page) = self.span_page.take() {
+            self.wrote_page(page);
+        }
+    }
+
+    /// Guest RAM page `page` was written through the slow path: other vCPUs holding
+    /// code from it drop that code (see [`crate::coherence`]).
+    fn wrote_page(&self, page: u64) {
+        if let Some((c, link)) = &self.sync {
+            c.wrote(&self.mem, link, page);
         }
     }
 
@@ -358,6 +382,7 @@ impl Cpu {
                     // SAFETY: phys_target found the whole page in one region and the
                     // chunk does not cross the page; `host` points at `phys`.
                     unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), host, chunk.len()) };
+                    cpu.wrote_page(phys >> 12);
                 }
                 Target::Memory { rom: true, .. } => {
                     if let Some(ops) = cpu.ops() {
@@ -658,6 +683,7 @@ mod tests {
         let mut cpu = paged();
         let ops = Ports::default();
         let mut watch = Watch { code: vec![0x30], ..Default::default() };
+        cpu.mem.claim_code(0x30000, 1);
         // SAFETY: `ops` and `watch` outlive the attachment (detached below).
         unsafe { cpu.attach(&ops, &mut watch as *mut dyn CodeWatch) };
         let mut b = [0u8; 4];
@@ -674,8 +700,9 @@ mod tests {
         // Crossing into the next page takes the slow way, and still works.
         cpu.write(0x31fff, &[8, 9]).unwrap();
         assert_eq!(cpu.mem.read_u16(0x31fff).unwrap(), 0x0908);
-        // The page gets code: the run loop drops write tags to it.
+        // The page gets code: its owner claims it, and write tags to it go.
         let host = cpu.mem.host_ptr(0x31000, 1).unwrap() as u64;
+        cpu.mem.claim_code(0x31000, 1);
         cpu.state.tlb.protect_host_page(host);
         cpu.detach();
         watch.code.push(0x31);

@@ -22,6 +22,7 @@ use quern_core::{CpuError, GuestMemory, Vcpu, VcpuExit, VcpuKicker, VmOps};
 
 use crate::backend::{exit, Backend, Helpers, Host};
 use crate::codebuf::CodeBuffer;
+use crate::coherence::Coherence;
 use crate::cpu::BlockKey as Key;
 use crate::cpu::{CodeWatch, Cpu};
 use crate::fxhash::FxHashMap;
@@ -73,6 +74,10 @@ struct CodeCache {
     pages: FxHashMap<u64, Vec<usize>>,
     /// Chainable jump address → (its block, its stub).
     sites: FxHashMap<usize, (usize, usize)>,
+    /// Guest memory, whose code-owner words say which pages this cache holds code
+    /// from (this vCPU's bit, `owner_bit`), see [`crate::coherence`].
+    mem: Arc<GuestMemory>,
+    owner_bit: u64,
 }
 
 type EnterFn = extern "C" fn(*mut Cpu, usize) -> u32;
@@ -82,8 +87,10 @@ type EnterFn = extern "C" fn(*mut Cpu, usize) -> u32;
 const PAGE_MASK_CROSS: u64 = 0x1000 - 15;
 
 impl CodeCache {
-    fn new() -> std::io::Result<Self> {
+    fn new(mem: Arc<GuestMemory>) -> std::io::Result<Self> {
         let mut c = CodeCache {
+            mem,
+            owner_bit: 0,
             buf: CodeBuffer::new(CODE_BUFFER_SIZE)?,
             enter: 0,
             next_stub: 0,
@@ -119,6 +126,9 @@ impl CodeCache {
         self.dead.clear();
         self.blocks.clear();
         self.map.clear();
+        for &page in self.pages.keys() {
+            self.mem.release_code(page << 12, self.owner_bit);
+        }
         self.pages.clear();
         self.sites.clear();
         self.buf.clear();
@@ -137,6 +147,7 @@ impl CodeWatch for CodeCache {
 
     fn invalidate_page(&mut self, page: u64) -> bool {
         let Some(ids) = self.pages.remove(&page) else { return false };
+        self.mem.release_code(page << 12, self.owner_bit);
         crate::profile::count(&crate::profile::INVALIDATIONS);
         for id in ids {
             if !self.blocks[id].valid {
@@ -179,8 +190,8 @@ pub(crate) extern "C" fn helper_lookup(cpu: &mut Cpu) -> usize {
     let (rip, cs_base) = (s.rip, s.seg[CS].base);
     let linear = cpu.wrap_linear(cs_base.wrapping_add(rip));
     let Some(phys) = s.tlb.tables[s.mmu_index()].lookup_code(linear) else { return 0 };
-    // A host write (DMA) to the page: the run loop invalidates.
-    if cpu.mem.is_dirty(phys) {
+    // Code of ours was written (by another vCPU, or DMA): the run loop invalidates.
+    if cpu.sync.as_ref().is_some_and(|(_, link)| link.pending()) {
         return 0;
     }
     let key = Key { phys, rip, cs_base, mode: s.mode_key() };
@@ -276,10 +287,7 @@ impl quern_core::Accelerator for TcgAccelerator {
         "tcg"
     }
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
-        if id != 0 {
-            return Err(CpuError::Unsupported { accel: "tcg", what: "more than one vCPU".into() });
-        }
-        Ok(Box::new(TcgVcpu::with_model(self.mem.clone(), self.model.clone())?))
+        Ok(Box::new(TcgVcpu::build(self.mem.clone(), self.model.clone(), Some(id))?))
     }
 }
 
@@ -337,9 +345,34 @@ impl TcgVcpu {
     }
 
     pub fn with_model(mem: Arc<GuestMemory>, model: Arc<crate::model::TcgCpuModel>) -> Result<Self, CpuError> {
-        let cache = CodeCache::new().map_err(|e| host_err("mapping the code buffer", e))?;
+        Self::build(mem, model, None)
+    }
+
+    /// vCPU `index` (the first free one if `None`) of those sharing `mem`: vCPU 0 is
+    /// the bootstrap processor, the others wait for INIT and a start-up IPI.
+    fn build(
+        mem: Arc<GuestMemory>,
+        model: Arc<crate::model::TcgCpuModel>,
+        index: Option<u32>,
+    ) -> Result<Self, CpuError> {
+        let cache = CodeCache::new(mem.clone()).map_err(|e| host_err("mapping the code buffer", e))?;
+        let coherence = Coherence::of(&mem);
+        let shared = Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) });
+        let link = {
+            // SAFETY: the Cpu is boxed (stable address) and `shared` keeps it alive for
+            // the link; the TLB takes its lock for every change.
+            let cpu = unsafe { &mut *shared.cpu.get() };
+            let tlb: *mut crate::mmu::Tlb = &mut cpu.state.tlb;
+            let exit = &raw mut cpu.state.exit_request as *const AtomicU32;
+            unsafe { coherence.register(index, tlb, exit, shared.clone()) }
+                .map_err(|what| CpuError::Unsupported { accel: "tcg", what })?
+        };
+        let mut cache = cache;
+        cache.owner_bit = link.bit;
+        // SAFETY: no other reference to the Cpu is live yet.
+        unsafe { (*shared.cpu.get()).sync = Some((coherence, link)) };
         let mut v = TcgVcpu {
-            shared: Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) }),
+            shared,
             cache,
             jmp_sync: JmpSync {
                 ctx: [(u32::MAX, 0); MMU_MODES],
@@ -406,6 +439,7 @@ impl TcgVcpu {
                 && s.fpu_enabled()
                 && crate::lower::x87::inline_under(s.fpu.fcw))
             .then_some(crate::lower::x87::Stack::new(s.fpu.fcw, s.fpu.top() as u8, s.fpu.ftw)),
+            atomic: cpu.sync.as_ref().is_some_and(|(c, _)| c.several()),
         }
     }
 
@@ -423,10 +457,6 @@ impl TcgVcpu {
             Some(p) => p,
             None => cpu.translate(linear, crate::mmu::Access::Fetch)?,
         };
-        // A host write (loader, DMA) to this page drops what was translated from it.
-        if cpu.mem.take_dirty(phys) {
-            self.cache.invalidate_page(phys >> 12);
-        }
         let key = Key { phys, rip, cs_base, mode: cpu.state.mode_key() | u32::from(single) << 31 };
         if let Some(&(id, _)) = self.cache.map.get(&key) {
             return Ok(id);
@@ -438,25 +468,27 @@ impl TcgVcpu {
         }
         let mode = Self::block_mode(cpu, single);
         let base = self.cache.buf.cursor();
-        let t = {
-            let _timing = crate::profile::Translating::start();
-            translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers())?
+        // Pages are claimed before their code is read (see `coherence`); a block whose
+        // first instruction crosses into a page not claimed yet is read again after
+        // claiming it.
+        Self::claim(&mut self.cache, cpu, phys >> 12);
+        let t = loop {
+            let t = {
+                let _timing = crate::profile::Translating::start();
+                translate::translate_block(cpu, mode, base, self.cache.stubs, &helpers())?
+            };
+            let unclaimed: Vec<u64> = t.pages.iter().copied().filter(|p| !self.cache.pages.contains_key(p)).collect();
+            if unclaimed.is_empty() {
+                break t;
+            }
+            unclaimed.into_iter().for_each(|p| Self::claim(&mut self.cache, cpu, p));
         };
         crate::profile::count(&crate::profile::TRANSLATIONS);
         crate::profile::CODE_BYTES.fetch_add(t.code.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let host = self.cache.buf.append(&t.code).expect("space was checked above");
         let id = self.cache.blocks.len();
         for &page in &t.pages {
-            let list = self.cache.pages.entry(page).or_default();
-            if list.is_empty() {
-                // The page just became a code page: guest writes must take the slow
-                // path from now on.
-                if let Some(h) = cpu.mem.host_ptr(page << 12, 1) {
-                    cpu.state.tlb.protect_host_page(h as u64);
-                }
-                cpu.mem.take_dirty(page << 12);
-            }
-            list.push(id);
+            self.cache.pages.entry(page).or_default().push(id);
         }
         for &(s, st) in &t.chain_sites {
             self.cache.sites.insert(host + s, (id, host + st));
@@ -472,6 +504,30 @@ impl TcgVcpu {
         self.cache.map.insert(key, (id, host));
         log::trace!("tcg: translated block {id} at {rip:#x} (phys {phys:#x}), {} bytes", t.code.len());
         Ok(id)
+    }
+
+    /// Makes physical page `page` one this cache holds code from, before its bytes are
+    /// read: from then on every write to it, by any vCPU or the host, reaches us.
+    fn claim(cache: &mut CodeCache, cpu: &Cpu, page: u64) {
+        if cache.pages.contains_key(&page) {
+            return;
+        }
+        if let Some((c, link)) = &cpu.sync {
+            c.claim(&cpu.mem, link, page);
+        }
+        cache.pages.insert(page, Vec::new());
+    }
+
+    /// Drops the translations of pages other vCPUs or the host wrote since the last
+    /// look.
+    fn drop_posted(&mut self) {
+        let posted = match &self.cpu().sync {
+            Some((_, link)) if link.pending() => link.take_posted(),
+            _ => return,
+        };
+        for page in posted {
+            self.cache.invalidate_page(page);
+        }
     }
 
     /// Patches the jump that just left block `from` to go straight to block `to`.
@@ -630,6 +686,7 @@ impl TcgVcpu {
             if self.take_exit_request() && ops.stop_requested() {
                 return Ok(VcpuExit::Kicked);
             }
+            self.drop_posted();
             if let Some(x) = self.take_events(ops)? {
                 return Ok(x);
             }
@@ -718,6 +775,11 @@ impl TcgVcpu {
 
 impl Drop for TcgVcpu {
     fn drop(&mut self) {
+        // Our pages lose their owner bit; other vCPUs stop reaching us.
+        self.cache.clear();
+        if let Some((c, link)) = self.cpu_mut().sync.take() {
+            c.unregister(&link);
+        }
         if crate::profile::enabled() {
             crate::profile::report();
         }

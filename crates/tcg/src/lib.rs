@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod codebuf;
+pub mod coherence;
 pub mod cpu;
 pub mod exec;
 pub mod flags;

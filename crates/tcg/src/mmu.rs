@@ -12,6 +12,8 @@
 //! translated code on it (QEMU's "not dirty" trick): writes to code pages go the slow
 //! way, which invalidates the translations first. MMIO pages are never entered.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use quern_core::memory::{RegionKind, PAGE_SIZE};
 use quern_core::GuestMemory;
 
@@ -248,10 +250,36 @@ pub struct FlushLog {
 const FLUSH_LOG_PAGES: usize = 32;
 
 /// The soft TLB: one [`TlbTable`] per MMU index.
+///
+/// Its vCPU's thread alone fills, flushes and probes it; other vCPUs only take write
+/// permission away (a page that just got translated code, [`Tlb::protect_remote`]).
+/// Both sides hold `lock` while they change entries or read the slot logs; the
+/// vCPU's probes (generated code's and [`TlbTable::host`]) take no lock, as a write tag
+/// removed under them at worst lets one store through that raced with the other vCPU.
 #[repr(C)]
 pub struct Tlb {
     pub tables: [TlbTable; MMU_MODES],
     pub log: FlushLog,
+    /// A spin lock (0: free), held for microseconds at most.
+    lock: AtomicU32,
+}
+
+/// Holds a TLB's lock until dropped.
+struct TlbGuard<'a>(&'a AtomicU32);
+
+impl TlbGuard<'_> {
+    fn take(l: &AtomicU32) -> TlbGuard<'_> {
+        while l.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        TlbGuard(l)
+    }
+}
+
+impl Drop for TlbGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 impl Tlb {
@@ -296,6 +324,7 @@ impl Tlb {
     /// paging bits, EFER, a memory-map switch, register loads from outside).
     pub fn flush(&mut self) {
         crate::profile::count(&crate::profile::TLB_FLUSHES);
+        let _g = TlbGuard::take(&self.lock);
         self.log.all += 1;
         self.log.unseen = true;
         self.log.pages.clear();
@@ -307,6 +336,7 @@ impl Tlb {
     /// Drops every entry but those of global pages, in every MMU index (a CR3 write).
     pub fn flush_non_global(&mut self) {
         crate::profile::count(&crate::profile::TLB_FLUSHES);
+        let _g = TlbGuard::take(&self.lock);
         self.log.non_global += 1;
         self.log.unseen = true;
         for t in &mut self.tables {
@@ -329,6 +359,7 @@ impl Tlb {
     /// Drops any entry for `linear`'s page, global or not, in every MMU index (INVLPG).
     pub fn flush_page(&mut self, linear: u64) {
         let page = linear & PAGE_MASK;
+        let _g = TlbGuard::take(&self.lock);
         for t in &mut self.tables {
             for i in Self::ways(linear) {
                 let e = &mut t.entries[i];
@@ -350,13 +381,43 @@ impl Tlb {
     /// Drops write permission for every entry, of any MMU index, that maps host page
     /// `host` (a page that just got translated code, seen through any linear alias).
     pub fn protect_host_page(&mut self, host_page: u64) {
-        for t in &mut self.tables {
+        let _g = TlbGuard::take(&self.lock);
+        Self::protect_locked(&mut self.tables, host_page);
+    }
+
+    /// [`Self::protect_host_page`] from another vCPU's thread.
+    ///
+    /// # Safety
+    /// `tlb` must point to a live TLB; its own thread may be using it (it takes the
+    /// lock for every change, see the type's note).
+    pub unsafe fn protect_remote(tlb: *mut Tlb, host_page: u64) {
+        // SAFETY: the caller keeps `tlb` alive; the lock serializes this with the owner's
+        // changes, and its probes tolerate a tag going (the type's note).
+        unsafe {
+            let _g = TlbGuard::take(&(*tlb).lock);
+            Self::protect_locked(&mut (*tlb).tables, host_page);
+        }
+    }
+
+    fn protect_locked(tables: &mut [TlbTable; MMU_MODES], host_page: u64) {
+        for t in tables {
             t.for_each_used(|e| {
                 if e.write != INVALID && (e.write & PAGE_MASK).wrapping_add(e.addend) == host_page {
                     e.write = INVALID;
                 }
             });
         }
+    }
+}
+
+impl Tlb {
+    /// Fills MMU index `idx`'s entry for `linear` after a walk (see [`fill`]), writable
+    /// only if no vCPU holds translated code from the page; checked under the lock, so
+    /// that a first claim of the page ([`crate::coherence`]) cannot miss the entry.
+    pub fn fill(&mut self, idx: usize, mem: &GuestMemory, linear: u64, walk: Walk, access: Access) {
+        let _g = TlbGuard::take(&self.lock);
+        let code_free = mem.code_owners(walk.phys & PAGE_MASK) == 0;
+        fill(&mut self.tables[idx], mem, linear, walk, access, code_free);
     }
 }
 

@@ -67,6 +67,8 @@ pub static INTERP_CALLS: AtomicU64 = AtomicU64::new(0);
 pub static SLOW_ACCESSES: AtomicU64 = AtomicU64::new(0);
 pub static PAGE_WALKS: AtomicU64 = AtomicU64::new(0);
 pub static INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
+/// Pages posted to another vCPU (or from the host) to drop its translations of.
+pub static REMOTE_INVALIDATIONS: AtomicU64 = AtomicU64::new(0);
 /// Returns to the run loop by exit code (`backend::exit`).
 pub static EXITS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
 /// Host code bytes emitted, and how often the full code buffer was emptied.
@@ -168,7 +170,7 @@ pub fn report() {
     eprintln!(
         "quern tcg counters: {translations} translations in {secs:.3} s ({:.0} per second of translating), \
          {} bytes of host code a block ({} blocks emitted again with fewer mapped registers), {} code buffer flushes, \
-         {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations, {} TLB flushes, {} jump-cache flushes",
+         {} dispatches, {} interpreted instructions, {} TLB-miss accesses, {} page walks, {} page invalidations ({} posted between vCPUs), {} TLB flushes, {} jump-cache flushes",
         translations as f64 / secs.max(1e-9),
         n(&CODE_BYTES) / translations.max(1),
         n(&REEMITS),
@@ -178,6 +180,7 @@ pub fn report() {
         n(&SLOW_ACCESSES),
         n(&PAGE_WALKS),
         n(&INVALIDATIONS),
+        n(&REMOTE_INVALIDATIONS),
         n(&TLB_FLUSHES),
         n(&JMP_CACHE_FLUSHES)
     );

@@ -39,9 +39,27 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
 }
 
 /// Sets the status flags in `set` to the bits of `v`, keeping the others.
-fn update_flags(cpu: &mut Cpu, set: u64, v: u64) {
+pub(super) fn update_flags(cpu: &mut Cpu, set: u64, v: u64) {
     let f = cpu.state.flags();
     cpu.state.set_flags((f & !set) | (v & set));
+}
+
+/// The linear address of the operand-sized unit of memory that holds the bit a BT*
+/// instruction with a memory operand selects: a register bit offset is signed and may
+/// select a bit outside the operand.
+pub(super) fn bit_unit_linear(o: &Operands, offset: u64) -> u64 {
+    let ins = o.ins;
+    if ins.op1_kind() != OpKind::Register {
+        return o.linear();
+    }
+    let w = o.width(0);
+    let bits = u64::from(w) * 8;
+    let sh = 64 - bits as u32;
+    let off = ((offset << sh) as i64) >> sh;
+    let units = off >> bits.trailing_zeros();
+    let ea = o.offset().wrapping_add((units * i64::from(w)) as u64);
+    let ea = ea & addr_mask(address_bits(ins, o.cpu.state.code_bits()));
+    o.seg_linear(seg_index(ins.memory_segment()), ea)
 }
 
 /// BT/BTS/BTR/BTC: CF = the selected bit, which BTS/BTR/BTC then set, clear or flip.
@@ -50,23 +68,7 @@ fn bit_test(cpu: &mut Cpu, ins: &Instruction) -> Result<()> {
     let w = o.width(0);
     let bits = u64::from(w) * 8;
     let offset = o.read(1)?;
-    let mem = if ins.op0_kind() == OpKind::Memory {
-        let lin = if ins.op1_kind() == OpKind::Register {
-            // A register bit offset is signed and may select a bit outside the
-            // operand: address the operand-sized unit that holds it.
-            let sh = 64 - bits as u32;
-            let off = ((offset << sh) as i64) >> sh;
-            let units = off >> bits.trailing_zeros();
-            let ea = o.offset().wrapping_add((units * i64::from(w)) as u64);
-            let ea = ea & addr_mask(address_bits(ins, o.cpu.state.code_bits()));
-            o.seg_linear(seg_index(ins.memory_segment()), ea)
-        } else {
-            o.linear()
-        };
-        Some(lin)
-    } else {
-        None
-    };
+    let mem = (ins.op0_kind() == OpKind::Memory).then(|| bit_unit_linear(&o, offset));
     let bit = offset & (bits - 1);
     let v = match mem {
         Some(a) => o.cpu.read_n(a, w)?,

@@ -238,7 +238,8 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
             let f = cpu.state.flags();
             cpu.state.set_flags((f & !ZF) | if raise { ZF } else { 0 });
         }
-        Pause | Lfence | Mfence | Sfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw | Endbr32
+        Mfence => std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst),
+        Pause | Lfence | Sfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw | Endbr32
         | Endbr64 | Nop | Clflush | Clflushopt => {}
         // WAIT checks for pending x87 exceptions (never pending here, #MF is not
         // modelled) and, with CR0.MP and CR0.TS set, raises #NM for lazy FPU switching.

@@ -27,6 +27,7 @@ pub mod atomic;
 pub mod bcd;
 pub mod bits;
 pub mod f80;
+pub mod locked;
 pub mod misc;
 pub mod muldiv;
 pub mod rotate;
@@ -251,7 +252,9 @@ pub type Handler = fn(&mut Cpu, &Instruction) -> Result<Option<Step>>;
 type Member = fn(&Instruction) -> bool;
 
 /// The families in the order [`exec`] tries them, each with its membership test.
-const FAMILIES: [(Member, Handler); 10] = [
+const FAMILIES: [(Member, Handler); 11] = [
+    // First: a locked instruction is atomic whichever family its operation is in.
+    (locked::handles, locked::exec),
     (system::handles, system::exec),
     (misc::handles, misc::exec),
     (rotate::handles, rotate::exec),

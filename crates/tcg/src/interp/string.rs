@@ -252,6 +252,7 @@ impl Str<'_> {
                 }
             }
         }
+        cpu.span_written();
         if self.op == Op::Movs {
             self.advance(cpu, RSI, n);
         }

@@ -23,7 +23,11 @@ pub const STATUS: u64 = flags::STATUS;
 /// A CPU over 1 MiB of flat RAM in `bits` (16: real mode, 32: flat protected mode,
 /// 64: unpaged long mode), RIP 0x1000, RSP 0x8000.
 pub fn cpu(bits: u32) -> Box<Cpu> {
-    let mem = Arc::new(GuestMemory::flat(RAM).expect("guest RAM"));
+    cpu_on(Arc::new(GuestMemory::flat(RAM).expect("guest RAM")), bits)
+}
+
+/// A CPU as [`cpu`] makes, over `mem` (shared with another, for SMP tests).
+pub fn cpu_on(mem: Arc<GuestMemory>, bits: u32) -> Box<Cpu> {
     let mut cpu = Cpu::new(mem);
     let s = &mut cpu.state;
     for seg in &mut s.seg {

@@ -112,7 +112,7 @@ impl Lower<'_> {
                 r.is_segment_register() || r.is_cr() || r.is_dr()
             }
         });
-        if special {
+        if special || self.mode.atomic && crate::interp::locked::handles(ins) {
             return self.interp();
         }
         match ins.mnemonic() {
@@ -122,7 +122,11 @@ impl Lower<'_> {
             Imul if ins.op_count() >= 2 => int::lower(self),
             Mul | Imul | Div | Idiv => muldiv::lower(self),
             Bt | Bts | Btr | Btc | Bsf | Bsr | Tzcnt | Lzcnt | Popcnt => bits::lower(self),
-            // With one vCPU, fences and prefetches have nothing to order or fetch.
+            // MFENCE orders stores before later loads, which x86's own memory order
+            // does not: with other vCPUs running, the interpreter's host fence does.
+            Mfence if self.mode.atomic => self.interp(),
+            // Prefetches have nothing to fetch; the other fences order nothing x86's
+            // order (kept by the host's, see `docs/tcg.md`) does not already.
             Pause | Lfence | Sfence | Mfence | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw => {
                 Flow::Continue
             }

@@ -357,6 +357,7 @@ mod tests {
             mmu_idx: 0,
             cpl: 0,
             x87: x87.map(|(top, ftw)| super::Stack::new(0x37f, top, ftw)),
+            atomic: false,
         };
         let code = asm(64, f);
         let insns: Vec<_> = Decoder::with_ip(64, &code, 0x1000, DecoderOptions::NONE).into_iter().collect();

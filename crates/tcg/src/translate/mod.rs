@@ -46,6 +46,9 @@ pub struct BlockMode {
     /// are then translated for that stack behind a guard
     /// ([`crate::ir::Op::X87Guard`]); otherwise they run in the interpreter.
     pub x87: Option<crate::lower::x87::Stack>,
+    /// Other vCPUs run: locked instructions go to host atomics
+    /// ([`crate::interp::locked`]) and fences to host fences.
+    pub atomic: bool,
 }
 
 /// A translated block, ready to copy into the code buffer.
