@@ -175,7 +175,8 @@ impl GuestMemory {
                 current: AtomicUsize::new(0),
             });
         }
-        let code = regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE)).map(|_| AtomicU64::new(0)).collect()).collect();
+        let code =
+            regions.iter().map(|r| (0..r.size.div_ceil(PAGE_SIZE)).map(|_| AtomicU64::new(0)).collect()).collect();
         Ok(GuestMemory { regions, generation: AtomicU64::new(0), backings, code, observer: OnceLock::new() })
     }
 

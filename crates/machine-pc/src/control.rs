@@ -49,12 +49,13 @@ impl CpuWaker {
 pub struct EventQueue {
     pending: AtomicBool,
     event: Mutex<Option<MachineEvent>>,
-    waker: Arc<CpuWaker>,
+    /// Every vCPU's: a request stops them all.
+    wakers: Vec<Arc<CpuWaker>>,
 }
 
 impl EventQueue {
-    pub fn new(waker: Arc<CpuWaker>) -> Self {
-        EventQueue { pending: AtomicBool::new(false), event: Mutex::new(None), waker }
+    pub fn new(wakers: Vec<Arc<CpuWaker>>) -> Self {
+        EventQueue { pending: AtomicBool::new(false), event: Mutex::new(None), wakers }
     }
 
     /// Whether a request waits; cheap enough to call after every I/O access.
@@ -78,7 +79,7 @@ impl MachineControl for EventQueue {
         }
         self.pending.store(true, Ordering::Release);
         drop(e);
-        self.waker.wake();
+        self.wakers.iter().for_each(|w| w.wake());
     }
 }
 
@@ -97,7 +98,7 @@ mod tests {
 
     #[test]
     fn exit_outranks_reset() {
-        let q = EventQueue::new(Arc::new(CpuWaker::default()));
+        let q = EventQueue::new(vec![Arc::new(CpuWaker::default())]);
         assert!(!q.is_pending());
         q.request(MachineEvent::Exit(3));
         q.request(MachineEvent::Reset);

@@ -103,8 +103,11 @@ pub struct PcMachine {
     mem: Arc<GuestMemory>,
     layout: MemoryLayout,
     chipset: Chipset,
-    ops: Arc<VcpuOps>,
-    vcpu: Box<dyn Vcpu>,
+    /// The machine as each vCPU sees it (its own local APIC), the vCPUs (0 is the
+    /// bootstrap processor) and what wakes each.
+    ops: Vec<Arc<VcpuOps>>,
+    vcpus: Vec<Box<dyn Vcpu>>,
+    wakers: Vec<Arc<CpuWaker>>,
     boot: Boot,
     bios: Option<Vec<u8>>,
     no_reboot: bool,
@@ -129,12 +132,6 @@ impl PcMachine {
         bios: Option<Vec<u8>>,
         accel: SharedAccelerator,
     ) -> Result<Self, MachineError> {
-        if cfg.cpus != 1 {
-            return Err(MachineError::Config(format!(
-                "-smp {}: only one vCPU is supported so far; use -smp 1",
-                cfg.cpus
-            )));
-        }
         let boot = match (&cfg.kernel, &bios) {
             (Some(path), None) => {
                 Boot::Kernel { path: path.clone(), initrd: cfg.initrd.clone(), cmdline: cfg.append.clone() }
@@ -159,12 +156,15 @@ impl PcMachine {
             }
         };
 
-        let waker = Arc::new(CpuWaker::default());
-        let events = Arc::new(EventQueue::new(waker.clone()));
+        let wakers: Vec<Arc<CpuWaker>> = (0..cfg.cpus).map(|_| Arc::new(CpuWaker::default())).collect();
+        // The 8259s' output and the timer thread wake the bootstrap processor; the
+        // APIC bus wakes whichever vCPU a message is for.
+        let waker = wakers[0].clone();
+        let events = Arc::new(EventQueue::new(wakers.clone()));
         let clock = Arc::new(HostClock::new());
         // The APICs are ours when the PIC is: KVM's in-kernel irqchip brings its own.
         let apics = userspace_irqchip(&accel)
-            .then(|| ApicBus::new(cfg.cpus, cfg.topology, clock.clone(), vec![waker.clone()], acpi::IOAPIC_ID));
+            .then(|| ApicBus::new(cfg.cpus, cfg.topology, clock.clone(), wakers.clone(), acpi::IOAPIC_ID));
         let mut chipset =
             Chipset::build(&mut cfg, &layout, &mem, &accel, clock, waker.clone(), events.clone(), apics.clone())?;
         if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
@@ -172,16 +172,16 @@ impl PcMachine {
         }
         let pc = Arc::new(PcOps::new(&mut chipset, events));
         let rearm = Arc::new(TimerRearm::default());
-        let ops = Arc::new(VcpuOps::new(pc, apics.as_ref(), 0, chipset.pic.clone(), rearm.clone()));
-        let vcpu = accel.create_vcpu(0)?;
-        waker.attach(vcpu.kicker());
+        let ops: Vec<Arc<VcpuOps>> = (0..cfg.cpus as usize)
+            .map(|i| Arc::new(VcpuOps::new(pc.clone(), apics.as_ref(), i, chipset.pic.clone(), rearm.clone())))
+            .collect();
+        let vcpus = (0..cfg.cpus).map(|i| accel.create_vcpu(i)).collect::<Result<Vec<_>, _>>()?;
+        for (w, v) in wakers.iter().zip(&vcpus) {
+            w.attach(v.kicker());
+        }
         let timers = TimerThread::start(chipset.timers.clone(), chipset.clock.clone(), waker, rearm.clone())
             .map_err(|e| MachineError::Config(format!("cannot start the timer thread: {e}")))?;
         let timers = Some(timers);
-        // A triple fault stays at warn level, unlike QEMU, which resets silently (its
-        // `-d cpu_reset` shows it): a reset loop is almost always a guest that cannot
-        // start (a bad entry point, a corrupt kernel), and a silent hang hides that.
-        // Limited to a line a second, it cannot flood stderr.
         let triple_faults = LogLimiter::new(log::Level::Warn, module_path!());
         let resets = LogLimiter::new(log::Level::Info, module_path!());
         let mut machine = PcMachine {
@@ -189,7 +189,8 @@ impl PcMachine {
             layout,
             chipset,
             ops,
-            vcpu,
+            vcpus,
+            wakers,
             boot,
             bios,
             no_reboot: cfg.no_reboot,
@@ -212,13 +213,19 @@ impl PcMachine {
 
     /// A handle for asking the running machine to stop (console quit key, signals).
     pub fn control(&self) -> Arc<dyn quern_core::MachineControl> {
-        self.ops.pc.events.clone()
+        self.events().clone()
     }
 
-    /// Puts firmware or kernel in memory and the vCPU at its entry point (again, after
-    /// a `reset`).
+    fn events(&self) -> &Arc<EventQueue> {
+        &self.ops[0].pc.events
+    }
+
+    /// Puts firmware or kernel in memory and the bootstrap processor at its entry
+    /// point, the other vCPUs waiting for a start-up IPI (again, after a `reset`).
     fn load(&mut self, reset: bool) -> Result<(), MachineError> {
-        self.vcpu.reset()?;
+        for v in &mut self.vcpus {
+            v.reset()?;
+        }
         match &self.boot {
             Boot::Firmware => {
                 let bios = self.bios.as_deref().unwrap_or_default();
@@ -243,8 +250,8 @@ impl PcMachine {
                 if !reset {
                     log::info!("loaded {:?} kernel from {}", setup.kind, path.display());
                 }
-                self.vcpu.set_sregs(&setup.sregs)?;
-                self.vcpu.set_regs(&setup.regs)?;
+                self.vcpus[0].set_sregs(&setup.sregs)?;
+                self.vcpus[0].set_regs(&setup.regs)?;
             }
         }
         Ok(())
@@ -268,7 +275,7 @@ impl PcMachine {
     fn stay_stopped(&mut self, what: &str) -> i32 {
         log::warn!("guest {what}; -no-shutdown keeps the machine stopped: Ctrl-A x quits");
         loop {
-            match self.ops.pc.events.take() {
+            match self.events().take() {
                 Some(MachineEvent::Exit(status)) => return status,
                 Some(_) => {}
                 None => self.chipset.waker.wait(Duration::from_millis(100)),
@@ -276,25 +283,40 @@ impl PcMachine {
         }
     }
 
+    /// Runs every vCPU on a thread of its own until a machine event (reset, power-off,
+    /// exit) stops them all, then acts on it; again after a reset.
     fn run_loop(&mut self) -> Result<i32, MachineError> {
         loop {
-            let exit = self.vcpu.run(&*self.ops)?;
-            match exit {
-                VcpuExit::Halted => {
-                    if !self.ops.pc.events.is_pending() && !quern_core::VmOps::interrupt_pending(&*self.ops) {
-                        self.chipset.waker.wait(Duration::from_millis(50));
-                    }
-                }
-                VcpuExit::Shutdown => {
-                    self.triple_faults.log(format_args!("guest triple-faulted: resetting"));
-                    self.ops.pc.request(MachineEvent::Reset);
-                }
-                VcpuExit::Debug => {
-                    quern_core::log_limited!(log::Level::Debug, "debug exit with no debugger attached")
-                }
-                VcpuExit::Kicked => {}
+            let events = self.events().clone();
+            let results: Vec<Result<(), CpuError>> = std::thread::scope(|s| {
+                let threads: Vec<_> = self
+                    .vcpus
+                    .iter_mut()
+                    .zip(&self.ops)
+                    .zip(&self.wakers)
+                    .enumerate()
+                    .map(|(i, ((vcpu, ops), waker))| {
+                        let events = events.clone();
+                        let triple_faults = &self.triple_faults;
+                        std::thread::Builder::new()
+                            .name(format!("quern-vcpu{i}"))
+                            .spawn_scoped(s, move || {
+                                let r = run_vcpu(&mut **vcpu, ops, waker, triple_faults);
+                                if r.is_err() {
+                                    // The others stop too; the error is reported below.
+                                    quern_core::MachineControl::request(&*events, MachineEvent::Exit(1));
+                                }
+                                r
+                            })
+                            .expect("spawning a vCPU thread")
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+            });
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                return Err(e.into());
             }
-            match self.ops.pc.events.take() {
+            match self.events().take() {
                 Some(MachineEvent::Exit(status)) => {
                     log::info!("exit requested with status {status}");
                     return Ok(status);
@@ -320,6 +342,37 @@ impl PcMachine {
             }
         }
     }
+}
+
+/// One vCPU's thread: runs it until a machine event is pending, sleeping while it is
+/// halted with nothing to take.
+fn run_vcpu(
+    vcpu: &mut dyn Vcpu,
+    ops: &Arc<VcpuOps>,
+    waker: &CpuWaker,
+    triple_faults: &LogLimiter,
+) -> Result<(), CpuError> {
+    let events = &ops.pc.events;
+    while !events.is_pending() {
+        match vcpu.run(&**ops)? {
+            VcpuExit::Halted => {
+                if !events.is_pending() && !quern_core::VmOps::interrupt_pending(&**ops) {
+                    waker.wait(Duration::from_millis(50));
+                }
+            }
+            VcpuExit::Shutdown => {
+                // A triple fault stays at warn level, unlike QEMU, which resets silently
+                // (its `-d cpu_reset` shows it): a reset loop is almost always a guest
+                // that cannot start (a bad entry point, a corrupt kernel), and a silent
+                // hang hides that. Limited to a line a second, it cannot flood stderr.
+                triple_faults.log(format_args!("guest triple-faulted: resetting"));
+                ops.pc.request(MachineEvent::Reset);
+            }
+            VcpuExit::Debug => quern_core::log_limited!(log::Level::Debug, "debug exit with no debugger attached"),
+            VcpuExit::Kicked => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether interrupt lines go to our models or the accelerator's.

@@ -121,6 +121,8 @@ pub struct Cpu {
     /// The page [`Cpu::host_span`] last gave for writing through the slow path, for
     /// [`Cpu::span_written`].
     span_page: Option<u64>,
+    /// This vCPU's initial APIC ID, as CPUID reports it.
+    pub apic_id: u32,
 }
 
 impl Cpu {
@@ -152,6 +154,7 @@ impl Cpu {
             (&raw mut (*p).mem_generation).write(0);
             (&raw mut (*p).sync).write(None);
             (&raw mut (*p).span_page).write(None);
+            (&raw mut (*p).apic_id).write(0);
             cpu.assume_init()
         }
     }

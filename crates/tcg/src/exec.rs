@@ -294,6 +294,9 @@ impl quern_core::Accelerator for TcgAccelerator {
 /// One software vCPU.
 pub struct TcgVcpu {
     shared: Arc<Shared>,
+    /// The bootstrap processor (vCPU 0) starts at the reset vector; the others wait
+    /// for a start-up IPI after a reset.
+    bsp: bool,
     cache: CodeCache,
     /// What the jump caches hold entries for (see [`TcgVcpu::sync_jump_cache`]).
     jmp_sync: JmpSync,
@@ -369,10 +372,16 @@ impl TcgVcpu {
         };
         let mut cache = cache;
         cache.owner_bit = link.bit;
+        let bsp = link.index == 0;
         // SAFETY: no other reference to the Cpu is live yet.
-        unsafe { (*shared.cpu.get()).sync = Some((coherence, link)) };
+        unsafe {
+            let cpu = &mut *shared.cpu.get();
+            cpu.apic_id = cpu.model.topology.apic_id(link.index);
+            cpu.sync = Some((coherence, link));
+        }
         let mut v = TcgVcpu {
             shared,
+            bsp,
             cache,
             jmp_sync: JmpSync {
                 ctx: [(u32::MAX, 0); MMU_MODES],
@@ -924,6 +933,10 @@ impl Vcpu for TcgVcpu {
         let sig = self.cpu().model.signature();
         self.cpu_mut().state.gpr[2] = u64::from(sig);
         self.cache.clear();
+        let ap = !self.bsp;
+        let cpu = self.cpu_mut();
+        (cpu.nmi_blocked, cpu.nmi_pending, cpu.wait_for_sipi) = (false, false, ap);
+        cpu.state.halted = u32::from(ap);
         Ok(())
     }
 }

@@ -73,6 +73,8 @@ pub struct TcgCpuModel {
     /// (leaf, sub-leaf) → (eax, ebx, ecx, edx), sorted.
     leaves: Vec<((u32, u32), [u32; 4])>,
     signature: u32,
+    /// The `-smp` topology: each vCPU's APIC ID.
+    pub topology: quern_core::Topology,
 }
 
 impl Default for TcgCpuModel {
@@ -97,6 +99,7 @@ impl TcgCpuModel {
             xlevel: model.xlevel(),
             leaves: Vec::new(),
             signature: model.signature(),
+            topology: model.topology,
         };
         m.build(model);
         Ok(m)

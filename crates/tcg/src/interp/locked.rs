@@ -34,8 +34,23 @@ pub fn handles(ins: &Instruction) -> bool {
             || ins.has_lock_prefix()
                 && matches!(
                     ins.mnemonic(),
-                    Add | Or | Adc | Sbb | And | Sub | Xor | Inc | Dec | Neg | Not | Bts | Btr | Btc | Xadd | Cmpxchg
-                        | Cmpxchg8b | Cmpxchg16b
+                    Add | Or
+                        | Adc
+                        | Sbb
+                        | And
+                        | Sub
+                        | Xor
+                        | Inc
+                        | Dec
+                        | Neg
+                        | Not
+                        | Bts
+                        | Btr
+                        | Btc
+                        | Xadd
+                        | Cmpxchg
+                        | Cmpxchg8b
+                        | Cmpxchg16b
                 ))
 }
 
@@ -419,7 +434,11 @@ mod tests {
         poke(&mut c, 0x3000, &0x8000_0000u32.to_le_bytes());
         let f = once(&mut c, |x| x.lock().dec(dword_ptr(rbx)));
         assert_eq!(peek(&mut c, 0x3000, 4), 0x7fff_ffffu32.to_le_bytes());
-        assert_eq!(f & STATUS & !quern_core::regs::flags::AF & !quern_core::regs::flags::PF, quern_core::regs::flags::OF | CF, "OF set, CF kept");
+        assert_eq!(
+            f & STATUS & !quern_core::regs::flags::AF & !quern_core::regs::flags::PF,
+            quern_core::regs::flags::OF | CF,
+            "OF set, CF kept"
+        );
         c.state.gpr[1] = 37;
         poke(&mut c, 0x3000, &[0; 8]);
         let f = once(&mut c, |x| x.lock().bts(qword_ptr(rbx), rcx));

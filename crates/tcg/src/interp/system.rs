@@ -269,7 +269,13 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
         }
         Cpuid => {
             let leaf = cpu.state.gpr[0] as u32;
-            let (a, b, c, mut d) = cpu.model.cpuid(leaf, cpu.state.gpr[1] as u32);
+            let (a, mut b, c, mut d) = cpu.model.cpuid(leaf, cpu.state.gpr[1] as u32);
+            // The vCPU's own APIC ID, where the model's leaves leave it out.
+            match leaf {
+                1 => b |= (cpu.apic_id & 0xff) << 24,
+                0xb | 0x1f if cpu.model.cpuid(0, 0).0 >= leaf => d = cpu.apic_id,
+                _ => {}
+            }
             if leaf == 1 && d & CPUID_1_EDX_APIC != 0 {
                 // A local APIC globally disabled through IA32_APIC_BASE.EN is absent
                 // to CPUID too (SDM "Enabling or Disabling the Local APIC"; KVM and
