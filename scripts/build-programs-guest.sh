@@ -13,6 +13,8 @@
 # missing one). No documentation, manual pages or locales.
 #
 # The guest's /init (busybox sh):
+#   reads quern.parallel=N from /proc/cmdline (the SMP benchmark: N copies of gzip, bzip2,
+#   xz, perl and python3 at once, then power-off);
 #   reads quern.quick=1 from /proc/cmdline (small inputs, for the test) or runs the full
 #   sizes (each workload about 1-3 s under QEMU's TCG on the project's machines);
 #   makes its input text with a seeded generator (bench/gen.awk; about 60 bytes a
@@ -48,7 +50,7 @@ work="$out/.work"
 scratch="$work/programs"
 helper="$root/scripts/programs-helper.py"
 output="$out/initramfs-programs.cpio.gz"
-outputs_version=1
+outputs_version=2
 
 # Workload sizes: lines of the generated text (a prefix of it; about 60 bytes a line;
 # the text is 4 blocks of block_lines), repetitions over the whole text, or numbers.
@@ -426,6 +428,56 @@ mv data.out data
 sum=$(sha256sum data)
 expect data $rc "${sum%% *}" "$data_sha256"
 
+gzip_work() { $GZIP -6 -c in >in.c && $GZIP -d -c in.c >back; }
+bzip2_work() { $BZIP2 -9 -c in >in.c && $BZIP2 -d -c in.c >back; }
+xz_work() { $XZ -6 -c in >in.c && $XZ -d -c in.c >back; }
+perl_work() { $PERL /bench/work.pl <in; }
+python_work() { $PYTHON3 /bench/work.py in; }
+
+# quern.parallel=N (the SMP benchmark): N copies of each CPU-bound workload at once,
+# each in a directory of its own, timed as a batch (QUERN-BENCH par-NAME); then off.
+par=$(sed -n 's/.*quern\.parallel=\([0-9][0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$par" ]; then
+    echo "QUERN-PARALLEL copies=$par"
+    # pbatch NAME LINES WORK CHECK: CHECK NAME, run in each copy's directory, says
+    # whether that copy's result is right.
+    pbatch() {
+        name=$1 lines=$2 work=$3 check=$4
+        k=1
+        while [ $k -le "$par" ]; do
+            mkdir -p /tmp/p$k && head -n "$lines" data >/tmp/p$k/in
+            k=$((k + 1))
+        done
+        a=$(stamp)
+        k=1
+        while [ $k -le "$par" ]; do
+            (cd /tmp/p$k && $work >$name.out 2>$name.err; echo $? >$name.rc) &
+            k=$((k + 1))
+        done
+        wait
+        b=$(stamp)
+        echo "QUERN-BENCH par-$name $a $b"
+        k=1
+        bad=
+        while [ $k -le "$par" ]; do
+            (cd /tmp/p$k && [ "$(cat $name.rc)" = 0 ] && $check $name) || bad="$bad $k"
+            k=$((k + 1))
+        done
+        if [ -z "$bad" ]; then echo "QUERN-CHECK par-$name ok"; else echo "QUERN-CHECK par-$name FAIL copies$bad"; fi
+    }
+    same_back() { cmp -s in back; }
+    perl_right() { [ "$(cat $1.out)" = "$perl_expect" ]; }
+    python_right() { [ "$(cat $1.out)" = "$python_expect" ]; }
+    $PYTHON3 -c 'import hashlib, json, zlib' >/dev/null 2>&1
+    pbatch gzip "$gzip_lines" gzip_work same_back
+    pbatch bzip2 "$bzip2_lines" bzip2_work same_back
+    pbatch xz "$xz_lines" xz_work same_back
+    pbatch perl "$perl_lines" perl_work perl_right
+    pbatch python3 "$python_lines" python_work python_right
+    echo QUERN-INIT-OK
+    poweroff -f
+fi
+
 run sha256sum repeat "$sha256_reps" sha256sum data
 rc=$?
 if [ $rc -eq 0 ] && same_lines sha256sum.out "$data_sha256  data" "$sha256_reps"; then ok sha256sum; else fail sha256sum "exit status $rc, output $(sort -u sha256sum.out | tr '\n' ' ')"; fi
@@ -434,17 +486,14 @@ run md5sum repeat "$md5_reps" md5sum data
 rc=$?
 if [ $rc -eq 0 ] && same_lines md5sum.out "$data_md5  data" "$md5_reps"; then ok md5sum; else fail md5sum "exit status $rc, output $(sort -u md5sum.out | tr '\n' ' ')"; fi
 
-gzip_work() { $GZIP -6 -c in >in.c && $GZIP -d -c in.c >back; }
 prepare "$gzip_lines"
 run gzip gzip_work
 roundtrip gzip $?
 
-bzip2_work() { $BZIP2 -9 -c in >in.c && $BZIP2 -d -c in.c >back; }
 prepare "$bzip2_lines"
 run bzip2 bzip2_work
 roundtrip bzip2 $?
 
-xz_work() { $XZ -6 -c in >in.c && $XZ -d -c in.c >back; }
 prepare "$xz_lines"
 run xz xz_work
 roundtrip xz $?
@@ -488,13 +537,13 @@ rc=$?
 expect sqlite3 $rc "$(tr '\n' ' ' <sqlite3.out | sed 's/ $//')" "$sqlite_expect"
 
 prepare "$perl_lines"
-run perl $PERL /bench/work.pl <in
+run perl perl_work
 expect perl $? "$(cat perl.out)" "$perl_expect"
 
 prepare "$python_lines"
 # Once untimed: Python compiles the modules it imports into __pycache__ the first time.
 $PYTHON3 -c 'import hashlib, json, zlib' >python.out 2>python.err || fail python3 "import hashlib, json, zlib"
-run python3 $PYTHON3 /bench/work.py in
+run python3 python_work
 expect python3 $? "$(cat python3.out)" "$python_expect"
 
 awk_work() { seq 1 "$awk_n" | awk -f /bench/floats.awk; }
