@@ -83,9 +83,8 @@ pub fn boot(program: &str, pre: &[&str], append: &str) -> Run {
             Some((w[0].to_string(), b - a))
         })
         .collect();
-    let starts = tagged(&text, "QUERN-BENCH ")
-        .filter_map(|w| Some((w.first()?.to_string(), w.get(1)?.parse().ok()?)))
-        .collect();
+    let starts =
+        tagged(&text, "QUERN-BENCH ").filter_map(|w| Some((w.first()?.to_string(), w.get(1)?.parse().ok()?))).collect();
     let checks =
         tagged(&text, "QUERN-CHECK ").filter(|w| w.len() >= 2).map(|w| (w[0].to_string(), w[1..].join(" "))).collect();
     let trouble = match status {
@@ -129,4 +128,3 @@ impl Best {
         self.workloads.iter().find(|(n, _)| n == name).map(|e| e.1)
     }
 }
-

@@ -495,3 +495,31 @@ fn apic_program_on_kvm_with_userspace_irqchip() {
         assert_eq!(ecx & (CPUID_X2APIC | CPUID_TSC_DEADLINE), 0, "-cpu {cpu}: {ecx:#x}\n{}", run.describe());
     }
 }
+
+/// With `-smp 4` only the bootstrap processor runs from reset (firmware) or from the
+/// kernel entry: the application processors wait for INIT and a start-up IPI, which
+/// this program never sends. Its output must come once, as with one CPU; on KVM both
+/// with KVM's local APICs (their multiprocessing state) and with quern's.
+#[test]
+fn application_processors_wait_for_a_start_up_ipi() {
+    let once = |run: &Run, what: &str| {
+        let banners = run.stdout.matches("QUERN GUEST\n").count();
+        assert_eq!(banners, 1, "{what}: the program ran {banners} times:\n{}", run.describe());
+    };
+    let smp = ["-smp", "4"];
+    let run = real_mode_program_with("tcg", 0x31, &smp);
+    check_machine_output(&run, 0x31);
+    once(&run, "tcg, real mode");
+    let run = long_mode_program_with("tcg", 0x32, &smp);
+    check_machine_output(&run, 0x32);
+    once(&run, "tcg, 64-bit kernel");
+    if !kvm_usable("application_processors_wait_for_a_start_up_ipi (kvm)") {
+        return;
+    }
+    for (irqchip, code) in [("on", 0x33u8), ("off", 0x34)] {
+        let m = format!("pc,kernel-irqchip={irqchip}");
+        let run = real_mode_program_with("kvm", code, &["-smp", "4", "-M", &m]);
+        check_machine_output(&run, code);
+        once(&run, &format!("kvm kernel-irqchip={irqchip}, real mode"));
+    }
+}

@@ -3,7 +3,9 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_regs, kvm_sregs, KVMIO};
+use kvm_bindings::{
+    kvm_fpu, kvm_interrupt, kvm_mp_state, kvm_regs, kvm_sregs, KVMIO, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
+};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use quern_core::cpu::{CpuEvent, IrqChipMode};
 use quern_core::regs::{msr, power_on_state, DebugRegs, FpuState, MsrEntry, Regs, SpecialRegs};
@@ -36,6 +38,9 @@ pub struct KvmVcpu {
     /// The last exit was I/O or MMIO whose result KVM applies on the next KVM_RUN.
     io_pending: bool,
     apic_sync: ApicSync,
+    /// An application processor after reset or INIT, with the userspace irqchip: it
+    /// does not run until a start-up IPI (KVM's own LAPIC keeps this state itself).
+    wait_for_sipi: bool,
     _mem: Arc<GuestMemory>,
 }
 
@@ -60,6 +65,7 @@ impl KvmVcpu {
             kick: Arc::default(),
             io_pending: false,
             apic_sync: ApicSync::default(),
+            wait_for_sipi: false,
             _mem: mem,
         };
         vcpu.reset()?;
@@ -94,12 +100,26 @@ impl KvmVcpu {
                         quern_core::log_limited!(log::Level::Warn, "kvm: vCPU {}: SMI not delivered: {e}", self.id);
                     }
                 }
-                // Only other vCPUs send these, and one vCPU runs until the SMP work.
-                CpuEvent::Init | CpuEvent::StartUp(_) => quern_core::log_limited!(
-                    log::Level::Warn,
-                    "kvm: vCPU {}: {event:?} ignored with the userspace irqchip",
-                    self.id
-                ),
+                // INIT: the vCPU resets; an application processor then waits for a
+                // start-up IPI (the bootstrap processor restarts at the reset vector).
+                CpuEvent::Init => {
+                    let apic_base = ops.msr_read(msr::IA32_APIC_BASE).and_then(Result::ok);
+                    let bsp = apic_base.map_or(self.id == 0, |b| b & (1 << 8) != 0);
+                    self.reset()?;
+                    self.wait_for_sipi = !bsp;
+                }
+                // A start-up IPI starts a waiting processor in real mode at vector << 12.
+                CpuEvent::StartUp(vector) if self.wait_for_sipi => {
+                    let mut sregs = self.sregs()?;
+                    sregs.cs.selector = u16::from(vector) << 8;
+                    sregs.cs.base = u64::from(vector) << 12;
+                    self.set_sregs(&sregs)?;
+                    let mut regs = self.regs()?;
+                    regs.rip = 0;
+                    self.set_regs(&regs)?;
+                    self.wait_for_sipi = false;
+                }
+                CpuEvent::StartUp(_) => {}
             }
         }
         Ok(())
@@ -225,6 +245,11 @@ impl Vcpu for KvmVcpu {
             if userspace {
                 self.apic_sync.before_entry(&self.run_page, ops);
                 self.deliver_events(ops)?;
+                if self.wait_for_sipi {
+                    // Nothing runs until the start-up IPI, which wakes the machine's
+                    // wait for this vCPU.
+                    return Ok(VcpuExit::Halted);
+                }
                 self.offer_interrupt(ops)?;
             }
             let result = self.fd.run();
@@ -265,12 +290,23 @@ impl Vcpu for KvmVcpu {
         Arc::new(KvmKicker(self.kick.clone()))
     }
 
+    /// The power-on state; an application processor (every vCPU but 0) then waits
+    /// for INIT and a start-up IPI: in KVM's LAPIC (its multiprocessing state) or here.
     fn reset(&mut self) -> Result<(), CpuError> {
         let (regs, sregs) = power_on_state();
         self.set_sregs(&sregs)?;
         self.set_regs(&regs)?;
         self.set_fpu(&FpuState::default())?;
-        self.set_initial_msrs()
+        self.set_initial_msrs()?;
+        let ap = self.id != 0;
+        match self.irqchip {
+            IrqChipMode::InAccelerator => {
+                let mp_state = if ap { KVM_MP_STATE_UNINITIALIZED } else { KVM_MP_STATE_RUNNABLE };
+                self.fd.set_mp_state(kvm_mp_state { mp_state }).map_err(host_error("KVM_SET_MP_STATE"))?;
+            }
+            IrqChipMode::Userspace => self.wait_for_sipi = ap,
+        }
+        Ok(())
     }
 }
 

@@ -110,10 +110,10 @@ impl Coherence {
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         let taken = |i: u32| links.iter().any(|l| l.index == i);
         let index = match index {
-            Some(i) if i >= MAX_VCPUS => return Err(format!("the JIT runs at most {MAX_VCPUS} vCPUs")),
+            Some(i) if i >= MAX_VCPUS => return Err(format!("more than {MAX_VCPUS} vCPUs")),
             Some(i) if taken(i) => return Err(format!("vCPU {i} exists already")),
             Some(i) => i,
-            None => (0..MAX_VCPUS).find(|&i| !taken(i)).ok_or(format!("the JIT runs at most {MAX_VCPUS} vCPUs"))?,
+            None => (0..MAX_VCPUS).find(|&i| !taken(i)).ok_or(format!("more than {MAX_VCPUS} vCPUs"))?,
         };
         let link = Arc::new(Link {
             index,

@@ -287,6 +287,12 @@ impl quern_core::Accelerator for TcgAccelerator {
         "tcg"
     }
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
+        if id == 1 && cfg!(target_arch = "aarch64") {
+            log::warn!(
+                "tcg: several vCPUs on an aarch64 host: guest loads and stores keep the host's weaker order, not \
+                 x86's (locked instructions are atomic and ordered); see docs/tcg.md"
+            );
+        }
         Ok(Box::new(TcgVcpu::build(self.mem.clone(), self.model.clone(), Some(id))?))
     }
 }
@@ -362,11 +368,13 @@ impl TcgVcpu {
         let coherence = Coherence::of(&mem);
         let shared = Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) });
         let link = {
-            // SAFETY: the Cpu is boxed (stable address) and `shared` keeps it alive for
-            // the link; the TLB takes its lock for every change.
+            // SAFETY: no other reference to the new Cpu exists yet.
             let cpu = unsafe { &mut *shared.cpu.get() };
             let tlb: *mut crate::mmu::Tlb = &mut cpu.state.tlb;
             let exit = &raw mut cpu.state.exit_request as *const AtomicU32;
+            // SAFETY: the Cpu is boxed (a stable address) and `shared` keeps it alive
+            // for the link; the TLB takes its lock for every change; the exit request
+            // is only ever accessed atomically.
             unsafe { coherence.register(index, tlb, exit, shared.clone()) }
                 .map_err(|what| CpuError::Unsupported { accel: "tcg", what })?
         };

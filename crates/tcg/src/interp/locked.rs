@@ -62,7 +62,7 @@ static SPLIT_LOCK: Mutex<()> = Mutex::new(());
 /// before anything is written.
 fn rmw(cpu: &mut Cpu, lin: u64, w: Width, f: impl Fn(u64) -> Option<u64>) -> Result<u64> {
     let lin = cpu.wrap_linear(lin);
-    let aligned = lin % u64::from(w) == 0;
+    let aligned = lin.is_multiple_of(u64::from(w));
     if aligned {
         if let Some(p) = cpu.host_span(lin, w as usize, Access::Write)? {
             // SAFETY: `host_span` found the `w` bytes inside one page of guest RAM, which
