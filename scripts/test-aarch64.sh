@@ -35,7 +35,7 @@ export QUERN_TEST_WRAP="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 # Everything runs some 20 times slower under the emulator: the random-code runs' limit
 # on how long a kicked vCPU may take to stop grows as much.
 export QUERN_TEST_SLOWDOWN=20
-cargo test --target "$target" --release -p quern --test guest_programs --test multiboot_tcg --test random_code
+cargo test --target "$target" --release -p quern --test guest_programs --test multiboot_tcg --test random_code --test smp_guest
 # The stock kernel to the init marker and power-off, entered both ways: its
 # uncompressed vmlinux through PVH, and the bzImage through its own decompressor
 # (about 40 s and 55 s under the emulator here).
