@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boots the demo guest: Debian's stock kernel with a busybox shell initramfs on the
-# serial console. Ctrl-A x quits. Extra arguments go to quern (e.g. -accel tcg).
+# serial console, on two vCPUs. Ctrl-A x quits. Extra arguments go to quern (e.g. -accel tcg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-test-guest.sh
@@ -8,6 +8,6 @@ cargo build --release --quiet
 accel=tcg
 # Hardware KVM (not kvm_pvm, which cannot run the stock kernel: docs/kvm-pvm.md).
 if [ -w /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then accel=kvm; fi
-exec target/release/quern -accel "$accel" -m 512 -nographic \
+exec target/release/quern -accel "$accel" -smp 2 -m 512 -nographic \
     -kernel build/guest/vmlinuz -initrd build/guest/initramfs-shell.cpio.gz \
     -append "console=ttyS0" "$@"
