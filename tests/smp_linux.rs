@@ -10,6 +10,8 @@ use std::time::Duration;
 use common::{guest_file, report, Console, Run};
 
 const MARKER: &str = "QUERN-INIT-OK";
+/// What the disk image's /init prints.
+const DISK_MARKER: &str = "QUERN-DISK-INIT-OK";
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
@@ -157,4 +159,24 @@ fn four_cpus_under_a_minute_of_parallel_work() {
     let dmesg = run(&mut c, "dmesg");
     check_no_smp_trouble(&dmesg, "stress");
     power_off(c, "stress");
+}
+
+/// The firmware path: SeaBIOS (which counts the CPUs itself, waking the APs and putting
+/// them back to sleep) and SYSLINUX boot the disk image on `-smp 2`, and the kernel
+/// then brings both CPUs up.
+#[test]
+fn seabios_disk_boot_brings_up_two_cpus() {
+    let disk = common::scratch("smp-disk.img");
+    std::fs::copy(guest_file("disk.img"), &disk).expect("copy build/guest/disk.img");
+    let drive = format!("file={},format=raw,if=ide", disk.display());
+    let run = common::run_quern_until(
+        &["-accel", "tcg", "-smp", "2", "-m", "512", "-nographic", "-no-reboot", "-drive", &drive],
+        BOOT_LIMIT,
+        Some(DISK_MARKER),
+    );
+    let d = run.describe();
+    assert!(run.stdout.contains("SeaBIOS (version"), "no SeaBIOS banner:\n{d}");
+    assert!(run.stdout.contains("smp: Brought up 1 node, 2 CPUs"), "the kernel did not bring up 2 CPUs:\n{d}");
+    assert!(run.stdout.contains(DISK_MARKER), "no init marker:\n{d}");
+    check_no_smp_trouble(&run.stdout, "SeaBIOS -smp 2");
 }
