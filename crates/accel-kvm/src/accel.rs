@@ -220,12 +220,15 @@ impl Accelerator for KvmAccelerator {
                 what: format!("vCPU {id} (the VM was configured for {} vCPUs)", self.config.cpus),
             });
         }
-        let fd = self.vm.create_vcpu(id.into()).map_err(host_error("KVM_CREATE_VCPU"))?;
+        // KVM's vCPU id is the in-kernel local APIC's ID: the topology's, as the MADT
+        // lists it (QEMU does the same).
+        let apic_id = self.config.cpu.topology.apic_id(id);
+        let fd = self.vm.create_vcpu(apic_id.into()).map_err(host_error("KVM_CREATE_VCPU"))?;
         let mut entries = self.model_cpuid.clone();
         let opts = CpuidOptions {
             mask: self.mask,
             in_kernel_lapic: self.config.irqchip == IrqChipMode::InAccelerator,
-            vcpu_id: id,
+            vcpu_id: apic_id,
         };
         patch_cpuid(&mut entries, &opts);
         let cpuid = CpuId::from_entries(&entries)

@@ -314,6 +314,7 @@ pub fn apply_model(entries: &mut Vec<kvm_cpuid_entry2>, model: &CpuModel) -> Res
                 // HTT set for several; one CPU keeps what the model says (as QEMU).
                 e.edx |= htt;
             }
+            4 if e.eax & 0x1f != 0 => e.eax = (e.eax & 0x3fff) | topo.cpuid_4_sharing((e.eax >> 5) & 7),
             0xb if e.index < 2 => [e.eax, e.ebx, e.ecx] = topo.cpuid_0b(e.index),
             0x8000_0008 if amd => e.ecx = topo.cpuid_amd_80000008_ecx(),
             _ => {}
@@ -352,6 +353,7 @@ pub struct CpuidOptions {
     /// forward them without MSR filtering, so then x2APIC and TSC-deadline are hidden
     /// and the guest uses the xAPIC page.
     pub in_kernel_lapic: bool,
+    /// The vCPU's APIC ID (also its KVM vCPU id).
     pub vcpu_id: u32,
 }
 

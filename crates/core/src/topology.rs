@@ -98,6 +98,15 @@ impl Topology {
         }
     }
 
+    /// CPUID.4's EAX bits 31:14 for a cache at `level` (1 to 3): the package's cores
+    /// less one (31:26) and the logical processors sharing the cache less one (25:14): a
+    /// core's threads for L1 and L2, the package's for L3.
+    pub fn cpuid_4_sharing(&self, level: u32) -> u32 {
+        let sharing = if level >= 3 { self.per_package() } else { self.threads };
+        let cores = self.per_package() / self.threads;
+        (cores.clamp(1, 64) - 1) << 26 | (sharing.clamp(1, 4096) - 1) << 14
+    }
+
     /// AMD's CPUID.80000008H:ECX: the APIC ID's core-field width (bits 15:12) and the
     /// package's logical processors less one (bits 7:0).
     pub fn cpuid_amd_80000008_ecx(&self) -> u32 {

@@ -157,6 +157,10 @@ impl Coherence {
     /// A guest write through the slow path reached page `page` (already written):
     /// the other owners drop their translations of it.
     pub fn wrote(&self, mem: &GuestMemory, me: &Link, page: u64) {
+        if !self.several() {
+            // Alone: no other owner to tell (and no fence to pay on every slow store).
+            return;
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
         let others = mem.code_owners(page << 12) & !me.bit;
         if others != 0 {

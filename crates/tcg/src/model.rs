@@ -167,6 +167,19 @@ impl TcgCpuModel {
         put(1, 0, [self.signature, ebx1, w(FeatureWord::Leaf1Ecx), edx1]);
         // Leaf 2 as QEMU's legacy cache: L1d 32K, L1i 32K, L2 2M, L3 16M descriptors.
         put(2, 0, [1, 0, 0x4d, 0x002c_307d]);
+        // Leaf 4, the same caches in detail (QEMU's legacy values: 64-byte lines; L1d
+        // and L1i 32 KiB 8-way, L2 4 MiB 16-way, L3 16 MiB 16-way, inclusive with complex
+        // indexing) with who shares each from the topology; sub-leaf 4 ends the list.
+        // (type 1 data, 2 instruction, 3 unified; level; ways; sets; EDX)
+        for (sub, (kind, level, ways, sets, edx)) in
+            [(1u32, 1u32, 8u32, 64u32, 0u32), (2, 1, 8, 64, 0), (3, 2, 16, 4096, 0), (3, 3, 16, 16384, 6)]
+                .into_iter()
+                .enumerate()
+        {
+            let eax = kind | level << 5 | 1 << 8 | topo.cpuid_4_sharing(level);
+            put(4, sub as u32, [eax, (ways - 1) << 22 | 63, sets - 1, edx]);
+        }
+        put(4, 4, [0; 4]);
         let (ebx7, ecx7, edx7, eax71) =
             (w(FeatureWord::Leaf7Ebx), w(FeatureWord::Leaf7Ecx), w(FeatureWord::Leaf7Edx), w(FeatureWord::Leaf7s1Eax));
         put(7, 0, [u32::from(eax71 != 0), ebx7, ecx7, edx7]);
@@ -401,6 +414,11 @@ mod tests {
         assert_eq!(m.cpuid(0xb, 0), (1, 2, 0x100, 0));
         assert_eq!(m.cpuid(0xb, 1), (2, 4, 0x201, 0));
         assert_eq!(m.cpuid(0x8000_0008, 0).2, 2 << 12 | 3);
+        // Leaf 4: two cores a package; L1 and L2 shared by a core's two threads, L3 by
+        // the package's four; sub-leaf 4 ends the list.
+        let sharing = |sub| (m.cpuid(4, sub).0 >> 26, m.cpuid(4, sub).0 >> 14 & 0xfff, m.cpuid(4, sub).0 & 0x1f);
+        assert_eq!([sharing(0), sharing(2), sharing(3)], [(1, 1, 1), (1, 1, 3), (1, 3, 3)]);
+        assert_eq!(m.cpuid(4, 4).0 & 0x1f, 0);
         // One CPU: no HTT, no count.
         let one = TcgCpuModel::new(&CpuModel::default()).unwrap();
         assert_eq!((one.cpuid(1, 0).1 >> 16 & 0xff, one.cpuid(1, 0).3 & CPUID_1_EDX_HTT), (0, 0));
