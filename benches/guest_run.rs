@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 /// project's 2-core machines.
 const LIMIT: Duration = Duration::from_secs(1200);
 
+/// Exits with a message when the programs guest has not been built.
+pub fn require_programs_guest() {
+    for f in ["vmlinuz", "initramfs-programs.cpio.gz"] {
+        if !guest().join(f).exists() {
+            eprintln!("build/guest/{f} is missing: run scripts/build-test-guest.sh first");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub fn guest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/guest")
 }

@@ -20,7 +20,7 @@ mod guest_run;
 
 use std::process::Command;
 
-use guest_run::{boot, guest, Best};
+use guest_run::{boot, require_programs_guest, Best};
 
 /// What the table calls the guest's workloads (build-programs-guest.sh has the sizes).
 const LABELS: &[(&str, &str)] = &[
@@ -40,13 +40,7 @@ const LABELS: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let g = guest();
-    for f in ["vmlinuz", "initramfs-programs.cpio.gz"] {
-        if !g.join(f).exists() {
-            eprintln!("build/guest/{f} is missing: run scripts/build-test-guest.sh first");
-            std::process::exit(1);
-        }
-    }
+    require_programs_guest();
     let quern = env!("CARGO_BIN_EXE_quern");
     let qemu = "qemu-system-x86_64";
     let have_qemu = Command::new(qemu).arg("--version").output().is_ok_and(|o| o.status.success());

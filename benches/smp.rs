@@ -19,7 +19,7 @@ mod guest_run;
 
 use std::process::Command;
 
-use guest_run::{boot, guest, Best, Run};
+use guest_run::{boot, require_programs_guest, Best, Run};
 
 const WORKLOADS: &[&str] = &["gzip", "bzip2", "xz", "perl", "python3"];
 
@@ -29,13 +29,7 @@ fn boot_secs(run: &Run) -> Option<f64> {
 }
 
 fn main() {
-    let g = guest();
-    for f in ["vmlinuz", "initramfs-programs.cpio.gz"] {
-        if !g.join(f).exists() {
-            eprintln!("build/guest/{f} is missing: run scripts/build-test-guest.sh first");
-            std::process::exit(1);
-        }
-    }
+    require_programs_guest();
     let cpus: usize = std::env::var("QUERN_SMP_CPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let reps: usize = std::env::var("QUERN_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -21,7 +21,7 @@ mod common;
 use std::time::Duration;
 
 use common::guest::{emit_routines, print, EXIT_PORT};
-use common::multiboot::{image_at, HEADER_LEN, LOAD_ADDR};
+use common::multiboot::{assemble_image, exit_and_halt, LOAD_ADDR};
 use common::{report, run_qemu_tcg, run_quern, scratch, write, Run};
 use iced_x86::code_asm::*;
 
@@ -451,18 +451,10 @@ fn smp_kernel(cpus: u32) -> Vec<u8> {
         print_var(a, putc, hex32, "SMC1", SMC_R1)?;
         print_var(a, putc, hex32, "SMC2", SMC_R2)?;
         print_var(a, putc, hex32, "BSPIPI", VARS + 0x34)?;
-        a.mov(dx, EXIT_PORT as u32)?;
-        a.mov(al, 0x21u32)?;
-        a.out(dx, al)?;
-        let mut stop = a.create_label();
-        a.set_label(&mut stop)?;
-        a.cli()?;
-        a.hlt()?;
-        a.jmp(stop)
+        exit_and_halt(a, 0x21)
     };
     build(&mut a).unwrap_or_else(|e| panic!("assembling the SMP kernel: {e}"));
-    let entry = LOAD_ADDR + HEADER_LEN;
-    image_at(LOAD_ADDR, entry, &a.assemble(u64::from(entry)).unwrap())
+    assemble_image(LOAD_ADDR, &mut a)
 }
 
 /// What the kernel prints for `cpus` CPUs when everything was atomic and delivered.

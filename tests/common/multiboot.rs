@@ -58,16 +58,26 @@ pub fn kernel_at(
         a.pop(esi)?;
         a.call(hex32)?;
         print(a, putc, "\n")?;
-        a.mov(dx, EXIT_PORT as u32)?;
-        a.mov(al, exit_code as u32)?;
-        a.out(dx, al)?;
-        let mut stop = a.create_label();
-        a.set_label(&mut stop)?;
-        a.cli()?;
-        a.hlt()?;
-        a.jmp(stop)
+        exit_and_halt(a, exit_code)
     };
     build(&mut a).unwrap_or_else(|e| panic!("assembling a multiboot kernel: {e}"));
+    assemble_image(load, &mut a)
+}
+
+/// Writes `exit_code` to isa-debug-exit, then halts for good (if the device is absent).
+pub fn exit_and_halt(a: &mut CodeAssembler, exit_code: u8) -> Result<(), IcedError> {
+    a.mov(dx, EXIT_PORT as u32)?;
+    a.mov(al, exit_code as u32)?;
+    a.out(dx, al)?;
+    let mut stop = a.create_label();
+    a.set_label(&mut stop)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(stop)
+}
+
+/// The image of 32-bit code in `a`, loaded at `load` and entered at its start.
+pub fn assemble_image(load: u32, a: &mut CodeAssembler) -> Vec<u8> {
     let entry = load + HEADER_LEN;
     image_at(load, entry, &a.assemble(u64::from(entry)).unwrap())
 }
