@@ -289,8 +289,25 @@ impl Cpu {
         self.watch.is_some_and(|w| unsafe { (*w).is_code_page(page) })
     }
 
+    /// Whether guest accesses from Rust need barriers to keep x86's order: on a host
+    /// with a weaker one (aarch64) while other vCPUs run (generated code has its own,
+    /// `backend::Env::tso`).
+    #[inline]
+    fn weak_host_order(&self) -> bool {
+        cfg!(target_arch = "aarch64") && self.sync.as_ref().is_some_and(|(c, _)| c.several())
+    }
+
     /// Reads `buf.len()` bytes (at most 8 for MMIO) at linear `addr`.
     pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let r = self.read_unordered(addr, buf);
+        if self.weak_host_order() {
+            // x86 orders a load before every later load and store.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        }
+        r
+    }
+
+    fn read_unordered(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let lin = self.wrap_linear(addr);
         if let Some(host) = self.tlb_host(lin, buf.len(), Access::Read) {
             // SAFETY: a TLB hit: the bytes lie in one page of a RAM or ROM region, which
@@ -368,6 +385,10 @@ impl Cpu {
 
     /// Writes `buf` at linear `addr`, invalidating translations it overwrites.
     pub fn write(&mut self, addr: u64, buf: &[u8]) -> Result<()> {
+        if self.weak_host_order() {
+            // x86 orders a store after every earlier store.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        }
         let lin = self.wrap_linear(addr);
         if let Some(host) = self.tlb_host(lin, buf.len(), Access::Write) {
             // SAFETY: as in `read`; a write tag is only ever set on RAM without

@@ -287,12 +287,6 @@ impl quern_core::Accelerator for TcgAccelerator {
         "tcg"
     }
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, CpuError> {
-        if id == 1 && cfg!(target_arch = "aarch64") {
-            log::warn!(
-                "tcg: several vCPUs on an aarch64 host: guest loads and stores keep the host's weaker order, not \
-                 x86's (locked instructions are atomic and ordered); see docs/tcg.md"
-            );
-        }
         Ok(Box::new(TcgVcpu::build(self.mem.clone(), self.model.clone(), Some(id))?))
     }
 }

@@ -712,6 +712,10 @@ impl<'a> Emit<'a> {
                     4 => dynasm!(self.ops ; .arch aarch64 ; ldr W(r), [x1, x12]),
                     _ => dynasm!(self.ops ; .arch aarch64 ; ldr X(r), [x1, x12]),
                 }
+                if self.env.tso {
+                    // x86 orders a load before every later load and store.
+                    dynasm!(self.ops ; .arch aarch64 ; dmb ishld);
+                }
                 dynasm!(self.ops ; .arch aarch64 ; b =>done ; =>miss);
                 self.store_rip(self.rip);
                 dynasm!(self.ops ; .arch aarch64 ; mov x0, x19 ; movz x2, w as u32);
@@ -727,6 +731,11 @@ impl<'a> Emit<'a> {
                 let (miss, done) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
                 // A write hit is never a page with translated code (mmu.rs).
                 self.probe(w, entry_off::WRITE, miss);
+                if self.env.tso {
+                    // x86 orders a store after every earlier store (and the loads
+                    // before it, by their own barrier).
+                    dynasm!(self.ops ; .arch aarch64 ; dmb ishst);
+                }
                 match w {
                     1 => dynasm!(self.ops ; .arch aarch64 ; strb W(v), [x1, x12]),
                     2 => dynasm!(self.ops ; .arch aarch64 ; strh W(v), [x1, x12]),
@@ -1005,4 +1014,49 @@ extern "C" fn helper_div128(hi: u64, lo: u64, div: u64, rem: u64) -> u64 {
         return 0;
     }
     (if rem != 0 { n % d } else { n / d }) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Helpers, Stubs};
+    use crate::ir::{Block, Op};
+
+    /// The instruction words of a block with one load and one store, emitted with or
+    /// without x86's order to keep.
+    fn words(tso: bool) -> Vec<u32> {
+        let mut b = Block::new();
+        b.insn(0x1000, 0x1004);
+        let addr = b.konst(0x2000);
+        let v = b.load(4, addr);
+        b.store(4, addr, v);
+        b.push(Op::Exit { rip: 0x1004 });
+        let helpers =
+            Helpers { load: 0, store: 0, flags: 0, tsc: 0, sti: 0, interp: 0, vload: 0, vstore: 0, lookup: 0 };
+        let env = Env {
+            base: 0x1000,
+            stubs: Stubs::default(),
+            helpers,
+            page: None,
+            block_rip: 0x1000,
+            single: false,
+            mmu_idx: 0,
+            tso,
+        };
+        let code = A64::emit(&b, &env);
+        code.bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    /// With other vCPUs, a load is followed by DMB ISHLD and a store preceded by DMB
+    /// ISHST (x86's TSO on aarch64's weaker order); alone, neither.
+    #[test]
+    fn tso_barriers_only_with_other_vcpus() {
+        const DMB_ISHLD: u32 = 0xd503_39bf;
+        const DMB_ISHST: u32 = 0xd503_3abf;
+        let with = words(true);
+        assert_eq!(with.iter().filter(|&&w| w == DMB_ISHLD).count(), 1, "{with:08x?}");
+        assert_eq!(with.iter().filter(|&&w| w == DMB_ISHST).count(), 1, "{with:08x?}");
+        let without = words(false);
+        assert!(!without.iter().any(|&w| w == DMB_ISHLD || w == DMB_ISHST), "{without:08x?}");
+    }
 }

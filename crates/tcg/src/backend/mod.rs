@@ -82,6 +82,9 @@ pub struct Env {
     /// The MMU index of the block's accesses: which TLB and jump-cache arrays its code
     /// probes.
     pub mmu_idx: usize,
+    /// Other vCPUs run: guest loads and stores must keep x86's order (TSO) on a host
+    /// whose own order is weaker (aarch64: barriers; x86-64 has it already).
+    pub tso: bool,
 }
 
 /// Addresses of the Rust functions generated code calls.

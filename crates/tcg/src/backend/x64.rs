@@ -2860,6 +2860,7 @@ mod tests {
             block_rip: 0,
             single: false,
             mmu_idx: 0,
+            tso: false,
         };
         use iced_x86::Register as R;
         let regs = [

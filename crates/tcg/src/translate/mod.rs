@@ -208,6 +208,7 @@ pub fn translate_block(
         block_rip: start_rip,
         single: mode.single,
         mmu_idx: mode.mmu_idx,
+        tso: mode.atomic,
     };
     let code = Host::emit(&block, &env);
     if log::log_enabled!(target: "quern_tcg::out_asm", log::Level::Trace) {
