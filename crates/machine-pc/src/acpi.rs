@@ -175,7 +175,7 @@ pub fn build_acpi_tables(cfg: &AcpiConfig) -> Result<AcpiBlob, AcpiError> {
     if cfg.cpus == 0 {
         return Err(AcpiError::Cpus(cfg.cpus));
     }
-    let last = cfg.cpus - 1;
+    let last = possible_cpus(cfg) - 1;
     if cfg.topology.apic_id(u32::from(last)) > 254 {
         return Err(AcpiError::ApicId(last, cfg.topology.apic_id(u32::from(last))));
     }
@@ -594,13 +594,23 @@ fn fadt(cfg: &AcpiConfig, facs: u64, dsdt: u64) -> Vec<u8> {
 const MPS_ACTIVE_HIGH: u16 = 0b01;
 const MPS_LEVEL: u16 = 0b11 << 2;
 
+/// The CPUs the MADT lists: `-smp`'s maxcpus (its topology's room), at least the
+/// present ones, at most the xAPIC's 255.
+fn possible_cpus(cfg: &AcpiConfig) -> u8 {
+    u8::try_from(cfg.topology.max_cpus().max(u32::from(cfg.cpus))).unwrap_or(u8::MAX)
+}
+
 fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut t = sdt(b"APIC", 5);
     t.append_slice(&(LAPIC_BASE as u32).to_le_bytes());
     t.append_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    for cpu in 0..cfg.cpus {
+    // Every possible CPU, those past the present ones disabled but online-capable (as
+    // QEMU lists them for later hot-plugging, which quern does not do yet: the OS counts
+    // them as such; a MADT of revision 5 needs the online-capable flag for that).
+    for cpu in 0..possible_cpus(cfg) {
         let id = cfg.topology.apic_id(u32::from(cpu)) as u8;
-        t.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, id, EnabledStatus::Enabled)));
+        let status = if cpu < cfg.cpus { EnabledStatus::Enabled } else { EnabledStatus::DisabledOnlineCapable };
+        t.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, id, status)));
     }
     t.append_slice(&aml_bytes(&IoApic::new(IOAPIC_ID, IOAPIC_BASE as u32, 0)));
     // ISA IRQ0 (PIT) is wired to I/O APIC pin 2, with the ISA bus's edge/high.
@@ -832,6 +842,17 @@ mod tests {
             assert_eq!(structs[n + 6], [4, 6, 0xff, 0, 0, 1], "NMI on LINT1 of all processors");
             assert_eq!(structs.len(), n + 7);
         }
+    }
+
+    /// `-smp 2,maxcpus=4`: four processor entries, the last two disabled and
+    /// online-capable (room for CPUs the OS counts as hot-pluggable, as under QEMU).
+    #[test]
+    fn madt_lists_possible_cpus_disabled() {
+        let mut cfg = config(2);
+        cfg.topology = quern_core::Topology { sockets: 4, dies: 1, modules: 1, cores: 1, threads: 1 };
+        let (_, madt) = dsdt_and_madt(&cfg);
+        let flags: Vec<u8> = madt_structs(&madt).iter().filter(|s| s[0] == 0).map(|s| s[4]).collect();
+        assert_eq!(flags, [1, 1, 2, 2]);
     }
 
     #[test]

@@ -100,6 +100,8 @@ impl BusDevice for PamWrites {
 /// What fw_cfg describes besides the memory map.
 pub struct FwCfgSetup<'a> {
     pub cpus: u32,
+    /// `-smp`'s maxcpus.
+    pub max_cpus: u32,
     pub acpi: &'a AcpiBlob,
     pub smbios: SmbiosConfig,
     pub drives: &'a [DriveConfig],
@@ -115,7 +117,7 @@ pub fn build_fw_cfg(mem: Arc<GuestMemory>, layout: &MemoryLayout, s: &FwCfgSetup
     let cpus = u16::try_from(s.cpus).unwrap_or(u16::MAX);
     f.add_u64(key::RAM_SIZE, layout.ram);
     f.add_u16(key::NB_CPUS, cpus);
-    f.add_u16(key::MAX_CPUS, cpus);
+    f.add_u16(key::MAX_CPUS, u16::try_from(s.max_cpus.max(s.cpus)).unwrap_or(u16::MAX));
     f.add_u16(key::NOGRAPHIC, 1);
     f.add_u16(key::BOOT_MENU, u16::from(s.menu));
     f.add_bytes(key::UUID, s.smbios.uuid.to_vec());
@@ -180,6 +182,7 @@ pub fn install(
     let smbios = SmbiosConfig { cpus: cfg.cpus, bios_vendor, bios_version, bios_date, uuid: cfg.uuid };
     let setup = FwCfgSetup {
         cpus: cfg.cpus,
+        max_cpus: cfg.topology.max_cpus(),
         acpi: &acpi,
         smbios,
         drives: &cfg.drives,
@@ -344,7 +347,15 @@ mod tests {
         let f = build_fw_cfg(
             mem.clone(),
             &layout,
-            &FwCfgSetup { cpus: 2, acpi: &acpi, smbios: smbios.clone(), drives: &[], strict: false, menu: false },
+            &FwCfgSetup {
+                cpus: 2,
+                max_cpus: 2,
+                acpi: &acpi,
+                smbios: smbios.clone(),
+                drives: &[],
+                strict: false,
+                menu: false,
+            },
         );
         assert_eq!(f.item(key::BOOT_MENU), Some(&[0u8, 0][..]));
         assert!(f.file("bootorder").is_none(), "no bootindex, no bootorder");
@@ -360,6 +371,7 @@ mod tests {
         let uuid = *b"\x5d\x3c\x0a\x0e\x6c\x8f\x4c\x3e\x9a\x3b\x1f\x0e\x6b\x1c\x2d\x3e";
         let strict = FwCfgSetup {
             cpus: 2,
+            max_cpus: 4,
             acpi: &acpi,
             smbios: SmbiosConfig { uuid, ..smbios.clone() },
             drives: std::slice::from_ref(&disk),
@@ -370,6 +382,7 @@ mod tests {
         assert_eq!(g.file("bootorder"), Some(&b"/pci@i0cf8/ide@1,1/drive@0/disk@0\nHALT\n"[..]));
         assert_eq!(g.item(key::BOOT_MENU), Some(&[1u8, 0][..]));
         assert_eq!(g.item(key::UUID), Some(&uuid[..]));
+        assert_eq!(g.item(key::MAX_CPUS), Some(&[4u8, 0][..]), "-smp 2,maxcpus=4");
         assert_eq!(f.item(key::RAM_SIZE), Some(&(64 * MIB).to_le_bytes()[..]));
         assert_eq!(f.item(key::NB_CPUS), Some(&[2u8, 0][..]));
         assert_eq!(f.item(key::MAX_CPUS), Some(&[2u8, 0][..]));

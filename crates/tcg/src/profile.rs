@@ -11,8 +11,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
-static CODE_START: AtomicUsize = AtomicUsize::new(0);
-static CODE_END: AtomicUsize = AtomicUsize::new(0);
+/// Each vCPU's code buffer (start, end), `CODE_RANGES_USED` of them.
+static CODE_RANGES: [(AtomicUsize, AtomicUsize); 64] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 64];
+static CODE_RANGES_USED: AtomicUsize = AtomicUsize::new(0);
+/// The report is printed once, by the first vCPU to go (the counters are shared).
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static IN_CODE: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE: AtomicU64 = AtomicU64::new(0);
 static IN_TRANSLATOR: AtomicU64 = AtomicU64::new(0);
@@ -117,7 +120,9 @@ fn interrupted_pc(ctx: &libc::ucontext_t) -> usize {
 extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
     let rip = unsafe { interrupted_pc(&*(ctx as *const libc::ucontext_t)) };
-    let inside = rip >= CODE_START.load(Ordering::Relaxed) && rip < CODE_END.load(Ordering::Relaxed);
+    let used = CODE_RANGES_USED.load(Ordering::Acquire).min(CODE_RANGES.len());
+    let inside =
+        CODE_RANGES[..used].iter().any(|(s, e)| rip >= s.load(Ordering::Relaxed) && rip < e.load(Ordering::Relaxed));
     let bucket = match PHASE.load(Ordering::Relaxed) {
         _ if inside => &IN_CODE,
         PHASE_TRANSLATE => &IN_TRANSLATOR,
@@ -132,11 +137,17 @@ pub fn enabled() -> bool {
     std::env::var("QUERN_TCG_PROFILE").is_ok_and(|v| v == "1")
 }
 
-/// Starts sampling; `code` is the code buffer's address range.
+/// Starts sampling; `code` is the (calling vCPU's) code buffer's address range. With
+/// several vCPUs the counters are shared and the phase (translating, interpreting) is
+/// one for all: the split is then approximate.
 pub fn start(code: std::ops::Range<usize>) {
     ON.store(true, Ordering::Relaxed);
-    CODE_START.store(code.start, Ordering::Relaxed);
-    CODE_END.store(code.end, Ordering::Relaxed);
+    let i = CODE_RANGES_USED.load(Ordering::Relaxed);
+    if let Some((s, e)) = CODE_RANGES.get(i) {
+        s.store(code.start, Ordering::Relaxed);
+        e.store(code.end, Ordering::Relaxed);
+        CODE_RANGES_USED.store(i + 1, Ordering::Release);
+    }
     // SAFETY: installs a handler that only touches atomics, and a CPU-time timer.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -153,6 +164,9 @@ pub fn start(code: std::ops::Range<usize>) {
 
 /// Prints the split so far to stderr.
 pub fn report() {
+    if REPORTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let (code, tr, interp, other) = (n(&IN_CODE), n(&IN_TRANSLATOR), n(&IN_INTERP), n(&OUTSIDE));
     let total = (code + tr + interp + other).max(1);
