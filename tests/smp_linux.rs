@@ -38,29 +38,27 @@ const SMP_TROUBLE: &[&str] = &[
 
 /// The kernel at its busybox shell with `-smp cpus`, console logging turned down.
 fn shell(cpus: u32, mem: &str) -> Console {
+    shell_with(cpus, mem, &["-no-reboot"])
+}
+
+fn shell_with(cpus: u32, mem: &str, extra: &[&str]) -> Console {
     let kernel = guest_file("vmlinux");
     let initrd = guest_file("initramfs-shell.cpio.gz");
     let smp = cpus.to_string();
-    let mut c = Console::spawn(&[
-        "-accel",
-        "tcg",
-        "-smp",
-        &smp,
-        "-m",
-        mem,
-        "-nographic",
-        "-no-reboot",
-        "-kernel",
-        kernel.to_str().unwrap(),
-        "-initrd",
-        initrd.to_str().unwrap(),
-        "-append",
-        "console=ttyS0 panic=-1",
-    ]);
+    let mut args = vec!["-accel", "tcg", "-smp", &smp, "-m", mem, "-nographic"];
+    args.extend_from_slice(extra);
+    let (kernel, initrd) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
+    args.extend(["-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1"]);
+    let mut c = Console::spawn(&args);
+    at_prompt(&mut c, cpus);
+    c
+}
+
+/// Waits for the init marker and the shell's prompt, then turns console logging down.
+fn at_prompt(c: &mut Console, cpus: u32) {
     c.wait_for(MARKER, BOOT_LIMIT).unwrap_or_else(|e| panic!("-smp {cpus}: {e}"));
     c.wait_for("# ", COMMAND_LIMIT).unwrap_or_else(|e| panic!("-smp {cpus}: no shell prompt: {e}"));
-    run(&mut c, "dmesg -n 1");
-    c
+    run(c, "dmesg -n 1");
 }
 
 fn run(c: &mut Console, cmd: &str) -> String {
@@ -179,4 +177,18 @@ fn seabios_disk_boot_brings_up_two_cpus() {
     assert!(run.stdout.contains("smp: Brought up 1 node, 2 CPUs"), "the kernel did not bring up 2 CPUs:\n{d}");
     assert!(run.stdout.contains(DISK_MARKER), "no init marker:\n{d}");
     check_no_smp_trouble(&run.stdout, "SeaBIOS -smp 2");
+}
+
+/// A reboot on `-smp 2` (no `-no-reboot`): the machine resets every vCPU, the APs wait
+/// for their start-up IPI again, and the kernel brings both up a second time.
+#[test]
+fn reboot_brings_both_cpus_up_again() {
+    let mut c = shell_with(2, "512", &[]);
+    c.send_line("reboot -f");
+    at_prompt(&mut c, 2);
+    let dmesg = run(&mut c, "dmesg");
+    assert!(dmesg.contains("smp: Brought up 1 node, 2 CPUs"), "after the reboot:\n{dmesg}");
+    check_no_smp_trouble(&dmesg, "after the reboot");
+    assert_eq!(run(&mut c, "grep -c ^processor /proc/cpuinfo").trim(), "2");
+    power_off(c, "after the reboot");
 }
