@@ -17,7 +17,7 @@ need_packages test-aarch64.sh "${packages[@]}"
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 
 cargo build --target "$target" --release --workspace
-cargo test --target "$target" --release -p quern-core -p quern-devices -p quern-block -p quern-machine-pc
+cargo test --target "$target" --release -p quern-core -p quern-devices -p quern-block -p quern-machine-pc -p quern-net
 # The JIT's unit tests (their comparisons with the host CPU are x86-64-only; the rest
 # run, the JIT compared with the interpreter where they compared both with the host).
 cargo test --target "$target" --release -p quern-tcg
