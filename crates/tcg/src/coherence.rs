@@ -14,7 +14,9 @@
 //!   visible to the writer) and posts the page to every other owner; a host write
 //!   (DMA, a loader) does the same through [`CodeObserver`].
 //! - A vCPU drops the posted pages' translations at its next block boundary: posting
-//!   kicks it, and the run loop and the jump-cache refill look at the post first.
+//!   kicks it, and the run loop and the jump-cache refill look at the post first. The
+//!   poster clears their owner bits at once (they will not run that code again), so
+//!   later writes are fast again even while an owner sleeps in HLT.
 //!   It never frees code another thread runs: each vCPU runs its own cache only.
 //!
 //! A store that hit the TLB just before a claim took its permission may land after
@@ -164,7 +166,13 @@ impl Coherence {
         std::sync::atomic::fence(Ordering::SeqCst);
         let others = mem.code_owners(page << 12) & !me.bit;
         if others != 0 {
+            // They drop the page's translations at their next block boundary (kicked
+            // first): it is theirs no longer from now, so that later writes (a halted
+            // vCPU may not look for a while) take the fast path again instead of
+            // posting anew. Their own TLBs still keep it read-only while their caches
+            // hold code from it (`Tlb::fill`'s `own_code`).
             self.post(page, others);
+            mem.release_code(page << 12, others);
         }
     }
 

@@ -247,7 +247,8 @@ impl Cpu {
             return Ok(phys);
         }
         let w = paging::walk(self, linear, access)?;
-        self.state.tlb.fill(idx, &self.mem, linear, w, access);
+        let own_code = self.watch_is_code(w.phys >> 12);
+        self.state.tlb.fill(idx, &self.mem, linear, w, access, own_code);
         Ok(w.phys)
     }
 

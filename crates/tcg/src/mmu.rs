@@ -412,11 +412,13 @@ impl Tlb {
 
 impl Tlb {
     /// Fills MMU index `idx`'s entry for `linear` after a walk (see [`fill`]), writable
-    /// only if no vCPU holds translated code from the page; checked under the lock, so
-    /// that a first claim of the page ([`crate::coherence`]) cannot miss the entry.
-    pub fn fill(&mut self, idx: usize, mem: &GuestMemory, linear: u64, walk: Walk, access: Access) {
+    /// only if no vCPU holds translated code from the page (`own_code`: this vCPU's
+    /// cache does, whatever the owner bits say since another vCPU's write cleared
+    /// them); checked under the lock, so that a first claim of the page
+    /// ([`crate::coherence`]) cannot miss the entry.
+    pub fn fill(&mut self, idx: usize, mem: &GuestMemory, linear: u64, walk: Walk, access: Access, own_code: bool) {
         let _g = TlbGuard::take(&self.lock);
-        let code_free = mem.code_owners(walk.phys & PAGE_MASK) == 0;
+        let code_free = !own_code && mem.code_owners(walk.phys & PAGE_MASK) == 0;
         fill(&mut self.tables[idx], mem, linear, walk, access, code_free);
     }
 }
