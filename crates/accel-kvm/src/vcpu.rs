@@ -103,8 +103,7 @@ impl KvmVcpu {
                 // INIT: the vCPU resets; an application processor then waits for a
                 // start-up IPI (the bootstrap processor restarts at the reset vector).
                 CpuEvent::Init => {
-                    let apic_base = ops.msr_read(msr::IA32_APIC_BASE).and_then(Result::ok);
-                    let bsp = apic_base.map_or(self.id == 0, |b| b & (1 << 8) != 0);
+                    let bsp = ops.is_bsp().unwrap_or(self.id == 0);
                     self.reset()?;
                     self.wait_for_sipi = !bsp;
                 }

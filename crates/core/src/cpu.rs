@@ -44,6 +44,14 @@ pub trait VmOps: Send + Sync {
     fn msr_read(&self, _index: u32) -> Option<Result<u64, Gp>> {
         None
     }
+    /// Whether the local APIC says this CPU is the bootstrap processor
+    /// (IA32_APIC_BASE.BSP): INIT restarts it at the reset vector, the others wait for a
+    /// start-up IPI. `None` without a local APIC.
+    fn is_bsp(&self) -> Option<bool> {
+        const APIC_BASE_BSP: u64 = 1 << 8;
+        let base = self.msr_read(crate::regs::msr::IA32_APIC_BASE)?.ok()?;
+        Some(base & APIC_BASE_BSP != 0)
+    }
     /// Writes a platform MSR; `None` if `index` is not one.
     fn msr_write(&self, _index: u32, _value: u64) -> Option<Result<(), Gp>> {
         None

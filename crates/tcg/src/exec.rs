@@ -358,7 +358,7 @@ impl TcgVcpu {
         model: Arc<crate::model::TcgCpuModel>,
         index: Option<u32>,
     ) -> Result<Self, CpuError> {
-        let cache = CodeCache::new(mem.clone()).map_err(|e| host_err("mapping the code buffer", e))?;
+        let mut cache = CodeCache::new(mem.clone()).map_err(|e| host_err("mapping the code buffer", e))?;
         let coherence = Coherence::of(&mem);
         let shared = Arc::new(Shared { cpu: UnsafeCell::new(Cpu::with_model(mem, model)) });
         let link = {
@@ -372,7 +372,6 @@ impl TcgVcpu {
             unsafe { coherence.register(index, tlb, exit, shared.clone()) }
                 .map_err(|what| CpuError::Unsupported { accel: "tcg", what })?
         };
-        let mut cache = cache;
         cache.owner_bit = link.bit;
         let bsp = link.index == 0;
         // SAFETY: no other reference to the Cpu is live yet.
@@ -417,6 +416,13 @@ impl TcgVcpu {
     fn cpu_mut(&mut self) -> &mut Cpu {
         // SAFETY: as in `cpu`; `&mut self` makes this the only reference.
         unsafe { &mut *self.shared.cpu.get() }
+    }
+
+    /// An application processor after reset or INIT waits, halted, for a start-up IPI.
+    fn wait_for_start_up(&mut self, wait: bool) {
+        let cpu = self.cpu_mut();
+        cpu.wait_for_sipi = wait;
+        cpu.state.halted = u32::from(wait);
     }
 
     fn take_exit_request(&mut self) -> bool {
@@ -657,14 +663,11 @@ impl TcgVcpu {
                 CpuEvent::Nmi => self.cpu_mut().nmi_pending = true,
                 CpuEvent::Init => {
                     // The bootstrap processor restarts at the reset vector; the others
-                    // wait for a start-up IPI.
-                    let apic_base = ops.msr_read(regs::msr::IA32_APIC_BASE).and_then(Result::ok);
-                    let bsp = apic_base.is_none_or(|b| b & (1 << 8) != 0);
+                    // wait for a start-up IPI (the APIC's BSP flag decides).
+                    let bsp = ops.is_bsp().unwrap_or(self.bsp);
                     quern_core::log_limited!(log::Level::Debug, "tcg: INIT (bsp: {bsp})");
                     self.reset()?;
-                    let cpu = self.cpu_mut();
-                    (cpu.nmi_blocked, cpu.nmi_pending, cpu.wait_for_sipi) = (false, false, !bsp);
-                    cpu.state.halted = u32::from(!bsp);
+                    self.wait_for_start_up(!bsp);
                 }
                 CpuEvent::StartUp(v) if self.cpu().wait_for_sipi => {
                     let cpu = self.cpu_mut();
@@ -935,10 +938,9 @@ impl Vcpu for TcgVcpu {
         let sig = self.cpu().model.signature();
         self.cpu_mut().state.gpr[2] = u64::from(sig);
         self.cache.clear();
-        let ap = !self.bsp;
         let cpu = self.cpu_mut();
-        (cpu.nmi_blocked, cpu.nmi_pending, cpu.wait_for_sipi) = (false, false, ap);
-        cpu.state.halted = u32::from(ap);
+        (cpu.nmi_blocked, cpu.nmi_pending) = (false, false);
+        self.wait_for_start_up(!self.bsp);
         Ok(())
     }
 }

@@ -408,9 +408,7 @@ impl Tlb {
             });
         }
     }
-}
 
-impl Tlb {
     /// Fills MMU index `idx`'s entry for `linear` after a walk (see [`fill`]), writable
     /// only if no vCPU holds translated code from the page (`own_code`: this vCPU's
     /// cache does, whatever the owner bits say since another vCPU's write cleared

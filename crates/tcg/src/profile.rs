@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Each vCPU's code buffer (start, end), `CODE_RANGES_USED` of them.
-static CODE_RANGES: [(AtomicUsize, AtomicUsize); 64] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 64];
+static CODE_RANGES: [(AtomicUsize, AtomicUsize); crate::coherence::MAX_VCPUS as usize] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 64];
 static CODE_RANGES_USED: AtomicUsize = AtomicUsize::new(0);
 /// The report is printed once, by the first vCPU to go (the counters are shared).
 static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
