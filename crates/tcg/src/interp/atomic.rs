@@ -1,59 +1,42 @@
-//! The read-modify-write exchanges: XCHG with memory, CMPXCHG, CMPXCHG8B,
-//! CMPXCHG16B, XADD.
-//!
-//! With one vCPU nothing else runs during an instruction, so no host atomics are
-//! needed. Memory is written before any register, so a faulting store leaves the
-//! registers as they were.
+//! The exchanges between registers: XCHG, XADD and CMPXCHG with two register
+//! operands. Their memory forms, and CMPXCHG8B/16B, are read-modify-writes of memory
+//! and run as host atomics in [`super::locked`].
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
-use quern_core::regs::flags::ZF;
 
 use super::{read_reg, set_cc, write_reg, Operands, Step};
-use crate::cpu::{Cpu, Exception, Result};
+use crate::cpu::{Cpu, Result};
 use crate::flags::CcKind;
 
 /// Whether `ins` belongs to this family (`exec` returns `Some` or an error for it).
 pub fn handles(ins: &Instruction) -> bool {
     use Mnemonic::*;
-    matches!(ins.mnemonic(), Xchg | Xadd | Cmpxchg | Cmpxchg8b | Cmpxchg16b)
+    matches!(ins.mnemonic(), Xchg | Xadd | Cmpxchg) && (0..ins.op_count()).all(|i| ins.op_kind(i) == OpKind::Register)
 }
 
 /// Runs `ins` if it belongs to this family.
 pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
     use Mnemonic::*;
+    if !handles(ins) {
+        return Ok(None);
+    }
+    let mut o = Operands { cpu, ins };
+    let w = o.width(0);
+    let dst = o.read(0)?;
+    let src = o.read(1)?;
     match ins.mnemonic() {
         Xchg => {
-            let mut o = Operands { cpu, ins };
-            let a = o.read(0)?;
-            let b = o.read(1)?;
-            // The memory side (if any) first.
-            if ins.op1_kind() == OpKind::Memory {
-                o.write(1, a)?;
-                o.write(0, b)?;
-            } else {
-                o.write(0, b)?;
-                o.write(1, a)?;
-            }
+            o.write(0, src)?;
+            o.write(1, dst)?;
         }
         Xadd => {
-            let mut o = Operands { cpu, ins };
-            let w = o.width(0);
-            let dst = o.read(0)?;
-            let src = o.read(1)?;
+            // TEMP = SRC + DEST; SRC = DEST; DEST = TEMP.
             let sum = dst.wrapping_add(src);
-            if ins.op0_kind() == OpKind::Memory {
-                o.write(0, sum)?;
-                o.write(1, dst)?;
-            } else {
-                // Register to register: TEMP = SRC + DEST; SRC = DEST; DEST = TEMP.
-                o.write(1, dst)?;
-                o.write(0, sum)?;
-            }
+            o.write(1, dst)?;
+            o.write(0, sum)?;
             set_cc(cpu, CcKind::Add, w, sum, src, 0);
         }
-        Cmpxchg => {
-            let mut o = Operands { cpu, ins };
-            let w = o.width(0);
+        _ => {
             let acc = match w {
                 1 => Register::AL,
                 2 => Register::AX,
@@ -61,63 +44,15 @@ pub fn exec(cpu: &mut Cpu, ins: &Instruction) -> Result<Option<Step>> {
                 _ => Register::RAX,
             };
             let a = read_reg(o.cpu, acc);
-            let dst = o.read(0)?;
-            let equal = a == dst;
-            if equal {
-                let src = o.read(1)?;
+            // The destination is written only when equal, the accumulator only when
+            // not (neither is zero-extended otherwise).
+            if a == dst {
                 o.write(0, src)?;
-            } else if ins.op0_kind() == OpKind::Memory {
-                // The destination gets a write cycle either way.
-                o.write(0, dst)?;
-            }
-            // A register destination is left alone (not even zero-extended) when the
-            // comparison fails, and the accumulator when it succeeds.
-            if !equal {
+            } else {
                 write_reg(cpu, acc, dst);
             }
             set_cc(cpu, CcKind::Sub, w, a.wrapping_sub(dst), dst, 0);
         }
-        Cmpxchg8b | Cmpxchg16b => {
-            let wide = ins.mnemonic() == Cmpxchg16b;
-            let a = Operands { cpu, ins }.linear();
-            if wide && a & 15 != 0 {
-                return Err(Exception::gp0());
-            }
-            let s = &cpu.state;
-            let (old, expect, new) = if wide {
-                let mut b = [0u8; 16];
-                cpu.read(a, &mut b)?;
-                let s = &cpu.state;
-                (
-                    u128::from_le_bytes(b),
-                    u128::from(s.gpr[2]) << 64 | u128::from(s.gpr[0]),
-                    u128::from(s.gpr[1]) << 64 | u128::from(s.gpr[3]),
-                )
-            } else {
-                let e = (s.gpr[2] & 0xffff_ffff) << 32 | (s.gpr[0] & 0xffff_ffff);
-                let n = (s.gpr[1] & 0xffff_ffff) << 32 | (s.gpr[3] & 0xffff_ffff);
-                (u128::from(cpu.read_u64(a)?), u128::from(e), u128::from(n))
-            };
-            let equal = old == expect;
-            let store = if equal { new } else { old };
-            if wide {
-                cpu.write(a, &store.to_le_bytes())?;
-            } else {
-                cpu.write_n(a, store as u64, 8)?;
-            }
-            if !equal {
-                if wide {
-                    cpu.state.gpr[0] = old as u64;
-                    cpu.state.gpr[2] = (old >> 64) as u64;
-                } else {
-                    write_reg(cpu, Register::EAX, old as u64);
-                    write_reg(cpu, Register::EDX, (old >> 32) as u64);
-                }
-            }
-            let f = cpu.state.flags();
-            cpu.state.set_flags((f & !ZF) | if equal { ZF } else { 0 });
-        }
-        _ => return Ok(None),
     }
     Ok(Some(Step::Next))
 }
@@ -165,6 +100,7 @@ mod tests {
         compare("xadd ecx,ecx", host!("xadd ecx, ecx"), asm(64, |x| x.xadd(ecx, ecx)));
     }
 
+    /// The memory forms (run by `locked`, whose family the interpreter tries first).
     #[test]
     fn memory_forms() {
         let mut c = cpu(64);

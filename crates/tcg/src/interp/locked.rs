@@ -1,10 +1,10 @@
-//! Locked read-modify-write instructions as host atomics, for guests with several
-//! vCPUs: LOCK-prefixed ADD, OR, ADC, SBB, AND, SUB, XOR, INC, DEC, NEG, NOT, BTS, BTR,
-//! BTC, XADD, CMPXCHG, CMPXCHG8B and CMPXCHG16B, and XCHG with memory (locked with or
-//! without the prefix).
+//! Read-modify-write instructions on memory as host atomics: LOCK-prefixed ADD, OR,
+//! ADC, SBB, AND, SUB, XOR, INC, DEC, NEG, NOT, BTS, BTR, BTC, and XCHG, XADD, CMPXCHG,
+//! CMPXCHG8B and CMPXCHG16B with a memory operand (locked or not).
 //!
-//! The front end sends these here when more than one vCPU runs (with one, the inline
-//! load-operate-store is atomic enough: nothing else runs during an instruction). The
+//! The front end sends the locked ones here when more than one vCPU runs (with one,
+//! the inline load-operate-store is atomic enough: nothing else runs during an
+//! instruction); unlocked exchanges it does not lower come here too. The
 //! operation is a compare-and-swap loop on the guest RAM's host bytes, so it is atomic
 //! against other vCPUs' plain stores too (a spin unlock is a plain byte store into the
 //! word other CPUs CMPXCHG), against DMA, and a full barrier, as x86's locked
@@ -25,33 +25,28 @@ use crate::cpu::{Cpu, Exception, Result};
 use crate::flags::{mask, CcKind, Width};
 use crate::mmu::Access;
 
-/// Whether `ins` is a locked read-modify-write of memory.
+/// Whether `ins` is a read-modify-write of memory this family runs: the exchanges
+/// (XCHG, XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B) with a memory operand, locked or not
+/// (atomic is a correct way to run the unlocked ones, and their semantics then live
+/// here alone; `atomic` has the register forms), and the LOCK-prefixed ALU, bit and
+/// unary operations.
 pub fn handles(ins: &Instruction) -> bool {
     use Mnemonic::*;
     let memory = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
     memory
-        && (ins.mnemonic() == Xchg
+        && (matches!(ins.mnemonic(), Xchg | Xadd | Cmpxchg | Cmpxchg8b | Cmpxchg16b)
             || ins.has_lock_prefix()
                 && matches!(
                     ins.mnemonic(),
-                    Add | Or
-                        | Adc
-                        | Sbb
-                        | And
-                        | Sub
-                        | Xor
-                        | Inc
-                        | Dec
-                        | Neg
-                        | Not
-                        | Bts
-                        | Btr
-                        | Btc
-                        | Xadd
-                        | Cmpxchg
-                        | Cmpxchg8b
-                        | Cmpxchg16b
+                    Add | Or | Adc | Sbb | And | Sub | Xor | Inc | Dec | Neg | Not | Bts | Btr | Btc
                 ))
+}
+
+/// Whether `ins` must be atomic against other vCPUs: a locked read-modify-write (XCHG
+/// with memory is locked without the prefix). With several vCPUs the front end leaves
+/// these to this family instead of lowering them.
+pub fn needs_host_atomic(ins: &Instruction) -> bool {
+    handles(ins) && (ins.has_lock_prefix() || ins.mnemonic() == Mnemonic::Xchg)
 }
 
 /// Serializes the locked operations host atomics cannot do.

@@ -8,7 +8,9 @@
 //! [`misc`] (flag instructions, sign extensions, LEAVE, XLAT, PUSHF/POPF, BOUND, ARPL,
 //! ...), [`rotate`] (rotates, double shifts), [`string`] (MOVS..SCAS, INS/OUTS, REP),
 //! [`muldiv`] (MUL, IMUL, DIV, IDIV), [`bits`] (BT*, BSF/BSR, TZCNT/LZCNT, POPCNT,
-//! BSWAP), [`atomic`] (XCHG with memory, CMPXCHG*, XADD), [`bcd`] (DAA..AAD, SALC),
+//! BSWAP), [`locked`] (read-modify-writes of memory as host atomics: the LOCK-prefixed
+//! operations, and XCHG, XADD, CMPXCHG, CMPXCHG8B/16B on memory), [`atomic`] (XCHG,
+//! XADD, CMPXCHG between registers), [`bcd`] (DAA..AAD, SALC),
 //! [`x87`] (the FPU, FXSAVE/FXRSTOR) and [`sse`] (SSE/SSE2 and the MMX integer forms).
 //! More families plug in through [`exec`].
 //!
@@ -253,7 +255,8 @@ type Member = fn(&Instruction) -> bool;
 
 /// The families in the order [`exec`] tries them, each with its membership test.
 const FAMILIES: [(Member, Handler); 11] = [
-    // First: a locked instruction is atomic whichever family its operation is in.
+    // First: a read-modify-write of memory is atomic whichever family its operation
+    // is in.
     (locked::handles, locked::exec),
     (system::handles, system::exec),
     (misc::handles, misc::exec),

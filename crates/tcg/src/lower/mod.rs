@@ -112,7 +112,7 @@ impl Lower<'_> {
                 r.is_segment_register() || r.is_cr() || r.is_dr()
             }
         });
-        if special || self.mode.atomic && crate::interp::locked::handles(ins) {
+        if special || self.mode.atomic && crate::interp::locked::needs_host_atomic(ins) {
             return self.interp();
         }
         match ins.mnemonic() {
