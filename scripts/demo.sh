@@ -3,6 +3,10 @@
 # serial console, on two vCPUs. Ctrl-A x quits. Extra arguments go to quern (e.g. -accel tcg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+# To build quern: pkg-config and libslirp's headers (the user-mode network).
+need_packages demo.sh pkg-config libslirp-dev libglib2.0-dev
 scripts/build-test-guest.sh
 cargo build --release --quiet
 accel=tcg

@@ -7,10 +7,14 @@
 //! with no free receive descriptor refuses a frame, the backend holds it (and stops
 //! reading from its socket) until the NIC calls [`NetBackend::resume`].
 //!
+//! - [`slirp`]: `-netdev user`, a user-mode TCP/IP stack (libslirp) that turns the
+//!   guest's connections into the host's sockets.
 //! - [`stream`]: QEMU's `-netdev stream` / `-netdev socket` framing (each frame after
 //!   its length, 32-bit big-endian) over a TCP or UNIX socket: two emulators connected
 //!   back to back.
 
+#[cfg(feature = "slirp")]
+pub mod slirp;
 pub mod stream;
 
 /// The largest frame a backend passes: a jumbo frame with a VLAN tag, and room to
