@@ -9,13 +9,21 @@
 //!
 //! - [`slirp`]: `-netdev user`, a user-mode TCP/IP stack (libslirp) that turns the
 //!   guest's connections into the host's sockets.
+//! - [`tap`]: `-netdev tap`, a host TAP interface (in a network namespace, for tests).
+//! - [`netdev`]: a `-netdev`'s configuration, and starting its backend for a NIC.
 //! - [`stream`]: QEMU's `-netdev stream` / `-netdev socket` framing (each frame after
 //!   its length, 32-bit big-endian) over a TCP or UNIX socket: two emulators connected
 //!   back to back.
 
+pub mod netdev;
 #[cfg(feature = "slirp")]
 pub mod slirp;
+pub mod slirp_config;
 pub mod stream;
+pub mod tap;
+
+pub use netdev::{start, Netdev, NetdevKind, StreamAddr};
+pub use slirp_config::{GuestFwd, HostFwd, SlirpConfig};
 
 /// The largest frame a backend passes: a jumbo frame with a VLAN tag, and room to
 /// spare (QEMU's socket backends take up to 68 KiB, NET_BUFSIZE + headers).

@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -72,11 +73,18 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// Frames queued for the writer thread; past this, frames are dropped as on a
+/// congested wire. A vCPU never blocks on the peer: two guests each blocked writing to
+/// the other, whose readers wait for their NICs, would never wake.
+const WRITE_QUEUE: usize = 512;
+
 /// A stream-socket backend.
 pub struct StreamBackend {
-    writer: Mutex<Socket>,
+    queue: Mutex<Option<SyncSender<Vec<u8>>>>,
+    socket: Socket,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
 }
 
 impl StreamBackend {
@@ -94,7 +102,17 @@ impl StreamBackend {
             }
             s.closed.store(true, Ordering::Release);
         })?;
-        Ok(StreamBackend { writer: Mutex::new(socket), shared, reader: Some(reader) })
+        let (queue, frames) = sync_channel::<Vec<u8>>(WRITE_QUEUE);
+        let mut writing = socket.try_clone()?;
+        let writer = std::thread::Builder::new().name("quern-net-stream-tx".into()).spawn(move || {
+            for f in frames {
+                let framed = writing.write_all(&(f.len() as u32).to_be_bytes()).and_then(|()| writing.write_all(&f));
+                if framed.is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(StreamBackend { queue: Mutex::new(Some(queue)), socket, shared, reader: Some(reader), writer: Some(writer) })
     }
 
     /// Whether the connection has ended (peer gone, or a malformed length).
@@ -145,9 +163,12 @@ impl NetBackend for StreamBackend {
         if frame.len() > MAX_FRAME {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {} bytes", frame.len())));
         }
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        w.write_all(&(frame.len() as u32).to_be_bytes())?;
-        w.write_all(frame)
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.as_ref().map(|q| q.try_send(frame.to_vec())) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(TrySendError::Full(_))) => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
     }
 
     fn resume(&self) {
@@ -159,10 +180,11 @@ impl NetBackend for StreamBackend {
 impl Drop for StreamBackend {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.writer.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.socket.shutdown();
         self.resume();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
+        for t in [self.reader.take(), self.writer.take()].into_iter().flatten() {
+            let _ = t.join();
         }
     }
 }
