@@ -22,7 +22,7 @@ work="$out/.work"
 helper="$root/scripts/guest-helper.py"
 outputs=(vmlinuz vmlinux initramfs.cpio.gz initramfs-shell.cpio.gz initramfs-bench.cpio.gz)
 outputs+=(initramfs-disk.cpio.gz disk.img disk-pio.img disk.sha256 disk.layout initramfs-cd.cpio.gz cd.iso cd.sha256)
-outputs+=(initramfs-programs.cpio.gz)
+outputs+=(initramfs-programs.cpio.gz initramfs-net.cpio.gz)
 
 say() { echo "build-test-guest: $*" >&2; }
 
@@ -41,6 +41,7 @@ print_paths() {
 
 if all_present; then
     "$root/scripts/build-programs-guest.sh" >/dev/null # rebuilds an outdated version
+    "$root/scripts/build-net-guest.sh" >/dev/null
     print_paths
     exit 0
 fi
@@ -126,5 +127,6 @@ fi
 
 "$root/scripts/build-test-disks.sh" >/dev/null
 "$root/scripts/build-programs-guest.sh" >/dev/null
+"$root/scripts/build-net-guest.sh" >/dev/null
 
 print_paths

@@ -20,6 +20,7 @@ use quern_core::{Bus, GuestMemory, IrqLine, MachineControl, MachineEvent};
 use quern_devices::acpi_pm::{AcpiPm, PM_IO_LEN};
 use quern_devices::debug_exit::DebugExit;
 use quern_devices::debugcon::Debugcon;
+use quern_devices::e1000::{E1000Config, E1000};
 use quern_devices::i8042::{i8042_bus_devices, I8042};
 use quern_devices::ide::{self, ide_bus_devices, DriveKind, IdeDriveConfig, PiixIde};
 use quern_devices::ioapic::{isa_irq_to_gsi, IoApicMmio, IoApicPin, IrqFanOut, IOAPIC_BASE, IOAPIC_MMIO_LEN};
@@ -32,7 +33,8 @@ use quern_devices::rtc::Rtc;
 use quern_devices::uart::Serial;
 
 use crate::apic_bus::ApicBus;
-use crate::config::{DriveConfig, MachineConfig, Media};
+use crate::config::{DriveConfig, MachineConfig, Media, NicConfig};
+use crate::pci_irq::PciIrqRouter;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::MemoryLayout;
 use crate::machine::{MachineError, ACPI_PM_BASE, ACPI_SCI_IRQ};
@@ -62,6 +64,8 @@ pub struct Chipset {
     pub apics: Option<Arc<ApicBus>>,
     pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub ide: Arc<Mutex<PiixIde>>,
+    /// The network cards, in the order configured.
+    pub nics: Vec<Arc<E1000>>,
     pub serial: Arc<Mutex<Serial>>,
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
@@ -165,6 +169,9 @@ impl Chipset {
             .add(ide::PCI_DEVICE, ide::PCI_FUNCTION, ide.clone())
             .map_err(|e| MachineError::Config(e.to_string()))?;
 
+        let router = PciIrqRouter::new(lock(&pci).isa_bridge(), &irq);
+        let nics = add_nics(&mut cfg.nics, &pci, mem, &router)?;
+
         let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
         pio.insert(pm.clone(), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
         timers.push(pm);
@@ -182,7 +189,7 @@ impl Chipset {
             timers.extend(a.timers());
         }
 
-        Ok(Chipset { pio, mmio, pic, apics, pci, ide, serial, timers, clock, waker })
+        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, timers, clock, waker })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its
@@ -197,7 +204,39 @@ impl Chipset {
         }
         lock(&self.pci).reset();
         lock(&self.ide).reset();
+        for nic in &self.nics {
+            nic.reset();
+        }
     }
+}
+
+/// Puts the network cards on the bus, each in its slot (or the first free one) with its
+/// INTA through the PIRQ router, and starts their backends.
+fn add_nics(
+    nics: &mut [NicConfig],
+    pci: &Arc<Mutex<PciRoot>>,
+    mem: &Arc<GuestMemory>,
+    router: &Arc<PciIrqRouter>,
+) -> Result<Vec<Arc<E1000>>, MachineError> {
+    let mut out = Vec::new();
+    for n in nics {
+        let mut root = lock(pci);
+        let slot = match n.slot {
+            Some(s) => s,
+            None => root.bus().free_slot().ok_or_else(|| MachineError::Config(format!("{}: no free PCI slot", n.id)))?,
+        };
+        let nic = E1000::new(mem.clone(), router.intx(slot, 0), E1000Config { mac: n.mac, rom: n.rom.take() });
+        root.bus_mut().add(slot, 0, nic.pci_function()).map_err(|e| MachineError::Config(format!("{}: {e}", n.id)))?;
+        drop(root);
+        if let Some(netdev) = &n.netdev {
+            let backend = quern_net::start(netdev, nic.sink()).map_err(MachineError::Config)?;
+            nic.connect(backend);
+        } else {
+            log::warn!("{}: no netdev: the card's link goes nowhere", n.id);
+        }
+        out.push(nic);
+    }
+    Ok(out)
 }
 
 /// The hard disks in CMOS, as QEMU's pc puts them there: 0x12 which of the primary
@@ -268,10 +307,18 @@ impl PcOps {
         }
         self.pio.write(addr, data);
     }
+    /// An address no fixed device claims goes to the PCI functions' memory BARs (a
+    /// NIC's registers), as ports do to their I/O BARs.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if self.mmio.resolve(addr).is_none() && lock(&self.pci).bus().mmio_read(addr, data) {
+            return;
+        }
         self.mmio.read(addr, data);
     }
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if self.mmio.resolve(addr).is_none() && lock(&self.pci).bus().mmio_write(addr, data) {
+            return;
+        }
         self.mmio.write(addr, data);
     }
     pub fn stop_requested(&self) -> bool {

@@ -45,6 +45,20 @@ pub struct DriveConfig {
     pub id: String,
 }
 
+/// A network card on the PCI bus (-device e1000, -nic, -net nic).
+pub struct NicConfig {
+    /// The MAC address.
+    pub mac: [u8; 6],
+    /// The PCI device number (`addr=`); the first free slot when unset.
+    pub slot: Option<u8>,
+    /// Its backend (`netdev=`); a card without one has a dead wire.
+    pub netdev: Option<quern_net::Netdev>,
+    /// The option ROM firmware boots it with (iPXE's, for PXE), read in whole.
+    pub rom: Option<Vec<u8>>,
+    /// The name given by `id=` (or made up), for messages and the monitor.
+    pub id: String,
+}
+
 /// One PC's configuration.
 pub struct MachineConfig {
     /// Guest RAM in bytes (-m).
@@ -72,6 +86,8 @@ pub struct MachineConfig {
     pub debug_exit: Option<DebugExitConfig>,
     /// IDE drives, at most one per (bus, unit).
     pub drives: Vec<DriveConfig>,
+    /// Network cards (82540EM, "e1000").
+    pub nics: Vec<NicConfig>,
     /// `-boot order=` (drive letters: c disk, d CD-ROM, n network), `None` for the
     /// firmware's default.
     pub boot_order: Option<String>,
@@ -99,6 +115,7 @@ impl Default for MachineConfig {
             debugcon: None,
             debug_exit: None,
             drives: Vec::new(),
+            nics: Vec::new(),
             boot_order: None,
             boot_strict: false,
             boot_menu: false,

@@ -4,6 +4,7 @@
 //! - [`layout`]: the physical memory map and e820.
 //! - [`chipset`]: the i440fx/PIIX3 devices on their buses, and [`chipset::PcOps`], the
 //!   buses the vCPUs share.
+//! - [`pci_irq`]: PCI INTx pins through PIIX3's PIRQ routes to ISA IRQs.
 //! - [`apic_bus`]: the local APICs, the IOAPIC and the router between them.
 //! - [`vcpu_ops`]: the machine as one vCPU sees it (its local APIC, the PIC behind
 //!   LINT0).
@@ -24,6 +25,7 @@ pub mod firmware;
 pub mod layout;
 pub mod loader;
 pub mod machine;
+pub mod pci_irq;
 pub mod smbios;
 pub mod timers;
 pub mod vcpu_ops;

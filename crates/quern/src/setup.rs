@@ -140,6 +140,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         boot_strict: o.boot_strict,
         boot_menu: o.boot_menu,
         uuid: o.uuid,
+        nics: Vec::new(),
     };
     if let Some(dev) = &o.serial {
         cfg.serial = char_out(dev, "serial")?;
@@ -147,6 +148,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
     if let Some(dev) = &o.debugcon {
         cfg.debugcon = char_out(dev, "debugcon")?;
     }
+    cfg.nics = o.nics.iter().enumerate().map(|(i, n)| nic_config(o, &cfg, i, n)).collect::<Result<_, _>>()?;
     for d in &o.devices {
         match *d {
             Device::DebugExit { iobase, iosize } => cfg.debug_exit = Some(DebugExitConfig { iobase, iosize }),
@@ -154,6 +156,48 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         }
     }
     Ok(cfg)
+}
+
+/// The option ROM an e1000 gets when `romfile=` is not given: iPXE's, as QEMU's `pc`
+/// (Debian's ipxe-qemu, which QEMU's data directory links to).
+pub const DEFAULT_NIC_ROM: &str = "efi-e1000.rom";
+
+/// A card's machine configuration: its netdev, and its option ROM, read in whole
+/// (`romfile=` must exist; the default is looked for only when firmware runs, and its
+/// absence costs only PXE).
+fn nic_config(
+    o: &Options,
+    cfg: &MachineConfig,
+    index: usize,
+    n: &crate::cli::net::NicSpec,
+) -> Result<quern_machine_pc::config::NicConfig, String> {
+    let id = n.id.clone().unwrap_or_else(|| format!("net{index}"));
+    let rom = match &n.romfile {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => {
+            let path = find_firmware(p, &o.firmware_dirs);
+            Some(std::fs::read(&path).map_err(|e| format!("-device e1000,romfile={}: {e}", p.display()))?)
+        }
+        None if cfg.bios.is_some() => {
+            let found = firmware_dirs(&o.firmware_dirs).iter().map(|d| d.join(DEFAULT_NIC_ROM)).find(|p| p.is_file());
+            match found.map(std::fs::read) {
+                Some(Ok(rom)) => Some(rom),
+                _ => {
+                    log::warn!("{id}: no {DEFAULT_NIC_ROM} (Debian's ipxe-qemu): the card cannot PXE boot");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let netdev = n.netdev.as_ref().and_then(|id| o.netdevs.iter().find(|d| &d.id == id)).cloned();
+    Ok(quern_machine_pc::config::NicConfig {
+        mac: n.mac.unwrap_or([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+        slot: n.addr,
+        netdev,
+        rom,
+        id,
+    })
 }
 
 /// The text `-cpu help` prints.

@@ -9,6 +9,7 @@
 //! effects (files are opened later, by the binary's setup).
 
 pub mod drives;
+pub mod net;
 mod opts;
 mod size;
 pub mod table;
@@ -118,6 +119,9 @@ pub struct Options {
     pub log_items: Vec<&'static LogItem>,
     pub log_file: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
+    /// Network backends, each used by one of `nics`.
+    pub netdevs: Vec<quern_net::Netdev>,
+    pub nics: Vec<net::NicSpec>,
 }
 
 /// Parses `args` (the program name first, as `std::env::args_os` gives it).
@@ -201,6 +205,7 @@ struct Builder {
     log_items: Vec<&'static LogItem>,
     log_file: Option<PathBuf>,
     pidfile: Option<PathBuf>,
+    net: net::Net,
 }
 
 /// An error about one option's value: "-opt VALUE: what is wrong".
@@ -279,6 +284,7 @@ impl Builder {
                         self.drives.device(drives::Media::Disk, &o).map_err(|e| bad(name, value, e))?
                     }
                     Some("ide-cd") => self.drives.device(drives::Media::Cdrom, &o).map_err(|e| bad(name, value, e))?,
+                    Some("e1000") => self.net.device(&o).map_err(|e| bad(name, value, e))?,
                     _ => self.devices.push(parse_device(&o).map_err(|e| bad(name, value, e))?),
                 }
             }
@@ -304,11 +310,9 @@ impl Builder {
             "kernel" => self.kernel = Some(path()),
             "initrd" => self.initrd = Some(path()),
             "append" => self.append = Some(text(name, value)?.to_string()),
-            "nic" | "net" => {
-                if text(name, value)? != "none" {
-                    return Err(bad(name, value, format!("-{name} is not supported yet (networking comes with the e1000 work; -{name} none is accepted)")));
-                }
-            }
+            "netdev" => self.net.netdev(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "nic" => self.net.nic(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "net" => self.net.net(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "serial" => self.serial.push(char_dev(name, value)?),
             "parallel" => {
                 if value != "none" {
@@ -407,6 +411,7 @@ impl Builder {
         };
         devices.retain(|d| *d != Device::DebugCon);
         let drives = self.drives.finish().map_err(CliError)?;
+        let (netdevs, nics) = self.net.finish(false).map_err(CliError)?;
         Ok(Options {
             ram_bytes: self.ram_bytes.unwrap_or(128 << 20),
             cpus: self.cpus.map_or(1, |c| c.0),
@@ -433,6 +438,8 @@ impl Builder {
             log_items: self.log_items,
             log_file: self.log_file,
             pidfile: self.pidfile,
+            netdevs,
+            nics,
         })
     }
 }

@@ -52,6 +52,11 @@ impl Opts {
         self.items.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Every value given for `key`, in order (`hostfwd=` repeats).
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.items.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
     /// Keys in order of appearance (with repeats).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.items.iter().map(|(k, _)| k.as_str())
@@ -65,6 +70,11 @@ impl Opts {
     /// An `on|off` (also yes/no, true/false) switch.
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>, String> {
         self.get(key).map(|v| parse_bool(v).ok_or_else(|| format!("{key}={v}: expected 'on' or 'off'"))).transpose()
+    }
+
+    /// The same items without `keys`.
+    pub fn without(&self, keys: &[&str]) -> Opts {
+        Opts { items: self.items.iter().filter(|(k, _)| !keys.contains(&k.as_str())).cloned().collect() }
     }
 
     /// Merges `later` over `self` (QEMU merges repeated `-machine` options).

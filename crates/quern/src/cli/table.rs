@@ -32,7 +32,6 @@ const fn opt(name: &'static str, takes_arg: bool, support: Support) -> OptionDef
 use Support::{Ignored, NotYet, Yes};
 
 const DISKS: Support = NotYet("quern has IDE disks and CD-ROMs only (-hda, -cdrom, -drive if=ide)");
-const NET: Support = NotYet("networking comes with the e1000 work");
 const MONITOR: Support = NotYet("the monitor and QMP come with the management work");
 const DISPLAY: Support = NotYet("quern has no graphical display; use -nographic or -display none");
 
@@ -118,7 +117,7 @@ pub const OPTIONS: &[OptionDef] = &[
     opt("fsdev", true, NotYet("9p file sharing is not built")),
     opt("virtfs", true, NotYet("9p file sharing is not built")),
     // Network.
-    opt("netdev", true, NET),
+    opt("netdev", true, Yes),
     opt("nic", true, Yes),
     opt("net", true, Yes),
     // Character devices, monitor, debugging.
