@@ -13,9 +13,10 @@
 #   quern.ip=A.B.C.D/N               a static address
 #   quern.ping=ADDR                  ping -c 3; QUERN-NET-PING-OK
 #   quern.get=URL                    wget; QUERN-NET-GET <sha256> <bytes>
-#   quern.serve=MIB                  MIB MiB of random data in /www/data.bin, busybox httpd
+#   quern.serve=MIB                  MIB MiB of random text in /www/data.bin, busybox httpd
 #                                    on port 80; QUERN-NET-SERVE <sha256>
-#   quern.put=HOST:PORT              sends /www/data.bin with nc (guest to host)
+#   quern.put=URL                    POSTs /www/data.bin there (wget --post-file): the
+#                                    guest-to-host direction; QUERN-NET-PUT-OK
 #   quern.wait=PORT                  waits for one TCP connection on PORT (nc -l): the
 #                                    host's "done"
 #   QUERN-NET-DONE, then poweroff -f
@@ -24,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=1
+version=3
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -106,14 +107,15 @@ fi
 mib=$(arg serve)
 if [ -n "$mib" ]; then
     mkdir -p /www
-    dd if=/dev/urandom of=/www/data.bin bs=1M count="$mib" 2>/dev/null || fail "dd"
+    # Text (base64 of random bytes): busybox wget --post-file sends up to the first NUL.
+    head -c $((mib * 786432)) /dev/urandom | base64 -w 0 >/www/data.bin || fail "data.bin"
     sum=$(sha256sum /www/data.bin)
     httpd -p 80 -h /www || fail "httpd"
     echo "QUERN-NET-SERVE ${sum%% *}"
 fi
 dest=$(arg put)
 if [ -n "$dest" ]; then
-    nc "${dest%:*}" "${dest##*:}" </www/data.bin || fail "nc $dest"
+    wget -q -O /dev/null --post-file /www/data.bin "$dest" || fail "wget --post-file $dest"
     echo QUERN-NET-PUT-OK
 fi
 port=$(arg wait)

@@ -235,7 +235,12 @@ fn collect_into(mut r: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, std:
 
 impl Console {
     pub fn spawn(args: &[&str]) -> Console {
-        let mut child = Command::new(quern_bin())
+        Self::spawn_program(quern_bin(), args)
+    }
+
+    /// [`Console::spawn`] of another program (quern under `ip netns exec`, say).
+    pub fn spawn_program(program: &str, args: &[&str]) -> Console {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

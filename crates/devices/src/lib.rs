@@ -20,6 +20,7 @@
 //! | [`reset_control`] | PIIX3 reset control register | 0xcf9 | - |
 //! | [`acpi_pm`] | ACPI PM1a event/control blocks and PM timer | machine's choice (0x600-0x60b) | SCI (9) |
 //! | [`ide`] | PIIX3 IDE (PCI 00:01.1): ATA disks, ATAPI CD-ROMs, bus-master DMA | 0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376; BAR4 | 14, 15 |
+//! | [`e1000`] | Intel 82540EM gigabit Ethernet (PCI 8086:100e): registers, EEPROM, PHY, DMA rings, checksum offload, TSO | BAR0 (MMIO 128 KiB), BAR1 (I/O 64), expansion ROM | INTA |
 //! | [`lapic`] | local APIC, one per vCPU (xAPIC page, x2APIC MSRs, timer) | MMIO at IA32_APIC_BASE (0xfee00000), MSRs 0x1b, 0x6e0, 0x800-0x8ff | LINT0/LINT1 in, [`apic_bus`] messages out |
 //!
 //! Devices that answer at several port ranges (PIC, PIT, i8042, PCI) sit behind one
@@ -29,6 +30,7 @@ pub mod acpi_pm;
 pub mod apic_bus;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod e1000;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;

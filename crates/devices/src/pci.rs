@@ -36,6 +36,16 @@ pub trait PciDevice: Send {
     fn io_write(&mut self, _port: u16, _data: &[u8]) -> bool {
         false
     }
+    /// Reads `data.len()` bytes at physical `addr` if one of the function's memory
+    /// BARs (with memory decoding on) covers it, and says whether it did. The machine
+    /// offers every MMIO address no fixed device claims.
+    fn mmio_read(&mut self, _addr: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+    /// The write side of [`PciDevice::mmio_read`].
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> bool {
+        false
+    }
 }
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -54,6 +64,11 @@ pub enum BarKind {
     Io,
     Mem32,
 }
+
+/// The expansion ROM base address register of a type 0 header.
+pub const ROM_BAR: u8 = 0x30;
+/// The smallest expansion ROM window: its address bits 10:1 are reserved.
+const ROM_BAR_MIN: u32 = 2048;
 
 /// A type 0 configuration header: 256 bytes, a per-bit writable mask and a per-bit
 /// write-1-to-clear mask. BAR sizing falls out of the writable mask: a BAR of size
@@ -138,6 +153,23 @@ impl ConfigSpace {
             BarKind::Mem32 => v & !0xf,
         };
         (addr != 0).then_some(u64::from(addr))
+    }
+
+    /// Declares an expansion ROM BAR (config offset 0x30) of `size` bytes, rounded up
+    /// to a power of two and at least 2 KiB: the address bits above the size and the
+    /// enable bit (bit 0) become writable, so sizing reads back `!(size-1) | enable`.
+    pub fn add_rom_bar(&mut self, size: u32) {
+        let size = size.max(ROM_BAR_MIN).checked_next_power_of_two().unwrap_or(1 << 31);
+        self.set_u32(ROM_BAR, 0);
+        self.set_writable(ROM_BAR, &((!(size - 1) & !(ROM_BAR_MIN - 1)) | 1).to_le_bytes());
+    }
+
+    /// The expansion ROM's address, if its BAR is enabled (bit 0) and non-zero. The
+    /// ROM decodes only while memory decoding is on as well (see [`Self::decodes`]).
+    pub fn rom_bar(&self) -> Option<u64> {
+        let v = self.u32(ROM_BAR);
+        let addr = v & !(ROM_BAR_MIN - 1);
+        (v & 1 != 0 && addr != 0).then_some(u64::from(addr))
     }
 
     /// Whether the command register enables I/O (bit 0) or memory (bit 1) decoding.
@@ -269,6 +301,16 @@ impl PciBus {
     pub fn io_write(&self, port: u16, data: &[u8]) -> bool {
         self.devices.values().any(|d| lock(d).io_write(port, data))
     }
+
+    /// Offers an MMIO read to the functions' memory BARs; false if none claims it.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.devices.values().any(|d| lock(d).mmio_read(addr, data))
+    }
+
+    /// Offers an MMIO write to the functions' memory BARs; false if none claims it.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.devices.values().any(|d| lock(d).mmio_write(addr, data))
+    }
 }
 
 /// The host side of configuration mechanism #1, and bus 0.
@@ -323,6 +365,11 @@ impl PciRoot {
 
     pub fn bus(&self) -> &PciBus {
         &self.bus
+    }
+
+    /// PIIX3's configuration space (its PIRQ route registers), for the interrupt router.
+    pub fn isa_bridge(&self) -> Arc<Mutex<ConfigSpace>> {
+        self.isa.clone()
     }
 
     pub fn bus_mut(&mut self) -> &mut PciBus {

@@ -331,3 +331,128 @@ fn ide_random_accesses_never_panic() {
         }
     }
 }
+
+/// The e1000 takes random register accesses (through BAR0 and the I/O window, every
+/// size, offsets mostly at the registers it implements), random descriptor rings and
+/// buffers (inside, across and outside RAM), random frames from the wire, link
+/// changes and resets, without panicking.
+#[test]
+fn e1000_random_accesses_never_panic() {
+    use crate::e1000::{E1000Config, E1000};
+    use quern_core::GuestMemory;
+    use quern_net::{FrameSink, NetBackend};
+
+    struct Loop(Mutex<Option<Arc<dyn FrameSink>>>, std::sync::atomic::AtomicUsize);
+    impl NetBackend for Loop {
+        fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Answer some frames at once, from inside send.
+            if frame.len() % 3 == 1 {
+                if let Some(s) = self.0.lock().unwrap().clone() {
+                    s.receive(frame);
+                }
+            }
+            Ok(())
+        }
+        fn resume(&self) {}
+    }
+
+    let mem = Arc::new(GuestMemory::flat(256 << 10).unwrap());
+    let nic = E1000::new(
+        mem.clone(),
+        Arc::new(NullIrq),
+        E1000Config { mac: [2, 0, 0, 0, 0, 1], rom: Some(vec![0x55; 3000]) },
+    );
+    let backend = Arc::new(Loop(Mutex::new(Some(nic.sink())), Default::default()));
+    nic.connect(backend.clone());
+    let sink = nic.sink();
+    let pci = nic.pci_function();
+    let (bar0, io) = (0xfebc_0000u64, 0xc000u16);
+    let setup = |p: &mut dyn crate::pci::PciDevice| {
+        p.config_write(0x10, bar0 as u32, !0);
+        p.config_write(0x14, u32::from(io), !0);
+        p.config_write(0x30, 0xfeb0_0001, !0);
+        p.config_write(0x04, 7, !0);
+    };
+    setup(&mut *lock(&pci));
+    let regs: [u32; 24] = [
+        0x0, 0x10, 0x14, 0x20, 0xc0, 0xc8, 0xd0, 0xd8, 0x100, 0x400, 0x2800, 0x2804, 0x2808, 0x2810, 0x2818, 0x3800,
+        0x3804, 0x3808, 0x3810, 0x3818, 0x5400, 0x5404, 0x5600, 0x4000,
+    ];
+    let mut rng = Rng(0xe100_05ee_d0ba_dcaf);
+    for _ in 0..200_000 {
+        let r = rng.next();
+        let v = rng.next();
+        match r % 12 {
+            0..=4 => {
+                // A register: mostly a known one with a plausible value.
+                let off = if r & (1 << 8) != 0 { regs[((r >> 9) % 24) as usize] } else { (r >> 9) as u32 % 0x2_0004 };
+                let value = match off {
+                    0x2808 | 0x3808 => (v as u32 % 8) * 128,
+                    0x2810 | 0x2818 | 0x3810 | 0x3818 => v as u32 % 40,
+                    0x2800 | 0x3800 => [0x1000, 0x3_fff0, 0x8000_0000, v as u32][(v >> 40) as usize % 4],
+                    0x2804 | 0x3804 => [0, 0, 0, v as u32][(v >> 40) as usize % 4],
+                    0x0 => v as u32 & !(1 << 26) | if v & (1 << 50) != 0 { 1 << 26 } else { 0 },
+                    _ => v as u32,
+                };
+                let size = [1, 2, 4, 8][((r >> 40) & 3) as usize];
+                let mut data = u64::from(value).to_le_bytes();
+                let mut p = lock(&pci);
+                if r & (1 << 44) != 0 {
+                    p.mmio_read(bar0 + u64::from(off), &mut data[..size]);
+                } else {
+                    p.mmio_write(bar0 + u64::from(off), &data[..size]);
+                }
+            }
+            5 => {
+                let port = io + (r >> 8) as u16 % 0x44;
+                let size = [1, 2, 4][((r >> 20) % 3) as usize];
+                let mut data = (v as u32 % 0x2_0000).to_le_bytes();
+                let mut p = lock(&pci);
+                if r & (1 << 30) != 0 {
+                    p.io_read(port, &mut data[..size]);
+                } else {
+                    p.io_write(port, &data[..size]);
+                }
+            }
+            6 | 7 => {
+                // Descriptors at the rings' usual places: buffers inside, across the
+                // end of, or outside RAM, any length and command.
+                for _ in 0..8 {
+                    let w = rng.next();
+                    let at = [0x1000u64, 0x3_fff0][(w & 1) as usize] + 16 * ((w >> 1) % 16);
+                    let buf = [0x8000 + (w >> 8) % 0x3_0000, 0x3_ff00, 0xfee0_0000, 0][((w >> 40) % 4) as usize];
+                    let _ = mem.write_u64(at, buf);
+                    let _ = mem.write_u64(at + 8, rng.next());
+                }
+            }
+            8 | 9 => {
+                let len = [0, 10, 60, 100, 1514, 1600, 9000, 70_000][(v % 8) as usize];
+                let mut f = vec![(v >> 8) as u8; len];
+                if len >= 14 && v & (1 << 20) != 0 {
+                    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+                    f[12..14].copy_from_slice(&[0x81, 0x00]);
+                }
+                sink.receive(&f);
+            }
+            10 => {
+                let reg = ((v % 64) * 4) as u16;
+                if reg != 0x10 && reg != 0x14 || v & (1 << 20) != 0 {
+                    lock(&pci).config_write(reg, (v >> 32) as u32, [0xff, 0xffff, !0][((v >> 8) % 3) as usize]);
+                }
+                if v & (1 << 21) != 0 {
+                    setup(&mut *lock(&pci));
+                }
+            }
+            _ => match v % 20 {
+                0 => {
+                    nic.reset();
+                    setup(&mut *lock(&pci));
+                }
+                1 => nic.set_link(v & (1 << 8) != 0),
+                _ => {}
+            },
+        }
+    }
+    assert!(backend.1.load(std::sync::atomic::Ordering::Relaxed) > 0, "frames were sent");
+}

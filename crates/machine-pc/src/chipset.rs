@@ -34,10 +34,10 @@ use quern_devices::uart::Serial;
 
 use crate::apic_bus::ApicBus;
 use crate::config::{DriveConfig, MachineConfig, Media, NicConfig};
-use crate::pci_irq::PciIrqRouter;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::MemoryLayout;
 use crate::machine::{MachineError, ACPI_PM_BASE, ACPI_SCI_IRQ};
+use crate::pci_irq::PciIrqRouter;
 
 /// An interrupt line into the accelerator's own interrupt controllers (KVM's
 /// in-kernel irqchip).
@@ -169,7 +169,7 @@ impl Chipset {
             .add(ide::PCI_DEVICE, ide::PCI_FUNCTION, ide.clone())
             .map_err(|e| MachineError::Config(e.to_string()))?;
 
-        let router = PciIrqRouter::new(lock(&pci).isa_bridge(), &irq);
+        let router = PciIrqRouter::new(lock(&pci).isa_bridge(), irq);
         let nics = add_nics(&mut cfg.nics, &pci, mem, &router)?;
 
         let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
@@ -223,7 +223,9 @@ fn add_nics(
         let mut root = lock(pci);
         let slot = match n.slot {
             Some(s) => s,
-            None => root.bus().free_slot().ok_or_else(|| MachineError::Config(format!("{}: no free PCI slot", n.id)))?,
+            None => {
+                root.bus().free_slot().ok_or_else(|| MachineError::Config(format!("{}: no free PCI slot", n.id)))?
+            }
         };
         let nic = E1000::new(mem.clone(), router.intx(slot, 0), E1000Config { mac: n.mac, rom: n.rom.take() });
         root.bus_mut().add(slot, 0, nic.pci_function()).map_err(|e| MachineError::Config(format!("{}: {e}", n.id)))?;

@@ -177,3 +177,27 @@ fn intx_pins_rotate_over_the_pirqs() {
         assert_eq!(pirq_for_pin(slot, pin), pirq, "slot {slot} pin {pin}");
     }
 }
+
+#[test]
+fn expansion_rom_bar_sizes_and_enables() {
+    let mut c = ConfigSpace::new(0x8086, 0x100e, [0x02, 0x00, 0x00], 3);
+    // No ROM BAR: the register stays zero.
+    c.config_write(0x30, 0xffff_ffff, !0);
+    assert_eq!(c.config_read(0x30), 0);
+    assert_eq!(c.rom_bar(), None);
+    // 70 KiB rounds up to 128 KiB: sizing reads back the address mask and the enable bit.
+    c.add_rom_bar(70 << 10);
+    c.config_write(0x30, 0xffff_ffff, !0);
+    assert_eq!(c.config_read(0x30), 0xfffe_0001);
+    c.config_write(0x30, 0xfebc_0000, !0);
+    assert_eq!(c.rom_bar(), None, "disabled");
+    c.config_write(0x30, 0xfebc_0001, !0);
+    assert_eq!(c.rom_bar(), Some(0xfebc_0000));
+    // Enabled at address zero decodes nowhere; tiny ROMs take at least 2 KiB.
+    c.config_write(0x30, 1, !0);
+    assert_eq!(c.rom_bar(), None);
+    let mut small = ConfigSpace::new(0x8086, 0x100e, [0x02, 0x00, 0x00], 3);
+    small.add_rom_bar(100);
+    small.config_write(0x30, 0xffff_ffff, !0);
+    assert_eq!(small.config_read(0x30), 0xffff_f801);
+}

@@ -110,8 +110,23 @@ fn parse_net(v: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
 }
 
 const USER_KEYS: &[&str] = &[
-    "type", "id", "net", "host", "restrict", "restricted", "dhcpstart", "dns", "hostfwd", "guestfwd", "tftp",
-    "bootfile", "hostname", "domainname", "ipv4", "ipv6", "tftp-server-name",
+    "type",
+    "id",
+    "net",
+    "host",
+    "restrict",
+    "restricted",
+    "dhcpstart",
+    "dns",
+    "hostfwd",
+    "guestfwd",
+    "tftp",
+    "bootfile",
+    "hostname",
+    "domainname",
+    "ipv4",
+    "ipv6",
+    "tftp-server-name",
 ];
 
 fn user(o: &Opts) -> Result<NetdevKind, String> {
@@ -342,7 +357,8 @@ impl Net {
     pub fn finish(mut self, default_net: bool) -> Result<(Vec<Netdev>, Vec<NicSpec>), String> {
         if default_net && !self.given {
             self.hub_nics.push(NicSpec { mac: None, netdev: None, addr: None, romfile: None, id: None });
-            self.hub_backends.push(Netdev { id: "__quern.hub0".into(), kind: NetdevKind::User(SlirpConfig::default()) });
+            self.hub_backends
+                .push(Netdev { id: "__quern.hub0".into(), kind: NetdevKind::User(SlirpConfig::default()) });
         }
         match (self.hub_nics.len(), self.hub_backends.len()) {
             (0, 0) => {}
@@ -425,7 +441,10 @@ mod tests {
         })
         .unwrap();
         let NetdevKind::User(c) = &nd[0].kind else { panic!() };
-        assert_eq!((c.host, c.dns, c.dhcp_start), ("192.168.76.2".parse().unwrap(), "192.168.76.3".parse().unwrap(), "192.168.76.15".parse().unwrap()));
+        assert_eq!(
+            (c.host, c.dns, c.dhcp_start),
+            ("192.168.76.2".parse().unwrap(), "192.168.76.3".parse().unwrap(), "192.168.76.15".parse().unwrap())
+        );
         assert_eq!(c.bootfile.as_deref(), Some("pxelinux.0"));
     }
 
@@ -472,7 +491,9 @@ mod tests {
             };
             assert!(r.is_err(), "-{opt} {v} was accepted");
         }
-        assert!(finish(|n| n.device(&Opts::parse("driver=e1000,netdev=nope", None)?)).unwrap_err().contains("no -netdev"));
+        assert!(finish(|n| n.device(&Opts::parse("driver=e1000,netdev=nope", None)?))
+            .unwrap_err()
+            .contains("no -netdev"));
         assert!(finish(|n| {
             n.netdev("user,id=a")?;
             n.device(&Opts::parse("driver=e1000,netdev=a", None)?)?;
