@@ -19,13 +19,19 @@
 #                                    guest-to-host direction; QUERN-NET-PUT-OK
 #   quern.wait=PORT                  waits for one TCP connection on PORT (nc -l): the
 #                                    host's "done"
+#   quern.bench=URL                  for benches/net.rs: QUERN-BENCH net-down <start> <end>
+#                                    around wget -O /dev/null URL/data (the host's size),
+#                                    QUERN-BENCH net-up <start> <end> around a POST of 16 MiB
+#                                    to URL/up, QUERN-BENCH-BYTES <down> <up>, and
+#                                    QUERN-BENCH-PING <min/avg/max ms> of 20 pings to the
+#                                    gateway
 #   QUERN-NET-DONE, then poweroff -f
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=3
+version=6
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -102,6 +108,7 @@ if [ -n "$url" ]; then
     wget -q -O /tmp/got "$url" || fail "wget $url"
     sum=$(sha256sum /tmp/got)
     echo "QUERN-NET-GET ${sum%% *} $(wc -c </tmp/got)"
+    echo "QUERN-NET-IRQS $(grep eth0 /proc/interrupts | tr -s ' ')"
     rm -f /tmp/got
 fi
 mib=$(arg serve)
@@ -117,6 +124,30 @@ dest=$(arg put)
 if [ -n "$dest" ]; then
     wget -q -O /dev/null --post-file /www/data.bin "$dest" || fail "wget --post-file $dest"
     echo QUERN-NET-PUT-OK
+fi
+bench=$(arg bench)
+if [ -n "$bench" ]; then
+    # Seconds of the monotonic clock in ns steps (/proc/uptime's 10 ms are too coarse).
+    stamp() {
+        ns=
+        { read -r _; read -r _; read -r _ _ ns _; } </proc/timer_list 2>/dev/null
+        case "$ns" in
+        '' | *[!0-9]*) cut -d' ' -f1 /proc/uptime ;;
+        *) printf '%d.%09d\n' $((ns / 1000000000)) $((ns % 1000000000)) ;;
+        esac
+    }
+    head -c 12582912 /dev/urandom | base64 -w 0 >/tmp/up || fail "making /tmp/up"
+    echo QUERN-NET-BENCH-START
+    a=$(stamp); wget -q -O /tmp/down "$bench/data" || fail "wget $bench/data"; b=$(stamp)
+    echo "QUERN-BENCH net-down $a $b"
+    echo "QUERN-NET-IRQS $(grep eth0 /proc/interrupts | tr -s ' ')"
+    down=$(wc -c </tmp/down); rm -f /tmp/down
+    a=$(stamp); wget -q -O /dev/null --post-file /tmp/up "$bench/up" || fail "POST $bench/up"; b=$(stamp)
+    echo "QUERN-BENCH net-up $a $b"
+    echo "QUERN-BENCH-BYTES $down $(wc -c </tmp/up)"
+    gw=$(ip route | sed -n 's/^default via \([0-9.]*\).*/\1/p')
+    ping -c 20 -i 0.2 "${gw:-10.0.2.2}" >/tmp/ping || fail "ping ${gw:-10.0.2.2}"
+    echo "QUERN-BENCH-PING $(sed -n 's#.*= \([0-9.]*/[0-9.]*/[0-9.]*\) ms#\1#p' /tmp/ping)"
 fi
 port=$(arg wait)
 if [ -n "$port" ]; then

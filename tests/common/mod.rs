@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod http;
 pub mod multiboot;
 
 use std::io::Read;

@@ -41,6 +41,9 @@ pub trait NetBackend: Send + Sync {
     /// Sends one Ethernet frame. An error means the frame is lost, as on a wire that
     /// went down; the NIC goes on.
     fn send(&self, frame: &[u8]) -> std::io::Result<()>;
+    /// The NIC has sent what it had for now (a ring's worth, a TSO packet's segments):
+    /// a backend that works in batches acts on them now.
+    fn flush(&self) {}
     /// The NIC has room again for frames it refused.
     fn resume(&self);
 }

@@ -117,6 +117,11 @@ impl NetBackend for Listening {
             None => Err(io::ErrorKind::NotConnected.into()),
         }
     }
+    fn flush(&self) {
+        if let Some(b) = self.connected.get() {
+            b.flush();
+        }
+    }
     fn resume(&self) {
         if let Some(b) = self.connected.get() {
             b.resume();

@@ -10,8 +10,11 @@
 //! thread (`quern-net-slirp`) owns the polling; every call into libslirp, from that
 //! thread or from a vCPU sending a frame, happens under one mutex. A frame the guest
 //! sends goes in at once on the vCPU's thread (replies the stack makes at once, an
-//! ARP answer, reach the NIC re-entrantly), then the poller is woken to re-arm its
-//! polls and timeouts, at most one wake-up per poll round.
+//! ARP answer, reach the NIC re-entrantly); once the NIC has sent a batch
+//! ([`NetBackend::flush`]), one poll round that does not sleep follows there, so that what the frame made possible (window for more data from a host
+//! socket, data to write to one) happens at once rather than a thread switch later;
+//! then the poller is woken to re-arm its polls and timeouts, at most one wake-up per
+//! poll round.
 //!
 //! Frames for a NIC with no free receive buffer wait in a bounded queue until the NIC
 //! calls [`NetBackend::resume`]; TCP's window keeps that queue short, and past its bound
@@ -57,6 +60,10 @@ struct Ctx {
     start: Instant,
     dropped: Cell<u64>,
     shared: *const Shared,
+    /// Poll rounds filled so far (the poller's results are for its round only).
+    round: Cell<u64>,
+    /// The poll set of a vCPU's immediate round, kept to spare an allocation a frame.
+    scratch: Cell<Vec<libc::pollfd>>,
 }
 
 /// libslirp's instance and its context.
@@ -225,6 +232,8 @@ impl Engine {
             start: Instant::now(),
             dropped: Cell::new(0),
             shared: Arc::as_ptr(shared),
+            round: Cell::new(0),
+            scratch: Cell::new(Vec::new()),
         });
         let opaque = (&*ctx as *const Ctx).cast_mut().cast::<c_void>();
         // SAFETY: the config's strings live in `strings` for the engine's lifetime; the
@@ -336,10 +345,58 @@ impl Ctx {
     }
 }
 
+impl Engine {
+    fn opaque(&self) -> *mut c_void {
+        (&*self.ctx as *const Ctx).cast_mut().cast::<c_void>()
+    }
+
+    /// Asks libslirp for its poll set (after the wake-up eventfd); returns it with the
+    /// timeout in ms (-1: none) and the round's number.
+    fn fill(&self, wake_fd: i32, into: &mut Vec<libc::pollfd>) -> (c_int, u64) {
+        let mut p = self.ctx.polls.borrow_mut();
+        p.clear();
+        p.push(libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 });
+        drop(p);
+        let mut timeout: u32 = u32::MAX;
+        // SAFETY: a live instance under the lock; the callback fills our set.
+        unsafe { sys::slirp_pollfds_fill(self.slirp, &mut timeout, Some(cb_add_poll), self.opaque()) };
+        if let Some(t) = self.run_timers() {
+            timeout = timeout.min(t.clamp(0, i64::from(u32::MAX)) as u32);
+        }
+        into.clear();
+        into.extend_from_slice(&self.ctx.polls.borrow());
+        let round = self.ctx.round.get() + 1;
+        self.ctx.round.set(round);
+        (if timeout == u32::MAX { -1 } else { timeout.min(i32::MAX as u32) as c_int }, round)
+    }
+
+    /// Hands libslirp the results of a poll of the set `fill` gave (reads, writes,
+    /// accepts), then runs due timers.
+    fn dispatch(&self, polls: &[libc::pollfd], error: bool) {
+        self.ctx.polls.borrow_mut().clone_from_slice(polls);
+        // SAFETY: a live instance under the lock; get_revents reads the set it filled.
+        unsafe { sys::slirp_pollfds_poll(self.slirp, c_int::from(error), Some(cb_get_revents), self.opaque()) };
+        self.run_timers();
+    }
+
+    /// A whole round without sleeping: what is ready now is done now.
+    fn round_now(&self, wake_fd: i32, scratch: &mut Vec<libc::pollfd>) {
+        self.fill(wake_fd, scratch);
+        // SAFETY: a live array of pollfd of the given length.
+        let r = unsafe { libc::poll(scratch.as_mut_ptr(), scratch.len() as libc::nfds_t, 0) };
+        if r != 0 {
+            self.dispatch(scratch, r < 0);
+        }
+    }
+}
+
 /// The poller: fill the poll set from libslirp, sleep in poll(2) without the lock,
-/// hand libslirp the results, run its timers; the eventfd ends a sleep early.
+/// hand libslirp the results, run its timers; the eventfd ends a sleep early. A round
+/// run meanwhile by a vCPU (after a guest frame) makes this one's results stale (the
+/// set's indices are libslirp's per round): they are dropped and the loop fills again.
 fn poll_loop(shared: &Shared) {
     let mut polls: Vec<libc::pollfd> = Vec::new();
+    let wake_fd = shared.wake_fd.as_raw_fd();
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return;
@@ -349,37 +406,22 @@ fn poll_loop(shared: &Shared) {
         shared.wake_pending.store(false, Ordering::Release);
         let mut drain = [0u8; 8];
         // SAFETY: reading into a live 8-byte buffer from our non-blocking eventfd.
-        unsafe { libc::read(shared.wake_fd.as_raw_fd(), drain.as_mut_ptr().cast(), 8) };
-        let mut timeout: u32 = u32::MAX;
-        {
+        unsafe { libc::read(wake_fd, drain.as_mut_ptr().cast(), 8) };
+        let (ms, round) = {
             let g = shared.engine();
             let Some(e) = g.as_ref() else { return };
             if shared.resumed.swap(false, Ordering::AcqRel) {
                 e.flush_held();
             }
-            let mut p = e.ctx.polls.borrow_mut();
-            p.clear();
-            p.push(libc::pollfd { fd: shared.wake_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-            drop(p);
-            let opaque = (&*e.ctx as *const Ctx).cast_mut().cast::<c_void>();
-            // SAFETY: a live instance under the lock; the callback fills our set.
-            unsafe { sys::slirp_pollfds_fill(e.slirp, &mut timeout, Some(cb_add_poll), opaque) };
-            if let Some(t) = e.run_timers() {
-                timeout = timeout.min(t.clamp(0, i64::from(u32::MAX)) as u32);
-            }
-            polls.clear();
-            polls.extend_from_slice(&e.ctx.polls.borrow());
-        }
-        let ms = if timeout == u32::MAX { -1 } else { timeout.min(i32::MAX as u32) as c_int };
+            e.fill(wake_fd, &mut polls)
+        };
         // SAFETY: `polls` is a live array of pollfd of the given length.
         let r = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
         let g = shared.engine();
         let Some(e) = g.as_ref() else { return };
-        e.ctx.polls.borrow_mut().clone_from(&polls);
-        let opaque = (&*e.ctx as *const Ctx).cast_mut().cast::<c_void>();
-        // SAFETY: a live instance under the lock; get_revents reads the set it filled.
-        unsafe { sys::slirp_pollfds_poll(e.slirp, c_int::from(r < 0), Some(cb_get_revents), opaque) };
-        e.run_timers();
+        if e.ctx.round.get() == round {
+            e.dispatch(&polls, r < 0);
+        }
     }
 }
 
@@ -395,9 +437,22 @@ impl NetBackend for SlirpBackend {
             unsafe { sys::slirp_input(e.slirp, frame.as_ptr(), frame.len() as c_int) };
         }
         self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
-        // New sockets, new data to write out, a delayed ACK: the poller re-arms.
-        self.shared.wake();
         Ok(())
+    }
+
+    fn flush(&self) {
+        {
+            let g = self.shared.engine();
+            let Some(e) = g.as_ref() else { return };
+            // What the frames made possible happens now, not after the poller wakes:
+            // an ACK that frees window gets the next data read from the host socket
+            // and sent, data for a host socket is written, a new connection watched.
+            let mut scratch = e.ctx.scratch.take();
+            e.round_now(self.shared.wake_fd.as_raw_fd(), &mut scratch);
+            e.ctx.scratch.set(scratch);
+        }
+        // New sockets, a delayed ACK: the poller re-arms its polls and timeouts.
+        self.shared.wake();
     }
 
     fn resume(&self) {

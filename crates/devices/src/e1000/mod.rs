@@ -192,12 +192,13 @@ impl E1000 {
         }
         let backend = lock(&self.backend).clone();
         let Some(backend) = backend else { return };
-        if !d.loopback {
+        if !d.loopback && !d.frames.is_empty() {
             for f in &d.frames {
                 if let Err(e) = backend.send(f) {
                     quern_core::log_limited!(log::Level::Debug, "e1000: frame of {} bytes lost: {e}", f.len());
                 }
             }
+            backend.flush();
         }
         if d.resume {
             backend.resume();

@@ -621,6 +621,41 @@ fn transmit_checksum_offload() {
     assert_eq!(sent[0][54..], p[54..]);
 }
 
+/// Receive checksum offload: a good TCP/IPv4 frame says IPCS and TCPCS, a corrupted one
+/// TCPE, a frame that is not IPv4 IXSM; without RXCSUM's bits, IXSM for all.
+#[test]
+fn receive_checksum_offload() {
+    let rig = Rig::new();
+    rig.rx_setup(8, regs::RCTL_BAM);
+    rig.w(regs::RXCSUM, 0x300);
+    let mut p = tcp_packet(101, true);
+    p[..6].copy_from_slice(&MAC);
+    let ip_sum = !fold(ones_sum(&p[14..34]));
+    p[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    p[50..52].fill(0);
+    let tcp_sum = !fold(ones_sum(&p[26..34]) + 6 + (p.len() - 34) as u64 + ones_sum(&p[34..]));
+    p[50..52].copy_from_slice(&tcp_sum.to_be_bytes());
+    let errors = |i: u64| {
+        let mut e = [0u8];
+        rig.mem.read(RX_RING + 16 * i + 13, &mut e).unwrap();
+        e[0]
+    };
+    assert!(rig.receive(&p));
+    assert_eq!((rig.rx_desc(0).1, errors(0)), (0x63, 0), "DD, EOP, TCPCS, IPCS; no errors");
+    p[60] ^= 0x55;
+    assert!(rig.receive(&p));
+    assert_eq!((rig.rx_desc(1).1, errors(1)), (0x63, 0x20), "TCPE");
+    p[24] ^= 1;
+    assert!(rig.receive(&p));
+    assert_eq!(errors(2), 0x60, "IPE and TCPE");
+    assert!(rig.receive(&frame_to(MAC, 100)));
+    assert_eq!((rig.rx_desc(3).1, errors(3)), (0x07, 0), "not IPv4: IXSM");
+    rig.w(regs::RXCSUM, 0);
+    p[24] ^= 1;
+    assert!(rig.receive(&p));
+    assert_eq!((rig.rx_desc(4).1, errors(4)), (0x07, 0), "offload off: IXSM");
+}
+
 #[test]
 fn transmit_tso_segments() {
     let rig = Rig::new();

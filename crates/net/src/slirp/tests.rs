@@ -111,6 +111,7 @@ fn start(cfg: &SlirpConfig) -> (Arc<Nic>, SlirpBackend) {
 /// Asks for the router's MAC, as a guest does first.
 fn router_mac(nic: &Nic, b: &SlirpBackend) -> [u8; 6] {
     b.send(&arp(1, GUEST_MAC, GUEST_IP, [10, 0, 2, 2])).unwrap();
+    b.flush();
     let reply = nic.wait_for("ARP reply from 10.0.2.2", |f| is_arp(f, 2, GUEST_IP));
     reply[22..28].try_into().unwrap()
 }
@@ -131,6 +132,7 @@ fn udp_to_the_router_reaches_the_host_loopback() {
     let (nic, b) = start(&SlirpConfig::default());
     let mac = router_mac(&nic, &b);
     b.send(&udp_to_host(mac, port, b"hello from the guest")).unwrap();
+    b.flush();
     let mut buf = [0u8; 64];
     let (n, from) = host.recv_from(&mut buf).expect("the datagram reaches 127.0.0.1");
     assert_eq!(&buf[..n], b"hello from the guest");
@@ -184,6 +186,7 @@ fn frames_wait_for_a_full_nic_and_come_after_resume() {
     let (nic, b) = start(&SlirpConfig::default());
     nic.full.store(true, Ordering::Release);
     b.send(&arp(1, GUEST_MAC, GUEST_IP, [10, 0, 2, 2])).unwrap();
+    b.flush();
     std::thread::sleep(Duration::from_millis(50));
     assert!(nic.frames.lock().unwrap().is_empty());
     nic.full.store(false, Ordering::Release);
