@@ -13,6 +13,8 @@
 #   quern.ip=A.B.C.D/N               a static address
 #   quern.ping=ADDR                  ping -c 3; QUERN-NET-PING-OK
 #   quern.get=URL                    wget; QUERN-NET-GET <sha256> <bytes>
+#   quern.fwd=URL                    wget through a guestfwd; QUERN-NET-FWD <sha256>
+#   quern.blocked=URL                wget must fail (restrict=on); QUERN-NET-BLOCKED
 #   quern.serve=MIB                  MIB MiB of random text in /www/data.bin, busybox httpd
 #                                    on port 80; QUERN-NET-SERVE <sha256>
 #   quern.put=URL                    POSTs /www/data.bin there (wget --post-file): the
@@ -31,7 +33,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=6
+version=8
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -110,6 +112,17 @@ if [ -n "$url" ]; then
     echo "QUERN-NET-GET ${sum%% *} $(wc -c </tmp/got)"
     echo "QUERN-NET-IRQS $(grep eth0 /proc/interrupts | tr -s ' ')"
     rm -f /tmp/got
+fi
+fwd=$(arg fwd)
+if [ -n "$fwd" ]; then
+    wget -q -O /tmp/fwd "$fwd" || fail "wget $fwd"
+    sum=$(sha256sum /tmp/fwd)
+    echo "QUERN-NET-FWD ${sum%% *} $(wc -c </tmp/fwd)"
+fi
+blocked=$(arg blocked)
+if [ -n "$blocked" ]; then
+    if wget -q -T 5 -O /tmp/blocked "$blocked" 2>/dev/null; then fail "reached $blocked"; fi
+    echo QUERN-NET-BLOCKED
 fi
 mib=$(arg serve)
 if [ -n "$mib" ]; then

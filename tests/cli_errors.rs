@@ -74,8 +74,34 @@ fn unsupported_options_say_so() {
     fails(&["-fda", "disk.img"], "quern: -fda disk.img: -fda is not supported yet");
     fails(&["-M", "isapc"], "machine type 'isapc'");
     fails(&["-accel", "hvf"], "use tcg or kvm");
-    fails(&["-device", "e1000"], "quern: -device e1000: device 'e1000' is not supported yet");
+    fails(
+        &["-device", "virtio-net-pci"],
+        "quern: -device virtio-net-pci: device 'virtio-net-pci' is not supported yet",
+    );
     fails(&["-frobnicate"], "quern: -frobnicate: invalid option");
+}
+
+/// Network options with mistakes: each refused by name, before anything runs.
+#[test]
+fn bad_network_options() {
+    fails(&["-netdev", "user,id=n0,frobnicate=1"], "unknown or unsupported property 'frobnicate' for -netdev user");
+    fails(&["-netdev", "user"], "-netdev needs id=");
+    fails(&["-netdev", "user,id=n0,hostfwd=tcp::x-:22"], "hostfwd=tcp::x-:22: not a port number");
+    fails(&["-netdev", "vde,id=n0"], "backend type 'vde' is not supported yet");
+    fails(&["-nic", "user,model=virtio-net-pci"], "model=virtio-net-pci: not supported yet");
+    fails(&["-device", "e1000,netdev=missing"], "netdev=missing: no -netdev with that id");
+    fails(&["-netdev", "tap,id=t,script=/etc/qemu-ifup", "-device", "e1000,netdev=t"], "quern runs no network scripts");
+    fails(&["-netdev", "socket,id=s,mcast=230.0.0.1:1234"], "quern's socket is TCP only");
+    fails(&["-net", "nic", "-net", "nic", "-net", "user"], "2 cards and 1 backends on one hub");
+    // A backend that cannot start (a connection refused) is an error at start-up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let connect = format!("socket,id=s,connect=127.0.0.1:{port}");
+    let kernel = common::root().join("build/guest/vmlinuz");
+    let k = kernel.to_str().unwrap();
+    fails(
+        &["-accel", "tcg", "-kernel", k, "-netdev", &connect, "-device", "e1000,netdev=s"],
+        "cannot connect to 127.0.0.1",
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! - `-netdev user`: a DHCP lease from the user-mode stack, a 16 MiB download from an
 //!   HTTP server this test runs on 127.0.0.1 (reached as 10.0.2.2), a 16 MiB upload to
 //!   it, and the host fetching a file the guest serves through `hostfwd`; every
-//!   transfer checked by SHA-256.
+//!   transfer checked by SHA-256. With `restrict=on` the host is out of reach but a
+//!   `guestfwd` to a command (`cat`) answers.
 //! - Two guests wired back to back by `-netdev stream` (UNIX socket) and by `-netdev
 //!   socket` (TCP on the loopback): one pings the other and downloads its file.
 //! - `-netdev tap` inside a network namespace this test makes (NOT RUN where the host
@@ -127,6 +128,26 @@ fn user_network_dhcp_transfers_and_hostfwd() {
     assert_eq!(fetched.len(), 16 << 20);
     assert_eq!(sha256(&fetched), served, "the host's download through hostfwd");
     drop(TcpStream::connect(("127.0.0.1", done)).expect("the second forward"));
+    finish(c);
+}
+
+/// `restrict=on`: the host's loopback is out of reach, but a `guestfwd` to a command
+/// on the host still answers. (16 KiB: libslirp ends an exec forward's stream early
+/// once the command has exited, here at about 450 KB, under QEMU alike.)
+#[test]
+fn user_network_restrict_and_guestfwd() {
+    let data = pattern(16 << 10, 0xf0d);
+    let file = scratch("net-guestfwd.bin");
+    let mut body = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+    body.extend_from_slice(&data);
+    write(&file, &body);
+    let server = HttpServer::start(data.clone());
+    let netdev = format!("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:1234-cmd:cat {}", file.display());
+    let append =
+        format!("quern.ip=dhcp quern.fwd=http://10.0.2.100:1234/ quern.blocked=http://10.0.2.2:{}/data", server.port);
+    let mut c = spawn(&net_guest(&netdev, "52:54:00:12:34:56", &append));
+    assert_eq!(word_after(&mut c, "QUERN-NET-FWD"), sha256(&data), "the file through guestfwd");
+    c.wait_for("QUERN-NET-BLOCKED", LIMIT).unwrap_or_else(|e| panic!("{e}"));
     finish(c);
 }
 

@@ -113,9 +113,10 @@ fn open_drive(d: &DriveSpec) -> Result<DriveConfig, String> {
 /// The machine configuration the options describe.
 pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
     let mut bios = o.bios.as_deref().map(|b| find_firmware(b, &o.firmware_dirs));
-    // Drives or network cards and nothing to boot directly: the firmware boots them
-    // (PXE through a card's option ROM), as QEMU's default.
-    if bios.is_none() && o.kernel.is_none() && (!o.drives.is_empty() || !o.nics.is_empty()) {
+    // Drives or network cards asked for and nothing to boot directly: the firmware
+    // boots them (PXE through a card's option ROM), as QEMU's default. QEMU's default
+    // card alone does not make a bare `quern` try PXE forever; it says what to give.
+    if bios.is_none() && o.kernel.is_none() && (!o.drives.is_empty() || o.nics.iter().any(|n| !n.implicit)) {
         bios = Some(default_bios_in(&o.firmware_dirs)?);
     }
     for (opt, p) in [("kernel", o.kernel.as_deref()), ("initrd", o.initrd.as_deref()), ("bios", bios.as_deref())] {

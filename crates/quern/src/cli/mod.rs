@@ -411,7 +411,9 @@ impl Builder {
         };
         devices.retain(|d| *d != Device::DebugCon);
         let drives = self.drives.finish().map_err(CliError)?;
-        let (netdevs, nics) = self.net.finish(false).map_err(CliError)?;
+        // QEMU's default network (an e1000 on a user-mode network) unless -nodefaults or a
+        // network option; a build without libslirp has no user-mode network to give.
+        let (netdevs, nics) = self.net.finish(!self.nodefaults && cfg!(feature = "slirp")).map_err(CliError)?;
         Ok(Options {
             ram_bytes: self.ram_bytes.unwrap_or(128 << 20),
             cpus: self.cpus.map_or(1, |c| c.0),

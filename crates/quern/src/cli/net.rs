@@ -23,6 +23,8 @@ pub struct NicSpec {
     /// `romfile=`: `Some("")` for no option ROM, `None` for the default.
     pub romfile: Option<PathBuf>,
     pub id: Option<String>,
+    /// QEMU's default card, not asked for.
+    pub implicit: bool,
 }
 
 /// The network options gathered, resolved by [`Net::finish`].
@@ -298,7 +300,7 @@ impl Net {
         let id = format!("__quern.nic{}", self.nics.len());
         o = o.without(&["model", "mac"]);
         self.netdevs.push(backend(&o, id.clone())?);
-        self.nics.push(NicSpec { mac, netdev: Some(id), addr: None, romfile: None, id: None });
+        self.nics.push(NicSpec { mac, netdev: Some(id), addr: None, romfile: None, id: None, implicit: false });
         Ok(())
     }
 
@@ -320,6 +322,7 @@ impl Net {
                     addr: pci_addr(o.get("addr"))?,
                     romfile: None,
                     id: o.get("name").map(str::to_string),
+                    implicit: false,
                 };
                 self.hub_nics.push(nic);
                 Ok(())
@@ -347,6 +350,7 @@ impl Net {
             addr: pci_addr(o.get("addr"))?,
             romfile: o.get("romfile").map(PathBuf::from),
             id: o.get("id").map(str::to_string),
+            implicit: false,
         });
         Ok(())
     }
@@ -356,7 +360,14 @@ impl Net {
     /// card on a user-mode network), for when no network option was given.
     pub fn finish(mut self, default_net: bool) -> Result<(Vec<Netdev>, Vec<NicSpec>), String> {
         if default_net && !self.given {
-            self.hub_nics.push(NicSpec { mac: None, netdev: None, addr: None, romfile: None, id: None });
+            self.hub_nics.push(NicSpec {
+                mac: None,
+                netdev: None,
+                addr: None,
+                romfile: None,
+                id: None,
+                implicit: true,
+            });
             self.hub_backends
                 .push(Netdev { id: "__quern.hub0".into(), kind: NetdevKind::User(SlirpConfig::default()) });
         }
