@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # what the guest, disk and CD builders use.
 packages=(ca-certificates python3 xz-utils cpio file qemu-system-x86 qemu-utils acpica-tools
     fdisk dosfstools mtools syslinux syslinux-common isolinux xorriso
-    pkg-config libslirp-dev libglib2.0-dev ipxe-qemu iproute2 busybox-static)
+    pkg-config libslirp-dev libglib2.0-dev ipxe-qemu iproute2)
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 need_packages test.sh "${packages[@]}" || echo "test.sh: tests that need them will fail or say NOT RUN" >&2
