@@ -189,7 +189,7 @@ fn devices_and_logging() {
     assert_eq!(o.debugcon, Some(CharDev::Stdio));
     let o = run(&["-device", r#"{"driver":"isa-debug-exit","iobase":244}"#]);
     assert_eq!(o.devices, [Device::DebugExit { iobase: 0xf4, iosize: 2 }]);
-    assert!(err(&["-device", "e1000"]).contains("device 'e1000' is not supported yet"));
+    assert!(err(&["-device", "virtio-net-pci"]).contains("device 'virtio-net-pci' is not supported yet"));
     assert!(err(&["-device", "isa-debug-exit,iobase=0x10000"]).contains("iobase"));
     assert_eq!(run(&["-d", "int,cpu_reset", "-D", "log"]).log_items.len(), 2);
     assert!(err(&["-d", "nonsense"]).contains("unknown log item 'nonsense'"));
