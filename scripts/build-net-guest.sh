@@ -8,7 +8,9 @@
 #
 # /init of initramfs-net (steps from the kernel command line, in this order):
 #   QUERN-NET-INIT-OK                first thing
-#   (insmod e1000; eth0 up)          QUERN-NET-FAIL <why> and power-off on any failure
+#   (insmod e1000, evdev, button; eth0 up)  QUERN-NET-FAIL <why> and power-off on any failure
+#   quern.count=1                    a background loop printing QUERN-COUNT <n> every
+#                                    half second (a guest that visibly runs, or not)
 #   quern.ip=dhcp                    udhcpc; prints QUERN-NET-LEASE <address>
 #   quern.ip=A.B.C.D/N               a static address
 #   quern.ping=ADDR                  ping -c 3; QUERN-NET-PING-OK
@@ -27,13 +29,15 @@
 #                                    to URL/up, QUERN-BENCH-BYTES <down> <up>, and
 #                                    QUERN-BENCH-PING <min/avg/max ms> of 20 pings to the
 #                                    gateway
+#   quern.button=1                   waits for the ACPI power button (the kernel's button
+#                                    driver's input event), prints QUERN-POWER-BUTTON
 #   QUERN-NET-DONE, then poweroff -f
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=8
+version=9
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -46,11 +50,11 @@ fi
 mkdir -p "$work"
 
 release=$(python3 "$helper" kernel-release "$out/vmlinuz")
-mods="$work/modules-net-$release"
+mods="$work/modules-net2-$release"
 if [[ ! -s "$mods/load-order" ]]; then
     kdir=$(unpack "linux-image-$release")
     rm -rf "$mods.tmp"
-    say "modules: $(python3 "$helper" modules "$kdir/lib/modules/$release" "$mods.tmp" e1000)"
+    say "modules: $(python3 "$helper" modules "$kdir/lib/modules/$release" "$mods.tmp" e1000 evdev button)"
     rm -rf "$kdir" # 400 MB of modules; the .deb stays cached
     mv "$mods.tmp" "$mods"
 fi
@@ -89,6 +93,9 @@ while [ ! -e /sys/class/net/eth0 ]; do
     sleep 0.1
     i=$((i + 1))
 done
+if [ -n "$(arg count)" ]; then
+    (n=0; while :; do echo "QUERN-COUNT $n"; n=$((n + 1)); sleep 0.5; done) &
+fi
 ip link set lo up
 ip link set eth0 up || fail "eth0 up"
 ip=$(arg ip)
@@ -165,6 +172,16 @@ fi
 port=$(arg wait)
 if [ -n "$port" ]; then
     nc -l -p "$port" </dev/null >/dev/null || fail "nc -l $port"
+fi
+if [ -n "$(arg button)" ]; then
+    ev=
+    for d in /sys/class/input/event*; do
+        [ "$(cat "$d/device/name" 2>/dev/null)" = "Power Button" ] && ev=/dev/input/${d##*/}
+    done
+    [ -n "$ev" ] || fail "no power button input device"
+    echo QUERN-BUTTON-READY
+    dd if="$ev" of=/dev/null bs=24 count=1 2>/dev/null || fail "reading $ev"
+    echo QUERN-POWER-BUTTON
 fi
 echo QUERN-NET-DONE
 poweroff -f

@@ -13,6 +13,9 @@ packages=(ca-certificates python3 xz-utils cpio file qemu-system-x86 qemu-utils 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 need_packages test.sh "${packages[@]}" || echo "test.sh: tests that need them will fail or say NOT RUN" >&2
+# Python's QMP client (PyPI's qemu.qmp), for tests/qmp.rs (which says NOT RUN without it).
+python3 -c "import qemu.qmp" 2>/dev/null || python3 -m pip install --quiet qemu.qmp 2>/dev/null ||
+    echo "test.sh: could not install qemu.qmp from PyPI: the QMP client test will say NOT RUN" >&2
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 scripts/build-test-guest.sh >/dev/null
 cargo fmt --all --check

@@ -104,6 +104,35 @@ fn bad_network_options() {
     );
 }
 
+/// Monitor options quern cannot honour, refused by name before anything runs.
+#[test]
+fn bad_monitor_options() {
+    fails(&["-qmp", "unix:/tmp/x.sock,server=on,wait=on"], "wait=on");
+    fails(&["-qmp", "unix:/tmp/x.sock"], "add server=on,wait=off");
+    fails(&["-qmp", "pipe:/tmp/x"], "give unix:PATH or tcp:HOST:PORT");
+    fails(&["-chardev", "pty,id=c"], "-chardev pty is not supported yet");
+    fails(&["-chardev", "socket,id=m,path=/tmp/x,server=on,wait=off"], "nothing uses it");
+    fails(
+        &["-chardev", "socket,id=m,path=/tmp/x,server=on,wait=off", "-mon", "chardev=m,mode=readline"],
+        "mode=readline",
+    );
+    fails(&["-mon", "chardev=nope,mode=control"], "no -chardev with that id");
+    // A descriptor that is not open, or not a socket: an error at start-up.
+    let kernel = common::root().join("build/guest/vmlinuz");
+    let k = kernel.to_str().unwrap();
+    let fd = [
+        "-accel",
+        "tcg",
+        "-kernel",
+        k,
+        "-chardev",
+        "socket,id=m,fd=987,server=on,wait=off",
+        "-mon",
+        "chardev=m,mode=control",
+    ];
+    fails(&fd, "fd=987 is not open");
+}
+
 #[test]
 fn bad_bios_size() {
     let b = scratch("odd-bios");

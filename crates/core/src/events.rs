@@ -14,6 +14,8 @@ pub enum MachineEvent {
     PowerOff,
     /// Exit the emulator with this status (isa-debug-exit).
     Exit(i32),
+    /// Stop the vCPUs for the monitor (`stop`); never replaces another request.
+    Pause,
 }
 
 /// The machine, as a device that can reset or stop it sees it.

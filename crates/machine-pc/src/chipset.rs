@@ -67,6 +67,8 @@ pub struct Chipset {
     /// The network cards, in the order configured.
     pub nics: Vec<Arc<E1000>>,
     pub serial: Arc<Mutex<Serial>>,
+    /// The ACPI PM block (the power button).
+    pub pm: Arc<Mutex<AcpiPm>>,
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
     pub waker: Arc<CpuWaker>,
@@ -174,7 +176,7 @@ impl Chipset {
 
         let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
         pio.insert(pm.clone(), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
-        timers.push(pm);
+        timers.push(pm.clone());
 
         if let Some(out) = cfg.debugcon.take() {
             pio.insert(shared(Debugcon::new(out)), 0xe9, 1)?;
@@ -189,7 +191,7 @@ impl Chipset {
             timers.extend(a.timers());
         }
 
-        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, timers, clock, waker })
+        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, pm, timers, clock, waker })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its

@@ -74,6 +74,8 @@ pub struct MachineConfig {
     pub append: String,
     /// Firmware image mapped below 4 GiB (-bios).
     pub bios: Option<PathBuf>,
+    /// Start paused, waiting for the monitor's `cont` (-S).
+    pub start_paused: bool,
     /// Exit instead of resetting (-no-reboot).
     pub no_reboot: bool,
     /// Stop instead of exiting when the guest powers off (-no-shutdown); with
@@ -109,6 +111,7 @@ impl Default for MachineConfig {
             initrd: None,
             append: String::new(),
             bios: None,
+            start_paused: false,
             no_reboot: false,
             no_shutdown: false,
             serial: None,

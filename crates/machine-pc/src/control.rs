@@ -74,7 +74,11 @@ impl MachineControl for EventQueue {
     fn request(&self, event: MachineEvent) {
         let mut e = lock(&self.event);
         // An exit or power-off outranks a reset asked for in the same breath.
-        if !matches!((*e, event), (Some(MachineEvent::Exit(_) | MachineEvent::PowerOff), MachineEvent::Reset)) {
+        // A pause never hides another request (the machine pauses after acting on it).
+        let outranked =
+            matches!((*e, event), (Some(MachineEvent::Exit(_) | MachineEvent::PowerOff), MachineEvent::Reset))
+                || (e.is_some() && event == MachineEvent::Pause);
+        if !outranked {
             *e = Some(event);
         }
         self.pending.store(true, Ordering::Release);

@@ -15,6 +15,7 @@
 //! - [`timers`]: the thread that runs timer devices' deadlines.
 //! - [`control`]: requests from devices and wake-ups of the vCPU.
 //! - [`machine`]: the machine loop.
+//! - [`runstate`]: running, paused, shut down, as a monitor sees and changes it.
 
 pub mod acpi;
 pub mod apic_bus;
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod pci_irq;
+pub mod runstate;
 pub mod smbios;
 pub mod timers;
 pub mod vcpu_ops;

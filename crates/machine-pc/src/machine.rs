@@ -17,6 +17,7 @@ use crate::config::MachineConfig;
 use crate::control::{CpuWaker, EventQueue};
 use crate::layout::{LayoutError, MemoryLayout, FOUR_GIB, KIB, MAX_BIOS};
 use crate::loader::{self, LoaderError};
+use crate::runstate::{RunControl, RunObserver, RunState};
 use crate::timers::{TimerRearm, TimerThread};
 use crate::vcpu_ops::VcpuOps;
 
@@ -116,6 +117,8 @@ pub struct PcMachine {
     topology: quern_core::Topology,
     timers: Option<TimerThread>,
     rearm: Arc<TimerRearm>,
+    /// Running or stopped, and the monitor's requests.
+    run: Arc<RunControl>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
     /// a second with a count (and the rest on drop).
     triple_faults: LogLimiter,
@@ -170,6 +173,7 @@ impl PcMachine {
         if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
             crate::firmware::install(&mut chipset, &cfg, &layout, &mem, &accel, image)?;
         }
+        let run = RunControl::new(events.clone(), chipset.pm.clone(), cfg.start_paused);
         let pc = Arc::new(PcOps::new(&mut chipset, events));
         let rearm = Arc::new(TimerRearm::default());
         let ops: Vec<Arc<VcpuOps>> = (0..cfg.cpus as usize)
@@ -199,6 +203,7 @@ impl PcMachine {
             topology: cfg.topology,
             timers,
             rearm,
+            run,
             triple_faults,
             resets,
         };
@@ -272,20 +277,17 @@ impl PcMachine {
 
     /// QEMU's -no-shutdown: the guest is over but the process stays, stopped, until the
     /// user quits (Ctrl-A x, or a signal). Returns the status to exit with.
-    fn stay_stopped(&mut self, what: &str) -> i32 {
-        log::warn!("guest {what}; -no-shutdown keeps the machine stopped: Ctrl-A x quits");
-        loop {
-            match self.events().take() {
-                Some(MachineEvent::Exit(status)) => return status,
-                Some(_) => {}
-                None => self.chipset.waker.wait(Duration::from_millis(100)),
-            }
-        }
+    /// The run state, for a monitor.
+    pub fn run_control(&self) -> Arc<RunControl> {
+        self.run.clone()
     }
 
-    /// Runs every vCPU on a thread of its own until a machine event (reset, power-off,
-    /// exit) stops them all, then acts on it; again after a reset.
     fn run_loop(&mut self) -> Result<i32, MachineError> {
+        if self.run.state() == RunState::Prelaunch {
+            if let Some(status) = self.stopped()? {
+                return Ok(status);
+            }
+        }
         loop {
             let events = self.events().clone();
             let results: Vec<Result<(), CpuError>> = std::thread::scope(|s| {
@@ -303,7 +305,6 @@ impl PcMachine {
                             .spawn_scoped(s, move || {
                                 let r = run_vcpu(&mut **vcpu, ops, waker, triple_faults);
                                 if r.is_err() {
-                                    // The others stop too; the error is reported below.
                                     quern_core::MachineControl::request(&*events, MachineEvent::Exit(1));
                                 }
                                 r
@@ -316,36 +317,145 @@ impl PcMachine {
             if let Some(e) = results.into_iter().find_map(Result::err) {
                 return Err(e.into());
             }
+            let event = self.events().take();
+            if let Some(status) = self.act(event)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Acts on a machine event with every vCPU stopped; `Some(status)` ends the run.
+    fn act(&mut self, event: Option<MachineEvent>) -> Result<Option<i32>, MachineError> {
+        match event {
+            Some(MachineEvent::Exit(status)) => {
+                log::info!("exit requested with status {status}");
+                self.quitting();
+                return Ok(Some(status));
+            }
+            Some(MachineEvent::PowerOff) => {
+                self.observe(|o| o.shutdown(true, "guest-shutdown"));
+                if !self.no_shutdown {
+                    log::info!("guest powered off");
+                    return Ok(Some(0));
+                }
+                return self.shut_down("powered off");
+            }
+            Some(MachineEvent::Reset) => {
+                let host = self.run.take_host_reset();
+                if self.no_reboot && !host {
+                    self.observe(|o| o.shutdown(true, "guest-reset"));
+                    if !self.no_shutdown {
+                        log::info!("guest reset with -no-reboot: exiting");
+                        return Ok(Some(0));
+                    }
+                    return self.shut_down("reset with -no-reboot");
+                }
+                self.reset(host)?;
+            }
+            Some(MachineEvent::Pause) | None => {}
+        }
+        self.serve_requests();
+        if self.run.take_pause() {
+            self.run.set_state(RunState::Paused);
+            self.observe(|o| o.stopped());
+            return self.stopped();
+        }
+        Ok(None)
+    }
+
+    fn reset(&mut self, host: bool) -> Result<(), MachineError> {
+        self.resets.log(format_args!("guest reset"));
+        self.observe(|o| o.reset(!host));
+        self.chipset.reset();
+        self.load(true)
+    }
+
+    /// `-no-shutdown`: the guest is off but the machine stays, for a monitor's reset
+    /// and `cont`, or Ctrl-A x.
+    fn shut_down(&mut self, what: &str) -> Result<Option<i32>, MachineError> {
+        log::warn!("guest {what}; -no-shutdown keeps the machine stopped: Ctrl-A x quits");
+        self.run.set_state(RunState::Shutdown);
+        self.observe(|o| o.stopped());
+        self.stopped()
+    }
+
+    /// Stays stopped until `cont` (`None`: run on) or an exit (`Some(status)`); a
+    /// reset meanwhile is done at once and the machine stays stopped.
+    fn stopped(&mut self) -> Result<Option<i32>, MachineError> {
+        loop {
+            if self.run.wait_while_stopped() {
+                self.observe(|o| o.resumed());
+                return Ok(None);
+            }
+            self.serve_requests();
             match self.events().take() {
                 Some(MachineEvent::Exit(status)) => {
-                    log::info!("exit requested with status {status}");
-                    return Ok(status);
-                }
-                Some(MachineEvent::PowerOff) if self.no_shutdown => return Ok(self.stay_stopped("powered off")),
-                Some(MachineEvent::Reset) if self.no_reboot && self.no_shutdown => {
-                    return Ok(self.stay_stopped("reset with -no-reboot"))
-                }
-                Some(MachineEvent::PowerOff) => {
-                    log::info!("guest powered off");
-                    return Ok(0);
-                }
-                Some(MachineEvent::Reset) if self.no_reboot => {
-                    log::info!("guest reset with -no-reboot: exiting");
-                    return Ok(0);
+                    self.quitting();
+                    return Ok(Some(status));
                 }
                 Some(MachineEvent::Reset) => {
-                    self.resets.log(format_args!("guest reset"));
-                    self.chipset.reset();
-                    self.load(true)?;
+                    let host = self.run.take_host_reset();
+                    self.reset(host)?;
                 }
-                None => {}
+                _ => {}
             }
+        }
+    }
+
+    /// What the monitor asked to read while the vCPUs stand still.
+    fn serve_requests(&mut self) {
+        if self.run.take_registers_request() {
+            let text: String = self.vcpus.iter().enumerate().map(|(i, v)| registers_text(i, &**v)).collect();
+            self.run.put_registers(text);
+        }
+    }
+
+    /// The monitor's `quit` ends the run: its SHUTDOWN event.
+    fn quitting(&self) {
+        if self.run.take_quit() {
+            self.observe(|o| o.shutdown(false, "host-qmp-quit"));
+        }
+    }
+
+    fn observe(&self, f: impl FnOnce(&dyn RunObserver)) {
+        if let Some(o) = self.run.observer() {
+            f(&**o);
         }
     }
 }
 
-/// One vCPU's thread: runs it until a machine event is pending, sleeping while it is
-/// halted with nothing to take.
+/// One vCPU's registers, laid out as QEMU's `info registers` lays them out.
+fn registers_text(index: usize, vcpu: &dyn Vcpu) -> String {
+    use std::fmt::Write;
+    let (r, s) = match (vcpu.regs(), vcpu.sregs()) {
+        (Ok(r), Ok(s)) => (r, s),
+        (Err(e), _) | (_, Err(e)) => return format!("CPU#{index}: cannot read the registers: {e}\n"),
+    };
+    let mut t = format!("CPU#{index}\n");
+    let _ = writeln!(t, "RAX={:016x} RBX={:016x} RCX={:016x} RDX={:016x}", r.rax, r.rbx, r.rcx, r.rdx);
+    let _ = writeln!(t, "RSI={:016x} RDI={:016x} RBP={:016x} RSP={:016x}", r.rsi, r.rdi, r.rbp, r.rsp);
+    let _ = writeln!(t, "R8 ={:016x} R9 ={:016x} R10={:016x} R11={:016x}", r.r8, r.r9, r.r10, r.r11);
+    let _ = writeln!(t, "R12={:016x} R13={:016x} R14={:016x} R15={:016x}", r.r12, r.r13, r.r14, r.r15);
+    let _ = writeln!(t, "RIP={:016x} RFL={:08x} CPL={}", r.rip, r.rflags, s.cs.dpl);
+    for (name, g) in [
+        ("ES", &s.es),
+        ("CS", &s.cs),
+        ("SS", &s.ss),
+        ("DS", &s.ds),
+        ("FS", &s.fs),
+        ("GS", &s.gs),
+        ("LDT", &s.ldt),
+        ("TR", &s.tr),
+    ] {
+        let _ = writeln!(t, "{name:<3}={:04x} {:016x} {:08x}", g.selector, g.base, g.limit);
+    }
+    let _ = writeln!(t, "GDT=     {:016x} {:08x}", s.gdt.base, s.gdt.limit);
+    let _ = writeln!(t, "IDT=     {:016x} {:08x}", s.idt.base, s.idt.limit);
+    let _ = writeln!(t, "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}", s.cr0, s.cr2, s.cr3, s.cr4);
+    let _ = writeln!(t, "EFER={:016x}", s.efer);
+    t
+}
+
 fn run_vcpu(
     vcpu: &mut dyn Vcpu,
     ops: &Arc<VcpuOps>,

@@ -4,6 +4,7 @@
 mod cli;
 mod console;
 mod logging;
+mod monitor;
 mod setup;
 
 use std::io::Write;
@@ -60,7 +61,9 @@ fn run(opts: Options) -> Result<i32, Fatal> {
     let _pidfile = opts.pidfile.as_deref().map(setup::PidFile::create).transpose().map_err(Fatal)?;
     let (layout, mem, bios) = prepare_memory(&cfg)?;
     let accel = setup::make_accelerator(&opts, cfg.cpus, mem.clone()).map_err(Fatal)?;
+    let accel_name = accel.name();
     let machine = PcMachine::new(cfg, layout, mem, bios, accel)?;
+    monitor::start(&opts, machine.run_control(), accel_name).map_err(Fatal)?;
     let _raw = console::RawTerminal::enter();
     console::spawn_input(machine.serial(), machine.control());
     let status = machine.run();

@@ -143,6 +143,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         boot_menu: o.boot_menu,
         uuid: o.uuid,
         nics: Vec::new(),
+        start_paused: o.start_paused,
     };
     if let Some(dev) = &o.serial {
         cfg.serial = char_out(dev, "serial")?;

@@ -9,6 +9,7 @@
 //! effects (files are opened later, by the binary's setup).
 
 pub mod drives;
+pub mod monitor;
 pub mod net;
 mod opts;
 mod size;
@@ -122,6 +123,10 @@ pub struct Options {
     /// Network backends, each used by one of `nics`.
     pub netdevs: Vec<quern_net::Netdev>,
     pub nics: Vec<net::NicSpec>,
+    /// QMP monitors' sockets.
+    pub qmp: Vec<quern_monitor::server::Endpoint>,
+    /// `-S`: start paused.
+    pub start_paused: bool,
 }
 
 /// Parses `args` (the program name first, as `std::env::args_os` gives it).
@@ -206,6 +211,8 @@ struct Builder {
     log_file: Option<PathBuf>,
     pidfile: Option<PathBuf>,
     net: net::Net,
+    monitors: monitor::Monitors,
+    start_paused: bool,
 }
 
 /// An error about one option's value: "-opt VALUE: what is wrong".
@@ -290,6 +297,10 @@ impl Builder {
             }
             "uuid" => self.uuid = parse_uuid(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "nodefaults" => self.nodefaults = true,
+            "S" => self.start_paused = true,
+            "qmp" => self.monitors.qmp(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "chardev" => self.monitors.chardev(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "mon" => self.monitors.mon(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "overcommit" => {
                 let o = Opts::parse(text(name, value)?, None).map_err(|e| bad(name, value, e))?;
                 check_props(&o, &[("mem-lock", &["off"]), ("cpu-pm", &["off"])]).map_err(|e| bad(name, value, e))?;
@@ -442,6 +453,8 @@ impl Builder {
             pidfile: self.pidfile,
             netdevs,
             nics,
+            qmp: self.monitors.finish().map_err(CliError)?,
+            start_paused: self.start_paused,
         })
     }
 }

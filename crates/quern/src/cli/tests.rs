@@ -47,7 +47,7 @@ fn no_bundles_of_one_letter_flags() {
         ("-global", Some("isa-fdc.driveA=")),
         ("-icount", Some("shift=1")),
         ("-vnc", Some(":0")),
-        ("-chardev", Some("stdio,id=c")),
+        ("-qmp-pretty", Some("unix:q")),
     ] {
         let mut v = vec![o];
         v.extend(arg);
@@ -194,6 +194,24 @@ fn devices_and_logging() {
     assert_eq!(run(&["-d", "int,cpu_reset", "-D", "log"]).log_items.len(), 2);
     assert!(err(&["-d", "nonsense"]).contains("unknown log item 'nonsense'"));
     assert!(err(&["-d", "nochain"]).contains("not supported yet"));
+}
+
+#[test]
+fn monitors_and_start_paused() {
+    use quern_monitor::server::Endpoint;
+    let o = run(&["-qmp", "unix:/tmp/a.sock,server,nowait", "-qmp", "tcp:127.0.0.1:4444,server=on,wait=off", "-S"]);
+    assert_eq!(o.qmp, [Endpoint::Unix("/tmp/a.sock".into()), Endpoint::Tcp { host: "127.0.0.1".into(), port: 4444 }]);
+    assert!(o.start_paused);
+    let o = run(&[
+        "-chardev",
+        "socket,id=charmonitor,fd=26,server=on,wait=off",
+        "-mon",
+        "chardev=charmonitor,id=monitor,mode=control",
+    ]);
+    assert_eq!(o.qmp, [Endpoint::Fd(26)]);
+    assert!(!o.start_paused);
+    assert!(err(&["-mon", "chardev=x"]).contains("mode=readline"));
+    assert!(err(&["-chardev", "socket,id=a,path=/x,port=4,server=on,wait=off"]).contains("exactly one of"));
 }
 
 #[test]

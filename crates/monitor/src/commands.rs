@@ -1,0 +1,147 @@
+//! The QMP commands quern answers, each a function of its arguments; anything else is
+//! `CommandNotFound`. Arguments are checked as QEMU checks them: an unknown member or
+//! one of the wrong type is a `GenericError` naming it.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::Monitor;
+
+/// The QEMU version quern reports: the one whose command line and QMP it follows, so
+/// that tools that gate features on it (libvirt needs at least 4.2) treat it as such.
+/// quern's own version is in `package`.
+pub const QEMU_VERSION: (u32, u32, u32) = (7, 2, 0);
+
+pub fn package() -> String {
+    format!(" (quern {})", env!("CARGO_PKG_VERSION"))
+}
+
+/// A QMP error: QEMU's class and a description.
+#[derive(Debug)]
+pub struct QmpError {
+    pub class: &'static str,
+    pub desc: String,
+}
+
+impl QmpError {
+    pub fn generic(desc: impl Into<String>) -> QmpError {
+        QmpError { class: "GenericError", desc: desc.into() }
+    }
+}
+
+type Args = Map<String, Value>;
+type Handler = fn(&Arc<Monitor>, &Args) -> Result<Value, QmpError>;
+
+/// Every command: name, the arguments it takes, handler.
+const COMMANDS: &[(&str, &[&str], Handler)] = &[
+    ("query-version", &[], |_, _| {
+        let (major, minor, micro) = QEMU_VERSION;
+        Ok(json!({ "qemu": { "major": major, "minor": minor, "micro": micro }, "package": package() }))
+    }),
+    ("query-status", &[], |m, _| {
+        let s = m.vm.run_state();
+        Ok(json!({ "status": s.name(), "running": s == crate::RunState::Running, "singlestep": false }))
+    }),
+    ("query-commands", &[], |_, _| {
+        let mut names: Vec<Value> = COMMANDS.iter().map(|c| json!({ "name": c.0 })).collect();
+        names.push(json!({ "name": "qmp_capabilities" }));
+        Ok(Value::Array(names))
+    }),
+    ("query-target", &[], |_, _| Ok(json!({ "arch": "x86_64" }))),
+    ("query-kvm", &[], |m, _| {
+        let i = m.vm.info();
+        Ok(json!({ "enabled": i.accel == "kvm", "present": i.kvm_present }))
+    }),
+    ("query-name", &[], |m, _| Ok(m.vm.info().name.map_or_else(|| json!({}), |n| json!({ "name": n })))),
+    ("query-uuid", &[], |m, _| Ok(json!({ "UUID": m.vm.info().uuid }))),
+    ("query-machines", &[], |m, _| {
+        let max = m.vm.info().max_cpus.max(64);
+        Ok(json!([
+            { "name": "pc-i440fx-7.2", "alias": "pc", "is-default": true, "cpu-max": max, "hotpluggable-cpus": false,
+              "numa-mem-supported": false, "deprecated": false, "default-cpu-type": "qemu64-x86_64-cpu",
+              "default-ram-id": "pc.ram", "acpi": true },
+            { "name": "none", "cpu-max": 1, "hotpluggable-cpus": false, "numa-mem-supported": false,
+              "deprecated": false, "acpi": false }
+        ]))
+    }),
+    ("query-cpus-fast", &[], |m, _| {
+        let cpus: Vec<Value> = (0..m.vm.info().cpus)
+            .map(|i| {
+                json!({ "cpu-index": i, "qom-path": format!("/machine/unattached/device[{i}]"),
+                        "thread-id": 0, "target": "x86_64",
+                        "props": { "core-id": i, "thread-id": 0, "socket-id": 0 } })
+            })
+            .collect();
+        Ok(Value::Array(cpus))
+    }),
+    ("stop", &[], |m, _| {
+        m.vm.stop();
+        Ok(json!({}))
+    }),
+    ("cont", &[], |m, _| m.vm.cont().map(|()| json!({})).map_err(QmpError::generic)),
+    ("system_reset", &[], |m, _| {
+        m.vm.system_reset();
+        Ok(json!({}))
+    }),
+    ("system_powerdown", &[], |m, _| {
+        m.vm.system_powerdown();
+        Ok(json!({}))
+    }),
+    ("quit", &[], |m, _| {
+        m.vm.quit();
+        Ok(json!({}))
+    }),
+    ("human-monitor-command", &["command-line", "cpu-index"], |m, a| {
+        let line = string_arg(a, "command-line")?;
+        m.vm.human(line).map(Value::String).map_err(QmpError::generic)
+    }),
+    // What libvirt's probe asks and quern has nothing to list for yet.
+    ("query-qmp-schema", &[], |_, _| Ok(json!([]))),
+    ("query-command-line-options", &["option"], |_, _| Ok(json!([]))),
+    ("query-migrate-capabilities", &[], |_, _| Ok(json!([]))),
+    ("query-jobs", &[], |_, _| Ok(json!([]))),
+    ("qom-list-types", &["implements", "abstract"], |_, _| {
+        let types = [
+            "tcg-accel",
+            "kvm-accel",
+            "pc-i440fx-7.2-machine",
+            "isa-serial",
+            "e1000",
+            "ide-hd",
+            "ide-cd",
+            "isa-debugcon",
+            "isa-debug-exit",
+            "qemu64-x86_64-cpu",
+            "max-x86_64-cpu",
+            "host-x86_64-cpu",
+        ];
+        Ok(Value::Array(types.iter().map(|t| json!({ "name": t })).collect()))
+    }),
+    ("qom-list-properties", &["typename"], |_, _| Ok(json!([]))),
+    ("device-list-properties", &["typename"], |_, a| {
+        let t = string_arg(a, "typename")?;
+        Err(QmpError { class: "DeviceNotFound", desc: format!("Device '{t}' not found") })
+    }),
+];
+
+fn string_arg<'a>(a: &'a Args, name: &str) -> Result<&'a str, QmpError> {
+    match a.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(QmpError::generic(format!("Invalid parameter type for '{name}', expected: string"))),
+        None => Err(QmpError::generic(format!("Parameter '{name}' is missing"))),
+    }
+}
+
+/// Runs `command` with `args` (an object).
+pub fn execute(monitor: &Arc<Monitor>, command: &str, args: &Value) -> Result<Value, QmpError> {
+    let Some((_, allowed, handler)) = COMMANDS.iter().find(|c| c.0 == command) else {
+        return Err(QmpError { class: "CommandNotFound", desc: format!("The command {command} has not been found") });
+    };
+    let empty = Map::new();
+    let args = args.as_object().unwrap_or(&empty);
+    if let Some(k) = args.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(QmpError::generic(format!("Parameter '{k}' is unexpected")));
+    }
+    handler(monitor, args)
+}

@@ -1,0 +1,134 @@
+//! The QEMU Machine Protocol (QMP), as management tools (libvirt, the `qemu.qmp`
+//! client, scripts) speak it: JSON objects over a socket, a greeting, capability
+//! negotiation, commands with an `id` echoed in their reply, errors with QEMU's
+//! classes, and asynchronous events with timestamps.
+//!
+//! - [`server`]: where clients come from (`-qmp unix:PATH|tcp:HOST:PORT`, a
+//!   `-chardev socket` with `-mon mode=control`, a listening socket inherited as a file
+//!   descriptor, as libvirt passes it); one thread per listener and per client.
+//! - [`session`]: one client's conversation: framing, negotiation, dispatch.
+//! - [`commands`]: the commands and what they answer.
+//!
+//! The monitor never touches the machine's state itself: it asks through [`Vm`]
+//! (implemented by the machine, which acts between vCPU runs) and is told of run-state
+//! changes through [`Monitor::event`], which it broadcasts to every negotiated client.
+
+pub mod commands;
+pub mod server;
+pub mod session;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+/// The machine's run state, as `query-status` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Started with `-S`, not yet run.
+    Prelaunch,
+    Running,
+    /// Stopped by `stop`.
+    Paused,
+    /// The guest powered off with `-no-shutdown`.
+    Shutdown,
+}
+
+impl RunState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What the monitor asks of the machine. Requests return at once; the machine acts
+/// between vCPU runs and reports through [`Monitor::event`].
+pub trait Vm: Send + Sync {
+    fn run_state(&self) -> RunState;
+    /// `stop`: pause every vCPU.
+    fn stop(&self);
+    /// `cont`: run again (from prelaunch, paused, or shutdown after a reset).
+    fn cont(&self) -> Result<(), String>;
+    /// `system_reset`.
+    fn system_reset(&self);
+    /// `system_powerdown`: press the ACPI power button.
+    fn system_powerdown(&self);
+    /// `quit`: end the emulator.
+    fn quit(&self);
+    /// Static facts for the query commands.
+    fn info(&self) -> VmInfo;
+    /// `human-monitor-command`'s `info registers` and friends: text, or an error.
+    fn human(&self, command: &str) -> Result<String, String>;
+}
+
+/// Facts about the machine the query commands report.
+#[derive(Clone, Debug, Default)]
+pub struct VmInfo {
+    /// The accelerator: "kvm" or "tcg".
+    pub accel: String,
+    /// Whether /dev/kvm is usable here.
+    pub kvm_present: bool,
+    pub cpus: u32,
+    pub max_cpus: u32,
+    /// `-name guest=`.
+    pub name: Option<String>,
+    /// `-uuid`, formatted.
+    pub uuid: String,
+}
+
+/// The clients to broadcast events to, and the machine behind them.
+pub struct Monitor {
+    vm: Arc<dyn Vm>,
+    clients: Mutex<Vec<Weak<session::Client>>>,
+}
+
+impl Monitor {
+    pub fn new(vm: Arc<dyn Vm>) -> Arc<Monitor> {
+        Arc::new(Monitor { vm, clients: Mutex::new(Vec::new()) })
+    }
+
+    pub fn vm(&self) -> &Arc<dyn Vm> {
+        &self.vm
+    }
+
+    fn add_client(&self, c: &Arc<session::Client>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|w| w.strong_count() > 0);
+        clients.push(Arc::downgrade(c));
+    }
+
+    /// Sends event `name` (with `data`, if any) to every client past negotiation.
+    pub fn event(&self, name: &str, data: Option<Value>) {
+        let mut msg = json!({ "event": name, "timestamp": timestamp() });
+        if let Some(d) = data {
+            msg["data"] = d;
+        }
+        log::debug!("qmp: event {msg}");
+        let clients: Vec<Arc<session::Client>> = {
+            let c = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            c.iter().filter_map(Weak::upgrade).collect()
+        };
+        for c in clients {
+            c.send_event(&msg);
+        }
+    }
+}
+
+/// QMP's event timestamp: seconds and microseconds of the wall clock.
+fn timestamp() -> Value {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    json!({ "seconds": t.as_secs(), "microseconds": t.subsec_micros() })
+}
+
+/// Writes one JSON message and a CRLF, as QEMU ends its lines.
+fn write_message(w: &mut dyn Write, msg: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.extend_from_slice(b"\r\n");
+    w.write_all(&line)?;
+    w.flush()
+}

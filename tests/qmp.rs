@@ -1,0 +1,350 @@
+//! QMP, as management tools use it, on a running guest: Debian's stock kernel with
+//! build/guest/initramfs-net.cpio.gz (`quern.count=1`: a counter on the console every
+//! half second; `quern.button=1`: waits for the ACPI power button, then powers off).
+//!
+//! - Python's `qemu.qmp` client (PyPI; tests/qmp/driver.py) drives it: `-S` starts it
+//!   in prelaunch, `cont` runs it (RESUME), `stop` pauses it (STOP; the counter stands
+//!   still), `human-monitor-command "info registers"`, `system_reset` (RESET; the
+//!   kernel boots again), `system_powerdown` (POWERDOWN; the guest's button driver sees
+//!   the press and it powers off: SHUTDOWN with guest=true), and quern exits 0.
+//! - Bad input on the socket itself: commands before negotiation, malformed JSON, a
+//!   non-object, unknown commands and arguments, wrong types, a huge message, a client
+//!   that vanishes mid-command, several clients at once: QMP errors or a closed
+//!   connection, and the guest goes on counting.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{guest_file, report, scratch, Console};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn guest(sock: &Path, paused: bool) -> Console {
+    let (k, i) = (guest_file("vmlinux"), guest_file("initramfs-net.cpio.gz"));
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let mut args = vec![
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-initrd",
+        i.to_str().unwrap(),
+        "-qmp",
+        &qmp,
+        "-append",
+        "console=ttyS0 panic=-1 quern.count=1 quern.button=1",
+    ];
+    if paused {
+        args.push("-S");
+    }
+    let c = Console::spawn(&args);
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c
+}
+
+fn socket_path(name: &str) -> PathBuf {
+    let p = scratch(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// The Python client, one JSON line per request.
+struct Driver {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Driver {
+    fn start(sock: &Path) -> Option<Driver> {
+        let ok = Command::new("python3").args(["-c", "import qemu.qmp"]).status().is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let script = common::root().join("tests/qmp/driver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut d = Driver { child, stdin, stdout };
+        assert_eq!(d.read()["connected"], true);
+        Some(d)
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("the driver's answer");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("driver said {line:?}: {e}"))
+    }
+
+    fn call(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+
+    fn execute(&mut self, name: &str, args: Option<Value>) -> Value {
+        let line = match args {
+            Some(a) => format!("execute {name} {a}"),
+            None => format!("execute {name}"),
+        };
+        let r = self.call(&line);
+        assert!(r.get("return").is_some(), "{name}: {r}");
+        r["return"].clone()
+    }
+
+    fn event(&mut self, name: &str) -> Value {
+        let e = self.call(&format!("event {name}"));
+        assert_eq!(e["event"], name);
+        assert!(e["timestamp"]["seconds"].as_u64().is_some_and(|s| s > 1_700_000_000), "{e}");
+        e["data"].clone()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn counts(c: &Console) -> usize {
+    c.describe().matches("QUERN-COUNT").count()
+}
+
+#[test]
+fn qemu_qmp_client_drives_a_guest() {
+    let sock = socket_path("qmp-driver.sock");
+    let mut c = guest(&sock, true);
+    let Some(mut q) = Driver::start(&sock) else {
+        report("NOT RUN: qemu_qmp_client_drives_a_guest: Python's qemu.qmp is not installed (pip install qemu.qmp)");
+        return;
+    };
+    let v = q.execute("query-version", None);
+    assert_eq!(v["qemu"]["major"], 7);
+    assert!(v["package"].as_str().unwrap().contains("quern"));
+    assert_eq!(
+        q.execute("query-status", None),
+        json!({ "status": "prelaunch", "running": false, "singlestep": false })
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!c.describe().contains("Linux version"), "-S: nothing runs before cont");
+
+    q.execute("cont", None);
+    q.event("RESUME");
+    c.wait_for("QUERN-BUTTON-READY", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_for("QUERN-COUNT", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+
+    q.execute("stop", None);
+    q.event("STOP");
+    assert_eq!(q.execute("query-status", None)["status"], "paused");
+    let before = counts(&c);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(counts(&c), before, "the guest runs while paused");
+    let regs = q.execute("human-monitor-command", Some(json!({ "command-line": "info registers" })));
+    let regs = regs.as_str().unwrap();
+    assert!(regs.contains("RIP=ffffffff") && regs.contains("CR3=") && regs.contains("EFER="), "{regs}");
+
+    q.execute("cont", None);
+    q.event("RESUME");
+    let start = Instant::now();
+    while counts(&c) == before {
+        assert!(start.elapsed() < Duration::from_secs(30), "the guest does not run again after cont");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = q.execute("human-monitor-command", Some(json!({ "command-line": "info status" })));
+    assert_eq!(status, "VM status: running\r\n");
+
+    let e = q.call("execute frobnicate");
+    assert_eq!(e["error"], "CommandNotFound", "{e}");
+
+    q.execute("system_reset", None);
+    assert_eq!(q.event("RESET"), json!({ "guest": false, "reason": "host-qmp-system-reset" }));
+    c.wait_for("QUERN-NET-INIT-OK", LIMIT).unwrap_or_else(|e| panic!("the kernel again after the reset: {e}"));
+    c.wait_for("QUERN-BUTTON-READY", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+
+    q.execute("system_powerdown", None);
+    q.event("POWERDOWN");
+    c.wait_for("QUERN-POWER-BUTTON", LIMIT).unwrap_or_else(|e| panic!("the guest saw no power button: {e}"));
+    assert_eq!(q.event("SHUTDOWN"), json!({ "guest": true, "reason": "guest-shutdown" }));
+    let run = c.finish(Duration::from_secs(30));
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+}
+
+/// A raw QMP connection: the greeting read, then lines out and JSON values in.
+struct Raw {
+    s: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn connect(sock: &Path) -> Raw {
+        let s = UnixStream::connect(sock).expect("connect to the QMP socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        let mut raw = Raw { s, r };
+        let greeting = raw.read();
+        assert_eq!(greeting["QMP"]["version"]["qemu"]["major"], 7, "{greeting}");
+        assert_eq!(greeting["QMP"]["capabilities"], json!([]));
+        raw
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("a QMP line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    /// Sends `text`; the reply (events before it, which may come at any time, are
+    /// skipped).
+    fn send(&mut self, text: &str) -> Value {
+        self.s.write_all(text.as_bytes()).unwrap();
+        loop {
+            let v = self.read();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn negotiate(&mut self) {
+        assert_eq!(self.send("{\"execute\":\"qmp_capabilities\"}\n"), json!({ "return": {} }));
+    }
+}
+
+fn class(v: &Value) -> &str {
+    v["error"]["class"].as_str().unwrap_or_else(|| panic!("not an error: {v}"))
+}
+
+#[test]
+fn bad_input_on_the_socket_never_hurts_the_guest() {
+    let sock = socket_path("qmp-raw.sock");
+    let mut c = guest(&sock, false);
+    c.wait_for("QUERN-COUNT", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut q = Raw::connect(&sock);
+    assert_eq!(class(&q.send("{\"execute\":\"query-status\"}")), "CommandNotFound", "before negotiation");
+    q.negotiate();
+    assert_eq!(class(&q.send("{\"execute\":\"qmp_capabilities\"}")), "CommandNotFound", "negotiated twice");
+    assert_eq!(class(&q.send("{\"execute\": }\n")), "GenericError", "malformed JSON");
+    assert_eq!(class(&q.send("[1, 2]")), "GenericError", "not an object");
+    assert_eq!(class(&q.send("{\"execute\": 5}")), "GenericError", "execute not a string");
+    assert_eq!(class(&q.send("{\"arguments\": {}}")), "GenericError", "no execute");
+    assert_eq!(class(&q.send("{\"execute\":\"nope\",\"id\":7}")), "CommandNotFound");
+    let r = q.send("{\"execute\":\"query-status\",\"arguments\":{\"verbose\":true},\"id\":\"x\"}");
+    assert_eq!((class(&r), &r["id"]), ("GenericError", &json!("x")), "unknown argument, id echoed");
+    let r = q.send("{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":42}}");
+    assert_eq!(class(&r), "GenericError", "a wrong type: {r}");
+    let r = q.send("{\"execute\":\"query-status\",\"id\":{\"a\":[1,\"}\"]}}");
+    assert_eq!((r["return"]["status"].as_str(), &r["id"]), (Some("running"), &json!({ "a": [1, "}"] })));
+
+    // A message past the limit: the connection closes; the next client is served.
+    let huge = format!("{{\"execute\":\"query-status\",\"id\":\"{}\"}}", "x".repeat(2 << 20));
+    let _ = q.s.write_all(huge.as_bytes());
+    let mut rest = Vec::new();
+    let _ = q.r.read_to_end(&mut rest);
+    drop(q);
+    // A client gone mid-command.
+    let mut q = Raw::connect(&sock);
+    q.s.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-").unwrap();
+    drop(q);
+    // Several at once: served one after another, each to the end.
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut q = Raw::connect(&sock);
+                q.negotiate();
+                let r = q.send(&format!("{{\"execute\":\"query-status\",\"id\":{i}}}"));
+                assert_eq!(r["id"], i);
+                r["return"]["status"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    for t in clients {
+        assert_eq!(t.join().unwrap(), "running");
+    }
+    // The guest went on counting through all of it.
+    let before = counts(&c);
+    let start = Instant::now();
+    while counts(&c) < before + 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the guest stopped counting\n{}", c.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut q = Raw::connect(&sock);
+    q.negotiate();
+    assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
+    let run = c.finish(Duration::from_secs(30));
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+}
+
+/// libvirt's way: it binds the monitor's socket itself and passes the listening
+/// descriptor (`-chardev socket,id=charmonitor,fd=N,server=on,wait=off -mon
+/// chardev=charmonitor,mode=control`); quern serves it, and a second client after the
+/// first has gone.
+#[test]
+fn a_monitor_socket_passed_as_a_descriptor() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::os::unix::process::CommandExt;
+
+    let sock = socket_path("qmp-fd.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let fd = listener.as_raw_fd();
+    let (k, i) = (guest_file("vmlinux"), guest_file("initramfs-net.cpio.gz"));
+    let mut cmd = Command::new(common::quern_bin());
+    cmd.args(["-accel", "tcg", "-m", "256", "-display", "none", "-nodefaults", "-no-reboot", "-S", "-kernel"])
+        .arg(k)
+        .arg("-initrd")
+        .arg(i)
+        .args(["-chardev", "socket,id=charmonitor,fd=26,server=on,wait=off"])
+        .args(["-mon", "chardev=charmonitor,id=monitor,mode=control"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 between fork and exec, on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || if libc::dup2(fd, 26) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let mut child = cmd.spawn().expect("spawn quern");
+    drop(listener);
+    for _ in 0..2 {
+        let mut q = Raw::connect(&sock);
+        q.negotiate();
+        assert_eq!(q.send("{\"execute\":\"query-status\"}")["return"]["status"], "prelaunch");
+    }
+    let mut q = Raw::connect(&sock);
+    q.negotiate();
+    assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "quern did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
