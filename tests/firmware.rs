@@ -111,7 +111,9 @@ fn run_qemu_until(args: &[&str], limit: Duration, stop_at: &str) -> Option<Run> 
 /// lines and returns the serial lines and the time it took.
 fn boot_to_no_bootable_device(accel: &str, bios: &str, extra: &[&str], limit: Duration) -> (Vec<String>, Duration) {
     let start = Instant::now();
-    let mut args = vec!["-accel", accel, "-nographic", "-no-reboot", "-m", "128"];
+    // -nodefaults: no default network card (its iPXE ROM would join the boot), as QEMU
+    // is run below.
+    let mut args = vec!["-accel", accel, "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot", "-m", "128"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-bios", bios]);
     let run = run_quern_until(&args, limit, Some(NO_BOOT));
