@@ -37,7 +37,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=9
+version=10
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -179,8 +179,10 @@ if [ -n "$(arg button)" ]; then
         [ "$(cat "$d/device/name" 2>/dev/null)" = "Power Button" ] && ev=/dev/input/${d##*/}
     done
     [ -n "$ev" ] || fail "no power button input device"
+    # Open before saying ready: a press before the open would be lost.
+    exec 3<"$ev" || fail "opening $ev"
     echo QUERN-BUTTON-READY
-    dd if="$ev" of=/dev/null bs=24 count=1 2>/dev/null || fail "reading $ev"
+    dd of=/dev/null bs=24 count=1 <&3 2>/dev/null || fail "reading $ev"
     echo QUERN-POWER-BUTTON
 fi
 echo QUERN-NET-DONE

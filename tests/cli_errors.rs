@@ -110,7 +110,9 @@ fn bad_monitor_options() {
     fails(&["-qmp", "unix:/tmp/x.sock,server=on,wait=on"], "wait=on");
     fails(&["-qmp", "unix:/tmp/x.sock"], "add server=on,wait=off");
     fails(&["-qmp", "pipe:/tmp/x"], "give unix:PATH or tcp:HOST:PORT");
-    fails(&["-chardev", "pty,id=c"], "-chardev pty is not supported yet");
+    fails(&["-chardev", "pipe,id=c,path=/tmp/p"], "-chardev pipe is not supported yet");
+    fails(&["-chardev", "pty,id=c"], "nothing uses it");
+    fails(&["-device", "isa-serial,chardev=nope"], "no -chardev with that id");
     fails(&["-chardev", "socket,id=m,path=/tmp/x,server=on,wait=off"], "nothing uses it");
     fails(
         &["-chardev", "socket,id=m,path=/tmp/x,server=on,wait=off", "-mon", "chardev=m,mode=readline"],

@@ -293,6 +293,20 @@ fn bad_input_on_the_socket_never_hurts_the_guest() {
     }
     let mut q = Raw::connect(&sock);
     q.negotiate();
+    // The card's cable out and in again: the guest's driver sees both.
+    let r = q.send("{\"execute\":\"set_link\",\"arguments\":{\"name\":\"nope\",\"up\":false}}");
+    assert_eq!(class(&r), "DeviceNotFound");
+    c.wait_for("NIC Link is Up", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        q.send("{\"execute\":\"set_link\",\"arguments\":{\"name\":\"net0\",\"up\":false}}"),
+        json!({ "return": {} })
+    );
+    c.wait_for("NIC Link is Down", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        q.send("{\"execute\":\"set_link\",\"arguments\":{\"name\":\"net0\",\"up\":true}}"),
+        json!({ "return": {} })
+    );
+    c.wait_for("NIC Link is Up", LIMIT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
     let run = c.finish(Duration::from_secs(30));
     assert_eq!(run.status, Some(0), "{}", run.describe());
@@ -317,17 +331,24 @@ fn a_monitor_socket_passed_as_a_descriptor() {
         .arg(k)
         .arg("-initrd")
         .arg(i)
-        .args(["-chardev", "socket,id=charmonitor,fd=26,server=on,wait=off"])
+        .args(["-chardev", "socket,id=charmonitor,fd=100,server=on,wait=off"])
         .args(["-mon", "chardev=charmonitor,id=monitor,mode=control"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: dup2 between fork and exec, on descriptors this process owns.
+    // SAFETY: dup2 between fork and exec, on descriptors this process owns (100: clear
+    // of the child's standard streams and of whatever number the listener has).
     unsafe {
-        cmd.pre_exec(move || if libc::dup2(fd, 26) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        cmd.pre_exec(move || if libc::dup2(fd, 100) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
     }
     let mut child = cmd.spawn().expect("spawn quern");
     drop(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(s) = child.try_wait().unwrap() {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("quern ended at once ({s}): {err}");
+    }
     for _ in 0..2 {
         let mut q = Raw::connect(&sock);
         q.negotiate();
@@ -347,4 +368,119 @@ fn a_monitor_socket_passed_as_a_descriptor() {
     let mut err = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// `-daemonize -pidfile`: the command returns 0 once the monitor listens and the pidfile
+/// names the running daemon; `quit` ends it (and removes the pidfile).
+#[test]
+fn daemonize_returns_once_the_monitor_listens() {
+    let sock = socket_path("qmp-daemon.sock");
+    let pidfile = scratch("qmp-daemon.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    let (k, i) = (guest_file("vmlinux"), guest_file("initramfs-net.cpio.gz"));
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let out = Command::new(common::quern_bin())
+        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-daemonize", "-pidfile"])
+        .arg(&pidfile)
+        .arg("-kernel")
+        .arg(k)
+        .arg("-initrd")
+        .arg(i)
+        .args(["-qmp", &qmp, "-name", "guest=demo,debug-threads=on", "-uuid", "5d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2d3e"])
+        .args(["-append", "console=ttyS0 panic=-1 quern.button=1"])
+        .output()
+        .expect("run quern -daemonize");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("the pidfile").trim().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the daemon runs");
+    let mut q = Raw::connect(&sock);
+    q.negotiate();
+    assert_eq!(q.send("{\"execute\":\"query-name\"}"), json!({ "return": { "name": "demo" } }));
+    assert_eq!(
+        q.send("{\"execute\":\"query-uuid\"}"),
+        json!({ "return": { "UUID": "5d3c0a0e-6c8f-4c3e-9a3b-1f0e6b1c2d3e" } })
+    );
+    assert_eq!(q.send("{\"execute\":\"query-status\"}")["return"]["status"], "running");
+    assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
+    let start = Instant::now();
+    // Gone, or a zombie nobody reaps (the daemon's parent exited; in a container the
+    // pid 1 that inherits it may not wait for it).
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    };
+    while alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the daemon did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!pidfile.exists(), "the pidfile is removed at exit");
+}
+
+/// `-chardev pty -device isa-serial` (libvirt's serial console): quern prints the pty
+/// as QEMU does, `query-chardev` reports it, and a shell in the guest answers on it
+/// (what `virsh console` does).
+#[test]
+fn serial_console_on_a_pty() {
+    let sock = socket_path("qmp-pty.sock");
+    let (k, i) = (guest_file("vmlinux"), guest_file("initramfs-shell.cpio.gz"));
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let args = [
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-initrd",
+        i.to_str().unwrap(),
+        "-chardev",
+        "pty,id=charserial0",
+        "-device",
+        "isa-serial,chardev=charserial0,id=serial0,index=0",
+        "-qmp",
+        &qmp,
+        "-append",
+        "console=ttyS0 panic=-1",
+    ];
+    let c = Console::spawn(&args);
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut q = Raw::connect(&sock);
+    q.negotiate();
+    let devs = q.send("{\"execute\":\"query-chardev\"}")["return"].clone();
+    let file = devs[0]["filename"].as_str().unwrap_or_else(|| panic!("{devs}")).to_string();
+    assert_eq!(devs[0]["label"], "charserial0");
+    let path = file.strip_prefix("pty:").unwrap_or_else(|| panic!("{file}")).to_string();
+    assert!(c.describe().contains(&format!("char device redirected to {path} (label charserial0)")));
+    let mut pty = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open the pty");
+    // Read until `want` shows up (the guest's output, from boot on).
+    let mut seen = String::new();
+    let mut read_until = |pty: &mut std::fs::File, want: &str| {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            assert!(start.elapsed() < LIMIT, "no {want:?} on the pty; got:\n{seen}");
+            let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(pty), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll on one live pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 200) };
+            if pfd.revents & libc::POLLIN != 0 {
+                let n = pty.read(&mut buf).unwrap_or(0);
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    };
+    read_until(&mut pty, "QUERN-INIT-OK");
+    std::thread::sleep(Duration::from_millis(500));
+    pty.write_all(b"echo pty-$((6 * 7))\n").unwrap();
+    read_until(&mut pty, "pty-42");
+    assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
+    let run = c.finish(Duration::from_secs(30));
+    assert_eq!(run.status, Some(0), "{}", run.describe());
 }

@@ -65,7 +65,7 @@ pub struct Chipset {
     pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub ide: Arc<Mutex<PiixIde>>,
     /// The network cards, in the order configured.
-    pub nics: Vec<Arc<E1000>>,
+    pub nics: Vec<NicLink>,
     pub serial: Arc<Mutex<Serial>>,
     /// The ACPI PM block (the power button).
     pub pm: Arc<Mutex<AcpiPm>>,
@@ -206,9 +206,26 @@ impl Chipset {
         }
         lock(&self.pci).reset();
         lock(&self.ide).reset();
-        for nic in &self.nics {
-            nic.reset();
+        for link in &self.nics {
+            link.nic.reset();
         }
+    }
+}
+
+/// A network card and the names a monitor knows it by.
+#[derive(Clone)]
+pub struct NicLink {
+    /// The card's `id=` (or the name quern gave it).
+    pub id: String,
+    /// Its netdev's id.
+    pub netdev: Option<String>,
+    pub nic: Arc<E1000>,
+}
+
+impl NicLink {
+    /// `set_link`: the cable in or out (the guest sees link status change).
+    pub fn set_up(&self, up: bool) {
+        self.nic.set_link(up);
     }
 }
 
@@ -219,7 +236,7 @@ fn add_nics(
     pci: &Arc<Mutex<PciRoot>>,
     mem: &Arc<GuestMemory>,
     router: &Arc<PciIrqRouter>,
-) -> Result<Vec<Arc<E1000>>, MachineError> {
+) -> Result<Vec<NicLink>, MachineError> {
     let mut out = Vec::new();
     for n in nics {
         let mut root = lock(pci);
@@ -238,7 +255,7 @@ fn add_nics(
         } else {
             log::warn!("{}: no netdev: the card's link goes nowhere", n.id);
         }
-        out.push(nic);
+        out.push(NicLink { id: n.id.clone(), netdev: n.netdev.as_ref().map(|d| d.id.clone()), nic });
     }
     Ok(out)
 }

@@ -211,6 +211,11 @@ impl PcMachine {
         Ok(machine)
     }
 
+    /// The network cards, for the monitor's `set_link`.
+    pub fn nics(&self) -> Vec<crate::chipset::NicLink> {
+        self.chipset.nics.clone()
+    }
+
     /// The serial port, for the console's input thread.
     pub fn serial(&self) -> Arc<Mutex<quern_devices::uart::Serial>> {
         self.chipset.serial.clone()

@@ -49,6 +49,10 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         Ok(Value::Array(names))
     }),
     ("query-target", &[], |_, _| Ok(json!({ "arch": "x86_64" }))),
+    ("query-chardev", &[], |m, _| {
+        let devs = m.vm.info().chardevs.into_iter();
+        Ok(Value::Array(devs.map(|(l, f)| json!({ "label": l, "filename": f, "frontend-open": true })).collect()))
+    }),
     ("query-kvm", &[], |m, _| {
         let i = m.vm.info();
         Ok(json!({ "enabled": i.accel == "kvm", "present": i.kvm_present }))
@@ -87,6 +91,15 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
     ("system_powerdown", &[], |m, _| {
         m.vm.system_powerdown();
         Ok(json!({}))
+    }),
+    ("set_link", &["name", "up"], |m, a| {
+        let name = string_arg(a, "name")?;
+        let up = match a.get("up") {
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(QmpError::generic("Invalid parameter type for 'up', expected: boolean")),
+            None => return Err(QmpError::generic("Parameter 'up' is missing")),
+        };
+        m.vm.set_link(name, up).map(|()| json!({})).map_err(|e| QmpError { class: "DeviceNotFound", desc: e })
     }),
     ("quit", &[], |m, _| {
         m.vm.quit();

@@ -62,6 +62,8 @@ pub trait Vm: Send + Sync {
     fn quit(&self);
     /// Static facts for the query commands.
     fn info(&self) -> VmInfo;
+    /// `set_link`: a network card's cable in or out, by the card's or its netdev's id.
+    fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
     /// `human-monitor-command`'s `info registers` and friends: text, or an error.
     fn human(&self, command: &str) -> Result<String, String>;
 }
@@ -79,6 +81,8 @@ pub struct VmInfo {
     pub name: Option<String>,
     /// `-uuid`, formatted.
     pub uuid: String,
+    /// Character devices: (label, QEMU's filename, e.g. "pty:/dev/pts/3").
+    pub chardevs: Vec<(String, String)>,
 }
 
 /// The clients to broadcast events to, and the machine behind them.

@@ -115,7 +115,7 @@ pub fn spawn_input(serial: Arc<Mutex<Serial>>, control: Arc<dyn MachineControl>)
 }
 
 /// Hands one byte to the UART, waiting while its receive FIFO is full.
-fn send(serial: &Mutex<Serial>, b: u8) {
+pub(crate) fn send(serial: &Mutex<Serial>, b: u8) {
     loop {
         if quern_core::bus::lock(serial).enqueue_input(&[b]) == 1 {
             return;

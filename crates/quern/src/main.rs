@@ -3,8 +3,10 @@
 
 mod cli;
 mod console;
+mod daemon;
 mod logging;
 mod monitor;
+mod pty;
 mod setup;
 
 use std::io::Write;
@@ -40,6 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before anything starts a thread: the fork keeps only the calling one.
+    if opts.daemonize {
+        if let Err(e) = daemon::detach() {
+            eprintln!("quern: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = logging::init(&opts.log_items, opts.log_file.as_deref()) {
         eprintln!("quern: {e}");
         return ExitCode::from(1);
@@ -47,6 +56,7 @@ fn main() -> ExitCode {
     match run(*opts) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(e) => {
+            daemon::failed(&e.0);
             eprintln!("quern: {}", e.0);
             ExitCode::from(1)
         }
@@ -63,9 +73,16 @@ fn run(opts: Options) -> Result<i32, Fatal> {
     let accel = setup::make_accelerator(&opts, cfg.cpus, mem.clone()).map_err(Fatal)?;
     let accel_name = accel.name();
     let machine = PcMachine::new(cfg, layout, mem, bios, accel)?;
-    monitor::start(&opts, machine.run_control(), accel_name).map_err(Fatal)?;
-    let _raw = console::RawTerminal::enter();
-    console::spawn_input(machine.serial(), machine.control());
+    monitor::start(&opts, machine.run_control(), machine.nics(), accel_name).map_err(Fatal)?;
+    pty::spawn_input(machine.serial());
+    let _raw = if opts.daemonize {
+        daemon::ready();
+        None
+    } else {
+        let raw = console::RawTerminal::enter();
+        console::spawn_input(machine.serial(), machine.control());
+        Some(raw)
+    };
     let status = machine.run();
     let _ = std::io::stdout().flush();
     Ok(status?)

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use quern_machine_pc::chipset::NicLink;
 use quern_machine_pc::runstate::{RunControl, RunObserver, RunState as MachineState};
 use quern_monitor::{Monitor, RunState, Vm, VmInfo};
 use serde_json::json;
@@ -12,6 +13,7 @@ use crate::cli::Options;
 struct MachineVm {
     run: Arc<RunControl>,
     info: VmInfo,
+    nics: Vec<NicLink>,
 }
 
 impl Vm for MachineVm {
@@ -37,6 +39,12 @@ impl Vm for MachineVm {
     }
     fn quit(&self) {
         self.run.quit();
+    }
+    fn set_link(&self, name: &str, up: bool) -> Result<(), String> {
+        let link = self.nics.iter().find(|l| l.id == name || l.netdev.as_deref() == Some(name));
+        let link = link.ok_or_else(|| format!("Device '{name}' not found"))?;
+        link.set_up(up);
+        Ok(())
     }
     fn info(&self) -> VmInfo {
         self.info.clone()
@@ -104,8 +112,14 @@ impl RunObserver for Events {
     }
 }
 
+/// A UUID as written (8-4-4-4-12 hex digits).
+fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
 /// Starts the monitors `o` asks for (their sockets listen when this returns).
-pub fn start(o: &Options, run: Arc<RunControl>, accel: &str) -> Result<(), String> {
+pub fn start(o: &Options, run: Arc<RunControl>, nics: Vec<NicLink>, accel: &str) -> Result<(), String> {
     if o.qmp.is_empty() {
         return Ok(());
     }
@@ -114,10 +128,11 @@ pub fn start(o: &Options, run: Arc<RunControl>, accel: &str) -> Result<(), Strin
         kvm_present: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
         cpus: o.cpus,
         max_cpus: o.topology.max_cpus(),
-        name: None,
-        uuid: String::new(),
+        name: o.name.clone(),
+        uuid: format_uuid(&o.uuid),
+        chardevs: crate::pty::chardev().into_iter().collect(),
     };
-    let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info }));
+    let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info, nics }));
     run.set_observer(Arc::new(Events(monitor.clone())));
     for e in &o.qmp {
         let l = e.listen().map_err(|err| format!("monitor socket {e}: {err}"))?;

@@ -21,6 +21,7 @@ fn char_out(dev: &CharDev, opt: &str) -> Result<Option<CharOut>, String> {
             let f = File::create(p).map_err(|e| format!("-{opt} file:{}: cannot create: {e}", p.display()))?;
             Some(Box::new(f))
         }
+        CharDev::Pty(label) => Some(crate::pty::open(label)?),
     })
 }
 

@@ -70,6 +70,8 @@ pub enum CharDev {
     Stdio,
     Null,
     File(PathBuf),
+    /// A new pseudo-terminal, with the chardev's label.
+    Pty(String),
 }
 
 /// A `-device` quern builds.
@@ -127,6 +129,10 @@ pub struct Options {
     pub qmp: Vec<quern_monitor::server::Endpoint>,
     /// `-S`: start paused.
     pub start_paused: bool,
+    /// `-name guest=`.
+    pub name: Option<String>,
+    /// `-daemonize`: detach once the monitors listen and the pidfile is written.
+    pub daemonize: bool,
 }
 
 /// Parses `args` (the program name first, as `std::env::args_os` gives it).
@@ -213,6 +219,10 @@ struct Builder {
     net: net::Net,
     monitors: monitor::Monitors,
     start_paused: bool,
+    name: Option<String>,
+    daemonize: bool,
+    /// `-device isa-serial,chardev=ID`.
+    serial_chardev: Option<String>,
 }
 
 /// An error about one option's value: "-opt VALUE: what is wrong".
@@ -292,10 +302,28 @@ impl Builder {
                     }
                     Some("ide-cd") => self.drives.device(drives::Media::Cdrom, &o).map_err(|e| bad(name, value, e))?,
                     Some("e1000") => self.net.device(&o).map_err(|e| bad(name, value, e))?,
+                    Some("isa-serial") => {
+                        if let Some(k) = o.unknown_key(&["driver", "chardev", "id", "index", "iobase", "irq"]) {
+                            return Err(bad(name, value, format!("unknown property '{k}' for isa-serial")));
+                        }
+                        if o.get("index").is_some_and(|i| i != "0") || o.get("iobase").is_some_and(|b| b != "0x3f8") {
+                            return Err(bad(name, value, "only COM1 (index=0, iobase 0x3f8) is supported yet"));
+                        }
+                        let id = o.get("chardev").ok_or_else(|| bad(name, value, "isa-serial needs chardev="))?;
+                        self.serial_chardev = Some(id.to_string());
+                    }
                     _ => self.devices.push(parse_device(&o).map_err(|e| bad(name, value, e))?),
                 }
             }
             "uuid" => self.uuid = parse_uuid(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            "name" => {
+                let o = Opts::parse(text(name, value)?, Some("guest")).map_err(|e| bad(name, value, e))?;
+                if let Some(k) = o.unknown_key(&["guest", "process", "debug-threads"]) {
+                    return Err(bad(name, value, format!("unknown property '{k}'")));
+                }
+                self.name = o.get("guest").map(str::to_string);
+            }
+            "daemonize" => self.daemonize = true,
             "nodefaults" => self.nodefaults = true,
             "S" => self.start_paused = true,
             "qmp" => self.monitors.qmp(text(name, value)?).map_err(|e| bad(name, value, e))?,
@@ -404,13 +432,25 @@ impl Builder {
             }
         }
         let mut serial = self.serial.into_iter();
-        let com1 = match serial.next() {
+        let mut monitors = self.monitors;
+        if let Some(id) = &self.serial_chardev {
+            monitors.serial_chardev(id).map_err(|e| CliError(format!("-device isa-serial: {e}")))?;
+        }
+        let from_device = self.serial_chardev.map(|id| Some(CharDev::Pty(id)));
+        let com1 = match from_device.or_else(|| serial.next()) {
+            Some(Some(CharDev::Stdio)) if self.daemonize => {
+                return Err(CliError("-serial stdio cannot be used with -daemonize (there is no terminal)".into()))
+            }
             Some(dev) => dev,
             // QEMU's default serial port follows the terminal with -nographic; quern has
-            // no window, so it always does, unless -nodefaults removed it.
-            None if self.nodefaults => None,
+            // no window, so it always does, unless -nodefaults removed it (or there is
+            // no terminal: -daemonize).
+            None if self.nodefaults || self.daemonize => None,
             None => Some(CharDev::Stdio),
         };
+        if self.daemonize && self.nographic {
+            return Err(CliError("-nographic cannot be used with -daemonize (there is no terminal)".into()));
+        }
         if serial.any(|d| d.is_some()) {
             return Err(CliError("-serial: a second serial port (COM2) is not supported yet".into()));
         }
@@ -453,8 +493,10 @@ impl Builder {
             pidfile: self.pidfile,
             netdevs,
             nics,
-            qmp: self.monitors.finish().map_err(CliError)?,
+            qmp: monitors.finish().map_err(CliError)?,
             start_paused: self.start_paused,
+            name: self.name,
+            daemonize: self.daemonize,
         })
     }
 }
@@ -471,11 +513,12 @@ fn char_dev(name: &str, value: &OsStr) -> Result<Option<CharDev>> {
     match text(name, value)? {
         "stdio" => Ok(Some(CharDev::Stdio)),
         "null" => Ok(Some(CharDev::Null)),
+        "pty" if name == "serial" => Ok(Some(CharDev::Pty("serial0".into()))),
         "none" => Ok(None),
         "mon:stdio" => {
             Err(bad(name, value, "the monitor is not supported yet; use -serial stdio (Ctrl-A x still quits)"))
         }
-        v if is_help(v) => Err(bad(name, value, "quern's character devices are stdio, null, none and file:PATH")),
+        v if is_help(v) => Err(bad(name, value, "quern's character devices are stdio, null, none, pty and file:PATH")),
         v => {
             let kind = v.split(':').next().unwrap_or(v);
             Err(bad(

@@ -11,6 +11,8 @@ use super::opts::Opts;
 #[derive(Default)]
 pub struct Monitors {
     chardevs: Vec<(String, Endpoint)>,
+    /// `-chardev pty` ids, for the serial port.
+    ptys: Vec<String>,
     /// Endpoints from `-qmp`, and chardev ids from `-mon`.
     qmp: Vec<Endpoint>,
     mons: Vec<String>,
@@ -55,10 +57,21 @@ impl Monitors {
     pub fn chardev(&mut self, v: &str) -> Result<(), String> {
         let o = Opts::parse(v, Some("backend"))?;
         let backend = o.get("backend").unwrap_or_default();
+        if backend == "pty" {
+            if let Some(k) = o.unknown_key(&["backend", "id"]) {
+                return Err(format!("unknown or unsupported property '{k}' for -chardev pty"));
+            }
+            let id = o.get("id").ok_or("-chardev needs id=")?.to_string();
+            if self.ptys.contains(&id) || self.chardevs.iter().any(|(i, _)| *i == id) {
+                return Err(format!("id={id}: a chardev of that name already exists"));
+            }
+            self.ptys.push(id);
+            return Ok(());
+        }
         if backend != "socket" {
             return Err(format!(
-                "-chardev {backend} is not supported yet (quern has socket chardevs for monitors; -serial and \
-                 -debugcon take stdio, none or file:PATH)"
+                "-chardev {backend} is not supported yet (quern has socket chardevs for monitors and pty for the \
+                 serial port; -serial and -debugcon take stdio, none, pty or file:PATH)"
             ));
         }
         if let Some(k) =
@@ -99,6 +112,18 @@ impl Monitors {
         Ok(())
     }
 
+    /// Takes the chardev `id` for the serial port: `Ok(true)` for a pty.
+    pub fn serial_chardev(&mut self, id: &str) -> Result<(), String> {
+        if let Some(i) = self.ptys.iter().position(|p| p == id) {
+            self.ptys.remove(i);
+            return Ok(());
+        }
+        if self.chardevs.iter().any(|(c, _)| c == id) {
+            return Err(format!("chardev={id}: a socket for the serial port is not supported yet (use a pty)"));
+        }
+        Err(format!("chardev={id}: no -chardev with that id"))
+    }
+
     /// The QMP endpoints; a `-mon` naming no `-chardev` is an error, a chardev no
     /// monitor uses is one too (quern has nothing else to plug it into yet).
     pub fn finish(mut self) -> Result<Vec<Endpoint>, String> {
@@ -107,6 +132,9 @@ impl Monitors {
                 return Err(format!("-mon chardev={id}: no -chardev with that id"));
             };
             self.qmp.push(self.chardevs.remove(i).1);
+        }
+        if let Some(id) = self.ptys.first() {
+            return Err(format!("-chardev id={id}: nothing uses it (a pty goes to -device isa-serial,chardev={id})"));
         }
         if let Some((id, _)) = self.chardevs.first() {
             return Err(format!("-chardev id={id}: nothing uses it (quern connects socket chardevs to -mon only)"));

@@ -41,7 +41,6 @@ fn the_last_m_wins_and_serial_accumulates() {
 fn no_bundles_of_one_letter_flags() {
     // QEMU's options, once mis-read as -d aemonize or "unexpected argument '-n'".
     for (o, arg) in [
-        ("-daemonize", None),
         ("-usb", None),
         ("-object", Some("secret,id=s")),
         ("-global", Some("isa-fdc.driveA=")),
@@ -56,6 +55,7 @@ fn no_bundles_of_one_letter_flags() {
     }
     for v in [
         &["-nodefaults"][..],
+        &["-daemonize"],
         &["-name", "guest=x,debug-threads=on"],
         &["-nic", "none"],
         &["-net", "none"],
