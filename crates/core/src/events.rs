@@ -18,6 +18,30 @@ pub enum MachineEvent {
     Pause,
 }
 
+/// The machine's run state, as a monitor reports and changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Started paused (`-S`), not yet run.
+    Prelaunch,
+    Running,
+    /// Stopped by the monitor.
+    Paused,
+    /// The guest powered off and `-no-shutdown` keeps the machine.
+    Shutdown,
+}
+
+impl RunState {
+    /// The name QMP's `query-status` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// The machine, as a device that can reset or stop it sees it.
 pub trait MachineControl: Send + Sync {
     fn request(&self, event: MachineEvent);

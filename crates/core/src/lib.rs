@@ -33,7 +33,7 @@ pub use bus::{Bus, BusDevice, BusError};
 pub use clock::{Clock, HostClock, TimerDevice};
 pub use cpu::{Accelerator, CpuError, Vcpu, VcpuExit, VcpuKicker, VmOps};
 pub use cpu_model::CpuModel;
-pub use events::{MachineControl, MachineEvent};
+pub use events::{MachineControl, MachineEvent, RunState};
 pub use irq::{IrqLine, NullIrq, TestIrq};
 pub use memory::{GuestMemory, MemoryError, RegionKind};
 pub use topology::Topology;

@@ -15,15 +15,7 @@ use quern_devices::acpi_pm::AcpiPm;
 
 use crate::control::EventQueue;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Started paused (`-S`), never run.
-    Prelaunch,
-    Running,
-    Paused,
-    /// The guest powered off and `-no-shutdown` keeps the machine.
-    Shutdown,
-}
+pub use quern_core::RunState;
 
 /// Told of run-state changes (QMP's STOP, RESUME, RESET, SHUTDOWN, POWERDOWN events).
 pub trait RunObserver: Send + Sync {

@@ -23,28 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-/// The machine's run state, as `query-status` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Started with `-S`, not yet run.
-    Prelaunch,
-    Running,
-    /// Stopped by `stop`.
-    Paused,
-    /// The guest powered off with `-no-shutdown`.
-    Shutdown,
-}
-
-impl RunState {
-    pub fn name(self) -> &'static str {
-        match self {
-            RunState::Prelaunch => "prelaunch",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-            RunState::Shutdown => "shutdown",
-        }
-    }
-}
+pub use quern_core::RunState;
 
 /// What the monitor asks of the machine. Requests return at once; the machine acts
 /// between vCPU runs and reports through [`Monitor::event`].

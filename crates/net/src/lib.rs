@@ -21,6 +21,8 @@ pub mod slirp;
 pub mod slirp_config;
 pub mod stream;
 pub mod tap;
+#[cfg(test)]
+mod testutil;
 
 pub use netdev::{start, Netdev, NetdevKind, StreamAddr};
 pub use slirp_config::{GuestFwd, HostFwd, SlirpConfig};

@@ -194,23 +194,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-
-    /// A NIC stand-in: keeps what it takes; refuses everything while `full`.
-    #[derive(Default)]
-    struct Nic {
-        frames: Mutex<Vec<Vec<u8>>>,
-        full: AtomicBool,
-    }
-
-    impl FrameSink for Nic {
-        fn receive(&self, frame: &[u8]) -> bool {
-            if self.full.load(Ordering::Acquire) {
-                return false;
-            }
-            self.frames.lock().unwrap().push(frame.to_vec());
-            true
-        }
-    }
+    use crate::testutil::Nic;
 
     fn wait_until(what: &str, cond: impl Fn() -> bool) {
         let start = Instant::now();

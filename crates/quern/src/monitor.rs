@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use quern_machine_pc::chipset::NicLink;
-use quern_machine_pc::runstate::{RunControl, RunObserver, RunState as MachineState};
+use quern_machine_pc::runstate::{RunControl, RunObserver};
 use quern_monitor::{Monitor, RunState, Vm, VmInfo};
 use serde_json::json;
 
@@ -18,12 +18,7 @@ struct MachineVm {
 
 impl Vm for MachineVm {
     fn run_state(&self) -> RunState {
-        match self.run.state() {
-            MachineState::Prelaunch => RunState::Prelaunch,
-            MachineState::Running => RunState::Running,
-            MachineState::Paused => RunState::Paused,
-            MachineState::Shutdown => RunState::Shutdown,
-        }
+        self.run.state()
     }
     fn stop(&self) {
         self.run.stop();

@@ -1,48 +1,13 @@
 //! The user-mode stack driven by hand-made frames, on the host's loopback only.
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::sync::Condvar;
 use std::time::Duration;
 
 use super::*;
+use crate::testutil::Nic;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
-
-/// A NIC that records frames, refusing them while `full`.
-#[derive(Default)]
-struct Nic {
-    frames: Mutex<Vec<Vec<u8>>>,
-    arrived: Condvar,
-    full: AtomicBool,
-}
-
-impl FrameSink for Nic {
-    fn receive(&self, frame: &[u8]) -> bool {
-        if self.full.load(Ordering::Acquire) {
-            return false;
-        }
-        self.frames.lock().unwrap().push(frame.to_vec());
-        self.arrived.notify_all();
-        true
-    }
-}
-
-impl Nic {
-    /// Waits up to 5 s for a frame `pick` accepts.
-    fn wait_for(&self, what: &str, pick: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut g = self.frames.lock().unwrap();
-        loop {
-            if let Some(f) = g.iter().find(|f| pick(f)) {
-                return f.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no {what} within 5 s; frames seen: {}", g.len());
-            g = self.arrived.wait_timeout(g, left).unwrap().0;
-        }
-    }
-}
 
 fn arp(op: u16, sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
     let mut f = vec![0xff; 6];
@@ -102,6 +67,12 @@ fn udp_to_host(router_mac: [u8; 6], port: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `hostfwd=tcp:127.0.0.1:PORT-:22`.
+fn forward_to_ssh(port: u16) -> SlirpConfig {
+    let fwd = HostFwd { udp: false, host_addr: Ipv4Addr::LOCALHOST, host_port: port, guest_addr: None, guest_port: 22 };
+    SlirpConfig { hostfwd: vec![fwd], ..SlirpConfig::default() }
+}
+
 fn start(cfg: &SlirpConfig) -> (Arc<Nic>, SlirpBackend) {
     let nic = Arc::new(Nic::default());
     let b = SlirpBackend::start(cfg, nic.clone()).expect("libslirp starts");
@@ -146,16 +117,7 @@ fn udp_to_the_router_reaches_the_host_loopback() {
 #[test]
 fn a_hostfwd_connection_reaches_for_the_guest() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = SlirpConfig {
-        hostfwd: vec![HostFwd {
-            udp: false,
-            host_addr: Ipv4Addr::LOCALHOST,
-            host_port: port,
-            guest_addr: None,
-            guest_port: 22,
-        }],
-        ..SlirpConfig::default()
-    };
+    let cfg = forward_to_ssh(port);
     let (nic, b) = start(&cfg);
     let _c = TcpStream::connect(("127.0.0.1", port)).expect("the forward listens");
     // The stack does not know the guest's MAC yet: it asks for 10.0.2.15 first.
@@ -167,16 +129,7 @@ fn a_hostfwd_connection_reaches_for_the_guest() {
 fn a_hostfwd_on_a_taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let cfg = SlirpConfig {
-        hostfwd: vec![HostFwd {
-            udp: false,
-            host_addr: Ipv4Addr::LOCALHOST,
-            host_port: port,
-            guest_addr: None,
-            guest_port: 22,
-        }],
-        ..SlirpConfig::default()
-    };
+    let cfg = forward_to_ssh(port);
     let err = SlirpBackend::start(&cfg, Arc::new(Nic::default())).err().expect("the port is taken");
     assert!(err.to_string().contains(&format!("hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:22")), "{err}");
 }
