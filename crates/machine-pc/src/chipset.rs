@@ -127,7 +127,13 @@ impl Chipset {
         let serial = Arc::new(Mutex::new(Serial::new(irq(4), out)));
         pio.insert(serial.clone(), 0x3f8, 8)?;
 
-        let rtc = Arc::new(Mutex::new(Rtc::new(clock.clone(), irq(8), std::time::SystemTime::now())));
+        let now = std::time::SystemTime::now();
+        let start = if cfg.rtc_offset_secs >= 0 {
+            now + std::time::Duration::from_secs(cfg.rtc_offset_secs.unsigned_abs())
+        } else {
+            now - std::time::Duration::from_secs(cfg.rtc_offset_secs.unsigned_abs())
+        };
+        let rtc = Arc::new(Mutex::new(Rtc::new(clock.clone(), irq(8), start)));
         {
             let mut r = lock(&rtc);
             r.set_memory_size(layout.below_4g, layout.above_4g);

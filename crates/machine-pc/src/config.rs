@@ -74,6 +74,8 @@ pub struct MachineConfig {
     pub append: String,
     /// Firmware image mapped below 4 GiB (-bios).
     pub bios: Option<PathBuf>,
+    /// What the RTC adds to UTC, in seconds (`-rtc base=localtime`: the host's offset).
+    pub rtc_offset_secs: i64,
     /// Start paused, waiting for the monitor's `cont` (-S).
     pub start_paused: bool,
     /// Exit instead of resetting (-no-reboot).
@@ -111,6 +113,7 @@ impl Default for MachineConfig {
             initrd: None,
             append: String::new(),
             bios: None,
+            rtc_offset_secs: 0,
             start_paused: false,
             no_reboot: false,
             no_shutdown: false,

@@ -145,6 +145,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         uuid: o.uuid,
         nics: Vec::new(),
         start_paused: o.start_paused,
+        rtc_offset_secs: if o.rtc_localtime { local_utc_offset() } else { 0 },
     };
     if let Some(dev) = &o.serial {
         cfg.serial = char_out(dev, "serial")?;
@@ -160,6 +161,21 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         }
     }
     Ok(cfg)
+}
+
+/// The host's offset from UTC now, in seconds (its time zone, daylight saving time
+/// included), for `-rtc base=localtime`.
+fn local_utc_offset() -> i64 {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as libc::time_t);
+    // SAFETY: localtime_r fills a tm we own from a time_t we own.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff
+    }
 }
 
 /// The option ROM an e1000 gets when `romfile=` is not given: iPXE's, as QEMU's `pc`

@@ -133,6 +133,8 @@ pub struct Options {
     pub name: Option<String>,
     /// `-daemonize`: detach once the monitors listen and the pidfile is written.
     pub daemonize: bool,
+    /// `-rtc base=localtime`: the RTC keeps local time, not UTC.
+    pub rtc_localtime: bool,
 }
 
 /// Parses `args` (the program name first, as `std::env::args_os` gives it).
@@ -223,6 +225,7 @@ struct Builder {
     daemonize: bool,
     /// `-device isa-serial,chardev=ID`.
     serial_chardev: Option<String>,
+    rtc_localtime: bool,
 }
 
 /// An error about one option's value: "-opt VALUE: what is wrong".
@@ -337,8 +340,28 @@ impl Builder {
             "bios" => self.bios = Some(path()),
             "rtc" => {
                 let o = Opts::parse(text(name, value)?, None).map_err(|e| bad(name, value, e))?;
-                check_props(&o, &[("base", &["utc"]), ("clock", &["host"]), ("driftfix", &["none"])])
+                check_props(&o, &[("base", &["utc", "localtime"]), ("clock", &["host"]), ("driftfix", &["none"])])
                     .map_err(|e| bad(name, value, e))?;
+                self.rtc_localtime = o.get("base") == Some("localtime");
+            }
+            "object" => {
+                // Secrets (libvirt passes its master key this way) are accepted and kept
+                // nowhere: nothing in quern decrypts yet. Other objects are refused.
+                let o = Opts::parse(text(name, value)?, Some("qom-type")).map_err(|e| bad(name, value, e))?;
+                match o.get("qom-type") {
+                    Some("secret") => {
+                        if let Some(k) = o.unknown_key(&["qom-type", "id", "format", "file", "data", "keyid", "iv"]) {
+                            return Err(bad(name, value, format!("unknown property '{k}' for secret")));
+                        }
+                        if o.get("id").is_none() {
+                            return Err(bad(name, value, "secret needs id="));
+                        }
+                    }
+                    Some(t) => {
+                        return Err(bad(name, value, format!("-object {t} is not supported yet (quern takes secret)")))
+                    }
+                    None => return Err(bad(name, value, "name the object's type (qom-type)")),
+                }
             }
             "sandbox" => {
                 let o = Opts::parse(text(name, value)?, Some("enable")).map_err(|e| bad(name, value, e))?;
@@ -497,6 +520,7 @@ impl Builder {
             start_paused: self.start_paused,
             name: self.name,
             daemonize: self.daemonize,
+            rtc_localtime: self.rtc_localtime,
         })
     }
 }

@@ -57,7 +57,7 @@ pub const OPTIONS: &[OptionDef] = &[
     opt("global", true, NotYet("device property defaults are not built")),
     opt("boot", true, Yes),
     opt("device", true, Yes),
-    opt("object", true, NotYet("user-creatable objects (-object) are not built")),
+    opt("object", true, Yes),
     opt("name", true, Yes),
     opt("uuid", true, Yes),
     opt("readconfig", true, NotYet("configuration files are not read")),

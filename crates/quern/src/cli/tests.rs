@@ -42,7 +42,6 @@ fn no_bundles_of_one_letter_flags() {
     // QEMU's options, once mis-read as -d aemonize or "unexpected argument '-n'".
     for (o, arg) in [
         ("-usb", None),
-        ("-object", Some("secret,id=s")),
         ("-global", Some("isa-fdc.driveA=")),
         ("-icount", Some("shift=1")),
         ("-vnc", Some(":0")),
@@ -56,6 +55,8 @@ fn no_bundles_of_one_letter_flags() {
     for v in [
         &["-nodefaults"][..],
         &["-daemonize"],
+        &["-object", "secret,id=masterKey0,format=raw,file=/nonexistent"],
+        &["-rtc", "base=localtime"],
         &["-name", "guest=x,debug-threads=on"],
         &["-nic", "none"],
         &["-net", "none"],
