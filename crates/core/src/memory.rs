@@ -324,6 +324,22 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// A bus master's write (a device's DMA): RAM takes it, ROM drops it as the bus
+    /// does, and a hole (device space, beyond memory) is an error, with nothing past it
+    /// written.
+    pub fn dma_write(&self, mut addr: u64, mut data: &[u8]) -> Result<(), MemoryError> {
+        while !data.is_empty() {
+            let r = self.region(addr).ok_or(MemoryError::Unmapped { addr, len: data.len() })?;
+            let n = data.len().min((r.end() - addr) as usize);
+            if r.kind == RegionKind::Ram {
+                self.write(addr, &data[..n])?;
+            }
+            addr = addr.checked_add(n as u64).ok_or(MemoryError::Unmapped { addr, len: data.len() })?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
     /// Fills `len` bytes at `addr` with `byte`.
     pub fn fill(&self, addr: u64, len: usize, byte: u8) -> Result<(), MemoryError> {
         let chunk = [byte; 4096];

@@ -172,6 +172,17 @@ impl ConfigSpace {
         (v & 1 != 0 && addr != 0).then_some(u64::from(addr))
     }
 
+    /// Where `addr` falls inside BAR `index`, `size` bytes long: `None` unless the BAR
+    /// is declared and given an address, its kind of decoding is on in the command
+    /// register, and `addr` lies in it.
+    pub fn bar_offset(&self, index: usize, addr: u64, size: u64) -> Option<u64> {
+        let kind = (*self.bars.get(index)?)?;
+        if !self.decodes(kind) {
+            return None;
+        }
+        addr.checked_sub(self.bar(index)?).filter(|&off| off < size)
+    }
+
     /// Whether the command register enables I/O (bit 0) or memory (bit 1) decoding.
     pub fn decodes(&self, kind: BarKind) -> bool {
         self.u8(0x04) & if kind == BarKind::Io { 1 } else { 2 } != 0

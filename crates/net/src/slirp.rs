@@ -26,7 +26,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -88,7 +88,6 @@ struct Shared {
     wake_pending: AtomicBool,
     resumed: AtomicBool,
     stop: AtomicBool,
-    frames_in: AtomicU64,
 }
 
 impl Shared {
@@ -143,7 +142,6 @@ impl SlirpBackend {
             wake_pending: AtomicBool::new(false),
             resumed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            frames_in: AtomicU64::new(0),
         });
         let engine = Engine::new(cfg, sink, &shared)?;
         *shared.engine() = Some(engine);
@@ -436,7 +434,6 @@ impl NetBackend for SlirpBackend {
             // SAFETY: a live instance under the lock; libslirp copies the frame.
             unsafe { sys::slirp_input(e.slirp, frame.as_ptr(), frame.len() as c_int) };
         }
-        self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -507,10 +504,6 @@ unsafe extern "C" fn cb_send_packet(buf: *const c_void, len: usize, opaque: *mut
 unsafe extern "C" fn cb_guest_error(msg: *const c_char, _opaque: *mut c_void) {
     // SAFETY: libslirp passes a NUL-terminated message.
     let msg = unsafe { CStr::from_ptr(msg) }.to_string_lossy();
-    quern_log_guest_error(&msg);
-}
-
-fn quern_log_guest_error(msg: &str) {
     log::warn!("net: user-mode stack: guest error: {msg}");
 }
 

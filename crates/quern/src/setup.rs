@@ -212,7 +212,7 @@ fn nic_config(
     };
     let netdev = n.netdev.as_ref().and_then(|id| o.netdevs.iter().find(|d| &d.id == id)).cloned();
     Ok(quern_machine_pc::config::NicConfig {
-        mac: n.mac.unwrap_or([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+        mac: n.mac.unwrap_or(crate::cli::net::DEFAULT_MAC),
         slot: n.addr,
         netdev,
         rom,

@@ -39,7 +39,7 @@ mod tx;
 use std::sync::{Arc, Mutex, Weak};
 
 use quern_core::bus::lock;
-use quern_core::{GuestMemory, IrqLine, MemoryError, RegionKind};
+use quern_core::{GuestMemory, IrqLine};
 use quern_net::{FrameSink, NetBackend};
 
 use crate::pci::{BarKind, ConfigSpace, PciDevice, SharedPciDevice};
@@ -502,10 +502,6 @@ impl State {
     }
 
     /// Where BAR `index` decodes, if enabled.
-    fn bar(&self, index: usize, kind: BarKind) -> Option<u64> {
-        self.config.decodes(kind).then(|| self.config.bar(index)).flatten()
-    }
-
     /// The ROM byte at `addr`, if the ROM BAR decodes there.
     fn rom_offset(&self, addr: u64) -> Option<usize> {
         let rom = self.rom.as_ref()?;
@@ -516,20 +512,6 @@ impl State {
         let size = (rom.len() as u64).max(2048).next_power_of_two();
         (off < size).then_some(off as usize)
     }
-}
-
-/// A bus master's write: RAM takes it, ROM drops it, a hole (MMIO) is an error.
-fn dma_write(mem: &GuestMemory, mut addr: u64, mut data: &[u8]) -> Result<(), MemoryError> {
-    while !data.is_empty() {
-        let r = mem.region(addr).ok_or(MemoryError::Unmapped { addr, len: data.len() })?;
-        let n = data.len().min((r.end() - addr) as usize);
-        if r.kind == RegionKind::Ram {
-            mem.write(addr, &data[..n])?;
-        }
-        addr = addr.checked_add(n as u64).ok_or(MemoryError::Unmapped { addr, len: data.len() })?;
-        data = &data[n..];
-    }
-    Ok(())
 }
 
 /// The NIC on the PCI bus.
@@ -560,20 +542,14 @@ impl PciDevice for E1000Function {
 
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> bool {
         let mut s = lock(&self.nic.state);
-        let Some(off) = s.bar(1, BarKind::Io).and_then(|b| u64::from(port).checked_sub(b)) else { return false };
-        if off >= u64::from(IO_SIZE) {
-            return false;
-        }
+        let Some(off) = s.config.bar_offset(1, u64::from(port), u64::from(IO_SIZE)) else { return false };
         s.window_read(Window::Io, IO_SIZE, off, data);
         true
     }
 
     fn io_write(&mut self, port: u16, data: &[u8]) -> bool {
         self.access(|s, d| {
-            let Some(off) = s.bar(1, BarKind::Io).and_then(|b| u64::from(port).checked_sub(b)) else { return false };
-            if off >= u64::from(IO_SIZE) {
-                return false;
-            }
+            let Some(off) = s.config.bar_offset(1, u64::from(port), u64::from(IO_SIZE)) else { return false };
             s.window_write(Window::Io, IO_SIZE, off, data, d);
             true
         })
@@ -581,11 +557,9 @@ impl PciDevice for E1000Function {
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
         let mut s = lock(&self.nic.state);
-        if let Some(off) = s.bar(0, BarKind::Mem32).and_then(|b| addr.checked_sub(b)) {
-            if off < u64::from(MMIO_SIZE) {
-                s.window_read(Window::Regs, MMIO_SIZE, off, data);
-                return true;
-            }
+        if let Some(off) = s.config.bar_offset(0, addr, u64::from(MMIO_SIZE)) {
+            s.window_read(Window::Regs, MMIO_SIZE, off, data);
+            return true;
         }
         let Some(off) = s.rom_offset(addr) else { return false };
         let rom = s.rom.as_deref().unwrap_or_default();
@@ -597,11 +571,9 @@ impl PciDevice for E1000Function {
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
         self.access(|s, d| {
-            if let Some(off) = s.bar(0, BarKind::Mem32).and_then(|b| addr.checked_sub(b)) {
-                if off < u64::from(MMIO_SIZE) {
-                    s.window_write(Window::Regs, MMIO_SIZE, off, data, d);
-                    return true;
-                }
+            if let Some(off) = s.config.bar_offset(0, addr, u64::from(MMIO_SIZE)) {
+                s.window_write(Window::Regs, MMIO_SIZE, off, data, d);
+                return true;
             }
             // The ROM is read-only: writes to it are claimed and dropped.
             s.rom_offset(addr).is_some()

@@ -34,7 +34,7 @@
 
 use super::regs::*;
 use super::tx::{fold, ones_sum};
-use super::{dma_write, State};
+use super::State;
 
 const DESC_SIZE: u64 = 16;
 /// The shortest frame without FCS.
@@ -276,10 +276,10 @@ impl State {
             wb[..2].copy_from_slice(&(len as u16).to_le_bytes());
             wb[5] = errors;
             wb[6..].copy_from_slice(&special.to_le_bytes());
-            let _ = dma_write(&self.mem, at.wrapping_add(8), &wb[..4]);
-            let _ = dma_write(&self.mem, at.wrapping_add(13), &wb[5..]);
+            let _ = self.mem.dma_write(at.wrapping_add(8), &wb[..4]);
+            let _ = self.mem.dma_write(at.wrapping_add(13), &wb[5..]);
             std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-            let _ = dma_write(&self.mem, at.wrapping_add(12), &[status]);
+            let _ = self.mem.dma_write(at.wrapping_add(12), &[status]);
             head = (head + 1) % count;
             if done < total && head == tail {
                 // Buffers without addresses used up the room.
@@ -370,7 +370,7 @@ fn write_stream(
             continue;
         }
         let chunk = &part[start..part.len().min(start + len)];
-        dma_write(mem, addr, chunk)?;
+        mem.dma_write(addr, chunk)?;
         addr = addr.wrapping_add(chunk.len() as u64);
         len -= chunk.len();
         start = 0;

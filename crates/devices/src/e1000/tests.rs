@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quern_core::memory::RegionSpec;
-use quern_core::TestIrq;
+use quern_core::{RegionKind, TestIrq};
 
 use super::tx::{fold, ones_sum};
 use super::*;

@@ -30,7 +30,7 @@
 //! its EOP. Descriptors that cannot be read stop the ring where they are.
 
 use super::regs::*;
-use super::{dma_write, Deferred, State};
+use super::{Deferred, State};
 
 const DESC_SIZE: u64 = 16;
 /// The most a packet assembled from descriptors may hold.
@@ -139,7 +139,7 @@ impl State {
             if cmd & (CMD_RS | CMD_RPS) != 0 {
                 let upper = u32::from_le_bytes([desc[12], desc[13], desc[14], desc[15]]);
                 let upper = (upper | STA_DD) & !STA_ERRORS;
-                let _ = dma_write(&self.mem, at.wrapping_add(12), &upper.to_le_bytes());
+                let _ = self.mem.dma_write(at.wrapping_add(12), &upper.to_le_bytes());
                 causes |= ICR_TXDW;
             }
             head = (head + 1) % count;

@@ -21,7 +21,7 @@
 //! The direction bit is not checked against the command, as QEMU does not.
 
 use quern_block::BlockError;
-use quern_core::{GuestMemory, MemoryError, RegionKind};
+use quern_core::{GuestMemory, MemoryError};
 
 use super::channel::{Channel, PendingDma};
 use super::drive::*;
@@ -140,27 +140,13 @@ impl Prds {
 
     /// Device to memory.
     pub fn scatter(&mut self, mem: &GuestMemory, data: &[u8]) -> Result<(), MemoryError> {
-        self.walk(data.len(), |addr, r| dma_write(mem, addr, &data[r]))
+        self.walk(data.len(), |addr, r| mem.dma_write(addr, &data[r]))
     }
 
     /// Memory to device.
     pub fn gather(&mut self, mem: &GuestMemory, out: &mut [u8]) -> Result<(), MemoryError> {
         self.walk(out.len(), |addr, r| mem.read(addr, &mut out[r]))
     }
-}
-
-/// A bus master's write: RAM takes it, ROM drops it, a hole is an error.
-fn dma_write(mem: &GuestMemory, mut addr: u64, mut data: &[u8]) -> Result<(), MemoryError> {
-    while !data.is_empty() {
-        let r = mem.region(addr).ok_or(MemoryError::Unmapped { addr, len: data.len() })?;
-        let n = data.len().min((r.guest_base + r.size - addr) as usize);
-        if r.kind == RegionKind::Ram {
-            mem.write(addr, &data[..n])?;
-        }
-        addr += n as u64;
-        data = &data[n..];
-    }
-    Ok(())
 }
 
 /// Why a transfer stopped.

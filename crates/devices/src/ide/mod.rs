@@ -174,14 +174,6 @@ impl PiixIde {
     }
 
     /// Where BAR4 decodes, if the guest enabled I/O and gave it an address.
-    fn bm_base(&self) -> Option<u64> {
-        if self.config.decodes(BarKind::Io) {
-            self.config.bar(4)
-        } else {
-            None
-        }
-    }
-
     fn sync_bus_master(&mut self) {
         let on = self.config.u8(0x04) & 0x04 != 0;
         for c in &mut self.channels {
@@ -249,20 +241,14 @@ impl PciDevice for PiixIde {
     }
 
     fn io_read(&mut self, port: u16, data: &mut [u8]) -> bool {
-        let Some(base) = self.bm_base() else { return false };
-        let Some(off) = u64::from(port).checked_sub(base).filter(|&o| o < u64::from(BM_PORTS)) else {
-            return false;
-        };
+        let Some(off) = self.config.bar_offset(4, u64::from(port), u64::from(BM_PORTS)) else { return false };
         let channels = &mut self.channels;
         read_bytewise(off, data, u64::from(BM_PORTS), |o| channels[(o / 8) as usize].bm.read(o % 8));
         true
     }
 
     fn io_write(&mut self, port: u16, data: &[u8]) -> bool {
-        let Some(base) = self.bm_base() else { return false };
-        let Some(off) = u64::from(port).checked_sub(base).filter(|&o| o < u64::from(BM_PORTS)) else {
-            return false;
-        };
+        let Some(off) = self.config.bar_offset(4, u64::from(port), u64::from(BM_PORTS)) else { return false };
         let channels = &mut self.channels;
         write_bytewise(off, data, u64::from(BM_PORTS), |o, v| channels[(o / 8) as usize].bm_write(o % 8, v));
         true

@@ -40,7 +40,7 @@ pub struct Net {
 }
 
 /// QEMU's first default MAC; later cards count up in the last byte.
-const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Card models quern has (`model=`).
 const MODELS: &[&str] = &["e1000"];
