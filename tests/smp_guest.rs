@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use common::guest::{emit_routines, print, EXIT_PORT};
 use common::multiboot::{assemble_image, exit_and_halt, LOAD_ADDR};
-use common::{report, run_qemu_tcg, run_quern, scratch, write, Run};
+use common::{report, run_qemu_tcg_for, run_quern, scratch, write, Run};
 use iced_x86::code_asm::*;
 
 /// Shared variables, on a page of their own (away from code, so that writing them
@@ -599,7 +599,12 @@ fn check(run: &Run, cpus: u32, who: &str) {
     ));
 }
 
+/// The tests run one at a time: a spinning guest with four vCPUs under QEMU next to
+/// another SMP guest on a two-core host made QEMU's reference run time out.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn smp_run(cpus: u32) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let path = scratch(&format!("smp-{cpus}.bin"));
     write(&path, &smp_kernel(cpus));
     let path = path.to_str().unwrap();
@@ -610,7 +615,14 @@ fn smp_run(cpus: u32) {
     check(&run, cpus, "quern tcg");
     let qa: Vec<String> = args(path, cpus).into_iter().filter(|s| s != "-nographic").collect();
     let qrefs: Vec<&str> = qa.iter().map(String::as_str).collect();
-    match run_qemu_tcg(&qrefs) {
+    match run_qemu_tcg_for(&qrefs, 180) {
+        // QEMU is the reference here, not the subject: its spinning vCPU threads can
+        // starve on a loaded host; say so loudly rather than fail quern's test.
+        Some(q) if q.status == Some(124) => report(&format!(
+            "HOST LIMIT: smp_guest -smp {cpus} under QEMU did not finish in 180 s on this host (reference not \
+             compared); stdout so far: {:?}",
+            q.stdout
+        )),
         Some(q) => check(&q, cpus, "QEMU tcg"),
         None => report(&format!("NOT RUN: smp_guest -smp {cpus} under QEMU: qemu-system-x86_64 is not installed")),
     }

@@ -182,20 +182,29 @@ pub fn guest_file(name: &str) -> PathBuf {
 /// Runs `qemu-system-x86_64 -accel tcg` with `args` (no display, serial on stdout) for
 /// at most a minute; `None` if QEMU is not installed.
 pub fn run_qemu_tcg(args: &[&str]) -> Option<Run> {
+    run_qemu_tcg_for(args, 60)
+}
+
+/// [`run_qemu_tcg`] with a time limit of `secs` seconds; a run cut off by it has status 124.
+pub fn run_qemu_tcg_for(args: &[&str], secs: u32) -> Option<Run> {
     let mut all = vec!["-accel", "tcg", "-display", "none", "-serial", "stdio", "-monitor", "none"];
     all.extend_from_slice(args);
-    run_qemu(&all)
+    run_qemu_for(&all, secs)
 }
 
 /// Runs `qemu-system-x86_64` with exactly `args` for at most a minute; `None` if QEMU
 /// is not installed.
 pub fn run_qemu(args: &[&str]) -> Option<Run> {
+    run_qemu_for(args, 60)
+}
+
+fn run_qemu_for(args: &[&str], secs: u32) -> Option<Run> {
     let qemu = "qemu-system-x86_64";
     let found = Command::new(qemu).arg("--version").output().is_ok_and(|o| o.status.success());
     if !found {
         return None;
     }
-    let out = Command::new("timeout").arg("60").arg(qemu).args(args).stdin(Stdio::null()).output().ok()?;
+    let out = Command::new("timeout").arg(secs.to_string()).arg(qemu).args(args).stdin(Stdio::null()).output().ok()?;
     Some(Run {
         status: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
