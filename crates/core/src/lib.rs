@@ -15,6 +15,8 @@
 //!   both accelerators.
 //! - [`topology`]: the CPU topology of `-smp`, and the APIC IDs and CPUID fields it
 //!   gives.
+//! - [`snapshot`]: the versioned state stream of save/restore and migration, and
+//!   [`snapshot::Snapshot`], what a device implements to be in it.
 //! - [`cpu`]: the vCPU and accelerator traits, and [`cpu::VmOps`], the one callback
 //!   interface through which either accelerator reaches the machine.
 
@@ -27,6 +29,7 @@ pub mod irq;
 pub mod log_limit;
 pub mod memory;
 pub mod regs;
+pub mod snapshot;
 pub mod topology;
 
 pub use bus::{Bus, BusDevice, BusError};
