@@ -31,13 +31,16 @@
 #                                    gateway
 #   quern.button=1                   waits for the ACPI power button (the kernel's button
 #                                    driver's input event), prints QUERN-POWER-BUTTON
+#   quern.shell=1                    (with button=1) the wait goes to the background and a
+#                                    shell takes the console (QUERN-SHELL-READY); the
+#                                    button still powers off
 #   QUERN-NET-DONE, then poweroff -f
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/build/guest"
 work="$out/.work"
 helper="$root/scripts/guest-helper.py"
-version=10
+version=11
 
 say() { echo "build-net-guest: $*" >&2; }
 
@@ -182,6 +185,12 @@ if [ -n "$(arg button)" ]; then
     # Open before saying ready: a press before the open would be lost.
     exec 3<"$ev" || fail "opening $ev"
     echo QUERN-BUTTON-READY
+    if [ -n "$(arg shell)" ]; then
+        (dd of=/dev/null bs=24 count=1 <&3 2>/dev/null; echo QUERN-POWER-BUTTON; poweroff -f) &
+        exec 3<&-
+        echo QUERN-SHELL-READY
+        while :; do sh; done
+    fi
     dd of=/dev/null bs=24 count=1 <&3 2>/dev/null || fail "reading $ev"
     echo QUERN-POWER-BUTTON
 fi

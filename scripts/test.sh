@@ -5,11 +5,11 @@
 # need the speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# QEMU to compare against, qemu-img/qemu-io for images, iasl for the ACPI tables, and
-# what the guest, disk and CD builders use.
+# QEMU to compare against, qemu-img/qemu-io for images, iasl for the ACPI tables, what
+# the guest, disk and CD builders use, and libvirt (tests/libvirt.rs drives quern with it).
 packages=(ca-certificates python3 xz-utils cpio file qemu-system-x86 qemu-utils acpica-tools
     fdisk dosfstools mtools syslinux syslinux-common isolinux xorriso
-    pkg-config libslirp-dev libglib2.0-dev ipxe-qemu iproute2)
+    pkg-config libslirp-dev libglib2.0-dev ipxe-qemu iproute2 libvirt-daemon-system libvirt-clients)
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 need_packages test.sh "${packages[@]}" || echo "test.sh: tests that need them will fail or say NOT RUN" >&2

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::qmp::{class, Raw};
 use common::{guest_file, report, scratch, Console};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -192,50 +193,6 @@ fn qemu_qmp_client_drives_a_guest() {
 }
 
 /// A raw QMP connection: the greeting read, then lines out and JSON values in.
-struct Raw {
-    s: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Raw {
-    fn connect(sock: &Path) -> Raw {
-        let s = UnixStream::connect(sock).expect("connect to the QMP socket");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let r = BufReader::new(s.try_clone().unwrap());
-        let mut raw = Raw { s, r };
-        let greeting = raw.read();
-        assert_eq!(greeting["QMP"]["version"]["qemu"]["major"], 7, "{greeting}");
-        assert_eq!(greeting["QMP"]["capabilities"], json!([]));
-        raw
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.r.read_line(&mut line).expect("a QMP line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
-    }
-
-    /// Sends `text`; the reply (events before it, which may come at any time, are
-    /// skipped).
-    fn send(&mut self, text: &str) -> Value {
-        self.s.write_all(text.as_bytes()).unwrap();
-        loop {
-            let v = self.read();
-            if v.get("event").is_none() {
-                return v;
-            }
-        }
-    }
-
-    fn negotiate(&mut self) {
-        assert_eq!(self.send("{\"execute\":\"qmp_capabilities\"}\n"), json!({ "return": {} }));
-    }
-}
-
-fn class(v: &Value) -> &str {
-    v["error"]["class"].as_str().unwrap_or_else(|| panic!("not an error: {v}"))
-}
-
 #[test]
 fn bad_input_on_the_socket_never_hurts_the_guest() {
     let sock = socket_path("qmp-raw.sock");

@@ -6,6 +6,7 @@
 pub mod guest;
 pub mod http;
 pub mod multiboot;
+pub mod qmp;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -289,6 +289,29 @@ impl Vcpu for KvmVcpu {
         Arc::new(KvmKicker(self.kick.clone()))
     }
 
+    /// With KVM's irqchip, its multiprocessing state says it (a state is saved only
+    /// with ours: see machine-pc's snapshot).
+    fn waits_for_start_up(&self) -> bool {
+        match self.irqchip {
+            IrqChipMode::InAccelerator => {
+                self.fd.get_mp_state().is_ok_and(|m| m.mp_state == KVM_MP_STATE_UNINITIALIZED)
+            }
+            IrqChipMode::Userspace => self.wait_for_sipi,
+        }
+    }
+
+    fn set_waits_for_start_up(&mut self, wait: bool) {
+        match self.irqchip {
+            IrqChipMode::InAccelerator => {
+                let mp_state = if wait { KVM_MP_STATE_UNINITIALIZED } else { KVM_MP_STATE_RUNNABLE };
+                if let Err(e) = self.fd.set_mp_state(kvm_mp_state { mp_state }) {
+                    log::warn!("vCPU {}: KVM_SET_MP_STATE: {e}", self.id);
+                }
+            }
+            IrqChipMode::Userspace => self.wait_for_sipi = wait,
+        }
+    }
+
     /// The power-on state; an application processor (every vCPU but 0) then waits
     /// for INIT and a start-up IPI: in KVM's LAPIC (its multiprocessing state) or here.
     fn reset(&mut self) -> Result<(), CpuError> {

@@ -20,8 +20,10 @@ mod open;
 mod qcow2;
 mod raw;
 mod snapshot;
+mod stats;
 
 pub use open::{open, CacheMode, Format, OpenError, OpenOptions};
+pub use stats::{BlockStats, Counted};
 
 /// Errors a medium reports; the controller turns them into the guest's error status.
 #[derive(Debug, Error)]

@@ -10,17 +10,23 @@ use std::time::Instant;
 /// A monotonic clock in nanoseconds.
 pub trait Clock: Send + Sync {
     fn now_ns(&self) -> u64;
+    /// Makes the clock read `ns` now and run on from there: a restored machine's
+    /// devices then find the time their saved deadlines were taken against.
+    fn set_now_ns(&self, ns: u64);
 }
 
-/// The host's monotonic clock, from the machine's creation.
+/// The host's monotonic clock, from the machine's creation (or from the time a
+/// restored machine had reached when it was saved).
 #[derive(Debug)]
 pub struct HostClock {
     start: Instant,
+    /// Added to the host's elapsed time: set by a restore.
+    offset: std::sync::atomic::AtomicI64,
 }
 
 impl HostClock {
     pub fn new() -> Self {
-        HostClock { start: Instant::now() }
+        HostClock { start: Instant::now(), offset: Default::default() }
     }
 }
 
@@ -32,7 +38,11 @@ impl Default for HostClock {
 
 impl Clock for HostClock {
     fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        (self.start.elapsed().as_nanos() as i64 + self.offset.load(Ordering::Relaxed)) as u64
+    }
+    fn set_now_ns(&self, ns: u64) {
+        let elapsed = self.start.elapsed().as_nanos() as i64;
+        self.offset.store(ns as i64 - elapsed, Ordering::SeqCst);
     }
 }
 
@@ -54,6 +64,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ns(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+    fn set_now_ns(&self, ns: u64) {
+        self.set_ns(ns);
     }
 }
 

@@ -146,6 +146,11 @@ pub trait Vcpu: Send {
     /// Puts the vCPU in its power-on state (what INIT/RESET do): real mode at
     /// F000:FFF0.
     fn reset(&mut self) -> Result<(), CpuError>;
+
+    /// Whether this application processor still waits for its start-up IPI (part of
+    /// a saved vCPU's state, beside its registers).
+    fn waits_for_start_up(&self) -> bool;
+    fn set_waits_for_start_up(&mut self, wait: bool);
 }
 
 /// How an accelerator wires interrupt lines: to the machine's own controller models,

@@ -28,6 +28,10 @@ pub enum RunState {
     Paused,
     /// The guest powered off and `-no-shutdown` keeps the machine.
     Shutdown,
+    /// Started with `-incoming`: waiting for a saved state to load.
+    InMigrate,
+    /// Stopped after its state was saved (`migrate`).
+    PostMigrate,
 }
 
 impl RunState {
@@ -38,6 +42,8 @@ impl RunState {
             RunState::Running => "running",
             RunState::Paused => "paused",
             RunState::Shutdown => "shutdown",
+            RunState::InMigrate => "inmigrate",
+            RunState::PostMigrate => "postmigrate",
         }
     }
 }

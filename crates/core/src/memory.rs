@@ -257,6 +257,56 @@ impl GuestMemory {
         self.regions.iter().map(Slot::region).collect()
     }
 
+    /// The lengths of the host mappings behind guest memory (RAM, ROM, shadow RAM),
+    /// as save/restore stores them.
+    pub fn backing_lens(&self) -> Vec<u64> {
+        self.backings.iter().map(|b| b.len() as u64).collect()
+    }
+
+    /// Copies bytes of backing `index` at `offset` into `buf` (for a save, with the
+    /// vCPUs stopped).
+    pub fn read_backing(&self, index: usize, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let src = self.backing_ptr(index, offset, buf.len())?;
+        // SAFETY: backing_ptr checked that the range lies inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `buf` into backing `index` at `offset`: a restore, before any vCPU has
+    /// run (no translated code is told).
+    pub fn write_backing(&self, index: usize, offset: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        let dst = self.backing_ptr(index, offset, buf.len())?;
+        // SAFETY: backing_ptr checked that the range lies inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) };
+        Ok(())
+    }
+
+    fn backing_ptr(&self, index: usize, offset: u64, len: usize) -> Result<*mut u8, MemoryError> {
+        let b = self.backings.get(index).ok_or(MemoryError::OutsideBacking { base: offset })?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > b.len() as u64) {
+            return Err(MemoryError::OutsideBacking { base: offset });
+        }
+        // SAFETY: inside the mapping, checked above.
+        Ok(unsafe { b.as_ptr().add(offset as usize) as *mut u8 })
+    }
+
+    /// Which view each switchable region shows, in address order (saved with memory).
+    pub fn current_views(&self) -> Vec<usize> {
+        self.regions.iter().filter(|s| s.views.len() > 1).map(|s| s.current.load(Ordering::Acquire)).collect()
+    }
+
+    /// Shows `views` (from [`GuestMemory::current_views`]) again.
+    pub fn restore_views(&self, views: &[usize]) -> Result<(), MemoryError> {
+        let slots: Vec<&Slot> = self.regions.iter().filter(|s| s.views.len() > 1).collect();
+        if slots.len() != views.len() {
+            return Err(MemoryError::NoView { base: 0, view: views.len() });
+        }
+        for (s, &v) in slots.iter().zip(views) {
+            self.select_view(s.guest_base, v)?;
+        }
+        Ok(())
+    }
+
     /// Total bytes of the host mappings (RAM and ROM).
     pub fn backing_bytes(&self) -> usize {
         self.backings.iter().map(|b| b.len()).sum()

@@ -4,7 +4,7 @@
 //! CPU-state struct); nothing backend-specific appears here.
 
 /// General-purpose registers, instruction pointer and flags.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Regs {
     pub rax: u64,
     pub rbx: u64,
@@ -62,7 +62,7 @@ pub mod flags {
 }
 
 /// A segment register with its hidden descriptor cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub base: u64,
     pub limit: u32,
@@ -132,14 +132,14 @@ impl Segment {
 }
 
 /// A descriptor-table register (GDTR, IDTR).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescriptorTable {
     pub base: u64,
     pub limit: u16,
 }
 
 /// Segment, descriptor-table and control registers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialRegs {
     pub cs: Segment,
     pub ds: Segment,
@@ -178,7 +178,7 @@ pub mod ctrl {
 }
 
 /// Debug registers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DebugRegs {
     pub db: [u64; 4],
     pub dr6: u64,
@@ -186,7 +186,7 @@ pub struct DebugRegs {
 }
 
 /// x87, MMX and SSE state in FXSAVE terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FpuState {
     /// ST0..ST7 / MM0..MM7, 80 bits each in the low 10 bytes.
     pub st: [[u8; 16]; 8],
@@ -227,7 +227,7 @@ impl Default for FpuState {
 }
 
 /// One model-specific register.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsrEntry {
     pub index: u32,
     pub data: u64,

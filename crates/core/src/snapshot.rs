@@ -89,7 +89,12 @@ pub fn to_state<T: serde::Serialize>(v: &T) -> State {
 /// Field `name` of an object state, with an error that names it.
 pub fn field<T: serde::de::DeserializeOwned>(state: &State, name: &str) -> Result<T, String> {
     let v = state.get(name).ok_or_else(|| format!("no field '{name}'"))?;
-    serde_json::from_value(v.clone()).map_err(|e| format!("field '{name}': {e}"))
+    from_state(v.clone()).map_err(|e| format!("field '{name}': {e}"))
+}
+
+/// A state as a `T`.
+pub fn from_state<T: serde::de::DeserializeOwned>(state: State) -> Result<T, String> {
+    serde_json::from_value(state).map_err(|e| e.to_string())
 }
 
 /// Writes a stream section by section; [`StreamWriter::finish`] seals it.
@@ -241,6 +246,11 @@ impl Stream {
     pub fn json(&self, name: &str) -> Result<State, SnapshotError> {
         serde_json::from_slice(self.find(KIND_JSON, name)?)
             .map_err(|e| SnapshotError::Section { section: name.into(), problem: e.to_string() })
+    }
+
+    /// JSON section `name` as a `T`.
+    pub fn section<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, SnapshotError> {
+        from_state(self.json(name)?).map_err(|problem| SnapshotError::Section { section: name.into(), problem })
     }
 
     /// Memory section `name`: its length and its present pages as (offset, bytes).

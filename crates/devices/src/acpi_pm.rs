@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{BusDevice, Clock, IrqLine, MachineControl, MachineEvent, TimerDevice};
 
 use crate::port::LogOnce;
@@ -158,6 +159,28 @@ impl BusDevice for AcpiPm {
     }
 }
 
+/// The PM1 registers and the SCI's level. The timer reads the machine's clock, which
+/// is restored too; `tmr_toggles` counts against it.
+impl Snapshot for AcpiPm {
+    fn save_state(&self) -> State {
+        serde_json::json!({
+            "sts": self.sts,
+            "en": self.en,
+            "cnt": self.cnt,
+            "sci_level": self.sci_level,
+            "tmr_toggles": self.tmr_toggles,
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let (sts, en, cnt) = (field(state, "sts")?, field(state, "en")?, field(state, "cnt")?);
+        let (sci_level, tmr_toggles) = (field(state, "sci_level")?, field(state, "tmr_toggles")?);
+        (self.sts, self.en, self.cnt, self.sci_level, self.tmr_toggles) = (sts, en, cnt, sci_level, tmr_toggles);
+        self.sci.set_level(self.sci_level);
+        Ok(())
+    }
+}
+
 impl TimerDevice for AcpiPm {
     /// Raises the SCI for timer overflows when the guest enabled TMR_EN.
     fn tick(&mut self, now_ns: u64) -> Option<u64> {
@@ -259,6 +282,30 @@ mod tests {
         r.pm.write(PM1A_EVT_OFFSET, &[0x01, 0x00, 0x00, 0x00]); // clear TMR_STS, disable all
         assert!(!r.sci.level());
         assert_eq!(r.pm.tick(due), None);
+    }
+
+    #[test]
+    fn snapshot_keeps_status_enables_and_the_sci() {
+        let mut r = rig();
+        r.pm.write(PM1A_EVT_OFFSET + 2, &(PWRBTN_STS | TMR_STS).to_le_bytes());
+        r.pm.write(PM1A_CNT_OFFSET, &(3u16 << 10).to_le_bytes());
+        r.clock.set_ns(3_000_000_000);
+        r.pm.power_button();
+        assert!(r.sci.level());
+        let mut s = rig();
+        s.clock.set_ns(3_000_000_000);
+        crate::testutil::restore_into(&mut s.pm, &r.pm.save_state());
+        assert!(s.sci.level(), "the SCI is driven again");
+        for off in [PM1A_EVT_OFFSET, PM1A_CNT_OFFSET, PM_TMR_OFFSET] {
+            assert_eq!(r32(&mut s.pm, off), r32(&mut r.pm, off), "offset {off}");
+        }
+        let due = s.pm.tick(3_000_000_000);
+        assert_eq!(due, r.pm.tick(3_000_000_000), "the next overflow");
+        s.pm.write(PM1A_EVT_OFFSET, &(PWRBTN_STS | TMR_STS).to_le_bytes());
+        assert!(!s.sci.level());
+        s.pm.tick(due.unwrap());
+        assert!(s.sci.level(), "overflow at 2^24 ticks, after the one already seen");
+        crate::testutil::assert_refuses_malformed(&mut r.pm, &[]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! model's lock. That keeps the locking order trivial and self-IPIs deadlock-free.
 
 /// How a message is delivered (the ICR's and redirection entries' 3-bit field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DeliveryMode {
     Fixed,
     LowestPriority,
@@ -47,7 +47,7 @@ impl DeliveryMode {
 }
 
 /// Whom a message is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Destination {
     /// APIC ID match (0xff in xAPIC / 0xffff_ffff in x2APIC is broadcast).
     Physical(u32),
@@ -63,7 +63,7 @@ pub enum Destination {
 }
 
 /// One interrupt message on the APIC bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ApicMessage {
     pub dest: Destination,
     pub mode: DeliveryMode,

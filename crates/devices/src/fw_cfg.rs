@@ -253,6 +253,9 @@ impl FwCfg {
     }
 }
 
+// The guest's place in the selected item; the items are the machine's, built again.
+quern_core::snapshot_fields!(FwCfg { selected, offset, dma_high });
+
 /// Copies `data` to guest RAM at `addr`; false (nothing written past the failure) if
 /// part of the range is not RAM (ROM, device space, beyond memory).
 fn write_ram(mem: &GuestMemory, mut addr: u64, mut data: &[u8]) -> bool {
@@ -388,6 +391,21 @@ mod tests {
         select(&mut f, k1);
         assert_eq!(read_n(&mut f, 3), [1, 2, 3]);
         assert_eq!(f.file("etc/zzz"), Some(&[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn snapshot_keeps_the_place_in_the_selected_item() {
+        use quern_core::snapshot::Snapshot;
+        let (_, mut f) = dev();
+        f.add_file("etc/data", (0..100u8).collect()).unwrap();
+        select(&mut f, key::FILE_FIRST);
+        assert_eq!(read_n(&mut f, 3), [0, 1, 2]);
+        f.write(4, &1u32.to_be_bytes()); // a DMA address's high half, latched
+        let (_, mut g) = dev();
+        g.add_file("etc/data", (0..100u8).collect()).unwrap();
+        crate::testutil::restore_into(&mut g, &f.save_state());
+        assert_eq!(read_n(&mut g, 3), [3, 4, 5]);
+        crate::testutil::assert_refuses_malformed(&mut g, &[]);
     }
 
     #[test]

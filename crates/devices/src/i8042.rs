@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use quern_core::bus::SharedDevice;
+use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{IrqLine, MachineControl, MachineEvent};
+use serde::{Deserialize, Serialize};
 
 use crate::port::{read_bytewise, write_bytewise, LogOnce, PortGroup, PortWindow};
 
@@ -41,14 +43,14 @@ const RESEND: u8 = 0xfe;
 /// Bytes the output queue holds before it drops more.
 const QUEUE_MAX: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Source {
     Kbd,
     Aux,
 }
 
 /// A controller command waiting for its data byte on port 0x60.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Pending {
     WriteCtr,
     WriteRam,
@@ -267,6 +269,35 @@ impl I8042 {
     }
 }
 
+/// The controller's registers, its output queue and the keyboard's state, with the
+/// levels of IRQ1 and IRQ12.
+impl Snapshot for I8042 {
+    fn save_state(&self) -> State {
+        serde_json::json!({
+            "ctr": self.ctr,
+            "outport": self.outport,
+            "queue": self.queue,
+            "last_was_cmd": self.last_was_cmd,
+            "pending": self.pending,
+            "kbd_arg": self.kbd_arg,
+            "scanning": self.scanning,
+            "levels": self.levels,
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let (ctr, outport, queue) = (field(state, "ctr")?, field(state, "outport")?, field(state, "queue")?);
+        let (last_was_cmd, pending, kbd_arg) =
+            (field(state, "last_was_cmd")?, field(state, "pending")?, field(state, "kbd_arg")?);
+        let (scanning, levels) = (field(state, "scanning")?, field(state, "levels")?);
+        (self.ctr, self.outport, self.queue, self.last_was_cmd) = (ctr, outport, queue, last_was_cmd);
+        (self.pending, self.kbd_arg, self.scanning, self.levels) = (pending, kbd_arg, scanning, levels);
+        self.kbd_irq.set_level(self.levels.0);
+        self.aux_irq.set_level(self.levels.1);
+        Ok(())
+    }
+}
+
 /// The i8042's two ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum I8042Window {
@@ -419,12 +450,12 @@ mod tests {
         r.data(0xf5);
         assert_eq!(r.drain(), [ACK]);
         r.dev.push_keyboard_bytes(&[0x1e]);
-        assert_eq!(r.drain(), []);
+        assert!(r.drain().is_empty());
         r.data(0xf4);
         r.cmd(0xad);
         assert_eq!(r.drain(), [ACK]);
         r.dev.push_keyboard_bytes(&[0x1e]);
-        assert_eq!(r.drain(), []);
+        assert!(r.drain().is_empty());
     }
 
     #[test]
@@ -441,6 +472,31 @@ mod tests {
         assert_eq!(r.status() & STATUS_AUX, STATUS_AUX);
         assert_eq!(r.read(), RESEND);
         assert_eq!(r.aux.rising_edges(), 2);
+    }
+
+    #[test]
+    fn snapshot_keeps_the_queue_and_half_done_commands() {
+        let mut r = Rig::new();
+        r.cmd(0xd1);
+        r.data(0x01); // A20 off (reset line kept high)
+        r.data(0xf5); // scanning off
+        r.cmd(0xd3);
+        r.data(0x5a); // an aux byte behind the keyboard's ACK
+        r.data(0xed); // set LEDs: the argument is still to come
+        r.cmd(0x60); // write the command byte: its data is still to come
+        let mut s = Rig::new();
+        crate::testutil::restore_into(&mut s.dev, &r.dev.save_state());
+        assert!(s.kbd.level() && !s.aux.level(), "IRQ1 for the ACK at the head");
+        assert_eq!(s.status(), r.status());
+        assert!(!s.dev.a20());
+        s.data(0x44); // the command byte: interrupts off
+        assert!(!s.kbd.level());
+        s.data(0x07); // the LEDs
+        assert_eq!(s.drain(), [ACK, 0x5a, ACK, ACK]);
+        s.dev.push_keyboard_bytes(&[0x1e]);
+        assert!(s.drain().is_empty(), "scanning stays off");
+        assert!(s.control.events().is_empty());
+        crate::testutil::assert_refuses_malformed(&mut r.dev, &[]);
     }
 
     #[test]

@@ -248,6 +248,10 @@ impl IoApic {
     }
 }
 
+// Pin levels are state: a device re-driving its line after a restore makes no new
+// edge, and a level entry waiting for its EOI keeps Remote IRR.
+quern_core::snapshot_fields!(IoApic { id, arb, ioregsel, redtbl, pins, pending });
+
 fn is_level(entry: u64) -> bool {
     entry & LEVEL != 0 && matches!((entry >> 8) & 7, 0 | 1)
 }
@@ -448,6 +452,35 @@ mod tests {
         let mut b = [0; 4];
         io.read(0x710, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x1200_0000);
+    }
+
+    #[test]
+    fn snapshot_keeps_entries_pins_and_queued_messages() {
+        use quern_core::snapshot::Snapshot;
+        let mut io = IoApic::new(0);
+        wr(&mut io, REG_ID, 0x0500_0000);
+        program(&mut io, 4, 0x31, 3);
+        io.set_pin(4, true);
+        program(&mut io, 10, 0x41 | LEVEL_TRIG, 0);
+        io.set_pin(10, true);
+        program(&mut io, 9, 0x29 | LEVEL_TRIG | MASK, 1);
+        io.set_pin(9, true);
+        // Unmask pin 9 without taking the message it queues; IOREGSEL stays on it.
+        io.write(IOWIN, &(0x29 | LEVEL_TRIG).to_le_bytes());
+
+        let mut r = IoApic::new(0);
+        crate::testutil::restore_into(&mut r, &io.save_state());
+        let mut sel = [0];
+        r.read(IOREGSEL, &mut sel);
+        assert_eq!(sel, [0x10 + 18]);
+        for reg in [REG_ID, REG_ARB].into_iter().chain(REG_REDTBL..REG_REDTBL + 48) {
+            assert_eq!(rd(&mut r, reg), rd(&mut io, reg), "register {reg:#x}");
+        }
+        assert_eq!(r.take_pending(), vec![fixed(0x29, 1, true)]);
+        assert_eq!(r.set_pin(4, true), None, "pin 4 was high: no edge");
+        assert_eq!(r.set_pin(10, true), None, "Remote IRR holds pin 10");
+        assert_eq!(r.eoi(0x41), vec![fixed(0x41, 0, true)], "still asserted");
+        crate::testutil::assert_refuses_malformed(&mut r, &["/redtbl"]);
     }
 
     #[test]

@@ -1300,6 +1300,39 @@ impl LocalApic {
     }
 }
 
+// The registers, the timer (clock times, which go on from where they were: the machine
+// restores its clock too) and the latched signals; not what the APIC was built with
+// (its initial ID, BSP flag, clock, TSC rate and features).
+quern_core::snapshot_fields!(LocalApic {
+    base,
+    xapic_id,
+    tpr,
+    ldr,
+    dfr,
+    svr,
+    isr,
+    tmr,
+    irr,
+    esr,
+    esr_pending,
+    icr_lo,
+    icr_hi,
+    lvt,
+    lint_level,
+    timer_initial,
+    timer_divide,
+    timer_running,
+    timer_since,
+    timer_base,
+    timer_next_tick,
+    tsc_deadline,
+    nmi,
+    smi,
+    init,
+    sipi,
+    extint,
+});
+
 impl TimerDevice for LocalApic {
     /// Raises the timer vector if the timer is due at `now_ns` (one-shot, periodic
     /// with re-arm, or TSC deadline) and returns when it is next due.
@@ -1370,6 +1403,44 @@ mod tests {
             Some(ApicAction::Send(m)) => m,
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn snapshot_keeps_registers_pending_signals_and_the_timer() {
+        use quern_core::snapshot::Snapshot;
+        let (ca, mut a) = enabled(2);
+        wr(&mut a, 0x80, 0x20);
+        wr(&mut a, 0xd0, 0x0300_0000);
+        wr(&mut a, 0x320, 0x2_0041); // periodic, divide by 2: 20 us
+        wr(&mut a, 0x3e0, 0);
+        wr(&mut a, 0x380, 10_000);
+        a.deliver(&fixed(0x50, false));
+        assert_eq!(a.acknowledge(), 0x50);
+        a.deliver(&fixed(0x60, true));
+        a.deliver(&msg(DeliveryMode::Nmi, 0));
+        a.deliver(&msg(DeliveryMode::StartUp, 0x9a));
+        a.set_lint(1, true);
+        ca.set_ns(25_000);
+        a.tick(25_000);
+
+        let (cb, mut b) = apic(2, true);
+        cb.set_ns(25_000);
+        crate::testutil::restore_into(&mut b, &a.save_state());
+        for idx in 0..0x40 {
+            assert_eq!(b.reg_value(idx), a.reg_value(idx), "register {idx:#x}");
+        }
+        assert_eq!(b.timer_deadline(), Some(40_000));
+        assert_eq!(b.poll(false), Some(CpuSignal::StartUp(0x9a)));
+        b.take(CpuSignal::StartUp(0x9a));
+        assert_eq!(b.poll(false), Some(CpuSignal::Nmi));
+        b.take(CpuSignal::Nmi);
+        assert_eq!(drain(&mut b), vec![0x60], "the timer's 0x41 waits below 0x50 in service");
+        wr(&mut b, 0xb0, 0);
+        assert_eq!(drain(&mut b), vec![0x41]);
+        cb.set_ns(40_000);
+        assert_eq!(b.tick(40_000), Some(60_000));
+        assert_eq!(drain(&mut b), vec![0x41]);
+        crate::testutil::assert_refuses_malformed(&mut b, &["/isr", "/lvt"]);
     }
 
     #[test]
@@ -1570,7 +1641,7 @@ mod tests {
         assert_eq!(drain(&mut a), vec![0x40]);
         c.set_ns(100_000);
         assert_eq!(a.tick(100_000), None);
-        assert_eq!(drain(&mut a), vec![]);
+        assert_eq!(drain(&mut a), Vec::<u8>::new());
 
         // Every divider encoding.
         for (tdcr, div) in [(0, 2), (1, 4), (2, 8), (3, 16), (8, 32), (9, 64), (0xa, 128), (0xb, 1)] {
@@ -1600,7 +1671,7 @@ mod tests {
         c.advance_ns(100);
         let now = c.now_ns();
         assert_eq!(a.tick(now), None);
-        assert_eq!(drain(&mut a), vec![]);
+        assert_eq!(drain(&mut a), Vec::<u8>::new());
     }
 
     #[test]
@@ -1802,7 +1873,7 @@ mod tests {
         assert_eq!(drain(&mut a), vec![0xfe]);
         rd(&mut a, 0x40);
         // Only the first error after an ESR write interrupts.
-        assert_eq!(drain(&mut a), vec![]);
+        assert_eq!(drain(&mut a), Vec::<u8>::new());
         wr(&mut a, 0x280, 0x1234);
         assert_eq!(rd(&mut a, 0x280), ESR_RECEIVE_ILLEGAL_VECTOR | ESR_ILLEGAL_REGISTER);
         wr(&mut a, 0x280, 0);
@@ -2085,7 +2156,7 @@ mod tests {
         a.set_lint(0, true);
         assert_eq!(drain(&mut a), vec![0x55]);
         a.set_lint(0, false);
-        assert_eq!(drain(&mut a), vec![]);
+        assert_eq!(drain(&mut a), Vec::<u8>::new());
 
         // LINT0 fixed, level-triggered: remote IRR until EOI, re-delivered while high.
         wr(&mut a, 0x350, 0x8056);

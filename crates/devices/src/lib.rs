@@ -25,6 +25,12 @@
 //!
 //! Devices that answer at several port ranges (PIC, PIT, i8042, PCI) sit behind one
 //! mutex and are put on the bus once per range through [`port::PortWindow`].
+//!
+//! Every model with state implements [`quern_core::snapshot::Snapshot`] (the shared
+//! e1000 through [`e1000::E1000::state`]): registers, FIFOs and transfers in progress,
+//! not wiring, backends or what is fixed at construction. A restore re-drives the
+//! device's interrupt lines at their restored levels, which the interrupt controllers
+//! (restored too, in either order) take without a new edge.
 
 pub mod acpi_pm;
 pub mod apic_bus;
@@ -43,6 +49,7 @@ pub mod port;
 pub mod port80;
 pub mod reset_control;
 pub mod rtc;
+mod snapshot;
 pub mod uart;
 
 pub use acpi_pm::AcpiPm;

@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use quern_core::bus::{lock, SharedDevice};
+use quern_core::snapshot::{field, Snapshot, State};
 use thiserror::Error;
 
 use crate::port::{le_value, PortGroup, PortWindow};
+use crate::snapshot::{array_field, part, restored};
 
 pub mod i440fx;
 pub use i440fx::{I440fx, PamListener};
@@ -186,6 +188,23 @@ impl ConfigSpace {
     /// Whether the command register enables I/O (bit 0) or memory (bit 1) decoding.
     pub fn decodes(&self, kind: BarKind) -> bool {
         self.u8(0x04) & if kind == BarKind::Io { 1 } else { 2 } != 0
+    }
+}
+
+/// The 256 bytes (BARs, command, interrupt line and the rest); which bits are
+/// writable and which BARs exist come from construction.
+impl Snapshot for ConfigSpace {
+    fn save_state(&self) -> State {
+        serde_json::json!({ "bytes": &self.bytes[..] })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let bytes: [u8; 256] = array_field(state, "bytes")?;
+        if bytes[..4] != self.bytes[..4] {
+            return Err(format!("the state is of PCI device {:02x?}, not this one", &bytes[..4]));
+        }
+        self.bytes = bytes;
+        Ok(())
     }
 }
 
@@ -395,6 +414,27 @@ impl PciRoot {
             ((a >> 8) & 7) as u8,
             (a & 0xfc) as u16,
         ))
+    }
+}
+
+/// CONFIG_ADDRESS and the two bridges; functions the machine adds are its to save.
+impl Snapshot for PciRoot {
+    fn save_state(&self) -> State {
+        serde_json::json!({
+            "address": self.address,
+            "host": lock(&self.host).save_state(),
+            "isa": lock(&self.isa).save_state(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let address = field(state, "address")?;
+        let isa = restored(&*lock(&self.isa), state, "isa")?;
+        // The last step that can fail (and it changes nothing when it does).
+        lock(&self.host).restore_state(part(state, "host")?).map_err(|e| format!("host: {e}"))?;
+        self.address = address;
+        *lock(&self.isa) = isa;
+        Ok(())
     }
 }
 

@@ -10,15 +10,17 @@
 use std::sync::{Arc, Mutex};
 
 use quern_core::bus::{lock, SharedDevice};
+use quern_core::snapshot::{Snapshot, State};
 use quern_core::IrqLine;
 
 use crate::port::{read_bytewise, write_bytewise, LogOnce, PortGroup, PortWindow};
+use crate::snapshot::{parts_state, restored_parts};
 
 /// The IRQ the slave is cascaded on.
 const CASCADE: u8 = 2;
 
 /// One i8259A.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Chip {
     /// Current input pin levels.
     pins: u8,
@@ -42,6 +44,26 @@ struct Chip {
     elcr_mask: u8,
     is_master: bool,
 }
+
+// `elcr_mask` and `is_master` are the chip's wiring.
+quern_core::snapshot_fields!(Chip {
+    pins,
+    irr,
+    imr,
+    isr,
+    priority_add,
+    irq_base,
+    read_isr,
+    poll,
+    special_mask,
+    init_state,
+    init4,
+    single,
+    auto_eoi,
+    rotate_on_auto_eoi,
+    special_fully_nested,
+    elcr,
+});
 
 /// The priority (0 = highest) of the best request in `mask`, 8 if none.
 fn priority(mask: u8, priority_add: u8) -> u8 {
@@ -282,6 +304,18 @@ impl PicPair {
         // Level lines report their pin; edge lines keep what they latched.
         c.irr = (c.irr & !c.elcr) | (c.pins & c.elcr);
         self.sync_cascade();
+    }
+}
+
+/// Both chips, their input pin levels among their state.
+impl Snapshot for PicPair {
+    fn save_state(&self) -> State {
+        serde_json::json!({ "chips": parts_state(&self.chips) })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        self.chips = restored_parts(&self.chips, state, "chips")?;
+        Ok(())
     }
 }
 
@@ -553,6 +587,45 @@ mod tests {
         lock(&devs[0].0).read(1, &mut b);
         assert_eq!(b, [0]);
         assert_eq!(devs.iter().map(|d| (d.1, d.2)).collect::<Vec<_>>(), [(0x20, 2), (0xa0, 2), (0x4d0, 2)]);
+    }
+
+    #[test]
+    fn snapshot_keeps_requests_in_service_and_pins() {
+        let mut p = programmed();
+        p.window_write(PicWindow::Elcr, 1, &[0x08]); // IRQ11 level
+        p.window_write(PicWindow::Master, 1, &[0x40]); // IRQ6 masked
+        p.set_irq(4, true);
+        assert_eq!(p.acknowledge(), 0x24);
+        for irq in [3, 6, 11] {
+            p.set_irq(irq, true);
+        }
+        let mut q = PicPair::new();
+        crate::testutil::restore_into(&mut q, &p.save_state());
+        for (w, off) in [(PicWindow::Master, 0), (PicWindow::Master, 1), (PicWindow::Elcr, 0), (PicWindow::Elcr, 1)] {
+            assert_eq!(rd(&mut q, w, off), rd(&mut p, w, off));
+        }
+        assert_eq!(q.acknowledge(), 0x2b, "the slave's IRQ11 first");
+        eoi(&mut q, PicWindow::Slave);
+        eoi(&mut q, PicWindow::Master);
+        assert!(q.intr(), "IRQ11 is level-triggered and still high");
+        q.set_irq(11, false);
+        assert_eq!(q.acknowledge(), 0x23, "IRQ3 nests inside IRQ4, still in service");
+        q.set_irq(4, true);
+        eoi(&mut q, PicWindow::Master);
+        eoi(&mut q, PicWindow::Master);
+        assert!(!q.intr(), "IRQ4's line was high already: no new edge; IRQ6 masked");
+    }
+
+    #[test]
+    fn snapshot_refuses_malformed_states() {
+        let mut p = programmed();
+        p.set_irq(5, true);
+        crate::testutil::assert_refuses_malformed(&mut p, &["/chips"]);
+        let good = p.save_state();
+        let mut bad = good.clone();
+        bad["chips"][1]["irr"] = 300.into();
+        assert!(p.restore_state(&bad).is_err());
+        assert_eq!(p.save_state(), good, "the master is not restored alone");
     }
 
     #[test]

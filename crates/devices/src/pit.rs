@@ -43,7 +43,7 @@ fn to_bcd(v: u32) -> u16 {
 }
 
 /// Which bytes of the count a read or write moves (control word bits 5:4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Access {
     #[default]
     Lo = 1,
@@ -51,7 +51,7 @@ enum Access {
     LoHi = 3,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Channel {
     /// The counting mode, 0-5 (6 and 7 count as 2 and 3).
     mode: u8,
@@ -325,6 +325,10 @@ impl Pit {
     }
 }
 
+// Counts are kept as clock times (`since`), which go on from where they were: the
+// machine restores its clock too.
+quern_core::snapshot_fields!(Pit { channels, port_b });
+
 impl TimerDevice for Pit {
     fn tick(&mut self, now_ns: u64) -> Option<u64> {
         let (fire, next) = self.channels[0].due(now_ns);
@@ -422,6 +426,39 @@ mod tests {
             self.out(3, ch << 6);
             u16::from_le_bytes([self.inb(u64::from(ch)), self.inb(u64::from(ch))])
         }
+    }
+
+    #[test]
+    fn snapshot_counts_on_from_the_same_clock() {
+        use quern_core::snapshot::Snapshot;
+        let mut r = Rig::new();
+        r.set_port_b(1);
+        r.out(3, 0x34); // channel 0: mode 2, 1000
+        r.out(0, 0xe8);
+        r.out(0, 0x03);
+        r.out(3, 0xb0); // channel 2: mode 0, 4096
+        r.out(2, 0x00);
+        r.out(2, 0x10);
+        r.at_ticks(1500);
+        assert!(r.pit.tick(r.clock.now_ns()).is_some());
+        r.out(3, 0x40); // latch channel 1, read its LSB only
+        r.inb(1);
+        let mut q = Rig::new();
+        q.clock.set_ns(r.clock.now_ns());
+        crate::testutil::restore_into(&mut q.pit, &r.pit.save_state());
+        assert_eq!(q.inb(1), r.inb(1), "the latched MSB");
+        r.at_ticks(1600);
+        q.at_ticks(1600);
+        assert_eq!((q.read_latched(0), q.read_latched(2)), (400, 4096 - 1600));
+        assert_eq!(q.port_b(), r.port_b());
+        let now = r.clock.now_ns();
+        assert_eq!(q.pit.tick(now), r.pit.tick(now));
+        assert_eq!(q.irq.rising_edges(), 0, "the period already signalled is not again");
+        r.at_ticks(2000);
+        q.at_ticks(2000);
+        assert_eq!(q.pit.tick(ticks_to_ns(2000)), r.pit.tick(ticks_to_ns(2000)));
+        assert_eq!(q.irq.rising_edges(), 1);
+        crate::testutil::assert_refuses_malformed(&mut q.pit, &["/channels"]);
     }
 
     #[test]

@@ -22,6 +22,8 @@ impl Port80 {
     }
 }
 
+quern_core::snapshot_fields!(Port80 { last });
+
 impl BusDevice for Port80 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         read_bytewise(offset, data, 1, |_| self.last);
@@ -46,5 +48,16 @@ mod tests {
         p.read(0, &mut b);
         assert_eq!(b, [0x55, 0xff]);
         assert_eq!(p.last(), 0x55);
+    }
+
+    #[test]
+    fn snapshot_keeps_the_last_code() {
+        use quern_core::snapshot::Snapshot;
+        let mut p = Port80::new();
+        p.write(0, &[0x55]);
+        let mut q = Port80::new();
+        crate::testutil::restore_into(&mut q, &p.save_state());
+        assert_eq!(q.last(), 0x55);
+        crate::testutil::assert_refuses_malformed(&mut q, &[]);
     }
 }

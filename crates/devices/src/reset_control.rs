@@ -27,6 +27,8 @@ impl ResetControl {
     }
 }
 
+quern_core::snapshot_fields!(ResetControl { value });
+
 impl BusDevice for ResetControl {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         read_bytewise(offset, data, 1, |_| self.value);
@@ -57,5 +59,18 @@ mod tests {
         let mut b = [0];
         r.read(0, &mut b);
         assert_eq!(b, [SYS_RST]);
+    }
+
+    #[test]
+    fn snapshot_keeps_the_register() {
+        use quern_core::snapshot::Snapshot;
+        let mut r = ResetControl::new(Arc::new(RecordingControl::default()));
+        r.write(0, &[FULL_RST | SYS_RST]);
+        let mut s = ResetControl::new(Arc::new(RecordingControl::default()));
+        crate::testutil::restore_into(&mut s, &r.save_state());
+        let mut b = [0];
+        s.read(0, &mut b);
+        assert_eq!(b, [FULL_RST | SYS_RST]);
+        crate::testutil::assert_refuses_malformed(&mut s, &[]);
     }
 }

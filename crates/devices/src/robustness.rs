@@ -1,5 +1,6 @@
 //! Every device takes arbitrary guest accesses without panicking: offsets inside and
-//! past its range, every access size, any value, with time moving on.
+//! past its range, every access size, any value, with time moving on. Whatever state
+//! that leaves saves and restores whole.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -7,8 +8,10 @@ use std::time::SystemTime;
 use quern_core::bus::{lock, SharedDevice};
 use quern_core::clock::ManualClock;
 use quern_core::events::RecordingControl;
+use quern_core::snapshot::Snapshot;
 use quern_core::{NullIrq, TimerDevice};
 
+use crate::testutil::restore_into;
 use crate::*;
 
 /// A small deterministic generator (xorshift64*).
@@ -34,8 +37,10 @@ fn random_accesses_never_panic() {
     let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq.clone())));
     let kbd = Arc::new(Mutex::new(I8042::new(control.clone(), irq.clone(), irq.clone())));
     let pci = Arc::new(Mutex::new(PciRoot::new()));
+    let serial = Arc::new(Mutex::new(uart::Serial::new(irq.clone(), Box::new(std::io::sink()))));
+    let ioapic = Arc::new(Mutex::new(IoApic::new(0)));
     let mut devs: Vec<(SharedDevice, u64)> = vec![
-        (Arc::new(Mutex::new(uart::Serial::new(irq.clone(), Box::new(std::io::sink())))), 8),
+        (serial.clone(), 8),
         (rtc.clone(), 2),
         (pm.clone(), acpi_pm::PM_IO_LEN),
         (Arc::new(Mutex::new(Port80::new())), 1),
@@ -43,7 +48,7 @@ fn random_accesses_never_panic() {
         (Arc::new(Mutex::new(Debugcon::new(Box::new(std::io::sink())))), 1),
         (Arc::new(Mutex::new(ResetControl::new(control.clone()))), 1),
         // The IOAPIC's registers sit in its first 0x14 bytes (aliased every 0x100).
-        (Arc::new(Mutex::new(IoApic::new(0))), 0x20),
+        (ioapic.clone(), 0x20),
     ];
     for list in [pic_bus_devices(&pic), pit_bus_devices(&pit), i8042_bus_devices(&kbd), pci_bus_devices(&pci)] {
         devs.extend(list.into_iter().map(|(d, _, len)| (d, len)));
@@ -72,6 +77,15 @@ fn random_accesses_never_panic() {
             }
         }
     }
+    // Whatever state the accesses left saves whole and restores the same.
+    restore_into(&mut PicPair::new(), &lock(&pic).save_state());
+    restore_into(&mut Pit::new(clock.clone(), irq.clone()), &lock(&pit).save_state());
+    restore_into(&mut Rtc::new(clock.clone(), irq.clone(), SystemTime::now()), &lock(&rtc).save_state());
+    restore_into(&mut AcpiPm::new(clock.clone(), control.clone(), irq.clone()), &lock(&pm).save_state());
+    restore_into(&mut I8042::new(control.clone(), irq.clone(), irq.clone()), &lock(&kbd).save_state());
+    restore_into(&mut PciRoot::new(), &lock(&pci).save_state());
+    restore_into(&mut uart::Serial::new(irq.clone(), Box::new(std::io::sink())), &lock(&serial).save_state());
+    restore_into(&mut IoApic::new(0), &lock(&ioapic).save_state());
 }
 
 /// The local APIC is not a bus device (its writes return messages for the machine to
@@ -158,6 +172,9 @@ fn lapic_random_accesses_never_panic() {
         }
     }
     assert!(sent > 0);
+    for (id, a) in apics.iter().enumerate() {
+        restore_into(&mut LocalApic::new(id as u32, id == 0, clock.clone(), 2_500_000_000), &a.save_state());
+    }
 }
 
 /// The IDE controller takes random register, data-port, bus-master and configuration
@@ -174,14 +191,17 @@ fn ide_random_accesses_never_panic() {
     let mem = Arc::new(GuestMemory::flat(64 << 10).unwrap());
     let medium =
         |fill: u8, len: usize, ro: bool| Some(Arc::new(MemBackend::new(vec![fill; len], ro)) as Arc<dyn BlockBackend>);
-    let drives = vec![
-        IdeDriveConfig { backend: medium(0x11, 64 * 512, false), kind: DriveKind::Disk, bus: 0, unit: 0 },
-        IdeDriveConfig { backend: medium(0x22, 16 * 2048, true), kind: DriveKind::Cdrom, bus: 0, unit: 1 },
-        IdeDriveConfig { backend: medium(0x33, 8 * 512 + 100, true), kind: DriveKind::Disk, bus: 1, unit: 0 },
-        IdeDriveConfig { backend: None, kind: DriveKind::Cdrom, bus: 1, unit: 1 },
-    ];
-    let irq = Arc::new(NullIrq);
-    let ide = Arc::new(Mutex::new(PiixIde::new(mem.clone(), [irq.clone(), irq], drives).unwrap()));
+    let drives = || {
+        vec![
+            IdeDriveConfig { backend: medium(0x11, 64 * 512, false), kind: DriveKind::Disk, bus: 0, unit: 0 },
+            IdeDriveConfig { backend: medium(0x22, 16 * 2048, true), kind: DriveKind::Cdrom, bus: 0, unit: 1 },
+            IdeDriveConfig { backend: medium(0x33, 8 * 512 + 100, true), kind: DriveKind::Disk, bus: 1, unit: 0 },
+            IdeDriveConfig { backend: None, kind: DriveKind::Cdrom, bus: 1, unit: 1 },
+        ]
+    };
+    let irq: Arc<dyn quern_core::IrqLine> = Arc::new(NullIrq);
+    let new_ide = || PiixIde::new(mem.clone(), [irq.clone(), irq.clone()], drives()).unwrap();
+    let ide = Arc::new(Mutex::new(new_ide()));
     let windows: Vec<(SharedDevice, u64, u64)> = ide_bus_devices(&ide);
     let commands = [
         0x08, 0x10, 0x20, 0x21, 0x24, 0x25, 0x27, 0x29, 0x30, 0x34, 0x35, 0x39, 0x40, 0x42, 0x70, 0x90, 0x91, 0xa0,
@@ -330,6 +350,7 @@ fn ide_random_accesses_never_panic() {
             }
         }
     }
+    restore_into(&mut new_ide(), &lock(&ide).save_state());
 }
 
 /// The e1000 takes random register accesses (through BAR0 and the I/O window, every
@@ -455,4 +476,6 @@ fn e1000_random_accesses_never_panic() {
         }
     }
     assert!(backend.1.load(std::sync::atomic::Ordering::Relaxed) > 0, "frames were sent");
+    let fresh = E1000::new(mem, Arc::new(NullIrq), E1000Config { mac: [2, 0, 0, 0, 0, 2], rom: None });
+    restore_into(&mut *lock(&fresh.state()), &lock(&nic.state()).save_state());
 }

@@ -12,9 +12,11 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{BusDevice, Clock, IrqLine, TimerDevice};
 
 use crate::port::{read_bytewise, write_bytewise};
+use crate::snapshot::array_field;
 
 const NS_PER_SEC: i128 = 1_000_000_000;
 
@@ -355,6 +357,36 @@ impl TimerDevice for Rtc {
         }
         self.update_irq();
         next
+    }
+}
+
+/// The CMOS bytes, the index and the guest's clock (kept against the machine's clock,
+/// which is restored too). IRQ8's level is register C's IRQF.
+impl Snapshot for Rtc {
+    fn save_state(&self) -> State {
+        // A guest may set its clock past 2262, beyond a JSON number's i64 nanoseconds.
+        serde_json::json!({
+            "cmos": &self.cmos[..],
+            "index": self.index,
+            "base_ns": self.base_ns.to_string(),
+            "periods_done": self.periods_done,
+            "seconds_done": self.seconds_done,
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let cmos: [u8; 128] = array_field(state, "cmos")?;
+        let index: u8 = field(state, "index")?;
+        if usize::from(index) >= cmos.len() {
+            return Err(format!("field 'index': {index} is past the CMOS"));
+        }
+        let base_ns = field::<String>(state, "base_ns")?.parse().map_err(|e| format!("field 'base_ns': {e}"))?;
+        let periods_done = field(state, "periods_done")?;
+        let seconds_done = field(state, "seconds_done")?;
+        (self.cmos, self.index, self.base_ns) = (cmos, index, base_ns);
+        (self.periods_done, self.seconds_done) = (periods_done, seconds_done);
+        self.irq.set_level(self.cmos[REG_C] & C_IRQF != 0);
+        Ok(())
     }
 }
 

@@ -13,7 +13,10 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
 
+use quern_core::snapshot::{Snapshot, State};
 use quern_core::{BusDevice, IrqLine};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Trigger;
 
 use crate::port::{read_bytewise, write_bytewise};
@@ -31,7 +34,7 @@ impl Trigger for NoTrigger {
     }
 }
 
-type Inner = vm_superio::Serial<NoTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+type Inner = vm_superio::Serial<NoTrigger, NoEvents, Box<dyn Write + Send>>;
 
 // vm-superio's IIR and IER bits.
 const IIR_THR_EMPTY: u8 = 0x02;
@@ -81,6 +84,48 @@ impl Serial {
     /// dropping bytes.
     pub fn input_space(&self) -> usize {
         self.inner.fifo_capacity()
+    }
+}
+
+/// vm-superio's register state, which has no serde of its own.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialRegs {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    #[serde(with = "SerialRegs")]
+    regs: SerialState,
+    irq_level: bool,
+}
+
+/// The registers, the receive FIFO and the line's level; the output stays.
+impl Snapshot for Serial {
+    fn save_state(&self) -> State {
+        quern_core::snapshot::to_state(&Saved { regs: self.inner.state(), irq_level: self.irq_level })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let saved = Saved::deserialize(state).map_err(|e| e.to_string())?;
+        // vm-superio checks the FIFO; the output writer moves over once it has.
+        let mut inner = Inner::from_state(&saved.regs, NoTrigger, NoEvents, Box::new(std::io::sink()))
+            .map_err(|e| format!("serial registers: {e}"))?;
+        std::mem::swap(inner.writer_mut(), self.inner.writer_mut());
+        self.inner = inner;
+        self.irq_level = saved.irq_level;
+        self.irq.set_level(self.irq_level);
+        Ok(())
     }
 }
 
@@ -214,6 +259,42 @@ mod tests {
         assert_eq!(rd(&mut s, DATA), b'k');
         eoi(&pic);
         assert!(!intr(&pic), "reading the data dropped the line");
+    }
+
+    #[test]
+    fn snapshot_keeps_the_fifo_registers_and_the_line() {
+        let (mut s, _, _) = uart();
+        s.write(LCR, &[0x80]);
+        s.write(DATA, &[0x0c, 0x00]);
+        s.write(LCR, &[0x03]);
+        s.write(SCR, &[0x5a]);
+        s.write(IER, &[0x01]);
+        s.enqueue_input(b"xy");
+        assert_eq!(rd(&mut s, DATA), b'x');
+        s.enqueue_input(b"z");
+
+        let (mut r, irq, buf) = uart();
+        crate::testutil::restore_into(&mut r, &s.save_state());
+        assert!(irq.level(), "the receive interrupt is driven again");
+        assert_eq!((rd(&mut r, SCR), rd(&mut r, LCR), rd(&mut r, IER)), (0x5a, 0x03, 0x01));
+        assert_eq!([rd(&mut r, DATA), rd(&mut r, DATA)], *b"yz");
+        assert!(!irq.level());
+        r.write(LCR, &[0x83]);
+        assert_eq!(rd(&mut r, DATA), 0x0c, "the divisor latch");
+        r.write(LCR, &[0x03]);
+        r.write(DATA, b"!");
+        assert_eq!(&*buf.0.lock().unwrap(), b"!", "output goes where the restored device's went");
+    }
+
+    #[test]
+    fn snapshot_refuses_malformed_states() {
+        let (mut s, _, _) = uart();
+        s.enqueue_input(b"ab");
+        crate::testutil::assert_refuses_malformed(&mut s, &[]);
+        let mut full = s.save_state();
+        full["regs"]["in_buffer"] = vec![0u8; 65].into();
+        assert!(s.restore_state(&full).unwrap_err().contains("FIFO"));
+        assert_eq!(rd(&mut s, DATA), b'a');
     }
 
     #[test]

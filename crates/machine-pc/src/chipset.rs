@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use quern_core::bus::{lock, SharedDevice};
 use quern_core::clock::{Clock, TimerDevice};
 use quern_core::cpu::SharedAccelerator;
+use quern_core::snapshot::Snapshot;
 use quern_core::{Bus, GuestMemory, IrqLine, MachineControl, MachineEvent};
 use quern_devices::acpi_pm::{AcpiPm, PM_IO_LEN};
 use quern_devices::debug_exit::DebugExit;
@@ -72,6 +73,8 @@ pub struct Chipset {
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     pub clock: Arc<dyn Clock>,
     pub waker: Arc<CpuWaker>,
+    /// The devices with state, each under the name of its section in a saved state.
+    pub(crate) stateful: Vec<(String, Arc<Mutex<dyn Snapshot + Send>>)>,
 }
 
 fn shared<T: quern_core::BusDevice + 'static>(dev: T) -> SharedDevice {
@@ -115,17 +118,21 @@ impl Chipset {
             }
         };
         let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
+        let mut stateful: Vec<(String, Arc<Mutex<dyn Snapshot + Send>>)> = Vec::new();
         if let Some(pic) = &pic {
+            stateful.push(("pic".into(), pic.clone()));
             crate::machine::insert_all(&mut pio, pic_bus_devices(pic))?;
             // With an in-accelerator irqchip the accelerator's PIT drives IRQ0 too.
             let pit = Arc::new(Mutex::new(Pit::new(clock.clone(), irq(0))));
             crate::machine::insert_all(&mut pio, pit_bus_devices(&pit))?;
+            stateful.push(("pit".into(), pit.clone()));
             timers.push(pit);
         }
 
         let out = cfg.serial.take().unwrap_or_else(|| Box::new(std::io::sink()));
         let serial = Arc::new(Mutex::new(Serial::new(irq(4), out)));
         pio.insert(serial.clone(), 0x3f8, 8)?;
+        stateful.push(("serial0".into(), serial.clone()));
 
         let now = std::time::SystemTime::now();
         let start = if cfg.rtc_offset_secs >= 0 {
@@ -144,15 +151,20 @@ impl Chipset {
             ide_cmos(&mut r, &cfg.drives);
         }
         pio.insert(rtc.clone(), 0x70, 2)?;
+        stateful.push(("rtc".into(), rtc.clone()));
         timers.push(rtc);
 
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
         crate::machine::insert_all(&mut pio, i8042_bus_devices(&i8042))?;
+        stateful.push(("i8042".into(), i8042));
         pio.insert(shared(Port80::new()), 0x80, 1)?;
 
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         crate::machine::insert_all(&mut pio, pci_bus_devices(&pci))?;
-        pio.insert(shared(ResetControl::new(control.clone())), 0xcf9, 1)?;
+        stateful.push(("pci".into(), pci.clone()));
+        let reset_control = Arc::new(Mutex::new(ResetControl::new(control.clone())));
+        pio.insert(reset_control.clone(), 0xcf9, 1)?;
+        stateful.push(("reset-control".into(), reset_control));
 
         // PIIX3 IDE, there even without drives (as on QEMU's pc).
         let drives = cfg
@@ -172,6 +184,7 @@ impl Chipset {
             PiixIde::new(mem.clone(), [irq(14), irq(15)], drives).map_err(|e| MachineError::Config(e.to_string()))?;
         let ide = Arc::new(Mutex::new(ide));
         crate::machine::insert_all(&mut pio, ide_bus_devices(&ide))?;
+        stateful.push(("ide".into(), ide.clone()));
         lock(&pci)
             .bus_mut()
             .add(ide::PCI_DEVICE, ide::PCI_FUNCTION, ide.clone())
@@ -182,6 +195,7 @@ impl Chipset {
 
         let pm = Arc::new(Mutex::new(AcpiPm::new(clock.clone(), control.clone(), irq(ACPI_SCI_IRQ))));
         pio.insert(pm.clone(), u64::from(ACPI_PM_BASE), PM_IO_LEN)?;
+        stateful.push(("acpi-pm".into(), pm.clone()));
         timers.push(pm.clone());
 
         if let Some(out) = cfg.debugcon.take() {
@@ -195,9 +209,16 @@ impl Chipset {
         if let Some(a) = &apics {
             mmio.insert(shared(IoApicMmio::new(a.ioapic.clone(), a.sink())), IOAPIC_BASE, IOAPIC_MMIO_LEN)?;
             timers.extend(a.timers());
+            stateful.push(("ioapic".into(), a.ioapic.clone()));
+            for (i, l) in a.lapics.iter().enumerate() {
+                stateful.push((format!("lapic{i}"), l.clone()));
+            }
+        }
+        for n in &nics {
+            stateful.push((format!("nic.{}", n.id), n.nic.state()));
         }
 
-        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, pm, timers, clock, waker })
+        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, pm, timers, clock, waker, stateful })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its

@@ -78,6 +78,8 @@ pub struct MachineConfig {
     pub rtc_offset_secs: i64,
     /// Start paused, waiting for the monitor's `cont` (-S).
     pub start_paused: bool,
+    /// `-incoming`: wait for a saved state (`migrate-incoming`) before running.
+    pub incoming: bool,
     /// Exit instead of resetting (-no-reboot).
     pub no_reboot: bool,
     /// Stop instead of exiting when the guest powers off (-no-shutdown); with
@@ -115,6 +117,7 @@ impl Default for MachineConfig {
             bios: None,
             rtc_offset_secs: 0,
             start_paused: false,
+            incoming: false,
             no_reboot: false,
             no_shutdown: false,
             serial: None,

@@ -189,8 +189,9 @@ pub fn install(
         strict: cfg.boot_strict,
         menu: cfg.boot_menu,
     };
-    let fw = build_fw_cfg(mem.clone(), layout, &setup);
-    chipset.pio.insert(Arc::new(Mutex::new(fw)), u64::from(FW_CFG_IO_BASE), FW_CFG_IO_LEN)?;
+    let fw = Arc::new(Mutex::new(build_fw_cfg(mem.clone(), layout, &setup)));
+    chipset.pio.insert(fw.clone(), u64::from(FW_CFG_IO_BASE), FW_CFG_IO_LEN)?;
+    chipset.stateful.push(("fw-cfg".into(), fw));
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub mod machine;
 pub mod pci_irq;
 pub mod runstate;
 pub mod smbios;
+pub mod snapshot;
 pub mod timers;
 pub mod vcpu_ops;
 

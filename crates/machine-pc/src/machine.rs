@@ -101,13 +101,13 @@ fn check_bios(image: &[u8]) -> Result<(), String> {
 
 /// A PC ready to run.
 pub struct PcMachine {
-    mem: Arc<GuestMemory>,
+    pub(crate) mem: Arc<GuestMemory>,
     layout: MemoryLayout,
-    chipset: Chipset,
+    pub(crate) chipset: Chipset,
     /// The machine as each vCPU sees it (its own local APIC), the vCPUs (0 is the
     /// bootstrap processor) and what wakes each.
     ops: Vec<Arc<VcpuOps>>,
-    vcpus: Vec<Box<dyn Vcpu>>,
+    pub(crate) vcpus: Vec<Box<dyn Vcpu>>,
     wakers: Vec<Arc<CpuWaker>>,
     boot: Boot,
     bios: Option<Vec<u8>>,
@@ -116,9 +116,11 @@ pub struct PcMachine {
     cpus: u32,
     topology: quern_core::Topology,
     timers: Option<TimerThread>,
-    rearm: Arc<TimerRearm>,
+    pub(crate) rearm: Arc<TimerRearm>,
+    /// Whether the interrupt controllers are our models (not KVM's in-kernel ones).
+    pub(crate) irqchip_ours: bool,
     /// Running or stopped, and the monitor's requests.
-    run: Arc<RunControl>,
+    pub(crate) run: Arc<RunControl>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
     /// a second with a count (and the rest on drop).
     triple_faults: LogLimiter,
@@ -173,7 +175,7 @@ impl PcMachine {
         if let (Boot::Firmware, Some(image)) = (&boot, &bios) {
             crate::firmware::install(&mut chipset, &cfg, &layout, &mem, &accel, image)?;
         }
-        let run = RunControl::new(events.clone(), chipset.pm.clone(), cfg.start_paused);
+        let run = RunControl::new(events.clone(), chipset.pm.clone(), cfg.start_paused, cfg.incoming);
         let pc = Arc::new(PcOps::new(&mut chipset, events));
         let rearm = Arc::new(TimerRearm::default());
         let ops: Vec<Arc<VcpuOps>> = (0..cfg.cpus as usize)
@@ -203,6 +205,7 @@ impl PcMachine {
             topology: cfg.topology,
             timers,
             rearm,
+            irqchip_ours: userspace_irqchip(&accel),
             run,
             triple_faults,
             resets,
@@ -271,6 +274,7 @@ impl PcMachine {
     /// with `-no-reboot`. Returns the emulator's exit status.
     pub fn run(mut self) -> Result<i32, MachineError> {
         let status = self.run_loop();
+        self.run.drop_jobs();
         if let Some(t) = self.timers.take() {
             t.stop(&self.rearm);
         }
@@ -288,7 +292,7 @@ impl PcMachine {
     }
 
     fn run_loop(&mut self) -> Result<i32, MachineError> {
-        if self.run.state() == RunState::Prelaunch {
+        if matches!(self.run.state(), RunState::Prelaunch | RunState::InMigrate) {
             if let Some(status) = self.stopped()? {
                 return Ok(status);
             }
@@ -360,8 +364,8 @@ impl PcMachine {
             Some(MachineEvent::Pause) | None => {}
         }
         self.serve_requests();
-        if self.run.take_pause() {
-            self.run.set_state(RunState::Paused);
+        if let Some(state) = self.run.take_pause() {
+            self.run.set_state(state);
             self.observe(|o| o.stopped());
             return self.stopped();
         }
@@ -409,10 +413,14 @@ impl PcMachine {
 
     /// What the monitor asked to read while the vCPUs stand still.
     fn serve_requests(&mut self) {
-        if self.run.take_registers_request() {
-            let text: String = self.vcpus.iter().enumerate().map(|(i, v)| registers_text(i, &**v)).collect();
-            self.run.put_registers(text);
+        while let Some(job) = self.run.take_job() {
+            job(self);
         }
+    }
+
+    /// Every vCPU's registers, as `info registers` shows them.
+    pub fn registers_text(&self) -> String {
+        self.vcpus.iter().enumerate().map(|(i, v)| registers_text(i, &**v)).collect()
     }
 
     /// The monitor's `quit` ends the run: its SHUTDOWN event.

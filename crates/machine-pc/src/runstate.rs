@@ -6,7 +6,8 @@
 //! waits while paused, and tells the [`RunObserver`] (the monitor's events) what
 //! happened.
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use quern_core::bus::lock;
@@ -14,6 +15,11 @@ use quern_core::{MachineControl, MachineEvent};
 use quern_devices::acpi_pm::AcpiPm;
 
 use crate::control::EventQueue;
+use crate::machine::PcMachine;
+
+/// Work for the machine's thread, done with every vCPU stopped: reading registers,
+/// saving or loading the state.
+type Job = Box<dyn FnOnce(&mut PcMachine) + Send>;
 
 pub use quern_core::RunState;
 
@@ -29,17 +35,18 @@ pub trait RunObserver: Send + Sync {
 
 struct Flags {
     state: RunState,
-    /// `stop` asked, not yet acted on.
-    pause: bool,
+    /// `stop` asked, not yet acted on: the state to stop in.
+    pause: Option<RunState>,
     /// `cont` asked, not yet acted on.
     cont: bool,
     /// The next reset is the monitor's.
     host_reset: bool,
     /// A reset since the guest shut down (`cont` is allowed again).
     reset_since_shutdown: bool,
-    /// `info registers` asked: the machine fills `registers` between vCPU runs.
-    registers_wanted: bool,
-    registers: Option<String>,
+    /// Jobs waiting for the vCPUs to stop.
+    jobs: VecDeque<Job>,
+    /// Run once an incoming state is loaded (no `-S`, or `cont` meanwhile).
+    autostart: bool,
     /// The exit under way is the monitor's `quit`.
     quit: bool,
 }
@@ -54,17 +61,21 @@ pub struct RunControl {
 }
 
 impl RunControl {
-    pub(crate) fn new(events: Arc<EventQueue>, pm: Arc<Mutex<AcpiPm>>, start_paused: bool) -> Arc<Self> {
-        let state = if start_paused { RunState::Prelaunch } else { RunState::Running };
+    pub(crate) fn new(events: Arc<EventQueue>, pm: Arc<Mutex<AcpiPm>>, start_paused: bool, incoming: bool) -> Arc<Self> {
+        let state = match (incoming, start_paused) {
+            (true, _) => RunState::InMigrate,
+            (false, true) => RunState::Prelaunch,
+            (false, false) => RunState::Running,
+        };
         Arc::new(RunControl {
             flags: Mutex::new(Flags {
                 state,
-                pause: false,
+                pause: None,
                 cont: false,
                 host_reset: false,
                 reset_since_shutdown: false,
-                registers_wanted: false,
-                registers: None,
+                jobs: VecDeque::new(),
+                autostart: !start_paused,
                 quit: false,
             }),
             cond: Condvar::new(),
@@ -91,9 +102,19 @@ impl RunControl {
     pub fn stop(&self) {
         let mut f = lock(&self.flags);
         if f.state == RunState::Running {
-            f.pause = true;
+            f.pause = Some(RunState::Paused);
             drop(f);
             self.events.request(MachineEvent::Pause);
+        }
+    }
+
+    /// A save is complete: the machine stays stopped (QEMU's `postmigrate`).
+    pub(crate) fn saved(&self) {
+        let mut f = lock(&self.flags);
+        match f.state {
+            RunState::Running => f.pause = Some(RunState::PostMigrate),
+            RunState::Paused | RunState::Prelaunch => f.state = RunState::PostMigrate,
+            _ => {}
         }
     }
 
@@ -102,13 +123,18 @@ impl RunControl {
         let mut f = lock(&self.flags);
         match f.state {
             RunState::Running => return Ok(()),
+            // As QEMU: run once the incoming state is in.
+            RunState::InMigrate => {
+                f.autostart = true;
+                return Ok(());
+            }
             RunState::Shutdown if !f.reset_since_shutdown => {
                 return Err("Resetting the Virtual Machine is required".into());
             }
             _ => {}
         }
         f.cont = true;
-        f.pause = false;
+        f.pause = None;
         drop(f);
         self.cond.notify_all();
         Ok(())
@@ -140,47 +166,55 @@ impl RunControl {
     /// Every vCPU's registers as text (`info registers`), read between vCPU runs: a
     /// running machine stops for the moment it takes.
     pub fn registers(&self) -> Result<String, String> {
-        let mut f = lock(&self.flags);
-        f.registers_wanted = true;
-        f.registers = None;
-        let running = f.state == RunState::Running;
-        drop(f);
+        self.run_job(Some(Duration::from_secs(10)), |m| m.registers_text())
+    }
+
+    /// Runs `f` on the machine's thread once every vCPU has stopped (a running machine
+    /// runs on afterwards) and returns its result; waits at most `timeout`, if given.
+    pub fn run_job<R: Send + 'static>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&mut PcMachine) -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let (tx, rx) = mpsc::channel();
+        let mut fl = lock(&self.flags);
+        fl.jobs.push_back(Box::new(move |m| {
+            let _ = tx.send(f(m));
+        }));
+        let running = fl.state == RunState::Running;
+        drop(fl);
         if running {
             self.events.request(MachineEvent::Pause);
         }
         self.cond.notify_all();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut f = lock(&self.flags);
-        loop {
-            if let Some(text) = f.registers.take() {
-                return Ok(text);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                f.registers_wanted = false;
-                return Err("the vCPUs did not stop to be read".into());
-            }
-            f = self
-                .cond
-                .wait_timeout(f, left.min(Duration::from_millis(50)))
-                .map(|r| r.0)
-                .unwrap_or_else(|e| e.into_inner().0);
+        let gone = |_| "the machine ended first".to_string();
+        match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|_| "the vCPUs did not stop in time".to_string()),
+            None => rx.recv().map_err(gone),
         }
+    }
+
+    pub(crate) fn take_job(&self) -> Option<Job> {
+        lock(&self.flags).jobs.pop_front()
+    }
+
+    /// Forgets waiting jobs (their callers get an error): the machine has ended.
+    pub(crate) fn drop_jobs(&self) {
+        lock(&self.flags).jobs.clear();
+    }
+
+    /// An incoming state is loaded: run on, or wait for `cont`.
+    pub(crate) fn incoming_done(&self) {
+        let mut f = lock(&self.flags);
+        f.state = RunState::Paused;
+        f.cont = f.autostart;
+        drop(f);
+        self.cond.notify_all();
     }
 
     /// Whether the exit under way is `quit`'s (then forgotten).
     pub(crate) fn take_quit(&self) -> bool {
         std::mem::take(&mut lock(&self.flags).quit)
-    }
-
-    /// Whether `info registers` waits (then taken).
-    pub(crate) fn take_registers_request(&self) -> bool {
-        std::mem::take(&mut lock(&self.flags).registers_wanted)
-    }
-
-    pub(crate) fn put_registers(&self, text: String) {
-        lock(&self.flags).registers = Some(text);
-        self.cond.notify_all();
     }
 
     pub(crate) fn set_state(&self, state: RunState) {
@@ -191,9 +225,9 @@ impl RunControl {
         f.state = state;
     }
 
-    /// Whether a `stop` waits to be acted on (then taken).
-    pub(crate) fn take_pause(&self) -> bool {
-        std::mem::take(&mut lock(&self.flags).pause)
+    /// The state a `stop` (or a save) waits to stop in, if any (then taken).
+    pub(crate) fn take_pause(&self) -> Option<RunState> {
+        lock(&self.flags).pause.take()
     }
 
     /// Whether the reset being done is the monitor's (then forgotten).
@@ -213,7 +247,7 @@ impl RunControl {
                 f.state = RunState::Running;
                 return true;
             }
-            if self.events.is_pending() || f.registers_wanted {
+            if self.events.is_pending() || !f.jobs.is_empty() {
                 return false;
             }
             f = self.cond.wait_timeout(f, Duration::from_millis(50)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);

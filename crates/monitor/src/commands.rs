@@ -112,7 +112,44 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
     // What libvirt's probe asks and quern has nothing to list for yet.
     ("query-qmp-schema", &[], |_, _| Ok(json!([]))),
     ("query-command-line-options", &["option"], |_, _| Ok(json!([]))),
-    ("query-migrate-capabilities", &[], |_, _| Ok(json!([]))),
+    ("query-migrate-capabilities", &[], |m, _| Ok(m.migration.capabilities())),
+    ("migrate-set-capabilities", &["capabilities"], |m, a| {
+        m.migration.set_capabilities(a.get("capabilities").unwrap_or(&Value::Null)).map(|()| json!({}))
+    }),
+    // Bandwidth and downtime limits mean nothing to a save that stops the guest.
+    ("migrate-set-parameters", &["max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname", "tls-authz"], |_, _| {
+        Ok(json!({}))
+    }),
+    ("query-migrate-parameters", &[], |_, _| {
+        Ok(json!({ "max-bandwidth": 134217728, "downtime-limit": 300, "tls-creds": "", "tls-hostname": "" }))
+    }),
+    ("migrate", &["uri", "blk", "inc", "detach", "resume"], |m, a| {
+        let uri = string_arg(a, "uri")?;
+        m.migrate(uri).map(|()| json!({}))
+    }),
+    ("migrate-incoming", &["uri"], |m, a| {
+        let uri = string_arg(a, "uri")?;
+        m.migrate_incoming(uri).map(|()| json!({}))
+    }),
+    ("query-migrate", &[], |m, _| Ok(m.migration.query())),
+    ("migrate_cancel", &[], |_, _| Err(QmpError::generic("a save cannot be cancelled once it has started"))),
+    ("getfd", &["fdname"], |m, a| {
+        let name = string_arg(a, "fdname")?;
+        m.name_fd(name).map(|()| json!({})).map_err(QmpError::generic)
+    }),
+    ("closefd", &["fdname"], |m, a| {
+        let name = string_arg(a, "fdname")?;
+        m.take_named_fd(name)
+            .map(|_| json!({}))
+            .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
+    }),
+    ("query-block", &[], |m, _| Ok(Value::Array(m.vm.blocks().iter().map(crate::block::query_block).collect()))),
+    ("query-blockstats", &["query-nodes"], |m, _| {
+        Ok(Value::Array(m.vm.blocks().iter().map(crate::block::blockstats).collect()))
+    }),
+    ("query-named-block-nodes", &["flat"], |m, _| {
+        Ok(Value::Array(m.vm.blocks().iter().filter_map(crate::block::named_node).collect()))
+    }),
     ("query-jobs", &[], |_, _| Ok(json!([]))),
     ("qom-list-types", &["implements", "abstract"], |_, _| {
         let types = [
@@ -132,6 +169,19 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         Ok(Value::Array(types.iter().map(|t| json!({ "name": t })).collect()))
     }),
     ("qom-list-properties", &["typename"], |_, _| Ok(json!([]))),
+    ("qom-list", &["path"], |m, a| {
+        let path = string_arg(a, "path")?;
+        let mut list = vec![json!({ "name": "type", "type": "string" })];
+        match path {
+            "/machine/peripheral" => {
+                let ids = m.vm.info().peripherals.into_iter();
+                list.extend(ids.map(|(id, ty)| json!({ "name": id, "type": format!("child<{ty}>") })));
+            }
+            "/" | "/machine" | "/machine/peripheral-anon" | "/machine/unattached" => {}
+            _ => return Err(QmpError { class: "DeviceNotFound", desc: format!("Device '{path}' not found") }),
+        }
+        Ok(Value::Array(list))
+    }),
     ("device-list-properties", &["typename"], |_, a| {
         let t = string_arg(a, "typename")?;
         Err(QmpError { class: "DeviceNotFound", desc: format!("Device '{t}' not found") })

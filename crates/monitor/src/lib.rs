@@ -8,16 +8,21 @@
 //!   descriptor, as libvirt passes it); one thread per listener and per client.
 //! - [`session`]: one client's conversation: framing, negotiation, dispatch.
 //! - [`commands`]: the commands and what they answer.
+//! - [`migration`]: `migrate`/`migrate-incoming` (save and restore) and their events.
 //!
 //! The monitor never touches the machine's state itself: it asks through [`Vm`]
 //! (implemented by the machine, which acts between vCPU runs) and is told of run-state
 //! changes through [`Monitor::event`], which it broadcasts to every negotiated client.
 
+pub mod block;
 pub mod commands;
+pub mod migration;
 pub mod server;
 pub mod session;
 
-use std::io::Write;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,6 +50,49 @@ pub trait Vm: Send + Sync {
     fn set_link(&self, name: &str, up: bool) -> Result<(), String>;
     /// `human-monitor-command`'s `info registers` and friends: text, or an error.
     fn human(&self, command: &str) -> Result<String, String>;
+    /// `migrate`: writes the machine's whole state to `out`, the vCPUs stopped (the
+    /// machine stays stopped after); returns the bytes written once done.
+    fn save(&self, out: Box<dyn Write + Send>) -> Result<u64, String>;
+    /// `migrate-incoming`: loads a saved state (the machine waits for it, `-incoming`).
+    fn load(&self, input: Box<dyn Read + Send>) -> Result<(), String>;
+    /// The block devices, for `query-block` and friends.
+    fn blocks(&self) -> Vec<BlockInfo>;
+}
+
+/// A drive and its medium, as `query-block`, `query-blockstats` and
+/// `query-named-block-nodes` report it.
+#[derive(Clone, Debug, Default)]
+pub struct BlockInfo {
+    /// The drive's name (`-drive id=`, or QEMU's default such as ide0-hd0); empty for
+    /// a drive made with `-blockdev` + `-device`.
+    pub device: String,
+    /// The `-device`'s id (libvirt's `ide0-0-0`), for the `qdev` member.
+    pub qdev: String,
+    /// The format node's name (`-blockdev node-name=`), or one quern made up.
+    pub node_name: String,
+    pub removable: bool,
+    /// The medium: its file, format ("raw", "qcow2"), size, read-only; `None` for an
+    /// empty CD-ROM drive.
+    pub medium: Option<Medium>,
+    /// Counters since start.
+    pub stats: BlockCounters,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Medium {
+    pub file: String,
+    pub format: String,
+    pub size: u64,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockCounters {
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_ops: u64,
+    pub wr_ops: u64,
+    pub flush_ops: u64,
 }
 
 /// Facts about the machine the query commands report.
@@ -62,17 +110,57 @@ pub struct VmInfo {
     pub uuid: String,
     /// Character devices: (label, QEMU's filename, e.g. "pty:/dev/pts/3").
     pub chardevs: Vec<(String, String)>,
+    /// Devices with an `id=`: (id, QOM type), as `qom-list /machine/peripheral` lists them.
+    pub peripherals: Vec<(String, String)>,
 }
 
 /// The clients to broadcast events to, and the machine behind them.
 pub struct Monitor {
     vm: Arc<dyn Vm>,
     clients: Mutex<Vec<Weak<session::Client>>>,
+    migration: migration::Migration,
+    fds: Mutex<Fds>,
+}
+
+/// Descriptors clients passed (SCM_RIGHTS), and those `getfd` named.
+#[derive(Default)]
+struct Fds {
+    received: VecDeque<OwnedFd>,
+    named: HashMap<String, OwnedFd>,
 }
 
 impl Monitor {
     pub fn new(vm: Arc<dyn Vm>) -> Arc<Monitor> {
-        Arc::new(Monitor { vm, clients: Mutex::new(Vec::new()) })
+        Arc::new(Monitor {
+            vm,
+            clients: Mutex::new(Vec::new()),
+            migration: Default::default(),
+            fds: Default::default(),
+        })
+    }
+
+    /// A descriptor arrived with a client's bytes; `getfd` names it.
+    fn fd_received(&self, fd: OwnedFd) {
+        let mut f = self.fds.lock().unwrap_or_else(|e| e.into_inner());
+        // A client that sends descriptors without ever naming them cannot pile them up.
+        if f.received.len() >= 16 {
+            f.received.pop_front();
+        }
+        f.received.push_back(fd);
+    }
+
+    /// `getfd`: the descriptor that came with the command, under `name`.
+    fn name_fd(&self, name: &str) -> Result<(), String> {
+        let mut f = self.fds.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = f.received.pop_back().ok_or("No file descriptor supplied via SCM_RIGHTS")?;
+        f.received.clear();
+        f.named.insert(name.to_string(), fd);
+        Ok(())
+    }
+
+    /// `closefd`, or a migration taking its descriptor.
+    fn take_named_fd(&self, name: &str) -> Option<OwnedFd> {
+        self.fds.lock().unwrap_or_else(|e| e.into_inner()).named.remove(name)
     }
 
     pub fn vm(&self) -> &Arc<dyn Vm> {

@@ -102,7 +102,7 @@ impl Listening {
         std::thread::Builder::new().name("quern-qmp".into()).spawn(move || loop {
             let accepted = match &self.listener {
                 Listener::Unix(l) => l.accept().and_then(|(s, _)| {
-                    let r = s.try_clone()?;
+                    let r = FdPassingReader { sock: s.try_clone()?, monitor: monitor.clone() };
                     Ok((Box::new(r) as Box<dyn io::Read + Send>, Box::new(s) as Box<dyn io::Write + Send>))
                 }),
                 Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
@@ -119,5 +119,49 @@ impl Listening {
             }
         })?;
         Ok(())
+    }
+}
+
+/// Reads a UNIX socket keeping the file descriptors that come with the bytes
+/// (SCM_RIGHTS, as libvirt sends one with `getfd`) for the monitor's `getfd`.
+struct FdPassingReader {
+    sock: std::os::unix::net::UnixStream,
+    monitor: Arc<Monitor>,
+}
+
+impl io::Read for FdPassingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        const MAX_FDS: usize = 8;
+        // Room for a control message of MAX_FDS descriptors (u64 keeps it aligned).
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: the header points at `buf` and `control`, both live and of the sizes given.
+        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: walking the control messages the kernel wrote, with its macros.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                    for i in 0..count.min(MAX_FDS) {
+                        // Each received descriptor is new and ours.
+                        self.monitor.fd_received(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok(n as usize)
     }
 }

@@ -67,13 +67,13 @@ fn run(opts: Options) -> Result<i32, Fatal> {
     if !opts.display_none {
         log::info!("quern has no graphical display: running as with -nographic");
     }
-    let cfg = setup::machine_config(&opts).map_err(Fatal)?;
+    let (cfg, drive_stats) = setup::machine_config(&opts).map_err(Fatal)?;
     let _pidfile = opts.pidfile.as_deref().map(setup::PidFile::create).transpose().map_err(Fatal)?;
     let (layout, mem, bios) = prepare_memory(&cfg)?;
     let accel = setup::make_accelerator(&opts, cfg.cpus, mem.clone()).map_err(Fatal)?;
     let accel_name = accel.name();
     let machine = PcMachine::new(cfg, layout, mem, bios, accel)?;
-    monitor::start(&opts, machine.run_control(), machine.nics(), accel_name).map_err(Fatal)?;
+    monitor::start(&opts, machine.run_control(), machine.nics(), accel_name, drive_stats).map_err(Fatal)?;
     pty::spawn_input(machine.serial());
     let _raw = if opts.daemonize {
         daemon::ready();

@@ -1,19 +1,24 @@
 //! The QMP monitors' view of the machine: quern-monitor's [`Vm`] on machine-pc's run
 //! control, and the run-state changes sent to the clients as QMP events.
 
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use quern_block::BlockStats;
 use quern_machine_pc::chipset::NicLink;
 use quern_machine_pc::runstate::{RunControl, RunObserver};
-use quern_monitor::{Monitor, RunState, Vm, VmInfo};
+use quern_monitor::{BlockCounters, BlockInfo, Medium, Monitor, RunState, Vm, VmInfo};
 use serde_json::json;
 
+use crate::cli::drives::DriveSpec;
 use crate::cli::Options;
 
 struct MachineVm {
     run: Arc<RunControl>,
     info: VmInfo,
     nics: Vec<NicLink>,
+    drives: Vec<(DriveSpec, Option<Arc<BlockStats>>)>,
 }
 
 impl Vm for MachineVm {
@@ -43,6 +48,15 @@ impl Vm for MachineVm {
     }
     fn info(&self) -> VmInfo {
         self.info.clone()
+    }
+    fn save(&self, mut out: Box<dyn Write + Send>) -> Result<u64, String> {
+        self.run.run_job(None, move |m| m.save_state(&mut out).map_err(|e| e.to_string()))?
+    }
+    fn load(&self, mut input: Box<dyn Read + Send>) -> Result<(), String> {
+        self.run.run_job(None, move |m| m.load_state(&mut input).map_err(|e| e.to_string()))?
+    }
+    fn blocks(&self) -> Vec<BlockInfo> {
+        self.drives.iter().map(|(d, stats)| block_info(d, stats.as_deref())).collect()
     }
     fn human(&self, line: &str) -> Result<String, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -107,17 +121,60 @@ impl RunObserver for Events {
     }
 }
 
+/// A drive as the block queries show it: a `-blockdev` drive by its `-device` id
+/// and node name, a `-drive` by its id, as QEMU names them.
+fn block_info(d: &DriveSpec, stats: Option<&BlockStats>) -> BlockInfo {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let medium = d.file.as_ref().map(|f| Medium {
+        file: f.display().to_string(),
+        format: d.format.clone().unwrap_or_else(|| "raw".into()),
+        size: std::fs::metadata(f).map_or(0, |m| m.len()),
+        read_only: d.read_only,
+    });
+    BlockInfo {
+        device: if d.node_name.is_some() { String::new() } else { d.id.clone() },
+        qdev: d.qdev.clone().unwrap_or_else(|| format!("/machine/unattached/{}", d.id)),
+        node_name: d.node_name.clone().unwrap_or_else(|| format!("#block-{}", d.id)),
+        removable: d.media == crate::cli::drives::Media::Cdrom,
+        medium,
+        stats: stats.map_or_else(BlockCounters::default, |s| BlockCounters {
+            rd_bytes: get(&s.rd_bytes),
+            wr_bytes: get(&s.wr_bytes),
+            rd_ops: get(&s.rd_ops),
+            wr_ops: get(&s.wr_ops),
+            flush_ops: get(&s.flush_ops),
+        }),
+    }
+}
+
 /// A UUID as written (8-4-4-4-12 hex digits).
 fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// Starts the monitors `o` asks for (their sockets listen when this returns).
-pub fn start(o: &Options, run: Arc<RunControl>, nics: Vec<NicLink>, accel: &str) -> Result<(), String> {
-    if o.qmp.is_empty() {
+/// Starts the monitors `o` asks for (their sockets listen when this returns), and an
+/// `-incoming` load that names its source.
+pub fn start(
+    o: &Options,
+    run: Arc<RunControl>,
+    nics: Vec<NicLink>,
+    accel: &str,
+    stats: crate::setup::DriveStats,
+) -> Result<(), String> {
+    let incoming = o.incoming.as_deref().filter(|u| *u != "defer");
+    if o.qmp.is_empty() && incoming.is_none() {
         return Ok(());
     }
+    let mut peripherals: Vec<(String, String)> = o
+        .drives
+        .iter()
+        .filter_map(|d| {
+            let ty = if d.media == crate::cli::drives::Media::Cdrom { "ide-cd" } else { "ide-hd" };
+            d.qdev.clone().map(|id| (id, ty.to_string()))
+        })
+        .collect();
+    peripherals.extend(nics.iter().map(|n| (n.id.clone(), "e1000".to_string())));
     let info = VmInfo {
         accel: accel.to_string(),
         kvm_present: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
@@ -126,12 +183,17 @@ pub fn start(o: &Options, run: Arc<RunControl>, nics: Vec<NicLink>, accel: &str)
         name: o.name.clone(),
         uuid: format_uuid(&o.uuid),
         chardevs: crate::pty::chardev().into_iter().collect(),
+        peripherals,
     };
-    let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info, nics }));
+    let drives = o.drives.iter().cloned().zip(stats).collect();
+    let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info, nics, drives }));
     run.set_observer(Arc::new(Events(monitor.clone())));
     for e in &o.qmp {
         let l = e.listen().map_err(|err| format!("monitor socket {e}: {err}"))?;
         l.serve(monitor.clone()).map_err(|err| format!("-qmp: {err}"))?;
+    }
+    if let Some(uri) = incoming {
+        monitor.incoming(uri).map_err(|e| format!("-incoming {uri}: {}", e.desc))?;
     }
     Ok(())
 }

@@ -24,8 +24,9 @@ struct Pty {
 
 static PTY: OnceLock<Pty> = OnceLock::new();
 
-/// Makes the pseudo-terminal; returns COM1's output (the master, non-blocking).
-pub fn open(label: &str) -> Result<Box<dyn Write + Send>, String> {
+/// Makes the pseudo-terminal; returns COM1's output (the master, non-blocking, and a
+/// copy to `log`, QEMU's `logfile=` (path, append), if given).
+pub fn open(label: &str, log: Option<&(std::path::PathBuf, bool)>) -> Result<Box<dyn Write + Send>, String> {
     let err = |what: &str| format!("-chardev pty: {what}: {}", io::Error::last_os_error());
     // SAFETY: plain libc calls on a descriptor this function owns; checked.
     let (master, path) = unsafe {
@@ -54,14 +55,33 @@ pub fn open(label: &str) -> Result<Box<dyn Write + Send>, String> {
     eprintln!("char device redirected to {path} (label {label})");
     let writer = master.try_clone().map_err(|e| format!("-chardev pty: {e}"))?;
     let _ = PTY.set(Pty { label: label.to_string(), path, master });
-    Ok(Box::new(DropWhenFull(writer)))
+    let log = match log {
+        Some((p, append)) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(*append)
+                .truncate(!*append)
+                .open(p)
+                .map_err(|e| format!("-chardev pty,logfile={}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Box::new(DropWhenFull(writer, log)))
 }
 
-/// Writes that never block: with nobody reading the slave, output is dropped.
-struct DropWhenFull(File);
+/// Writes that never block: with nobody reading the slave, output is dropped (the log
+/// file, if any, still gets it).
+struct DropWhenFull(File, Option<File>);
 
 impl Write for DropWhenFull {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(log) = &mut self.1 {
+            if let Err(e) = log.write_all(buf) {
+                log::warn!("chardev log file: {e}: logging stops");
+                self.1 = None;
+            }
+        }
         match self.0.write(buf) {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock) || e.raw_os_error() == Some(libc::EIO) => {
                 Ok(buf.len())

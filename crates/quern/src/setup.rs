@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use quern_block::{BlockBackend, BlockStats, Counted};
 use quern_core::cpu::{IrqChipMode, SharedAccelerator};
 use quern_core::{CpuError, CpuModel, GuestMemory};
 use quern_machine_pc::config::{CharOut, DebugExitConfig, DriveConfig, MachineConfig};
@@ -21,7 +22,7 @@ fn char_out(dev: &CharDev, opt: &str) -> Result<Option<CharOut>, String> {
             let f = File::create(p).map_err(|e| format!("-{opt} file:{}: cannot create: {e}", p.display()))?;
             Some(Box::new(f))
         }
-        CharDev::Pty(label) => Some(crate::pty::open(label)?),
+        CharDev::Pty(label, log) => Some(crate::pty::open(label, log.as_ref())?),
     })
 }
 
@@ -95,8 +96,9 @@ fn check_readable(opt: &str, p: &Path) -> Result<(), String> {
     }
 }
 
-/// Opens a drive's image as the options say; errors name the option's image.
-fn open_drive(d: &DriveSpec) -> Result<DriveConfig, String> {
+/// Opens a drive's image as the options say (its requests counted for the monitor);
+/// errors name the option's image.
+fn open_drive(d: &DriveSpec) -> Result<(DriveConfig, Option<Arc<BlockStats>>), String> {
     let backend = match &d.file {
         None => None,
         Some(path) => {
@@ -108,11 +110,22 @@ fn open_drive(d: &DriveSpec) -> Result<DriveConfig, String> {
             Some(quern_block::open(&opts).map_err(|e| err(&e))?)
         }
     };
-    Ok(DriveConfig { backend, media: d.media, bus: d.bus, unit: d.unit, bootindex: d.bootindex, id: d.id.clone() })
+    let (backend, stats) = match backend {
+        Some(b) => {
+            let (counted, stats) = Counted::new(b);
+            (Some(counted as Arc<dyn BlockBackend>), Some(stats))
+        }
+        None => (None, None),
+    };
+    let drive = DriveConfig { backend, media: d.media, bus: d.bus, unit: d.unit, bootindex: d.bootindex, id: d.id.clone() };
+    Ok((drive, stats))
 }
 
-/// The machine configuration the options describe.
-pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
+/// Each drive's request counters (`None` for an empty CD-ROM drive), in `-drive` order.
+pub type DriveStats = Vec<Option<Arc<BlockStats>>>;
+
+/// The machine configuration the options describe, and its drives' counters.
+pub fn machine_config(o: &Options) -> Result<(MachineConfig, DriveStats), String> {
     let mut bios = o.bios.as_deref().map(|b| find_firmware(b, &o.firmware_dirs));
     // Drives or network cards asked for and nothing to boot directly: the firmware
     // boots them (PXE through a card's option ROM), as QEMU's default. QEMU's default
@@ -125,6 +138,8 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
             check_readable(opt, p)?;
         }
     }
+    let (drives, stats): (Vec<DriveConfig>, DriveStats) =
+        o.drives.iter().map(open_drive).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
     let mut cfg = MachineConfig {
         ram_bytes: o.ram_bytes,
         cpus: o.cpus,
@@ -138,13 +153,14 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
         serial: None,
         debugcon: None,
         debug_exit: None,
-        drives: o.drives.iter().map(open_drive).collect::<Result<_, _>>()?,
+        drives,
         boot_order: o.boot_order.clone(),
         boot_strict: o.boot_strict,
         boot_menu: o.boot_menu,
         uuid: o.uuid,
         nics: Vec::new(),
         start_paused: o.start_paused,
+        incoming: o.incoming.is_some(),
         rtc_offset_secs: if o.rtc_localtime { local_utc_offset() } else { 0 },
     };
     if let Some(dev) = &o.serial {
@@ -160,7 +176,7 @@ pub fn machine_config(o: &Options) -> Result<MachineConfig, String> {
             Device::DebugCon => unreachable!("the parser folds isa-debugcon into Options::debugcon"),
         }
     }
-    Ok(cfg)
+    Ok((cfg, stats))
 }
 
 /// The host's offset from UTC now, in seconds (its time zone, daylight saving time

@@ -922,6 +922,14 @@ impl Vcpu for TcgVcpu {
         Arc::new(TcgKicker { shared: self.shared.clone() })
     }
 
+    fn waits_for_start_up(&self) -> bool {
+        self.cpu().wait_for_sipi
+    }
+
+    fn set_waits_for_start_up(&mut self, wait: bool) {
+        self.wait_for_start_up(wait);
+    }
+
     fn reset(&mut self) -> Result<(), CpuError> {
         let (r, s) = regs::power_on_state();
         {

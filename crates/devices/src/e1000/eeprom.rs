@@ -53,8 +53,9 @@ const TEMPLATE: [u16; WORDS] = [
     0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0x0000, //
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Eeprom {
+    #[serde(with = "crate::snapshot::big_array")]
     words: [u16; WORDS],
     /// The EECD bits the driver drives (SK, CS, DI, FWE, REQ), as last written.
     pins: u32,

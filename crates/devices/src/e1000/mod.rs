@@ -39,10 +39,12 @@ mod tx;
 use std::sync::{Arc, Mutex, Weak};
 
 use quern_core::bus::lock;
+use quern_core::snapshot::{self, field, Snapshot};
 use quern_core::{GuestMemory, IrqLine};
 use quern_net::{FrameSink, NetBackend};
 
 use crate::pci::{BarKind, ConfigSpace, PciDevice, SharedPciDevice};
+use crate::snapshot::restored;
 use eeprom::Eeprom;
 use phy::Phy;
 use regs::*;
@@ -139,6 +141,12 @@ impl E1000 {
         Arc::new(Sink(Arc::downgrade(self)))
     }
 
+    /// The NIC as a [`Snapshot`], to keep among the devices the machine saves (the NIC
+    /// itself is shared, and saved and restored through this).
+    pub fn state(self: &Arc<Self>) -> Arc<Mutex<dyn Snapshot + Send>> {
+        Arc::new(Mutex::new(Shared(self.clone())))
+    }
+
     /// Attaches the backend frames are sent to. Until then they are dropped.
     pub fn connect(&self, backend: Arc<dyn NetBackend>) {
         *lock(&self.backend) = Some(backend);
@@ -203,6 +211,22 @@ impl E1000 {
         if d.resume {
             backend.resume();
         }
+    }
+}
+
+/// [`E1000::state`]: the shared NIC as a device to save.
+struct Shared(Arc<E1000>);
+
+impl Snapshot for Shared {
+    fn save_state(&self) -> snapshot::State {
+        lock(&self.0.state).save_state()
+    }
+
+    fn restore_state(&mut self, state: &snapshot::State) -> Result<(), String> {
+        lock(&self.0.state).restore_state(state)?;
+        // As after a reset, the backend may offer the frames it holds.
+        self.0.finish(Deferred { resume: true, ..Deferred::default() });
+        Ok(())
     }
 }
 
@@ -511,6 +535,38 @@ impl State {
         let off = addr.checked_sub(self.config.rom_bar()?)?;
         let size = (rom.len() as u64).max(2048).next_power_of_two();
         (off < size).then_some(off as usize)
+    }
+}
+
+/// The configuration space (BARs, command, interrupt line), the register file, the
+/// EEPROM with its microwire interface, the PHY, the transmit side's contexts and
+/// partly assembled packet, IOADDR, the cable and INTA's level. Not the option ROM.
+impl Snapshot for State {
+    fn save_state(&self) -> snapshot::State {
+        serde_json::json!({
+            "config": self.config.save_state(),
+            "regs": self.regs,
+            "eeprom": self.eeprom,
+            "phy": self.phy,
+            "tx": self.tx,
+            "io_addr": self.io_addr,
+            "cable": self.cable,
+            "line": self.line,
+        })
+    }
+
+    fn restore_state(&mut self, state: &snapshot::State) -> Result<(), String> {
+        let config = restored(&self.config, state, "config")?;
+        let regs: Vec<u32> = field(state, "regs")?;
+        if regs.len() != REG_COUNT {
+            return Err(format!("field 'regs': {} registers, not {REG_COUNT}", regs.len()));
+        }
+        let (eeprom, phy, tx) = (field(state, "eeprom")?, field(state, "phy")?, field(state, "tx")?);
+        let (io_addr, cable, line) = (field(state, "io_addr")?, field(state, "cable")?, field(state, "line")?);
+        (self.config, self.regs, self.eeprom, self.phy, self.tx) = (config, regs, eeprom, phy, tx);
+        (self.io_addr, self.cable, self.line) = (io_addr, cable, line);
+        self.intx.set_level(self.line);
+        Ok(())
     }
 }
 

@@ -46,7 +46,7 @@ const M88_STATUS_LINK: u16 = 1 << 10;
 const WRITABLE: [usize; 8] =
     [ANAR, CTRL1000, M88_SPEC_CTRL, M88_EXT_SPEC_CTRL, M88_PAGE_SELECT, M88_GEN_CONTROL, 0x16, 0x1a];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Phy {
     regs: [u16; 32],
 }

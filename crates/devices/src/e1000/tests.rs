@@ -42,9 +42,13 @@ struct Rig {
 
 impl Rig {
     fn with(mem: GuestMemory, rom: Option<Vec<u8>>) -> Rig {
+        Rig::with_mac(mem, rom, MAC)
+    }
+
+    fn with_mac(mem: GuestMemory, rom: Option<Vec<u8>>, mac: [u8; 6]) -> Rig {
         let mem = Arc::new(mem);
         let irq = Arc::new(TestIrq::default());
-        let nic = E1000::new(mem.clone(), irq.clone(), E1000Config { mac: MAC, rom });
+        let nic = E1000::new(mem.clone(), irq.clone(), E1000Config { mac, rom });
         let pci = nic.pci_function();
         let backend = Arc::new(FakeBackend::default());
         nic.connect(backend.clone());
@@ -899,4 +903,55 @@ fn reset_returns_to_power_on() {
     rig.cfg_write(0x10, BAR0 as u32);
     rig.cfg_write(0x04, 0x7);
     assert_eq!(rig.r(regs::STATUS) & regs::STATUS_LU, 0);
+}
+
+// ---- Save and restore ----
+
+#[test]
+fn snapshot_keeps_registers_eeprom_phy_and_a_packet_half_sent() {
+    let r = Rig::new();
+    r.w(regs::RA + 8, 0x1234_5678);
+    r.w(regs::MTA + 4, 0x8000);
+    r.w(regs::IMS, regs::ICR_LSC);
+    r.nic.set_link(false);
+    assert!(r.irq.level());
+    mdic(&r, 1, 4, regs::MDIC_OP_WRITE, 0x01e1);
+    r.io_write(0, regs::RCTL);
+    // A TSO packet whose header and first payload piece the NIC has taken.
+    r.tx_setup(16);
+    let p = tcp_packet(6000, false);
+    r.mem.write(TX_BUFS, &p).unwrap();
+    context(&r, 0, 0x0700_0000 | 6000, 54, 1448);
+    r.tx_desc(1, TX_BUFS, 0x2410_0000 | 54, 0x3 << 8);
+    r.tx_desc(2, TX_BUFS + 54, 0x2410_0000 | 3000, 0x3 << 8);
+    r.w(regs::TDT, 3);
+    assert!(r.sent().is_empty());
+
+    let s = Rig::with_mac(GuestMemory::flat(1 << 20).unwrap(), None, [0x02, 0, 0, 0, 0, 9]);
+    let mut ram = vec![0; 1 << 20];
+    r.mem.read(0, &mut ram).unwrap();
+    s.mem.write(0, &ram).unwrap(); // the machine restores memory alongside
+    let state = lock(&r.nic.state()).save_state();
+    crate::testutil::restore_into(&mut *lock(&s.nic.state()), &state);
+    assert!(s.irq.level(), "INTA is driven again");
+    for off in [regs::CTRL, regs::STATUS, regs::ICS, regs::IMS, regs::RA, regs::RA + 4, regs::RA + 8, regs::MTA + 4] {
+        assert_eq!(s.r(off), r.r(off), "register {off:#x}");
+    }
+    assert_eq!(
+        (0..0x40).map(|a| bitbang_read(&s, a)).collect::<Vec<_>>(),
+        (0..0x40).map(|a| bitbang_read(&r, a)).collect::<Vec<_>>()
+    );
+    assert_eq!(mdic(&s, 1, 4, regs::MDIC_OP_READ, 0) & 0xffff, 0x01e1);
+    assert_eq!(mdic(&s, 1, 1, regs::MDIC_OP_READ, 0) & 4, 0, "the PHY's link is down too");
+    assert_eq!(s.io_read(0), regs::RCTL, "IOADDR");
+    // The rest of the packet completes it on both.
+    for rig in [&r, &s] {
+        rig.tx_desc(3, TX_BUFS + 3054, 0x2d10_0000 | 3000, 0x3 << 8);
+        rig.w(regs::TDT, 4);
+    }
+    let sent = s.sent();
+    assert_eq!(sent.len(), 5);
+    assert_eq!(sent, r.sent());
+    let fixed = ["/config/bytes", "/regs", "/eeprom/words", "/phy/regs"];
+    crate::testutil::assert_refuses_malformed(&mut *lock(&s.nic.state()), &fixed);
 }

@@ -55,7 +55,7 @@ const POPTS_IXSM: u8 = 1 << 0;
 const POPTS_TXSM: u8 = 1 << 1;
 
 /// What a context descriptor sets up.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Context {
     ipcss: usize,
     ipcso: usize,
@@ -88,7 +88,7 @@ impl Context {
 }
 
 /// The transmit side's state between descriptors.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TxState {
     ctx: Context,
     tso_ctx: Context,

@@ -11,6 +11,7 @@
 //! clears it. Like QEMU, the drive reports no unit attention at power-on.
 
 use quern_block::{BlockBackend, BlockError};
+use serde::{Deserialize, Serialize};
 
 use super::ata::FIRMWARE;
 use super::channel::{Channel, PendingDma};
@@ -43,13 +44,14 @@ const ASC_MEDIUM_NOT_PRESENT: u8 = 0x3a;
 const ASC_REMOVAL_PREVENTED: u8 = 0x53;
 
 /// The sense data REQUEST SENSE returns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Sense {
     pub key: u8,
     pub asc: u8,
 }
 
 /// What a packet command sends to the host.
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) enum Payload {
     /// A reply built in memory.
     Reply(Vec<u8>),
@@ -57,6 +59,7 @@ pub(super) enum Payload {
     Sectors { lba: u64, frame: usize },
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct AtapiXfer {
     pub payload: Payload,
     /// Bytes sent so far, of `total`.
@@ -121,7 +124,7 @@ impl AtapiXfer {
 }
 
 /// A CD-ROM drive's own state.
-#[derive(Default)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub(super) struct AtapiState {
     pub sense: Sense,
     pub tray_open: bool,
@@ -140,6 +143,14 @@ impl AtapiState {
     /// QEMU's ide_reset: sense, pending change, tray and transfer cleared.
     pub fn reset(&mut self) {
         *self = AtapiState { new_media: self.new_media, ..AtapiState::default() };
+    }
+
+    /// Whether a transfer in progress lies within its payload (a restored state's is
+    /// checked before it is used).
+    pub fn consistent(&self) -> bool {
+        self.xfer.as_ref().is_none_or(|x| {
+            x.offset <= x.total && !matches!(&x.payload, Payload::Reply(v) if (v.len() as u64) < x.total)
+        })
     }
 
     pub fn medium_changed(&mut self, inserted: bool) {

@@ -36,7 +36,7 @@ const PRD_TABLE_MAX: u64 = 4096;
 /// Sectors per chunk between the medium and guest memory.
 const CHUNK_SECTORS: usize = 128;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct BusMaster {
     pub cmd: u8,
     pub status: u8,

@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
+use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{GuestMemory, IrqLine};
 
 use super::bmdma::{BusMaster, BM_ACTIVE, BM_INT};
 use super::drive::*;
 use super::DriveKind;
+use crate::snapshot::{parts_state, restored_parts};
 
 // Device control register.
 const NIEN: u8 = 0x02;
@@ -20,7 +22,7 @@ const SRST: u8 = 0x04;
 const HOB: u8 = 0x80;
 
 /// A DMA command waiting for the bus master (or the bus master for it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum PendingDma {
     Ata {
         unit: usize,
@@ -41,6 +43,7 @@ impl PendingDma {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Channel {
     pub drives: [Drive; 2],
     /// The selected device (the device register's DEV bit).
@@ -54,6 +57,34 @@ pub(super) struct Channel {
     pub mem: Arc<GuestMemory>,
     /// The function's bus-master enable (PCI command bit 2).
     pub bus_master: bool,
+}
+
+/// Both devices, the selection, device control, the line's level, the bus-master
+/// registers and a DMA command waiting for them. The bus-master enable follows the
+/// PCI command register; [`super::PiixIde`] sets it and drives the line.
+impl Snapshot for Channel {
+    fn save_state(&self) -> State {
+        serde_json::json!({
+            "drives": parts_state(&self.drives),
+            "unit": self.unit,
+            "ctrl": self.ctrl,
+            "irq_level": self.irq_level,
+            "bm": self.bm,
+            "dma": self.dma,
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let drives = restored_parts(&self.drives, state, "drives")?;
+        let (unit, ctrl, irq_level) = (field(state, "unit")?, field(state, "ctrl")?, field(state, "irq_level")?);
+        let (bm, dma): (_, Option<PendingDma>) = (field(state, "bm")?, field(state, "dma")?);
+        if unit > 1 || dma.is_some_and(|d| d.unit() > 1) {
+            return Err("a unit number past 1".into());
+        }
+        (self.drives, self.unit, self.ctrl, self.irq_level, self.bm, self.dma) =
+            (drives, unit, ctrl, irq_level, bm, dma);
+        Ok(())
+    }
 }
 
 /// Which devices may run `cmd`, and whether success sets DSC (QEMU's command table).
@@ -127,6 +158,11 @@ impl Channel {
                 self.irq.set_level(true);
             }
         }
+    }
+
+    /// Drives the line at the level the channel holds (after a restore).
+    pub fn sync_irq(&self) {
+        self.irq.set_level(self.irq_level);
     }
 
     fn lower_irq(&mut self) {

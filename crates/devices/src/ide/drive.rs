@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use quern_block::BlockBackend;
+use quern_core::snapshot::{field, Snapshot, State};
+use serde::{Deserialize, Serialize};
 
 use super::atapi::AtapiState;
 use super::DriveKind;
@@ -31,7 +33,7 @@ pub(super) const SECTOR: usize = 512;
 pub(super) const MAX_MULT: u8 = 16;
 
 /// A CHS geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chs {
     pub cylinders: u32,
     pub heads: u32,
@@ -89,7 +91,7 @@ pub fn bios_translation(backend: &dyn BlockBackend) -> u8 {
 }
 
 /// What the data port does while DRQ is set, and what follows the last byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Pio {
     /// No transfer: reads return 0, writes are dropped.
     Idle,
@@ -99,7 +101,7 @@ pub(super) enum Pio {
     Out(OutDone),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum InDone {
     /// The command is over (IDENTIFY).
     Stop,
@@ -109,7 +111,7 @@ pub(super) enum InDone {
     AtapiReply,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum OutDone {
     /// A block of WRITE SECTORS/MULTIPLE to write.
     AtaWrite,
@@ -118,7 +120,7 @@ pub(super) enum OutDone {
 }
 
 /// An ATA PIO read or write in progress.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(super) struct AtaXfer {
     /// Sectors still to move.
     pub remaining: u32,
@@ -127,6 +129,7 @@ pub(super) struct AtaXfer {
     pub lba48: bool,
 }
 
+#[derive(Clone)]
 pub(super) struct Drive {
     /// Whether a device is attached here; an absent one only keeps the task file.
     pub present: bool,
@@ -386,5 +389,59 @@ impl Drive {
     pub fn change_medium(&mut self, backend: Option<Arc<dyn BlockBackend>>) {
         self.backend = backend;
         self.atapi.medium_changed(self.backend.is_some());
+    }
+}
+
+/// The task file, the settings, the DRQ block in progress (only its `buf[..end]`) and
+/// the ATAPI state. What the drive is (kind, medium, serial, default geometry) comes
+/// from construction.
+impl Snapshot for Drive {
+    fn save_state(&self) -> State {
+        serde_json::json!({
+            "taskfile": [
+                self.feature, self.hob_feature, self.nsector, self.hob_nsector, self.sector, self.hob_sector,
+                self.lcyl, self.hob_lcyl, self.hcyl, self.hob_hcyl, self.select, self.status, self.error,
+            ],
+            "current": self.current,
+            "mult": self.mult,
+            "write_cache": self.write_cache,
+            "xfer_mode": self.xfer_mode,
+            "block": &self.buf[..self.end],
+            "pos": self.pos,
+            "pio": self.pio,
+            "ata": self.ata,
+            "atapi": self.atapi,
+        })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let taskfile: [u8; 13] = field(state, "taskfile")?;
+        let (current, mult) = (field(state, "current")?, field(state, "mult")?);
+        let (write_cache, xfer_mode) = (field(state, "write_cache")?, field(state, "xfer_mode")?);
+        let (block, pos): (Vec<u8>, usize) = (field(state, "block")?, field(state, "pos")?);
+        let (pio, ata, atapi): (_, _, AtapiState) =
+            (field(state, "pio")?, field(state, "ata")?, field(state, "atapi")?);
+        if pos > block.len() || !atapi.consistent() {
+            return Err("a transfer is past the end of its data".into());
+        }
+        [
+            self.feature,
+            self.hob_feature,
+            self.nsector,
+            self.hob_nsector,
+            self.sector,
+            self.hob_sector,
+            self.lcyl,
+            self.hob_lcyl,
+            self.hcyl,
+            self.hob_hcyl,
+            self.select,
+            self.status,
+            self.error,
+        ] = taskfile;
+        (self.current, self.mult, self.write_cache, self.xfer_mode) = (current, mult, write_cache, xfer_mode);
+        (self.end, self.buf, self.pos) = (block.len(), block, pos);
+        (self.pio, self.ata, self.atapi) = (pio, ata, atapi);
+        Ok(())
     }
 }

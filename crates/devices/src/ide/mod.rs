@@ -36,11 +36,13 @@ use std::sync::{Arc, Mutex};
 
 use quern_block::BlockBackend;
 use quern_core::bus::SharedDevice;
+use quern_core::snapshot::{Snapshot, State};
 use quern_core::{GuestMemory, IrqLine};
 use thiserror::Error;
 
 use crate::pci::{BarKind, ConfigSpace, PciDevice};
 use crate::port::{read_bytewise, write_bytewise, PortGroup, PortWindow};
+use crate::snapshot::{parts_state, restored, restored_parts};
 use channel::Channel;
 use drive::Drive;
 
@@ -179,6 +181,23 @@ impl PiixIde {
         for c in &mut self.channels {
             c.bus_master = on;
         }
+    }
+}
+
+/// The function's configuration space (BAR4, command register) and both channels;
+/// the drives' media stay as attached.
+impl Snapshot for PiixIde {
+    fn save_state(&self) -> State {
+        serde_json::json!({ "config": self.config.save_state(), "channels": parts_state(&self.channels) })
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        let config = restored(&self.config, state, "config")?;
+        self.channels = restored_parts(&self.channels, state, "channels")?;
+        self.config = config;
+        self.sync_bus_master();
+        self.channels.iter().for_each(Channel::sync_irq);
+        Ok(())
     }
 }
 

@@ -1125,3 +1125,64 @@ fn packet_command_details() {
     assert_eq!((r.inb(0x174), r.inb(0x175)), (0x14, 0xeb));
     assert_eq!(r.packet(&[0x00], 0).status, 0x50, "no data: no byte count needed");
 }
+
+#[test]
+fn snapshot_continues_a_pio_read_mid_sector() {
+    use quern_core::snapshot::Snapshot;
+    let disk = Arc::new(MemBackend::new(disk_image(64), false));
+    let mut r = Rig::disk(disk.clone());
+    r.enable_bm();
+    r.outl(BM_BASE + 4, 0x1230);
+    r.lba28(5, 2);
+    r.outb(0x1f7, 0x20);
+    let head = r.read_data(100);
+    let mut s = Rig::disk(disk);
+    crate::testutil::restore_into(&mut s.ide, &r.ide.save_state());
+    assert!(s.irq[0].level(), "the DRQ block's interrupt is driven again");
+    assert_eq!(s.inl(BM_BASE + 4), 0x1230, "BAR4 and the bus master registers");
+    assert_eq!(s.config_read(0x04) & 0xffff, 0x05);
+    let mut data = head;
+    data.extend(s.read_data(412));
+    assert_eq!(s.result(), (0x58, 0, true), "the second sector's block");
+    data.extend(s.read_data(512));
+    assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(5 * 512 + i as u64)));
+    assert_eq!(s.result(), (0x50, 0, false));
+    assert_eq!(s.inb(0x1f3), 7, "the task file goes on");
+}
+
+#[test]
+fn snapshot_continues_an_atapi_read_mid_block() {
+    use quern_core::snapshot::Snapshot;
+    let mut r = cd_rig(Some(40));
+    r.packet_start(&[0x28, 0, 0, 0, 0, 5, 0, 0, 3, 0], 0x1000, false);
+    assert_eq!(r.inb(0x177), 0x58);
+    let first: Vec<u8> = (0..1000).flat_map(|_| r.inw(0x170).to_le_bytes()).collect();
+    let mut s = cd_rig(Some(40));
+    crate::testutil::restore_into(&mut s.ide, &r.ide.save_state());
+    let mut data = first;
+    data.extend((0..1048).flat_map(|_| s.inw(0x170).to_le_bytes()));
+    assert_eq!(s.inb(0x177), 0x58, "the last block");
+    assert_eq!(u16::from(s.inb(0x174)) | u16::from(s.inb(0x175)) << 8, 2048);
+    data.extend((0..1024).flat_map(|_| s.inw(0x170).to_le_bytes()));
+    assert_eq!(data, cd_image(40)[5 * 2048..8 * 2048]);
+    assert_eq!(s.inb(0x177), 0x50);
+}
+
+#[test]
+fn snapshot_refuses_malformed_states() {
+    use quern_core::snapshot::Snapshot;
+    let mut r = Rig::disk(Arc::new(MemBackend::new(disk_image(8), false)));
+    r.lba28(1, 1);
+    r.outb(0x1f7, 0x20);
+    r.read_data(10);
+    let fixed = ["/config/bytes", "/channels", "/channels/0/drives", "/channels/0/drives/0/taskfile"];
+    crate::testutil::assert_refuses_malformed(&mut r.ide, &fixed);
+    let good = r.ide.save_state();
+    let mut bad = good.clone();
+    bad["channels"][0]["drives"][0]["pos"] = 513.into();
+    assert!(r.ide.restore_state(&bad).is_err(), "a position past the block");
+    let mut bad = good.clone();
+    bad["channels"][1]["unit"] = 2.into();
+    assert!(r.ide.restore_state(&bad).is_err(), "a third device");
+    assert_eq!(r.ide.save_state(), good);
+}

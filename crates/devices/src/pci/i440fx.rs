@@ -6,6 +6,8 @@
 //! of every PAM change through a listener (firmware copies itself into shadow RAM and
 //! write-protects it through these, and expects the change to take effect at once).
 
+use quern_core::snapshot::{Snapshot, State};
+
 use super::{i440fx_host_bridge, ConfigSpace, PciDevice};
 
 /// First PAM register; PAM0 bits 5:4 cover 0xf0000-0xfffff, then each of PAM1-PAM6
@@ -81,9 +83,16 @@ impl I440fx {
     }
 
     /// Installs the listener and tells it the current state.
-    pub fn set_pam_listener(&mut self, mut listener: PamListener) {
-        listener(&self.pam());
+    pub fn set_pam_listener(&mut self, listener: PamListener) {
         self.listener = Some(listener);
+        self.tell_listener();
+    }
+
+    fn tell_listener(&mut self) {
+        let pam = self.pam();
+        if let Some(l) = &mut self.listener {
+            l(&pam);
+        }
     }
 
     /// Power-on state: PAM all zero (every segment reads and writes the ROM side).
@@ -96,6 +105,20 @@ impl I440fx {
     }
 }
 
+/// The configuration space, PAM and SMRAM among it. A restore tells the PAM listener,
+/// so the machine's memory views follow the restored registers.
+impl Snapshot for I440fx {
+    fn save_state(&self) -> State {
+        self.config.save_state()
+    }
+
+    fn restore_state(&mut self, state: &State) -> Result<(), String> {
+        self.config.restore_state(state)?;
+        self.tell_listener();
+        Ok(())
+    }
+}
+
 impl PciDevice for I440fx {
     fn config_read(&mut self, reg: u16) -> u32 {
         self.config.config_read(reg)
@@ -104,11 +127,8 @@ impl PciDevice for I440fx {
     fn config_write(&mut self, reg: u16, value: u32, mask: u32) {
         let before = self.pam();
         self.config.config_write(reg, value, mask);
-        let after = self.pam();
-        if after != before {
-            if let Some(l) = &mut self.listener {
-                l(&after);
-            }
+        if self.pam() != before {
+            self.tell_listener();
         }
     }
 }
@@ -152,6 +172,25 @@ mod tests {
         assert_eq!(seen[1], [0x30, 0x33, 0x33, 0, 0, 0, 0]);
         assert_eq!(seen[2], [0x30, 0x33, 0x33, 0x11, 0x11, 0x11, 0x11]);
         assert_eq!(seen[3], [0; 7], "reset returns to ROM");
+    }
+
+    #[test]
+    fn snapshot_tells_the_listener_the_restored_pam() {
+        let mut h = I440fx::new();
+        h.config_write(0x58, 0x3311_3000, 0xffff_ffff);
+        h.config_write(0x70, 0x38 << 16, 0xff << 16);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut g = I440fx::new();
+        let s = seen.clone();
+        g.set_pam_listener(Box::new(move |p| s.lock().unwrap().push(*p)));
+        crate::testutil::restore_into(&mut g, &h.save_state());
+        assert_eq!(*seen.lock().unwrap(), [[0; 7], [0x30, 0x11, 0x33, 0, 0, 0, 0]]);
+        assert_eq!(g.config_read(0x70), h.config_read(0x70), "SMRAM");
+        let mut other = i440fx_host_bridge();
+        other.set_u16(0x02, 0x7000);
+        assert!(g.restore_state(&other.save_state()).is_err(), "another device's state");
+        crate::testutil::assert_refuses_malformed(&mut g, &["/bytes"]);
+        assert_eq!(seen.lock().unwrap().len(), 2, "a refused state tells the listener nothing");
     }
 
     #[test]

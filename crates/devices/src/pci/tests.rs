@@ -201,3 +201,48 @@ fn expansion_rom_bar_sizes_and_enables() {
     small.config_write(0x30, 0xffff_ffff, !0);
     assert_eq!(small.config_read(0x30), 0xffff_f801);
 }
+
+#[test]
+fn snapshot_keeps_the_address_bars_routes_and_pam() {
+    use quern_core::snapshot::Snapshot;
+    let mut r = root();
+    select(&mut r, 1, 0, 0x60);
+    r.window_write(PciWindow::Data, 0, &0x8080_0a0bu32.to_le_bytes());
+    select(&mut r, 0, 0, 0x58);
+    r.window_write(PciWindow::Data, 1, &[0x30]);
+    select(&mut r, 1, 0, 0x3c); // CONFIG_ADDRESS left here
+    let mut s = root();
+    let pam = Arc::new(Mutex::new(Vec::new()));
+    let seen = pam.clone();
+    s.set_pam_listener(Box::new(move |p| seen.lock().unwrap().push(p[0])));
+    crate::testutil::restore_into(&mut s, &r.save_state());
+    assert_eq!(*pam.lock().unwrap(), [0, 0x30], "the memory views follow the restored PAM");
+    let mut a = [0; 4];
+    s.window_read(PciWindow::Address, 0, &mut a);
+    assert_eq!(u32::from_le_bytes(a), 0x8000_083c);
+    assert_eq!((s.pirq_route(0), s.pirq_route(1), s.pirq_route(2)), (Some(11), Some(10), None));
+    assert_eq!(read32(&mut s, 0, 0, 0x58), 0x0000_3000);
+    crate::testutil::assert_refuses_malformed(&mut s, &["/host/bytes", "/isa/bytes"]);
+}
+
+#[test]
+fn snapshot_of_a_config_space_keeps_bars_and_command() {
+    use quern_core::snapshot::Snapshot;
+    let dev = || {
+        let mut c = ConfigSpace::new(0x8086, 0x100e, [0x02, 0x00, 0x00], 3);
+        c.add_bar(0, 0x2_0000, BarKind::Mem32);
+        c
+    };
+    let mut c = dev();
+    c.config_write(0x10, 0xfebc_0000, !0);
+    c.config_write(0x04, 0x0002, 0xffff);
+    c.config_write(0x3c, 0x0b, 0xff);
+    let mut d = dev();
+    crate::testutil::restore_into(&mut d, &c.save_state());
+    assert_eq!(d.bar_offset(0, 0xfebc_0010, 0x2_0000), Some(0x10));
+    assert_eq!(d.u8(0x3c), 0x0b);
+    d.config_write(0x10, 0xffff_ffff, !0);
+    assert_eq!(d.config_read(0x10), 0xfffe_0000, "the writable mask is the device's own");
+    let mut other = ConfigSpace::new(0x8086, 0x7010, [0x01, 0x01, 0x80], 0);
+    assert!(other.restore_state(&c.save_state()).is_err(), "another device's state");
+}

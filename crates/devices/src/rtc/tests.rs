@@ -14,10 +14,12 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        Self::starting(SystemTime::UNIX_EPOCH + Duration::from_secs(LEAP_EVE))
+    }
+    fn starting(wall: SystemTime) -> Self {
         let clock = Arc::new(ManualClock::default());
         let irq = Arc::new(TestIrq::default());
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(LEAP_EVE);
-        Rig { rtc: Rtc::new(clock.clone(), irq.clone(), start), clock, irq }
+        Rig { rtc: Rtc::new(clock.clone(), irq.clone(), wall), clock, irq }
     }
     fn get(&mut self, index: u8) -> u8 {
         self.rtc.write(0, &[index]);
@@ -172,4 +174,45 @@ fn nmi_bit_is_ignored_and_odd_accesses_are_safe() {
     }
     r.set(0x0b, 0);
     r.time();
+}
+
+#[test]
+fn snapshot_keeps_time_cmos_and_a_pending_interrupt() {
+    let mut r = Rig::new();
+    r.set(0x0b, B_SET | B_24H);
+    for (i, v) in [(0x32, 0x99), (0x09, 0x99), (0x08, 0x12), (0x07, 0x31), (0x04, 0x23), (0x02, 0x59), (0x00, 0x50)] {
+        r.set(i, v);
+    }
+    r.set(0x0b, B_24H | B_PIE);
+    r.clock.set_ns(3_000_000_000);
+    r.tick();
+    assert!(r.irq.level());
+    r.set(0x40, 0xab);
+    let state = r.rtc.save_state();
+    assert_eq!(state["base_ns"], "253402300790000000000", "9999-12-31 23:59:50 at clock 0: past i64");
+
+    let mut q = Rig::starting(SystemTime::UNIX_EPOCH);
+    q.clock.set_ns(3_000_000_000);
+    crate::testutil::restore_into(&mut q.rtc, &state);
+    assert!(q.irq.level(), "IRQ8 driven again for the pending IRQF");
+    let mut b = [0];
+    q.rtc.read(1, &mut b);
+    assert_eq!(b, [0xab], "the index register came along");
+    assert_eq!(q.time(), r.time());
+    assert_eq!(q.get(0x0c), C_IRQF | C_PF);
+    assert_eq!(q.tick(), r.tick(), "the next period is the same");
+    q.clock.advance_ns(3_000_000_000);
+    r.clock.advance_ns(3_000_000_000);
+    assert_eq!(q.time(), r.time());
+    assert_eq!(q.get(0x00), 0x56);
+}
+
+#[test]
+fn snapshot_refuses_malformed_states() {
+    let mut r = Rig::new();
+    r.set(0x0b, B_24H | B_PIE);
+    crate::testutil::assert_refuses_malformed(&mut r.rtc, &["/cmos"]);
+    let mut s = r.rtc.save_state();
+    s["index"] = 0x80.into();
+    assert!(r.rtc.restore_state(&s).is_err(), "index past the CMOS");
 }

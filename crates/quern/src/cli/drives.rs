@@ -30,6 +30,10 @@ pub struct DriveSpec {
     pub id: String,
     /// The option that asked for the image ("-cdrom os.iso"), for error messages.
     pub origin: String,
+    /// The `-device`'s `id=` (the monitor's `qdev`).
+    pub qdev: Option<String>,
+    /// The `-blockdev` format node's name.
+    pub node_name: Option<String>,
 }
 
 /// A `-drive if=none` or `-blockdev` node waiting for a `-device` to use it.
@@ -44,6 +48,8 @@ struct Backend {
     snapshot: bool,
     cache: String,
     locking: bool,
+    /// Made by `-blockdev` (`id` is its node name).
+    node: bool,
 }
 
 /// An IDE slot: (bus, unit).
@@ -55,6 +61,7 @@ struct Placed {
     slot: Option<Slot>,
     backend: Backend,
     bootindex: Option<u32>,
+    qdev: Option<String>,
 }
 
 /// A `-device ide-hd|ide-cd`, before its `drive=` is resolved.
@@ -63,6 +70,7 @@ struct IdeDevice {
     drive: Option<String>,
     slot: Option<Slot>,
     bootindex: Option<u32>,
+    id: Option<String>,
 }
 
 /// Collects drive options in command-line order; [`Drives::finish`] resolves them.
@@ -110,8 +118,9 @@ impl Drives {
             snapshot: false,
             cache: "writeback".into(),
             locking: true,
+            node: false,
         };
-        self.placed.push(Placed { slot, backend: b, bootindex: None });
+        self.placed.push(Placed { slot, backend: b, bootindex: None, qdev: None });
     }
 
     /// `-drive file=...,format=...,if=ide|none,index=,bus=,unit=,media=,readonly=,
@@ -176,7 +185,7 @@ impl Drives {
                     }
                     (Some(_), _, _) => return Err("give index= or bus=/unit=, not both".into()),
                 };
-                self.placed.push(Placed { slot, backend: b, bootindex: None });
+                self.placed.push(Placed { slot, backend: b, bootindex: None, qdev: None });
             }
             "none" => {
                 if b.id.is_empty() {
@@ -232,6 +241,7 @@ impl Drives {
                 let mut b = backend_opts(o, Media::Disk)?;
                 b.media = None;
                 b.origin = format!("-blockdev node-name={node}");
+                b.node = true;
                 (b.id, b.file, b.format, b.locking) = (node, Some(path.clone()), Some(fmt.into()), *locking);
                 self.named.push(b);
             }
@@ -269,7 +279,8 @@ impl Drives {
         if media == Media::Disk && o.get("drive").is_none() {
             return Err("ide-hd needs drive=ID".into());
         }
-        self.devices.push(IdeDevice { media, drive: o.get("drive").map(str::to_string), slot, bootindex });
+        let (drive, id) = (o.get("drive").map(str::to_string), o.get("id").map(str::to_string));
+        self.devices.push(IdeDevice { media, drive, slot, bootindex, id });
         Ok(())
     }
 
@@ -277,7 +288,7 @@ impl Drives {
     /// checks that no slot is used twice and every `drive=` names a backend.
     pub fn finish(mut self) -> Result<Vec<DriveSpec>, String> {
         let mut placed = std::mem::take(&mut self.placed);
-        for IdeDevice { media, drive, slot, bootindex } in std::mem::take(&mut self.devices) {
+        for IdeDevice { media, drive, slot, bootindex, id: qdev } in std::mem::take(&mut self.devices) {
             let b = match drive {
                 Some(id) => {
                     let i = self.named.iter().position(|b| b.id == id).ok_or_else(|| {
@@ -302,9 +313,10 @@ impl Drives {
                     snapshot: false,
                     cache: "writeback".into(),
                     locking: true,
+                    node: false,
                 },
             };
-            placed.push(Placed { slot, backend: b, bootindex });
+            placed.push(Placed { slot, backend: b, bootindex, qdev });
         }
         let mut used: Vec<Slot> = Vec::new();
         for p in &placed {
@@ -316,7 +328,7 @@ impl Drives {
             }
         }
         let mut out = Vec::new();
-        for Placed { slot, backend: b, bootindex } in placed {
+        for Placed { slot, backend: b, bootindex, qdev } in placed {
             let (bus, unit) = match slot {
                 Some(s) => s,
                 None => {
@@ -327,6 +339,7 @@ impl Drives {
                 }
             };
             let media = b.media.unwrap_or(Media::Disk);
+            let node_name = b.node.then(|| b.id.clone());
             let id = if b.id.is_empty() {
                 format!("ide{bus}-{}{unit}", if media == Media::Cdrom { "cd" } else { "hd" })
             } else {
@@ -345,6 +358,8 @@ impl Drives {
                 bootindex,
                 id,
                 origin: b.origin,
+                qdev,
+                node_name,
             });
         }
         out.sort_by_key(|d| (d.bus, d.unit));
@@ -388,6 +403,7 @@ fn backend_opts(o: &Opts, media: Media) -> Result<Backend, String> {
         snapshot: flag(&["snapshot"])?,
         cache: cache.to_string(),
         locking,
+        node: false,
     })
 }
 

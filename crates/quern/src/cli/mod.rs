@@ -70,8 +70,8 @@ pub enum CharDev {
     Stdio,
     Null,
     File(PathBuf),
-    /// A new pseudo-terminal, with the chardev's label.
-    Pty(String),
+    /// A new pseudo-terminal, with the chardev's label and `logfile=` (path, append).
+    Pty(String, Option<(PathBuf, bool)>),
 }
 
 /// A `-device` quern builds.
@@ -129,6 +129,8 @@ pub struct Options {
     pub qmp: Vec<quern_monitor::server::Endpoint>,
     /// `-S`: start paused.
     pub start_paused: bool,
+    /// `-incoming URI`: wait for a saved state (`defer`: from `migrate-incoming`).
+    pub incoming: Option<String>,
     /// `-name guest=`.
     pub name: Option<String>,
     /// `-daemonize`: detach once the monitors listen and the pidfile is written.
@@ -221,6 +223,7 @@ struct Builder {
     net: net::Net,
     monitors: monitor::Monitors,
     start_paused: bool,
+    incoming: Option<String>,
     name: Option<String>,
     daemonize: bool,
     /// `-device isa-serial,chardev=ID`.
@@ -329,6 +332,14 @@ impl Builder {
             "daemonize" => self.daemonize = true,
             "nodefaults" => self.nodefaults = true,
             "S" => self.start_paused = true,
+            "incoming" => {
+                let uri = text(name, value)?;
+                let known = ["defer", "fd:", "file:", "exec:"].iter().any(|p| uri.starts_with(p));
+                if !known {
+                    return Err(bad(name, value, "quern takes defer, fd:N, file:PATH or exec:COMMAND"));
+                }
+                self.incoming = Some(uri.to_string());
+            }
             "qmp" => self.monitors.qmp(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "chardev" => self.monitors.chardev(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "mon" => self.monitors.mon(text(name, value)?).map_err(|e| bad(name, value, e))?,
@@ -456,10 +467,11 @@ impl Builder {
         }
         let mut serial = self.serial.into_iter();
         let mut monitors = self.monitors;
-        if let Some(id) = &self.serial_chardev {
-            monitors.serial_chardev(id).map_err(|e| CliError(format!("-device isa-serial: {e}")))?;
-        }
-        let from_device = self.serial_chardev.map(|id| Some(CharDev::Pty(id)));
+        let log = match &self.serial_chardev {
+            Some(id) => monitors.serial_chardev(id).map_err(|e| CliError(format!("-device isa-serial: {e}")))?,
+            None => None,
+        };
+        let from_device = self.serial_chardev.map(|id| Some(CharDev::Pty(id, log)));
         let com1 = match from_device.or_else(|| serial.next()) {
             Some(Some(CharDev::Stdio)) if self.daemonize => {
                 return Err(CliError("-serial stdio cannot be used with -daemonize (there is no terminal)".into()))
@@ -518,6 +530,7 @@ impl Builder {
             nics,
             qmp: monitors.finish().map_err(CliError)?,
             start_paused: self.start_paused,
+            incoming: self.incoming,
             name: self.name,
             daemonize: self.daemonize,
             rtc_localtime: self.rtc_localtime,
@@ -537,7 +550,7 @@ fn char_dev(name: &str, value: &OsStr) -> Result<Option<CharDev>> {
     match text(name, value)? {
         "stdio" => Ok(Some(CharDev::Stdio)),
         "null" => Ok(Some(CharDev::Null)),
-        "pty" if name == "serial" => Ok(Some(CharDev::Pty("serial0".into()))),
+        "pty" if name == "serial" => Ok(Some(CharDev::Pty("serial0".into(), None))),
         "none" => Ok(None),
         "mon:stdio" => {
             Err(bad(name, value, "the monitor is not supported yet; use -serial stdio (Ctrl-A x still quits)"))

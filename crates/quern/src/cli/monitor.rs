@@ -4,6 +4,8 @@
 //! Only listening sockets that do not wait for a client are built; the human monitor,
 //! other chardev backends and `wait=on` are refused by name.
 
+use std::path::PathBuf;
+
 use quern_monitor::server::Endpoint;
 
 use super::opts::Opts;
@@ -11,8 +13,8 @@ use super::opts::Opts;
 #[derive(Default)]
 pub struct Monitors {
     chardevs: Vec<(String, Endpoint)>,
-    /// `-chardev pty` ids, for the serial port.
-    ptys: Vec<String>,
+    /// `-chardev pty` ids and their `logfile=` (path, `logappend=`), for the serial port.
+    ptys: Vec<(String, Option<(PathBuf, bool)>)>,
     /// Endpoints from `-qmp`, and chardev ids from `-mon`.
     qmp: Vec<Endpoint>,
     mons: Vec<String>,
@@ -58,14 +60,19 @@ impl Monitors {
         let o = Opts::parse(v, Some("backend"))?;
         let backend = o.get("backend").unwrap_or_default();
         if backend == "pty" {
-            if let Some(k) = o.unknown_key(&["backend", "id"]) {
+            if let Some(k) = o.unknown_key(&["backend", "id", "logfile", "logappend"]) {
                 return Err(format!("unknown or unsupported property '{k}' for -chardev pty"));
             }
             let id = o.get("id").ok_or("-chardev needs id=")?.to_string();
-            if self.ptys.contains(&id) || self.chardevs.iter().any(|(i, _)| *i == id) {
+            if self.ptys.iter().any(|(i, _)| *i == id) || self.chardevs.iter().any(|(i, _)| *i == id) {
                 return Err(format!("id={id}: a chardev of that name already exists"));
             }
-            self.ptys.push(id);
+            let append = match o.get("logappend") {
+                None | Some("off") => false,
+                Some("on") => true,
+                Some(v) => return Err(format!("logappend={v}: expected on or off")),
+            };
+            self.ptys.push((id, o.get("logfile").map(|f| (PathBuf::from(f), append))));
             return Ok(());
         }
         if backend != "socket" {
@@ -112,11 +119,10 @@ impl Monitors {
         Ok(())
     }
 
-    /// Takes the chardev `id` for the serial port: `Ok(true)` for a pty.
-    pub fn serial_chardev(&mut self, id: &str) -> Result<(), String> {
-        if let Some(i) = self.ptys.iter().position(|p| p == id) {
-            self.ptys.remove(i);
-            return Ok(());
+    /// Takes the chardev `id` (a pty) for the serial port; returns its log file.
+    pub fn serial_chardev(&mut self, id: &str) -> Result<Option<(PathBuf, bool)>, String> {
+        if let Some(i) = self.ptys.iter().position(|(p, _)| p == id) {
+            return Ok(self.ptys.remove(i).1);
         }
         if self.chardevs.iter().any(|(c, _)| c == id) {
             return Err(format!("chardev={id}: a socket for the serial port is not supported yet (use a pty)"));
@@ -133,7 +139,7 @@ impl Monitors {
             };
             self.qmp.push(self.chardevs.remove(i).1);
         }
-        if let Some(id) = self.ptys.first() {
+        if let Some((id, _)) = self.ptys.first() {
             return Err(format!("-chardev id={id}: nothing uses it (a pty goes to -device isa-serial,chardev={id})"));
         }
         if let Some((id, _)) = self.chardevs.first() {

@@ -88,7 +88,7 @@ pub const OPTIONS: &[OptionDef] = &[
     opt("async-teardown", false, Ignored),
     opt("enable-sync-profile", false, Ignored),
     opt("only-migratable", false, NotYet("migration is not built")),
-    opt("incoming", true, NotYet("migration is not built")),
+    opt("incoming", true, Yes),
     opt("loadvm", true, NotYet("snapshots are not built")),
     opt("dump-vmstate", true, NotYet("migration is not built")),
     opt("xen-domid", true, NotYet("Xen is not supported")),

@@ -1,0 +1,259 @@
+//! Save and restore through QMP's `migrate` and `-incoming`, with a guest program that
+//! counts in memory: real mode from a `-bios` image (which both accelerators run
+//! here), counting to N, printing every 2^24 and the sum of all counts at the end.
+//!
+//! - Saved mid-count under one accelerator and restored under the other (and under the
+//!   same): the restored machine does not start over, the progress lines of both runs
+//!   together are every one exactly once, and the sum is N(N+1)/2 mod 2^32.
+//! - A corrupt, cut-short or foreign stream is refused with a clear error, the waiting
+//!   machine stays as it was, and a good stream loads afterwards.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use iced_x86::code_asm::*;
+use serde_json::{json, Value};
+
+use common::guest::{emit_routines, print, EXIT_PORT};
+use common::qmp::Raw;
+use common::{bios_image, kvm_usable, report, scratch, write, Console, Run};
+
+/// How far the program counts; a progress line every 2^24.
+const N: u32 = 0x1000_0000;
+const STEP: u32 = 0x0100_0000;
+const COUNTER: u32 = 0x600;
+const SUM: u32 = 0x604;
+const EXIT_CODE: u8 = 0x31;
+
+fn counting_program() -> Vec<u8> {
+    let build = |a: &mut CodeAssembler| -> Result<(CodeLabel, CodeLabel), IcedError> {
+        let (putc, hex32) = emit_routines(a)?;
+        let mut entry = a.create_label();
+        a.set_label(&mut entry)?;
+        a.cli()?;
+        a.xor(ax, ax)?;
+        a.mov(ds, ax)?;
+        a.mov(ss, ax)?;
+        a.mov(sp, 0x7000u32)?;
+        print(a, putc, "COUNT START\n")?;
+        a.mov(dword_ptr(COUNTER), 0u32)?;
+        a.mov(dword_ptr(SUM), 0u32)?;
+        let (mut next, mut quiet) = (a.create_label(), a.create_label());
+        a.set_label(&mut next)?;
+        a.mov(eax, dword_ptr(COUNTER))?;
+        a.inc(eax)?;
+        a.mov(dword_ptr(COUNTER), eax)?;
+        a.add(dword_ptr(SUM), eax)?;
+        a.test(eax, STEP - 1)?;
+        a.jnz(quiet)?;
+        print(a, putc, "P ")?;
+        a.mov(esi, dword_ptr(COUNTER))?;
+        a.call(hex32)?;
+        print(a, putc, "\n")?;
+        a.set_label(&mut quiet)?;
+        a.cmp(dword_ptr(COUNTER), N)?;
+        a.jb(next)?;
+        print(a, putc, "SUM ")?;
+        a.mov(esi, dword_ptr(SUM))?;
+        a.call(hex32)?;
+        print(a, putc, "\n")?;
+        a.mov(dx, EXIT_PORT as u32)?;
+        a.mov(al, EXIT_CODE as u32)?;
+        a.out(dx, al)?;
+        let mut stop = a.create_label();
+        a.set_label(&mut stop)?;
+        a.hlt()?;
+        a.jmp(stop)?;
+        Ok((entry, putc))
+    };
+    let mut a = CodeAssembler::new(16).unwrap();
+    let (entry, _) = build(&mut a).unwrap_or_else(|e| panic!("assembling: {e}"));
+    let res = a.assemble_options(0, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let entry = res.label_ip(&entry).unwrap();
+    bios_image(&res.inner.code_buffer, entry as u16)
+}
+
+fn expected_sum() -> String {
+    let n = u64::from(N);
+    format!("SUM {:08X}", (n * (n + 1) / 2) as u32)
+}
+
+/// The command line both sides share (they must describe the same machine).
+fn machine_args(accel: &str, bios: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["-accel", accel, "-nographic", "-nodefaults", "-serial", "stdio", "-m", "32"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if accel == "kvm" {
+        a.extend(["-machine".into(), "pc,kernel-irqchip=off".into()]);
+    }
+    a.extend(["-bios".into(), bios.display().to_string()]);
+    a.extend(["-device".into(), format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")]);
+    a
+}
+
+fn socket(name: &str) -> PathBuf {
+    let p = scratch(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn wait_socket(sock: &Path, c: &Console) {
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the program under `from` until it has printed its first progress line, saves
+/// it with `migrate` to a file; returns the file and what the source printed.
+fn save_mid_count(from: &str, tag: &str) -> (PathBuf, String) {
+    let bios = scratch("count.bin");
+    write(&bios, &counting_program());
+    let sock = socket(&format!("mig-{tag}.sock"));
+    let mut args = machine_args(from, &bios);
+    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut src = Console::spawn(&refs);
+    wait_socket(&sock, &src);
+    let mut q = Raw::ready(&sock);
+    src.wait_for("P 01000000", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{from}: {e}"));
+    q.execute("stop", json!({}));
+    q.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "events", "state": true }] }));
+    let file = scratch(&format!("mig-{tag}.state"));
+    let _ = std::fs::remove_file(&file);
+    // QEMU's order: MIGRATION setup before the command's reply.
+    q.s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    use std::io::Write;
+    write!(q.s, "{}", json!({ "execute": "migrate", "arguments": { "uri": format!("file:{}", file.display()) } }))
+        .unwrap();
+    let first = q.read();
+    assert_eq!(first["event"], "MIGRATION", "{first}");
+    assert_eq!(first["data"]["status"], "setup", "{first}");
+    let completed = loop {
+        let v = q.read();
+        if v["event"] == "MIGRATION" && v["data"]["status"] != "active" {
+            break v;
+        }
+    };
+    assert_eq!(completed["data"]["status"], "completed", "{completed}\n{}", src.describe());
+    let status = q.execute("query-migrate", json!({}));
+    assert_eq!(status["status"], "completed", "{status}");
+    assert!(status["ram"]["transferred"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(q.execute("query-status", json!({}))["status"], "postmigrate");
+    q.execute("quit", json!({}));
+    let run = src.finish(Duration::from_secs(20));
+    assert!(!run.stdout.contains("SUM"), "{from}: the program ended before it was saved:\n{}", run.describe());
+    (file, run.stdout)
+}
+
+/// Restores `file` under `to` and lets the program finish.
+fn restore(to: &str, file: &Path) -> Run {
+    let bios = scratch("count.bin");
+    let mut args = machine_args(to, &bios);
+    args.extend(["-incoming".into(), format!("file:{}", file.display())]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::run_quern(&refs, Duration::from_secs(180))
+}
+
+fn check_continued(from: &str, to: &str, before: &str, after: &Run) {
+    let who = format!("saved under {from}, restored under {to}");
+    assert_eq!(after.status, Some(i32::from(EXIT_CODE) << 1 | 1), "{who}: exit status\n{}", after.describe());
+    assert!(!after.stdout.contains("COUNT START"), "{who}: the restored program started over\n{}", after.describe());
+    let both = format!("{before}{}", after.stdout).replace('\r', "");
+    let progress: Vec<&str> = both.lines().filter(|l| l.starts_with("P ")).collect();
+    let want: Vec<String> = (1..=N / STEP).map(|i| format!("P {:08X}", i * STEP)).collect();
+    assert_eq!(progress, want, "{who}: progress lines of both runs\nbefore:\n{before}\nafter:\n{}", after.describe());
+    assert!(both.lines().any(|l| l == expected_sum()), "{who}: want {}\n{}", expected_sum(), after.describe());
+    report(&format!("{who}: continued from the saved count to {}", expected_sum()));
+}
+
+fn round_trip(from: &str, to: &str) {
+    let (file, before) = save_mid_count(from, &format!("{from}-{to}"));
+    let after = restore(to, &file);
+    check_continued(from, to, &before, &after);
+}
+
+#[test]
+fn saved_under_the_jit_continues_under_the_jit() {
+    round_trip("tcg", "tcg");
+}
+
+#[test]
+fn saved_under_the_jit_continues_under_kvm() {
+    if kvm_usable("saved_under_the_jit_continues_under_kvm") {
+        round_trip("tcg", "kvm");
+    }
+}
+
+#[test]
+fn saved_under_kvm_continues_under_the_jit() {
+    if kvm_usable("saved_under_kvm_continues_under_the_jit") {
+        round_trip("kvm", "tcg");
+    }
+}
+
+/// `-incoming defer` and `migrate-incoming` with bad streams, then a good one.
+#[test]
+fn bad_streams_are_refused_and_the_machine_waits_on() {
+    let (file, before) = save_mid_count("tcg", "bad");
+    let good = std::fs::read(&file).unwrap();
+    let bios = scratch("count.bin");
+    let sock = socket("mig-dest.sock");
+    let mut args = machine_args("tcg", &bios);
+    args.extend(["-incoming".into(), "defer".into()]);
+    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dest = Console::spawn(&refs);
+    wait_socket(&sock, &dest);
+    let mut q = Raw::ready(&sock);
+    assert_eq!(q.execute("query-status", json!({}))["status"], "inmigrate");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("cut short", good[..good.len() / 3].to_vec(), "ends early"),
+        ("one bit flipped", flipped, "corrupt"),
+        ("not a state", b"QEVM\x00\x00\x00\x03 something else entirely".to_vec(), "not a quern state stream"),
+    ];
+    for (what, bytes, says) in cases {
+        let f = scratch("mig-bad.state");
+        write(&f, &bytes);
+        q.execute("migrate-incoming", json!({ "uri": format!("file:{}", f.display()) }));
+        let r = wait_migration(&mut q);
+        assert_eq!(r["status"], "failed", "{what}: {r}");
+        let desc = r["error-desc"].as_str().unwrap_or_default();
+        assert!(desc.contains(says), "{what}: error {desc:?} should say {says:?}");
+        assert_eq!(q.execute("query-status", json!({}))["status"], "inmigrate", "{what}");
+        report(&format!("migrate-incoming of a stream {what}: refused ({desc})"));
+    }
+    // A machine of another shape: saved with -m 32, this one has -m 64.
+    let mut args64 = machine_args("tcg", &bios);
+    args64[7] = "64".into();
+    args64.extend(["-incoming".into(), format!("file:{}", file.display())]);
+    let refs: Vec<&str> = args64.iter().map(String::as_str).collect();
+    let run = common::run_quern(&refs, Duration::from_secs(30));
+    assert!(run.stderr.contains("does not fit this machine"), "-m 64 took a -m 32 state:\n{}", run.describe());
+    assert_eq!(run.status, Some(1), "a state that cannot load ends -incoming FILE:\n{}", run.describe());
+
+    // The good stream still loads and the program finishes.
+    q.execute("migrate-incoming", json!({ "uri": format!("file:{}", file.display()) }));
+    assert_eq!(wait_migration(&mut q)["status"], "completed");
+    let after = dest.finish(Duration::from_secs(180));
+    check_continued("tcg", "tcg (after three bad streams)", &before, &after);
+}
+
+fn wait_migration(q: &mut Raw) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = q.execute("query-migrate", json!({}));
+        if r["status"] == "completed" || r["status"] == "failed" {
+            return r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "migration did not end: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
