@@ -127,7 +127,8 @@ impl Libvirtd {
 
     fn logs(&self) -> String {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let tail = |s: String| s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail =
+            |s: String| s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         format!(
             "--- libvirtd.log (tail) ---\n{}\n--- libvirtd stderr ---\n{}\n--- quern's log ---\n{}",
             tail(read(&self.dir.join("libvirtd.log"))),
@@ -191,7 +192,11 @@ impl ConsoleLog {
     /// The counter values printed past byte `from`.
     fn counts(&self, from: usize) -> Vec<u64> {
         let t = self.text();
-        t.get(from..).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("QUERN-COUNT ")?.trim().parse().ok()).collect()
+        t.get(from..)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("QUERN-COUNT ")?.trim().parse().ok())
+            .collect()
     }
 }
 
@@ -309,7 +314,11 @@ fn libvirt_runs_a_quern_domain_through_its_life() {
     log.wait(&format!("QUERN-COUNT {}\n", last + 3), mark, Duration::from_secs(60), &d);
     let after = log.text()[mark..].to_string();
     assert!(!after.contains("QUERN-NET-INIT-OK"), "the restored guest booted again:\n{after}");
-    assert!(log.counts(mark).iter().all(|&n| n > last), "counter after restore {:?}, last before {last}", log.counts(mark));
+    assert!(
+        log.counts(mark).iter().all(|&n| n > last),
+        "counter after restore {:?}, last before {last}",
+        log.counts(mark)
+    );
     report(&format!("virsh save/restore: the counter went on from {last} (the guest was not rebooted)"));
 
     // reboot (libvirt: the power button, then a reset): the guest boots again.

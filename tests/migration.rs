@@ -1,10 +1,12 @@
 //! Save and restore through QMP's `migrate` and `-incoming`, with a guest program that
-//! counts in memory: real mode from a `-bios` image (which both accelerators run
-//! here), counting to N, printing every 2^24 and the sum of all counts at the end.
+//! counts in memory: a 64-bit `-kernel` (which both accelerators run here) counts to
+//! N/2, printing every STEP, says WAITING and waits for a byte on its UART, then counts
+//! on to N and prints the sum of all counts.
 //!
-//! - Saved mid-count under one accelerator and restored under the other (and under the
-//!   same): the restored machine does not start over, the progress lines of both runs
-//!   together are every one exactly once, and the sum is N(N+1)/2 mod 2^32.
+//! - Saved while it waits under one accelerator and restored under the other (and
+//!   under the same): the restored machine does not start over, takes the byte typed
+//!   on its console, the progress lines of both runs together are every one exactly
+//!   once, and the sum is N(N+1)/2 mod 2^32.
 //! - A corrupt, cut-short or foreign stream is refused with a clear error, the waiting
 //!   machine stays as it was, and a good stream loads afterwards.
 
@@ -16,47 +18,60 @@ use std::time::{Duration, Instant};
 use iced_x86::code_asm::*;
 use serde_json::{json, Value};
 
-use common::guest::{emit_routines, print, EXIT_PORT};
+use common::guest::{emit_routines, print, EXIT_PORT, LONG_BASE};
 use common::qmp::Raw;
-use common::{bios_image, kvm_usable, report, scratch, write, Console, Run};
+use common::{elf64, kvm_usable, report, scratch, write, Console, Run};
 
-/// How far the program counts; a progress line every 2^24.
-const N: u32 = 0x1000_0000;
-const STEP: u32 = 0x0100_0000;
+/// How far the program counts, and a progress line every STEP.
+const N: u32 = 0x0040_0000;
+const STEP: u32 = 0x0008_0000;
 const COUNTER: u32 = 0x600;
 const SUM: u32 = 0x604;
 const EXIT_CODE: u8 = 0x31;
 
 fn counting_program() -> Vec<u8> {
-    let build = |a: &mut CodeAssembler| -> Result<(CodeLabel, CodeLabel), IcedError> {
+    let build = |a: &mut CodeAssembler| -> Result<CodeLabel, IcedError> {
         let (putc, hex32) = emit_routines(a)?;
+        // Counts on to `to`, a progress line each STEP.
+        let count_to = |a: &mut CodeAssembler, to: u32| -> Result<(), IcedError> {
+            let (mut next, mut quiet) = (a.create_label(), a.create_label());
+            a.set_label(&mut next)?;
+            a.mov(eax, dword_ptr(COUNTER as u64))?;
+            a.inc(eax)?;
+            a.mov(dword_ptr(COUNTER as u64), eax)?;
+            a.add(dword_ptr(SUM as u64), eax)?;
+            a.test(eax, STEP - 1)?;
+            a.jnz(quiet)?;
+            print(a, putc, "P ")?;
+            a.mov(esi, dword_ptr(COUNTER as u64))?;
+            a.call(hex32)?;
+            print(a, putc, "\n")?;
+            a.set_label(&mut quiet)?;
+            a.cmp(dword_ptr(COUNTER as u64), to)?;
+            a.jb(next)
+        };
         let mut entry = a.create_label();
         a.set_label(&mut entry)?;
         a.cli()?;
-        a.xor(ax, ax)?;
-        a.mov(ds, ax)?;
-        a.mov(ss, ax)?;
-        a.mov(sp, 0x7000u32)?;
+        a.mov(rsp, 0x7000u64)?;
         print(a, putc, "COUNT START\n")?;
-        a.mov(dword_ptr(COUNTER), 0u32)?;
-        a.mov(dword_ptr(SUM), 0u32)?;
-        let (mut next, mut quiet) = (a.create_label(), a.create_label());
-        a.set_label(&mut next)?;
-        a.mov(eax, dword_ptr(COUNTER))?;
-        a.inc(eax)?;
-        a.mov(dword_ptr(COUNTER), eax)?;
-        a.add(dword_ptr(SUM), eax)?;
-        a.test(eax, STEP - 1)?;
-        a.jnz(quiet)?;
-        print(a, putc, "P ")?;
-        a.mov(esi, dword_ptr(COUNTER))?;
-        a.call(hex32)?;
-        print(a, putc, "\n")?;
-        a.set_label(&mut quiet)?;
-        a.cmp(dword_ptr(COUNTER), N)?;
-        a.jb(next)?;
+        a.mov(dword_ptr(COUNTER as u64), 0u32)?;
+        a.mov(dword_ptr(SUM as u64), 0u32)?;
+        count_to(a, N / 2)?;
+        print(a, putc, "WAITING\n")?;
+        // Until the UART has received a byte (LSR bit 0), which is then read.
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.test(al, 1u32)?;
+        a.jz(wait)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.in_(al, dx)?;
+        print(a, putc, "GO\n")?;
+        count_to(a, N)?;
         print(a, putc, "SUM ")?;
-        a.mov(esi, dword_ptr(SUM))?;
+        a.mov(esi, dword_ptr(SUM as u64))?;
         a.call(hex32)?;
         print(a, putc, "\n")?;
         a.mov(dx, EXIT_PORT as u32)?;
@@ -66,13 +81,13 @@ fn counting_program() -> Vec<u8> {
         a.set_label(&mut stop)?;
         a.hlt()?;
         a.jmp(stop)?;
-        Ok((entry, putc))
+        Ok(entry)
     };
-    let mut a = CodeAssembler::new(16).unwrap();
-    let (entry, _) = build(&mut a).unwrap_or_else(|e| panic!("assembling: {e}"));
-    let res = a.assemble_options(0, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let mut a = CodeAssembler::new(64).unwrap();
+    let entry = build(&mut a).unwrap_or_else(|e| panic!("assembling: {e}"));
+    let res = a.assemble_options(LONG_BASE, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
     let entry = res.label_ip(&entry).unwrap();
-    bios_image(&res.inner.code_buffer, entry as u16)
+    elf64(&res.inner.code_buffer, LONG_BASE, entry)
 }
 
 fn expected_sum() -> String {
@@ -81,7 +96,7 @@ fn expected_sum() -> String {
 }
 
 /// The command line both sides share (they must describe the same machine).
-fn machine_args(accel: &str, bios: &Path) -> Vec<String> {
+fn machine_args(accel: &str, kernel: &Path) -> Vec<String> {
     let mut a: Vec<String> = ["-accel", accel, "-nographic", "-nodefaults", "-serial", "stdio", "-m", "32"]
         .iter()
         .map(|s| s.to_string())
@@ -89,7 +104,7 @@ fn machine_args(accel: &str, bios: &Path) -> Vec<String> {
     if accel == "kvm" {
         a.extend(["-machine".into(), "pc,kernel-irqchip=off".into()]);
     }
-    a.extend(["-bios".into(), bios.display().to_string()]);
+    a.extend(["-kernel".into(), kernel.display().to_string()]);
     a.extend(["-device".into(), format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04")]);
     a
 }
@@ -108,19 +123,19 @@ fn wait_socket(sock: &Path, c: &Console) {
     }
 }
 
-/// Runs the program under `from` until it has printed its first progress line, saves
-/// it with `migrate` to a file; returns the file and what the source printed.
+/// Runs the program under `from` until it waits halfway, saves it with `migrate` to
+/// a file; returns the file and what the source printed.
 fn save_mid_count(from: &str, tag: &str) -> (PathBuf, String) {
-    let bios = scratch("count.bin");
-    write(&bios, &counting_program());
+    let kernel = scratch(&format!("count-{tag}.elf"));
+    write(&kernel, &counting_program());
     let sock = socket(&format!("mig-{tag}.sock"));
-    let mut args = machine_args(from, &bios);
+    let mut args = machine_args(from, &kernel);
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut src = Console::spawn(&refs);
     wait_socket(&sock, &src);
     let mut q = Raw::ready(&sock);
-    src.wait_for("P 01000000", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{from}: {e}"));
+    src.wait_for("WAITING", Duration::from_secs(120)).unwrap_or_else(|e| panic!("{from}: {e}"));
     q.execute("stop", json!({}));
     q.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "events", "state": true }] }));
     let file = scratch(&format!("mig-{tag}.state"));
@@ -146,17 +161,33 @@ fn save_mid_count(from: &str, tag: &str) -> (PathBuf, String) {
     assert_eq!(q.execute("query-status", json!({}))["status"], "postmigrate");
     q.execute("quit", json!({}));
     let run = src.finish(Duration::from_secs(20));
-    assert!(!run.stdout.contains("SUM"), "{from}: the program ended before it was saved:\n{}", run.describe());
+    assert!(!run.stdout.contains("GO"), "{from}: the program went on before it was saved:\n{}", run.describe());
     (file, run.stdout)
 }
 
-/// Restores `file` under `to` and lets the program finish.
-fn restore(to: &str, file: &Path) -> Run {
-    let bios = scratch("count.bin");
-    let mut args = machine_args(to, &bios);
+/// Restores `file` under `to`, types the byte the program waits for once it runs,
+/// and lets it finish.
+fn restore(to: &str, file: &Path, tag: &str) -> Run {
+    let sock = socket(&format!("mig-in-{tag}.sock"));
+    let mut args = machine_args(to, &scratch(&format!("count-{tag}.elf")));
     args.extend(["-incoming".into(), format!("file:{}", file.display())]);
+    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::run_quern(&refs, Duration::from_secs(180))
+    let mut dest = Console::spawn(&refs);
+    wait_socket(&sock, &dest);
+    go_once_running(&mut dest, &mut Raw::ready(&sock));
+    dest.finish(Duration::from_secs(180))
+}
+
+/// Waits for the restored machine to run (a byte typed earlier would land in the UART
+/// the load then replaces), then types the one the program waits for.
+fn go_once_running(dest: &mut Console, q: &mut Raw) {
+    let start = Instant::now();
+    while q.execute("query-status", json!({}))["status"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(60), "not running after the load\n{}", dest.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dest.send_line("g");
 }
 
 fn check_continued(from: &str, to: &str, before: &str, after: &Run) {
@@ -164,6 +195,11 @@ fn check_continued(from: &str, to: &str, before: &str, after: &Run) {
     assert_eq!(after.status, Some(i32::from(EXIT_CODE) << 1 | 1), "{who}: exit status\n{}", after.describe());
     assert!(!after.stdout.contains("COUNT START"), "{who}: the restored program started over\n{}", after.describe());
     let both = format!("{before}{}", after.stdout).replace('\r', "");
+    assert!(
+        after.stdout.starts_with("GO"),
+        "{who}: the restored program did not take the byte first\n{}",
+        after.describe()
+    );
     let progress: Vec<&str> = both.lines().filter(|l| l.starts_with("P ")).collect();
     let want: Vec<String> = (1..=N / STEP).map(|i| format!("P {:08X}", i * STEP)).collect();
     assert_eq!(progress, want, "{who}: progress lines of both runs\nbefore:\n{before}\nafter:\n{}", after.describe());
@@ -172,8 +208,9 @@ fn check_continued(from: &str, to: &str, before: &str, after: &Run) {
 }
 
 fn round_trip(from: &str, to: &str) {
-    let (file, before) = save_mid_count(from, &format!("{from}-{to}"));
-    let after = restore(to, &file);
+    let tag = format!("{from}-{to}");
+    let (file, before) = save_mid_count(from, &tag);
+    let after = restore(to, &file, &tag);
     check_continued(from, to, &before, &after);
 }
 
@@ -201,13 +238,13 @@ fn saved_under_kvm_continues_under_the_jit() {
 fn bad_streams_are_refused_and_the_machine_waits_on() {
     let (file, before) = save_mid_count("tcg", "bad");
     let good = std::fs::read(&file).unwrap();
-    let bios = scratch("count.bin");
+    let kernel = scratch("count-bad.elf");
     let sock = socket("mig-dest.sock");
-    let mut args = machine_args("tcg", &bios);
+    let mut args = machine_args("tcg", &kernel);
     args.extend(["-incoming".into(), "defer".into()]);
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let dest = Console::spawn(&refs);
+    let mut dest = Console::spawn(&refs);
     wait_socket(&sock, &dest);
     let mut q = Raw::ready(&sock);
     assert_eq!(q.execute("query-status", json!({}))["status"], "inmigrate");
@@ -220,7 +257,7 @@ fn bad_streams_are_refused_and_the_machine_waits_on() {
         ("not a state", b"QEVM\x00\x00\x00\x03 something else entirely".to_vec(), "not a quern state stream"),
     ];
     for (what, bytes, says) in cases {
-        let f = scratch("mig-bad.state");
+        let f = scratch("mig-corrupt.state");
         write(&f, &bytes);
         q.execute("migrate-incoming", json!({ "uri": format!("file:{}", f.display()) }));
         let r = wait_migration(&mut q);
@@ -231,7 +268,7 @@ fn bad_streams_are_refused_and_the_machine_waits_on() {
         report(&format!("migrate-incoming of a stream {what}: refused ({desc})"));
     }
     // A machine of another shape: saved with -m 32, this one has -m 64.
-    let mut args64 = machine_args("tcg", &bios);
+    let mut args64 = machine_args("tcg", &kernel);
     args64[7] = "64".into();
     args64.extend(["-incoming".into(), format!("file:{}", file.display())]);
     let refs: Vec<&str> = args64.iter().map(String::as_str).collect();
@@ -242,6 +279,8 @@ fn bad_streams_are_refused_and_the_machine_waits_on() {
     // The good stream still loads and the program finishes.
     q.execute("migrate-incoming", json!({ "uri": format!("file:{}", file.display()) }));
     assert_eq!(wait_migration(&mut q)["status"], "completed");
+    // Without -S the machine runs once the state is in.
+    go_once_running(&mut dest, &mut q);
     let after = dest.finish(Duration::from_secs(180));
     check_continued("tcg", "tcg (after three bad streams)", &before, &after);
 }

@@ -236,9 +236,11 @@ impl Stream {
     }
 
     fn find(&self, kind: u8, name: &str) -> Result<&[u8], SnapshotError> {
-        let s = self.sections.iter().find(|s| s.kind == kind && s.name == name).ok_or_else(|| {
-            SnapshotError::Mismatch(format!("the stream has no section '{name}'"))
-        })?;
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.kind == kind && s.name == name)
+            .ok_or_else(|| SnapshotError::Mismatch(format!("the stream has no section '{name}'")))?;
         Ok(&self.data[s.start..s.start + s.len])
     }
 

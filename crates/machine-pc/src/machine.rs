@@ -365,8 +365,10 @@ impl PcMachine {
         }
         self.serve_requests();
         if let Some(state) = self.run.take_pause() {
-            self.run.set_state(state);
+            // The event first: `stop` answers once the state has changed, and QEMU's
+            // STOP comes before that answer.
             self.observe(|o| o.stopped());
+            self.run.set_state(state);
             return self.stopped();
         }
         Ok(None)
@@ -394,6 +396,7 @@ impl PcMachine {
         loop {
             if self.run.wait_while_stopped() {
                 self.observe(|o| o.resumed());
+                self.run.set_state(RunState::Running);
                 return Ok(None);
             }
             self.serve_requests();

@@ -61,7 +61,12 @@ pub struct RunControl {
 }
 
 impl RunControl {
-    pub(crate) fn new(events: Arc<EventQueue>, pm: Arc<Mutex<AcpiPm>>, start_paused: bool, incoming: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        events: Arc<EventQueue>,
+        pm: Arc<Mutex<AcpiPm>>,
+        start_paused: bool,
+        incoming: bool,
+    ) -> Arc<Self> {
         let state = match (incoming, start_paused) {
             (true, _) => RunState::InMigrate,
             (false, true) => RunState::Prelaunch,
@@ -98,13 +103,30 @@ impl RunControl {
         lock(&self.flags).state
     }
 
-    /// `stop`: takes effect once every vCPU has left guest code.
+    /// `stop`: returns once every vCPU has left guest code (and STOP was sent), as
+    /// QEMU's does.
     pub fn stop(&self) {
         let mut f = lock(&self.flags);
         if f.state == RunState::Running {
             f.pause = Some(RunState::Paused);
             drop(f);
             self.events.request(MachineEvent::Pause);
+            self.wait_until(|s| s != RunState::Running);
+        }
+    }
+
+    /// Waits (at most a few seconds: a vCPU stuck in the host would otherwise hang the
+    /// monitor) until the state satisfies `done`.
+    fn wait_until(&self, done: impl Fn(RunState) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut f = lock(&self.flags);
+        while !done(f.state) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                log::warn!("the machine did not change its run state within 10 s");
+                return;
+            }
+            f = self.cond.wait_timeout(f, left).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
@@ -137,6 +159,8 @@ impl RunControl {
         f.pause = None;
         drop(f);
         self.cond.notify_all();
+        // As QEMU's: RESUME is sent and the machine runs when `cont` answers.
+        self.wait_until(|s| s == RunState::Running);
         Ok(())
     }
 
@@ -223,6 +247,7 @@ impl RunControl {
             f.reset_since_shutdown = false;
         }
         f.state = state;
+        self.cond.notify_all();
     }
 
     /// The state a `stop` (or a save) waits to stop in, if any (then taken).
@@ -244,7 +269,6 @@ impl RunControl {
         let mut f = lock(&self.flags);
         loop {
             if std::mem::take(&mut f.cont) {
-                f.state = RunState::Running;
                 return true;
             }
             if self.events.is_pending() || !f.jobs.is_empty() {

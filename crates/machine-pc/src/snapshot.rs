@@ -140,7 +140,8 @@ impl PcMachine {
             )));
         }
         let clock: u64 = stream.section("clock")?;
-        let cpus = (0..self.vcpus.len()).map(|i| stream.section(&format!("cpu{i}"))).collect::<Result<Vec<CpuState>, _>>()?;
+        let cpus =
+            (0..self.vcpus.len()).map(|i| stream.section(&format!("cpu{i}"))).collect::<Result<Vec<CpuState>, _>>()?;
         let views: Vec<usize> = stream.section("memory.views")?;
         let devices = here.devices.iter().map(|n| stream.json(n)).collect::<Result<Vec<State>, _>>()?;
         let memory =

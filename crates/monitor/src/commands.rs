@@ -117,9 +117,11 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         m.migration.set_capabilities(a.get("capabilities").unwrap_or(&Value::Null)).map(|()| json!({}))
     }),
     // Bandwidth and downtime limits mean nothing to a save that stops the guest.
-    ("migrate-set-parameters", &["max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname", "tls-authz"], |_, _| {
-        Ok(json!({}))
-    }),
+    (
+        "migrate-set-parameters",
+        &["max-bandwidth", "downtime-limit", "tls-creds", "tls-hostname", "tls-authz"],
+        |_, _| Ok(json!({})),
+    ),
     ("query-migrate-parameters", &[], |_, _| {
         Ok(json!({ "max-bandwidth": 134217728, "downtime-limit": 300, "tls-creds": "", "tls-hostname": "" }))
     }),

@@ -55,20 +55,26 @@ impl Migration {
     }
 
     pub fn set_capabilities(&self, list: &Value) -> Result<(), QmpError> {
-        let items = list.as_array().ok_or_else(|| QmpError::generic("Invalid parameter type for 'capabilities', expected: array"))?;
+        let items = list
+            .as_array()
+            .ok_or_else(|| QmpError::generic("Invalid parameter type for 'capabilities', expected: array"))?;
         let mut parsed = Vec::new();
         for c in items {
             match (c.get("capability").and_then(Value::as_str), c.get("state").and_then(Value::as_bool)) {
                 (Some(name), Some(state)) if CAPABILITIES.contains(&name) => {
                     if state && name != "events" {
-                        return Err(QmpError::generic(format!("Migration capability '{name}' is not supported by quern")));
+                        return Err(QmpError::generic(format!(
+                            "Migration capability '{name}' is not supported by quern"
+                        )));
                     }
                     parsed.push((name.to_string(), state));
                 }
                 (Some(name), Some(_)) => {
                     return Err(QmpError::generic(format!("Parameter 'capability' does not accept value '{name}'")))
                 }
-                _ => return Err(QmpError::generic("each capability needs 'capability' (string) and 'state' (boolean)")),
+                _ => {
+                    return Err(QmpError::generic("each capability needs 'capability' (string) and 'state' (boolean)"))
+                }
             }
         }
         self.capabilities.lock().unwrap_or_else(|e| e.into_inner()).extend(parsed);
@@ -206,7 +212,9 @@ impl Monitor {
                 None => match name.parse::<i32>() {
                     // An inherited descriptor, as `-incoming fd:N` gives one.
                     // SAFETY: checked open with fcntl; ours from here on.
-                    Ok(n) if n > 2 && unsafe { libc::fcntl(n, libc::F_GETFD) } >= 0 => unsafe { OwnedFd::from_raw_fd(n) },
+                    Ok(n) if n > 2 && unsafe { libc::fcntl(n, libc::F_GETFD) } >= 0 => unsafe {
+                        OwnedFd::from_raw_fd(n)
+                    },
                     _ => return Err(bad(format!("no file descriptor '{name}' (pass one with getfd first)"))),
                 },
             };

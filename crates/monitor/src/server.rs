@@ -153,7 +153,8 @@ impl io::Read for FdPassingReader {
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                    let count =
+                        ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
                     for i in 0..count.min(MAX_FDS) {
                         // Each received descriptor is new and ours.
                         self.monitor.fd_received(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));

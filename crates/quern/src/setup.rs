@@ -117,7 +117,8 @@ fn open_drive(d: &DriveSpec) -> Result<(DriveConfig, Option<Arc<BlockStats>>), S
         }
         None => (None, None),
     };
-    let drive = DriveConfig { backend, media: d.media, bus: d.bus, unit: d.unit, bootindex: d.bootindex, id: d.id.clone() };
+    let drive =
+        DriveConfig { backend, media: d.media, bus: d.bus, unit: d.unit, bootindex: d.bootindex, id: d.id.clone() };
     Ok((drive, stats))
 }
 
