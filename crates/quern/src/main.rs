@@ -63,9 +63,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `-machine none`: the monitors alone, until `quit`.
+fn run_without_machine(opts: &Options) -> Result<i32, Fatal> {
+    let _pidfile = opts.pidfile.as_deref().map(setup::PidFile::create).transpose().map_err(Fatal)?;
+    // The accelerator libvirt would get: KVM where it can be opened.
+    let kvm = opts.accels.iter().any(|a| a.kind == cli::AccelKind::Kvm)
+        && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let accel = if kvm { "kvm" } else { "tcg" };
+    monitor::serve_without_machine(opts, accel, || {
+        if opts.daemonize {
+            daemon::ready();
+        }
+    })
+    .map_err(Fatal)?;
+    Ok(0)
+}
+
 fn run(opts: Options) -> Result<i32, Fatal> {
     if !opts.display_none {
         log::info!("quern has no graphical display: running as with -nographic");
+    }
+    if opts.machine_none {
+        return run_without_machine(&opts);
     }
     let (cfg, drive_stats) = setup::machine_config(&opts).map_err(Fatal)?;
     let _pidfile = opts.pidfile.as_deref().map(setup::PidFile::create).transpose().map_err(Fatal)?;

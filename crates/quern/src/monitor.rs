@@ -99,6 +99,63 @@ impl Vm for MachineVm {
     }
 }
 
+/// `-machine none`: no guest, only the monitor, as management tools probe an
+/// emulator. `quit` ends the process.
+struct NoMachine {
+    state: std::sync::Mutex<RunState>,
+    info: VmInfo,
+    quit: std::sync::mpsc::Sender<()>,
+}
+
+impl Vm for NoMachine {
+    fn run_state(&self) -> RunState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn stop(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = RunState::Paused;
+    }
+    fn cont(&self) -> Result<(), String> {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = RunState::Running;
+        Ok(())
+    }
+    fn system_reset(&self) {}
+    fn system_powerdown(&self) {}
+    fn quit(&self) {
+        let _ = self.quit.send(());
+    }
+    fn info(&self) -> VmInfo {
+        self.info.clone()
+    }
+    fn set_link(&self, name: &str, _up: bool) -> Result<(), String> {
+        Err(format!("Device '{name}' not found"))
+    }
+    fn human(&self, line: &str) -> Result<String, String> {
+        Err(format!("'{line}': there is no machine (-machine none)"))
+    }
+    fn save(&self, _out: Box<dyn Write + Send>) -> Result<u64, String> {
+        Err("there is no machine to save (-machine none)".into())
+    }
+    fn load(&self, _input: Box<dyn Read + Send>) -> Result<(), String> {
+        Err("there is no machine to load into (-machine none)".into())
+    }
+    fn blocks(&self) -> Vec<BlockInfo> {
+        Vec::new()
+    }
+}
+
+/// Serves the monitors of `-machine none` until `quit`.
+pub fn serve_without_machine(o: &Options, accel: &str, ready: impl FnOnce()) -> Result<(), String> {
+    let (quit, quitting) = std::sync::mpsc::channel();
+    let state = if o.start_paused { RunState::Prelaunch } else { RunState::Running };
+    let info = VmInfo { cpus: 0, max_cpus: 1, ..vm_info(o, accel, Vec::new()) };
+    let monitor = Monitor::new(Arc::new(NoMachine { state: std::sync::Mutex::new(state), info, quit }));
+    listen(o, &monitor)?;
+    ready();
+    let _ = quitting.recv();
+    monitor.event("SHUTDOWN", Some(json!({ "guest": false, "reason": "host-qmp-quit" })));
+    Ok(())
+}
+
 /// The run-state changes, as QMP events.
 struct Events(Arc<Monitor>);
 
@@ -147,6 +204,28 @@ fn block_info(d: &DriveSpec, stats: Option<&BlockStats>) -> BlockInfo {
     }
 }
 
+fn vm_info(o: &Options, accel: &str, peripherals: Vec<(String, String)>) -> VmInfo {
+    VmInfo {
+        accel: accel.to_string(),
+        kvm_present: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
+        cpus: o.cpus,
+        max_cpus: o.topology.max_cpus(),
+        name: o.name.clone(),
+        uuid: format_uuid(&o.uuid),
+        chardevs: crate::pty::chardev().into_iter().collect(),
+        peripherals,
+    }
+}
+
+/// Makes every monitor socket listen and serve `monitor`.
+fn listen(o: &Options, monitor: &Arc<Monitor>) -> Result<(), String> {
+    for e in &o.qmp {
+        let l = e.listen().map_err(|err| format!("monitor socket {e}: {err}"))?;
+        l.serve(monitor.clone()).map_err(|err| format!("-qmp: {err}"))?;
+    }
+    Ok(())
+}
+
 /// A UUID as written (8-4-4-4-12 hex digits).
 fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
@@ -175,23 +254,11 @@ pub fn start(
         })
         .collect();
     peripherals.extend(nics.iter().map(|n| (n.id.clone(), "e1000".to_string())));
-    let info = VmInfo {
-        accel: accel.to_string(),
-        kvm_present: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
-        cpus: o.cpus,
-        max_cpus: o.topology.max_cpus(),
-        name: o.name.clone(),
-        uuid: format_uuid(&o.uuid),
-        chardevs: crate::pty::chardev().into_iter().collect(),
-        peripherals,
-    };
+    let info = vm_info(o, accel, peripherals);
     let drives = o.drives.iter().cloned().zip(stats).collect();
     let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info, nics, drives }));
     run.set_observer(Arc::new(Events(monitor.clone())));
-    for e in &o.qmp {
-        let l = e.listen().map_err(|err| format!("monitor socket {e}: {err}"))?;
-        l.serve(monitor.clone()).map_err(|err| format!("-qmp: {err}"))?;
-    }
+    listen(o, &monitor)?;
     if let Some(uri) = incoming {
         monitor.incoming(uri).map_err(|e| format!("-incoming {uri}: {}", e.desc))?;
     }

@@ -94,6 +94,8 @@ pub struct Options {
     pub accels: Vec<AccelChoice>,
     /// `kernel-irqchip=` from `-machine`, for KVM.
     pub machine_irqchip: Option<KernelIrqchip>,
+    /// `-machine none`: no guest, only the monitors (libvirt probes this way).
+    pub machine_none: bool,
     /// The `-cpu` string (model and features), resolved by the accelerator's setup.
     pub cpu: String,
     pub kernel: Option<PathBuf>,
@@ -196,6 +198,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action> {
 #[derive(Default)]
 struct Builder {
     ram_bytes: Option<u64>,
+    /// `-add-fd`: (set, descriptor), for paths `/dev/fdset/SET`.
+    fdsets: Vec<(i32, i32)>,
+    /// `-object memory-backend-ram`: (id, size).
+    ram_backends: Vec<(String, u64)>,
     cpus: Option<(u32, quern_core::Topology)>,
     machine: Opts,
     accel: Vec<AccelChoice>,
@@ -368,11 +374,41 @@ impl Builder {
                             return Err(bad(name, value, "secret needs id="));
                         }
                     }
+                    // Guest RAM as an object (libvirt's form): its size, for
+                    // -machine memory-backend=ID.
+                    Some("memory-backend-ram") => {
+                        if let Some(k) = o.unknown_key(&["qom-type", "id", "size"]) {
+                            return Err(bad(name, value, format!("unknown property '{k}' for memory-backend-ram")));
+                        }
+                        let id = o.get("id").ok_or_else(|| bad(name, value, "memory-backend-ram needs id="))?;
+                        let size = o.get("size").ok_or_else(|| bad(name, value, "memory-backend-ram needs size="))?;
+                        let size = size::parse_size(size, 1).map_err(|e| bad(name, value, e))?;
+                        self.ram_backends.push((id.to_string(), size));
+                    }
                     Some(t) => {
-                        return Err(bad(name, value, format!("-object {t} is not supported yet (quern takes secret)")))
+                        return Err(bad(
+                            name,
+                            value,
+                            format!("-object {t} is not supported yet (quern takes secret and memory-backend-ram)"),
+                        ))
                     }
                     None => return Err(bad(name, value, "name the object's type (qom-type)")),
                 }
+            }
+            "add-fd" => {
+                let o = Opts::parse(text(name, value)?, None).map_err(|e| bad(name, value, e))?;
+                if let Some(k) = o.unknown_key(&["set", "fd", "opaque"]) {
+                    return Err(bad(name, value, format!("unknown property '{k}'")));
+                }
+                let num = |k: &str| o.get(k).and_then(|v| v.parse::<i32>().ok()).filter(|n| *n >= 0);
+                let (Some(set), Some(fd)) = (num("set"), num("fd")) else {
+                    return Err(bad(name, value, "give set=N and fd=M (numbers)"));
+                };
+                // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
+                if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                    return Err(bad(name, value, format!("fd={fd} is not open")));
+                }
+                self.fdsets.push((set, fd));
             }
             "sandbox" => {
                 let o = Opts::parse(text(name, value)?, Some("enable")).map_err(|e| bad(name, value, e))?;
@@ -444,6 +480,19 @@ impl Builder {
                 self.machine.keys().map(|k| format!("{k}={}", self.machine.get(k).unwrap_or(""))).collect();
             CliError(format!("-machine {}: {e}", shown.join(",")))
         })?;
+        let mut ram_bytes = self.ram_bytes;
+        if let Some(id) = self.machine.get("memory-backend") {
+            let Some(&(_, size)) = self.ram_backends.iter().find(|(i, _)| i == id) else {
+                return Err(CliError(format!("-machine memory-backend={id}: no -object memory-backend-ram,id={id}")));
+            };
+            if ram_bytes.is_some_and(|m| m != size) {
+                return Err(CliError(format!(
+                    "-machine memory-backend={id}: its size ({size} bytes) differs from -m's ({} bytes)",
+                    ram_bytes.unwrap_or_default()
+                )));
+            }
+            ram_bytes = Some(size);
+        }
         let mut accels = self.accel;
         if self.enable_kvm {
             accels.insert(0, AccelChoice { kind: AccelKind::Kvm, kernel_irqchip: None });
@@ -471,6 +520,7 @@ impl Builder {
             Some(id) => monitors.serial_chardev(id).map_err(|e| CliError(format!("-device isa-serial: {e}")))?,
             None => None,
         };
+        let log = log.map(|(p, append)| fdset_path(&self.fdsets, p).map(|p| (p, append))).transpose()?;
         let from_device = self.serial_chardev.map(|id| Some(CharDev::Pty(id, log)));
         let com1 = match from_device.or_else(|| serial.next()) {
             Some(Some(CharDev::Stdio)) if self.daemonize => {
@@ -483,8 +533,12 @@ impl Builder {
             None if self.nodefaults || self.daemonize => None,
             None => Some(CharDev::Stdio),
         };
-        if self.daemonize && self.nographic {
-            return Err(CliError("-nographic cannot be used with -daemonize (there is no terminal)".into()));
+        // As QEMU: -nographic would put the serial port on the missing terminal, unless
+        // -nodefaults took that default away.
+        if self.daemonize && self.nographic && !self.nodefaults {
+            return Err(CliError(
+                "-nographic cannot be used with -daemonize (there is no terminal; add -nodefaults)".into(),
+            ));
         }
         if serial.any(|d| d.is_some()) {
             return Err(CliError("-serial: a second serial port (COM2) is not supported yet".into()));
@@ -501,11 +555,12 @@ impl Builder {
         // network option; a build without libslirp has no user-mode network to give.
         let (netdevs, nics) = self.net.finish(!self.nodefaults && cfg!(feature = "slirp")).map_err(CliError)?;
         Ok(Options {
-            ram_bytes: self.ram_bytes.unwrap_or(128 << 20),
+            ram_bytes: ram_bytes.unwrap_or(128 << 20),
             cpus: self.cpus.map_or(1, |c| c.0),
             topology: self.cpus.map(|c| c.1).unwrap_or_default(),
             accels,
             machine_irqchip,
+            machine_none: self.machine.get("type") == Some("none"),
             cpu: self.cpu.unwrap_or_else(|| "qemu64".into()),
             kernel: self.kernel,
             initrd: self.initrd,
@@ -754,6 +809,15 @@ fn accel_choice(o: &Opts) -> std::result::Result<AccelChoice, String> {
     Ok(choice)
 }
 
+/// A path `/dev/fdset/N` names the descriptor `-add-fd set=N` passed in (as libvirt
+/// hands over log files); it is reopened through /proc/self/fd.
+fn fdset_path(fdsets: &[(i32, i32)], p: PathBuf) -> Result<PathBuf> {
+    let Some(set) = p.to_str().and_then(|s| s.strip_prefix("/dev/fdset/")) else { return Ok(p) };
+    let fd = set.parse::<i32>().ok().and_then(|n| fdsets.iter().find(|(s, _)| *s == n)).map(|(_, fd)| *fd);
+    let fd = fd.ok_or_else(|| CliError(format!("{}: no -add-fd set={set}", p.display())))?;
+    Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
 /// `-machine`: the type and the properties quern honours; returns the accelerators
 /// named by `accel=` and the `kernel-irqchip=` setting.
 fn check_machine(o: &Opts) -> std::result::Result<(Vec<AccelChoice>, Option<KernelIrqchip>), String> {
@@ -767,9 +831,9 @@ fn check_machine(o: &Opts) -> std::result::Result<(Vec<AccelChoice>, Option<Kern
         t if t == "q35" || t.starts_with("pc-q35-") => {
             return Err(format!("machine type '{t}' is not supported yet (the q35 machine comes later; use pc)"))
         }
-        "isapc" | "microvm" | "none" | "x-remote" => {
-            return Err(format!("machine type '{ty}' is not supported yet (use pc)"))
-        }
+        // No machine at all: only the monitor, for management tools' probes.
+        "none" => {}
+        "isapc" | "microvm" | "x-remote" => return Err(format!("machine type '{ty}' is not supported yet (use pc)")),
         t => return Err(format!("unsupported machine type '{t}' (-machine help lists them)")),
     }
     let mut accels = Vec::new();
@@ -807,8 +871,9 @@ fn check_machine(o: &Opts) -> std::result::Result<(Vec<AccelChoice>, Option<Kern
                     return Err(not_yet());
                 }
             }
+            // Resolved against the -object memory-backend-ram in `finish`.
+            "memory-backend" => {}
             "pcspk-audiodev"
-            | "memory-backend"
             | "confidential-guest-support"
             | "max-ram-below-4g"
             | "sgx-epc"

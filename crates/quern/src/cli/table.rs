@@ -52,7 +52,7 @@ pub const OPTIONS: &[OptionDef] = &[
     opt("numa", true, NotYet("NUMA topologies are not modelled")),
     opt("mem-path", true, NotYet("file-backed guest RAM is not built")),
     opt("mem-prealloc", false, NotYet("preallocated guest RAM is not built")),
-    opt("add-fd", true, MONITOR),
+    opt("add-fd", true, Yes),
     opt("set", true, NotYet("-set needs QEMU's configuration groups")),
     opt("global", true, NotYet("device property defaults are not built")),
     opt("boot", true, Yes),
