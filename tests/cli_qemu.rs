@@ -155,7 +155,7 @@ fn tutorial_lines_with_what_quern_lacks_are_refused_by_name() {
         ("-kernel K -vnc :1", "-vnc :1"),
         ("-kernel K -icount shift=1", "-icount shift=1"),
         ("-kernel K -global isa-fdc.driveA=", "-global isa-fdc.driveA="),
-        ("-kernel K -object memory-backend-ram,id=m,size=1G", "-object memory-backend-ram,id=m,size=1G"),
+        ("-kernel K -object memory-backend-file,id=m,size=1G,mem-path=/dev/shm", "-object memory-backend-file"),
         ("-kernel K -vga std", "-vga std"),
     ] {
         let args = split(line, &k);

@@ -276,8 +276,19 @@ fn bad_streams_are_refused_and_the_machine_waits_on() {
     assert!(run.stderr.contains("does not fit this machine"), "-m 64 took a -m 32 state:\n{}", run.describe());
     assert_eq!(run.status, Some(1), "a state that cannot load ends -incoming FILE:\n{}", run.describe());
 
-    // The good stream still loads and the program finishes.
-    q.execute("migrate-incoming", json!({ "uri": format!("file:{}", file.display()) }));
+    // Descriptors as libvirt passes them: getfd needs one sent with it.
+    let none = q.send("{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"in\"}}\n");
+    assert!(none["error"]["desc"].as_str().unwrap_or_default().contains("SCM_RIGHTS"), "{none}");
+    let unknown = q.send("{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:nosuch\"}}\n");
+    assert!(unknown["error"]["desc"].as_str().unwrap_or_default().contains("getfd"), "{unknown}");
+
+    // The good stream, through a descriptor passed with getfd, still loads and the
+    // program finishes.
+    let f = std::fs::File::open(&file).unwrap();
+    let r = q.send_with_fd("{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"in\"}}\n", &f);
+    assert_eq!(r["return"], json!({}), "{r}");
+    drop(f);
+    q.execute("migrate-incoming", json!({ "uri": "fd:in" }));
     assert_eq!(wait_migration(&mut q)["status"], "completed");
     // Without -S the machine runs once the state is in.
     go_once_running(&mut dest, &mut q);

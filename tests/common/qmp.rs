@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 /// A QMP connection that reads replies and events line by line.
 pub struct Raw {
     pub s: UnixStream,
-    r: BufReader<UnixStream>,
+    pub r: BufReader<UnixStream>,
 }
 
 impl Raw {

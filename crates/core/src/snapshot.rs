@@ -171,6 +171,9 @@ impl<W: Write> StreamWriter<W> {
 /// The unit of memory sections.
 pub const PAGE: usize = 4096;
 
+/// A page of a memory section: its offset and bytes.
+pub type Page<'a> = (u64, &'a [u8]);
+
 /// A checked stream, held in memory until applied.
 pub struct Stream {
     data: Vec<u8>,
@@ -255,8 +258,8 @@ impl Stream {
         from_state(self.json(name)?).map_err(|problem| SnapshotError::Section { section: name.into(), problem })
     }
 
-    /// Memory section `name`: its length and its present pages as (offset, bytes).
-    pub fn memory(&self, name: &str) -> Result<(u64, Vec<(u64, &[u8])>), SnapshotError> {
+    /// Memory section `name`: its length and its present pages.
+    pub fn memory(&self, name: &str) -> Result<(u64, Vec<Page<'_>>), SnapshotError> {
         let p = self.find(KIND_MEMORY, name)?;
         let bad = |problem: &str| SnapshotError::Section { section: name.into(), problem: problem.into() };
         if p.len() < 16 {

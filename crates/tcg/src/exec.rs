@@ -1070,7 +1070,7 @@ mod tests {
         let live = |idx: usize| st.jmp_cache[idx].iter().filter(|e| e.host != stub).map(|e| e.rip).collect::<Vec<_>>();
         let kernel = live(crate::mmu::MMU_KERNEL);
         assert!(kernel.iter().any(|&rip| (0x1100..0x1200).contains(&rip)), "{kernel:x?}");
-        assert_eq!(live(crate::mmu::MMU_USER), [], "user pages are not global");
+        assert_eq!(live(crate::mmu::MMU_USER), [0u64; 0], "user pages are not global");
     }
 
     /// A vCPU in real mode at 0000:1000, the stack at 0000:8000.

@@ -216,6 +216,29 @@ fn monitors_and_start_paused() {
 }
 
 #[test]
+fn libvirt_forms_of_memory_logs_probes_and_incoming() {
+    let o = run(&[
+        "-machine",
+        "pc-i440fx-7.2,memory-backend=pc.ram",
+        "-object",
+        "memory-backend-ram,id=pc.ram,size=268435456",
+    ]);
+    assert_eq!(o.ram_bytes, 256 << 20);
+    let both = ["-m", "128", "-machine", "pc,memory-backend=r", "-object", "memory-backend-ram,id=r,size=256M"];
+    assert!(err(&both).contains("differs from -m"));
+    assert!(err(&["-machine", "pc,memory-backend=r"]).contains("no -object memory-backend-ram,id=r"));
+    assert!(run(&["-machine", "none,accel=kvm:tcg", "-nodefaults"]).machine_none);
+    assert!(err(&["-add-fd", "set=0,fd=987654"]).contains("fd=987654 is not open"));
+    assert!(err(&["-add-fd", "set=x,fd=1"]).contains("set=N and fd=M"));
+    let pty = ["-chardev", "pty,id=c,logfile=/dev/fdset/3", "-device", "isa-serial,chardev=c"];
+    assert!(err(&pty).contains("no -add-fd set=3"));
+    assert_eq!(run(&["-incoming", "defer"]).incoming.as_deref(), Some("defer"));
+    assert_eq!(run(&["-incoming", "fd:12"]).incoming.as_deref(), Some("fd:12"));
+    assert!(err(&["-incoming", "tcp:0:4444"]).contains("defer, fd:N, file:PATH or exec:COMMAND"));
+    assert!(err(&["-nographic", "-daemonize"]).contains("add -nodefaults"));
+}
+
+#[test]
 fn defaults_and_nodefaults() {
     let o = run(&[]);
     assert_eq!((o.ram_bytes, o.cpus, o.cpu.as_str(), o.serial), (128 << 20, 1, "qemu64", Some(CharDev::Stdio)));
