@@ -3,6 +3,7 @@
 //! an accelerator can run here.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod guest;
 pub mod http;
 pub mod multiboot;
@@ -294,6 +295,14 @@ impl Console {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Types `bytes` as they are (escapes such as Ctrl-A included).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(bytes).expect("write to quern's stdin");
+        stdin.flush().expect("flush quern's stdin");
     }
 
     /// Types `line` and Enter on the guest's console.

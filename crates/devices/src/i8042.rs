@@ -100,11 +100,38 @@ impl I8042 {
     /// Queues scan codes from the host keyboard (set 1 if the guest left translation
     /// on, set 2 otherwise), unless the guest disabled the keyboard.
     pub fn push_keyboard_bytes(&mut self, bytes: &[u8]) {
-        if self.scanning && self.ctr & CTR_KBD_DISABLE == 0 {
+        if self.keyboard_enabled() {
             for &b in bytes {
                 self.push(b, Source::Kbd);
             }
         }
+    }
+
+    /// Presses (`down`) or releases the key named by its QAPI `QKeyCode` ("a",
+    /// "ret", "ctrl_r", "delete", "f12", "kp_enter"...), as QMP `send-key` and HMP
+    /// `sendkey` do. Its scan codes are queued in the set the guest reads: set 1 while
+    /// the command byte's translation bit is on (the PC default), set 2 otherwise;
+    /// extended keys after an 0xE0 prefix, releases as break codes. "pause" sends its
+    /// make sequence on press and nothing on release (it has no break code).
+    ///
+    /// The key is dropped, without error, while the guest has disabled the keyboard
+    /// (0xF5 to the keyboard, or controller command 0xAD), as the other keyboard
+    /// input is, or if the output queue has no room for all of its bytes. An unknown
+    /// name is an error.
+    pub fn key(&mut self, qcode: &str, down: bool) -> Result<(), String> {
+        let bytes =
+            scancodes(qcode, down, self.ctr & CTR_TRANSLATE != 0).ok_or_else(|| format!("unknown key '{qcode}'"))?;
+        // All or nothing: a partial sequence (a lone 0xE0) would confuse the guest.
+        if self.queue.len() + bytes.len() <= QUEUE_MAX {
+            self.push_keyboard_bytes(&bytes);
+        } else if self.unhandled.first(0x1000) {
+            log::debug!("i8042: output queue full, dropping key '{qcode}'");
+        }
+        Ok(())
+    }
+
+    fn keyboard_enabled(&self) -> bool {
+        self.scanning && self.ctr & CTR_KBD_DISABLE == 0
     }
 
     /// The A20 gate as the guest last set it through the output port.
@@ -267,6 +294,172 @@ impl I8042 {
             self.push(b, Source::Kbd);
         }
     }
+}
+
+/// Keys by QAPI `QKeyCode` name: the make code in scan code set 1 and in set 2, and
+/// whether it follows an 0xE0 prefix.
+const KEYS: &[(&str, u8, u8, bool)] = &[
+    ("esc", 0x01, 0x76, false),
+    ("1", 0x02, 0x16, false),
+    ("2", 0x03, 0x1e, false),
+    ("3", 0x04, 0x26, false),
+    ("4", 0x05, 0x25, false),
+    ("5", 0x06, 0x2e, false),
+    ("6", 0x07, 0x36, false),
+    ("7", 0x08, 0x3d, false),
+    ("8", 0x09, 0x3e, false),
+    ("9", 0x0a, 0x46, false),
+    ("0", 0x0b, 0x45, false),
+    ("minus", 0x0c, 0x4e, false),
+    ("equal", 0x0d, 0x55, false),
+    ("backspace", 0x0e, 0x66, false),
+    ("tab", 0x0f, 0x0d, false),
+    ("q", 0x10, 0x15, false),
+    ("w", 0x11, 0x1d, false),
+    ("e", 0x12, 0x24, false),
+    ("r", 0x13, 0x2d, false),
+    ("t", 0x14, 0x2c, false),
+    ("y", 0x15, 0x35, false),
+    ("u", 0x16, 0x3c, false),
+    ("i", 0x17, 0x43, false),
+    ("o", 0x18, 0x44, false),
+    ("p", 0x19, 0x4d, false),
+    ("bracket_left", 0x1a, 0x54, false),
+    ("bracket_right", 0x1b, 0x5b, false),
+    ("ret", 0x1c, 0x5a, false),
+    ("ctrl", 0x1d, 0x14, false),
+    ("a", 0x1e, 0x1c, false),
+    ("s", 0x1f, 0x1b, false),
+    ("d", 0x20, 0x23, false),
+    ("f", 0x21, 0x2b, false),
+    ("g", 0x22, 0x34, false),
+    ("h", 0x23, 0x33, false),
+    ("j", 0x24, 0x3b, false),
+    ("k", 0x25, 0x42, false),
+    ("l", 0x26, 0x4b, false),
+    ("semicolon", 0x27, 0x4c, false),
+    ("apostrophe", 0x28, 0x52, false),
+    ("grave_accent", 0x29, 0x0e, false),
+    ("shift", 0x2a, 0x12, false),
+    ("backslash", 0x2b, 0x5d, false),
+    ("z", 0x2c, 0x1a, false),
+    ("x", 0x2d, 0x22, false),
+    ("c", 0x2e, 0x21, false),
+    ("v", 0x2f, 0x2a, false),
+    ("b", 0x30, 0x32, false),
+    ("n", 0x31, 0x31, false),
+    ("m", 0x32, 0x3a, false),
+    ("comma", 0x33, 0x41, false),
+    ("dot", 0x34, 0x49, false),
+    ("slash", 0x35, 0x4a, false),
+    ("shift_r", 0x36, 0x59, false),
+    ("kp_multiply", 0x37, 0x7c, false),
+    ("asterisk", 0x37, 0x7c, false),
+    ("alt", 0x38, 0x11, false),
+    ("spc", 0x39, 0x29, false),
+    ("caps_lock", 0x3a, 0x58, false),
+    ("f1", 0x3b, 0x05, false),
+    ("f2", 0x3c, 0x06, false),
+    ("f3", 0x3d, 0x04, false),
+    ("f4", 0x3e, 0x0c, false),
+    ("f5", 0x3f, 0x03, false),
+    ("f6", 0x40, 0x0b, false),
+    ("f7", 0x41, 0x83, false),
+    ("f8", 0x42, 0x0a, false),
+    ("f9", 0x43, 0x01, false),
+    ("f10", 0x44, 0x09, false),
+    ("num_lock", 0x45, 0x77, false),
+    ("scroll_lock", 0x46, 0x7e, false),
+    ("kp_7", 0x47, 0x6c, false),
+    ("kp_8", 0x48, 0x75, false),
+    ("kp_9", 0x49, 0x7d, false),
+    ("kp_subtract", 0x4a, 0x7b, false),
+    ("kp_4", 0x4b, 0x6b, false),
+    ("kp_5", 0x4c, 0x73, false),
+    ("kp_6", 0x4d, 0x74, false),
+    ("kp_add", 0x4e, 0x79, false),
+    ("kp_1", 0x4f, 0x69, false),
+    ("kp_2", 0x50, 0x72, false),
+    ("kp_3", 0x51, 0x7a, false),
+    ("kp_0", 0x52, 0x70, false),
+    ("kp_decimal", 0x53, 0x71, false),
+    // Alt+Print Screen, the code Linux's magic SysRq keys follow.
+    ("sysrq", 0x54, 0x84, false),
+    ("less", 0x56, 0x61, false),
+    ("f11", 0x57, 0x78, false),
+    ("f12", 0x58, 0x07, false),
+    ("kp_equals", 0x59, 0x0f, false),
+    ("ro", 0x73, 0x51, false),
+    ("yen", 0x7d, 0x6a, false),
+    ("kp_comma", 0x7e, 0x6d, false),
+    ("kp_enter", 0x1c, 0x5a, true),
+    ("ctrl_r", 0x1d, 0x14, true),
+    ("audiomute", 0x20, 0x23, true),
+    ("volumedown", 0x2e, 0x21, true),
+    ("volumeup", 0x30, 0x32, true),
+    ("kp_divide", 0x35, 0x4a, true),
+    ("print", 0x37, 0x7c, true),
+    ("alt_r", 0x38, 0x11, true),
+    ("altgr", 0x38, 0x11, true),
+    ("altgr_r", 0x38, 0x11, true),
+    ("home", 0x47, 0x6c, true),
+    ("up", 0x48, 0x75, true),
+    ("pgup", 0x49, 0x7d, true),
+    ("left", 0x4b, 0x6b, true),
+    ("right", 0x4d, 0x74, true),
+    ("end", 0x4f, 0x69, true),
+    ("down", 0x50, 0x72, true),
+    ("pgdn", 0x51, 0x7a, true),
+    ("insert", 0x52, 0x70, true),
+    ("delete", 0x53, 0x71, true),
+    ("meta_l", 0x5b, 0x1f, true),
+    ("meta_r", 0x5c, 0x27, true),
+    ("menu", 0x5d, 0x2f, true),
+    ("compose", 0x5d, 0x2f, true),
+    ("power", 0x5e, 0x37, true),
+    ("sleep", 0x5f, 0x3f, true),
+    ("wake", 0x63, 0x5e, true),
+];
+
+/// The bytes a keyboard sends when key `qcode` goes down or up, in set 1 or set 2;
+/// `None` for a name it does not have.
+fn scancodes(qcode: &str, down: bool, set1: bool) -> Option<Vec<u8>> {
+    if qcode == "pause" {
+        // Make only: E1 with Ctrl's make and break, then NumLock's.
+        return Some(match (down, set1) {
+            (false, _) => vec![],
+            (true, true) => vec![0xe1, 0x1d, 0x45, 0xe1, 0x9d, 0xc5],
+            (true, false) => vec![0xe1, 0x14, 0x77, 0xe1, 0xf0, 0x14, 0xf0, 0x77],
+        });
+    }
+    let &(_, code1, code2, ext) = KEYS.iter().find(|k| k.0 == qcode)?;
+    let mut v = Vec::with_capacity(3);
+    if ext {
+        v.push(0xe0);
+    }
+    match (down, set1) {
+        (true, true) => v.push(code1),
+        (false, true) => v.push(code1 | 0x80),
+        (true, false) => v.push(code2),
+        (false, false) => v.extend([0xf0, code2]),
+    }
+    Some(v)
+}
+
+/// The `QKeyCode` for a key name of HMP's `sendkey` ("ctrl-alt-delete" is the keys
+/// "ctrl", "alt", "delete"). They are the QMP names, in any case, plus a few
+/// spellings people type; `None` for an unknown name. (Numeric codes such as "0x1d"
+/// are the caller's.)
+pub fn qcode_from_hmp(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    let name = match name.as_str() {
+        "enter" | "return" => "ret",
+        "space" => "spc",
+        "escape" => "esc",
+        "del" => "delete",
+        n => n,
+    };
+    std::iter::once("pause").chain(KEYS.iter().map(|k| k.0)).find(|&k| k == name)
 }
 
 /// The controller's registers, its output queue and the keyboard's state, with the
@@ -497,6 +690,94 @@ mod tests {
         assert!(s.drain().is_empty(), "scanning stays off");
         assert!(s.control.events().is_empty());
         crate::testutil::assert_refuses_malformed(&mut r.dev, &[]);
+    }
+
+    #[test]
+    fn monitor_keys_in_set_1_with_translation() {
+        let mut r = Rig::new();
+        r.dev.key("a", true).unwrap();
+        assert!(r.kbd.level(), "IRQ1 for the make code");
+        r.dev.key("a", false).unwrap();
+        assert_eq!(r.drain(), [0x1e, 0x9e]);
+        assert_eq!(r.kbd.rising_edges(), 2, "an edge per byte");
+        r.dev.key("delete", true).unwrap();
+        r.dev.key("delete", false).unwrap();
+        assert_eq!(r.drain(), [0xe0, 0x53, 0xe0, 0xd3]);
+        for k in ["ctrl", "alt", "delete"] {
+            r.dev.key(k, true).unwrap();
+        }
+        for k in ["delete", "alt", "ctrl"] {
+            r.dev.key(k, false).unwrap();
+        }
+        assert_eq!(r.drain(), [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+        r.dev.key("pause", true).unwrap();
+        r.dev.key("pause", false).unwrap();
+        assert_eq!(r.drain(), [0xe1, 0x1d, 0x45, 0xe1, 0x9d, 0xc5]);
+        r.dev.key("f7", true).unwrap();
+        r.dev.key("kp_enter", true).unwrap();
+        assert_eq!(r.drain(), [0x41, 0xe0, 0x1c]);
+    }
+
+    #[test]
+    fn monitor_keys_in_set_2_without_translation() {
+        let mut r = Rig::new();
+        r.cmd(0x60);
+        r.data(CTR_KBD_INT | CTR_SYS);
+        r.dev.key("a", true).unwrap();
+        r.dev.key("a", false).unwrap();
+        assert_eq!(r.drain(), [0x1c, 0xf0, 0x1c]);
+        for k in ["ctrl", "alt", "delete"] {
+            r.dev.key(k, true).unwrap();
+        }
+        assert_eq!(r.drain(), [0x14, 0x11, 0xe0, 0x71]);
+        r.dev.key("delete", false).unwrap();
+        r.dev.key("ctrl_r", false).unwrap();
+        assert_eq!(r.drain(), [0xe0, 0xf0, 0x71, 0xe0, 0xf0, 0x14]);
+        r.dev.key("pause", true).unwrap();
+        assert_eq!(r.drain(), [0xe1, 0x14, 0x77, 0xe1, 0xf0, 0x14, 0xf0, 0x77]);
+    }
+
+    #[test]
+    fn monitor_keys_unknown_disabled_and_full() {
+        let mut r = Rig::new();
+        assert_eq!(r.dev.key("nosuchkey", true), Err("unknown key 'nosuchkey'".into()));
+        assert!(r.dev.key("A", true).is_err(), "QKeyCode names are lower case");
+        r.data(0xf5);
+        assert_eq!(r.drain(), [ACK]);
+        r.dev.key("a", true).unwrap();
+        assert!(r.drain().is_empty(), "scanning off: dropped");
+        assert!(r.dev.key("bogus", true).is_err(), "still checked");
+        r.data(0xf4);
+        r.cmd(0xad);
+        assert_eq!(r.drain(), [ACK]);
+        r.dev.key("a", true).unwrap();
+        assert!(r.drain().is_empty(), "keyboard disabled at the controller: dropped");
+        assert!(!r.kbd.level());
+        r.cmd(0xae);
+        // A key that does not fit whole is dropped whole.
+        for _ in 0..QUEUE_MAX - 1 {
+            r.dev.key("a", true).unwrap();
+        }
+        r.dev.key("delete", true).unwrap();
+        let got = r.drain();
+        assert_eq!(got.len(), QUEUE_MAX - 1);
+        assert!(got.iter().all(|&b| b == 0x1e));
+    }
+
+    #[test]
+    fn hmp_key_names() {
+        let keys: Vec<_> = "ctrl-alt-delete".split('-').map(qcode_from_hmp).collect();
+        assert_eq!(keys, [Some("ctrl"), Some("alt"), Some("delete")]);
+        assert_eq!(qcode_from_hmp("kp_0"), Some("kp_0"));
+        assert_eq!(qcode_from_hmp("Pause"), Some("pause"));
+        assert_eq!(qcode_from_hmp("enter"), Some("ret"));
+        assert_eq!(qcode_from_hmp("del"), Some("delete"));
+        assert_eq!(qcode_from_hmp("nosuchkey"), None);
+        // Every name the table has is a key.
+        for (name, ..) in KEYS {
+            assert_eq!(qcode_from_hmp(name), Some(*name));
+            assert!(scancodes(name, true, true).is_some());
+        }
     }
 
     #[test]

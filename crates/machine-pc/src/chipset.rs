@@ -65,6 +65,7 @@ pub struct Chipset {
     pub apics: Option<Arc<ApicBus>>,
     pub(crate) pci: Arc<Mutex<PciRoot>>,
     pub ide: Arc<Mutex<PiixIde>>,
+    pub i8042: Arc<Mutex<I8042>>,
     /// The network cards, in the order configured.
     pub nics: Vec<NicLink>,
     pub serial: Arc<Mutex<Serial>>,
@@ -156,7 +157,7 @@ impl Chipset {
 
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
         crate::machine::insert_all(&mut pio, i8042_bus_devices(&i8042))?;
-        stateful.push(("i8042".into(), i8042));
+        stateful.push(("i8042".into(), i8042.clone()));
         pio.insert(shared(Port80::new()), 0x80, 1)?;
 
         let pci = Arc::new(Mutex::new(PciRoot::new()));
@@ -218,7 +219,7 @@ impl Chipset {
             stateful.push((format!("nic.{}", n.id), n.nic.state()));
         }
 
-        Ok(Chipset { pio, mmio, pic, apics, pci, ide, nics, serial, pm, timers, clock, waker, stateful })
+        Ok(Chipset { pio, mmio, pic, apics, pci, ide, i8042, nics, serial, pm, timers, clock, waker, stateful })
     }
 
     /// What a system reset does to the chipset: the interrupt controller forgets its
@@ -246,6 +247,7 @@ pub struct NicLink {
     pub id: String,
     /// Its netdev's id.
     pub netdev: Option<String>,
+    pub mac: [u8; 6],
     pub nic: Arc<E1000>,
 }
 
@@ -282,7 +284,7 @@ fn add_nics(
         } else {
             log::warn!("{}: no netdev: the card's link goes nowhere", n.id);
         }
-        out.push(NicLink { id: n.id.clone(), netdev: n.netdev.as_ref().map(|d| d.id.clone()), nic });
+        out.push(NicLink { id: n.id.clone(), netdev: n.netdev.as_ref().map(|d| d.id.clone()), mac: n.mac, nic });
     }
     Ok(out)
 }

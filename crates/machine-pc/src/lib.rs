@@ -26,6 +26,7 @@ pub mod firmware;
 pub mod layout;
 pub mod loader;
 pub mod machine;
+pub mod pagewalk;
 pub mod pci_irq;
 pub mod runstate;
 pub mod smbios;

@@ -214,6 +214,36 @@ impl PcMachine {
         Ok(machine)
     }
 
+    /// Guest memory, for the monitor's `xp`.
+    pub fn memory(&self) -> Arc<GuestMemory> {
+        self.mem.clone()
+    }
+
+    /// The PCI bus, for the monitor's `info pci`.
+    pub fn pci(&self) -> Arc<Mutex<quern_devices::pci::PciRoot>> {
+        self.chipset.pci.clone()
+    }
+
+    /// The IDE controller, for the monitor's `eject` and `change`.
+    pub fn ide(&self) -> Arc<Mutex<quern_devices::ide::PiixIde>> {
+        self.chipset.ide.clone()
+    }
+
+    /// The keyboard controller, for the monitor's `sendkey`.
+    pub fn i8042(&self) -> Arc<Mutex<quern_devices::i8042::I8042>> {
+        self.chipset.i8042.clone()
+    }
+
+    /// The names of the devices with state, as a saved state's sections name them.
+    pub fn device_names(&self) -> Vec<String> {
+        self.chipset.stateful.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// vCPU `index`'s special registers (between runs: from a job).
+    pub fn sregs(&self, index: usize) -> Option<quern_core::regs::SpecialRegs> {
+        self.vcpus.get(index).and_then(|v| v.sregs().ok())
+    }
+
     /// The network cards, for the monitor's `set_link`.
     pub fn nics(&self) -> Vec<crate::chipset::NicLink> {
         self.chipset.nics.clone()

@@ -145,6 +145,30 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
             .map(|_| json!({}))
             .ok_or_else(|| QmpError::generic(format!("File descriptor named '{name}' not found")))
     }),
+    ("eject", &["device", "id", "force"], |m, a| {
+        let dev = device_arg(a)?;
+        let force = a.get("force").and_then(Value::as_bool).unwrap_or(false);
+        m.vm.eject(dev, force).map(|()| json!({})).map_err(device_error)
+    }),
+    ("blockdev-change-medium", &["device", "id", "filename", "format", "read-only-mode", "force"], |m, a| {
+        let dev = device_arg(a)?;
+        let file = string_arg(a, "filename")?;
+        let format = a.get("format").and_then(Value::as_str);
+        m.vm.change_medium(dev, file, format).map(|()| json!({})).map_err(device_error)
+    }),
+    ("send-key", &["keys", "hold-time"], |m, a| {
+        let keys =
+            a.get("keys").and_then(Value::as_array).ok_or_else(|| QmpError::generic("Parameter 'keys' is missing"))?;
+        let names = keys
+            .iter()
+            .map(|k| match (k.get("type").and_then(Value::as_str), &k["data"]) {
+                (Some("qcode"), Value::String(name)) => Ok(name.clone()),
+                _ => Err(QmpError::generic("each key must be {\"type\": \"qcode\", \"data\": NAME}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let hold = a.get("hold-time").and_then(Value::as_u64).unwrap_or(100).min(10_000) as u32;
+        m.vm.send_keys(&names, hold).map(|()| json!({})).map_err(QmpError::generic)
+    }),
     ("query-block", &[], |m, _| Ok(Value::Array(m.vm.blocks().iter().map(crate::block::query_block).collect()))),
     ("query-blockstats", &["query-nodes"], |m, _| {
         Ok(Value::Array(m.vm.blocks().iter().map(crate::block::blockstats).collect()))
@@ -189,6 +213,20 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         Err(QmpError { class: "DeviceNotFound", desc: format!("Device '{t}' not found") })
     }),
 ];
+
+/// A block command's drive: `device` (the drive's name) or `id` (its `-device` id).
+fn device_arg(a: &Args) -> Result<&str, QmpError> {
+    match (a.get("device"), a.get("id")) {
+        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => Ok(s),
+        _ => Err(QmpError::generic("give 'device' or 'id' (a string)")),
+    }
+}
+
+/// "Device 'x' not found" is DeviceNotFound, as in QEMU; the rest GenericError.
+fn device_error(e: String) -> QmpError {
+    let class = if e.ends_with("not found") { "DeviceNotFound" } else { "GenericError" };
+    QmpError { class, desc: e }
+}
 
 fn string_arg<'a>(a: &'a Args, name: &str) -> Result<&'a str, QmpError> {
     match a.get(name) {

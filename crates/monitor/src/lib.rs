@@ -57,6 +57,13 @@ pub trait Vm: Send + Sync {
     fn load(&self, input: Box<dyn Read + Send>) -> Result<(), String>;
     /// The block devices, for `query-block` and friends.
     fn blocks(&self) -> Vec<BlockInfo>;
+    /// `eject`: opens a CD-ROM drive's tray and takes its disc out (by the drive's or
+    /// its `-device`'s id); a disc the guest locked stays unless `force`.
+    fn eject(&self, device: &str, force: bool) -> Result<(), String>;
+    /// `blockdev-change-medium`: puts image `file` (`format`, or probed) in the drive.
+    fn change_medium(&self, device: &str, file: &str, format: Option<&str>) -> Result<(), String>;
+    /// `send-key`: presses `keys` (QEMU's key names) together for `hold_ms`.
+    fn send_keys(&self, keys: &[String], hold_ms: u32) -> Result<(), String>;
 }
 
 /// A drive and its medium, as `query-block`, `query-blockstats` and

@@ -4,6 +4,7 @@
 mod cli;
 mod console;
 mod daemon;
+mod hmp;
 mod logging;
 mod monitor;
 mod pty;
@@ -92,14 +93,14 @@ fn run(opts: Options) -> Result<i32, Fatal> {
     let accel = setup::make_accelerator(&opts, cfg.cpus, mem.clone()).map_err(Fatal)?;
     let accel_name = accel.name();
     let machine = PcMachine::new(cfg, layout, mem, bios, accel)?;
-    monitor::start(&opts, machine.run_control(), machine.nics(), accel_name, drive_stats).map_err(Fatal)?;
+    let hmp = monitor::start(&opts, &machine, accel_name, drive_stats).map_err(Fatal)?;
     pty::spawn_input(machine.serial());
     let _raw = if opts.daemonize {
         daemon::ready();
         None
     } else {
         let raw = console::RawTerminal::enter();
-        console::spawn_input(machine.serial(), machine.control());
+        console::spawn_input(machine.serial(), machine.control(), opts.hmp_stdio.map(|m| (hmp.clone(), m)));
         Some(raw)
     };
     let status = machine.run();

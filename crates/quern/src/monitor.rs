@@ -3,10 +3,16 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use quern_block::BlockStats;
+use quern_core::bus::lock;
+use quern_core::GuestMemory;
+use quern_devices::i8042::I8042;
+use quern_devices::ide::PiixIde;
+use quern_devices::pci::PciRoot;
 use quern_machine_pc::chipset::NicLink;
+use quern_machine_pc::machine::PcMachine;
 use quern_machine_pc::runstate::{RunControl, RunObserver};
 use quern_monitor::{BlockCounters, BlockInfo, Medium, Monitor, RunState, Vm, VmInfo};
 use serde_json::json;
@@ -14,11 +20,20 @@ use serde_json::json;
 use crate::cli::drives::DriveSpec;
 use crate::cli::Options;
 
-struct MachineVm {
+/// The machine as the monitors (QMP and the human monitor) see it.
+pub struct MachineVm {
     run: Arc<RunControl>,
     info: VmInfo,
     nics: Vec<NicLink>,
     drives: Vec<(DriveSpec, Option<Arc<BlockStats>>)>,
+    /// The netdevs: (id, type).
+    netdevs: Vec<(String, String)>,
+    mem: Arc<GuestMemory>,
+    pci: Arc<Mutex<PciRoot>>,
+    ide: Arc<Mutex<PiixIde>>,
+    i8042: Arc<Mutex<I8042>>,
+    /// The stateful devices' names (`info qtree`).
+    devices: Vec<String>,
 }
 
 impl Vm for MachineVm {
@@ -59,43 +74,140 @@ impl Vm for MachineVm {
         self.drives.iter().map(|(d, stats)| block_info(d, stats.as_deref())).collect()
     }
     fn human(&self, line: &str) -> Result<String, String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["info", "status"] => {
-                let s = self.run_state();
-                let shown = if s == RunState::Prelaunch { "paused (prelaunch)" } else { s.name() };
-                Ok(format!("VM status: {shown}\r\n"))
-            }
-            ["info", "registers"] => self.run.registers().map(|t| t.replace('\n', "\r\n")),
-            ["info", "version"] => {
-                let (a, b, c) = quern_monitor::commands::QEMU_VERSION;
-                Ok(format!("{a}.{b}.{c}{}\r\n", quern_monitor::commands::package()))
-            }
-            ["info", "kvm"] => Ok(format!(
-                "kvm support: {}\r\n",
-                if self.info.accel == "kvm" { "enabled" } else { "disabled" }
-            )),
-            ["info", "name"] => Ok(self.info.name.as_deref().map_or(String::new(), |n| format!("{n}\r\n"))),
-            ["stop"] => {
-                self.stop();
-                Ok(String::new())
-            }
-            ["cont" | "c"] => self.cont().map(|()| String::new()),
-            ["system_reset"] => {
-                self.system_reset();
-                Ok(String::new())
-            }
-            ["system_powerdown"] => {
-                self.system_powerdown();
-                Ok(String::new())
-            }
-            ["quit" | "q"] => {
-                self.quit();
-                Ok(String::new())
-            }
-            [] => Ok(String::new()),
-            [cmd, ..] => Err(format!("unknown or unsupported command: '{cmd}' (quern's human monitor has info status|registers|version|kvm|name, stop, cont, system_reset, system_powerdown, quit)")),
+        crate::hmp::execute(self, line)
+    }
+    fn eject(&self, device: &str, force: bool) -> Result<(), String> {
+        let (bus, unit) = self.cdrom(device)?;
+        lock(&self.ide).eject(bus, unit, force).map_err(|e| format!("Device '{device}' {e}"))
+    }
+    fn change_medium(&self, device: &str, file: &str, format: Option<&str>) -> Result<(), String> {
+        let (bus, unit) = self.cdrom(device)?;
+        let mut opts = quern_block::OpenOptions::new(std::path::Path::new(file));
+        opts.format = format.map(str::parse).transpose().map_err(|e| format!("{file}: {e}"))?;
+        opts.read_only = true;
+        let medium = quern_block::open(&opts).map_err(|e| format!("{file}: {e}"))?;
+        lock(&self.ide).insert(bus, unit, medium).map_err(|e| format!("Device '{device}' {e}"))
+    }
+    fn send_keys(&self, keys: &[String], hold_ms: u32) -> Result<(), String> {
+        let codes = keys
+            .iter()
+            .map(|k| quern_devices::i8042::qcode_from_hmp(k).ok_or_else(|| format!("invalid parameter: {k}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for c in &codes {
+            lock(&self.i8042).key(c, true)?;
         }
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(hold_ms)));
+        for c in codes.iter().rev() {
+            lock(&self.i8042).key(c, false)?;
+        }
+        Ok(())
+    }
+}
+
+impl MachineVm {
+    /// Every vCPU's registers, as `info registers` shows them.
+    pub(crate) fn registers(&self) -> Result<String, String> {
+        self.run.registers()
+    }
+
+    /// A removable drive by its `-drive` id, `-device` id or node name: (bus, unit).
+    fn cdrom(&self, device: &str) -> Result<(u8, u8), String> {
+        let d =
+            self.drives.iter().map(|(d, _)| d).find(|d| {
+                d.id == device || d.qdev.as_deref() == Some(device) || d.node_name.as_deref() == Some(device)
+            });
+        let d = d.ok_or_else(|| format!("Device '{device}' not found"))?;
+        if d.media != crate::cli::drives::Media::Cdrom {
+            return Err(format!("Device '{device}' is not removable"));
+        }
+        Ok((d.bus, d.unit))
+    }
+
+    /// `x`/`xp`: `len` bytes of guest memory at `addr`, physical or as vCPU 0 sees it.
+    pub(crate) fn read_memory(&self, addr: u64, len: usize, physical: bool) -> Result<Vec<u8>, String> {
+        let mut out = vec![0u8; len];
+        if physical {
+            self.mem.read(addr, &mut out).map_err(|e| format!("cannot access memory at {addr:#x}: {e}"))?;
+            return Ok(out);
+        }
+        let sregs = self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.sregs(0))?;
+        let sregs = sregs.ok_or("cannot read CPU 0's registers")?;
+        // Page by page: contiguous virtual pages need not be contiguous physically.
+        let mut done = 0;
+        while done < len {
+            let va = addr + done as u64;
+            let chunk = (0x1000 - (va & 0xfff) as usize).min(len - done);
+            let pa = quern_machine_pc::pagewalk::translate(&self.mem, &sregs, va)
+                .ok_or_else(|| format!("cannot access memory at {va:#x}: not mapped"))?;
+            self.mem
+                .read(pa, &mut out[done..done + chunk])
+                .map_err(|e| format!("cannot access memory at {va:#x}: {e}"))?;
+            done += chunk;
+        }
+        Ok(out)
+    }
+
+    /// `info network`: each card and its backend.
+    pub(crate) fn network_text(&self) -> String {
+        let mut t = String::new();
+        for n in &self.nics {
+            let mac: Vec<String> = n.mac.iter().map(|b| format!("{b:02x}")).collect();
+            t += &format!(
+                "{}: index=0,type=nic,model=e1000,macaddr={}
+",
+                n.id,
+                mac.join(":")
+            );
+            if let Some(id) = &n.netdev {
+                let kind = self.netdevs.iter().find(|(i, _)| i == id).map_or("?", |(_, k)| k.as_str());
+                t += &format!(
+                    " \\ {id}: index=0,type={kind}
+"
+                );
+            }
+        }
+        t
+    }
+
+    pub(crate) fn pci_text(&self) -> String {
+        crate::hmp::pci_text(&self.pci)
+    }
+
+    /// `info mtree`: guest memory's regions as the vCPUs see them now.
+    pub(crate) fn mtree_text(&self) -> String {
+        let mut t = String::from(
+            "address-space: memory
+",
+        );
+        for r in self.mem.regions() {
+            let kind = match r.kind {
+                quern_core::RegionKind::Ram => "ram",
+                quern_core::RegionKind::Rom => "rom",
+            };
+            t += &format!(
+                "  {:016x}-{:016x} (prio 0, {kind})
+",
+                r.guest_base,
+                r.end() - 1
+            );
+        }
+        t
+    }
+
+    /// `info qtree`: the devices with state, by the names a saved state uses.
+    pub(crate) fn qtree_text(&self) -> String {
+        let mut t = String::from(
+            "bus: main-system-bus
+  type System
+",
+        );
+        for name in &self.devices {
+            t += &format!(
+                "  dev: {name}
+"
+            );
+        }
+        t
     }
 }
 
@@ -140,6 +252,15 @@ impl Vm for NoMachine {
     }
     fn blocks(&self) -> Vec<BlockInfo> {
         Vec::new()
+    }
+    fn eject(&self, device: &str, _force: bool) -> Result<(), String> {
+        Err(format!("Device '{device}' not found"))
+    }
+    fn change_medium(&self, device: &str, _file: &str, _format: Option<&str>) -> Result<(), String> {
+        Err(format!("Device '{device}' not found"))
+    }
+    fn send_keys(&self, _keys: &[String], _hold_ms: u32) -> Result<(), String> {
+        Err("there is no keyboard (-machine none)".into())
     }
 }
 
@@ -232,19 +353,16 @@ fn format_uuid(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// Starts the monitors `o` asks for (their sockets listen when this returns), and an
-/// `-incoming` load that names its source.
+/// The machine's monitor: starts the QMP sockets `o` asks for (they listen when this
+/// returns) and an `-incoming` load that names its source; returns the machine as the
+/// human monitor on the terminal uses it.
 pub fn start(
     o: &Options,
-    run: Arc<RunControl>,
-    nics: Vec<NicLink>,
+    machine: &PcMachine,
     accel: &str,
     stats: crate::setup::DriveStats,
-) -> Result<(), String> {
-    let incoming = o.incoming.as_deref().filter(|u| *u != "defer");
-    if o.qmp.is_empty() && incoming.is_none() {
-        return Ok(());
-    }
+) -> Result<Arc<MachineVm>, String> {
+    let nics = machine.nics();
     let mut peripherals: Vec<(String, String)> = o
         .drives
         .iter()
@@ -254,13 +372,36 @@ pub fn start(
         })
         .collect();
     peripherals.extend(nics.iter().map(|n| (n.id.clone(), "e1000".to_string())));
-    let info = vm_info(o, accel, peripherals);
-    let drives = o.drives.iter().cloned().zip(stats).collect();
-    let monitor = Monitor::new(Arc::new(MachineVm { run: run.clone(), info, nics, drives }));
+    let netdevs = o
+        .netdevs
+        .iter()
+        .map(|n| {
+            let kind = match n.kind {
+                quern_net::NetdevKind::User(_) => "user",
+                quern_net::NetdevKind::Stream { .. } => "stream",
+                quern_net::NetdevKind::Tap(_) => "tap",
+            };
+            (n.id.clone(), kind.to_string())
+        })
+        .collect();
+    let run = machine.run_control();
+    let vm = Arc::new(MachineVm {
+        run: run.clone(),
+        info: vm_info(o, accel, peripherals),
+        nics,
+        drives: o.drives.iter().cloned().zip(stats).collect(),
+        netdevs,
+        mem: machine.memory(),
+        pci: machine.pci(),
+        ide: machine.ide(),
+        i8042: machine.i8042(),
+        devices: machine.device_names(),
+    });
+    let monitor = Monitor::new(vm.clone());
     run.set_observer(Arc::new(Events(monitor.clone())));
     listen(o, &monitor)?;
-    if let Some(uri) = incoming {
+    if let Some(uri) = o.incoming.as_deref().filter(|u| *u != "defer") {
         monitor.incoming(uri).map_err(|e| format!("-incoming {uri}: {}", e.desc))?;
     }
-    Ok(())
+    Ok(vm)
 }

@@ -8,7 +8,10 @@
 //! is reported as QEMU does it: NOT READY to the next command, then UNIT ATTENTION
 //! (medium may have changed), which holds off every command but REQUEST SENSE,
 //! INQUIRY, GET CONFIGURATION and GET EVENT STATUS NOTIFICATION until REQUEST SENSE
-//! clears it. Like QEMU, the drive reports no unit attention at power-on.
+//! clears it; GESN reports media events (new media, eject request, and, unlike QEMU,
+//! media removal). Like QEMU, the drive reports no unit attention at power-on.
+//! MEDIUM NOT PRESENT carries the tray's state in its qualifier (01h closed, 02h
+//! open), as SCSI drives report it.
 
 use quern_block::{BlockBackend, BlockError};
 use serde::{Deserialize, Serialize};
@@ -33,21 +36,38 @@ const MEDIUM_ERROR: u8 = 0x03;
 const ILLEGAL_REQUEST: u8 = 0x05;
 pub(super) const UNIT_ATTENTION: u8 = 0x06;
 const ABORTED_COMMAND: u8 = 0x0b;
-// Additional sense codes.
-const ASC_UNRECOVERED_READ: u8 = 0x11;
-const ASC_INVALID_OPCODE: u8 = 0x20;
-const ASC_LBA_OUT_OF_RANGE: u8 = 0x21;
-const ASC_INVALID_FIELD: u8 = 0x24;
-const ASC_MEDIUM_MAY_HAVE_CHANGED: u8 = 0x28;
-const ASC_SAVING_NOT_SUPPORTED: u8 = 0x39;
-const ASC_MEDIUM_NOT_PRESENT: u8 = 0x3a;
-const ASC_REMOVAL_PREVENTED: u8 = 0x53;
+// Additional sense codes and qualifiers (ASC << 8 | ASCQ).
+const ASC_UNRECOVERED_READ: u16 = 0x1100;
+const ASC_INVALID_OPCODE: u16 = 0x2000;
+const ASC_LBA_OUT_OF_RANGE: u16 = 0x2100;
+const ASC_INVALID_FIELD: u16 = 0x2400;
+const ASC_MEDIUM_MAY_HAVE_CHANGED: u16 = 0x2800;
+const ASC_SAVING_NOT_SUPPORTED: u16 = 0x3900;
+const ASC_NO_MEDIUM_TRAY_CLOSED: u16 = 0x3a01;
+const ASC_NO_MEDIUM_TRAY_OPEN: u16 = 0x3a02;
+const ASC_REMOVAL_PREVENTED: u16 = 0x5302;
+
+// GET EVENT STATUS NOTIFICATION: media event codes and status bits.
+const MEC_EJECT_REQUESTED: u8 = 1;
+const MEC_NEW_MEDIA: u8 = 2;
+const MEC_MEDIA_REMOVAL: u8 = 3;
+const MS_TRAY_OPEN: u8 = 1;
+const MS_MEDIA_PRESENT: u8 = 2;
 
 /// The sense data REQUEST SENSE returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Sense {
     pub key: u8,
     pub asc: u8,
+    /// Absent from states saved before it was kept.
+    #[serde(default)]
+    pub ascq: u8,
+}
+
+impl Sense {
+    fn new(key: u8, asc: u16) -> Sense {
+        Sense { key, asc: (asc >> 8) as u8, ascq: asc as u8 }
+    }
 }
 
 /// What a packet command sends to the host.
@@ -132,17 +152,23 @@ pub(super) struct AtapiState {
     pub tray_locked: bool,
     /// A medium change still to report: 1 NOT READY next, 2 UNIT ATTENTION next.
     pub changed: u8,
-    /// GET EVENT STATUS NOTIFICATION's "new media" event, not yet reported.
+    /// GET EVENT STATUS NOTIFICATION's media events, not yet reported.
     pub new_media: bool,
+    #[serde(default)]
+    pub eject_request: bool,
+    #[serde(default)]
+    pub media_removal: bool,
     /// The PACKET command asked for DMA (features bit 0).
     pub dma: bool,
     pub xfer: Option<AtapiXfer>,
 }
 
 impl AtapiState {
-    /// QEMU's ide_reset: sense, pending change, tray and transfer cleared.
+    /// QEMU's ide_reset: sense, pending change, tray (closed, unlocked) and transfer
+    /// cleared; events not yet polled stay.
     pub fn reset(&mut self) {
-        *self = AtapiState { new_media: self.new_media, ..AtapiState::default() };
+        let (new_media, eject_request, media_removal) = (self.new_media, self.eject_request, self.media_removal);
+        *self = AtapiState { new_media, eject_request, media_removal, ..AtapiState::default() };
     }
 
     /// Whether a transfer in progress lies within its payload (a restored state's is
@@ -153,10 +179,13 @@ impl AtapiState {
         })
     }
 
-    pub fn medium_changed(&mut self, inserted: bool) {
-        self.tray_open = !inserted;
+    /// The host moved the tray (QEMU's ide_cd_change_cb): the guest hears of it as a
+    /// changed medium, both by sense codes and by GESN once the tray is shut.
+    pub fn tray_moved(&mut self, open: bool) {
+        self.tray_open = open;
         self.changed = 1;
         self.new_media = true;
+        self.eject_request = false;
     }
 }
 
@@ -181,6 +210,15 @@ fn blocks(d: &Drive) -> u64 {
     }
 }
 
+/// MEDIUM NOT PRESENT, with the tray's state in the qualifier.
+fn no_medium_asc(d: &Drive) -> u16 {
+    if d.atapi.tray_open {
+        ASC_NO_MEDIUM_TRAY_OPEN
+    } else {
+        ASC_NO_MEDIUM_TRAY_CLOSED
+    }
+}
+
 /// How a command is treated before it runs: (runs under a unit attention, needs a
 /// medium).
 fn flags(op: u8) -> (bool, bool) {
@@ -199,8 +237,8 @@ pub(super) enum Reply {
     Data(Vec<u8>, usize),
     /// Disc sectors.
     Read { lba: u64, count: u64, frame: usize },
-    /// CHECK CONDITION with a sense key and additional sense code.
-    Error(u8, u8),
+    /// CHECK CONDITION with a sense key and additional sense code (and qualifier).
+    Error(u8, u16),
 }
 
 /// READ(10)/(12)/CD: `count` sectors from `lba`, if they lie on the disc.
@@ -227,6 +265,7 @@ pub(super) fn handle(d: &mut Drive, cdb: &[u8; 12]) -> Reply {
             v[2] = d.atapi.sense.key;
             v[7] = 10;
             v[12] = d.atapi.sense.asc;
+            v[13] = d.atapi.sense.ascq;
             d.atapi.sense = Sense::default();
             Reply::Data(v, usize::from(cdb[4]))
         }
@@ -341,18 +380,27 @@ pub(super) fn handle(d: &mut Drive, cdb: &[u8; 12]) -> Reply {
                 // No event available; media events are what the drive supports.
                 return Reply::Data(vec![0, 0, 0x80, 0x10], alloc);
             }
-            let status = if d.atapi.tray_open {
-                1
+            let a = &mut d.atapi;
+            let status = if a.tray_open {
+                MS_TRAY_OPEN
             } else if d.backend.is_some() {
-                2
+                MS_MEDIA_PRESENT
             } else {
                 0
             };
-            let mut event = 0;
-            if status != 1 && d.atapi.new_media {
-                event = 2; // new media
-                d.atapi.new_media = false;
-            }
+            // One event per poll, oldest kind first. A removal is news whatever the
+            // tray does; the others wait for it to shut, as on QEMU.
+            let event = if std::mem::take(&mut a.media_removal) {
+                MEC_MEDIA_REMOVAL
+            } else if a.tray_open {
+                0
+            } else if std::mem::take(&mut a.new_media) {
+                MEC_NEW_MEDIA
+            } else if std::mem::take(&mut a.eject_request) {
+                MEC_EJECT_REQUESTED
+            } else {
+                0
+            };
             Reply::Data(vec![0, 4, 0x04, 0x10, event, status, 0, 0], alloc)
         }
         // READ DISC INFORMATION: a finalized disc, one session, one track.
@@ -502,16 +550,18 @@ impl Channel {
         }
         if !allow_ua && d.atapi.changed != 0 && !d.atapi.tray_open && d.backend.is_some() {
             // A changed disc: first "no medium", as if the tray had opened, then the
-            // unit attention.
+            // unit attention (QEMU's order: guests that never poll GESN see the tray
+            // go out and in).
             if d.atapi.changed == 1 {
                 d.atapi.changed = 2;
-                return self.atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT);
+                return self.atapi_error(NOT_READY, ASC_NO_MEDIUM_TRAY_OPEN);
             }
             d.atapi.changed = 0;
             return self.atapi_error(UNIT_ATTENTION, ASC_MEDIUM_MAY_HAVE_CHANGED);
         }
         if check_ready && blocks(d) == 0 {
-            return self.atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT);
+            let asc = no_medium_asc(d);
+            return self.atapi_error(NOT_READY, asc);
         }
         match handle(d, &cdb) {
             Reply::Ok => self.atapi_ok(),
@@ -536,21 +586,21 @@ impl Channel {
         d.status = DRDY | DSC;
         d.nsector = (d.nsector & !7) | IO | COD;
         if d.atapi.sense.key != UNIT_ATTENTION {
-            d.atapi.sense = Sense { key: NO_SENSE, asc: 0 };
+            d.atapi.sense = Sense::new(NO_SENSE, 0);
         }
         self.raise_irq();
     }
 
     /// CHECK CONDITION: the sense key in the error register, the details kept for
     /// REQUEST SENSE.
-    pub(super) fn atapi_error(&mut self, key: u8, asc: u8) {
+    pub(super) fn atapi_error(&mut self, key: u8, asc: u16) {
         let d = self.sel();
         d.stop_pio();
         d.atapi.xfer = None;
         d.error = key << 4;
         d.status = DRDY | ERR;
         d.nsector = (d.nsector & !7) | IO | COD;
-        d.atapi.sense = Sense { key, asc };
+        d.atapi.sense = Sense::new(key, asc);
         self.raise_irq();
     }
 
@@ -568,7 +618,8 @@ impl Channel {
     pub(super) fn atapi_io_error(&mut self, e: &BlockError) {
         let d = self.sel();
         if blocks(d) == 0 {
-            return self.atapi_error(NOT_READY, ASC_MEDIUM_NOT_PRESENT);
+            let asc = no_medium_asc(d);
+            return self.atapi_error(NOT_READY, asc);
         }
         match e {
             BlockError::OutOfRange { .. } => self.atapi_error(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE),

@@ -384,12 +384,6 @@ impl Drive {
         }
         &mut self.buf[..len]
     }
-
-    /// Puts in or takes out a CD-ROM's disc, as a user does.
-    pub fn change_medium(&mut self, backend: Option<Arc<dyn BlockBackend>>) {
-        self.backend = backend;
-        self.atapi.medium_changed(self.backend.is_some());
-    }
 }
 
 /// The task file, the settings, the DRQ block in progress (only its `buf[..end]`) and

@@ -23,6 +23,10 @@
 //! synchronous), so a guest sees BSY only while it holds SRST. What a guest can read
 //! about a drive (model, serial, firmware revision, IDENTIFY and INQUIRY data, sense
 //! codes) follows QEMU, so guests meet the same drives under both.
+//!
+//! The monitor changes a CD-ROM's medium through [`PiixIde::eject`],
+//! [`PiixIde::insert`] and the tray operations beside them; [`PiixIde::tray`] reports
+//! the tray.
 
 mod ata;
 mod atapi;
@@ -92,6 +96,35 @@ pub enum IdeError {
     NotCdrom { bus: u8, unit: u8 },
 }
 
+/// Why a media operation was refused. The messages are QEMU's, without the device's
+/// name: they read on from "Device 'ide1-cd0' ".
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MediaError {
+    #[error("does not exist (no drive at IDE bus {bus} unit {unit})")]
+    NoDrive { bus: u8, unit: u8 },
+    /// A hard disk.
+    #[error("is not removable")]
+    NotRemovable,
+    /// The guest prevents medium removal; it was asked to eject (GESN eject request).
+    #[error("is locked and force was not specified, wait for tray to open and try again")]
+    Locked,
+    #[error("has its tray closed (open it first)")]
+    TrayClosed,
+    #[error("already has a medium (remove it first)")]
+    MediumPresent,
+}
+
+/// A CD-ROM drive's tray as the monitor reports it (QMP query-block's `tray_open`,
+/// `locked`, and whether a medium is inserted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrayState {
+    pub tray_open: bool,
+    /// The guest prevents medium removal (PREVENT ALLOW MEDIUM REMOVAL).
+    pub locked: bool,
+    /// A medium is in the drive (on the tray, if it is open).
+    pub inserted: bool,
+}
+
 /// The controller: the PCI function and both channels. One lock covers the legacy
 /// ports, configuration space and bus-master registers.
 pub struct PiixIde {
@@ -157,22 +190,132 @@ impl PiixIde {
         self.sync_bus_master();
     }
 
-    /// Puts `backend` into the CD-ROM drive at `bus`/`unit` (`None` takes the disc
-    /// out), as QEMU's monitor `change` and `eject` do: the guest's next packet
-    /// command sees NOT READY, the one after UNIT ATTENTION (medium may have changed).
-    pub fn change_medium(&mut self, bus: u8, unit: u8, backend: Option<Arc<dyn BlockBackend>>) -> Result<(), IdeError> {
-        let d = self
-            .channels
-            .get_mut(usize::from(bus))
-            .and_then(|c| c.drives.get_mut(usize::from(unit)))
-            .ok_or(IdeError::BadPosition { bus, unit })?;
-        if !d.present || d.kind != DriveKind::Cdrom {
-            return Err(IdeError::NotCdrom { bus, unit });
+    /// The drive at `bus`/`unit`, if one is attached.
+    fn drive(&self, bus: u8, unit: u8) -> Option<&Drive> {
+        let d = self.channels.get(usize::from(bus))?.drives.get(usize::from(unit))?;
+        d.present.then_some(d)
+    }
+
+    /// The channel of the CD-ROM drive at `bus`/`unit`.
+    fn cdrom_channel(&mut self, bus: u8, unit: u8) -> Result<&mut Channel, MediaError> {
+        match self.drive(bus, unit).map(|d| d.kind) {
+            None => Err(MediaError::NoDrive { bus, unit }),
+            Some(DriveKind::Disk) => Err(MediaError::NotRemovable),
+            Some(DriveKind::Cdrom) => Ok(&mut self.channels[usize::from(bus)]),
         }
-        d.change_medium(backend);
-        // QEMU raises the channel's interrupt on a change (its guests poll with GESN).
-        self.channels[usize::from(bus)].raise_irq();
+    }
+
+    /// The tray of the CD-ROM drive at `bus`/`unit`; `None` for a disk or an empty slot.
+    pub fn tray(&self, bus: u8, unit: u8) -> Option<TrayState> {
+        let d = self.drive(bus, unit).filter(|d| d.kind == DriveKind::Cdrom)?;
+        Some(TrayState { tray_open: d.atapi.tray_open, locked: d.atapi.tray_locked, inserted: d.backend.is_some() })
+    }
+
+    /// The medium in the drive at `bus`/`unit`: a disk's, or a CD-ROM's (also on an
+    /// open tray).
+    pub fn medium(&self, bus: u8, unit: u8) -> Option<Arc<dyn BlockBackend>> {
+        self.drive(bus, unit)?.backend.clone()
+    }
+
+    // The media operations follow QEMU's block layer and its IDE callbacks (QMP
+    // blockdev-open-tray, -close-tray, -remove-medium, -insert-medium; eject and
+    // blockdev-change-medium are made of them). Each event raises the channel's
+    // interrupt, as QEMU does: guests learn what happened from GESN and sense codes.
+
+    /// Opens the tray of the CD-ROM drive at `bus`/`unit` (the medium stays on it).
+    /// While the guest prevents removal this needs `force`, which unlocks it; without
+    /// it the guest is asked to eject (a GESN eject request, as from the drive's
+    /// button) and the call fails with [`MediaError::Locked`].
+    pub fn open_tray(&mut self, bus: u8, unit: u8, force: bool) -> Result<(), MediaError> {
+        let c = self.cdrom_channel(bus, unit)?;
+        let a = &mut c.drives[usize::from(unit)].atapi;
+        if a.tray_open {
+            return Ok(());
+        }
+        let refused = a.tray_locked && !force;
+        if refused {
+            a.eject_request = true;
+        } else {
+            a.tray_locked = false;
+            a.tray_moved(true);
+        }
+        c.raise_irq();
+        if refused {
+            Err(MediaError::Locked)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Shuts the tray: GESN reports new media, and with a medium in, the next
+    /// command gets NOT READY, then UNIT ATTENTION (medium may have changed).
+    pub fn close_tray(&mut self, bus: u8, unit: u8) -> Result<(), MediaError> {
+        let c = self.cdrom_channel(bus, unit)?;
+        let a = &mut c.drives[usize::from(unit)].atapi;
+        if a.tray_open {
+            a.tray_moved(false);
+            c.raise_irq();
+        }
         Ok(())
+    }
+
+    /// Takes the medium off the open tray (nothing to do without one).
+    pub fn remove_medium(&mut self, bus: u8, unit: u8) -> Result<(), MediaError> {
+        let c = self.cdrom_channel(bus, unit)?;
+        let d = &mut c.drives[usize::from(unit)];
+        if !d.atapi.tray_open {
+            return Err(MediaError::TrayClosed);
+        }
+        if d.backend.take().is_some() {
+            d.atapi.media_removal = true;
+            c.raise_irq();
+        }
+        Ok(())
+    }
+
+    /// Puts `medium` on the open, empty tray; the guest sees it once the tray shuts.
+    pub fn insert_medium(&mut self, bus: u8, unit: u8, medium: Arc<dyn BlockBackend>) -> Result<(), MediaError> {
+        let d = &mut self.cdrom_channel(bus, unit)?.drives[usize::from(unit)];
+        if !d.atapi.tray_open {
+            return Err(MediaError::TrayClosed);
+        }
+        if d.backend.is_some() {
+            return Err(MediaError::MediumPresent);
+        }
+        d.backend = Some(medium);
+        Ok(())
+    }
+
+    /// QMP `eject`: opens the tray (see [`PiixIde::open_tray`] for `force`) and takes
+    /// the medium out. The tray stays open.
+    pub fn eject(&mut self, bus: u8, unit: u8, force: bool) -> Result<(), MediaError> {
+        self.open_tray(bus, unit, force)?;
+        self.remove_medium(bus, unit)
+    }
+
+    /// QMP `blockdev-change-medium` (HMP `change`): opens the tray, replaces the
+    /// medium with `medium` and shuts the tray. Refused while the guest locks the
+    /// tray; [`PiixIde::eject`] with `force` first overrides that.
+    pub fn insert(&mut self, bus: u8, unit: u8, medium: Arc<dyn BlockBackend>) -> Result<(), MediaError> {
+        self.open_tray(bus, unit, false)?;
+        self.remove_medium(bus, unit)?;
+        self.insert_medium(bus, unit, medium)?;
+        self.close_tray(bus, unit)
+    }
+
+    /// A forced change in one step: `Some` is [`PiixIde::insert`] after a forced
+    /// eject, `None` a forced [`PiixIde::eject`].
+    pub fn change_medium(
+        &mut self,
+        bus: u8,
+        unit: u8,
+        medium: Option<Arc<dyn BlockBackend>>,
+    ) -> Result<(), MediaError> {
+        self.eject(bus, unit, true)?;
+        match medium {
+            Some(m) => self.insert(bus, unit, m),
+            None => Ok(()),
+        }
     }
 
     /// Where BAR4 decodes, if the guest enabled I/O and gave it an address.
@@ -184,8 +327,9 @@ impl PiixIde {
     }
 }
 
-/// The function's configuration space (BAR4, command register) and both channels;
-/// the drives' media stay as attached.
+/// The function's configuration space (BAR4, command register) and both channels,
+/// with each CD-ROM's tray, lock and changes still to report; the media themselves
+/// are not in it and stay as attached.
 impl Snapshot for PiixIde {
     fn save_state(&self) -> State {
         serde_json::json!({ "config": self.config.save_state(), "channels": parts_state(&self.channels) })

@@ -1186,3 +1186,170 @@ fn snapshot_refuses_malformed_states() {
     assert!(r.ide.restore_state(&bad).is_err(), "a third device");
     assert_eq!(r.ide.save_state(), good);
 }
+
+impl Rig {
+    /// REQUEST SENSE: key, ASC, ASCQ.
+    fn sense_q(&mut self) -> (u8, u8, u8) {
+        let p = self.packet(&[0x03, 0, 0, 0, 18], 0xfffe);
+        (p.data[2], p.data[12], p.data[13])
+    }
+    /// TEST UNIT READY: status and error registers.
+    fn tur(&mut self) -> (u8, u8) {
+        let p = self.packet(&[0x00], 0xfffe);
+        (p.status, p.error)
+    }
+    /// GESN (polled, media class): the event code and media status.
+    fn gesn(&mut self) -> (u8, u8) {
+        let p = self.packet(&[0x4a, 1, 0, 0, 0x10, 0, 0, 0, 8, 0], 0xfffe);
+        assert_eq!(&p.data[..4], &[0, 4, 0x04, 0x10]);
+        (p.data[4], p.data[5])
+    }
+    fn read_capacity(&mut self) -> [u8; 8] {
+        self.packet(&[0x25], 0xfffe).data.try_into().unwrap()
+    }
+}
+
+/// A disc whose bytes differ from [`cd_image`]'s.
+fn other_cd(sectors: usize) -> Arc<dyn BlockBackend> {
+    Arc::new(MemBackend::new(cd_image(sectors).iter().map(|b| !b).collect(), true))
+}
+
+#[test]
+fn eject_then_insert_is_seen_as_real_drives_show_it() {
+    let mut r = cd_rig(Some(8));
+    assert_eq!(r.tray(), TrayState { tray_open: false, locked: false, inserted: true });
+    r.ide.eject(1, 0, false).unwrap();
+    assert!(r.irq[1].level(), "the change interrupts");
+    assert_eq!(r.tray(), TrayState { tray_open: true, locked: false, inserted: false });
+    assert!(r.ide.medium(1, 0).is_none());
+    assert_eq!(r.gesn(), (3, 1), "media removal, door open");
+    assert_eq!(r.gesn(), (0, 1));
+    for cdb in [&[0x00][..], &[0x25], &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]] {
+        assert_eq!(r.packet(cdb, 0xfffe).error, 0x20, "{cdb:x?}: NOT READY");
+        assert_eq!(r.sense_q(), (0x02, 0x3a, 0x02), "MEDIUM NOT PRESENT - TRAY OPEN");
+    }
+    assert_eq!(r.packet(&[0xbd, 0, 0, 0, 0, 0, 0, 0, 0, 8], 0xfffe).data[1], 0x10, "door open");
+    let p = r.packet(&[0x46, 0, 0, 0, 0, 0, 0, 0, 32, 0], 0xfffe);
+    assert_eq!(&p.data[6..8], &[0, 0], "no current profile");
+
+    r.ide.insert(1, 0, other_cd(20)).unwrap();
+    assert_eq!(r.tray(), TrayState { tray_open: false, locked: false, inserted: true });
+    assert_eq!(r.gesn(), (2, 2), "new media, present");
+    assert_eq!(r.gesn(), (0, 2));
+    // QEMU's sequence: the tray seems to go out (NOT READY), then the unit attention
+    // holds until REQUEST SENSE reads it.
+    assert_eq!(r.tur(), (0x41, 0x20));
+    assert_eq!(r.sense_q(), (0x02, 0x3a, 0x02));
+    assert_eq!(r.tur(), (0x41, 0x60));
+    assert_eq!(r.packet(&[0x25], 0xfffe).error, 0x60 | 0x20, "held off: UNIT ATTENTION, MC");
+    assert_eq!(r.sense_q(), (0x06, 0x28, 0x00), "NOT READY TO READY CHANGE");
+    assert_eq!(r.tur(), (0x50, 0), "ready");
+    assert_eq!(r.read_capacity(), [0, 0, 0, 19, 0, 0, 8, 0], "the new disc's size");
+    assert_eq!(r.packet(&[0x28, 0, 0, 0, 0, 19, 0, 0, 1, 0], 0xfffe).data, other_cd_bytes(20, 19));
+    let p = r.packet(&[0x46, 0, 0, 0, 0, 0, 0, 0, 32, 0], 0xfffe);
+    assert_eq!(&p.data[6..8], &[0, 8], "CD-ROM profile");
+
+    // An empty drive with the tray shut says so in the qualifier.
+    r.ide.eject(1, 0, false).unwrap();
+    r.ide.close_tray(1, 0).unwrap();
+    assert_eq!(r.tray(), TrayState { tray_open: false, locked: false, inserted: false });
+    assert_eq!(r.tur(), (0x41, 0x20));
+    assert_eq!(r.sense_q(), (0x02, 0x3a, 0x01), "MEDIUM NOT PRESENT - TRAY CLOSED");
+}
+
+fn other_cd_bytes(sectors: usize, lba: usize) -> Vec<u8> {
+    cd_image(sectors)[lba * 2048..(lba + 1) * 2048].iter().map(|b| !b).collect()
+}
+
+impl Rig {
+    fn tray(&self) -> TrayState {
+        self.ide.tray(1, 0).unwrap()
+    }
+}
+
+#[test]
+fn a_locked_tray_needs_force_and_asks_the_guest_to_eject() {
+    let mut r = cd_rig(Some(8));
+    assert_eq!(r.packet(&[0x1e, 0, 0, 0, 1], 0xfffe).status, 0x50, "PREVENT MEDIUM REMOVAL");
+    assert!(r.tray().locked);
+    let e = r.ide.eject(1, 0, false).unwrap_err();
+    assert_eq!(e, MediaError::Locked);
+    assert_eq!(
+        format!("Device 'ide1-cd0' {e}"),
+        "Device 'ide1-cd0' is locked and force was not specified, wait for tray to open and try again"
+    );
+    assert_eq!(r.ide.insert(1, 0, other_cd(4)), Err(MediaError::Locked));
+    assert_eq!(r.tray(), TrayState { tray_open: false, locked: true, inserted: true }, "nothing moved");
+    assert_eq!(r.tur(), (0x50, 0), "and the disc is still readable");
+    assert_eq!(r.gesn(), (1, 2), "eject request");
+    assert_eq!(r.gesn(), (0, 2));
+    // The guest could comply (ALLOW, then START STOP UNIT with LoEj); force does it.
+    r.ide.eject(1, 0, true).unwrap();
+    assert_eq!(r.tray(), TrayState { tray_open: true, locked: false, inserted: false });
+    let p = r.packet(&[0x5a, 0, 0x2a, 0, 0, 0, 0, 0, 128, 0], 0xfffe);
+    assert_eq!(p.data[14] & 2, 0, "the capabilities page shows it unlocked");
+    assert_eq!(r.gesn(), (3, 1));
+}
+
+#[test]
+fn media_operations_need_a_cdrom_and_the_right_tray() {
+    let disk = Arc::new(MemBackend::new(disk_image(8), false));
+    let mut r = Rig::new(vec![
+        drive(disk, DriveKind::Disk, 0, 0),
+        drive(Arc::new(MemBackend::new(cd_image(4), true)), DriveKind::Cdrom, 1, 0),
+    ]);
+    assert_eq!(r.ide.eject(0, 0, true), Err(MediaError::NotRemovable));
+    assert_eq!(r.ide.insert(0, 0, other_cd(4)), Err(MediaError::NotRemovable));
+    assert_eq!(r.ide.eject(0, 1, false), Err(MediaError::NoDrive { bus: 0, unit: 1 }));
+    assert_eq!(r.ide.open_tray(2, 0, false), Err(MediaError::NoDrive { bus: 2, unit: 0 }));
+    assert_eq!((r.ide.tray(0, 0), r.ide.tray(1, 1)), (None, None));
+    assert_eq!(r.ide.medium(0, 0).map(|m| m.size()), Some(8 * 512), "a disk's medium");
+    assert_eq!(r.ide.medium(1, 0).map(|m| m.size()), Some(4 * 2048));
+    // blockdev-remove-medium/-insert-medium want the tray open, and an empty one.
+    assert_eq!(r.ide.remove_medium(1, 0), Err(MediaError::TrayClosed));
+    assert_eq!(r.ide.insert_medium(1, 0, other_cd(4)), Err(MediaError::TrayClosed));
+    r.ide.close_tray(1, 0).unwrap();
+    assert_eq!(r.tur(), (0x50, 0), "closing a closed tray changes nothing");
+    r.ide.open_tray(1, 0, false).unwrap();
+    assert_eq!(r.ide.insert_medium(1, 0, other_cd(4)), Err(MediaError::MediumPresent));
+    assert!(r.tray().inserted, "an open tray keeps its disc");
+    r.ide.remove_medium(1, 0).unwrap();
+    r.ide.insert_medium(1, 0, other_cd(6)).unwrap();
+    assert_eq!(r.tray(), TrayState { tray_open: true, locked: false, inserted: true });
+    assert_eq!(r.tur(), (0x41, 0x20), "not while the tray is open");
+    r.ide.close_tray(1, 0).unwrap();
+    r.tur();
+    r.tur();
+    r.sense_q();
+    assert_eq!(r.read_capacity(), [0, 0, 0, 5, 0, 0, 8, 0]);
+}
+
+#[test]
+fn snapshot_keeps_tray_lock_and_pending_changes() {
+    use quern_core::snapshot::Snapshot;
+    // A refused eject: locked, with the eject request not yet polled.
+    let mut r = cd_rig(Some(8));
+    r.packet(&[0x1e, 0, 0, 0, 1], 0xfffe);
+    r.ide.eject(1, 0, false).unwrap_err();
+    let mut s = cd_rig(Some(8));
+    crate::testutil::restore_into(&mut s.ide, &r.ide.save_state());
+    assert_eq!(s.tray(), TrayState { tray_open: false, locked: true, inserted: true });
+    assert_eq!(s.gesn(), (1, 2));
+    // A change half reported: the unit attention is still to come.
+    let mut r = cd_rig(Some(8));
+    r.ide.change_medium(1, 0, Some(other_cd(8))).unwrap();
+    assert_eq!(r.tur(), (0x41, 0x20));
+    let mut s = cd_rig(Some(8));
+    crate::testutil::restore_into(&mut s.ide, &r.ide.save_state());
+    assert_eq!((s.gesn(), s.gesn()), ((3, 2), (2, 2)), "the old disc left, a new one came");
+    assert_eq!(s.tur(), (0x41, 0x60));
+    assert_eq!(s.sense_q(), (0x06, 0x28, 0));
+    // An open tray.
+    let mut r = cd_rig(Some(8));
+    r.ide.eject(1, 0, false).unwrap();
+    let mut s = cd_rig(None);
+    crate::testutil::restore_into(&mut s.ide, &r.ide.save_state());
+    assert_eq!(s.tray(), TrayState { tray_open: true, locked: false, inserted: false });
+    assert_eq!(s.gesn(), (3, 1));
+    crate::testutil::assert_refuses_malformed(&mut s.ide, &["/config/bytes", "/channels", "/channels/1/drives"]);
+}

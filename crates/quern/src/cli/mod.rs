@@ -74,6 +74,15 @@ pub enum CharDev {
     Pty(String, Option<(PathBuf, bool)>),
 }
 
+/// How the human monitor shares the terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HmpMode {
+    /// `-monitor stdio`: the terminal is the monitor's.
+    Alone,
+    /// `-serial mon:stdio` (and `-nographic`): the serial console's, Ctrl-A c switches.
+    Muxed,
+}
+
 /// A `-device` quern builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -96,6 +105,8 @@ pub struct Options {
     pub machine_irqchip: Option<KernelIrqchip>,
     /// `-machine none`: no guest, only the monitors (libvirt probes this way).
     pub machine_none: bool,
+    /// The human monitor on the terminal, if any.
+    pub hmp_stdio: Option<HmpMode>,
     /// The `-cpu` string (model and features), resolved by the accelerator's setup.
     pub cpu: String,
     pub kernel: Option<PathBuf>,
@@ -200,6 +211,10 @@ struct Builder {
     ram_bytes: Option<u64>,
     /// `-add-fd`: (set, descriptor), for paths `/dev/fdset/SET`.
     fdsets: Vec<(i32, i32)>,
+    /// `-monitor stdio`.
+    monitor_stdio: bool,
+    /// `-serial mon:stdio`.
+    serial_mux: bool,
     /// `-object memory-backend-ram`: (id, size).
     ram_backends: Vec<(String, u64)>,
     cpus: Option<(u32, quern_core::Topology)>,
@@ -422,6 +437,11 @@ impl Builder {
             "netdev" => self.net.netdev(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "nic" => self.net.nic(text(name, value)?).map_err(|e| bad(name, value, e))?,
             "net" => self.net.net(text(name, value)?).map_err(|e| bad(name, value, e))?,
+            // The serial port and the monitor on the terminal, Ctrl-A c between them.
+            "serial" if value == "mon:stdio" => {
+                self.serial.push(Some(CharDev::Stdio));
+                self.serial_mux = true;
+            }
             "serial" => self.serial.push(char_dev(name, value)?),
             "parallel" => {
                 if value != "none" {
@@ -429,11 +449,18 @@ impl Builder {
                 }
             }
             "debugcon" => self.debugcon = char_dev(name, value)?,
-            "monitor" => {
-                if value != "none" {
-                    return Err(bad(name, value, "the monitor is not supported yet (-monitor none is accepted)"));
+            "monitor" => match text(name, value)? {
+                "none" => {}
+                "stdio" => self.monitor_stdio = true,
+                _ => {
+                    return Err(bad(
+                        name,
+                        value,
+                        "the human monitor is not supported yet on that (quern has -monitor stdio and -serial \
+                         mon:stdio; QMP on -qmp)",
+                    ))
                 }
-            }
+            },
             "pidfile" => self.pidfile = Some(path()),
             "d" => match logging::check_items(text(name, value)?).map_err(|e| bad(name, value, e))? {
                 Some(items) => self.log_items.extend(items),
@@ -514,6 +541,7 @@ impl Builder {
                 return Err(CliError("-append only makes sense with -kernel".into()));
             }
         }
+        let serial_given = !self.serial.is_empty();
         let mut serial = self.serial.into_iter();
         let mut monitors = self.monitors;
         let log = match &self.serial_chardev {
@@ -522,6 +550,7 @@ impl Builder {
         };
         let log = log.map(|(p, append)| fdset_path(&self.fdsets, p).map(|p| (p, append))).transpose()?;
         let from_device = self.serial_chardev.map(|id| Some(CharDev::Pty(id, log)));
+        let explicit = from_device.is_some() || serial_given;
         let com1 = match from_device.or_else(|| serial.next()) {
             Some(Some(CharDev::Stdio)) if self.daemonize => {
                 return Err(CliError("-serial stdio cannot be used with -daemonize (there is no terminal)".into()))
@@ -543,6 +572,24 @@ impl Builder {
         if serial.any(|d| d.is_some()) {
             return Err(CliError("-serial: a second serial port (COM2) is not supported yet".into()));
         }
+        // The human monitor on the terminal: alone (-monitor stdio), or sharing it with
+        // the serial port (-serial mon:stdio, and QEMU's -nographic default).
+        let com1_on_stdio = com1 == Some(CharDev::Stdio);
+        let hmp_stdio = if self.monitor_stdio {
+            if com1_on_stdio {
+                return Err(CliError(
+                    "-monitor stdio: the serial port is on the terminal too; use -serial mon:stdio to share it".into(),
+                ));
+            }
+            Some(HmpMode::Alone)
+        } else if com1_on_stdio && (self.serial_mux || (self.nographic && !explicit)) {
+            Some(HmpMode::Muxed)
+        } else {
+            None
+        };
+        if hmp_stdio.is_some() && self.daemonize {
+            return Err(CliError("the monitor on stdio cannot be used with -daemonize (there is no terminal)".into()));
+        }
         let mut devices = self.devices;
         let debugcon = match self.debugcon {
             Some(d) => Some(d),
@@ -561,6 +608,7 @@ impl Builder {
             accels,
             machine_irqchip,
             machine_none: self.machine.get("type") == Some("none"),
+            hmp_stdio,
             cpu: self.cpu.unwrap_or_else(|| "qemu64".into()),
             kernel: self.kernel,
             initrd: self.initrd,
@@ -607,9 +655,6 @@ fn char_dev(name: &str, value: &OsStr) -> Result<Option<CharDev>> {
         "null" => Ok(Some(CharDev::Null)),
         "pty" if name == "serial" => Ok(Some(CharDev::Pty("serial0".into(), None))),
         "none" => Ok(None),
-        "mon:stdio" => {
-            Err(bad(name, value, "the monitor is not supported yet; use -serial stdio (Ctrl-A x still quits)"))
-        }
         v if is_help(v) => Err(bad(name, value, "quern's character devices are stdio, null, none, pty and file:PATH")),
         v => {
             let kind = v.split(':').next().unwrap_or(v);

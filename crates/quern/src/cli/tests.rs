@@ -244,7 +244,12 @@ fn defaults_and_nodefaults() {
     assert_eq!((o.ram_bytes, o.cpus, o.cpu.as_str(), o.serial), (128 << 20, 1, "qemu64", Some(CharDev::Stdio)));
     assert_eq!(run(&["-nodefaults"]).serial, None);
     assert_eq!(run(&["-nodefaults", "-serial", "stdio"]).serial, Some(CharDev::Stdio));
-    assert!(err(&["-serial", "mon:stdio"]).contains("monitor is not supported yet"));
+    assert_eq!(run(&["-nodefaults", "-serial", "mon:stdio"]).hmp_stdio, Some(HmpMode::Muxed));
+    assert_eq!(run(&["-nographic"]).hmp_stdio, Some(HmpMode::Muxed), "QEMU's -nographic shares the terminal");
+    assert_eq!(run(&["-nographic", "-serial", "stdio"]).hmp_stdio, None);
+    assert_eq!(run(&["-monitor", "stdio", "-serial", "null"]).hmp_stdio, Some(HmpMode::Alone));
+    assert!(err(&["-monitor", "stdio", "-serial", "stdio"]).contains("-serial mon:stdio"));
+    assert!(err(&["-monitor", "unix:/x,server"]).contains("not supported yet"));
     assert!(err(&["-append", "x"]).contains("-append only makes sense with -kernel"));
     // A bare argument is the first disk, as in QEMU.
     assert_eq!(run(&["disk.img"]).drives[0].id, "ide0-hd0");

@@ -1,0 +1,240 @@
+//! The human monitor (HMP): QEMU's text commands, on the terminal (`-monitor stdio`,
+//! or Ctrl-A c with `-serial mon:stdio` and `-nographic`) and through QMP's
+//! `human-monitor-command`. Output follows QEMU's layout where tools parse it.
+
+use std::fmt::Write as _;
+
+use quern_core::bus::lock;
+use quern_monitor::{RunState, Vm};
+
+use crate::monitor::MachineVm;
+
+/// The commands and their one-line help, as `help` lists them.
+const HELP: &[(&str, &str)] = &[
+    ("info status|registers|cpus|block|network|pci|mtree|qtree|chardev|version|kvm|name|uuid", "show the machine"),
+    ("stop", "pause the guest"),
+    ("cont|c", "resume the guest"),
+    ("system_reset", "reset the machine"),
+    ("system_powerdown", "press the ACPI power button"),
+    ("x /fmt addr", "virtual memory dump (CPU 0's page tables), fmt = [count][x|d|u|c][b|h|w|g]"),
+    ("xp /fmt addr", "physical memory dump"),
+    ("eject [-f] device", "open the tray of a CD-ROM drive and take its disc out"),
+    ("change device filename [format]", "put another disc in a CD-ROM drive"),
+    ("sendkey keys [hold_ms]", "press keys, e.g. ctrl-alt-delete"),
+    ("set_link name on|off", "a network card's cable"),
+    ("quit|q", "quit the emulator"),
+];
+
+/// Runs one command line; its output (lines end in CRLF, as QEMU's), or an error.
+pub fn execute(vm: &MachineVm, line: &str) -> Result<String, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let out = match words.as_slice() {
+        [] => String::new(),
+        ["help" | "?" | "h", ..] => HELP.iter().map(|(c, h)| format!("{c} -- {h}\n")).collect(),
+        ["info", what, ..] => info(vm, what)?,
+        ["info"] => {
+            "info status|registers|cpus|block|network|pci|mtree|qtree|chardev|version|kvm|name|uuid\n".to_string()
+        }
+        ["stop"] => {
+            vm.stop();
+            String::new()
+        }
+        ["cont" | "c"] => vm.cont().map(|()| String::new())?,
+        ["system_reset"] => {
+            vm.system_reset();
+            String::new()
+        }
+        ["system_powerdown"] => {
+            vm.system_powerdown();
+            String::new()
+        }
+        ["quit" | "q"] => {
+            vm.quit();
+            String::new()
+        }
+        ["set_link", name, state] => {
+            let up = match *state {
+                "on" => true,
+                "off" => false,
+                s => return Err(format!("set_link: '{s}': expected on or off")),
+            };
+            vm.set_link(name, up).map(|()| String::new())?
+        }
+        [cmd @ ("x" | "xp"), rest @ ..] => dump(vm, *cmd == "xp", rest)?,
+        ["eject", rest @ ..] => {
+            let (force, dev) = match rest {
+                ["-f", d] => (true, *d),
+                [d] => (false, *d),
+                _ => return Err("eject [-f] device".into()),
+            };
+            vm.eject(dev, force).map(|()| String::new())?
+        }
+        ["change", dev, file, rest @ ..] => {
+            let format = rest.first().copied();
+            vm.change_medium(dev, file, format).map(|()| String::new())?
+        }
+        ["sendkey", keys, rest @ ..] => {
+            let hold =
+                rest.first().map(|h| h.parse::<u32>().map_err(|_| format!("sendkey: hold time '{h}'"))).transpose()?;
+            let keys: Vec<String> = keys.split('-').map(str::to_string).collect();
+            vm.send_keys(&keys, hold.unwrap_or(100)).map(|()| String::new())?
+        }
+        [cmd, ..] => {
+            return Err(format!("unknown or unsupported command: '{cmd}' (help lists what quern's monitor has)"));
+        }
+    };
+    Ok(out.replace('\n', "\r\n"))
+}
+
+fn info(vm: &MachineVm, what: &str) -> Result<String, String> {
+    let i = vm.info();
+    Ok(match what {
+        "status" => {
+            let s = vm.run_state();
+            let shown = match s {
+                RunState::Prelaunch => "paused (prelaunch)",
+                RunState::InMigrate => "paused (inmigrate)",
+                RunState::PostMigrate => "paused (postmigrate)",
+                _ => s.name(),
+            };
+            format!("VM status: {shown}\n")
+        }
+        "registers" => vm.registers()?,
+        "cpus" => (0..i.cpus)
+            .map(|c| format!("{}CPU #{c}: thread_id={}\n", if c == 0 { "* " } else { "  " }, std::process::id()))
+            .collect(),
+        "version" => {
+            let (a, b, c) = quern_monitor::commands::QEMU_VERSION;
+            format!("{a}.{b}.{c}{}\n", quern_monitor::commands::package())
+        }
+        "kvm" => format!("kvm support: {}\n", if i.accel == "kvm" { "enabled" } else { "disabled" }),
+        "name" => i.name.map_or(String::new(), |n| format!("{n}\n")),
+        "uuid" => format!("{}\n", i.uuid),
+        "chardev" => i.chardevs.iter().map(|(l, f)| format!("{l}: filename={f}\n")).collect(),
+        "block" => {
+            let mut t = String::new();
+            for b in vm.blocks() {
+                let name = if b.device.is_empty() { &b.qdev } else { &b.device };
+                match &b.medium {
+                    Some(m) => {
+                        let ro = if m.read_only { ", read-only" } else { "" };
+                        let _ = writeln!(t, "{name} ({}): {} ({}{ro})", b.node_name, m.file, m.format);
+                    }
+                    None => {
+                        let _ = writeln!(t, "{name}: [not inserted]");
+                    }
+                }
+                let _ = writeln!(t, "    Attached to:      {}", b.qdev);
+                if b.removable {
+                    let _ = writeln!(t, "    Removable device: not locked, tray closed");
+                }
+                let _ = writeln!(t, "    Cache mode:       writeback\n");
+            }
+            t
+        }
+        "network" => vm.network_text(),
+        "pci" => vm.pci_text(),
+        "mtree" => vm.mtree_text(),
+        "qtree" => vm.qtree_text(),
+        other => return Err(format!("info {other}: not available in quern (help lists the info commands)")),
+    })
+}
+
+/// `x`/`xp /fmt addr`: QEMU's memory dump.
+fn dump(vm: &MachineVm, physical: bool, args: &[&str]) -> Result<String, String> {
+    let (fmt, addr) = match args {
+        [f, a] if f.starts_with('/') => (&f[1..], *a),
+        [a] => ("", *a),
+        _ => return Err("x|xp /fmt addr".into()),
+    };
+    let digits: String = fmt.chars().take_while(char::is_ascii_digit).collect();
+    let count: usize = if digits.is_empty() { 1 } else { digits.parse().map_err(|_| "bad count")? };
+    let (mut format, mut size) = ('x', 4usize);
+    for c in fmt[digits.len()..].chars() {
+        match c {
+            'x' | 'd' | 'u' | 'c' | 'o' => format = c,
+            'b' => size = 1,
+            'h' => size = 2,
+            'w' => size = 4,
+            'g' => size = 8,
+            _ => return Err(format!("invalid format character '{c}'")),
+        }
+    }
+    if format == 'c' {
+        size = 1;
+    }
+    let addr = parse_addr(addr)?;
+    let bytes = vm.read_memory(addr, count.min(4096) * size, physical)?;
+    let per_line = if format == 'c' { 16 } else { 16 / size.min(16) }.max(1);
+    let mut t = String::new();
+    for (n, unit) in bytes.chunks(size).enumerate() {
+        if n % per_line == 0 {
+            if n > 0 {
+                t.push('\n');
+            }
+            let _ = write!(t, "{:016x}:", addr + (n * size) as u64);
+        }
+        let v = unit.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+        let _ = match format {
+            'x' => write!(t, " 0x{v:0w$x}", w = size * 2),
+            'd' => write!(t, " {}", sign_extend(v, size)),
+            'u' => write!(t, " {v}"),
+            'o' => write!(t, " {v:#o}"),
+            _ => write!(t, "{}", if (0x20..0x7f).contains(&v) { (v as u8 as char).to_string() } else { ".".into() }),
+        };
+    }
+    t.push('\n');
+    Ok(t)
+}
+
+fn sign_extend(v: u64, size: usize) -> i64 {
+    let shift = 64 - 8 * size as u32;
+    ((v << shift) as i64) >> shift
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("invalid address '{s}'"))
+}
+
+/// `info pci`, in QEMU's layout.
+pub fn pci_text(root: &std::sync::Mutex<quern_devices::pci::PciRoot>) -> String {
+    let root = lock(root);
+    let bus = root.bus();
+    let mut t = String::new();
+    for dev in 0..32u8 {
+        for func in 0..8u8 {
+            let id = bus.config_read(dev, func, 0);
+            if id == 0xffff_ffff || id == 0 {
+                continue;
+            }
+            let class = bus.config_read(dev, func, 8) >> 16;
+            let irq = bus.config_read(dev, func, 0x3c);
+            let _ = writeln!(t, "  Bus  0, device {dev:3}, function {func}:");
+            let _ = writeln!(t, "    Class {class:04x}: PCI device {:04x}:{:04x}", id & 0xffff, id >> 16);
+            if irq >> 8 & 0xff != 0 {
+                let _ = writeln!(t, "      IRQ {}, pin {}.", irq & 0xff, (b'A' + (irq >> 8) as u8 - 1) as char);
+            }
+            for bar in 0..6u16 {
+                let v = bus.config_read(dev, func, 0x10 + 4 * bar);
+                if v == 0 {
+                    continue;
+                }
+                if v & 1 != 0 {
+                    let _ = writeln!(t, "      BAR{bar}: I/O at 0x{:04x}.", v & !3);
+                } else {
+                    let _ = writeln!(t, "      BAR{bar}: 32 bit memory at 0x{:08x}.", v & !0xf);
+                }
+            }
+            let _ = writeln!(t, "      id \"\"");
+            // Single-function devices answer for function 0 only.
+            if func == 0 && bus.config_read(dev, 0, 0xc) >> 16 & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    t
+}
