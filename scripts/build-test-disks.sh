@@ -50,7 +50,10 @@
 #                                        dropping the caches (= write_sha256)
 #          then poweroff -f
 #   cd:    QUERN-CD-INIT-OK, QUERN-CD-XFER <mode> (of sr0), QUERN-CD-SHA <sha256 of
-#          data.bin on /dev/sr0 mounted as iso9660>, then poweroff -f
+#          data.bin on /dev/sr0 mounted as iso9660>, then poweroff -f; with quern.cdchange=1
+#          on the kernel command line first QUERN-CD-WAIT-CHANGE, then it reads the volume
+#          label every half second until another disc's shows: QUERN-CD-CHANGED <label>,
+#          QUERN-CD-FILE <first line of quern.txt on the new disc>
 #   Any failure prints QUERN-DISK-FAIL <why> (QUERN-CD-FAIL) and powers off.
 # The boot loaders print their banner ("SYSLINUX 6.04 EDD ..." / "ISOLINUX 6.04 ..."), then
 # "QUERN-BOOTLOADER syslinux" / "QUERN-BOOTLOADER isolinux" (SAY in their config), then
@@ -107,8 +110,9 @@ write_len_mib=1
 
 disk_outputs=(initramfs-disk.cpio.gz disk.img disk-pio.img disk.sha256 disk.layout)
 cd_outputs=(initramfs-cd.cpio.gz cd.iso cd.sha256)
-# The version of what this script builds (2: the disk init's quern.bench step).
-outputs_version=2
+# The version of what this script builds (2: the disk init's quern.bench step; 3: the cd
+# init's quern.cdchange step).
+outputs_version=3
 
 say() { echo "build-test-disks: $*" >&2; }
 
@@ -297,6 +301,23 @@ mount -t iso9660 -o ro /dev/sr0 /mnt || fail "mount /dev/sr0"
 sum=$(sha256sum /mnt/data.bin) || fail "read /mnt/data.bin"
 echo "QUERN-CD-SHA ${sum%% *}"
 umount /mnt
+if grep -q quern.cdchange=1 /proc/cmdline; then
+    # The primary volume descriptor's volume identifier (sector 16, bytes 40..71).
+    label() { dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=40 count=32 2>/dev/null | tr -d ' '; }
+    first=$(label)
+    echo QUERN-CD-WAIT-CHANGE
+    i=0
+    while :; do
+        now=$(label)
+        [ -n "$now" ] && [ "$now" != "$first" ] && break
+        i=$((i + 1))
+        [ $i -ge 600 ] && fail "no other disc seen"
+        sleep 0.5
+    done
+    echo "QUERN-CD-CHANGED $now"
+    mount -t iso9660 -o ro /dev/sr0 /mnt || fail "mount the new disc"
+    echo "QUERN-CD-FILE $(head -n 1 /mnt/quern.txt)"
+fi
 poweroff -f
 EOF
 

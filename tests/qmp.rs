@@ -11,6 +11,8 @@
 //!   non-object, unknown commands and arguments, wrong types, a huge message, a client
 //!   that vanishes mid-command, several clients at once: QMP errors or a closed
 //!   connection, and the guest goes on counting.
+//! - A CD-ROM's disc changed with `eject` and `blockdev-change-medium` while the stock
+//!   kernel's sr driver waits for another disc.
 
 mod common;
 
@@ -438,5 +440,101 @@ fn serial_console_on_a_pty() {
     read_until(&mut pty, "pty-42");
     assert_eq!(q.send("{\"execute\":\"quit\"}"), json!({ "return": {} }));
     let run = c.finish(Duration::from_secs(30));
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+}
+
+/// A CD-ROM's disc changed from the monitor, as `virsh change-media` does it: the stock
+/// kernel's sr driver reads the first disc, sees the tray open (`eject`) and another
+/// disc go in (`blockdev-change-medium`, an ISO made here with xorriso), and mounts it;
+/// `query-block` and `info block` follow the tray and the medium; a hard disk cannot
+/// be ejected.
+#[test]
+fn a_cd_rom_disc_changed_from_the_monitor() {
+    let have_xorriso = Command::new("xorriso").arg("-version").output().is_ok_and(|o| o.status.success());
+    if !have_xorriso {
+        report("NOT RUN: a_cd_rom_disc_changed_from_the_monitor: xorriso is not installed (it makes the second disc)");
+        return;
+    }
+    let dir = scratch("cd-change");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::write(dir.join("root/quern.txt"), "the second disc\n").unwrap();
+    let iso = dir.join("second.iso");
+    let made = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "QUERN_SECOND", "-R", "-o"])
+        .arg(&iso)
+        .arg(dir.join("root"))
+        .status()
+        .expect("xorriso");
+    assert!(made.success(), "xorriso failed");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+
+    let sock = socket_path("qmp-cd.sock");
+    let (k, i, cd) = (guest_file("vmlinux"), guest_file("initramfs-cd.cpio.gz"), guest_file("cd.iso"));
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let hd = format!("file={},format=raw,if=ide,index=0", disk.display());
+    let mut c = Console::spawn(&[
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-initrd",
+        i.to_str().unwrap(),
+        "-append",
+        "console=ttyS0 panic=-1 quern.cdchange=1",
+        "-drive",
+        &hd,
+        "-cdrom",
+        cd.to_str().unwrap(),
+        "-qmp",
+        &qmp,
+    ]);
+    c.wait_for("QUERN-CD-WAIT-CHANGE", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    let mut q = Raw::ready(&sock);
+    let cdrom = |q: &mut Raw| -> Value {
+        let blocks = q.execute("query-block", json!({}));
+        blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["device"] == "ide1-cd0")
+            .cloned()
+            .unwrap_or_else(|| panic!("{blocks}"))
+    };
+    let b = cdrom(&mut q);
+    assert_eq!((&b["removable"], &b["tray_open"]), (&json!(true), &json!(false)), "{b}");
+    assert!(b["inserted"]["file"].as_str().unwrap().ends_with("cd.iso"), "{b}");
+
+    let r = q.send("{\"execute\":\"eject\",\"arguments\":{\"device\":\"ide0-hd0\"}}\n");
+    assert!(r["error"]["desc"].as_str().unwrap_or_default().contains("not removable"), "{r}");
+    let r = q.send("{\"execute\":\"eject\",\"arguments\":{\"device\":\"nosuch\"}}\n");
+    assert_eq!(class(&r), "DeviceNotFound", "{r}");
+
+    q.execute("eject", json!({ "device": "ide1-cd0" }));
+    let b = cdrom(&mut q);
+    assert_eq!(b["tray_open"], json!(true), "{b}");
+    assert!(b.get("inserted").is_none(), "ejected, still inserted: {b}");
+    q.execute(
+        "blockdev-change-medium",
+        json!({ "device": "ide1-cd0", "filename": iso.to_str().unwrap(), "format": "raw" }),
+    );
+    let b = cdrom(&mut q);
+    assert_eq!(b["tray_open"], json!(false), "{b}");
+    assert!(b["inserted"]["file"].as_str().unwrap().ends_with("second.iso"), "{b}");
+    let info = q.execute("human-monitor-command", json!({ "command-line": "info block" }));
+    assert!(info.as_str().unwrap().contains("second.iso (raw"), "{info}");
+
+    c.wait_for("QUERN-CD-CHANGED QUERN_SECOND", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_for("QUERN-CD-FILE the second disc", LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    report("eject and blockdev-change-medium: the guest's sr driver saw the tray open and mounted the new disc");
+    let run = c.finish(LIMIT);
     assert_eq!(run.status, Some(0), "{}", run.describe());
 }

@@ -26,7 +26,12 @@ impl Counted {
     /// Wraps `inner`; returns the wrapper and its counters.
     pub fn new(inner: Arc<dyn BlockBackend>) -> (Arc<Counted>, Arc<BlockStats>) {
         let stats = Arc::new(BlockStats::default());
-        (Arc::new(Counted { inner, stats: stats.clone() }), stats)
+        (Counted::into(inner, stats.clone()), stats)
+    }
+
+    /// Wraps `inner` counting into `stats` (a drive's new medium, its counters going on).
+    pub fn into(inner: Arc<dyn BlockBackend>, stats: Arc<BlockStats>) -> Arc<Counted> {
+        Arc::new(Counted { inner, stats })
     }
 }
 

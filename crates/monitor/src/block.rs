@@ -21,13 +21,14 @@ fn inserted(b: &BlockInfo, m: &crate::Medium) -> Value {
 
 pub fn query_block(b: &BlockInfo) -> Value {
     let mut v = json!({
-        "device": b.device, "qdev": b.qdev, "locked": false, "removable": b.removable,
+        "device": b.device, "qdev": b.qdev, "locked": b.locked, "removable": b.removable,
         "type": "unknown", "io-status": "ok",
     });
+    if b.removable {
+        v["tray_open"] = json!(b.tray_open);
+    }
     if let Some(m) = &b.medium {
         v["inserted"] = inserted(b, m);
-    } else {
-        v["tray_open"] = json!(false);
     }
     v
 }

@@ -78,6 +78,9 @@ pub struct BlockInfo {
     /// The format node's name (`-blockdev node-name=`), or one quern made up.
     pub node_name: String,
     pub removable: bool,
+    /// A removable drive's tray: open or closed, and locked by the guest.
+    pub tray_open: bool,
+    pub locked: bool,
     /// The medium: its file, format ("raw", "qcow2"), size, read-only; `None` for an
     /// empty CD-ROM drive.
     pub medium: Option<Medium>,

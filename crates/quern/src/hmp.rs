@@ -126,7 +126,9 @@ fn info(vm: &MachineVm, what: &str) -> Result<String, String> {
                 }
                 let _ = writeln!(t, "    Attached to:      {}", b.qdev);
                 if b.removable {
-                    let _ = writeln!(t, "    Removable device: not locked, tray closed");
+                    let locked = if b.locked { "locked" } else { "not locked" };
+                    let tray = if b.tray_open { "open" } else { "closed" };
+                    let _ = writeln!(t, "    Removable device: {locked}, tray {tray}");
                 }
                 let _ = writeln!(t, "    Cache mode:       writeback\n");
             }

@@ -26,6 +26,8 @@ pub struct MachineVm {
     info: VmInfo,
     nics: Vec<NicLink>,
     drives: Vec<(DriveSpec, Option<Arc<BlockStats>>)>,
+    /// Each drive's medium now (a CD-ROM's changes with `eject` and `change`).
+    media: Mutex<Vec<Option<Medium>>>,
     /// The netdevs: (id, type).
     netdevs: Vec<(String, String)>,
     mem: Arc<GuestMemory>,
@@ -71,22 +73,38 @@ impl Vm for MachineVm {
         self.run.run_job(None, move |m| m.load_state(&mut input).map_err(|e| e.to_string()))?
     }
     fn blocks(&self) -> Vec<BlockInfo> {
-        self.drives.iter().map(|(d, stats)| block_info(d, stats.as_deref())).collect()
+        let media = lock(&self.media);
+        let ide = lock(&self.ide);
+        let infos = self.drives.iter().zip(media.iter());
+        infos.map(|((d, stats), m)| block_info(d, m.clone(), ide.tray(d.bus, d.unit), stats.as_deref())).collect()
     }
     fn human(&self, line: &str) -> Result<String, String> {
         crate::hmp::execute(self, line)
     }
     fn eject(&self, device: &str, force: bool) -> Result<(), String> {
-        let (bus, unit) = self.cdrom(device)?;
-        lock(&self.ide).eject(bus, unit, force).map_err(|e| format!("Device '{device}' {e}"))
+        let i = self.cdrom(device)?;
+        let d = &self.drives[i].0;
+        lock(&self.ide).eject(d.bus, d.unit, force).map_err(|e| format!("Device '{device}' {e}"))?;
+        lock(&self.media)[i] = None;
+        Ok(())
     }
     fn change_medium(&self, device: &str, file: &str, format: Option<&str>) -> Result<(), String> {
-        let (bus, unit) = self.cdrom(device)?;
-        let mut opts = quern_block::OpenOptions::new(std::path::Path::new(file));
+        let i = self.cdrom(device)?;
+        let (d, stats) = &self.drives[i];
+        let path = std::path::Path::new(file);
+        let mut opts = quern_block::OpenOptions::new(path);
         opts.format = format.map(str::parse).transpose().map_err(|e| format!("{file}: {e}"))?;
         opts.read_only = true;
-        let medium = quern_block::open(&opts).map_err(|e| format!("{file}: {e}"))?;
-        lock(&self.ide).insert(bus, unit, medium).map_err(|e| format!("Device '{device}' {e}"))
+        let opened = quern_block::open(&opts).map_err(|e| format!("{file}: {e}"))?;
+        let size = opened.size();
+        let medium: Arc<dyn quern_block::BlockBackend> = match stats {
+            Some(s) => quern_block::Counted::into(opened, s.clone()),
+            None => opened,
+        };
+        lock(&self.ide).insert(d.bus, d.unit, medium).map_err(|e| format!("Device '{device}' {e}"))?;
+        let format = format.unwrap_or("raw").to_string();
+        lock(&self.media)[i] = Some(Medium { file: file.to_string(), format, size, read_only: true });
+        Ok(())
     }
     fn send_keys(&self, keys: &[String], hold_ms: u32) -> Result<(), String> {
         let codes = keys
@@ -110,17 +128,16 @@ impl MachineVm {
         self.run.registers()
     }
 
-    /// A removable drive by its `-drive` id, `-device` id or node name: (bus, unit).
-    fn cdrom(&self, device: &str) -> Result<(u8, u8), String> {
-        let d =
-            self.drives.iter().map(|(d, _)| d).find(|d| {
-                d.id == device || d.qdev.as_deref() == Some(device) || d.node_name.as_deref() == Some(device)
-            });
-        let d = d.ok_or_else(|| format!("Device '{device}' not found"))?;
-        if d.media != crate::cli::drives::Media::Cdrom {
+    /// A removable drive by its `-drive` id, `-device` id or node name: its index.
+    fn cdrom(&self, device: &str) -> Result<usize, String> {
+        let i = self.drives.iter().position(|(d, _)| {
+            d.id == device || d.qdev.as_deref() == Some(device) || d.node_name.as_deref() == Some(device)
+        });
+        let i = i.ok_or_else(|| format!("Device '{device}' not found"))?;
+        if self.drives[i].0.media != crate::cli::drives::Media::Cdrom {
             return Err(format!("Device '{device}' is not removable"));
         }
-        Ok((d.bus, d.unit))
+        Ok(i)
     }
 
     /// `x`/`xp`: `len` bytes of guest memory at `addr`, physical or as vCPU 0 sees it.
@@ -299,21 +316,32 @@ impl RunObserver for Events {
     }
 }
 
-/// A drive as the block queries show it: a `-blockdev` drive by its `-device` id
-/// and node name, a `-drive` by its id, as QEMU names them.
-fn block_info(d: &DriveSpec, stats: Option<&BlockStats>) -> BlockInfo {
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let medium = d.file.as_ref().map(|f| Medium {
+/// A drive's medium as the command line gave it.
+fn initial_medium(d: &DriveSpec) -> Option<Medium> {
+    d.file.as_ref().map(|f| Medium {
         file: f.display().to_string(),
         format: d.format.clone().unwrap_or_else(|| "raw".into()),
         size: std::fs::metadata(f).map_or(0, |m| m.len()),
         read_only: d.read_only,
-    });
+    })
+}
+
+/// A drive as the block queries show it: a `-blockdev` drive by its `-device` id
+/// and node name, a `-drive` by its id, as QEMU names them.
+fn block_info(
+    d: &DriveSpec,
+    medium: Option<Medium>,
+    tray: Option<quern_devices::ide::TrayState>,
+    stats: Option<&BlockStats>,
+) -> BlockInfo {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     BlockInfo {
         device: if d.node_name.is_some() { String::new() } else { d.id.clone() },
         qdev: d.qdev.clone().unwrap_or_else(|| format!("/machine/unattached/{}", d.id)),
         node_name: d.node_name.clone().unwrap_or_else(|| format!("#block-{}", d.id)),
         removable: d.media == crate::cli::drives::Media::Cdrom,
+        tray_open: tray.is_some_and(|t| t.tray_open),
+        locked: tray.is_some_and(|t| t.locked),
         medium,
         stats: stats.map_or_else(BlockCounters::default, |s| BlockCounters {
             rd_bytes: get(&s.rd_bytes),
@@ -390,6 +418,7 @@ pub fn start(
         info: vm_info(o, accel, peripherals),
         nics,
         drives: o.drives.iter().cloned().zip(stats).collect(),
+        media: Mutex::new(o.drives.iter().map(initial_medium).collect()),
         netdevs,
         mem: machine.memory(),
         pci: machine.pci(),
