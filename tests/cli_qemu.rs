@@ -146,11 +146,11 @@ fn libvirt_command_line_is_accepted_or_refused_by_name() {
 fn tutorial_lines_with_what_quern_lacks_are_refused_by_name() {
     let k = test_kernel();
     for (line, option) in [
-        ("-serial mon:stdio -kernel K", "-serial mon:stdio"),
+        ("-kernel K -serial tcp:127.0.0.1:4555,server,nowait", "-serial tcp:127.0.0.1:4555,server,nowait"),
         ("-kernel K -s -S", "-s"),
         ("-fda floppy.img", "-fda floppy.img"),
         ("-drive file=x.img,if=virtio", "-drive file=x.img,if=virtio"),
-        ("-kernel K -monitor stdio", "-monitor stdio"),
+        ("-kernel K -monitor unix:/tmp/quern-m.sock,server,nowait", "-monitor unix:/tmp/quern-m.sock,server,nowait"),
         ("-kernel K -usb", "-usb"),
         ("-kernel K -vnc :1", "-vnc :1"),
         ("-kernel K -icount shift=1", "-icount shift=1"),
