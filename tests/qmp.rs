@@ -518,7 +518,9 @@ fn a_cd_rom_disc_changed_from_the_monitor() {
     let r = q.send("{\"execute\":\"eject\",\"arguments\":{\"device\":\"nosuch\"}}\n");
     assert_eq!(class(&r), "DeviceNotFound", "{r}");
 
-    q.execute("eject", json!({ "device": "ide1-cd0" }));
+    // The guest's sr driver locks the door while it has the device open: forced, as
+    // libvirt's change-media does it.
+    q.execute("eject", json!({ "device": "ide1-cd0", "force": true }));
     let b = cdrom(&mut q);
     assert_eq!(b["tray_open"], json!(true), "{b}");
     assert!(b.get("inserted").is_none(), "ejected, still inserted: {b}");
@@ -529,6 +531,17 @@ fn a_cd_rom_disc_changed_from_the_monitor() {
     let b = cdrom(&mut q);
     assert_eq!(b["tray_open"], json!(false), "{b}");
     assert!(b["inserted"]["file"].as_str().unwrap().ends_with("second.iso"), "{b}");
+    // The IDE function with the bus-master BAR the guest's ata_piix enabled (16 ports).
+    let pci = q.execute("query-pci", json!({}));
+    let ide = pci[0]["devices"].as_array().unwrap().iter().find(|d| d["slot"] == 1 && d["function"] == 1).cloned();
+    let ide = ide.unwrap_or_else(|| panic!("no 00:01.1 in {pci}"));
+    assert_eq!(
+        (&ide["id"]["vendor"], &ide["id"]["device"], &ide["class_info"]["class"]),
+        (&json!(0x8086), &json!(0x7010), &json!(0x0101)),
+        "{ide}"
+    );
+    let bar4 = ide["regions"].as_array().unwrap().iter().find(|r| r["bar"] == 4).cloned();
+    assert_eq!(bar4.map(|r| (r["type"].clone(), r["size"].clone())), Some((json!("io"), json!(16))), "{ide}");
     let info = q.execute("human-monitor-command", json!({ "command-line": "info block" }));
     assert!(info.as_str().unwrap().contains("second.iso (raw"), "{info}");
 

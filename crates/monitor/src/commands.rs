@@ -169,6 +169,40 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         let hold = a.get("hold-time").and_then(Value::as_u64).unwrap_or(100).min(10_000) as u32;
         m.vm.send_keys(&names, hold).map(|()| json!({})).map_err(QmpError::generic)
     }),
+    ("query-pci", &[], |m, _| {
+        let devices: Vec<Value> = m
+            .vm
+            .pci_functions()
+            .iter()
+            .map(|f| {
+                let regions: Vec<Value> = f
+                    .regions
+                    .iter()
+                    .map(|&(bar, io, address, size)| {
+                        let mut r = json!({ "bar": bar, "type": if io { "io" } else { "memory" }, "address": address, "size": size });
+                        if !io {
+                            r["prefetch"] = json!(false);
+                            r["mem_type_64"] = json!(false);
+                        }
+                        r
+                    })
+                    .collect();
+                let mut d = json!({
+                    "bus": 0, "slot": f.slot, "function": f.function,
+                    "class_info": { "class": f.class },
+                    "id": { "vendor": f.vendor, "device": f.device,
+                            "subsystem-vendor": f.subsystem_vendor, "subsystem": f.subsystem },
+                    "qdev_id": "", "regions": regions,
+                });
+                if let Some((line, pin)) = f.irq {
+                    d["irq"] = json!(line);
+                    d["irq_pin"] = json!(pin);
+                }
+                d
+            })
+            .collect();
+        Ok(json!([{ "bus": 0, "devices": devices }]))
+    }),
     ("query-block", &[], |m, _| Ok(Value::Array(m.vm.blocks().iter().map(crate::block::query_block).collect()))),
     ("query-blockstats", &["query-nodes"], |m, _| {
         Ok(Value::Array(m.vm.blocks().iter().map(crate::block::blockstats).collect()))

@@ -64,6 +64,25 @@ pub trait Vm: Send + Sync {
     fn change_medium(&self, device: &str, file: &str, format: Option<&str>) -> Result<(), String>;
     /// `send-key`: presses `keys` (QEMU's key names) together for `hold_ms`.
     fn send_keys(&self, keys: &[String], hold_ms: u32) -> Result<(), String>;
+    /// The PCI functions on bus 0, for `query-pci` and `info pci`.
+    fn pci_functions(&self) -> Vec<PciFunction>;
+}
+
+/// A PCI function as `query-pci` reports it.
+#[derive(Clone, Debug, Default)]
+pub struct PciFunction {
+    pub slot: u8,
+    pub function: u8,
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem: u16,
+    /// Base class and subclass (config bytes 0x0b, 0x0a).
+    pub class: u16,
+    /// The interrupt line and pin (1 = INTA), if the function has a pin.
+    pub irq: Option<(u8, u8)>,
+    /// Decoded BARs: (index, is I/O, address, size).
+    pub regions: Vec<(u8, bool, u64, u64)>,
 }
 
 /// A drive and its medium, as `query-block`, `query-blockstats` and

@@ -203,40 +203,82 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 }
 
 /// `info pci`, in QEMU's layout.
-pub fn pci_text(root: &std::sync::Mutex<quern_devices::pci::PciRoot>) -> String {
+pub fn pci_text(functions: &[quern_monitor::PciFunction]) -> String {
+    let mut t = String::new();
+    for f in functions {
+        let _ = writeln!(t, "  Bus  0, device {:3}, function {}:", f.slot, f.function);
+        let _ = writeln!(t, "    Class {:04x}: PCI device {:04x}:{:04x}", f.class, f.vendor, f.device);
+        if let Some((line, pin)) = f.irq {
+            let _ = writeln!(t, "      IRQ {line}, pin {}.", (b'A' + pin - 1) as char);
+        }
+        for &(bar, io, addr, size) in &f.regions {
+            let end = addr + size - 1;
+            let _ = if io {
+                writeln!(t, "      BAR{bar}: I/O at 0x{addr:04x} [0x{end:04x}].")
+            } else {
+                writeln!(t, "      BAR{bar}: 32 bit memory at 0x{addr:08x} [0x{end:08x}].")
+            };
+        }
+        let _ = writeln!(t, "      id \"\"");
+    }
+    t
+}
+
+/// The functions on bus 0 with their BARs, sized as firmware sizes them (all ones
+/// written, the mask read back, the value put back), all under the bus's lock so that
+/// no guest access sees the probe.
+pub fn pci_functions(root: &std::sync::Mutex<quern_devices::pci::PciRoot>) -> Vec<quern_monitor::PciFunction> {
     let root = lock(root);
     let bus = root.bus();
-    let mut t = String::new();
-    for dev in 0..32u8 {
-        for func in 0..8u8 {
-            let id = bus.config_read(dev, func, 0);
+    let mut out = Vec::new();
+    for slot in 0..32u8 {
+        for function in 0..8u8 {
+            let id = bus.config_read(slot, function, 0);
             if id == 0xffff_ffff || id == 0 {
+                if function == 0 {
+                    break;
+                }
                 continue;
             }
-            let class = bus.config_read(dev, func, 8) >> 16;
-            let irq = bus.config_read(dev, func, 0x3c);
-            let _ = writeln!(t, "  Bus  0, device {dev:3}, function {func}:");
-            let _ = writeln!(t, "    Class {class:04x}: PCI device {:04x}:{:04x}", id & 0xffff, id >> 16);
-            if irq >> 8 & 0xff != 0 {
-                let _ = writeln!(t, "      IRQ {}, pin {}.", irq & 0xff, (b'A' + (irq >> 8) as u8 - 1) as char);
-            }
-            for bar in 0..6u16 {
-                let v = bus.config_read(dev, func, 0x10 + 4 * bar);
-                if v == 0 {
+            let irq = bus.config_read(slot, function, 0x3c);
+            let pin = (irq >> 8) as u8;
+            let sub = bus.config_read(slot, function, 0x2c);
+            let mut regions = Vec::new();
+            for bar in 0..6u8 {
+                let reg = 0x10 + 4 * u16::from(bar);
+                let value = bus.config_read(slot, function, reg);
+                bus.config_write(slot, function, reg, 0xffff_ffff, 0xffff_ffff);
+                let mask = bus.config_read(slot, function, reg);
+                bus.config_write(slot, function, reg, value, 0xffff_ffff);
+                let io = mask & 1 != 0;
+                let bits = if io { mask & !3 } else { mask & !0xf };
+                if bits == 0 {
                     continue;
                 }
-                if v & 1 != 0 {
-                    let _ = writeln!(t, "      BAR{bar}: I/O at 0x{:04x}.", v & !3);
-                } else {
-                    let _ = writeln!(t, "      BAR{bar}: 32 bit memory at 0x{:08x}.", v & !0xf);
+                // I/O BARs decode 16 bits: the bits above count as set.
+                let full = if io { bits | 0xffff_0000 } else { bits };
+                let size = u64::from((!full).wrapping_add(1));
+                let addr = u64::from(if io { value & !3 } else { value & !0xf });
+                if addr != 0 {
+                    regions.push((bar, io, addr, size));
                 }
             }
-            let _ = writeln!(t, "      id \"\"");
-            // Single-function devices answer for function 0 only.
-            if func == 0 && bus.config_read(dev, 0, 0xc) >> 16 & 0x80 == 0 {
+            out.push(quern_monitor::PciFunction {
+                slot,
+                function,
+                vendor: id as u16,
+                device: (id >> 16) as u16,
+                subsystem_vendor: sub as u16,
+                subsystem: (sub >> 16) as u16,
+                class: (bus.config_read(slot, function, 8) >> 16) as u16,
+                irq: (pin != 0).then_some((irq as u8, pin)),
+                regions,
+            });
+            // A single-function device answers for function 0 only.
+            if function == 0 && bus.config_read(slot, 0, 0xc) >> 16 & 0x80 == 0 {
                 break;
             }
         }
     }
-    t
+    out
 }

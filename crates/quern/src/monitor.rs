@@ -106,6 +106,9 @@ impl Vm for MachineVm {
         lock(&self.media)[i] = Some(Medium { file: file.to_string(), format, size, read_only: true });
         Ok(())
     }
+    fn pci_functions(&self) -> Vec<quern_monitor::PciFunction> {
+        crate::hmp::pci_functions(&self.pci)
+    }
     fn send_keys(&self, keys: &[String], hold_ms: u32) -> Result<(), String> {
         let codes = keys
             .iter()
@@ -187,7 +190,7 @@ impl MachineVm {
     }
 
     pub(crate) fn pci_text(&self) -> String {
-        crate::hmp::pci_text(&self.pci)
+        crate::hmp::pci_text(&self.pci_functions())
     }
 
     /// `info mtree`: guest memory's regions as the vCPUs see them now.
@@ -278,6 +281,9 @@ impl Vm for NoMachine {
     }
     fn send_keys(&self, _keys: &[String], _hold_ms: u32) -> Result<(), String> {
         Err("there is no keyboard (-machine none)".into())
+    }
+    fn pci_functions(&self) -> Vec<quern_monitor::PciFunction> {
+        Vec::new()
     }
 }
 
