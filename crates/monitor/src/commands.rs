@@ -169,6 +169,16 @@ const COMMANDS: &[(&str, &[&str], Handler)] = &[
         let hold = a.get("hold-time").and_then(Value::as_u64).unwrap_or(100).min(10_000) as u32;
         m.vm.send_keys(&names, hold).map(|()| json!({})).map_err(QmpError::generic)
     }),
+    // quern's PC has no hotplug (neither has QEMU's IDE): a known device is refused as
+    // QEMU refuses it.
+    ("device_del", &["id"], |m, a| {
+        let id = string_arg(a, "id")?;
+        if m.vm.info().peripherals.iter().any(|(p, _)| p == id) {
+            Err(QmpError::generic(format!("Device '{id}' does not support hotplugging")))
+        } else {
+            Err(QmpError { class: "DeviceNotFound", desc: format!("Device '{id}' not found") })
+        }
+    }),
     ("query-pci", &[], |m, _| {
         let devices: Vec<Value> = m
             .vm
