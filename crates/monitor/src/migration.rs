@@ -129,22 +129,14 @@ impl Monitor {
             return Err(QmpError::generic("There's a migration process in progress"));
         }
         let channel = self.open(uri, true)?;
-        self.set_migration_state("setup", |s| *s = Status { started: Some(Instant::now()), ..Default::default() });
-        let m = self.clone();
-        let spawned = std::thread::Builder::new().name("quern-migrate".into()).spawn(move || {
-            m.set_migration_state("active", |_| {});
-            let started = Instant::now();
-            let result = match channel {
-                Channel::File(f) => m.vm.save(Box::new(f)),
-                Channel::Exec(mut child) => {
-                    let stdin = child.stdin.take().map(|s| Box::new(s) as Box<dyn Write + Send>);
-                    let r = stdin.map_or_else(|| Err("the command has no input".into()), |s| m.vm.save(s));
-                    finish_child(child, r)
-                }
-            };
-            m.finish(result, started, "saved");
-        });
-        spawned.map(|_| ()).map_err(|e| QmpError::generic(format!("cannot start the migration: {e}")))
+        self.transfer("quern-migrate", move |m| match channel {
+            Channel::File(f) => m.vm.save(Box::new(f)),
+            Channel::Exec(mut child) => {
+                let stdin = child.stdin.take().map(|s| Box::new(s) as Box<dyn Write + Send>);
+                let r = stdin.map_or_else(|| Err("the command has no input".into()), |s| m.vm.save(s));
+                finish_child(child, r)
+            }
+        })
     }
 
     /// `-incoming URI`: as `migrate-incoming`, but a state that cannot be loaded ends
@@ -167,11 +159,7 @@ impl Monitor {
             return Err(QmpError::generic("The incoming migration has already been started"));
         }
         let channel = self.open(uri, false)?;
-        self.set_migration_state("setup", |s| *s = Status { started: Some(Instant::now()), ..Default::default() });
-        let m = self.clone();
-        let spawned = std::thread::Builder::new().name("quern-incoming".into()).spawn(move || {
-            m.set_migration_state("active", |_| {});
-            let started = Instant::now();
+        self.transfer("quern-incoming", move |m| {
             let result = match channel {
                 Channel::File(f) => m.vm.load(Box::new(f)),
                 Channel::Exec(mut child) => {
@@ -184,16 +172,33 @@ impl Monitor {
                 eprintln!("quern: -incoming: the saved state cannot be loaded: {e}");
                 std::process::exit(1);
             }
-            m.finish(result.map(|()| 0), started, "loaded");
-        });
-        spawned.map(|_| ()).map_err(|e| QmpError::generic(format!("cannot start the incoming migration: {e}")))
+            result.map(|()| 0)
+        })
     }
 
-    fn finish(&self, result: Result<u64, String>, started: Instant, what: &str) {
+    /// Says `setup` (before the command answers, as libvirt needs), then runs `work`
+    /// on a thread of its own between `active` and `completed` or `failed`.
+    fn transfer(
+        self: &Arc<Self>,
+        thread: &str,
+        work: impl FnOnce(&Arc<Monitor>) -> Result<u64, String> + Send + 'static,
+    ) -> Result<(), QmpError> {
+        self.set_migration_state("setup", |s| *s = Status { started: Some(Instant::now()), ..Default::default() });
+        let m = self.clone();
+        let spawned = std::thread::Builder::new().name(thread.into()).spawn(move || {
+            m.set_migration_state("active", |_| {});
+            let started = Instant::now();
+            let result = work(&m);
+            m.finish(result, started);
+        });
+        spawned.map(|_| ()).map_err(|e| QmpError::generic(format!("cannot start the migration: {e}")))
+    }
+
+    fn finish(&self, result: Result<u64, String>, started: Instant) {
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(bytes) => {
-                log::info!("migration: state {what} ({bytes} bytes, {ms} ms)");
+                log::info!("migration completed ({bytes} bytes, {ms} ms)");
                 self.set_migration_state("completed", |s| (s.total_ms, s.bytes) = (ms, bytes));
             }
             Err(e) => {
