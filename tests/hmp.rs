@@ -75,6 +75,11 @@ fn the_monitor_shares_the_terminal_with_the_serial_console() {
     assert!(pci.contains("PCI device 8086:1237") && pci.contains("PCI device 8086:100e"), "info pci:\n{pci}");
     assert!(monitor(&mut c, "info mtree").contains("(prio 0, ram)"));
     assert!(monitor(&mut c, "info cpus").contains("* CPU #0"));
+    // The loader's identity map: the counter's page maps to itself.
+    let tlb = monitor(&mut c, "info tlb");
+    assert!(tlb.lines().any(|l| l.starts_with("0000000000000000: 0000000000000000")), "info tlb:\n{tlb}");
+    let jit = monitor(&mut c, "info jit");
+    assert!(jit.contains("Translation blocks: ") && jit.contains("Code buffer: "), "info jit:\n{jit}");
     let block = monitor(&mut c, "info block");
     assert!(block.contains("ide0-hd0") && block.contains("hmp-disk.img (raw)"), "info block:\n{block}");
     let net = monitor(&mut c, "info network");

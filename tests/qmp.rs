@@ -464,9 +464,9 @@ fn a_cd_rom_disc_changed_from_the_monitor() {
         .args(["-as", "mkisofs", "-quiet", "-V", "QUERN_SECOND", "-R", "-o"])
         .arg(&iso)
         .arg(dir.join("root"))
-        .status()
+        .output()
         .expect("xorriso");
-    assert!(made.success(), "xorriso failed");
+    assert!(made.status.success(), "xorriso failed: {}", String::from_utf8_lossy(&made.stderr));
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
 
@@ -516,6 +516,8 @@ fn a_cd_rom_disc_changed_from_the_monitor() {
     let r = q.send("{\"execute\":\"eject\",\"arguments\":{\"device\":\"ide0-hd0\"}}\n");
     assert!(r["error"]["desc"].as_str().unwrap_or_default().contains("not removable"), "{r}");
     let r = q.send("{\"execute\":\"eject\",\"arguments\":{\"device\":\"nosuch\"}}\n");
+    assert_eq!(class(&r), "DeviceNotFound", "{r}");
+    let r = q.send("{\"execute\":\"device_del\",\"arguments\":{\"id\":\"nosuch\"}}\n");
     assert_eq!(class(&r), "DeviceNotFound", "{r}");
 
     // The guest's sr driver locks the door while it has the device open: forced, as

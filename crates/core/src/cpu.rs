@@ -147,6 +147,12 @@ pub trait Vcpu: Send {
     /// F000:FFF0.
     fn reset(&mut self) -> Result<(), CpuError>;
 
+    /// A translator's state in a line or two (the monitor's `info jit`); `None` where
+    /// guest code runs natively.
+    fn jit_stats(&self) -> Option<String> {
+        None
+    }
+
     /// Whether this application processor still waits for its start-up IPI (part of
     /// a saved vCPU's state, beside its registers).
     fn waits_for_start_up(&self) -> bool;

@@ -239,6 +239,15 @@ impl PcMachine {
         self.chipset.stateful.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    /// The translators' state, vCPU by vCPU (`info jit`).
+    pub fn jit_text(&self) -> String {
+        let per_cpu = self.vcpus.iter().enumerate().map(|(i, v)| match v.jit_stats() {
+            Some(s) => format!("CPU #{i}:\n{s}"),
+            None => format!("CPU #{i}: guest code runs natively (no translator)\n"),
+        });
+        per_cpu.collect()
+    }
+
     /// vCPU `index`'s special registers (between runs: from a job).
     pub fn sregs(&self, index: usize) -> Option<quern_core::regs::SpecialRegs> {
         self.vcpus.get(index).and_then(|v| v.sregs().ok())

@@ -58,6 +58,84 @@ pub fn translate(mem: &GuestMemory, s: &SpecialRegs, vaddr: u64) -> Option<u64> 
     }
 }
 
+/// A mapping the page tables hold: virtual address, physical address, size, and the
+/// last level's entry (its flag bits).
+pub type Mapping = (u64, u64, u64, u64);
+
+/// Every present mapping under `s`, in address order, at most `limit` of them (the
+/// monitor's `info tlb`). Empty without paging.
+pub fn mappings(mem: &GuestMemory, s: &SpecialRegs, limit: usize) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    if s.cr0 & ctrl::CR0_PG == 0 {
+        return out;
+    }
+    let read = |addr: u64, wide: bool| -> u64 {
+        if wide {
+            mem.read_u64(addr).unwrap_or(0)
+        } else {
+            mem.read_u32(addr).map_or(0, u64::from)
+        }
+    };
+    if s.cr4 & ctrl::CR4_PAE == 0 {
+        for i in 0..1024u64 {
+            let pde = read((s.cr3 & 0xffff_f000) + i * 4, false);
+            if pde & PRESENT == 0 {
+                continue;
+            }
+            if pde & LARGE != 0 && s.cr4 & CR4_PSE != 0 {
+                out.push((i << 22, pde & 0xffc0_0000, 1 << 22, pde));
+                continue;
+            }
+            for j in 0..1024u64 {
+                let pte = read((pde & 0xffff_f000) + j * 4, false);
+                if pte & PRESENT != 0 && out.len() < limit {
+                    out.push((i << 22 | j << 12, pte & 0xffff_f000, 4096, pte));
+                }
+            }
+        }
+        out.truncate(limit);
+        return out;
+    }
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    // (table, first virtual address it maps, shift of its entries)
+    let mut stack: Vec<(u64, u64, u32)> = if s.efer & ctrl::EFER_LMA != 0 {
+        vec![(s.cr3 & ADDR, 0, 39)]
+    } else {
+        (0..4u64)
+            .filter_map(|i| {
+                let e = read((s.cr3 & 0xffff_ffe0) + i * 8, true);
+                (e & PRESENT != 0).then_some((e & ADDR, i << 30, 21))
+            })
+            .rev()
+            .collect()
+    };
+    while let Some((table, base, shift)) = stack.pop() {
+        let mut children = Vec::new();
+        for i in 0..512u64 {
+            let e = read(table + i * 8, true);
+            if e & PRESENT == 0 {
+                continue;
+            }
+            let mut va = base | i << shift;
+            if shift == 39 && va & (1 << 47) != 0 {
+                va |= 0xffff_0000_0000_0000; // canonical upper half
+            }
+            let page = 1u64 << shift;
+            if shift == 12 || (e & LARGE != 0 && shift <= 30) {
+                out.push((va, e & ADDR & !(page - 1), page, e));
+                if out.len() >= limit {
+                    return out;
+                }
+            } else {
+                children.push((e & ADDR, va, shift - 9));
+            }
+        }
+        // Depth first, in address order.
+        stack.extend(children.into_iter().rev());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +159,11 @@ mod tests {
         assert_eq!(translate(&mem, &s, 0x20_5123), Some(0x5123));
         assert_eq!(translate(&mem, &s, 0x1234), Some(0x1234), "the 2 MiB page");
         assert_eq!(translate(&mem, &s, 0x40_0000), None, "not present");
+        let m = mappings(&mem, &s, 100);
+        assert_eq!(
+            m.iter().map(|&(v, p, size, _)| (v, p, size)).collect::<Vec<_>>(),
+            [(0, 0, 2 << 20), (0x20_5000, 0x5000, 4096)]
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ use crate::monitor::MachineVm;
 
 /// The commands and their one-line help, as `help` lists them.
 const HELP: &[(&str, &str)] = &[
-    ("info status|registers|cpus|block|network|pci|mtree|qtree|chardev|version|kvm|name|uuid", "show the machine"),
+    (
+        "info status|registers|cpus|block|network|pci|mtree|qtree|tlb|jit|chardev|version|kvm|name|uuid",
+        "show the machine",
+    ),
     ("stop", "pause the guest"),
     ("cont|c", "resume the guest"),
     ("system_reset", "reset the machine"),
@@ -138,6 +141,8 @@ fn info(vm: &MachineVm, what: &str) -> Result<String, String> {
         "pci" => vm.pci_text(),
         "mtree" => vm.mtree_text(),
         "qtree" => vm.qtree_text(),
+        "tlb" => vm.tlb_text()?,
+        "jit" => vm.jit_text()?,
         other => return Err(format!("info {other}: not available in quern (help lists the info commands)")),
     })
 }

@@ -167,6 +167,37 @@ impl MachineVm {
         Ok(out)
     }
 
+    /// `info tlb`: CPU 0's page mappings, with QEMU's flag letters.
+    pub(crate) fn tlb_text(&self) -> Result<String, String> {
+        let sregs = self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.sregs(0))?;
+        let sregs = sregs.ok_or("cannot read CPU 0's registers")?;
+        if sregs.cr0 & quern_core::regs::ctrl::CR0_PG == 0 {
+            return Ok("PG disabled\n".into());
+        }
+        let mut t = String::new();
+        for (va, pa, _, e) in quern_machine_pc::pagewalk::mappings(&self.mem, &sregs, 1 << 20) {
+            let flag = |bit: u32, c: char| if e >> bit & 1 != 0 { c } else { '-' };
+            t += &format!(
+                "{va:016x}: {pa:016x} {}{}{}{}{}{}{}{}{}\n",
+                flag(63, 'X'),
+                flag(8, 'G'),
+                flag(7, 'P'),
+                flag(6, 'D'),
+                flag(5, 'A'),
+                flag(4, 'C'),
+                flag(3, 'T'),
+                flag(2, 'U'),
+                flag(1, 'W')
+            );
+        }
+        Ok(t)
+    }
+
+    /// `info jit`: the translators' state (between runs).
+    pub(crate) fn jit_text(&self) -> Result<String, String> {
+        self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.jit_text())
+    }
+
     /// `info network`: each card and its backend.
     pub(crate) fn network_text(&self) -> String {
         let mut t = String::new();

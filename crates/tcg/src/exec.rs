@@ -922,6 +922,18 @@ impl Vcpu for TcgVcpu {
         Arc::new(TcgKicker { shared: self.shared.clone() })
     }
 
+    fn jit_stats(&self) -> Option<String> {
+        let c = &self.cache;
+        let valid = c.blocks.iter().filter(|b| b.valid).count();
+        let chained: usize = c.blocks.iter().map(|b| b.incoming.len()).sum();
+        let used = c.buf.cursor() - c.buf.range().start;
+        Some(format!(
+            "Translation blocks: {} ({valid} valid, {chained} chained jumps)\nCode buffer: {used} of {} bytes used\n",
+            c.blocks.len(),
+            used + c.buf.remaining()
+        ))
+    }
+
     fn waits_for_start_up(&self) -> bool {
         self.cpu().wait_for_sipi
     }
