@@ -27,9 +27,12 @@ fn expected_sum() -> String {
     format!("SUM {:08X}", (n * (n + 1) / 2) as u32)
 }
 
-/// The command line both sides share (they must describe the same machine).
+/// The command line both sides share (they must describe the same machine). `accel`
+/// is tcg, kvm (with quern's interrupt controller models: `kernel-irqchip=off`) or
+/// kvm-irqchip (KVM's in-kernel ones, its default).
 fn machine_args(accel: &str, kernel: &Path) -> Vec<String> {
-    let mut a: Vec<String> = ["-accel", accel, "-nographic", "-nodefaults", "-serial", "stdio", "-m", "32"]
+    let name = if accel == "tcg" { "tcg" } else { "kvm" };
+    let mut a: Vec<String> = ["-accel", name, "-nographic", "-nodefaults", "-serial", "stdio", "-m", "32"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -163,6 +166,26 @@ fn saved_under_kvm_continues_under_the_jit() {
     if kvm_usable("saved_under_kvm_continues_under_the_jit") {
         round_trip("kvm", "tcg");
     }
+}
+
+/// KVM's default, its in-kernel interrupt controllers: their state (and kvmclock, and
+/// the local APIC) goes as KVM's own structures and loads back under KVM; under the
+/// JIT it is refused with what to do instead.
+#[test]
+fn saved_under_kvm_with_its_irqchip_continues_under_kvm() {
+    if !kvm_usable("saved_under_kvm_with_its_irqchip_continues_under_kvm") {
+        return;
+    }
+    let tag = "kvm-irqchip";
+    let (file, before) = save_mid_count("kvm-irqchip", tag);
+    let mut args = machine_args("tcg", &scratch(&format!("count-{tag}.elf")));
+    args.extend(["-incoming".into(), format!("file:{}", file.display())]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = common::run_quern(&refs, Duration::from_secs(30));
+    assert_eq!(refused.status, Some(1), "{}", refused.describe());
+    assert!(refused.stderr.contains("in-kernel interrupt controllers"), "{}", refused.describe());
+    let after = restore("kvm-irqchip", &file, tag);
+    check_continued("kvm (in-kernel irqchip)", "kvm (in-kernel irqchip)", &before, &after);
 }
 
 /// `-incoming defer` and `migrate-incoming` with bad streams, then a good one.

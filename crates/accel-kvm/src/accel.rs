@@ -237,6 +237,17 @@ impl Accelerator for KvmAccelerator {
         Ok(Box::new(KvmVcpu::new(fd, self.run_size, id, self.config.irqchip, self.mem.clone())?))
     }
 
+    fn irqchip_state(&self) -> Result<Option<quern_core::snapshot::State>, CpuError> {
+        if self.config.irqchip != IrqChipMode::InAccelerator {
+            return Ok(None);
+        }
+        crate::saved_state::save_vm(&self.vm).map(Some)
+    }
+
+    fn set_irqchip_state(&self, state: &quern_core::snapshot::State) -> Result<(), CpuError> {
+        crate::saved_state::restore_vm(&self.vm, state)
+    }
+
     fn irqchip_mode(&self) -> IrqChipMode {
         self.config.irqchip
     }

@@ -25,6 +25,7 @@ pub mod exit;
 mod irq_routing;
 pub mod kick;
 mod run_page;
+mod saved_state;
 pub mod vcpu;
 
 pub use accel::{KvmAccelerator, KvmConfig};

@@ -289,8 +289,18 @@ impl Vcpu for KvmVcpu {
         Arc::new(KvmKicker(self.kick.clone()))
     }
 
-    /// With KVM's irqchip, its multiprocessing state says it (a state is saved only
-    /// with ours: see machine-pc's snapshot).
+    fn lapic_state(&self) -> Result<Option<quern_core::snapshot::State>, CpuError> {
+        match self.irqchip {
+            IrqChipMode::InAccelerator => crate::saved_state::save_lapic(&self.fd).map(Some),
+            IrqChipMode::Userspace => Ok(None),
+        }
+    }
+
+    fn set_lapic_state(&mut self, state: &quern_core::snapshot::State) -> Result<(), CpuError> {
+        crate::saved_state::restore_lapic(&self.fd, state)
+    }
+
+    /// With KVM's irqchip, its multiprocessing state says it.
     fn waits_for_start_up(&self) -> bool {
         match self.irqchip {
             IrqChipMode::InAccelerator => {

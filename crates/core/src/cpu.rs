@@ -147,6 +147,17 @@ pub trait Vcpu: Send {
     /// F000:FFF0.
     fn reset(&mut self) -> Result<(), CpuError>;
 
+    /// The vCPU's local APIC inside the accelerator (KVM's in-kernel one), for a save;
+    /// `None` when the machine models it. Opaque, as [`Accelerator::irqchip_state`].
+    fn lapic_state(&self) -> Result<Option<crate::snapshot::State>, CpuError> {
+        Ok(None)
+    }
+    /// Puts back what [`Vcpu::lapic_state`] returned.
+    fn set_lapic_state(&mut self, state: &crate::snapshot::State) -> Result<(), CpuError> {
+        let _ = state;
+        Err(CpuError::Unsupported { accel: "this accelerator", what: "an in-accelerator local APIC".into() })
+    }
+
     /// A translator's state in a line or two (the monitor's `info jit`); `None` where
     /// guest code runs natively.
     fn jit_stats(&self) -> Option<String> {
@@ -191,6 +202,17 @@ pub trait Accelerator: Send + Sync {
     /// One that looks regions up as it goes (the JIT) needs nothing here.
     fn sync_memory(&self) -> Result<(), CpuError> {
         Ok(())
+    }
+    /// The state of the accelerator's own interrupt controllers and clock (KVM's
+    /// in-kernel PIC, IOAPIC, PIT and kvmclock), for a save; `None` when the machine's
+    /// models are the controllers. Opaque: it loads only into the same accelerator.
+    fn irqchip_state(&self) -> Result<Option<crate::snapshot::State>, CpuError> {
+        Ok(None)
+    }
+    /// Puts back what [`Accelerator::irqchip_state`] returned.
+    fn set_irqchip_state(&self, state: &crate::snapshot::State) -> Result<(), CpuError> {
+        let _ = state;
+        Err(CpuError::Unsupported { accel: self.name(), what: "an in-accelerator irqchip".into() })
     }
 }
 

@@ -117,8 +117,8 @@ pub struct PcMachine {
     topology: quern_core::Topology,
     timers: Option<TimerThread>,
     pub(crate) rearm: Arc<TimerRearm>,
-    /// Whether the interrupt controllers are our models (not KVM's in-kernel ones).
-    pub(crate) irqchip_ours: bool,
+    /// The accelerator (its own interrupt controllers' state, for a save).
+    pub(crate) accel: SharedAccelerator,
     /// Running or stopped, and the monitor's requests.
     pub(crate) run: Arc<RunControl>,
     /// A guest in a reset loop resets thousands of times a second: these say so once
@@ -205,7 +205,7 @@ impl PcMachine {
             topology: cfg.topology,
             timers,
             rearm,
-            irqchip_ours: userspace_irqchip(&accel),
+            accel,
             run,
             triple_faults,
             resets,

@@ -7,6 +7,11 @@
 //! guest memory: every host mapping behind it (RAM, ROM, shadow RAM) and which view
 //! each switchable region shows.
 //!
+//! With KVM's in-kernel interrupt controllers, their state (and kvmclock, and each
+//! vCPU's local APIC) goes in as KVM's own structures (`kvm-irqchip`, `kvm-lapicN`):
+//! such a state loads under KVM with its irqchip; the models' state (the JIT, or KVM
+//! with `kernel-irqchip=off`) loads under either accelerator.
+//!
 //! The TSC is not saved: under the JIT it follows the restored clock; KVM's counts on
 //! from the host's.
 
@@ -49,6 +54,8 @@ struct CpuState {
 /// What a stream must agree on with the machine that loads it.
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Shape {
+    /// Whose interrupt controllers: "models" (quern's) or "kvm" (in-kernel).
+    irqchip: String,
     cpus: u32,
     /// The lengths of guest memory's host mappings (RAM size, firmware size).
     memory: Vec<u64>,
@@ -82,8 +89,13 @@ fn set_cpu_state(v: &mut dyn Vcpu, s: &CpuState) -> Result<(), quern_core::CpuEr
 }
 
 impl PcMachine {
+    fn irqchip_ours(&self) -> bool {
+        crate::machine::userspace_irqchip(&self.accel)
+    }
+
     fn shape(&self) -> Shape {
         Shape {
+            irqchip: if self.irqchip_ours() { "models" } else { "kvm" }.into(),
             cpus: self.vcpus.len() as u32,
             memory: self.mem.backing_lens(),
             devices: self.chipset.stateful.iter().map(|(n, _)| n.clone()).collect(),
@@ -93,13 +105,8 @@ impl PcMachine {
     /// Writes the whole machine's state to `out` (every vCPU stopped); returns the
     /// bytes written.
     pub fn save_state(&mut self, out: &mut dyn Write) -> Result<u64, SnapshotError> {
-        if !self.irqchip_ours {
-            return Err(SnapshotError::Mismatch(
-                "saving a machine whose interrupt controllers are KVM's in-kernel ones is not supported yet; \
-                 start it with -machine kernel-irqchip=off"
-                    .into(),
-            ));
-        }
+        let accel_err =
+            |e: quern_core::CpuError| SnapshotError::Mismatch(format!("reading the interrupt controllers: {e}"));
         let mut w = StreamWriter::new(out)?;
         w.json("machine", &to_state(&self.shape()))?;
         w.json("clock", &to_state(&self.chipset.clock.now_ns()))?;
@@ -108,6 +115,13 @@ impl PcMachine {
         }
         for (name, dev) in &self.chipset.stateful {
             w.json(name, &quern_core::bus::lock(dev).save_state())?;
+        }
+        if let Some(chips) = self.accel.irqchip_state().map_err(accel_err)? {
+            w.json("kvm-irqchip", &chips)?;
+            for (i, v) in self.vcpus.iter().enumerate() {
+                let lapic = v.lapic_state().map_err(accel_err)?.unwrap_or_default();
+                w.json(&format!("kvm-lapic{i}"), &lapic)?;
+            }
         }
         w.json("memory.views", &to_state(&self.mem.current_views()))?;
         for (i, len) in self.mem.backing_lens().into_iter().enumerate() {
@@ -132,6 +146,18 @@ impl PcMachine {
         let stream = Stream::read(input, limit)?;
         let shape: Shape = stream.section("machine")?;
         let here = self.shape();
+        if shape.irqchip != here.irqchip {
+            return Err(SnapshotError::Mismatch(if shape.irqchip == "kvm" {
+                "it was saved with KVM's in-kernel interrupt controllers, whose state loads only under KVM with \
+                 them (-accel kvm, without kernel-irqchip=off); a state saved with quern's own (under the JIT, or \
+                 KVM with kernel-irqchip=off) loads under either"
+                    .to_string()
+            } else {
+                "it was saved with quern's interrupt controller models; load it under the JIT or under KVM with \
+                 -machine kernel-irqchip=off"
+                    .to_string()
+            }));
+        }
         if shape != here {
             return Err(SnapshotError::Mismatch(format!(
                 "it was saved from a machine with {} vCPUs, memory mappings {:?} and devices {:?}; this one has {} \
@@ -146,6 +172,13 @@ impl PcMachine {
         let devices = here.devices.iter().map(|n| stream.json(n)).collect::<Result<Vec<State>, _>>()?;
         let memory =
             (0..here.memory.len()).map(|i| stream.memory(&format!("memory{i}"))).collect::<Result<Vec<_>, _>>()?;
+        let kvm = if self.irqchip_ours() {
+            None
+        } else {
+            let lapics =
+                (0..self.vcpus.len()).map(|i| stream.json(&format!("kvm-lapic{i}"))).collect::<Result<Vec<_>, _>>()?;
+            Some((stream.json("kvm-irqchip")?, lapics))
+        };
 
         let mismatch = |what: String| SnapshotError::Mismatch(what);
         for (i, (_, pages)) in memory.iter().enumerate() {
@@ -174,6 +207,13 @@ impl PcMachine {
         }
         for (i, (v, s)) in self.vcpus.iter_mut().zip(&cpus).enumerate() {
             set_cpu_state(&mut **v, s).map_err(|e| mismatch(format!("vCPU {i}: {e}")))?;
+        }
+        if let Some((chips, lapics)) = &kvm {
+            // After the registers (the APIC base), as KVM wants the local APICs.
+            for (i, (v, l)) in self.vcpus.iter_mut().zip(lapics).enumerate() {
+                v.set_lapic_state(l).map_err(|e| mismatch(format!("vCPU {i}'s local APIC: {e}")))?;
+            }
+            self.accel.set_irqchip_state(chips).map_err(|e| mismatch(format!("interrupt controllers: {e}")))?;
         }
         self.chipset.clock.set_now_ns(clock);
         self.rearm.rearm();
