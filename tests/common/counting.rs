@@ -7,7 +7,8 @@
 use iced_x86::code_asm::*;
 
 use super::elf64;
-use super::guest::{emit_routines, print, EXIT_PORT, LONG_BASE};
+use super::guest::{emit_routines, print, LONG_BASE};
+use super::multiboot::exit_and_halt;
 
 /// How far the program counts, and a progress line every STEP.
 pub const N: u32 = 0x0040_0000;
@@ -61,13 +62,7 @@ pub fn counting_program() -> Vec<u8> {
         a.mov(esi, dword_ptr(SUM as u64))?;
         a.call(hex32)?;
         print(a, putc, "\n")?;
-        a.mov(dx, EXIT_PORT as u32)?;
-        a.mov(al, EXIT_CODE as u32)?;
-        a.out(dx, al)?;
-        let mut stop = a.create_label();
-        a.set_label(&mut stop)?;
-        a.hlt()?;
-        a.jmp(stop)?;
+        exit_and_halt(a, EXIT_CODE)?;
         Ok(entry)
     };
     let mut a = CodeAssembler::new(64).unwrap();
