@@ -60,10 +60,12 @@ pub trait Snapshot {
 
 /// Implements [`Snapshot`] for a struct by listing the fields that hold its state
 /// (each `serde::Serialize + DeserializeOwned`); handles and wiring stay as built.
-/// All fields are read before any is assigned, so a bad state changes nothing.
+/// All fields are read before any is assigned, so a bad state changes nothing. A
+/// trailing `then METHOD` calls `self.METHOD()` after a restore (to drive output lines
+/// from the restored levels).
 #[macro_export]
 macro_rules! snapshot_fields {
-    ($ty:ty { $($field:ident),* $(,)? }) => {
+    ($ty:ty { $($field:ident),* $(,)? } $(then $after:ident)?) => {
         impl $crate::snapshot::Snapshot for $ty {
             fn save_state(&self) -> $crate::snapshot::State {
                 let mut m = $crate::snapshot::Map::new();
@@ -73,6 +75,7 @@ macro_rules! snapshot_fields {
             fn restore_state(&mut self, state: &$crate::snapshot::State) -> Result<(), String> {
                 $( let $field = $crate::snapshot::field(state, stringify!($field))?; )*
                 $( self.$field = $field; )*
+                $( self.$after(); )?
                 Ok(())
             }
         }

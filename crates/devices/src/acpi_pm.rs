@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{BusDevice, Clock, IrqLine, MachineControl, MachineEvent, TimerDevice};
 
 use crate::port::LogOnce;
@@ -159,25 +158,14 @@ impl BusDevice for AcpiPm {
     }
 }
 
-/// The PM1 registers and the SCI's level. The timer reads the machine's clock, which
-/// is restored too; `tmr_toggles` counts against it.
-impl Snapshot for AcpiPm {
-    fn save_state(&self) -> State {
-        serde_json::json!({
-            "sts": self.sts,
-            "en": self.en,
-            "cnt": self.cnt,
-            "sci_level": self.sci_level,
-            "tmr_toggles": self.tmr_toggles,
-        })
-    }
+// The PM1 registers and the SCI's level. The timer reads the machine's clock, which
+// is restored too; `tmr_toggles` counts against it.
+quern_core::snapshot_fields!(AcpiPm { sts, en, cnt, sci_level, tmr_toggles } then drive_sci);
 
-    fn restore_state(&mut self, state: &State) -> Result<(), String> {
-        let (sts, en, cnt) = (field(state, "sts")?, field(state, "en")?, field(state, "cnt")?);
-        let (sci_level, tmr_toggles) = (field(state, "sci_level")?, field(state, "tmr_toggles")?);
-        (self.sts, self.en, self.cnt, self.sci_level, self.tmr_toggles) = (sts, en, cnt, sci_level, tmr_toggles);
+impl AcpiPm {
+    /// A restored SCI level goes out on the line.
+    fn drive_sci(&mut self) {
         self.sci.set_level(self.sci_level);
-        Ok(())
     }
 }
 
@@ -199,6 +187,7 @@ mod tests {
     use super::*;
     use quern_core::clock::ManualClock;
     use quern_core::events::RecordingControl;
+    use quern_core::snapshot::Snapshot;
     use quern_core::TestIrq;
 
     struct Rig {

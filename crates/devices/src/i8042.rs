@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use quern_core::bus::SharedDevice;
-use quern_core::snapshot::{field, Snapshot, State};
 use quern_core::{IrqLine, MachineControl, MachineEvent};
 use serde::{Deserialize, Serialize};
 
@@ -462,32 +461,15 @@ pub fn qcode_from_hmp(name: &str) -> Option<&'static str> {
     std::iter::once("pause").chain(KEYS.iter().map(|k| k.0)).find(|&k| k == name)
 }
 
-/// The controller's registers, its output queue and the keyboard's state, with the
-/// levels of IRQ1 and IRQ12.
-impl Snapshot for I8042 {
-    fn save_state(&self) -> State {
-        serde_json::json!({
-            "ctr": self.ctr,
-            "outport": self.outport,
-            "queue": self.queue,
-            "last_was_cmd": self.last_was_cmd,
-            "pending": self.pending,
-            "kbd_arg": self.kbd_arg,
-            "scanning": self.scanning,
-            "levels": self.levels,
-        })
-    }
+// The controller's registers, its output queue and the keyboard's state, with the
+// levels of IRQ1 and IRQ12.
+quern_core::snapshot_fields!(I8042 { ctr, outport, queue, last_was_cmd, pending, kbd_arg, scanning, levels } then drive_irqs);
 
-    fn restore_state(&mut self, state: &State) -> Result<(), String> {
-        let (ctr, outport, queue) = (field(state, "ctr")?, field(state, "outport")?, field(state, "queue")?);
-        let (last_was_cmd, pending, kbd_arg) =
-            (field(state, "last_was_cmd")?, field(state, "pending")?, field(state, "kbd_arg")?);
-        let (scanning, levels) = (field(state, "scanning")?, field(state, "levels")?);
-        (self.ctr, self.outport, self.queue, self.last_was_cmd) = (ctr, outport, queue, last_was_cmd);
-        (self.pending, self.kbd_arg, self.scanning, self.levels) = (pending, kbd_arg, scanning, levels);
+impl I8042 {
+    /// Restored interrupt levels go out on the lines.
+    fn drive_irqs(&mut self) {
         self.kbd_irq.set_level(self.levels.0);
         self.aux_irq.set_level(self.levels.1);
-        Ok(())
     }
 }
 
@@ -529,6 +511,7 @@ pub fn i8042_bus_devices(dev: &Arc<Mutex<I8042>>) -> Vec<(SharedDevice, u64, u64
 mod tests {
     use super::*;
     use quern_core::events::RecordingControl;
+    use quern_core::snapshot::Snapshot;
     use quern_core::TestIrq;
 
     struct Rig {
