@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use common::counting::{counting_program, EXIT_CODE, N, STEP};
 use common::guest::EXIT_PORT;
-use common::qmp::Raw;
+use common::qmp::{socket_path, wait_socket, Raw};
 use common::{kvm_usable, report, scratch, write, Console, Run};
 
 fn expected_sum() -> String {
@@ -44,26 +44,12 @@ fn machine_args(accel: &str, kernel: &Path) -> Vec<String> {
     a
 }
 
-fn socket(name: &str) -> PathBuf {
-    let p = scratch(name);
-    let _ = std::fs::remove_file(&p);
-    p
-}
-
-fn wait_socket(sock: &Path, c: &Console) {
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs the program under `from` until it waits halfway, saves it with `migrate` to
 /// a file; returns the file and what the source printed.
 fn save_mid_count(from: &str, tag: &str) -> (PathBuf, String) {
     let kernel = scratch(&format!("count-{tag}.elf"));
     write(&kernel, &counting_program());
-    let sock = socket(&format!("mig-{tag}.sock"));
+    let sock = socket_path(&format!("mig-{tag}.sock"));
     let mut args = machine_args(from, &kernel);
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -103,7 +89,7 @@ fn save_mid_count(from: &str, tag: &str) -> (PathBuf, String) {
 /// Restores `file` under `to`, types the byte the program waits for once it runs,
 /// and lets it finish.
 fn restore(to: &str, file: &Path, tag: &str) -> Run {
-    let sock = socket(&format!("mig-in-{tag}.sock"));
+    let sock = socket_path(&format!("mig-in-{tag}.sock"));
     let mut args = machine_args(to, &scratch(&format!("count-{tag}.elf")));
     args.extend(["-incoming".into(), format!("file:{}", file.display())]);
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
@@ -194,7 +180,7 @@ fn bad_streams_are_refused_and_the_machine_waits_on() {
     let (file, before) = save_mid_count("tcg", "bad");
     let good = std::fs::read(&file).unwrap();
     let kernel = scratch("count-bad.elf");
-    let sock = socket("mig-dest.sock");
+    let sock = socket_path("mig-dest.sock");
     let mut args = machine_args("tcg", &kernel);
     args.extend(["-incoming".into(), "defer".into()]);
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);

@@ -17,13 +17,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::qmp::{class, Raw};
+use common::qmp::{class, socket_path, wait_socket, Raw};
 use common::{guest_file, report, scratch, Console};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -51,18 +51,8 @@ fn guest(sock: &Path, paused: bool) -> Console {
         args.push("-S");
     }
     let c = Console::spawn(&args);
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_socket(sock, &c);
     c
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    let p = scratch(name);
-    let _ = std::fs::remove_file(&p);
-    p
 }
 
 /// The Python client, one JSON line per request.
@@ -405,11 +395,7 @@ fn serial_console_on_a_pty() {
         "console=ttyS0 panic=-1",
     ];
     let c = Console::spawn(&args);
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_socket(&sock, &c);
     let mut q = Raw::connect(&sock);
     q.negotiate();
     let devs = q.send("{\"execute\":\"query-chardev\"}")["return"].clone();

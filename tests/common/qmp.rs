@@ -4,10 +4,26 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// A fresh path for a monitor socket (an old one removed).
+pub fn socket_path(name: &str) -> PathBuf {
+    let p = super::scratch(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// Waits (20 s at most) for quern in `c` to make its monitor socket `sock`.
+pub fn wait_socket(sock: &Path, c: &super::Console) {
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket\n{}", c.describe());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A QMP connection that reads replies and events line by line.
 pub struct Raw {

@@ -65,12 +65,22 @@ pub fn serve(monitor: &Arc<Monitor>, input: impl Read, output: Box<dyn Write + S
                 return;
             }
         };
-        let reply = match serde_json::from_slice::<Value>(&msg) {
-            Ok(v) => handle(monitor, &client, v),
-            Err(e) => Some(error_reply(&QmpError::generic(format!("JSON parse error, {e}")), None)),
+        let (reply, quit) = match serde_json::from_slice::<Value>(&msg) {
+            Ok(v) => {
+                let quit = v.get("execute").and_then(Value::as_str) == Some("quit");
+                let r = handle(monitor, &client, v);
+                let ok = r.as_ref().is_some_and(|r| r.get("return").is_some());
+                (r, quit && ok)
+            }
+            Err(e) => (Some(error_reply(&QmpError::generic(format!("JSON parse error, {e}")), None)), false),
         };
         if let Some(r) = reply {
-            if client.send(&r).is_err() {
+            let sent = client.send(&r);
+            // `quit` acts only once its answer is on its way, as QEMU's.
+            if quit {
+                monitor.vm.quit();
+            }
+            if sent.is_err() {
                 return;
             }
         }

@@ -68,8 +68,7 @@ fn main() -> ExitCode {
 fn run_without_machine(opts: &Options) -> Result<i32, Fatal> {
     let _pidfile = opts.pidfile.as_deref().map(setup::PidFile::create).transpose().map_err(Fatal)?;
     // The accelerator libvirt would get: KVM where it can be opened.
-    let kvm = opts.accels.iter().any(|a| a.kind == cli::AccelKind::Kvm)
-        && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm = opts.accels.iter().any(|a| a.kind == cli::AccelKind::Kvm) && setup::kvm_present();
     let accel = if kvm { "kvm" } else { "tcg" };
     monitor::serve_without_machine(opts, accel, || {
         if opts.daemonize {

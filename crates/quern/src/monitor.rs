@@ -143,6 +143,12 @@ impl MachineVm {
         Ok(i)
     }
 
+    /// CPU 0's special registers (its paging), read between runs.
+    fn cpu0_sregs(&self) -> Result<quern_core::regs::SpecialRegs, String> {
+        let sregs = self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.sregs(0))?;
+        sregs.ok_or_else(|| "cannot read CPU 0's registers".into())
+    }
+
     /// `x`/`xp`: `len` bytes of guest memory at `addr`, physical or as vCPU 0 sees it.
     pub(crate) fn read_memory(&self, addr: u64, len: usize, physical: bool) -> Result<Vec<u8>, String> {
         let mut out = vec![0u8; len];
@@ -150,8 +156,7 @@ impl MachineVm {
             self.mem.read(addr, &mut out).map_err(|e| format!("cannot access memory at {addr:#x}: {e}"))?;
             return Ok(out);
         }
-        let sregs = self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.sregs(0))?;
-        let sregs = sregs.ok_or("cannot read CPU 0's registers")?;
+        let sregs = self.cpu0_sregs()?;
         // Page by page: contiguous virtual pages need not be contiguous physically.
         let mut done = 0;
         while done < len {
@@ -169,8 +174,7 @@ impl MachineVm {
 
     /// `info tlb`: CPU 0's page mappings, with QEMU's flag letters.
     pub(crate) fn tlb_text(&self) -> Result<String, String> {
-        let sregs = self.run.run_job(Some(std::time::Duration::from_secs(10)), |m| m.sregs(0))?;
-        let sregs = sregs.ok_or("cannot read CPU 0's registers")?;
+        let sregs = self.cpu0_sregs()?;
         if sregs.cr0 & quern_core::regs::ctrl::CR0_PG == 0 {
             return Ok("PG disabled\n".into());
         }
@@ -393,7 +397,7 @@ fn block_info(
 fn vm_info(o: &Options, accel: &str, peripherals: Vec<(String, String)>) -> VmInfo {
     VmInfo {
         accel: accel.to_string(),
-        kvm_present: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
+        kvm_present: crate::setup::kvm_present(),
         cpus: o.cpus,
         max_cpus: o.topology.max_cpus(),
         name: o.name.clone(),

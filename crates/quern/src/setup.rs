@@ -26,6 +26,11 @@ fn char_out(dev: &CharDev, opt: &str) -> Result<Option<CharOut>, String> {
     })
 }
 
+/// Whether /dev/kvm can be opened for use here (what QMP's `query-kvm` calls present).
+pub fn kvm_present() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
 /// The BIOS quern boots when neither -kernel nor -bios is given.
 pub const DEFAULT_BIOS: &str = "bios-256k.bin";
 
